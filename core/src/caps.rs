@@ -1,0 +1,222 @@
+//! Capabilities (`key=value` facts about a worker, or demands of a request)
+//! and groups (which users may lease which workers).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::WorkerId;
+
+/// The cap key that pins a request to one worker by its UUID.
+pub const UUID_CAP: &str = "UUID";
+
+const MAX_CAPS: usize = 64;
+const MAX_KEY_LEN: usize = 128;
+const MAX_VALUE_LEN: usize = 1024;
+const MAX_GROUPS: usize = 64;
+const MAX_GROUP_LEN: usize = 128;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CapsError {
+    #[error("at most {MAX_CAPS} caps are allowed, got {0}")]
+    TooMany(usize),
+    #[error("cap keys must be 1 to {MAX_KEY_LEN} bytes long")]
+    BadKey,
+    #[error("the value of cap {0:?} is longer than {MAX_VALUE_LEN} bytes")]
+    ValueTooLong(String),
+    #[error("the {UUID_CAP} cap must be a UUID, got {0:?}")]
+    BadUuid(String),
+    #[error("at most {MAX_GROUPS} groups are allowed, got {0}")]
+    TooManyGroups(usize),
+    #[error("group names must be 1 to {MAX_GROUP_LEN} bytes long")]
+    BadGroup,
+}
+
+/// A string→string map. Requests demand caps; workers offer them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Caps(BTreeMap<String, String>);
+
+impl Caps {
+    pub fn new() -> Caps {
+        Caps::default()
+    }
+
+    /// Checks sizes and the form of the `UUID` cap.
+    pub fn validated(map: BTreeMap<String, String>) -> Result<Caps, CapsError> {
+        if map.len() > MAX_CAPS {
+            return Err(CapsError::TooMany(map.len()));
+        }
+        for (key, value) in &map {
+            if key.is_empty() || key.len() > MAX_KEY_LEN {
+                return Err(CapsError::BadKey);
+            }
+            if value.len() > MAX_VALUE_LEN {
+                return Err(CapsError::ValueTooLong(key.clone()));
+            }
+            if key == UUID_CAP && uuid::Uuid::parse_str(value).is_err() {
+                return Err(CapsError::BadUuid(value.clone()));
+            }
+        }
+        Ok(Caps(map))
+    }
+
+    pub fn insert(&mut self, key: impl Into<String>, value: impl Into<String>) {
+        self.0.insert(key.into(), value.into());
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    pub fn as_map(&self) -> &BTreeMap<String, String> {
+        &self.0
+    }
+
+    /// The worker this request is pinned to by a `UUID` cap, if any.
+    pub fn pinned_worker(&self) -> Option<WorkerId> {
+        self.get(UUID_CAP).and_then(|v| v.parse().ok())
+    }
+
+    /// True when every `key=value` of `self` is offered by a worker with
+    /// `offered` caps and the given id (the `UUID` cap matches the id).
+    pub fn satisfied_by(&self, worker: WorkerId, offered: &Caps) -> bool {
+        self.iter().all(|(key, value)| {
+            if key == UUID_CAP {
+                value.parse::<WorkerId>().is_ok_and(|pinned| pinned == worker)
+            } else {
+                offered.get(key) == Some(value)
+            }
+        })
+    }
+}
+
+impl FromIterator<(String, String)> for Caps {
+    fn from_iter<T: IntoIterator<Item = (String, String)>>(iter: T) -> Self {
+        Caps(iter.into_iter().collect())
+    }
+}
+
+impl fmt::Display for Caps {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for (k, v) in self.iter() {
+            if !first {
+                f.write_str(",")?;
+            }
+            first = false;
+            write!(f, "{k}={v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Group names. A worker with no groups is public.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Groups(BTreeSet<String>);
+
+impl Groups {
+    pub fn new() -> Groups {
+        Groups::default()
+    }
+
+    pub fn validated(set: BTreeSet<String>) -> Result<Groups, CapsError> {
+        if set.len() > MAX_GROUPS {
+            return Err(CapsError::TooManyGroups(set.len()));
+        }
+        if set.iter().any(|g| g.is_empty() || g.len() > MAX_GROUP_LEN) {
+            return Err(CapsError::BadGroup);
+        }
+        Ok(Groups(set))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(String::as_str)
+    }
+
+    pub fn contains(&self, group: &str) -> bool {
+        self.0.contains(group)
+    }
+
+    /// A requester with groups `self` may use a worker with groups `worker`
+    /// when the worker is public or the two sets intersect.
+    pub fn may_use(&self, worker: &Groups) -> bool {
+        worker.is_empty() || worker.0.iter().any(|g| self.0.contains(g))
+    }
+}
+
+impl<S: Into<String>> FromIterator<S> for Groups {
+    fn from_iter<T: IntoIterator<Item = S>>(iter: T) -> Self {
+        Groups(iter.into_iter().map(Into::into).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caps(pairs: &[(&str, &str)]) -> Caps {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn subset_of_equal_values_is_satisfied() {
+        let worker = WorkerId::random();
+        let offered = caps(&[("device_type", "rpi4"), ("sdcard", "yes")]);
+        assert!(caps(&[]).satisfied_by(worker, &offered));
+        assert!(caps(&[("device_type", "rpi4")]).satisfied_by(worker, &offered));
+        assert!(!caps(&[("device_type", "rpi3")]).satisfied_by(worker, &offered));
+        assert!(!caps(&[("usb", "yes")]).satisfied_by(worker, &offered));
+    }
+
+    #[test]
+    fn uuid_cap_pins_one_worker() {
+        let worker = WorkerId::random();
+        let other = WorkerId::random();
+        let pinned = caps(&[(UUID_CAP, &worker.to_string())]);
+        assert!(pinned.satisfied_by(worker, &Caps::new()));
+        assert!(!pinned.satisfied_by(other, &Caps::new()));
+        assert_eq!(pinned.pinned_worker(), Some(worker));
+    }
+
+    #[test]
+    fn validation_rejects_bad_keys_and_uuid() {
+        let mut map = BTreeMap::new();
+        map.insert(String::new(), "x".to_string());
+        assert_eq!(Caps::validated(map), Err(CapsError::BadKey));
+        let mut map = BTreeMap::new();
+        map.insert(UUID_CAP.to_string(), "nope".to_string());
+        assert!(matches!(Caps::validated(map), Err(CapsError::BadUuid(_))));
+    }
+
+    #[test]
+    fn groups_public_or_intersecting() {
+        let user: Groups = ["lab-a"].into_iter().collect();
+        assert!(user.may_use(&Groups::new()));
+        assert!(user.may_use(&["lab-a", "lab-b"].into_iter().collect()));
+        assert!(!user.may_use(&["lab-b"].into_iter().collect()));
+        assert!(!Groups::new().may_use(&["lab-b"].into_iter().collect()));
+    }
+}

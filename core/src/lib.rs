@@ -1,0 +1,24 @@
+//! The pure core of corral: the vocabulary of the domain (ids, caps, groups,
+//! priorities), the request and worker state machines, the matcher, lease
+//! arithmetic and the rules applied to facts observed by agents.
+//!
+//! Architecture invariant: this crate does no IO, spawns nothing and never
+//! reads the clock. Time is always passed in by the caller, so every rule here
+//! is tested without sleeping.
+
+pub mod baseline;
+pub mod caps;
+pub mod health;
+pub mod ids;
+pub mod lease;
+pub mod matcher;
+pub mod priority;
+pub mod request;
+pub mod time;
+pub mod worker;
+
+pub use caps::{Caps, Groups};
+pub use ids::{FencingToken, RequestId, SessionId, WorkerId};
+pub use priority::Priority;
+pub use request::RequestState;
+pub use worker::WorkerState;

@@ -1,0 +1,663 @@
+//! The matcher: which waiting request gets which idle worker (SPEC §3).
+//!
+//! Order: priority ascending, then submission order (request ids grow with
+//! submission). A request that no idle worker can serve does not block later
+//! ones. Among the workers that can serve a request, the one with the fewest
+//! caps plus groups wins, then the least recently used, then the lowest UUID.
+//!
+//! # How one decision avoids scanning every worker
+//!
+//! Workers with the same caps and groups are interchangeable except for
+//! their last use, so they are kept together in a *class*, whose idle
+//! members sit in an ordered set. Requests with the same caps and requester
+//! groups share a *signature*, whose waiting requests sit in an ordered
+//! queue. The "can serve" relation is kept between classes and signatures
+//! (both few), updated only when a new class or signature appears.
+//!
+//! The matcher keeps one invariant between calls: no waiting, visible
+//! request can be served by an idle worker. Only two things can break it: a
+//! request becomes visible (new, updated, or its `valid_after` passed), or a
+//! worker becomes idle. Those are remembered as *dirty*; a decision looks at
+//! the first dirty request and at the first request each dirty class can
+//! serve, and takes the earliest of them. Its cost depends on the number of
+//! classes and signatures involved, not on the number of workers or requests.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::time::SystemTime;
+
+use crate::caps::{Caps, Groups, UUID_CAP};
+use crate::ids::{RequestId, WorkerId};
+use crate::priority::Priority;
+
+/// Position of a waiting request in the global order.
+pub type QueueKey = (Priority, RequestId);
+
+type CapId = u32;
+type ClassIdx = usize;
+type SigIdx = usize;
+
+/// A worker as the matcher sees it.
+#[derive(Clone, Debug)]
+pub struct WorkerSpec {
+    pub id: WorkerId,
+    pub caps: Caps,
+    pub groups: Groups,
+}
+
+/// A waiting request as the matcher sees it.
+#[derive(Clone, Debug)]
+pub struct RequestSpec {
+    pub id: RequestId,
+    pub priority: Priority,
+    pub caps: Caps,
+    /// The requester's groups.
+    pub groups: Groups,
+    pub valid_after: SystemTime,
+    pub deadline: SystemTime,
+}
+
+/// One decision: `request` gets `worker`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Assignment {
+    pub request: RequestId,
+    pub worker: WorkerId,
+}
+
+/// Why a request is still waiting, as far as the matcher knows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Explanation {
+    /// 1-based position among the visible waiting requests that compete for
+    /// the same workers (1 = next to be served).
+    pub position: usize,
+    /// How many visible waiting requests compete for those workers.
+    pub competing: usize,
+    /// False while `valid_after` is in the future.
+    pub visible: bool,
+    /// Workers whose caps match and whose groups allow the requester.
+    pub candidates: Vec<WorkerId>,
+    /// Workers whose caps match but whose groups exclude the requester.
+    pub group_mismatch: Vec<WorkerId>,
+}
+
+#[derive(Debug)]
+struct Class {
+    caps: Vec<CapId>,
+    groups: Groups,
+    /// Caps plus groups: fewer wins.
+    weight: usize,
+    members: BTreeSet<WorkerId>,
+    idle: BTreeSet<(SystemTime, WorkerId)>,
+    serves: Vec<SigIdx>,
+    in_heap: bool,
+}
+
+#[derive(Debug)]
+struct Sig {
+    caps: Vec<CapId>,
+    groups: Groups,
+    queue: BTreeSet<QueueKey>,
+    served_by: Vec<ClassIdx>,
+    /// All requests of this signature, visible or not.
+    members: usize,
+}
+
+#[derive(Debug)]
+struct WorkerEntry {
+    class: ClassIdx,
+    idle_since: Option<SystemTime>,
+    /// Visible waiting requests pinned to this worker by a `UUID` cap.
+    pinned: BTreeSet<QueueKey>,
+    in_heap: bool,
+}
+
+#[derive(Debug)]
+struct RequestEntry {
+    key: QueueKey,
+    sig: SigIdx,
+    pinned: Option<WorkerId>,
+    valid_after: SystemTime,
+    deadline: SystemTime,
+    visible: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Source {
+    Class(ClassIdx),
+    Pinned(WorkerId),
+}
+
+/// The in-memory matching state. See the module documentation.
+#[derive(Debug, Default)]
+pub struct Matcher {
+    cap_ids: HashMap<(String, String), CapId>,
+    classes: Vec<Class>,
+    class_index: HashMap<(Vec<CapId>, Groups), ClassIdx>,
+    classes_with_cap: HashMap<CapId, Vec<ClassIdx>>,
+    sigs: Vec<Sig>,
+    sig_index: HashMap<(Vec<CapId>, Groups), SigIdx>,
+    workers: HashMap<WorkerId, WorkerEntry>,
+    requests: HashMap<RequestId, RequestEntry>,
+    future: BTreeSet<(SystemTime, RequestId)>,
+    deadlines: BTreeSet<(SystemTime, RequestId)>,
+    dirty_requests: BTreeSet<QueueKey>,
+    peeks: BinaryHeap<Reverse<(QueueKey, Source)>>,
+    /// Visible requests pinned to a worker id that is not registered.
+    orphans: HashMap<WorkerId, BTreeSet<RequestId>>,
+}
+
+impl Matcher {
+    pub fn new() -> Matcher {
+        Matcher::default()
+    }
+
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Requests the matcher tracks (visible or not).
+    pub fn waiting_count(&self) -> usize {
+        self.requests.len()
+    }
+
+    pub fn has_request(&self, id: RequestId) -> bool {
+        self.requests.contains_key(&id)
+    }
+
+    pub fn has_worker(&self, id: WorkerId) -> bool {
+        self.workers.contains_key(&id)
+    }
+
+    pub fn is_idle(&self, id: WorkerId) -> bool {
+        self.workers.get(&id).is_some_and(|w| w.idle_since.is_some())
+    }
+
+    // ----- workers -------------------------------------------------------
+
+    /// Registers a worker (not idle yet). Registering a known id again
+    /// replaces its caps and groups and keeps it idle if it was.
+    /// Returns the waiting requests that no registered worker can serve any
+    /// more (possible when caps or groups shrank).
+    pub fn register_worker(&mut self, spec: &WorkerSpec) -> Vec<RequestId> {
+        let caps = self.intern_caps(&spec.caps);
+        let class = self.class_for(caps, spec.groups.clone());
+        let mut idle_since = None;
+        let mut pinned = BTreeSet::new();
+        let mut old_class = None;
+        if let Some(old) = self.workers.remove(&spec.id) {
+            if old.class == class {
+                self.workers.insert(spec.id, old);
+                return Vec::new();
+            }
+            let previous = &mut self.classes[old.class];
+            previous.members.remove(&spec.id);
+            if let Some(since) = old.idle_since {
+                previous.idle.remove(&(since, spec.id));
+            }
+            idle_since = old.idle_since;
+            pinned = old.pinned;
+            old_class = Some(old.class);
+        }
+        self.classes[class].members.insert(spec.id);
+        self.workers.insert(spec.id, WorkerEntry { class, idle_since: None, pinned, in_heap: false });
+        // Requests pinned to this id that were kept while it was unknown.
+        for request in self.orphans.remove(&spec.id).unwrap_or_default() {
+            if let Some(r) = self.requests.get_mut(&request) {
+                r.visible = false;
+                self.make_visible(request);
+            }
+        }
+        let lost = match old_class {
+            // Caps or groups changed: requests only the old class could serve
+            // (including those pinned to this worker) may be lost.
+            Some(old) => self.drop_unsatisfiable(old, Some(spec.id)),
+            None => Vec::new(),
+        };
+        if let Some(since) = idle_since {
+            self.worker_idle(spec.id, since);
+        }
+        lost
+    }
+
+    /// Forgets a worker. Returns the waiting requests that no registered
+    /// worker can serve any more; they are removed from the matcher.
+    pub fn deregister_worker(&mut self, id: WorkerId) -> Vec<RequestId> {
+        let Some(entry) = self.workers.remove(&id) else {
+            return Vec::new();
+        };
+        let class = &mut self.classes[entry.class];
+        class.members.remove(&id);
+        if let Some(since) = entry.idle_since {
+            class.idle.remove(&(since, id));
+        }
+        self.drop_unsatisfiable(entry.class, Some(id))
+    }
+
+    /// The worker may be leased from now on. `last_used` orders idle
+    /// workers of a class: the least recently used is taken first.
+    pub fn worker_idle(&mut self, id: WorkerId, last_used: SystemTime) {
+        let Some(entry) = self.workers.get_mut(&id) else {
+            return;
+        };
+        if let Some(old) = entry.idle_since.replace(last_used) {
+            self.classes[entry.class].idle.remove(&(old, id));
+        }
+        let class_idx = entry.class;
+        let has_pinned = !entry.pinned.is_empty();
+        self.classes[class_idx].idle.insert((last_used, id));
+        self.push_class_peek(class_idx);
+        if has_pinned {
+            self.push_pinned_peek(id);
+        }
+    }
+
+    /// The worker left the idle pool (leased elsewhere, failed, maintenance).
+    pub fn worker_unavailable(&mut self, id: WorkerId) {
+        let Some(entry) = self.workers.get_mut(&id) else {
+            return;
+        };
+        if let Some(old) = entry.idle_since.take() {
+            self.classes[entry.class].idle.remove(&(old, id));
+        }
+    }
+
+    // ----- requests ------------------------------------------------------
+
+    /// Whether some registered worker could ever serve these caps for a
+    /// requester with these groups (its current state does not matter).
+    pub fn can_ever_serve(&mut self, caps: &Caps, groups: &Groups) -> bool {
+        let (sig, pinned) = self.sig_for(caps, groups);
+        self.sig_satisfiable(sig, pinned)
+    }
+
+    /// Adds a waiting request. Returns false when no registered worker can
+    /// ever serve it (it is kept anyway; the caller decides what to do).
+    pub fn add_request(&mut self, spec: &RequestSpec, now: SystemTime) -> bool {
+        self.remove_request(spec.id);
+        let (sig, pinned) = self.sig_for(&spec.caps, &spec.groups);
+        let key = (spec.priority, spec.id);
+        self.sigs[sig].members += 1;
+        self.requests.insert(
+            spec.id,
+            RequestEntry { key, sig, pinned, valid_after: spec.valid_after, deadline: spec.deadline, visible: false },
+        );
+        self.deadlines.insert((spec.deadline, spec.id));
+        if spec.valid_after > now {
+            self.future.insert((spec.valid_after, spec.id));
+        } else {
+            self.make_visible(spec.id);
+        }
+        self.sig_satisfiable(sig, pinned)
+    }
+
+    /// Removes a request (matched elsewhere, cancelled, timed out).
+    pub fn remove_request(&mut self, id: RequestId) -> bool {
+        let Some(entry) = self.requests.remove(&id) else {
+            return false;
+        };
+        self.sigs[entry.sig].members -= 1;
+        self.deadlines.remove(&(entry.deadline, id));
+        if entry.visible {
+            self.dirty_requests.remove(&entry.key);
+            match entry.pinned {
+                Some(worker) => {
+                    if let Some(w) = self.workers.get_mut(&worker) {
+                        w.pinned.remove(&entry.key);
+                    }
+                    if let Some(orphans) = self.orphans.get_mut(&worker) {
+                        orphans.remove(&id);
+                    }
+                }
+                None => {
+                    self.sigs[entry.sig].queue.remove(&entry.key);
+                }
+            }
+        } else {
+            self.future.remove(&(entry.valid_after, id));
+        }
+        true
+    }
+
+    /// Moves requests whose `valid_after` has come into the queue and takes
+    /// out those whose deadline has passed; returns the latter.
+    pub fn tick(&mut self, now: SystemTime) -> Vec<RequestId> {
+        while let Some(&(at, id)) = self.future.first() {
+            if at > now {
+                break;
+            }
+            self.future.pop_first();
+            self.make_visible(id);
+        }
+        let mut expired = Vec::new();
+        while let Some(&(at, id)) = self.deadlines.first() {
+            if at > now {
+                break;
+            }
+            expired.push(id);
+            self.remove_request(id);
+        }
+        expired
+    }
+
+    /// When `tick` next has something to do.
+    pub fn next_wakeup(&self) -> Option<SystemTime> {
+        let future = self.future.first().map(|(t, _)| *t);
+        let deadline = self.deadlines.first().map(|(t, _)| *t);
+        match (future, deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    // ----- decisions -----------------------------------------------------
+
+    /// The next assignment, or `None` when no waiting visible request can
+    /// be served by an idle worker. The request is removed and the worker
+    /// leaves the idle pool; call [`Matcher::worker_idle`] when it is back.
+    pub fn next_match(&mut self) -> Option<Assignment> {
+        loop {
+            let first_dirty = self.dirty_requests.first().copied();
+            let first_peek = self.peeks.peek().map(|Reverse(p)| *p);
+            let from_dirty = match (first_dirty, first_peek) {
+                (None, None) => return None,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some(d), Some((p, _))) => d <= p,
+            };
+            if from_dirty {
+                let key = self.dirty_requests.pop_first()?;
+                if let Some(worker) = self.best_worker_for(key.1) {
+                    return Some(self.assign(key.1, worker));
+                }
+                continue;
+            }
+            let Reverse((key, source)) = self.peeks.pop()?;
+            match source {
+                Source::Class(c) => self.classes[c].in_heap = false,
+                Source::Pinned(w) => {
+                    if let Some(entry) = self.workers.get_mut(&w) {
+                        entry.in_heap = false;
+                    }
+                }
+            }
+            let still_first = self.source_peek(source) == Some(key);
+            if !still_first {
+                self.push_peek(source);
+                continue;
+            }
+            let worker = self.best_worker_for(key.1);
+            let Some(worker) = worker else {
+                // Cannot happen while the source has an idle worker; stay
+                // safe and re-examine the source later.
+                self.push_peek(source);
+                continue;
+            };
+            let assignment = self.assign(key.1, worker);
+            self.push_peek(source);
+            return Some(assignment);
+        }
+    }
+
+    /// Why `id` still waits. `None` if the matcher does not know it.
+    pub fn explain(&self, id: RequestId) -> Option<Explanation> {
+        let entry = self.requests.get(&id)?;
+        let sig = &self.sigs[entry.sig];
+        let mut candidates = Vec::new();
+        let mut group_mismatch = Vec::new();
+        let mut classes = Vec::new();
+        for (idx, class) in self.classes.iter().enumerate() {
+            if class.members.is_empty() || !is_subset(&sig.caps, &class.caps) {
+                continue;
+            }
+            let members = class.members.iter().filter(|w| entry.pinned.is_none_or(|p| p == **w));
+            if sig.groups.may_use(&class.groups) {
+                candidates.extend(members);
+                classes.push(idx);
+            } else {
+                group_mismatch.extend(members);
+            }
+        }
+        let mut competing_sigs: BTreeSet<SigIdx> = BTreeSet::new();
+        for class in &classes {
+            competing_sigs.extend(self.classes[*class].serves.iter().copied());
+        }
+        let mut ahead = 0;
+        let mut competing = 0;
+        for s in competing_sigs {
+            let queue = &self.sigs[s].queue;
+            competing += queue.len();
+            ahead += queue.range(..entry.key).count();
+        }
+        for w in &candidates {
+            if let Some(worker) = self.workers.get(w) {
+                competing += worker.pinned.len();
+                ahead += worker.pinned.range(..entry.key).count();
+            }
+        }
+        if !entry.visible {
+            competing += 1;
+        }
+        Some(Explanation { position: ahead + 1, competing, visible: entry.visible, candidates, group_mismatch })
+    }
+
+    // ----- internals -----------------------------------------------------
+
+    fn assign(&mut self, request: RequestId, worker: WorkerId) -> Assignment {
+        self.remove_request(request);
+        self.worker_unavailable(worker);
+        Assignment { request, worker }
+    }
+
+    /// The best idle worker for a visible waiting request.
+    fn best_worker_for(&self, request: RequestId) -> Option<WorkerId> {
+        let entry = self.requests.get(&request)?;
+        if let Some(pinned) = entry.pinned {
+            let worker = self.workers.get(&pinned)?;
+            worker.idle_since?;
+            return self.classes[worker.class].serves.contains(&entry.sig).then_some(pinned);
+        }
+        let mut best: Option<(usize, SystemTime, WorkerId)> = None;
+        for &c in &self.sigs[entry.sig].served_by {
+            let class = &self.classes[c];
+            if let Some(&(since, id)) = class.idle.first() {
+                let candidate = (class.weight, since, id);
+                if best.is_none_or(|b| candidate < b) {
+                    best = Some(candidate);
+                }
+            }
+        }
+        best.map(|(_, _, id)| id)
+    }
+
+    fn make_visible(&mut self, id: RequestId) {
+        let Some(entry) = self.requests.get_mut(&id) else {
+            return;
+        };
+        if entry.visible {
+            return;
+        }
+        entry.visible = true;
+        let key = entry.key;
+        match entry.pinned {
+            Some(worker) => match self.workers.get_mut(&worker) {
+                Some(w) => {
+                    w.pinned.insert(key);
+                }
+                // The pinned worker is unknown; the request waits for a
+                // worker with that id to register.
+                None => {
+                    self.orphans.entry(worker).or_default().insert(id);
+                    return;
+                }
+            },
+            None => {
+                self.sigs[entry.sig].queue.insert(key);
+            }
+        }
+        self.dirty_requests.insert(key);
+    }
+
+    /// First visible waiting request this source can serve.
+    fn source_peek(&self, source: Source) -> Option<QueueKey> {
+        match source {
+            Source::Class(c) => {
+                let class = &self.classes[c];
+                if class.idle.is_empty() {
+                    return None;
+                }
+                class.serves.iter().filter_map(|s| self.sigs[*s].queue.first().copied()).min()
+            }
+            Source::Pinned(w) => {
+                let worker = self.workers.get(&w)?;
+                worker.idle_since?;
+                worker.pinned.first().copied()
+            }
+        }
+    }
+
+    fn push_peek(&mut self, source: Source) {
+        match source {
+            Source::Class(c) => self.push_class_peek(c),
+            Source::Pinned(w) => self.push_pinned_peek(w),
+        }
+    }
+
+    fn push_class_peek(&mut self, class: ClassIdx) {
+        if self.classes[class].in_heap {
+            return;
+        }
+        if let Some(key) = self.source_peek(Source::Class(class)) {
+            self.classes[class].in_heap = true;
+            self.peeks.push(Reverse((key, Source::Class(class))));
+        }
+    }
+
+    fn push_pinned_peek(&mut self, worker: WorkerId) {
+        if self.workers.get(&worker).is_none_or(|w| w.in_heap) {
+            return;
+        }
+        if let Some(key) = self.source_peek(Source::Pinned(worker)) {
+            if let Some(w) = self.workers.get_mut(&worker) {
+                w.in_heap = true;
+            }
+            self.peeks.push(Reverse((key, Source::Pinned(worker))));
+        }
+    }
+
+    fn intern_caps(&mut self, caps: &Caps) -> Vec<CapId> {
+        let mut ids: Vec<CapId> = caps
+            .iter()
+            .filter(|(k, _)| *k != UUID_CAP)
+            .map(|(k, v)| {
+                let next = self.cap_ids.len() as CapId;
+                *self.cap_ids.entry((k.to_string(), v.to_string())).or_insert(next)
+            })
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    fn class_for(&mut self, caps: Vec<CapId>, groups: Groups) -> ClassIdx {
+        if let Some(&idx) = self.class_index.get(&(caps.clone(), groups.clone())) {
+            return idx;
+        }
+        let idx = self.classes.len();
+        let serves: Vec<SigIdx> = (0..self.sigs.len()).filter(|s| serves(&caps, &groups, &self.sigs[*s])).collect();
+        for s in &serves {
+            self.sigs[*s].served_by.push(idx);
+        }
+        for cap in &caps {
+            self.classes_with_cap.entry(*cap).or_default().push(idx);
+        }
+        self.class_index.insert((caps.clone(), groups.clone()), idx);
+        let weight = caps.len() + groups.len();
+        self.classes.push(Class {
+            caps,
+            groups,
+            weight,
+            members: BTreeSet::new(),
+            idle: BTreeSet::new(),
+            serves,
+            in_heap: false,
+        });
+        idx
+    }
+
+    fn sig_for(&mut self, caps: &Caps, groups: &Groups) -> (SigIdx, Option<WorkerId>) {
+        let pinned = caps.pinned_worker();
+        let cap_ids = self.intern_caps(caps);
+        let key = (cap_ids, groups.clone());
+        if let Some(&idx) = self.sig_index.get(&key) {
+            return (idx, pinned);
+        }
+        let (cap_ids, groups) = key;
+        let idx = self.sigs.len();
+        let candidates: Vec<ClassIdx> =
+            match cap_ids.iter().min_by_key(|c| self.classes_with_cap.get(c).map_or(0, Vec::len)) {
+                Some(rarest) => self.classes_with_cap.get(rarest).cloned().unwrap_or_default(),
+                None => (0..self.classes.len()).collect(),
+            };
+        let sig = Sig { caps: cap_ids, groups, queue: BTreeSet::new(), served_by: Vec::new(), members: 0 };
+        let served_by: Vec<ClassIdx> =
+            candidates.into_iter().filter(|c| serves(&self.classes[*c].caps, &self.classes[*c].groups, &sig)).collect();
+        for c in &served_by {
+            self.classes[*c].serves.push(idx);
+        }
+        self.sig_index.insert((sig.caps.clone(), sig.groups.clone()), idx);
+        self.sigs.push(Sig { served_by, ..sig });
+        (idx, pinned)
+    }
+
+    fn sig_satisfiable(&self, sig: SigIdx, pinned: Option<WorkerId>) -> bool {
+        match pinned {
+            Some(worker) => self.workers.get(&worker).is_some_and(|w| self.classes[w.class].serves.contains(&sig)),
+            None => self.sigs[sig].served_by.iter().any(|c| !self.classes[*c].members.is_empty()),
+        }
+    }
+
+    /// After `class` lost a member (`worker`), removes and returns the
+    /// requests no registered worker can serve any more: those of the
+    /// signatures the class served, and those pinned to the worker.
+    fn drop_unsatisfiable(&mut self, class: ClassIdx, worker: Option<WorkerId>) -> Vec<RequestId> {
+        let lost_sigs: BTreeSet<SigIdx> = if self.classes[class].members.is_empty() {
+            self.classes[class]
+                .serves
+                .iter()
+                .copied()
+                .filter(|s| self.sigs[*s].members > 0 && !self.sig_satisfiable(*s, None))
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
+        if lost_sigs.is_empty() && worker.is_none() {
+            return Vec::new();
+        }
+        let mut lost: Vec<RequestId> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| match r.pinned {
+                Some(p) => Some(p) == worker && !self.sig_satisfiable(r.sig, r.pinned),
+                None => lost_sigs.contains(&r.sig),
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        lost.sort();
+        for id in &lost {
+            self.remove_request(*id);
+        }
+        lost
+    }
+}
+
+fn serves(class_caps: &[CapId], class_groups: &Groups, sig: &Sig) -> bool {
+    is_subset(&sig.caps, class_caps) && sig.groups.may_use(class_groups)
+}
+
+/// Both sorted.
+fn is_subset(small: &[CapId], big: &[CapId]) -> bool {
+    let mut big = big.iter();
+    small.iter().all(|s| big.by_ref().any(|b| b == s))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,287 @@
+//! The request state machine (SPEC §2) and the rules for a request's
+//! schedule (valid_after, deadline, lease length).
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+/// Where a request is in its life. Terminal states never change again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestState {
+    Waiting,
+    InProgress,
+    Cancelled,
+    Timeout,
+    Invalid,
+    Done,
+    Failed,
+}
+
+impl RequestState {
+    pub const ALL: [RequestState; 7] = [
+        RequestState::Waiting,
+        RequestState::InProgress,
+        RequestState::Cancelled,
+        RequestState::Timeout,
+        RequestState::Invalid,
+        RequestState::Done,
+        RequestState::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestState::Waiting => "waiting",
+            RequestState::InProgress => "in_progress",
+            RequestState::Cancelled => "cancelled",
+            RequestState::Timeout => "timeout",
+            RequestState::Invalid => "invalid",
+            RequestState::Done => "done",
+            RequestState::Failed => "failed",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, RequestState::Waiting | RequestState::InProgress)
+    }
+
+    /// What closing a request in this state means, or `None` when it is
+    /// already terminal.
+    pub fn close_event(self) -> Option<RequestEvent> {
+        match self {
+            RequestState::Waiting => Some(RequestEvent::Cancel),
+            RequestState::InProgress => Some(RequestEvent::Finish),
+            _ => None,
+        }
+    }
+
+    /// The state reached by `event`, or an error naming the illegal move.
+    pub fn apply(self, event: RequestEvent) -> Result<RequestState, IllegalRequestTransition> {
+        use RequestEvent as E;
+        use RequestState as S;
+        let to = match (self, event) {
+            (S::Waiting, E::Start) => S::InProgress,
+            (S::Waiting, E::Cancel) => S::Cancelled,
+            (S::Waiting, E::Timeout) => S::Timeout,
+            (S::Waiting, E::Invalidate) => S::Invalid,
+            (S::InProgress, E::Finish) => S::Done,
+            (S::InProgress, E::Fail) => S::Failed,
+            _ => return Err(IllegalRequestTransition { from: self, event }),
+        };
+        Ok(to)
+    }
+}
+
+impl fmt::Display for RequestState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RequestState {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        RequestState::ALL
+            .into_iter()
+            .find(|s| s.as_str() == text)
+            .ok_or_else(|| format!("unknown request state {text:?}"))
+    }
+}
+
+/// What can happen to a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestEvent {
+    /// The matched worker installed the lease key: the lease starts.
+    Start,
+    /// Owner or admin closed a waiting request.
+    Cancel,
+    /// The deadline passed before a lease started.
+    Timeout,
+    /// No registered worker can ever serve it.
+    Invalidate,
+    /// Owner or admin closed the lease, or it expired.
+    Finish,
+    /// Its worker failed, went to maintenance or lost its agent.
+    Fail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a request that is {from} cannot take event {event:?}")]
+pub struct IllegalRequestTransition {
+    pub from: RequestState,
+    pub event: RequestEvent,
+}
+
+/// Server-wide limits and defaults for request schedules (SPEC §11).
+#[derive(Clone, Copy, Debug)]
+pub struct ScheduleLimits {
+    pub default_lease: Duration,
+    pub max_lease: Duration,
+    pub default_deadline: Duration,
+}
+
+impl Default for ScheduleLimits {
+    fn default() -> Self {
+        ScheduleLimits {
+            default_lease: Duration::from_secs(3600),
+            max_lease: Duration::from_secs(24 * 3600),
+            default_deadline: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// When a request may start, when it gives up, and how long its lease is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    pub valid_after: SystemTime,
+    pub deadline: SystemTime,
+    pub lease: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("deadline {0} is not in the future")]
+    DeadlinePassed(String),
+    #[error("valid_after must be before deadline")]
+    ValidAfterNotBeforeDeadline,
+    #[error("lease must be longer than zero")]
+    LeaseZero,
+    #[error("lease {asked} is longer than the server's max_lease {max}")]
+    LeaseTooLong { asked: String, max: String },
+}
+
+impl Schedule {
+    /// The schedule of a new request, filling in defaults.
+    pub fn for_submission(
+        now: SystemTime,
+        valid_after: Option<SystemTime>,
+        deadline: Option<SystemTime>,
+        lease: Option<Duration>,
+        limits: &ScheduleLimits,
+    ) -> Result<Schedule, ScheduleError> {
+        let valid_after = valid_after.unwrap_or(now);
+        let deadline = match deadline {
+            Some(d) => d,
+            None => valid_after.max(now) + limits.default_deadline,
+        };
+        let lease = lease.unwrap_or(limits.default_lease);
+        if lease.is_zero() {
+            return Err(ScheduleError::LeaseZero);
+        }
+        if lease > limits.max_lease {
+            return Err(ScheduleError::LeaseTooLong {
+                asked: crate::time::format_duration(lease),
+                max: crate::time::format_duration(limits.max_lease),
+            });
+        }
+        Schedule { valid_after, deadline, lease }.checked(now)
+    }
+
+    /// The schedule after an update of a waiting request.
+    pub fn updated(
+        self,
+        now: SystemTime,
+        valid_after: Option<SystemTime>,
+        deadline: Option<SystemTime>,
+    ) -> Result<Schedule, ScheduleError> {
+        Schedule {
+            valid_after: valid_after.unwrap_or(self.valid_after),
+            deadline: deadline.unwrap_or(self.deadline),
+            lease: self.lease,
+        }
+        .checked(now)
+    }
+
+    fn checked(self, now: SystemTime) -> Result<Schedule, ScheduleError> {
+        if self.deadline <= now {
+            return Err(ScheduleError::DeadlinePassed(crate::time::format_rfc3339(self.deadline)));
+        }
+        if self.valid_after >= self.deadline {
+            return Err(ScheduleError::ValidAfterNotBeforeDeadline);
+        }
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
+    }
+
+    #[test]
+    fn every_transition_of_the_spec_table_and_no_other() {
+        use RequestEvent as E;
+        use RequestState as S;
+        let allowed = [
+            (S::Waiting, E::Start, S::InProgress),
+            (S::Waiting, E::Cancel, S::Cancelled),
+            (S::Waiting, E::Timeout, S::Timeout),
+            (S::Waiting, E::Invalidate, S::Invalid),
+            (S::InProgress, E::Finish, S::Done),
+            (S::InProgress, E::Fail, S::Failed),
+        ];
+        let events = [E::Start, E::Cancel, E::Timeout, E::Invalidate, E::Finish, E::Fail];
+        for from in S::ALL {
+            for event in events {
+                let expected = allowed.iter().find(|(f, e, _)| *f == from && *e == event).map(|(_, _, to)| *to);
+                assert_eq!(from.apply(event).ok(), expected, "{from} + {event:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn terminal_states_cannot_be_closed() {
+        for state in RequestState::ALL {
+            assert_eq!(state.close_event().is_none(), state.is_terminal(), "{state}");
+        }
+    }
+
+    #[test]
+    fn states_round_trip_through_text() {
+        for state in RequestState::ALL {
+            assert_eq!(state.as_str().parse::<RequestState>().unwrap(), state);
+            assert_eq!(serde_json::to_string(&state).unwrap(), format!("\"{}\"", state.as_str()));
+        }
+    }
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let limits = ScheduleLimits::default();
+        let s = Schedule::for_submission(t(0), None, None, None, &limits).unwrap();
+        assert_eq!(s.valid_after, t(0));
+        assert_eq!(s.deadline, t(7 * 24 * 3600));
+        assert_eq!(s.lease, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn bad_schedules_are_refused() {
+        let limits = ScheduleLimits::default();
+        let now = t(100);
+        let cases = [
+            ("deadline in the past", None, Some(t(50)), None),
+            ("deadline now", None, Some(t(100)), None),
+            ("valid_after after deadline", Some(t(500)), Some(t(400)), None),
+            ("valid_after equal to deadline", Some(t(400)), Some(t(400)), None),
+            ("zero lease", None, None, Some(Duration::ZERO)),
+            ("lease over max", None, None, Some(Duration::from_secs(25 * 3600))),
+        ];
+        for (name, valid_after, deadline, lease) in cases {
+            assert!(Schedule::for_submission(now, valid_after, deadline, lease, &limits).is_err(), "{name}");
+        }
+    }
+
+    #[test]
+    fn update_keeps_unchanged_fields_and_rechecks() {
+        let limits = ScheduleLimits::default();
+        let s = Schedule::for_submission(t(0), None, Some(t(1000)), None, &limits).unwrap();
+        let moved = s.updated(t(10), Some(t(500)), None).unwrap();
+        assert_eq!(moved.deadline, t(1000));
+        assert_eq!(moved.valid_after, t(500));
+        assert!(s.updated(t(10), Some(t(2000)), None).is_err());
+    }
+}
