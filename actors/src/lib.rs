@@ -1,1 +1,192 @@
-//! placeholder
+//! The live corral system, as actix actors:
+//!
+//! - one [`request::RequestActor`] per live (waiting or in-progress)
+//!   request: owns its row while it is not bound, its lease key, its
+//!   tunnel, its acquire waiters;
+//! - one [`worker::WorkerActor`] per worker: owns the worker row and talks
+//!   to the worker's agent through its session;
+//! - one [`agent::AgentSession`] per live agent session: the outbox of
+//!   commands the agent long-polls;
+//! - the [`matcher::MatcherActor`]: the in-memory matcher of the core,
+//!   committing each batch of decisions in one transaction;
+//! - the [`timekeeper::Timekeeper`]: lease expiry and prepare timeouts;
+//! - the [`reaper::Reaper`]: expires agent sessions whose heartbeats
+//!   stopped.
+//!
+//! [`Corral`] is the handle the HTTP API uses; its methods are grouped by
+//! use case in the module of the actor they drive.
+//!
+//! Architecture invariants: every state change is committed to the
+//! database before anyone is told about it; actors never block their
+//! arbiter (key generation runs on blocking threads); actor-to-actor
+//! messages that could form a cycle are sent without waiting.
+
+pub mod agent;
+pub mod clock;
+pub mod directory;
+pub mod error;
+pub mod keys;
+pub mod matcher;
+pub mod reaper;
+mod rebuild;
+pub mod request;
+pub mod settings;
+pub mod timekeeper;
+pub mod tunnel;
+pub mod worker;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use actix::dev::ToEnvelope;
+use actix::{Actor, Addr, Arbiter, ArbiterHandle, Handler, Message};
+use corral_core::{Groups, Role};
+use corral_db::Db;
+
+pub use clock::Clock;
+pub use error::ActorError;
+pub use settings::{KeyKind, Settings};
+
+use crate::directory::Directory;
+use crate::matcher::MatcherActor;
+use crate::timekeeper::Timekeeper;
+use crate::tunnel::Tunnels;
+
+/// Answer channel carried by messages that need one.
+pub type Reply<T> = tokio::sync::oneshot::Sender<T>;
+
+/// Who is asking.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub name: String,
+    pub role: Role,
+    pub groups: Groups,
+}
+
+impl Caller {
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+
+    /// How this caller is named in history rows.
+    pub fn actor(&self) -> String {
+        match self.role {
+            Role::Agent => format!("agent:{}", self.name),
+            _ => format!("user:{}", self.name),
+        }
+    }
+}
+
+/// State shared by every actor.
+pub struct Shared {
+    pub db: Db,
+    pub clock: Clock,
+    pub settings: Settings,
+    pub dir: Directory,
+    pub tunnels: Tunnels,
+    /// Changes at every start; agents learn that command sequence numbers
+    /// restarted.
+    pub incarnation: String,
+    matcher: OnceLock<Addr<MatcherActor>>,
+    timekeeper: OnceLock<Addr<Timekeeper>>,
+    arbiters: Vec<ArbiterHandle>,
+    next_arbiter: AtomicUsize,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("incarnation", &self.incarnation).finish()
+    }
+}
+
+impl Shared {
+    pub fn matcher(&self) -> &Addr<MatcherActor> {
+        self.matcher.get().expect("the matcher starts before anything uses it")
+    }
+
+    pub fn timekeeper(&self) -> &Addr<Timekeeper> {
+        self.timekeeper.get().expect("the timekeeper starts before anything uses it")
+    }
+
+    /// The arbiter for the next request or worker actor (round robin).
+    pub(crate) fn arbiter(&self) -> &ArbiterHandle {
+        let n = self.next_arbiter.fetch_add(1, Ordering::Relaxed);
+        &self.arbiters[n % self.arbiters.len()]
+    }
+}
+
+/// Sends without waiting and without blocking: a full mailbox is waited on
+/// by a spawned task instead of the sender. Used between actors, where
+/// waiting could form a cycle.
+pub(crate) fn tell<A, M>(addr: &Addr<A>, msg: M)
+where
+    A: Actor + Handler<M>,
+    A::Context: ToEnvelope<A, M>,
+    M: Message + Send + 'static,
+    M::Result: Send,
+{
+    match addr.try_send(msg) {
+        Ok(()) => {}
+        Err(actix::dev::SendError::Full(msg)) => {
+            let addr = addr.clone();
+            actix::spawn(async move {
+                if addr.send(msg).await.is_err() {
+                    tracing::debug!("message to a stopped actor dropped");
+                }
+            });
+        }
+        Err(actix::dev::SendError::Closed(_)) => tracing::debug!("message to a stopped actor dropped"),
+    }
+}
+
+/// The running system.
+#[derive(Clone, Debug)]
+pub struct Corral {
+    shared: Arc<Shared>,
+}
+
+impl Corral {
+    /// Starts the actors and rebuilds them from the database. Must run
+    /// inside an actix system.
+    pub async fn start(db: Db, settings: Settings, clock: Clock) -> Result<Corral, ActorError> {
+        let arbiters = (0..settings.actor_threads.max(1)).map(|_| Arbiter::new().handle()).collect();
+        let shared = Arc::new(Shared {
+            tunnels: Tunnels::new(settings.tunnel_bind, settings.tunnel_ports.clone()),
+            db,
+            clock,
+            settings,
+            dir: Directory::default(),
+            incarnation: uuid::Uuid::new_v4().simple().to_string(),
+            matcher: OnceLock::new(),
+            timekeeper: OnceLock::new(),
+            arbiters,
+            next_arbiter: AtomicUsize::new(0),
+        });
+        let matcher_shared = shared.clone();
+        let matcher = MatcherActor::start_in_arbiter(&shared.arbiters[0], move |_| MatcherActor::new(matcher_shared));
+        let _ = shared.matcher.set(matcher);
+        let timer_shared = shared.clone();
+        let timekeeper = Timekeeper::start_in_arbiter(&shared.arbiters[0], move |_| Timekeeper::new(timer_shared));
+        let _ = shared.timekeeper.set(timekeeper);
+        rebuild::rebuild(&shared).await?;
+        let reaper_shared = shared.clone();
+        reaper::Reaper::start_in_arbiter(&shared.arbiters[0], move |_| reaper::Reaper::new(reaper_shared));
+        Ok(Corral { shared })
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.shared.db
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.shared.clock
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.shared.settings
+    }
+}

@@ -1,1 +1,57 @@
-//! placeholder
+//! The corral HTTP server: the native API (`/v1`), the agent protocol
+//! (`/v1/agent`), health and readiness, and [`serve`], which starts
+//! everything a `corral serve` needs (database, schema, first-start tokens,
+//! actors, HTTP).
+//!
+//! Architecture invariant: handlers parse and check input, authorise, and
+//! call one use case of [`corral_actors::Corral`]; they hold no state of
+//! their own besides the token cache. Every error leaves through
+//! [`error::ApiError`].
+
+pub mod agent;
+pub mod auth;
+pub mod config;
+pub mod error;
+mod health;
+mod query;
+pub mod requests;
+pub mod serve;
+pub mod users;
+pub mod workers;
+
+use actix_web::{HttpResponse, web};
+use corral_actors::Corral;
+
+pub use config::Config;
+pub use serve::{Running, Tokens, serve};
+
+use crate::auth::AuthCache;
+use crate::error::ApiError;
+
+/// What every handler can reach.
+pub struct AppState {
+    pub corral: Corral,
+    pub config: Config,
+    pub auth: AuthCache,
+}
+
+/// All routes, body limits and error shapes.
+pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(max_body)
+            .content_type_required(false)
+            .error_handler(move |err, _| error::json_error(err, max_body)),
+    )
+    .app_data(web::PayloadConfig::new(max_body))
+    .app_data(web::QueryConfig::default().error_handler(|err, _| ApiError::bad_request(err.to_string()).into()))
+    .app_data(web::PathConfig::default().error_handler(|err, _| ApiError::bad_request(err.to_string()).into()))
+    .configure(health::routes)
+    .configure(requests::routes)
+    .configure(workers::routes)
+    .configure(users::routes)
+    .configure(agent::routes)
+    .default_service(web::to(|| async {
+        Err::<HttpResponse, _>(ApiError::not_found("no such endpoint; see /openapi.json"))
+    }));
+}

@@ -15,10 +15,12 @@ pub mod matcher;
 pub mod priority;
 pub mod request;
 pub mod time;
+pub mod user;
 pub mod worker;
 
 pub use caps::{Caps, Groups};
 pub use ids::{FencingToken, RequestId, SessionId, WorkerId};
 pub use priority::Priority;
 pub use request::RequestState;
+pub use user::Role;
 pub use worker::WorkerState;

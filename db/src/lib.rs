@@ -1,1 +1,316 @@
-//! placeholder
+//! All SQL of corral lives in this crate: the schema (`schema.sql` at the
+//! repository root), every persistence operation, and the launcher of the
+//! embedded PostgreSQL cluster.
+//!
+//! Architecture invariant: no other crate writes SQL. Every operation is
+//! named by a [`DatabaseOperation`] (for logs and metrics), runs through
+//! [`Db::run`], which retries serialization failures (SQLSTATE 40001 and
+//! 40P01) in one place, and maps errors into [`DbError`], which callers
+//! branch on without looking at message text.
+//!
+//! Timestamps of requests, workers and leases are passed in by the caller
+//! (the server's clock). Session deadlines come from the database clock
+//! (`now()`) unless a test clock passes a time explicitly.
+
+pub mod embedded;
+mod records;
+mod requests;
+mod sessions;
+mod users;
+mod workers;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
+
+pub use records::*;
+pub use requests::{BindOutcome, NewRequestRecord, RequestFilter, StartLease};
+pub use sessions::ExpiredSession;
+pub use users::{hash_token, new_token};
+pub use workers::{WorkerTransition, WorkerUpsert};
+
+/// The schema, applied at every start.
+pub const SCHEMA: &str = include_str!("../../schema.sql");
+
+/// Every operation the server performs on the database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DatabaseOperation {
+    ApplySchema,
+    Bootstrap,
+    CreateUser,
+    DeleteUser,
+    ListUsers,
+    UserByToken,
+    OpenSession,
+    Heartbeat,
+    CloseSession,
+    ExpireSessions,
+    LiveSessions,
+    UpsertWorker,
+    WorkerTransition,
+    SetWorkerGroups,
+    SetWorkerDrain,
+    DeleteWorker,
+    LoadWorkers,
+    TouchWorkers,
+    RecordBackoff,
+    ClearBackoff,
+    InsertRequest,
+    GetRequest,
+    ListRequests,
+    RequestHistory,
+    UpdateRequest,
+    RequestTransition,
+    LoadLiveRequests,
+    BindLeases,
+    StartLease,
+    EndLease,
+    Unbind,
+    Prolong,
+    LoadLiveLeases,
+    Ping,
+}
+
+impl DatabaseOperation {
+    pub fn as_str(self) -> &'static str {
+        use DatabaseOperation as O;
+        match self {
+            O::ApplySchema => "apply_schema",
+            O::Bootstrap => "bootstrap",
+            O::CreateUser => "create_user",
+            O::DeleteUser => "delete_user",
+            O::ListUsers => "list_users",
+            O::UserByToken => "user_by_token",
+            O::OpenSession => "open_session",
+            O::Heartbeat => "heartbeat",
+            O::CloseSession => "close_session",
+            O::ExpireSessions => "expire_sessions",
+            O::LiveSessions => "live_sessions",
+            O::UpsertWorker => "upsert_worker",
+            O::WorkerTransition => "worker_transition",
+            O::SetWorkerGroups => "set_worker_groups",
+            O::SetWorkerDrain => "set_worker_drain",
+            O::DeleteWorker => "delete_worker",
+            O::LoadWorkers => "load_workers",
+            O::TouchWorkers => "touch_workers",
+            O::RecordBackoff => "record_backoff",
+            O::ClearBackoff => "clear_backoff",
+            O::InsertRequest => "insert_request",
+            O::GetRequest => "get_request",
+            O::ListRequests => "list_requests",
+            O::RequestHistory => "request_history",
+            O::UpdateRequest => "update_request",
+            O::RequestTransition => "request_transition",
+            O::LoadLiveRequests => "load_live_requests",
+            O::BindLeases => "bind_leases",
+            O::StartLease => "start_lease",
+            O::EndLease => "end_lease",
+            O::Unbind => "unbind",
+            O::Prolong => "prolong",
+            O::LoadLiveLeases => "load_live_leases",
+            O::Ping => "ping",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The database cannot be reached or the pool is exhausted; retry later.
+    #[error("database unavailable during {op}: {cause}")]
+    Unavailable { op: &'static str, cause: String },
+    /// The row was not in the expected state (someone else changed it), or a
+    /// uniqueness rule would be broken.
+    #[error("conflict during {op}: {what}")]
+    Conflict { op: &'static str, what: String },
+    #[error("not found during {op}")]
+    NotFound { op: &'static str },
+    /// Anything else: a bug or corrupt data.
+    #[error("database error during {op}: {cause}")]
+    Internal { op: &'static str, cause: String },
+}
+
+impl DbError {
+    fn from_pg(op: DatabaseOperation, err: &tokio_postgres::Error) -> DbError {
+        let op = op.as_str();
+        match err.code() {
+            Some(code) if *code == SqlState::UNIQUE_VIOLATION || *code == SqlState::EXCLUSION_VIOLATION => {
+                DbError::Conflict { op, what: err.to_string() }
+            }
+            Some(code) if *code == SqlState::CHECK_VIOLATION || *code == SqlState::FOREIGN_KEY_VIOLATION => {
+                DbError::Conflict { op, what: err.to_string() }
+            }
+            Some(code)
+                if code.code().starts_with("08")
+                    || *code == SqlState::ADMIN_SHUTDOWN
+                    || *code == SqlState::CANNOT_CONNECT_NOW =>
+            {
+                DbError::Unavailable { op, cause: err.to_string() }
+            }
+            Some(_) => DbError::Internal { op, cause: format!("{err:#}") },
+            None if err.is_closed() => DbError::Unavailable { op, cause: err.to_string() },
+            None => DbError::Unavailable { op, cause: err.to_string() },
+        }
+    }
+
+    pub fn conflict(op: DatabaseOperation, what: impl Into<String>) -> DbError {
+        DbError::Conflict { op: op.as_str(), what: what.into() }
+    }
+
+    pub fn internal(op: DatabaseOperation, cause: impl Into<String>) -> DbError {
+        DbError::Internal { op: op.as_str(), cause: cause.into() }
+    }
+
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, DbError::Unavailable { .. })
+    }
+}
+
+/// What an operation closure returns before error mapping.
+pub(crate) enum OpError {
+    Pg(tokio_postgres::Error),
+    Db(DbError),
+}
+
+impl From<tokio_postgres::Error> for OpError {
+    fn from(err: tokio_postgres::Error) -> Self {
+        OpError::Pg(err)
+    }
+}
+
+impl From<DbError> for OpError {
+    fn from(err: DbError) -> Self {
+        OpError::Db(err)
+    }
+}
+
+pub(crate) type OpResult<T> = Result<T, OpError>;
+
+/// Pool settings. Every timeout is explicit: deadpool waits forever by
+/// default.
+#[derive(Clone, Debug)]
+pub struct PoolSettings {
+    pub max_size: usize,
+    pub wait_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings { max_size: 32, wait_timeout: Duration::from_secs(5), connect_timeout: Duration::from_secs(5) }
+    }
+}
+
+/// Observes every operation (the server feeds metrics from it).
+pub trait OperationObserver: Send + Sync {
+    fn observe(&self, op: DatabaseOperation, elapsed: Duration, error: Option<&DbError>);
+}
+
+/// A handle on the database; cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool,
+    observer: Option<std::sync::Arc<dyn OperationObserver>>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("pool", &self.pool.status()).finish()
+    }
+}
+
+const MAX_ATTEMPTS: u32 = 5;
+
+impl Db {
+    /// Connects a pool to the database named by `url` (a `postgresql://`
+    /// URL or a `key=value` connection string) and checks it answers.
+    pub async fn connect(url: &str, settings: &PoolSettings) -> Result<Db, DbError> {
+        let op = DatabaseOperation::Ping;
+        let mut config: tokio_postgres::Config =
+            url.parse().map_err(|e| DbError::internal(op, format!("bad database URL: {e}")))?;
+        config.connect_timeout(settings.connect_timeout);
+        if config.get_application_name().is_none() {
+            config.application_name("corral");
+        }
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(settings.max_size)
+            .wait_timeout(Some(settings.wait_timeout))
+            .create_timeout(Some(settings.connect_timeout))
+            .recycle_timeout(Some(settings.connect_timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| DbError::internal(op, e.to_string()))?;
+        let db = Db { pool, observer: None };
+        db.ping().await?;
+        Ok(db)
+    }
+
+    pub fn with_observer(mut self, observer: std::sync::Arc<dyn OperationObserver>) -> Db {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Applies `schema.sql` (idempotent).
+    pub async fn apply_schema(&self) -> Result<(), DbError> {
+        self.run(DatabaseOperation::ApplySchema, |client| {
+            Box::pin(async move {
+                client.batch_execute(SCHEMA).await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Readiness: one round trip.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        self.run(DatabaseOperation::Ping, |client| {
+            Box::pin(async move {
+                client.query_one("SELECT 1", &[]).await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Runs `f` with a pooled connection, retrying serialization failures
+    /// and deadlocks with a growing delay, and maps errors.
+    pub(crate) async fn run<T, F>(&self, op: DatabaseOperation, mut f: F) -> Result<T, DbError>
+    where
+        F: for<'c> FnMut(&'c mut Object) -> std::pin::Pin<Box<dyn Future<Output = OpResult<T>> + Send + 'c>>,
+    {
+        let started = Instant::now();
+        let mut attempt = 0;
+        let result = loop {
+            attempt += 1;
+            let mut client = match self.pool.get().await {
+                Ok(client) => client,
+                Err(e) => break Err(DbError::Unavailable { op: op.as_str(), cause: e.to_string() }),
+            };
+            match f(&mut client).await {
+                Ok(value) => break Ok(value),
+                Err(OpError::Db(e)) => break Err(e),
+                Err(OpError::Pg(e)) => {
+                    let retryable = e.code().is_some_and(|c| {
+                        *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
+                    });
+                    if retryable && attempt < MAX_ATTEMPTS {
+                        tracing::debug!(op = op.as_str(), attempt, "retrying after serialization failure");
+                        tokio::time::sleep(Duration::from_millis(5 << attempt)).await;
+                        continue;
+                    }
+                    break Err(DbError::from_pg(op, &e));
+                }
+            }
+        };
+        if let Some(observer) = &self.observer {
+            observer.observe(op, started.elapsed(), result.as_ref().err());
+        }
+        result
+    }
+}
+
+/// `Some(t)` is a test clock; `None` means the database's `now()`.
+pub type DbNow = Option<std::time::SystemTime>;

@@ -1,0 +1,356 @@
+//! Agent sessions: one actor per live session holds the outbox of commands
+//! its agent long-polls, and routes the agent's results back to the worker
+//! actors. The use cases of the agent protocol (open, heartbeat, poll,
+//! results, close) are methods of [`Corral`] here.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use corral_core::caps::CapsError;
+use corral_core::{Caps, FencingToken, Role, SessionId, WorkerId};
+use corral_db::WorkerUpsert;
+use corral_proto::agent::{
+    Action, Command, CommandBatch, CommandResult, Heartbeat, HeartbeatAck, OpenSession, RegisteredWorker, SessionOpened,
+};
+
+use crate::directory::SessionEntry;
+use crate::matcher::MatcherMsg;
+use crate::worker::{WorkerActor, WorkerMsg};
+use crate::{ActorError, Caller, Corral, Reply, Shared, tell};
+
+/// Results are routed by sequence number; remember this many.
+const MAX_REMEMBERED: usize = 100_000;
+/// Most commands in one long-poll answer.
+const MAX_BATCH: usize = 256;
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum AgentMsg {
+    /// Queue a command for the agent.
+    Send {
+        worker: WorkerId,
+        fence: FencingToken,
+        action: Action,
+    },
+    /// Long-poll: commands after `after`, waiting up to `wait` for one.
+    Poll {
+        after: u64,
+        incarnation: Option<String>,
+        wait: Duration,
+        reply: Reply<CommandBatch>,
+    },
+    /// The agent's results, routed to the workers.
+    Results {
+        results: Vec<CommandResult>,
+    },
+    /// A parked poll's wait is over.
+    PollTimeout {
+        poll: u64,
+    },
+    Stop,
+}
+
+pub struct AgentSession {
+    shared: Arc<Shared>,
+    id: SessionId,
+    agent: String,
+    outbox: VecDeque<Command>,
+    sent: HashMap<u64, (WorkerId, Action)>,
+    next_seq: u64,
+    parked: Option<(u64, Reply<CommandBatch>)>,
+    polls: u64,
+}
+
+impl AgentSession {
+    pub(crate) fn new(shared: Arc<Shared>, id: SessionId, agent: String) -> AgentSession {
+        AgentSession {
+            shared,
+            id,
+            agent,
+            outbox: VecDeque::new(),
+            sent: HashMap::new(),
+            next_seq: 1,
+            parked: None,
+            polls: 0,
+        }
+    }
+
+    fn batch(&self) -> CommandBatch {
+        CommandBatch {
+            incarnation: self.shared.incarnation.clone(),
+            commands: self.outbox.iter().take(MAX_BATCH).cloned().collect(),
+        }
+    }
+
+    fn answer_parked(&mut self) {
+        if let Some((_, reply)) = self.parked.take() {
+            let _ = reply.send(self.batch());
+        }
+    }
+}
+
+impl Actor for AgentSession {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(1024);
+    }
+}
+
+impl Handler<AgentMsg> for AgentSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: AgentMsg, ctx: &mut Self::Context) {
+        match msg {
+            AgentMsg::Send { worker, fence, action } => {
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                tracing::debug!(session = %self.id, worker = %worker, seq, ?action, "command queued");
+                self.sent.insert(seq, (worker, action.clone()));
+                if self.sent.len() > MAX_REMEMBERED
+                    && let Some(oldest) = self.sent.keys().min().copied()
+                {
+                    self.sent.remove(&oldest);
+                }
+                self.outbox.push_back(Command { seq, worker, fence, action });
+                self.answer_parked();
+            }
+            AgentMsg::Poll { after, incarnation, wait, reply } => {
+                let after = if incarnation.as_deref() == Some(self.shared.incarnation.as_str()) { after } else { 0 };
+                while self.outbox.front().is_some_and(|c| c.seq <= after) {
+                    self.outbox.pop_front();
+                }
+                // A newer poll supersedes a parked one.
+                self.answer_parked();
+                if !self.outbox.is_empty() || wait.is_zero() {
+                    let _ = reply.send(self.batch());
+                    return;
+                }
+                self.polls += 1;
+                let poll = self.polls;
+                self.parked = Some((poll, reply));
+                ctx.run_later(wait, move |_, ctx| {
+                    ctx.address().do_send(AgentMsg::PollTimeout { poll });
+                });
+            }
+            AgentMsg::PollTimeout { poll } => {
+                if self.parked.as_ref().is_some_and(|(p, _)| *p == poll) {
+                    self.answer_parked();
+                }
+            }
+            AgentMsg::Results { results } => {
+                for result in results {
+                    let Some((worker, action)) = self.sent.remove(&result.seq) else {
+                        tracing::debug!(session = %self.id, seq = result.seq, "result for an unknown command ignored");
+                        continue;
+                    };
+                    if worker != result.worker {
+                        tracing::warn!(session = %self.id, seq = result.seq, "result names another worker; ignored");
+                        continue;
+                    }
+                    if result.stale {
+                        tracing::info!(worker = %worker, seq = result.seq, "agent refused a stale command");
+                        continue;
+                    }
+                    if let Some(addr) = self.shared.dir.worker(worker) {
+                        tell(&addr, WorkerMsg::Result { action, result, agent_name: self.agent.clone() });
+                    }
+                }
+            }
+            AgentMsg::Stop => {
+                self.answer_parked();
+                ctx.stop();
+            }
+        }
+    }
+}
+
+fn validate(open: &OpenSession) -> Result<(), ActorError> {
+    if !corral_core::user::valid_user_name(&open.agent) {
+        return Err(ActorError::BadRequest(format!(
+            "agent name {:?} must be 1-64 characters of letters, digits, '.', '_' or '-'",
+            open.agent
+        )));
+    }
+    if open.workers.len() > 10_000 {
+        return Err(ActorError::BadRequest("at most 10000 workers per agent".to_string()));
+    }
+    let mut seen = HashSet::new();
+    for worker in &open.workers {
+        if !seen.insert(worker.uuid) {
+            return Err(ActorError::BadRequest(format!("worker {} is listed twice", worker.uuid)));
+        }
+        Caps::validated(worker.caps.as_map().clone()).map_err(|e: CapsError| ActorError::BadRequest(e.to_string()))?;
+        if worker.ssh_addr.trim().is_empty() || worker.ssh_addr.len() > 256 {
+            return Err(ActorError::BadRequest(format!("worker {}: ssh_addr must be HOST:PORT", worker.uuid)));
+        }
+        if worker.user.trim().is_empty() || worker.user.len() > 64 {
+            return Err(ActorError::BadRequest(format!("worker {}: user must be a user name", worker.uuid)));
+        }
+    }
+    Ok(())
+}
+
+impl Corral {
+    fn agent_session(&self, caller: &Caller, session: SessionId) -> Result<SessionEntry, ActorError> {
+        let entry = self
+            .shared()
+            .dir
+            .session(session)
+            .ok_or_else(|| ActorError::NotFound(format!("session {session} is not alive; open a new one")))?;
+        if entry.principal != caller.name {
+            return Err(ActorError::NotFound(format!("session {session} is not alive; open a new one")));
+        }
+        Ok(entry)
+    }
+
+    /// Registers an agent's workers and opens its session.
+    pub async fn open_session(&self, caller: &Caller, open: OpenSession) -> Result<SessionOpened, ActorError> {
+        if caller.role != Role::Agent {
+            return Err(ActorError::Forbidden("only agent tokens may open agent sessions".to_string()));
+        }
+        validate(&open)?;
+        let shared = self.shared();
+        for worker in &open.workers {
+            if let Some(view) = shared.dir.view(worker.uuid)
+                && view.worker.agent != open.agent
+            {
+                return Err(ActorError::Conflict(format!(
+                    "worker {} is registered by agent {:?}",
+                    worker.uuid, view.worker.agent
+                )));
+            }
+        }
+        let id = SessionId::random();
+        let timeout = shared.settings.session_timeout;
+        shared.db.open_session(id, "agent", &open.agent, &caller.name, timeout, shared.clock.db_now()).await?;
+        let session_shared = shared.clone();
+        let agent_name = open.agent.clone();
+        let addr = AgentSession::start_in_arbiter(shared.arbiter(), move |_| {
+            AgentSession::new(session_shared, id, agent_name)
+        });
+        shared.dir.add_session(
+            id,
+            SessionEntry { addr: addr.clone(), agent: open.agent.clone(), principal: caller.name.clone() },
+        );
+        tracing::info!(session = %id, agent = %open.agent, workers = open.workers.len(), "agent session opened");
+
+        let initial = shared.settings.new_worker_state;
+        let now = shared.clock.now();
+        let mut registered = Vec::with_capacity(open.workers.len());
+        for worker in open.workers {
+            let upsert = WorkerUpsert {
+                uuid: worker.uuid,
+                agent: open.agent.clone(),
+                session: id,
+                caps: worker.caps,
+                groups: worker.groups,
+                ssh_addr: worker.ssh_addr,
+                ssh_user: worker.user,
+                host_key: worker.host_key,
+            };
+            let (record, created) = shared.db.upsert_worker(&upsert, initial, now).await?;
+            registered.push(RegisteredWorker { uuid: record.uuid, state: record.state, fence: record.fence });
+            let actor = match shared.dir.worker(record.uuid).filter(|_| !created) {
+                Some(actor) => actor,
+                None => {
+                    let (worker_shared, initial_record) = (shared.clone(), record.clone());
+                    let actor = WorkerActor::start_in_arbiter(shared.arbiter(), move |_| {
+                        WorkerActor::new(worker_shared, initial_record, None, None, None)
+                    });
+                    shared.dir.add_worker(record.uuid, actor.clone());
+                    tell(shared.matcher(), MatcherMsg::RegisterWorker(WorkerActor::spec(&record)));
+                    actor
+                }
+            };
+            tell(&actor, WorkerMsg::Attach { record, agent: addr.clone(), agent_name: open.agent.clone() });
+        }
+        Ok(SessionOpened {
+            session: id,
+            heartbeat_interval: shared.settings.heartbeat_interval,
+            session_timeout: timeout,
+            workers: registered,
+        })
+    }
+
+    /// Keeps a session alive and passes on what the agent observed.
+    pub async fn heartbeat(
+        &self,
+        caller: &Caller,
+        session: SessionId,
+        beat: Heartbeat,
+    ) -> Result<HeartbeatAck, ActorError> {
+        let entry = self.agent_session(caller, session)?;
+        let shared = self.shared();
+        let deadline = shared
+            .db
+            .heartbeat(session, shared.clock.db_now())
+            .await?
+            .ok_or_else(|| ActorError::NotFound(format!("session {session} expired; open a new one")))?;
+        for observation in beat.workers {
+            let Some(view) = shared.dir.view(observation.uuid) else { continue };
+            if view.worker.agent != entry.agent || view.session != Some(session) {
+                continue;
+            }
+            if let Some(addr) = shared.dir.worker(observation.uuid) {
+                tell(&addr, WorkerMsg::Observed { facts: observation.facts });
+            }
+        }
+        Ok(HeartbeatAck { deadline })
+    }
+
+    pub async fn poll_commands(
+        &self,
+        caller: &Caller,
+        session: SessionId,
+        after: u64,
+        incarnation: Option<String>,
+        wait: Duration,
+    ) -> Result<CommandBatch, ActorError> {
+        let entry = self.agent_session(caller, session)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        entry.addr.send(AgentMsg::Poll { after, incarnation, wait, reply: tx }).await?;
+        Ok(rx.await?)
+    }
+
+    pub async fn post_results(
+        &self,
+        caller: &Caller,
+        session: SessionId,
+        results: Vec<CommandResult>,
+    ) -> Result<(), ActorError> {
+        let entry = self.agent_session(caller, session)?;
+        entry.addr.send(AgentMsg::Results { results }).await?;
+        Ok(())
+    }
+
+    /// A clean agent shutdown: its workers are failed now rather than when
+    /// the session would have expired.
+    pub async fn close_session(&self, caller: &Caller, session: SessionId) -> Result<(), ActorError> {
+        let entry = self.agent_session(caller, session)?;
+        let shared = self.shared();
+        let reason = format!("agent {} closed its session", entry.agent);
+        let workers = shared.db.close_session(session, &reason, shared.clock.db_now()).await?;
+        self.session_gone(session, &workers, &reason);
+        Ok(())
+    }
+
+    /// Stops a session's actor and tells its workers.
+    pub(crate) fn session_gone(&self, session: SessionId, workers: &[WorkerId], reason: &str) {
+        session_gone(self.shared(), session, workers, reason);
+    }
+}
+
+pub(crate) fn session_gone(shared: &Shared, session: SessionId, workers: &[WorkerId], reason: &str) {
+    if let Some(entry) = shared.dir.remove_session(session) {
+        tell(&entry.addr, AgentMsg::Stop);
+    }
+    for worker in workers {
+        if let Some(addr) = shared.dir.worker(*worker) {
+            tell(&addr, WorkerMsg::AgentLost { session, reason: reason.to_string() });
+        }
+    }
+    tracing::info!(session = %session, workers = workers.len(), reason = %reason, "agent session ended");
+}

@@ -1,0 +1,270 @@
+//! The matcher actor: wraps the core's [`corral_core::matcher::Matcher`],
+//! decides as soon as something changes, and commits decisions in batches
+//! (one transaction for all decisions made while the previous batch was
+//! being committed). Only after the commit are the request and the worker
+//! told.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use actix::prelude::*;
+use corral_core::matcher::{Assignment, Explanation, Matcher, RequestSpec, WorkerSpec};
+use corral_core::{Caps, Groups, RequestId, WorkerId};
+use corral_db::BindOutcome;
+
+use crate::request::RequestMsg;
+use crate::worker::WorkerMsg;
+use crate::{Reply, Shared, tell};
+
+/// Most decisions committed in one transaction.
+const MAX_BATCH: usize = 512;
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum MatcherMsg {
+    /// A waiting, unbound request (new, updated or back in the queue).
+    AddRequest(RequestSpec),
+    /// Take a request out of the queue; answers false if it was not there
+    /// (already matched and being bound, or unknown).
+    Withdraw {
+        request: RequestId,
+        reply: Reply<bool>,
+    },
+    /// A worker appeared or its caps or groups changed.
+    RegisterWorker(WorkerSpec),
+    DeregisterWorker(WorkerId),
+    /// The worker may be leased.
+    WorkerIdle {
+        worker: WorkerId,
+        last_used: SystemTime,
+    },
+    /// Take a worker out of the idle pool; answers false if it was not
+    /// idle there (it may be being bound).
+    WithdrawWorker {
+        worker: WorkerId,
+        reply: Reply<bool>,
+    },
+    CanServe {
+        caps: Caps,
+        groups: Groups,
+        reply: Reply<bool>,
+    },
+    Explain {
+        request: RequestId,
+        reply: Reply<Option<Explanation>>,
+    },
+    /// Everything at once, after a restart.
+    Rebuild {
+        workers: Vec<WorkerSpec>,
+        idle: Vec<(WorkerId, SystemTime)>,
+        requests: Vec<RequestSpec>,
+    },
+    /// Statistics for metrics and readiness.
+    Stats {
+        reply: Reply<MatcherStats>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MatcherStats {
+    pub waiting: usize,
+    pub workers: usize,
+    pub decisions: u64,
+    pub pending_commits: usize,
+}
+
+pub struct MatcherActor {
+    shared: Arc<Shared>,
+    core: Matcher,
+    pending: VecDeque<Assignment>,
+    committing: bool,
+    decisions: u64,
+    retry_delay: Duration,
+}
+
+impl MatcherActor {
+    pub(crate) fn new(shared: Arc<Shared>) -> MatcherActor {
+        MatcherActor {
+            shared,
+            core: Matcher::new(),
+            pending: VecDeque::new(),
+            committing: false,
+            decisions: 0,
+            retry_delay: Duration::from_millis(50),
+        }
+    }
+
+    fn invalidate(&self, lost: Vec<RequestId>, reason: &str) {
+        for request in lost {
+            if let Some(addr) = self.shared.dir.request(request) {
+                tell(&addr, RequestMsg::Invalidated { reason: reason.to_string() });
+            }
+        }
+    }
+
+    /// Makes every decision possible now and starts committing them.
+    fn schedule(&mut self, ctx: &mut Context<Self>) {
+        let started = Instant::now();
+        let mut made = 0u64;
+        while let Some(assignment) = self.core.next_match() {
+            self.pending.push_back(assignment);
+            made += 1;
+        }
+        if made > 0 {
+            self.decisions += made;
+            tracing::trace!(decisions = made, elapsed_us = started.elapsed().as_micros() as u64, "matched");
+        }
+        self.commit_next(ctx);
+    }
+
+    fn commit_next(&mut self, ctx: &mut Context<Self>) {
+        if self.committing || self.pending.is_empty() {
+            return;
+        }
+        self.committing = true;
+        let take = self.pending.len().min(MAX_BATCH);
+        let batch: Vec<Assignment> = self.pending.drain(..take).collect();
+        let pairs: Vec<(RequestId, WorkerId)> = batch.iter().map(|a| (a.request, a.worker)).collect();
+        let db = self.shared.db.clone();
+        let now = self.shared.clock.now();
+        let commit = async move { db.bind_leases(&pairs, now).await };
+        ctx.spawn(commit.into_actor(self).map(move |result, act, ctx| {
+            act.committing = false;
+            match result {
+                Ok(outcomes) => {
+                    act.retry_delay = Duration::from_millis(50);
+                    for (assignment, outcome) in batch.into_iter().zip(outcomes) {
+                        act.announce(assignment, outcome);
+                    }
+                    act.commit_next(ctx);
+                }
+                Err(err) => {
+                    // Nothing was committed: keep the decisions and retry.
+                    tracing::error!(cause = %err, decisions = batch.len(), "committing matches failed; retrying");
+                    for assignment in batch.into_iter().rev() {
+                        act.pending.push_front(assignment);
+                    }
+                    let delay = act.retry_delay;
+                    act.retry_delay = (act.retry_delay * 2).min(Duration::from_secs(5));
+                    ctx.run_later(delay, |act, ctx| act.commit_next(ctx));
+                }
+            }
+        }));
+    }
+
+    fn announce(&self, assignment: Assignment, outcome: BindOutcome) {
+        let Assignment { request, worker } = assignment;
+        match outcome {
+            BindOutcome::Bound(fence) => {
+                tracing::debug!(request = %request, worker = %worker, fence = %fence, "lease bound");
+                match self.shared.dir.request(request) {
+                    Some(addr) => tell(&addr, RequestMsg::Bound { worker, fence }),
+                    None => tracing::error!(request = %request, "bound request has no actor"),
+                }
+                match self.shared.dir.worker(worker) {
+                    Some(addr) => tell(&addr, WorkerMsg::Leased { request, fence }),
+                    None => tracing::error!(worker = %worker, "bound worker has no actor"),
+                }
+            }
+            BindOutcome::Refused(why) => {
+                // Memory and database disagreed; both sides re-read their
+                // row and come back if they still qualify.
+                tracing::warn!(request = %request, worker = %worker, why = %why, "binding refused");
+                if let Some(addr) = self.shared.dir.request(request) {
+                    tell(&addr, RequestMsg::Requeue);
+                }
+                if let Some(addr) = self.shared.dir.worker(worker) {
+                    tell(&addr, WorkerMsg::Resync);
+                }
+            }
+        }
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        let now = self.shared.clock.now();
+        for request in self.core.tick(now) {
+            if let Some(addr) = self.shared.dir.request(request) {
+                tell(&addr, RequestMsg::TimedOut);
+            }
+        }
+        self.schedule(ctx);
+    }
+}
+
+impl Actor for MatcherActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(4096);
+        ctx.run_interval(self.shared.settings.tick, |act, ctx| act.tick(ctx));
+    }
+}
+
+impl Handler<MatcherMsg> for MatcherActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: MatcherMsg, ctx: &mut Self::Context) {
+        match msg {
+            MatcherMsg::AddRequest(spec) => {
+                let now = self.shared.clock.now();
+                if !self.core.add_request(&spec, now) {
+                    tracing::debug!(request = %spec.id, "no registered worker can serve this request now");
+                }
+                self.schedule(ctx);
+            }
+            MatcherMsg::Withdraw { request, reply } => {
+                let _ = reply.send(self.core.remove_request(request));
+            }
+            MatcherMsg::RegisterWorker(spec) => {
+                let lost = self.core.register_worker(&spec);
+                self.invalidate(lost, "no registered worker can serve its caps and groups any more");
+                self.schedule(ctx);
+            }
+            MatcherMsg::DeregisterWorker(worker) => {
+                let lost = self.core.deregister_worker(worker);
+                self.invalidate(lost, &format!("the last worker that could serve it ({worker}) was deregistered"));
+            }
+            MatcherMsg::WorkerIdle { worker, last_used } => {
+                self.core.worker_idle(worker, last_used);
+                self.schedule(ctx);
+            }
+            MatcherMsg::WithdrawWorker { worker, reply } => {
+                let was_idle = self.core.is_idle(worker);
+                self.core.worker_unavailable(worker);
+                let _ = reply.send(was_idle);
+            }
+            MatcherMsg::CanServe { caps, groups, reply } => {
+                let _ = reply.send(self.core.can_ever_serve(&caps, &groups));
+            }
+            MatcherMsg::Explain { request, reply } => {
+                let _ = reply.send(self.core.explain(request));
+            }
+            MatcherMsg::Rebuild { workers, idle, requests } => {
+                for spec in &workers {
+                    self.core.register_worker(spec);
+                }
+                for (worker, last_used) in idle {
+                    self.core.worker_idle(worker, last_used);
+                }
+                let now = self.shared.clock.now();
+                let mut unsatisfiable = 0usize;
+                for spec in &requests {
+                    if !self.core.add_request(spec, now) {
+                        unsatisfiable += 1;
+                    }
+                }
+                tracing::info!(workers = workers.len(), requests = requests.len(), unsatisfiable, "matcher rebuilt");
+                self.schedule(ctx);
+            }
+            MatcherMsg::Stats { reply } => {
+                let _ = reply.send(MatcherStats {
+                    waiting: self.core.waiting_count(),
+                    workers: self.core.worker_count(),
+                    decisions: self.decisions,
+                    pending_commits: self.pending.len() + usize::from(self.committing),
+                });
+            }
+        }
+    }
+}

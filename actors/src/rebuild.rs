@@ -1,0 +1,115 @@
+//! Start-up: the live system is rebuilt from the database. Every agent
+//! session, worker and live request gets its actor back, live leases get
+//! their tunnels back on the same ports, and the crash windows between two
+//! commits are closed:
+//!
+//! - a worker `running` with no live lease goes back through `prepare`;
+//! - a live lease whose worker is no longer `running` is lost (the request
+//!   fails if the lease had started, else goes back to the queue);
+//! - a lease bound but not started gets a new key, sent again.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use actix::prelude::*;
+use corral_core::{RequestState, WorkerState};
+
+use crate::agent::AgentSession;
+use crate::directory::SessionEntry;
+use crate::matcher::MatcherMsg;
+use crate::request::{RequestActor, RequestMsg, WorkerAccess};
+use crate::worker::WorkerActor;
+use crate::{ActorError, Shared, tell};
+
+pub(crate) async fn rebuild(shared: &Arc<Shared>) -> Result<(), ActorError> {
+    let db = &shared.db;
+    let graced = db.grace_sessions(shared.clock.db_now()).await?;
+    let sessions = db.live_sessions().await?;
+    let workers = db.load_workers().await?;
+    let requests = db.load_live_requests().await?;
+    let leases = db.load_live_leases().await?;
+    let backoffs = db.load_backoffs("prepare").await?;
+    tracing::info!(
+        sessions = sessions.len(),
+        graced,
+        workers = workers.len(),
+        requests = requests.len(),
+        leases = leases.len(),
+        "rebuilding from the database"
+    );
+
+    let mut agents = HashMap::new();
+    for session in sessions.into_iter().filter(|s| s.component == "agent") {
+        let (session_shared, id, name) = (shared.clone(), session.id, session.name.clone());
+        let addr =
+            AgentSession::start_in_arbiter(shared.arbiter(), move |_| AgentSession::new(session_shared, id, name));
+        shared.dir.add_session(
+            session.id,
+            SessionEntry { addr: addr.clone(), agent: session.name.clone(), principal: session.principal.clone() },
+        );
+        agents.insert(session.id, addr);
+    }
+
+    let lease_by_worker: HashMap<_, _> = leases.iter().map(|l| (l.worker, l.clone())).collect();
+    let lease_by_request: HashMap<_, _> = leases.iter().map(|l| (l.request, l.clone())).collect();
+    let worker_by_id: HashMap<_, _> = workers.iter().map(|w| (w.uuid, w.clone())).collect();
+
+    let mut specs = Vec::with_capacity(workers.len());
+    let mut idle = Vec::new();
+    for record in workers {
+        specs.push(WorkerActor::spec(&record));
+        if record.state == WorkerState::Idle {
+            idle.push((record.uuid, record.last_used.unwrap_or(SystemTime::UNIX_EPOCH)));
+        }
+        let agent = record.session.and_then(|s| agents.get(&s).cloned());
+        let lease = lease_by_worker
+            .get(&record.uuid)
+            .filter(|_| record.state == WorkerState::Running)
+            .map(|l| (l.request, l.fence, l.started_at.is_some()));
+        let retry = backoffs.get(&record.uuid).copied();
+        let (worker_shared, id) = (shared.clone(), record.uuid);
+        let addr = WorkerActor::start_in_arbiter(shared.arbiter(), move |_| {
+            WorkerActor::new(worker_shared, record, agent, lease, retry)
+        });
+        shared.dir.add_worker(id, addr);
+    }
+
+    let mut waiting = Vec::new();
+    let mut lost = Vec::new();
+    for record in requests {
+        let lease = lease_by_request.get(&record.id).cloned();
+        if lease.is_none() && record.state == RequestState::Waiting {
+            waiting.push(RequestActor::spec(&record));
+        }
+        if let Some(lease) = &lease {
+            let worker = worker_by_id.get(&lease.worker);
+            if worker.is_none_or(|w| w.state != WorkerState::Running) {
+                let state = worker.map_or("deregistered".to_string(), |w| w.state.to_string());
+                lost.push((
+                    record.id,
+                    lease.fence,
+                    format!("worker {} is {state} after a server restart", lease.worker),
+                ));
+            }
+        }
+        let access = lease.as_ref().and_then(|l| worker_by_id.get(&l.worker)).map(|w| WorkerAccess {
+            ssh_addr: w.ssh_addr.clone(),
+            ssh_user: w.ssh_user.clone(),
+            host_key: w.host_key.clone(),
+        });
+        let (request_shared, id) = (shared.clone(), record.id);
+        let addr = RequestActor::start_in_arbiter(shared.arbiter(), move |_| {
+            RequestActor::restore(request_shared, record, lease, access)
+        });
+        shared.dir.add_request(id, addr);
+    }
+
+    shared.matcher().send(MatcherMsg::Rebuild { workers: specs, idle, requests: waiting }).await?;
+    for (request, fence, reason) in lost {
+        if let Some(addr) = shared.dir.request(request) {
+            tell(&addr, RequestMsg::LeaseLost { fence, reason });
+        }
+    }
+    Ok(())
+}

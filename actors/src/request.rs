@@ -1,0 +1,843 @@
+//! The request actor: one per live (waiting or in-progress) request.
+//!
+//! While the request is unbound it owns its row (update, cancel, timeout,
+//! invalid). Once the matcher has bound it to a worker it makes the lease
+//! key, asks the worker actor to have it installed, opens the tunnel when
+//! the agent confirms, and ends the lease (close, expiry, loss of the
+//! worker). It stops itself when the request reaches a terminal state.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use actix::prelude::*;
+use corral_core::matcher::RequestSpec;
+use corral_core::request::Schedule;
+use corral_core::{FencingToken, Priority, RequestId, RequestState, WorkerId};
+use corral_db::{LeaseRecord, RequestRecord, StartLease};
+use corral_proto::requests::AccessDetails;
+use tracing::Instrument;
+
+use crate::keys::{self, LeaseKey};
+use crate::matcher::MatcherMsg;
+use crate::settings::KeyKind;
+use crate::timekeeper::{TimerKey, TimerMsg};
+use crate::worker::WorkerMsg;
+use crate::{ActorError, Caller, Corral, Reply, Shared, tell};
+
+/// How to reach the leased worker's SSH server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerAccess {
+    pub ssh_addr: String,
+    pub ssh_user: String,
+    pub host_key: Option<String>,
+}
+
+/// Answer to an acquire: the details now, or a channel that gets them
+/// when the lease starts.
+#[derive(Debug)]
+pub enum Acquired {
+    Now(AccessDetails),
+    Later(tokio::sync::oneshot::Receiver<Result<AccessDetails, ActorError>>),
+}
+
+/// Changes asked for by `PATCH`.
+#[derive(Clone, Debug, Default)]
+pub struct RequestChanges {
+    pub priority: Option<Priority>,
+    pub valid_after: Option<SystemTime>,
+    pub deadline: Option<SystemTime>,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum RequestMsg {
+    Patch {
+        caller: Caller,
+        changes: RequestChanges,
+        reply: Reply<Result<RequestRecord, ActorError>>,
+    },
+    Close {
+        caller: Caller,
+        reply: Reply<Result<RequestRecord, ActorError>>,
+    },
+    Acquire {
+        caller: Caller,
+        reply: Reply<Result<Acquired, ActorError>>,
+    },
+    Prolong {
+        caller: Caller,
+        by: Option<Duration>,
+        reply: Reply<Result<RequestRecord, ActorError>>,
+    },
+    /// The matcher committed a binding to `worker`.
+    Bound {
+        worker: WorkerId,
+        fence: FencingToken,
+    },
+    /// The agent installed the lease key.
+    KeyInstalled {
+        fence: FencingToken,
+        access: WorkerAccess,
+        actor: String,
+    },
+    /// The worker failed, went to maintenance, lost its agent or could
+    /// not install the key.
+    LeaseLost {
+        fence: FencingToken,
+        reason: String,
+    },
+    LeaseExpired,
+    /// The deadline passed while waiting (the matcher already dropped it).
+    TimedOut,
+    /// No registered worker can serve it any more.
+    Invalidated {
+        reason: String,
+    },
+    /// The matcher's binding was refused: re-read the row and queue again.
+    Requeue,
+}
+
+#[derive(Debug)]
+struct Binding {
+    worker: WorkerId,
+    fence: FencingToken,
+    key: Option<LeaseKey>,
+    started: bool,
+    tunnel_port: Option<u16>,
+    access: Option<WorkerAccess>,
+}
+
+pub struct RequestActor {
+    shared: Arc<Shared>,
+    record: RequestRecord,
+    binding: Option<Binding>,
+    waiters: Vec<Reply<Result<AccessDetails, ActorError>>>,
+    /// Closes that arrived while the matcher was binding the request.
+    parked_closes: Vec<(Caller, Reply<Result<RequestRecord, ActorError>>)>,
+}
+
+type Step = ResponseActFuture<RequestActor, ()>;
+
+fn done() -> Step {
+    Box::pin(actix::fut::ready(()))
+}
+
+fn not_found(id: RequestId) -> ActorError {
+    ActorError::NotFound(format!("request {id} not found"))
+}
+
+impl RequestActor {
+    pub(crate) fn new(shared: Arc<Shared>, record: RequestRecord) -> RequestActor {
+        RequestActor { shared, record, binding: None, waiters: Vec::new(), parked_closes: Vec::new() }
+    }
+
+    /// Rebuilt after a restart with its lease, if it has one.
+    pub(crate) fn restore(
+        shared: Arc<Shared>,
+        record: RequestRecord,
+        lease: Option<LeaseRecord>,
+        access: Option<WorkerAccess>,
+    ) -> RequestActor {
+        let binding = lease.map(|lease| Binding {
+            worker: lease.worker,
+            fence: lease.fence,
+            key: lease.public_key.map(|public| LeaseKey {
+                key_type: lease.key_type.unwrap_or_default(),
+                public_openssh: public,
+                private_openssh: lease.private_key,
+                private_pkcs1: None,
+            }),
+            started: lease.started_at.is_some(),
+            tunnel_port: lease.tunnel_port,
+            access,
+        });
+        RequestActor { shared, record, binding, waiters: Vec::new(), parked_closes: Vec::new() }
+    }
+
+    pub(crate) fn spec(record: &RequestRecord) -> RequestSpec {
+        RequestSpec {
+            id: record.id,
+            priority: record.priority,
+            caps: record.caps.clone(),
+            groups: record.owner_groups.clone(),
+            valid_after: record.valid_after,
+            deadline: record.deadline,
+        }
+    }
+
+    fn id(&self) -> RequestId {
+        self.record.id
+    }
+
+    fn may_act(&self, caller: &Caller) -> bool {
+        caller.is_admin() || caller.name == self.record.owner
+    }
+
+    fn access_details(&self) -> Option<AccessDetails> {
+        let binding = self.binding.as_ref()?;
+        if !binding.started {
+            return None;
+        }
+        let access = binding.access.as_ref()?;
+        let port = binding.tunnel_port?;
+        let host = self.shared.settings.public_host.clone();
+        Some(AccessDetails {
+            request_id: self.id(),
+            worker: binding.worker,
+            ssh_command: format!(
+                "ssh -p {port} -i corral-lease-{id}.key -o IdentitiesOnly=yes {user}@{host}",
+                id = self.id(),
+                user = access.ssh_user
+            ),
+            host,
+            port,
+            username: access.ssh_user.clone(),
+            private_key: binding.key.as_ref().and_then(|k| k.private_openssh.clone()),
+            host_key: access.host_key.clone(),
+            expires_at: self.record.lease_expires_at?,
+            fence: binding.fence,
+        })
+    }
+
+    /// The request reached a terminal state: answer everyone and stop.
+    fn finish(&mut self, record: RequestRecord, ctx: &mut Context<Self>) {
+        tracing::info!(request = %record.id, state = %record.state, reason = record.reason.as_deref().unwrap_or(""), "request ended");
+        self.record = record;
+        if let Some(binding) = &self.binding {
+            self.shared.tunnels.close(self.record.id);
+            if binding.started {
+                tell(self.shared.timekeeper(), TimerMsg::Unwatch { key: TimerKey::LeaseExpiry(self.record.id) });
+            }
+        }
+        for waiter in self.waiters.drain(..) {
+            let _ =
+                waiter.send(Err(ActorError::Conflict(format!("request {} is {}", self.record.id, self.record.state))));
+        }
+        for (_, reply) in self.parked_closes.drain(..) {
+            let _ = reply.send(Ok(self.record.clone()));
+        }
+        self.shared.dir.remove_request(self.record.id);
+        ctx.stop();
+    }
+
+    fn tell_worker(&self, worker: WorkerId, msg: WorkerMsg) {
+        match self.shared.dir.worker(worker) {
+            Some(addr) => tell(&addr, msg),
+            None => tracing::warn!(request = %self.id(), worker = %worker, "worker actor gone"),
+        }
+    }
+
+    // ----- waiting, unbound ----------------------------------------------
+
+    fn close_unbound(&mut self, caller: Caller, reply: Reply<Result<RequestRecord, ActorError>>) -> Step {
+        let (db, matcher, now, id) =
+            (self.shared.db.clone(), self.shared.matcher().clone(), self.shared.clock.now(), self.id());
+        let spec = Self::spec(&self.record);
+        let actor = caller.actor();
+        let work = async move {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            matcher.send(MatcherMsg::Withdraw { request: id, reply: tx }).await?;
+            if !rx.await? {
+                return Ok(None);
+            }
+            let reason = format!("closed by {actor}");
+            match db.request_transition(id, RequestState::Waiting, RequestState::Cancelled, now, &actor, &reason).await
+            {
+                Ok(record) => Ok(Some(record)),
+                Err(err) => {
+                    tell(&matcher, MatcherMsg::AddRequest(spec));
+                    Err(ActorError::from(err))
+                }
+            }
+        };
+        Box::pin(work.into_actor(self).map(move |result, act, ctx| match result {
+            Ok(Some(record)) => {
+                let _ = reply.send(Ok(record.clone()));
+                act.finish(record, ctx);
+            }
+            // Being bound right now: close when the binding arrives.
+            Ok(None) => act.parked_closes.push((caller, reply)),
+            Err(err) => {
+                let _ = reply.send(Err(err));
+            }
+        }))
+    }
+
+    fn patch(
+        &mut self,
+        caller: Caller,
+        changes: RequestChanges,
+        reply: Reply<Result<RequestRecord, ActorError>>,
+    ) -> Step {
+        if self.record.state != RequestState::Waiting {
+            let _ = reply.send(Err(ActorError::Conflict(format!(
+                "only waiting requests can be updated; request {} is {}",
+                self.id(),
+                self.record.state
+            ))));
+            return done();
+        }
+        if self.binding.is_some() {
+            let _ = reply.send(Err(ActorError::Conflict(format!(
+                "request {} is being leased and can no longer be updated",
+                self.id()
+            ))));
+            return done();
+        }
+        let now = self.shared.clock.now();
+        let current =
+            Schedule { valid_after: self.record.valid_after, deadline: self.record.deadline, lease: self.record.lease };
+        let schedule = match current.updated(now, changes.valid_after, changes.deadline) {
+            Ok(schedule) => schedule,
+            Err(err) => {
+                let _ = reply.send(Err(ActorError::BadRequest(err.to_string())));
+                return done();
+            }
+        };
+        let priority = changes.priority.unwrap_or(self.record.priority);
+        let (db, matcher, id) = (self.shared.db.clone(), self.shared.matcher().clone(), self.id());
+        let old_spec = Self::spec(&self.record);
+        let actor = caller.actor();
+        let work = async move {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            matcher.send(MatcherMsg::Withdraw { request: id, reply: tx }).await?;
+            if !rx.await? {
+                return Err(ActorError::Conflict(format!("request {id} is being matched to a worker right now")));
+            }
+            match db.update_request(id, priority, schedule.valid_after, schedule.deadline, now, &actor).await {
+                Ok(record) => {
+                    tell(&matcher, MatcherMsg::AddRequest(RequestActor::spec(&record)));
+                    Ok(record)
+                }
+                Err(err) => {
+                    tell(&matcher, MatcherMsg::AddRequest(old_spec));
+                    Err(err.into())
+                }
+            }
+        };
+        Box::pin(work.into_actor(self).map(move |result, act, _| {
+            if let Ok(record) = &result {
+                act.record = record.clone();
+            }
+            let _ = reply.send(result);
+        }))
+    }
+
+    /// Cancel, timeout or invalid while waiting unbound.
+    fn end_unbound(&mut self, to: RequestState, actor: &str, reason: String) -> Step {
+        if self.record.state != RequestState::Waiting || self.binding.is_some() {
+            return done();
+        }
+        let (db, now, id, actor) = (self.shared.db.clone(), self.shared.clock.now(), self.id(), actor.to_string());
+        let work = async move { db.request_transition(id, RequestState::Waiting, to, now, &actor, &reason).await };
+        Box::pin(work.into_actor(self).map(move |result, act, ctx| match result {
+            Ok(record) => act.finish(record, ctx),
+            Err(err) => tracing::error!(request = %act.id(), cause = %err, to = %to, "could not end request"),
+        }))
+    }
+
+    // ----- bound ---------------------------------------------------------
+
+    fn bound(&mut self, worker: WorkerId, fence: FencingToken) -> Step {
+        if self.record.state != RequestState::Waiting || self.binding.is_some() {
+            tracing::error!(request = %self.id(), worker = %worker, "binding for a request that is not waiting unbound");
+            return done();
+        }
+        self.record.worker = Some(worker);
+        self.binding = Some(Binding { worker, fence, key: None, started: false, tunnel_port: None, access: None });
+        if let Some((caller, reply)) = self.parked_closes.pop() {
+            return self.end_bound(
+                RequestState::Cancelled,
+                caller.actor(),
+                format!("closed by {}", caller.actor()),
+                Some(reply),
+            );
+        }
+        self.make_key_and_install()
+    }
+
+    /// Makes the lease key (or takes the request's own public key) and
+    /// asks the worker to install it.
+    fn make_key_and_install(&mut self) -> Step {
+        let Some(binding) = &self.binding else { return done() };
+        let (worker, fence, id) = (binding.worker, binding.fence, self.id());
+        let own_key = self.record.ssh_public_key.clone();
+        let kind = self.shared.settings.lease_key;
+        let work = async move {
+            let comment = format!("corral-lease-{id}");
+            match own_key {
+                Some(public) => Ok(LeaseKey {
+                    key_type: public.split_whitespace().next().unwrap_or_default().to_string(),
+                    public_openssh: public,
+                    private_openssh: None,
+                    private_pkcs1: None,
+                }),
+                None => match kind {
+                    KeyKind::Ed25519 => keys::generate(kind, &comment),
+                    KeyKind::Rsa(_) => tokio::task::spawn_blocking(move || keys::generate(kind, &comment))
+                        .await
+                        .map_err(|e| keys::KeyError::Generate(e.to_string()))?,
+                },
+            }
+        };
+        Box::pin(work.into_actor(self).map(move |result, act, _| match result {
+            Ok(key) => {
+                let public_key = key.public_openssh.clone();
+                if let Some(binding) = act.binding.as_mut().filter(|b| b.fence == fence) {
+                    binding.key = Some(key);
+                    act.tell_worker(worker, WorkerMsg::StartLease { request: id, fence, public_key });
+                }
+            }
+            Err(err) => {
+                tracing::error!(request = %id, cause = %err, "no lease key; giving the worker back");
+                tell(&act.shared.matcher().clone(), MatcherMsg::AddRequest(Self::spec(&act.record)));
+            }
+        }))
+    }
+
+    fn key_installed(&mut self, fence: FencingToken, access: WorkerAccess, actor: String) -> Step {
+        let Some(binding) = self.binding.as_ref().filter(|b| b.fence == fence && !b.started) else {
+            return done();
+        };
+        let Some(key) = binding.key.clone() else {
+            tracing::error!(request = %self.id(), "key installed but no key known");
+            return done();
+        };
+        let shared = self.shared.clone();
+        let (id, now) = (self.id(), self.shared.clock.now());
+        let expires_at = corral_core::lease::expiry(now, self.record.lease);
+        let preferred = binding.tunnel_port;
+        let target = access.ssh_addr.clone();
+        let work = async move {
+            let port =
+                shared.tunnels.open(id, preferred, target).await.map_err(|e| ActorError::Unavailable(e.to_string()))?;
+            let start = StartLease {
+                request: id,
+                fence,
+                at: now,
+                expires_at,
+                key_type: key.key_type.clone(),
+                public_key: key.public_openssh.clone(),
+                private_key: key.private_openssh.clone(),
+                tunnel_port: Some(port),
+                actor,
+            };
+            match shared.db.start_lease(&start).await {
+                Ok(record) => Ok((record, port)),
+                Err(err) => {
+                    shared.tunnels.close(id);
+                    Err(ActorError::from(err))
+                }
+            }
+        };
+        Box::pin(work.into_actor(self).map(move |result, act, _| match result {
+            Ok((record, port)) => {
+                tracing::info!(request = %record.id, port, "lease started");
+                act.record = record;
+                if let Some(binding) = act.binding.as_mut() {
+                    binding.started = true;
+                    binding.tunnel_port = Some(port);
+                    binding.access = Some(access);
+                }
+                tell(act.shared.timekeeper(), TimerMsg::Watch { key: TimerKey::LeaseExpiry(act.id()), at: expires_at });
+                if let Some(details) = act.access_details() {
+                    for waiter in act.waiters.drain(..) {
+                        let _ = waiter.send(Ok(details.clone()));
+                    }
+                }
+            }
+            Err(err) => {
+                // The worker stays running with the key installed; a later
+                // KeyInstalled (the agent resends) or the close retries.
+                tracing::error!(request = %act.id(), cause = %err, "could not start the lease");
+            }
+        }))
+    }
+
+    /// Ends a bound lease (close, expiry): the request moves to `to`, the
+    /// tunnel closes and the worker is told to prepare again.
+    fn end_bound(
+        &mut self,
+        to: RequestState,
+        actor: String,
+        reason: String,
+        reply: Option<Reply<Result<RequestRecord, ActorError>>>,
+    ) -> Step {
+        let Some(binding) = &self.binding else { return done() };
+        let (worker, fence, id, from) = (binding.worker, binding.fence, self.id(), self.record.state);
+        let (db, now) = (self.shared.db.clone(), self.shared.clock.now());
+        let ending_reason = reason.clone();
+        let work = async move { db.end_lease(id, fence, from, to, now, &actor, &reason).await };
+        Box::pin(work.into_actor(self).map(move |result, act, ctx| match result {
+            Ok(record) => {
+                act.tell_worker(worker, WorkerMsg::LeaseEnded { request: id, fence, reason: ending_reason });
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(record.clone()));
+                }
+                act.finish(record, ctx);
+            }
+            Err(err) => {
+                tracing::error!(request = %id, cause = %err, "could not end the lease");
+                if to == RequestState::Done && reply.is_none() {
+                    // Expiry: try again shortly.
+                    let at = act.shared.clock.now() + Duration::from_secs(1);
+                    tell(act.shared.timekeeper(), TimerMsg::Watch { key: TimerKey::LeaseExpiry(id), at });
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(err.into()));
+                }
+            }
+        }))
+    }
+
+    fn lease_lost(&mut self, fence: FencingToken, reason: String) -> Step {
+        let Some(binding) = self.binding.as_ref().filter(|b| b.fence == fence) else { return done() };
+        let (db, now, id) = (self.shared.db.clone(), self.shared.clock.now(), self.id());
+        if binding.started {
+            let work = async move {
+                db.end_lease(id, fence, RequestState::InProgress, RequestState::Failed, now, "server", &reason).await
+            };
+            return Box::pin(work.into_actor(self).map(move |result, act, ctx| match result {
+                Ok(record) => act.finish(record, ctx),
+                Err(err) => tracing::error!(request = %id, cause = %err, "could not fail the lease"),
+            }));
+        }
+        // Not started yet: the request never had its lease; back in line.
+        let work = async move { db.unbind(id, fence, now, "server", &reason).await };
+        Box::pin(work.into_actor(self).map(move |result, act, _| match result {
+            Ok(record) => {
+                act.shared.tunnels.close(id);
+                act.record = record;
+                act.binding = None;
+                tell(act.shared.matcher(), MatcherMsg::AddRequest(Self::spec(&act.record)));
+            }
+            Err(err) => tracing::error!(request = %id, cause = %err, "could not put the request back in the queue"),
+        }))
+    }
+
+    fn prolong(
+        &mut self,
+        caller: Caller,
+        by: Option<Duration>,
+        reply: Reply<Result<RequestRecord, ActorError>>,
+    ) -> Step {
+        let (Some(expires), RequestState::InProgress) = (self.record.lease_expires_at, self.record.state) else {
+            let _ = reply.send(Err(ActorError::Conflict(format!(
+                "only a request in progress can be prolonged; request {} is {}",
+                self.id(),
+                self.record.state
+            ))));
+            return done();
+        };
+        let now = self.shared.clock.now();
+        let by = by.unwrap_or(self.record.lease);
+        let new_expiry = match corral_core::lease::prolonged(now, expires, by, self.shared.settings.limits.max_lease) {
+            Ok(at) => at,
+            Err(err) => {
+                let _ = reply.send(Err(ActorError::Conflict(err.to_string())));
+                return done();
+            }
+        };
+        let (db, id, actor) = (self.shared.db.clone(), self.id(), caller.actor());
+        let work = async move { db.prolong(id, new_expiry, now, &actor).await };
+        Box::pin(work.into_actor(self).map(move |result, act, _| match result {
+            Ok(record) => {
+                act.record = record.clone();
+                tell(act.shared.timekeeper(), TimerMsg::Watch { key: TimerKey::LeaseExpiry(id), at: new_expiry });
+                let _ = reply.send(Ok(record));
+            }
+            Err(err) => {
+                let _ = reply.send(Err(err.into()));
+            }
+        }))
+    }
+
+    fn requeue(&mut self) -> Step {
+        let (db, id) = (self.shared.db.clone(), self.id());
+        let work = async move { db.get_request(id).await };
+        Box::pin(work.into_actor(self).map(move |result, act, ctx| match result {
+            Ok(Some(record)) if record.state == RequestState::Waiting && record.worker.is_none() => {
+                act.record = record;
+                act.binding = None;
+                tell(act.shared.matcher(), MatcherMsg::AddRequest(Self::spec(&act.record)));
+            }
+            Ok(Some(record)) if record.state.is_terminal() => act.finish(record, ctx),
+            Ok(other) => tracing::error!(request = %id, row = ?other.map(|r| r.state), "cannot requeue"),
+            Err(err) => tracing::error!(request = %id, cause = %err, "cannot re-read request"),
+        }))
+    }
+}
+
+impl Actor for RequestActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(64);
+        let Some(binding) = &self.binding else { return };
+        if binding.started {
+            // Restored after a restart: the tunnel comes back on its port.
+            let (shared, id, port) = (self.shared.clone(), self.id(), binding.tunnel_port);
+            let target = binding.access.as_ref().map(|a| a.ssh_addr.clone());
+            if let Some(expires) = self.record.lease_expires_at {
+                tell(self.shared.timekeeper(), TimerMsg::Watch { key: TimerKey::LeaseExpiry(id), at: expires });
+            }
+            if let Some(target) = target {
+                ctx.wait(async move { shared.tunnels.open(id, port, target).await }.into_actor(self).map(
+                    move |result, act, _| match result {
+                        Ok(opened) if Some(opened) != port => {
+                            tracing::warn!(request = %id, port = opened, "tunnel moved to another port");
+                            if let Some(b) = act.binding.as_mut() {
+                                b.tunnel_port = Some(opened);
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(err) => tracing::error!(request = %id, cause = %err, "could not re-open tunnel"),
+                    },
+                ));
+            }
+        } else if binding.key.is_none() {
+            // Bound before the restart, key not installed: make a new key.
+            let step = self.make_key_and_install();
+            ctx.wait(step);
+        }
+    }
+}
+
+impl Handler<RequestMsg> for RequestActor {
+    type Result = AtomicResponse<Self, ()>;
+
+    fn handle(&mut self, msg: RequestMsg, _: &mut Self::Context) -> Self::Result {
+        AtomicResponse::new(self.step(msg))
+    }
+}
+
+impl RequestActor {
+    /// Every message becomes one step; steps run one at a time.
+    fn step(&mut self, msg: RequestMsg) -> Step {
+        let span = tracing::debug_span!("request_actor", request = %self.id());
+        let _guard = span.enter();
+        match msg {
+            RequestMsg::Patch { caller, changes, reply } => {
+                if !self.may_act(&caller) {
+                    let _ = reply.send(Err(not_found(self.id())));
+                    return done();
+                }
+                self.patch(caller, changes, reply)
+            }
+            RequestMsg::Close { caller, reply } => {
+                if !self.may_act(&caller) {
+                    let _ = reply.send(Err(not_found(self.id())));
+                    return done();
+                }
+                match (self.record.state, self.binding.is_some()) {
+                    (RequestState::Waiting, false) => self.close_unbound(caller, reply),
+                    (RequestState::Waiting, true) => {
+                        let actor = caller.actor();
+                        self.end_bound(
+                            RequestState::Cancelled,
+                            actor.clone(),
+                            format!("closed by {actor}"),
+                            Some(reply),
+                        )
+                    }
+                    (RequestState::InProgress, _) => {
+                        let actor = caller.actor();
+                        self.end_bound(RequestState::Done, actor.clone(), format!("closed by {actor}"), Some(reply))
+                    }
+                    (state, _) => {
+                        let _ =
+                            reply.send(Err(ActorError::Conflict(format!("request {} is already {state}", self.id()))));
+                        done()
+                    }
+                }
+            }
+            RequestMsg::Acquire { caller, reply } => {
+                if !self.may_act(&caller) {
+                    let _ = reply.send(Err(not_found(self.id())));
+                } else if let Some(details) = self.access_details() {
+                    let _ = reply.send(Ok(Acquired::Now(details)));
+                } else {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    self.waiters.retain(|w| !w.is_closed());
+                    self.waiters.push(tx);
+                    let _ = reply.send(Ok(Acquired::Later(rx)));
+                }
+                done()
+            }
+            RequestMsg::Prolong { caller, by, reply } => {
+                if !self.may_act(&caller) {
+                    let _ = reply.send(Err(not_found(self.id())));
+                    return done();
+                }
+                self.prolong(caller, by, reply)
+            }
+            RequestMsg::Bound { worker, fence } => self.bound(worker, fence),
+            RequestMsg::KeyInstalled { fence, access, actor } => self.key_installed(fence, access, actor),
+            RequestMsg::LeaseLost { fence, reason } => self.lease_lost(fence, reason),
+            RequestMsg::LeaseExpired => {
+                let now = self.shared.clock.now();
+                match self.record.lease_expires_at {
+                    Some(at) if self.record.state == RequestState::InProgress && at <= now => {
+                        self.end_bound(RequestState::Done, "server".to_string(), "lease expired".to_string(), None)
+                    }
+                    Some(at) if self.record.state == RequestState::InProgress => {
+                        tell(self.shared.timekeeper(), TimerMsg::Watch { key: TimerKey::LeaseExpiry(self.id()), at });
+                        done()
+                    }
+                    _ => done(),
+                }
+            }
+            RequestMsg::TimedOut => self.end_unbound(
+                RequestState::Timeout,
+                "server",
+                format!(
+                    "deadline {} passed before a lease started",
+                    corral_core::time::format_rfc3339(self.record.deadline)
+                ),
+            ),
+            RequestMsg::Invalidated { reason } => self.end_unbound(RequestState::Invalid, "server", reason),
+            RequestMsg::Requeue => self.requeue(),
+        }
+    }
+}
+
+// ----- use cases driven through the request actors -------------------------
+
+/// A validated submission.
+#[derive(Clone, Debug)]
+pub struct Submission {
+    pub caps: corral_core::Caps,
+    pub priority: Priority,
+    pub schedule: Schedule,
+    pub ssh_public_key: Option<String>,
+    pub allow_unsatisfiable: bool,
+}
+
+async fn ask<T>(
+    send: impl std::future::Future<Output = Result<(), MailboxError>>,
+    rx: tokio::sync::oneshot::Receiver<T>,
+) -> Result<T, ActorError> {
+    send.await?;
+    Ok(rx.await?)
+}
+
+impl Corral {
+    /// Accepts a request: checks that some registered worker could serve
+    /// it (unless told not to), commits it, starts its actor and queues it.
+    pub async fn submit(&self, caller: &Caller, submission: Submission) -> Result<RequestRecord, ActorError> {
+        let shared = self.shared();
+        let matcher = shared.matcher();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let servable = ask(
+            matcher.send(MatcherMsg::CanServe {
+                caps: submission.caps.clone(),
+                groups: caller.groups.clone(),
+                reply: tx,
+            }),
+            rx,
+        )
+        .await?;
+        if !servable && !submission.allow_unsatisfiable {
+            return Err(ActorError::Unprocessable(format!(
+                "no registered worker offers caps {{{}}} to a member of groups [{}]; pass allow_unsatisfiable to queue it anyway",
+                submission.caps,
+                caller.groups.iter().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        let new = corral_db::NewRequestRecord {
+            owner: caller.name.clone(),
+            owner_groups: caller.groups.clone(),
+            priority: submission.priority,
+            caps: submission.caps,
+            at: shared.clock.now(),
+            valid_after: submission.schedule.valid_after,
+            deadline: submission.schedule.deadline,
+            lease: submission.schedule.lease,
+            ssh_public_key: submission.ssh_public_key,
+        };
+        let record =
+            shared.db.insert_request(&new, &caller.actor()).instrument(tracing::debug_span!("insert_request")).await?;
+        tracing::info!(request = %record.id, owner = %record.owner, caps = %record.caps, priority = %record.priority, "request submitted");
+        self.spawn_request(record.clone());
+        tell(matcher, MatcherMsg::AddRequest(RequestActor::spec(&record)));
+        Ok(record)
+    }
+
+    pub(crate) fn spawn_request(&self, record: RequestRecord) {
+        let shared = self.shared().clone();
+        let id = record.id;
+        let arbiter = shared.arbiter().clone();
+        let addr = RequestActor::start_in_arbiter(&arbiter, move |_| RequestActor::new(shared, record));
+        self.shared().dir.add_request(id, addr);
+    }
+
+    fn live(&self, id: RequestId) -> Option<Addr<RequestActor>> {
+        self.shared().dir.request(id)
+    }
+
+    /// The request as the caller may see it (404 for others' requests).
+    pub async fn request(&self, caller: &Caller, id: RequestId) -> Result<RequestRecord, ActorError> {
+        let record = self.shared().db.get_request(id).await?.ok_or_else(|| not_found(id))?;
+        if caller.is_admin() || record.owner == caller.name { Ok(record) } else { Err(not_found(id)) }
+    }
+
+    /// Answer for a request that has no live actor: it is terminal (409)
+    /// or unknown / not the caller's (404).
+    async fn ended(&self, caller: &Caller, id: RequestId) -> ActorError {
+        match self.request(caller, id).await {
+            Ok(record) => ActorError::Conflict(format!("request {id} is {}", record.state)),
+            Err(err) => err,
+        }
+    }
+
+    pub async fn close(&self, caller: &Caller, id: RequestId) -> Result<RequestRecord, ActorError> {
+        let Some(addr) = self.live(id) else { return Err(self.ended(caller, id).await) };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        ask(addr.send(RequestMsg::Close { caller: caller.clone(), reply: tx }), rx).await?
+    }
+
+    pub async fn update(
+        &self,
+        caller: &Caller,
+        id: RequestId,
+        changes: RequestChanges,
+    ) -> Result<RequestRecord, ActorError> {
+        let Some(addr) = self.live(id) else { return Err(self.ended(caller, id).await) };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        ask(addr.send(RequestMsg::Patch { caller: caller.clone(), changes, reply: tx }), rx).await?
+    }
+
+    pub async fn prolong(
+        &self,
+        caller: &Caller,
+        id: RequestId,
+        by: Option<Duration>,
+    ) -> Result<RequestRecord, ActorError> {
+        let Some(addr) = self.live(id) else { return Err(self.ended(caller, id).await) };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        ask(addr.send(RequestMsg::Prolong { caller: caller.clone(), by, reply: tx }), rx).await?
+    }
+
+    /// Access details of the lease; waits up to `wait` for it to start.
+    /// A request still waiting after that is a conflict.
+    pub async fn acquire(&self, caller: &Caller, id: RequestId, wait: Duration) -> Result<AccessDetails, ActorError> {
+        let Some(addr) = self.live(id) else { return Err(self.ended(caller, id).await) };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        match ask(addr.send(RequestMsg::Acquire { caller: caller.clone(), reply: tx }), rx).await?? {
+            Acquired::Now(details) => Ok(details),
+            Acquired::Later(rx) => match tokio::time::timeout(wait, rx).await {
+                Ok(result) => result?,
+                Err(_) => Err(ActorError::Conflict(format!("request {id} is still waiting"))),
+            },
+        }
+    }
+}
+
+impl Corral {
+    /// What the matcher knows of a waiting request (None while it is being
+    /// bound).
+    pub async fn explain(&self, id: RequestId) -> Result<Option<corral_core::matcher::Explanation>, ActorError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        ask(self.shared().matcher().send(MatcherMsg::Explain { request: id, reply: tx }), rx).await
+    }
+}

@@ -1,0 +1,60 @@
+//! What the live system needs to know from the server configuration.
+
+use std::net::IpAddr;
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+use corral_core::WorkerState;
+use corral_core::request::ScheduleLimits;
+
+/// Key pair made for each lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyKind {
+    Ed25519,
+    /// RSA with this many bits (2048 or more).
+    Rsa(usize),
+}
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub limits: ScheduleLimits,
+    pub session_timeout: Duration,
+    pub heartbeat_interval: Duration,
+    pub prepare_timeout: Duration,
+    /// State of a worker registered for the first time.
+    pub new_worker_state: WorkerState,
+    /// Address the tunnels listen on.
+    pub tunnel_bind: IpAddr,
+    pub tunnel_ports: RangeInclusive<u16>,
+    /// Host name or address clients use to reach the tunnels.
+    pub public_host: String,
+    pub lease_key: KeyKind,
+    /// First delay after a failed preparation; doubles per failure.
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    /// How often timers (deadlines, lease expiry, session reaper) look at
+    /// the clock.
+    pub tick: Duration,
+    /// Threads for request and worker actors.
+    pub actor_threads: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            limits: ScheduleLimits::default(),
+            session_timeout: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(10),
+            prepare_timeout: Duration::from_secs(120),
+            new_worker_state: WorkerState::Maintenance,
+            tunnel_bind: IpAddr::from([127, 0, 0, 1]),
+            tunnel_ports: 20000..=20999,
+            public_host: "127.0.0.1".to_string(),
+            lease_key: KeyKind::Ed25519,
+            backoff_base: Duration::from_secs(5),
+            backoff_cap: Duration::from_secs(600),
+            tick: Duration::from_millis(100),
+            actor_threads: 2,
+        }
+    }
+}

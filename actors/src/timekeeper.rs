@@ -1,0 +1,107 @@
+//! Timers that outlive any one message: lease expiry and preparation
+//! timeouts. They are checked against the server's [`crate::Clock`] on every
+//! tick, so a test moves a manual clock instead of sleeping.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use actix::prelude::*;
+use corral_core::{RequestId, WorkerId};
+
+use crate::request::RequestMsg;
+use crate::worker::WorkerMsg;
+use crate::{Shared, tell};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TimerKey {
+    /// The lease of this request ends.
+    LeaseExpiry(RequestId),
+    /// This worker has been preparing for too long.
+    PrepareTimeout(WorkerId),
+    /// This worker's preparation backoff is over.
+    BackoffOver(WorkerId),
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum TimerMsg {
+    /// Fire `key` at `at` (replaces an earlier time for the same key).
+    Watch {
+        key: TimerKey,
+        at: SystemTime,
+    },
+    Unwatch {
+        key: TimerKey,
+    },
+}
+
+pub struct Timekeeper {
+    shared: Arc<Shared>,
+    due: BTreeSet<(SystemTime, TimerKey)>,
+    by_key: HashMap<TimerKey, SystemTime>,
+}
+
+impl Timekeeper {
+    pub(crate) fn new(shared: Arc<Shared>) -> Timekeeper {
+        Timekeeper { shared, due: BTreeSet::new(), by_key: HashMap::new() }
+    }
+
+    fn unwatch(&mut self, key: TimerKey) {
+        if let Some(at) = self.by_key.remove(&key) {
+            self.due.remove(&(at, key));
+        }
+    }
+
+    fn tick(&mut self) {
+        let now = self.shared.clock.now();
+        while let Some(&(at, key)) = self.due.first() {
+            if at > now {
+                break;
+            }
+            self.due.pop_first();
+            self.by_key.remove(&key);
+            match key {
+                TimerKey::LeaseExpiry(request) => {
+                    if let Some(addr) = self.shared.dir.request(request) {
+                        tell(&addr, RequestMsg::LeaseExpired);
+                    }
+                }
+                TimerKey::PrepareTimeout(worker) => {
+                    if let Some(addr) = self.shared.dir.worker(worker) {
+                        tell(&addr, WorkerMsg::PrepareTimedOut);
+                    }
+                }
+                TimerKey::BackoffOver(worker) => {
+                    if let Some(addr) = self.shared.dir.worker(worker) {
+                        tell(&addr, WorkerMsg::BackoffOver);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Actor for Timekeeper {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(4096);
+        ctx.run_interval(self.shared.settings.tick, |act, _| act.tick());
+    }
+}
+
+impl Handler<TimerMsg> for Timekeeper {
+    type Result = ();
+
+    fn handle(&mut self, msg: TimerMsg, _: &mut Self::Context) {
+        match msg {
+            TimerMsg::Watch { key, at } => {
+                self.unwatch(key);
+                self.by_key.insert(key, at);
+                self.due.insert((at, key));
+            }
+            TimerMsg::Unwatch { key } => self.unwatch(key),
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! The server configuration: one TOML file, every field optional, loaded
+//! once and passed down. Defaults follow SPEC §11.
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use corral_actors::{KeyKind, Settings};
+use corral_core::WorkerState;
+use corral_core::request::ScheduleLimits;
+use corral_core::time::duration;
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the HTTP API.
+    pub listen: SocketAddr,
+    /// Directory of the embedded PostgreSQL cluster and of the first-start
+    /// token files `admin.token` and `agent.token`.
+    pub data_dir: PathBuf,
+    /// PostgreSQL (or CockroachDB) URL or `key=value` connection string.
+    /// Unset: run the embedded cluster under `data_dir`.
+    pub database_url: Option<String>,
+    /// Host name or address put in access details for reaching tunnels.
+    /// Unset: the listen address if it is not a wildcard, else this
+    /// machine's host name.
+    pub public_host: Option<String>,
+    /// Lease length when a request does not say.
+    #[serde(with = "duration")]
+    pub default_lease: Duration,
+    /// Longest lease, and how far a prolonged lease may reach from now.
+    #[serde(with = "duration")]
+    pub max_lease: Duration,
+    /// How long a request may wait when it gives no deadline.
+    #[serde(with = "duration")]
+    pub default_deadline: Duration,
+    /// An agent whose heartbeats stop for this long loses its workers.
+    #[serde(with = "duration")]
+    pub session_timeout: Duration,
+    /// How often agents are told to heartbeat.
+    #[serde(with = "duration")]
+    pub heartbeat_interval: Duration,
+    /// A worker preparing for longer than this fails.
+    #[serde(with = "duration")]
+    pub prepare_timeout: Duration,
+    /// Port range of lease tunnels, `FIRST-LAST`.
+    pub tunnel_ports: String,
+    /// Address the tunnels listen on.
+    pub tunnel_bind: IpAddr,
+    /// State of newly registered workers: `maintenance` or `idle` (they
+    /// then prepare and become idle without an admin).
+    pub new_workers: String,
+    /// Lease key type: `ed25519` or `rsa`.
+    pub lease_key: String,
+    /// Largest request body in bytes.
+    pub max_body: usize,
+    /// Longest `?wait=` of acquire and of the agent long-poll.
+    #[serde(with = "duration")]
+    pub max_wait: Duration,
+    /// Serve `/metrics` without a token.
+    pub metrics_public: bool,
+    /// `plain` or `json` logs.
+    pub log_format: String,
+    /// Database connections.
+    pub pool_size: usize,
+    /// Threads serving HTTP.
+    pub http_workers: usize,
+    /// Threads running request and worker actors.
+    pub actor_threads: usize,
+    /// How often timers look at the clock.
+    #[serde(with = "duration")]
+    pub tick: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8487)),
+            data_dir: PathBuf::from("./corral-data"),
+            database_url: None,
+            public_host: None,
+            default_lease: Duration::from_secs(3600),
+            max_lease: Duration::from_secs(24 * 3600),
+            default_deadline: Duration::from_secs(7 * 24 * 3600),
+            session_timeout: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(10),
+            prepare_timeout: Duration::from_secs(120),
+            tunnel_ports: "20000-20999".to_string(),
+            tunnel_bind: IpAddr::from([127, 0, 0, 1]),
+            new_workers: "maintenance".to_string(),
+            lease_key: "ed25519".to_string(),
+            max_body: 256 * 1024,
+            max_wait: Duration::from_secs(300),
+            metrics_public: true,
+            log_format: "plain".to_string(),
+            pool_size: 32,
+            http_workers: 2,
+            actor_threads: 2,
+            tick: Duration::from_millis(100),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {cause}")]
+    Read { path: String, cause: std::io::Error },
+    #[error("{path}: {cause}")]
+    Parse { path: String, cause: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|cause| ConfigError::Read { path: path.display().to_string(), cause })?;
+        let config: Config = toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: path.display().to_string(), cause: e.to_string() })?;
+        config.settings()?;
+        Ok(config)
+    }
+
+    pub fn tunnel_range(&self) -> Result<RangeInclusive<u16>, ConfigError> {
+        let bad = || ConfigError::Invalid(format!("tunnel_ports must be FIRST-LAST, got {:?}", self.tunnel_ports));
+        let (first, last) = self.tunnel_ports.split_once('-').ok_or_else(bad)?;
+        let first: u16 = first.trim().parse().map_err(|_| bad())?;
+        let last: u16 = last.trim().parse().map_err(|_| bad())?;
+        if first == 0 || first > last {
+            return Err(bad());
+        }
+        Ok(first..=last)
+    }
+
+    pub fn public_host(&self) -> String {
+        if let Some(host) = &self.public_host {
+            return host.clone();
+        }
+        let ip = self.listen.ip();
+        if !ip.is_unspecified() {
+            return ip.to_string();
+        }
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".to_string())
+    }
+
+    /// What the actors need, checked.
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        let new_worker_state = match self.new_workers.as_str() {
+            "maintenance" => WorkerState::Maintenance,
+            "idle" => WorkerState::Prepare,
+            other => {
+                return Err(ConfigError::Invalid(format!("new_workers must be maintenance or idle, got {other:?}")));
+            }
+        };
+        let lease_key = match self.lease_key.as_str() {
+            "ed25519" => KeyKind::Ed25519,
+            "rsa" => KeyKind::Rsa(3072),
+            other => return Err(ConfigError::Invalid(format!("lease_key must be ed25519 or rsa, got {other:?}"))),
+        };
+        if self.default_lease.is_zero() || self.default_lease > self.max_lease {
+            return Err(ConfigError::Invalid("default_lease must be positive and at most max_lease".to_string()));
+        }
+        if self.heartbeat_interval.is_zero() || self.heartbeat_interval >= self.session_timeout {
+            return Err(ConfigError::Invalid(
+                "heartbeat_interval must be positive and shorter than session_timeout".to_string(),
+            ));
+        }
+        if !matches!(self.log_format.as_str(), "plain" | "json") {
+            return Err(ConfigError::Invalid(format!("log_format must be plain or json, got {:?}", self.log_format)));
+        }
+        let public_host = self.public_host();
+        if public_host.parse::<IpAddr>().is_ok_and(|ip| ip.is_unspecified()) {
+            return Err(ConfigError::Invalid("public_host must not be a wildcard address".to_string()));
+        }
+        Ok(Settings {
+            limits: ScheduleLimits {
+                default_lease: self.default_lease,
+                max_lease: self.max_lease,
+                default_deadline: self.default_deadline,
+            },
+            session_timeout: self.session_timeout,
+            heartbeat_interval: self.heartbeat_interval,
+            prepare_timeout: self.prepare_timeout,
+            new_worker_state,
+            tunnel_bind: self.tunnel_bind,
+            tunnel_ports: self.tunnel_range()?,
+            public_host,
+            lease_key,
+            backoff_base: Duration::from_secs(5),
+            backoff_cap: Duration::from_secs(600),
+            tick: self.tick,
+            actor_threads: self.actor_threads.max(1),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_spec_defaults() {
+        let config: Config = toml::from_str("").unwrap();
+        let settings = config.settings().unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8487");
+        assert_eq!(settings.limits.default_lease, Duration::from_secs(3600));
+        assert_eq!(settings.limits.max_lease, Duration::from_secs(86400));
+        assert_eq!(settings.limits.default_deadline, Duration::from_secs(7 * 86400));
+        assert_eq!(settings.session_timeout, Duration::from_secs(30));
+        assert_eq!(settings.heartbeat_interval, Duration::from_secs(10));
+        assert_eq!(settings.prepare_timeout, Duration::from_secs(120));
+        assert_eq!(settings.tunnel_ports, 20000..=20999);
+        assert_eq!(settings.new_worker_state, WorkerState::Maintenance);
+        assert_eq!(settings.public_host, "127.0.0.1");
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_refused() {
+        assert!(toml::from_str::<Config>("lisen = \"1.2.3.4:1\"").is_err());
+        assert!(toml::from_str::<Config>("default_lease = \"soon\"").is_err());
+        let bad_range: Config = toml::from_str("tunnel_ports = \"9-3\"").unwrap();
+        assert!(bad_range.settings().is_err());
+        let wildcard: Config = toml::from_str("public_host = \"0.0.0.0\"").unwrap();
+        assert!(wildcard.settings().is_err());
+    }
+
+    #[test]
+    fn durations_are_humantime() {
+        let config: Config = toml::from_str("default_lease = \"2h 30m\"\nmax_lease = \"1day\"").unwrap();
+        assert_eq!(config.default_lease, Duration::from_secs(9000));
+    }
+}

@@ -1,0 +1,112 @@
+//! The one mapping from errors to HTTP answers. 4xx messages are written
+//! for users; 5xx bodies are generic and the cause goes to the log only.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use corral_actors::ActorError;
+use corral_db::DbError;
+use corral_proto::error::{ErrorBody, ErrorCode};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        ApiError { status, code, message: message.into() }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(ErrorCode::BadRequest, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(ErrorCode::NotFound, message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(ErrorCode::Forbidden, message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::new(ErrorCode::Unauthorized, message)
+    }
+
+    pub fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError::new(ErrorCode::Conflict, message)
+    }
+
+    /// Too large a body: 413, with the `bad_request` code.
+    pub fn too_large(limit: usize) -> ApiError {
+        ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: ErrorCode::BadRequest,
+            message: format!("the request body is larger than the limit of {limit} bytes"),
+        }
+    }
+
+    pub fn unavailable(cause: &dyn std::fmt::Display) -> ApiError {
+        tracing::warn!(cause = %cause, "answering 503");
+        ApiError::new(ErrorCode::Unavailable, "the service is temporarily unavailable; retry shortly")
+    }
+
+    pub fn internal(cause: &dyn std::fmt::Display) -> ApiError {
+        tracing::error!(cause = %cause, "internal error");
+        ApiError::new(ErrorCode::Internal, "internal error")
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status);
+        if self.code == ErrorCode::Unavailable {
+            response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+        }
+        if self.code == ErrorCode::Unauthorized {
+            response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+        }
+        response.json(ErrorBody { error: self.code, message: self.message.clone() })
+    }
+}
+
+impl From<ActorError> for ApiError {
+    fn from(err: ActorError) -> Self {
+        match err {
+            ActorError::NotFound(m) => ApiError::new(ErrorCode::NotFound, m),
+            ActorError::Conflict(m) => ApiError::new(ErrorCode::Conflict, m),
+            ActorError::Unprocessable(m) => ApiError::new(ErrorCode::Unprocessable, m),
+            ActorError::BadRequest(m) => ApiError::new(ErrorCode::BadRequest, m),
+            ActorError::Forbidden(m) => ApiError::new(ErrorCode::Forbidden, m),
+            ActorError::Unavailable(m) => ApiError::unavailable(&m),
+            ActorError::Internal(m) => ApiError::internal(&m),
+        }
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(err: DbError) -> Self {
+        ApiError::from(ActorError::from(err))
+    }
+}
+
+/// JSON bodies that cannot be read: too large → 413, else 400 with what
+/// serde said (field names, expected types).
+pub fn json_error(err: actix_web::error::JsonPayloadError, limit: usize) -> actix_web::Error {
+    use actix_web::error::JsonPayloadError as E;
+    match err {
+        E::Overflow { .. } | E::OverflowKnownLength { .. } => ApiError::too_large(limit).into(),
+        E::Deserialize(e) => ApiError::bad_request(format!("invalid JSON body: {e}")).into(),
+        E::ContentType => ApiError::bad_request("the body must be JSON").into(),
+        other => ApiError::bad_request(format!("invalid body: {other}")).into(),
+    }
+}

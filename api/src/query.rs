@@ -1,0 +1,52 @@
+//! Query strings: repeated keys (`cap=a=b&cap=c=d`), unknown keys refused.
+
+use actix_web::HttpRequest;
+
+use crate::error::ApiError;
+
+pub struct Query(Vec<(String, String)>);
+
+pub const DEFAULT_LIMIT: u32 = 100;
+pub const MAX_LIMIT: u32 = 1000;
+
+impl Query {
+    pub fn parse(req: &HttpRequest) -> Result<Query, ApiError> {
+        serde_urlencoded::from_str::<Vec<(String, String)>>(req.query_string())
+            .map(Query)
+            .map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))
+    }
+
+    /// Refuses parameters not in `allowed`, so typos do not pass silently.
+    pub fn only(&self, allowed: &[&str]) -> Result<(), ApiError> {
+        match self.0.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
+            Some((k, _)) => {
+                Err(ApiError::bad_request(format!("unknown query parameter {k:?}; known: {}", allowed.join(", "))))
+            }
+            None => Ok(()),
+        }
+    }
+
+    pub fn one(&self, key: &str) -> Result<Option<&str>, ApiError> {
+        let mut values = self.0.iter().filter(|(k, _)| k == key).map(|(_, v)| v.as_str());
+        let first = values.next();
+        if values.next().is_some() {
+            return Err(ApiError::bad_request(format!("query parameter {key:?} given more than once")));
+        }
+        Ok(first)
+    }
+
+    pub fn all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0.iter().filter(move |(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+}
+
+pub fn parse_limit(query: &Query) -> Result<u32, ApiError> {
+    match query.one("limit")? {
+        None => Ok(DEFAULT_LIMIT),
+        Some(text) => text
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| ApiError::bad_request(format!("limit must be an integer from 1 to {MAX_LIMIT}"))),
+    }
+}

@@ -1,0 +1,332 @@
+//! `/v1/requests`: submit, list, read, update, close, acquire, prolong,
+//! explain.
+
+use std::time::Duration;
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use corral_actors::request::{RequestChanges, Submission};
+use corral_core::request::Schedule;
+use corral_core::{Caps, Priority, RequestId, RequestState, WorkerState};
+use corral_db::{RequestFilter, RequestRecord};
+use corral_proto::Page;
+use corral_proto::requests::{
+    Explanation, HistoryEntry, NewRequest, Prolong, Prolonged, Request, RequestPatch, WorkerObstacle,
+};
+
+use crate::AppState;
+use crate::auth::Auth;
+use crate::error::ApiError;
+use crate::query::{Query, parse_limit};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource("/v1/requests").route(web::post().to(submit)).route(web::get().to(list)))
+        .service(web::resource("/v1/requests/{id}").route(web::get().to(get)).route(web::patch().to(patch)))
+        .route("/v1/requests/{id}/history", web::get().to(history))
+        .route("/v1/requests/{id}/close", web::post().to(close))
+        .route("/v1/requests/{id}/acquire", web::post().to(acquire))
+        .route("/v1/requests/{id}/prolong", web::post().to(prolong))
+        .route("/v1/requests/{id}/explain", web::get().to(explain));
+}
+
+pub fn to_wire(r: RequestRecord) -> Request {
+    Request {
+        id: r.id,
+        owner: r.owner,
+        state: r.state,
+        priority: r.priority,
+        caps: r.caps,
+        created_at: r.created_at,
+        valid_after: r.valid_after,
+        deadline: r.deadline,
+        lease: r.lease,
+        worker: r.worker,
+        lease_expires_at: r.lease_expires_at,
+        reason: r.reason,
+        updated_at: r.updated_at,
+    }
+}
+
+fn request_id(path: &str) -> Result<RequestId, ApiError> {
+    path.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .map(RequestId)
+        .ok_or_else(|| ApiError::bad_request(format!("request id must be a positive integer, got {path:?}")))
+}
+
+#[tracing::instrument(skip_all, fields(owner = %auth.0.name))]
+async fn submit(state: web::Data<AppState>, auth: Auth, body: web::Json<NewRequest>) -> Result<HttpResponse, ApiError> {
+    let caller = auth.require_person()?;
+    let body = body.into_inner();
+    let caps = Caps::validated(body.caps.as_map().clone()).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let corral = &state.corral;
+    let schedule = Schedule::for_submission(
+        corral.clock().now(),
+        body.valid_after,
+        body.deadline,
+        body.lease,
+        &corral.settings().limits,
+    )
+    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let ssh_public_key = match &body.ssh_public_key {
+        Some(key) => {
+            Some(corral_actors::keys::parse_public_key(key).map_err(|e| ApiError::bad_request(e.to_string()))?)
+        }
+        None => None,
+    };
+    let submission = Submission {
+        caps,
+        priority: body.priority.unwrap_or_default(),
+        schedule,
+        ssh_public_key,
+        allow_unsatisfiable: body.allow_unsatisfiable,
+    };
+    let record = corral.submit(caller, submission).await?;
+    Ok(HttpResponse::Created()
+        .insert_header((header::LOCATION, format!("/v1/requests/{}", record.id)))
+        .json(to_wire(record)))
+}
+
+async fn list(state: web::Data<AppState>, auth: Auth, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let caller = auth.require_person()?;
+    let query = Query::parse(&req)?;
+    query.only(&["state", "owner", "priority", "limit", "cursor"])?;
+    let mut filter = RequestFilter { limit: parse_limit(&query)?, ..RequestFilter::default() };
+    for state in query.all("state") {
+        for one in state.split(',').filter(|s| !s.is_empty()) {
+            filter.states.push(one.parse::<RequestState>().map_err(ApiError::bad_request)?);
+        }
+    }
+    if let Some(priority) = query.one("priority")? {
+        let n: i64 = priority.parse().map_err(|_| ApiError::bad_request("priority must be an integer from 1 to 16"))?;
+        filter.priority = Some(Priority::try_from(n).map_err(|e| ApiError::bad_request(e.to_string()))?);
+    }
+    filter.owner = query.one("owner")?.map(str::to_string);
+    if !caller.is_admin() {
+        match &filter.owner {
+            Some(owner) if *owner != caller.name => {
+                return Err(ApiError::forbidden("only admins may list other users' requests"));
+            }
+            _ => filter.owner = Some(caller.name.clone()),
+        }
+    }
+    if let Some(cursor) = query.one("cursor")? {
+        filter.before = Some(decode_cursor(cursor)?);
+    }
+    let limit = filter.limit as usize;
+    filter.limit += 1;
+    let mut rows = state.corral.db().list_requests(&filter).await?;
+    let next_cursor = if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last().map(|r| encode_cursor(r.id))
+    } else {
+        None
+    };
+    Ok(HttpResponse::Ok().json(Page { items: rows.into_iter().map(to_wire).collect(), next_cursor }))
+}
+
+fn encode_cursor(id: RequestId) -> String {
+    format!("r{:x}", id.0)
+}
+
+fn decode_cursor(cursor: &str) -> Result<RequestId, ApiError> {
+    cursor
+        .strip_prefix('r')
+        .and_then(|hex| i64::from_str_radix(hex, 16).ok())
+        .map(RequestId)
+        .ok_or_else(|| ApiError::bad_request("invalid cursor; pass back the next_cursor of a previous page"))
+}
+
+async fn get(state: web::Data<AppState>, auth: Auth, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let caller = auth.require_person()?;
+    let id = request_id(&path)?;
+    Ok(HttpResponse::Ok().json(to_wire(state.corral.request(caller, id).await?)))
+}
+
+async fn history(state: web::Data<AppState>, auth: Auth, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let caller = auth.require_person()?;
+    let id = request_id(&path)?;
+    state.corral.request(caller, id).await?;
+    let rows = state.corral.db().request_history(id).await?;
+    let entries: Vec<HistoryEntry> = rows
+        .into_iter()
+        .map(|h| HistoryEntry { at: h.at, from: h.from, to: h.to, actor: h.actor, reason: h.reason })
+        .collect();
+    Ok(HttpResponse::Ok().json(entries))
+}
+
+#[tracing::instrument(skip_all, fields(request = %path.as_str()))]
+async fn patch(
+    state: web::Data<AppState>,
+    auth: Auth,
+    path: web::Path<String>,
+    body: web::Json<RequestPatch>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = auth.require_person()?;
+    let id = request_id(&path)?;
+    let body = body.into_inner();
+    if body.priority.is_none() && body.valid_after.is_none() && body.deadline.is_none() {
+        return Err(ApiError::bad_request("nothing to change: give priority, valid_after or deadline"));
+    }
+    let changes = RequestChanges { priority: body.priority, valid_after: body.valid_after, deadline: body.deadline };
+    Ok(HttpResponse::Ok().json(to_wire(state.corral.update(caller, id, changes).await?)))
+}
+
+#[tracing::instrument(skip_all, fields(request = %path.as_str()))]
+async fn close(state: web::Data<AppState>, auth: Auth, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let caller = auth.require_person()?;
+    let id = request_id(&path)?;
+    Ok(HttpResponse::Ok().json(to_wire(state.corral.close(caller, id).await?)))
+}
+
+#[tracing::instrument(skip_all, fields(request = %path.as_str()))]
+async fn acquire(
+    state: web::Data<AppState>,
+    auth: Auth,
+    path: web::Path<String>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let caller = auth.require_person()?;
+    let id = request_id(&path)?;
+    let query = Query::parse(&req)?;
+    query.only(&["wait"])?;
+    let wait = match query.one("wait")? {
+        Some(text) => corral_core::time::parse_duration(text).map_err(ApiError::bad_request)?,
+        None => Duration::ZERO,
+    };
+    if wait > state.config.max_wait {
+        return Err(ApiError::bad_request(format!(
+            "wait may be at most {}",
+            corral_core::time::format_duration(state.config.max_wait)
+        )));
+    }
+    Ok(HttpResponse::Ok().json(state.corral.acquire(caller, id, wait).await?))
+}
+
+#[tracing::instrument(skip_all, fields(request = %path.as_str()))]
+async fn prolong(
+    state: web::Data<AppState>,
+    auth: Auth,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let caller = auth.require_person()?;
+    let id = request_id(&path)?;
+    let by = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        serde_json::from_slice::<Prolong>(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
+            .by
+    };
+    if by.is_some_and(|b| b.is_zero()) {
+        return Err(ApiError::bad_request("by must be longer than zero"));
+    }
+    let record = state.corral.prolong(caller, id, by).await?;
+    let lease_expires_at =
+        record.lease_expires_at.ok_or_else(|| ApiError::internal(&"prolonged lease has no expiry"))?;
+    Ok(HttpResponse::Ok().json(Prolonged { request_id: id, lease_expires_at }))
+}
+
+async fn explain(state: web::Data<AppState>, auth: Auth, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let caller = auth.require_person()?;
+    let id = request_id(&path)?;
+    let corral = &state.corral;
+    let record = corral.request(caller, id).await?;
+    if record.state != RequestState::Waiting {
+        let summary = match (record.state, record.worker) {
+            (RequestState::InProgress, Some(w)) => format!("not waiting: it holds worker {w}"),
+            (state, _) => format!("not waiting: it is {state}"),
+        };
+        return Ok(HttpResponse::Ok().json(Explanation {
+            request_id: id,
+            state: record.state,
+            summary,
+            position: None,
+            competing: None,
+            workers: Vec::new(),
+        }));
+    }
+    if let Some(worker) = record.worker {
+        return Ok(HttpResponse::Ok().json(Explanation {
+            request_id: id,
+            state: record.state,
+            summary: format!("matched to worker {worker}; waiting for its agent to install the lease key"),
+            position: Some(0),
+            competing: None,
+            workers: Vec::new(),
+        }));
+    }
+    let found = corral.explain(id).await?;
+    let Some(found) = found else {
+        return Ok(HttpResponse::Ok().json(Explanation {
+            request_id: id,
+            state: record.state,
+            summary: "being matched right now".to_string(),
+            position: Some(0),
+            competing: None,
+            workers: Vec::new(),
+        }));
+    };
+    let now = corral.clock().now();
+    let mut workers = Vec::new();
+    for uuid in &found.candidates {
+        let Some(view) = corral.shared().dir.view(*uuid) else { continue };
+        let w = &view.worker;
+        let why = match w.state {
+            WorkerState::Running => {
+                let until = match w.request {
+                    Some(holder) => corral
+                        .db()
+                        .get_request(holder)
+                        .await?
+                        .and_then(|r| r.lease_expires_at)
+                        .map(|t| format!(" until {}", corral_core::time::format_rfc3339(t)))
+                        .unwrap_or_default(),
+                    None => String::new(),
+                };
+                format!("running request {}{until}", w.request.map(|r| r.to_string()).unwrap_or_else(|| "?".into()))
+            }
+            WorkerState::Maintenance => format!("in maintenance: {}", w.reason.as_deref().unwrap_or("no reason given")),
+            WorkerState::Busy => format!("going to maintenance: {}", w.reason.as_deref().unwrap_or("no reason given")),
+            WorkerState::Failed => format!("failed: {}", w.reason.as_deref().unwrap_or("no reason given")),
+            WorkerState::Prepare => "being prepared for the next lease".to_string(),
+            WorkerState::Idle => "idle; requests ahead of this one take it first".to_string(),
+        };
+        workers.push(WorkerObstacle { uuid: *uuid, state: w.state, why });
+    }
+    for uuid in &found.group_mismatch {
+        let Some(view) = corral.shared().dir.view(*uuid) else { continue };
+        let groups: Vec<&str> = view.worker.groups.iter().collect();
+        workers.push(WorkerObstacle {
+            uuid: *uuid,
+            state: view.worker.state,
+            why: format!("group mismatch: the worker serves groups [{}] only", groups.join(", ")),
+        });
+    }
+    let summary = if !found.visible {
+        format!("not eligible before valid_after {}", corral_core::time::format_rfc3339(record.valid_after))
+    } else if found.candidates.is_empty() && found.group_mismatch.is_empty() {
+        "no registered worker has these caps".to_string()
+    } else if found.candidates.is_empty() {
+        "every worker with these caps belongs to groups the owner is not in".to_string()
+    } else if record.valid_after > now {
+        "waiting for valid_after".to_string()
+    } else {
+        format!(
+            "position {} of {} waiting for the same workers; none of its {} matching workers is idle",
+            found.position,
+            found.competing,
+            found.candidates.len()
+        )
+    };
+    Ok(HttpResponse::Ok().json(Explanation {
+        request_id: id,
+        state: record.state,
+        summary,
+        position: Some(found.position),
+        competing: Some(found.competing),
+        workers,
+    }))
+}

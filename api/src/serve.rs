@@ -1,0 +1,147 @@
+//! Starting a server: database (embedded or external), schema, first-start
+//! tokens, actors, HTTP. `corral serve` and the tests both use [`serve`].
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use actix_web::{App, HttpServer, web};
+use anyhow::Context;
+use corral_actors::{Clock, Corral};
+use corral_db::embedded::EmbeddedPostgres;
+use corral_db::{Db, PoolSettings};
+use tracing_actix_web::TracingLogger;
+
+use crate::auth::AuthCache;
+use crate::{AppState, Config};
+
+/// The tokens written at first start.
+#[derive(Clone, Debug)]
+pub struct Tokens {
+    pub admin: String,
+    pub agent: String,
+}
+
+/// A started server.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub corral: Corral,
+    /// Read from the data directory, if present there.
+    pub tokens: Option<Tokens>,
+    server: actix_web::dev::Server,
+    embedded: Option<EmbeddedPostgres>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running").field("addr", &self.addr).finish()
+    }
+}
+
+impl Running {
+    /// Handle to stop the HTTP server.
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
+    /// Runs until the HTTP server stops (SIGINT/SIGTERM, or the handle),
+    /// then stops the embedded database.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.server.await.context("running the HTTP server")?;
+        if let Some(pg) = self.embedded {
+            tracing::info!("stopping the embedded PostgreSQL");
+            pg.stop().await.context("stopping the embedded PostgreSQL")?;
+        }
+        Ok(())
+    }
+}
+
+pub fn admin_token_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("admin.token")
+}
+
+pub fn agent_token_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("agent.token")
+}
+
+fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(file, "{secret}").with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+fn read_secret(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+/// On the first start against a database, creates the admin and agent
+/// identities and writes their tokens (mode 0600) to the data directory.
+async fn ensure_tokens(db: &Db, data_dir: &Path) -> anyhow::Result<Option<Tokens>> {
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let (admin_path, agent_path) = (admin_token_path(data_dir), agent_token_path(data_dir));
+    let admin = corral_db::new_token();
+    let agent = corral_db::new_token();
+    let fresh_admin = data_dir.join(".admin.token.new");
+    let fresh_agent = data_dir.join(".agent.token.new");
+    write_secret(&fresh_admin, &admin)?;
+    write_secret(&fresh_agent, &agent)?;
+    let created = db.bootstrap(&admin, &agent).await.context("creating the first admin and agent")?;
+    if created {
+        std::fs::rename(&fresh_admin, &admin_path).context("saving admin.token")?;
+        std::fs::rename(&fresh_agent, &agent_path).context("saving agent.token")?;
+        tracing::info!(admin = %admin_path.display(), agent = %agent_path.display(), "first start: tokens written");
+    } else {
+        let _ = std::fs::remove_file(&fresh_admin);
+        let _ = std::fs::remove_file(&fresh_agent);
+    }
+    Ok(match (read_secret(&admin_path), read_secret(&agent_path)) {
+        (Some(admin), Some(agent)) => Some(Tokens { admin, agent }),
+        _ => None,
+    })
+}
+
+/// Starts everything. Must run inside an actix system.
+pub async fn serve(config: Config, clock: Clock) -> anyhow::Result<Running> {
+    let settings = config.settings()?;
+    let (url, embedded) = match &config.database_url {
+        Some(url) => (url.clone(), None),
+        None => {
+            let pg = EmbeddedPostgres::start(&config.data_dir).await.context("starting the embedded PostgreSQL")?;
+            (pg.connection_string(corral_db::embedded::CORRAL_DATABASE), Some(pg))
+        }
+    };
+    let pool = PoolSettings {
+        max_size: config.pool_size.max(2),
+        wait_timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(5),
+    };
+    let db = Db::connect(&url, &pool).await.context("connecting to the database")?;
+    db.apply_schema().await.context("applying schema.sql")?;
+    let tokens = ensure_tokens(&db, &config.data_dir).await?;
+    let corral = Corral::start(db, settings, clock).await.context("rebuilding the live system")?;
+
+    let state = web::Data::new(AppState { corral: corral.clone(), config: config.clone(), auth: AuthCache::default() });
+    let max_body = config.max_body;
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap(TracingLogger::default())
+            .app_data(state.clone())
+            .configure(|cfg| crate::configure(cfg, max_body))
+    })
+    .workers(config.http_workers.max(1))
+    .shutdown_timeout(5)
+    .bind(config.listen)
+    .with_context(|| format!("listening on {}", config.listen))?;
+    let addr = server.addrs().first().copied().context("the server has no address")?;
+    let server = server.run();
+    tracing::info!(%addr, "corral is ready");
+    Ok(Running { addr, corral, tokens, server, embedded })
+}

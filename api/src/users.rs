@@ -1,0 +1,62 @@
+//! `/v1/users`: admins create users (the token is shown once), list and
+//! delete them.
+
+use actix_web::{HttpResponse, web};
+use corral_core::Role;
+use corral_db::UserRecord;
+use corral_proto::users::{CreatedUser, NewUser, User};
+
+use crate::AppState;
+use crate::auth::Auth;
+use crate::error::ApiError;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource("/v1/users").route(web::post().to(create)).route(web::get().to(list)))
+        .route("/v1/users/{name}", web::delete().to(delete));
+}
+
+fn to_wire(u: UserRecord) -> User {
+    User { admin: u.role == Role::Admin, name: u.name, groups: u.groups, role: u.role, created_at: u.created_at }
+}
+
+async fn create(state: web::Data<AppState>, auth: Auth, body: web::Json<NewUser>) -> Result<HttpResponse, ApiError> {
+    auth.require_admin()?;
+    let new = body.into_inner();
+    if !corral_core::user::valid_user_name(&new.name) {
+        return Err(ApiError::bad_request("name must be 1-64 characters of letters, digits, '.', '_' or '-'"));
+    }
+    let groups = corral_core::Groups::validated(new.groups.iter().map(str::to_string).collect())
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let role = match (new.admin, new.agent) {
+        (true, true) => return Err(ApiError::bad_request("a user cannot be both admin and agent")),
+        (true, false) => Role::Admin,
+        (false, true) => Role::Agent,
+        (false, false) => Role::User,
+    };
+    let token = corral_db::new_token();
+    let user = state.corral.db().create_user(&new.name, role, &groups, &token).await?;
+    tracing::info!(user = %user.name, role = %user.role, "user created");
+    Ok(HttpResponse::Created()
+        .insert_header(("Location", format!("/v1/users/{}", user.name)))
+        .json(CreatedUser { user: to_wire(user), token }))
+}
+
+async fn list(state: web::Data<AppState>, auth: Auth) -> Result<HttpResponse, ApiError> {
+    auth.require_admin()?;
+    let users: Vec<User> = state.corral.db().list_users().await?.into_iter().map(to_wire).collect();
+    Ok(HttpResponse::Ok().json(users))
+}
+
+async fn delete(state: web::Data<AppState>, auth: Auth, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let caller = auth.require_admin()?;
+    let name = path.into_inner();
+    if name == caller.name {
+        return Err(ApiError::conflict("admins cannot delete themselves"));
+    }
+    if !state.corral.db().delete_user(&name).await? {
+        return Err(ApiError::not_found(format!("user {name:?} not found")));
+    }
+    state.auth.forget_user(&name);
+    tracing::info!(user = %name, "user deleted");
+    Ok(HttpResponse::NoContent().finish())
+}

@@ -1,0 +1,115 @@
+//! `/v1/workers`: list and read (what the caller may use), and the admin
+//! actions: state, groups, deregister.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use corral_core::{Groups, Role, WorkerId, WorkerState};
+use corral_proto::Page;
+use corral_proto::workers::{StateChange, Worker};
+
+use crate::AppState;
+use crate::auth::Auth;
+use crate::error::ApiError;
+use crate::query::{Query, parse_limit};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/workers", web::get().to(list))
+        .service(web::resource("/v1/workers/{uuid}").route(web::get().to(get)).route(web::delete().to(deregister)))
+        .route("/v1/workers/{uuid}/state", web::put().to(set_state))
+        .route("/v1/workers/{uuid}/groups", web::put().to(set_groups));
+}
+
+fn worker_id(path: &str) -> Result<WorkerId, ApiError> {
+    path.parse().map_err(|_| ApiError::bad_request(format!("worker id must be a UUID, got {path:?}")))
+}
+
+fn visible(caller: &corral_actors::Caller, worker: &Worker) -> bool {
+    caller.role == Role::Admin || caller.groups.may_use(&worker.groups)
+}
+
+async fn list(state: web::Data<AppState>, auth: Auth, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let caller = auth.require_person()?;
+    let query = Query::parse(&req)?;
+    query.only(&["state", "group", "cap", "limit", "cursor"])?;
+    let limit = parse_limit(&query)? as usize;
+    let mut states = Vec::new();
+    for text in query.all("state") {
+        for one in text.split(',').filter(|s| !s.is_empty()) {
+            states.push(one.parse::<WorkerState>().map_err(ApiError::bad_request)?);
+        }
+    }
+    let group = query.one("group")?.map(str::to_string);
+    let mut caps = Vec::new();
+    for cap in query.all("cap") {
+        let (k, v) =
+            cap.split_once('=').ok_or_else(|| ApiError::bad_request(format!("cap must be key=value, got {cap:?}")))?;
+        caps.push((k.to_string(), v.to_string()));
+    }
+    let after = match query.one("cursor")? {
+        Some(c) => Some(c.parse::<WorkerId>().map_err(|_| ApiError::bad_request("invalid cursor"))?),
+        None => None,
+    };
+    let views = state.corral.shared().dir.views(|v| {
+        let w = &v.worker;
+        visible(caller, w)
+            && (states.is_empty() || states.contains(&w.state))
+            && group.as_deref().is_none_or(|g| w.groups.contains(g))
+            && caps.iter().all(|(k, val)| w.caps.get(k) == Some(val.as_str()))
+            && after.is_none_or(|a| w.uuid > a)
+    });
+    let next_cursor = (views.len() > limit).then(|| views[limit - 1].worker.uuid.to_string());
+    let items: Vec<Worker> = views.into_iter().take(limit).map(|v| v.worker).collect();
+    Ok(HttpResponse::Ok().json(Page { items, next_cursor }))
+}
+
+async fn get(state: web::Data<AppState>, auth: Auth, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let caller = auth.require_person()?;
+    let id = worker_id(&path)?;
+    match state.corral.shared().dir.view(id) {
+        Some(view) if visible(caller, &view.worker) => Ok(HttpResponse::Ok().json(view.worker)),
+        _ => Err(ApiError::not_found(format!("worker {id} not found"))),
+    }
+}
+
+fn current(state: &AppState, id: WorkerId) -> Result<Worker, ApiError> {
+    state.corral.shared().dir.view(id).map(|v| v.worker).ok_or_else(|| ApiError::internal(&"worker view missing"))
+}
+
+#[tracing::instrument(skip_all, fields(worker = %path.as_str()))]
+async fn set_state(
+    state: web::Data<AppState>,
+    auth: Auth,
+    path: web::Path<String>,
+    body: web::Json<StateChange>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = auth.require_admin()?;
+    let id = worker_id(&path)?;
+    let change = body.into_inner();
+    if change.reason.as_ref().is_some_and(|r| r.len() > 1024) {
+        return Err(ApiError::bad_request("reason may be at most 1024 bytes"));
+    }
+    state.corral.set_worker_state(caller, id, change).await?;
+    Ok(HttpResponse::Accepted().json(current(&state, id)?))
+}
+
+#[tracing::instrument(skip_all, fields(worker = %path.as_str()))]
+async fn set_groups(
+    state: web::Data<AppState>,
+    auth: Auth,
+    path: web::Path<String>,
+    body: web::Json<Vec<String>>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = auth.require_admin()?;
+    let id = worker_id(&path)?;
+    let groups =
+        Groups::validated(body.into_inner().into_iter().collect()).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    state.corral.set_worker_groups(caller, id, groups).await?;
+    Ok(HttpResponse::Ok().json(current(&state, id)?))
+}
+
+#[tracing::instrument(skip_all, fields(worker = %path.as_str()))]
+async fn deregister(state: web::Data<AppState>, auth: Auth, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let caller = auth.require_admin()?;
+    let id = worker_id(&path)?;
+    state.corral.deregister_worker(caller, id).await?;
+    Ok(HttpResponse::NoContent().finish())
+}

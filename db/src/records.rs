@@ -1,0 +1,229 @@
+//! What the database hands back: plain records built from rows, in the
+//! core's types.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime};
+
+use corral_core::{
+    Caps, FencingToken, Groups, Priority, RequestId, RequestState, Role, SessionId, WorkerId, WorkerState,
+};
+use tokio_postgres::Row;
+
+use crate::{DatabaseOperation, DbError};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserRecord {
+    pub name: String,
+    pub role: Role,
+    pub groups: Groups,
+    pub created_at: SystemTime,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub id: SessionId,
+    pub component: String,
+    pub name: String,
+    pub principal: String,
+    pub deadline: SystemTime,
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerRecord {
+    pub uuid: WorkerId,
+    pub agent: String,
+    pub session: Option<SessionId>,
+    pub state: WorkerState,
+    pub caps: Caps,
+    pub groups: Groups,
+    pub ssh_addr: String,
+    pub ssh_user: String,
+    pub host_key: Option<String>,
+    pub reason: Option<String>,
+    pub state_since: SystemTime,
+    pub last_seen: Option<SystemTime>,
+    pub last_used: Option<SystemTime>,
+    pub fence: FencingToken,
+    /// Maintenance asked for after the running lease: its reason.
+    pub drain: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestRecord {
+    pub id: RequestId,
+    pub owner: String,
+    pub owner_groups: Groups,
+    pub state: RequestState,
+    pub priority: Priority,
+    pub caps: Caps,
+    pub created_at: SystemTime,
+    pub valid_after: SystemTime,
+    pub deadline: SystemTime,
+    pub lease: Duration,
+    pub ssh_public_key: Option<String>,
+    pub worker: Option<WorkerId>,
+    pub lease_expires_at: Option<SystemTime>,
+    pub reason: Option<String>,
+    pub updated_at: SystemTime,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseRecord {
+    pub request: RequestId,
+    pub worker: WorkerId,
+    pub fence: FencingToken,
+    pub bound_at: SystemTime,
+    pub started_at: Option<SystemTime>,
+    pub tunnel_port: Option<u16>,
+    pub key_type: Option<String>,
+    pub public_key: Option<String>,
+    pub private_key: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryRecord {
+    pub at: SystemTime,
+    pub from: Option<String>,
+    pub to: String,
+    pub actor: String,
+    pub reason: String,
+}
+
+pub(crate) fn caps_from_json(op: DatabaseOperation, value: serde_json::Value) -> Result<Caps, DbError> {
+    let map: BTreeMap<String, String> =
+        serde_json::from_value(value).map_err(|e| DbError::internal(op, format!("caps column: {e}")))?;
+    Ok(map.into_iter().collect())
+}
+
+pub(crate) fn caps_to_json(caps: &Caps) -> serde_json::Value {
+    serde_json::Value::Object(caps.iter().map(|(k, v)| (k.to_string(), serde_json::Value::from(v))).collect())
+}
+
+pub(crate) fn groups_from(list: Vec<String>) -> Groups {
+    list.into_iter().collect::<BTreeSet<String>>().into_iter().collect()
+}
+
+pub(crate) fn groups_to(groups: &Groups) -> Vec<String> {
+    groups.iter().map(str::to_string).collect()
+}
+
+fn parse<T: std::str::FromStr<Err = String>>(op: DatabaseOperation, text: &str) -> Result<T, DbError> {
+    text.parse().map_err(|e: String| DbError::internal(op, e))
+}
+
+pub(crate) fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn from_millis(ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+impl UserRecord {
+    pub(crate) fn from_row(op: DatabaseOperation, row: &Row) -> Result<UserRecord, DbError> {
+        Ok(UserRecord {
+            name: row.try_get("name").map_err(|e| DbError::internal(op, e.to_string()))?,
+            role: parse(op, row.try_get::<_, &str>("role").map_err(|e| DbError::internal(op, e.to_string()))?)?,
+            groups: groups_from(row.try_get("groups").map_err(|e| DbError::internal(op, e.to_string()))?),
+            created_at: row.try_get("created_at").map_err(|e| DbError::internal(op, e.to_string()))?,
+        })
+    }
+}
+
+impl SessionRecord {
+    pub(crate) fn from_row(op: DatabaseOperation, row: &Row) -> Result<SessionRecord, DbError> {
+        let get = |e: tokio_postgres::Error| DbError::internal(op, e.to_string());
+        Ok(SessionRecord {
+            id: SessionId(row.try_get("id").map_err(get)?),
+            component: row.try_get("component").map_err(get)?,
+            name: row.try_get("name").map_err(get)?,
+            principal: row.try_get("principal").map_err(get)?,
+            deadline: row.try_get("deadline").map_err(get)?,
+            timeout: from_millis(row.try_get("timeout_ms").map_err(get)?),
+        })
+    }
+}
+
+impl WorkerRecord {
+    pub(crate) fn from_row(op: DatabaseOperation, row: &Row) -> Result<WorkerRecord, DbError> {
+        let get = |e: tokio_postgres::Error| DbError::internal(op, e.to_string());
+        let drain: bool = row.try_get("drain").map_err(get)?;
+        Ok(WorkerRecord {
+            uuid: WorkerId(row.try_get("uuid").map_err(get)?),
+            agent: row.try_get("agent").map_err(get)?,
+            session: row.try_get::<_, Option<uuid::Uuid>>("session").map_err(get)?.map(SessionId),
+            state: parse(op, row.try_get::<_, &str>("state").map_err(get)?)?,
+            caps: caps_from_json(op, row.try_get("caps").map_err(get)?)?,
+            groups: groups_from(row.try_get("groups").map_err(get)?),
+            ssh_addr: row.try_get("ssh_addr").map_err(get)?,
+            ssh_user: row.try_get("ssh_user").map_err(get)?,
+            host_key: row.try_get("host_key").map_err(get)?,
+            reason: row.try_get("reason").map_err(get)?,
+            state_since: row.try_get("state_since").map_err(get)?,
+            last_seen: row.try_get("last_seen").map_err(get)?,
+            last_used: row.try_get("last_used").map_err(get)?,
+            fence: FencingToken(row.try_get("fence").map_err(get)?),
+            drain: if drain {
+                Some(row.try_get::<_, Option<String>>("drain_reason").map_err(get)?.unwrap_or_default())
+            } else {
+                None
+            },
+        })
+    }
+}
+
+impl RequestRecord {
+    pub(crate) fn from_row(op: DatabaseOperation, row: &Row) -> Result<RequestRecord, DbError> {
+        let get = |e: tokio_postgres::Error| DbError::internal(op, e.to_string());
+        let priority: i16 = row.try_get("priority").map_err(get)?;
+        Ok(RequestRecord {
+            id: RequestId(row.try_get("id").map_err(get)?),
+            owner: row.try_get("owner").map_err(get)?,
+            owner_groups: groups_from(row.try_get("owner_groups").map_err(get)?),
+            state: parse(op, row.try_get::<_, &str>("state").map_err(get)?)?,
+            priority: Priority::try_from(i64::from(priority)).map_err(|e| DbError::internal(op, e.to_string()))?,
+            caps: caps_from_json(op, row.try_get("caps").map_err(get)?)?,
+            created_at: row.try_get("created_at").map_err(get)?,
+            valid_after: row.try_get("valid_after").map_err(get)?,
+            deadline: row.try_get("deadline").map_err(get)?,
+            lease: from_millis(row.try_get("lease_ms").map_err(get)?),
+            ssh_public_key: row.try_get("ssh_public_key").map_err(get)?,
+            worker: row.try_get::<_, Option<uuid::Uuid>>("worker").map_err(get)?.map(WorkerId),
+            lease_expires_at: row.try_get("lease_expires_at").map_err(get)?,
+            reason: row.try_get("reason").map_err(get)?,
+            updated_at: row.try_get("updated_at").map_err(get)?,
+        })
+    }
+}
+
+impl LeaseRecord {
+    pub(crate) fn from_row(op: DatabaseOperation, row: &Row) -> Result<LeaseRecord, DbError> {
+        let get = |e: tokio_postgres::Error| DbError::internal(op, e.to_string());
+        let port: Option<i32> = row.try_get("tunnel_port").map_err(get)?;
+        Ok(LeaseRecord {
+            request: RequestId(row.try_get("request").map_err(get)?),
+            worker: WorkerId(row.try_get("worker").map_err(get)?),
+            fence: FencingToken(row.try_get("fence").map_err(get)?),
+            bound_at: row.try_get("bound_at").map_err(get)?,
+            started_at: row.try_get("started_at").map_err(get)?,
+            tunnel_port: port.and_then(|p| u16::try_from(p).ok()),
+            key_type: row.try_get("key_type").map_err(get)?,
+            public_key: row.try_get("public_key").map_err(get)?,
+            private_key: row.try_get("private_key").map_err(get)?,
+        })
+    }
+}
+
+impl HistoryRecord {
+    pub(crate) fn from_row(op: DatabaseOperation, row: &Row) -> Result<HistoryRecord, DbError> {
+        let get = |e: tokio_postgres::Error| DbError::internal(op, e.to_string());
+        Ok(HistoryRecord {
+            at: row.try_get("at").map_err(get)?,
+            from: row.try_get("from_state").map_err(get)?,
+            to: row.try_get("to_state").map_err(get)?,
+            actor: row.try_get("actor").map_err(get)?,
+            reason: row.try_get("reason").map_err(get)?,
+        })
+    }
+}

@@ -1,0 +1,525 @@
+//! Requests and leases: submission, listing, history, updates, state
+//! transitions, and the binding of requests to workers.
+
+use std::time::{Duration, SystemTime};
+
+use corral_core::{Caps, FencingToken, Groups, Priority, RequestId, RequestState, WorkerId};
+
+use crate::records::{HistoryRecord, LeaseRecord, RequestRecord, caps_to_json, groups_to, millis};
+use crate::{DatabaseOperation, Db, DbError};
+
+const REQUEST_COLUMNS: &str = "id, owner, owner_groups, state, priority, caps, created_at, valid_after, deadline, \
+     lease_ms, ssh_public_key, worker, lease_expires_at, reason, updated_at";
+const LEASE_COLUMNS: &str =
+    "request, worker, fence, bound_at, started_at, tunnel_port, key_type, public_key, private_key";
+
+/// A request to insert.
+#[derive(Clone, Debug)]
+pub struct NewRequestRecord {
+    pub owner: String,
+    pub owner_groups: Groups,
+    pub priority: Priority,
+    pub caps: Caps,
+    pub at: SystemTime,
+    pub valid_after: SystemTime,
+    pub deadline: SystemTime,
+    pub lease: Duration,
+    pub ssh_public_key: Option<String>,
+}
+
+/// Filters of `GET /v1/requests`; newest first.
+#[derive(Clone, Debug, Default)]
+pub struct RequestFilter {
+    pub owner: Option<String>,
+    pub states: Vec<RequestState>,
+    pub priority: Option<Priority>,
+    /// Only ids below this one (the cursor).
+    pub before: Option<RequestId>,
+    pub limit: u32,
+}
+
+/// How binding one request to one worker went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BindOutcome {
+    Bound(FencingToken),
+    /// The request or the worker was not in the state the matcher believed.
+    Refused(String),
+}
+
+/// The agent installed the lease key: the lease starts.
+#[derive(Clone, Debug)]
+pub struct StartLease {
+    pub request: RequestId,
+    pub fence: FencingToken,
+    pub at: SystemTime,
+    pub expires_at: SystemTime,
+    pub key_type: String,
+    pub public_key: String,
+    /// None when the request brought its own public key.
+    pub private_key: Option<String>,
+    pub tunnel_port: Option<u16>,
+    pub actor: String,
+}
+
+fn one_request(
+    op: DatabaseOperation,
+    row: Option<tokio_postgres::Row>,
+    what: String,
+) -> crate::OpResult<RequestRecord> {
+    match row {
+        Some(row) => Ok(RequestRecord::from_row(op, &row)?),
+        None => Err(DbError::conflict(op, what).into()),
+    }
+}
+
+impl Db {
+    pub async fn insert_request(&self, new: &NewRequestRecord, actor: &str) -> Result<RequestRecord, DbError> {
+        let op = DatabaseOperation::InsertRequest;
+        let (new, actor) = (new.clone(), actor.to_string());
+        self.run(op, move |client| {
+            let (n, actor) = (new.clone(), actor.clone());
+            Box::pin(async move {
+                let stmt = client
+                    .prepare_cached(&format!(
+                        "WITH r AS (
+                            INSERT INTO requests (owner, owner_groups, state, priority, caps, created_at, valid_after,
+                                deadline, lease_ms, ssh_public_key, updated_at)
+                            VALUES ($1, $2, 'waiting', $3, $4, $5, $6, $7, $8, $9, $5)
+                            RETURNING {REQUEST_COLUMNS}),
+                         h AS (INSERT INTO request_history (request, at, from_state, to_state, actor, reason)
+                            SELECT id, created_at, NULL, 'waiting', $10, 'submitted' FROM r)
+                         SELECT * FROM r"
+                    ))
+                    .await?;
+                let row = client
+                    .query_one(
+                        &stmt,
+                        &[
+                            &n.owner,
+                            &groups_to(&n.owner_groups),
+                            &i16::from(n.priority.get()),
+                            &caps_to_json(&n.caps),
+                            &n.at,
+                            &n.valid_after,
+                            &n.deadline,
+                            &millis(n.lease),
+                            &n.ssh_public_key,
+                            &actor,
+                        ],
+                    )
+                    .await?;
+                Ok(RequestRecord::from_row(op, &row)?)
+            })
+        })
+        .await
+    }
+
+    pub async fn get_request(&self, id: RequestId) -> Result<Option<RequestRecord>, DbError> {
+        let op = DatabaseOperation::GetRequest;
+        self.run(op, move |client| {
+            Box::pin(async move {
+                let stmt =
+                    client.prepare_cached(&format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE id = $1")).await?;
+                let row = client.query_opt(&stmt, &[&id.0]).await?;
+                Ok(row.map(|r| RequestRecord::from_row(op, &r)).transpose()?)
+            })
+        })
+        .await
+    }
+
+    pub async fn list_requests(&self, filter: &RequestFilter) -> Result<Vec<RequestRecord>, DbError> {
+        let op = DatabaseOperation::ListRequests;
+        let filter = filter.clone();
+        self.run(op, move |client| {
+            let f = filter.clone();
+            Box::pin(async move {
+                let states: Vec<&str> = f.states.iter().map(|s| s.as_str()).collect();
+                let stmt = client
+                    .prepare_cached(&format!(
+                        "SELECT {REQUEST_COLUMNS} FROM requests
+                         WHERE ($1::text IS NULL OR owner = $1)
+                           AND (cardinality($2::text[]) = 0 OR state = ANY($2))
+                           AND ($3::smallint IS NULL OR priority = $3)
+                           AND ($4::bigint IS NULL OR id < $4)
+                         ORDER BY id DESC LIMIT $5"
+                    ))
+                    .await?;
+                let rows = client
+                    .query(
+                        &stmt,
+                        &[
+                            &f.owner,
+                            &states,
+                            &f.priority.map(|p| i16::from(p.get())),
+                            &f.before.map(|b| b.0),
+                            &i64::from(f.limit),
+                        ],
+                    )
+                    .await?;
+                Ok(rows.iter().map(|r| RequestRecord::from_row(op, r)).collect::<Result<_, _>>()?)
+            })
+        })
+        .await
+    }
+
+    pub async fn request_history(&self, id: RequestId) -> Result<Vec<HistoryRecord>, DbError> {
+        let op = DatabaseOperation::RequestHistory;
+        self.run(op, move |client| {
+            Box::pin(async move {
+                let rows = client
+                    .query(
+                        "SELECT at, from_state, to_state, actor, reason FROM request_history
+                         WHERE request = $1 ORDER BY id",
+                        &[&id.0],
+                    )
+                    .await?;
+                Ok(rows.iter().map(|r| HistoryRecord::from_row(op, r)).collect::<Result<_, _>>()?)
+            })
+        })
+        .await
+    }
+
+    /// Changes priority and schedule of a waiting request.
+    pub async fn update_request(
+        &self,
+        id: RequestId,
+        priority: Priority,
+        valid_after: SystemTime,
+        deadline: SystemTime,
+        at: SystemTime,
+        actor: &str,
+    ) -> Result<RequestRecord, DbError> {
+        let op = DatabaseOperation::UpdateRequest;
+        let actor = actor.to_string();
+        self.run(op, move |client| {
+            let actor = actor.clone();
+            Box::pin(async move {
+                let row = client
+                    .query_opt(
+                        &format!(
+                            "WITH r AS (
+                                UPDATE requests SET priority = $2, valid_after = $3, deadline = $4, updated_at = $5
+                                WHERE id = $1 AND state = 'waiting' AND worker IS NULL
+                                RETURNING {REQUEST_COLUMNS}),
+                             h AS (INSERT INTO request_history (request, at, from_state, to_state, actor, reason)
+                                SELECT id, $5, 'waiting', 'waiting', $6,
+                                  'updated: priority ' || priority || ', valid_after ' || valid_after || ', deadline ' || deadline
+                                FROM r)
+                             SELECT * FROM r"
+                        ),
+                        &[&id.0, &i16::from(priority.get()), &valid_after, &deadline, &at, &actor],
+                    )
+                    .await?;
+                one_request(op, row, format!("request {id} is no longer waiting"))
+            })
+        })
+        .await
+    }
+
+    /// Moves an unbound request from `from` to `to` (cancel, timeout,
+    /// invalid while waiting).
+    pub async fn request_transition(
+        &self,
+        id: RequestId,
+        from: RequestState,
+        to: RequestState,
+        at: SystemTime,
+        actor: &str,
+        reason: &str,
+    ) -> Result<RequestRecord, DbError> {
+        let op = DatabaseOperation::RequestTransition;
+        let (actor, reason) = (actor.to_string(), reason.to_string());
+        self.run(op, move |client| {
+            let (actor, reason) = (actor.clone(), reason.clone());
+            Box::pin(async move {
+                let stmt = client
+                    .prepare_cached(&format!(
+                        "WITH r AS (
+                            UPDATE requests SET state = $3, updated_at = $4, reason = $6
+                            WHERE id = $1 AND state = $2 AND worker IS NULL
+                            RETURNING {REQUEST_COLUMNS}),
+                         h AS (INSERT INTO request_history (request, at, from_state, to_state, actor, reason)
+                            SELECT id, $4, $2, $3, $5, $6 FROM r)
+                         SELECT * FROM r"
+                    ))
+                    .await?;
+                let row = client.query_opt(&stmt, &[&id.0, &from.as_str(), &to.as_str(), &at, &actor, &reason]).await?;
+                one_request(op, row, format!("request {id} is not {from} and unbound"))
+            })
+        })
+        .await
+    }
+
+    pub async fn load_live_requests(&self) -> Result<Vec<RequestRecord>, DbError> {
+        let op = DatabaseOperation::LoadLiveRequests;
+        self.run(op, move |client| {
+            Box::pin(async move {
+                let rows = client
+                    .query(
+                        &format!(
+                            "SELECT {REQUEST_COLUMNS} FROM requests WHERE state IN ('waiting', 'in_progress') ORDER BY id"
+                        ),
+                        &[],
+                    )
+                    .await?;
+                Ok(rows.iter().map(|r| RequestRecord::from_row(op, r)).collect::<Result<_, _>>()?)
+            })
+        })
+        .await
+    }
+
+    /// Binds requests to workers, all in one transaction (one commit for
+    /// the whole batch). Each binding needs the request waiting and unbound
+    /// and the worker idle; it moves the worker to running, raises its
+    /// fencing token and creates the lease row. A binding whose
+    /// preconditions fail is refused without affecting the others.
+    pub async fn bind_leases(
+        &self,
+        batch: &[(RequestId, WorkerId)],
+        at: SystemTime,
+    ) -> Result<Vec<BindOutcome>, DbError> {
+        let op = DatabaseOperation::BindLeases;
+        let batch = batch.to_vec();
+        self.run(op, move |client| {
+            let batch = batch.clone();
+            Box::pin(async move {
+                let tx = client.transaction().await?;
+                let stmt = tx
+                    .prepare_cached(
+                        "WITH ok AS (
+                            SELECT 1 FROM requests r, workers w
+                            WHERE r.id = $1 AND r.state = 'waiting' AND r.worker IS NULL
+                              AND w.uuid = $2 AND w.state = 'idle'),
+                         w AS (
+                            UPDATE workers SET state = 'running', fence = fence + 1, state_since = $3, reason = NULL,
+                                last_used = $3
+                            WHERE uuid = $2 AND EXISTS (SELECT 1 FROM ok)
+                            RETURNING uuid, fence, session),
+                         r AS (
+                            UPDATE requests SET worker = $2, updated_at = $3
+                            WHERE id = $1 AND EXISTS (SELECT 1 FROM ok)
+                            RETURNING id),
+                         l AS (
+                            INSERT INTO leases (request, worker, fence, bound_at)
+                            SELECT r.id, w.uuid, w.fence, $3 FROM w, r
+                            RETURNING fence),
+                         lk AS (
+                            INSERT INTO work_locks (worker, process, session, acquired_at)
+                            SELECT uuid, 'lease', session, $3 FROM w WHERE session IS NOT NULL
+                            ON CONFLICT (worker, process) DO UPDATE SET session = EXCLUDED.session,
+                                acquired_at = EXCLUDED.acquired_at),
+                         wh AS (
+                            INSERT INTO worker_history (worker, at, from_state, to_state, actor, reason)
+                            SELECT w.uuid, $3, 'idle', 'running', 'matcher', 'leased to request ' || r.id FROM w, r),
+                         rh AS (
+                            INSERT INTO request_history (request, at, from_state, to_state, actor, reason)
+                            SELECT r.id, $3, 'waiting', 'waiting', 'matcher',
+                                'matched to worker ' || w.uuid || '; installing the lease key' FROM w, r)
+                         SELECT fence FROM l",
+                    )
+                    .await?;
+                let mut outcomes = Vec::with_capacity(batch.len());
+                for (request, worker) in &batch {
+                    let row = tx.query_opt(&stmt, &[&request.0, &worker.0, &at]).await?;
+                    outcomes.push(match row {
+                        Some(row) => BindOutcome::Bound(FencingToken(row.get(0))),
+                        None => BindOutcome::Refused(format!(
+                            "request {request} is not waiting unbound or worker {worker} is not idle"
+                        )),
+                    });
+                }
+                tx.commit().await?;
+                Ok(outcomes)
+            })
+        })
+        .await
+    }
+
+    /// The key is installed: the request goes in_progress.
+    pub async fn start_lease(&self, start: &StartLease) -> Result<RequestRecord, DbError> {
+        let op = DatabaseOperation::StartLease;
+        let start = start.clone();
+        self.run(op, move |client| {
+            let s = start.clone();
+            Box::pin(async move {
+                let tx = client.transaction().await?;
+                let lease = tx
+                    .prepare_cached(
+                        "UPDATE leases SET started_at = $3, key_type = $4, public_key = $5, private_key = $6,
+                            tunnel_port = $7
+                         WHERE request = $1 AND fence = $2 AND ended_at IS NULL AND started_at IS NULL",
+                    )
+                    .await?;
+                let port = s.tunnel_port.map(i32::from);
+                let n = tx
+                    .execute(&lease, &[&s.request.0, &s.fence.0, &s.at, &s.key_type, &s.public_key, &s.private_key, &port])
+                    .await?;
+                if n != 1 {
+                    return Err(DbError::conflict(op, format!("lease of request {} is not pending", s.request)).into());
+                }
+                let stmt = tx
+                    .prepare_cached(&format!(
+                        "WITH r AS (
+                            UPDATE requests SET state = 'in_progress', lease_expires_at = $2, updated_at = $3, reason = NULL
+                            WHERE id = $1 AND state = 'waiting'
+                            RETURNING {REQUEST_COLUMNS}),
+                         h AS (INSERT INTO request_history (request, at, from_state, to_state, actor, reason)
+                            SELECT id, $3, 'waiting', 'in_progress', $4,
+                                'lease started on worker ' || worker || ' until ' || lease_expires_at FROM r)
+                         SELECT * FROM r"
+                    ))
+                    .await?;
+                let row = tx.query_opt(&stmt, &[&s.request.0, &s.expires_at, &s.at, &s.actor]).await?;
+                let record = one_request(op, row, format!("request {} is not waiting", s.request))?;
+                tx.commit().await?;
+                Ok(record)
+            })
+        })
+        .await
+    }
+
+    /// Ends the lease of `request` (fencing token `fence`) and moves the
+    /// request to `to`: done or failed from in_progress, cancelled from
+    /// waiting (bound, key not installed yet). The private key is erased.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn end_lease(
+        &self,
+        request: RequestId,
+        fence: FencingToken,
+        from: RequestState,
+        to: RequestState,
+        at: SystemTime,
+        actor: &str,
+        reason: &str,
+    ) -> Result<RequestRecord, DbError> {
+        let op = DatabaseOperation::EndLease;
+        let (actor, reason) = (actor.to_string(), reason.to_string());
+        self.run(op, move |client| {
+            let (actor, reason) = (actor.clone(), reason.clone());
+            Box::pin(async move {
+                let tx = client.transaction().await?;
+                let lease = tx
+                    .prepare_cached(
+                        "UPDATE leases SET ended_at = $3, end_reason = $4, private_key = NULL
+                         WHERE request = $1 AND fence = $2 AND ended_at IS NULL",
+                    )
+                    .await?;
+                if tx.execute(&lease, &[&request.0, &fence.0, &at, &reason]).await? != 1 {
+                    return Err(DbError::conflict(op, format!("request {request} has no live lease {fence}")).into());
+                }
+                let stmt = tx
+                    .prepare_cached(&format!(
+                        "WITH r AS (
+                            UPDATE requests SET state = $3, updated_at = $4, reason = $6
+                            WHERE id = $1 AND state = $2
+                            RETURNING {REQUEST_COLUMNS}),
+                         h AS (INSERT INTO request_history (request, at, from_state, to_state, actor, reason)
+                            SELECT id, $4, $2, $3, $5, $6 FROM r)
+                         SELECT * FROM r"
+                    ))
+                    .await?;
+                let row =
+                    tx.query_opt(&stmt, &[&request.0, &from.as_str(), &to.as_str(), &at, &actor, &reason]).await?;
+                let record = one_request(op, row, format!("request {request} is not {from}"))?;
+                tx.commit().await?;
+                Ok(record)
+            })
+        })
+        .await
+    }
+
+    /// The worker was lost before the lease started: end the lease and put
+    /// the request back in the queue.
+    pub async fn unbind(
+        &self,
+        request: RequestId,
+        fence: FencingToken,
+        at: SystemTime,
+        actor: &str,
+        reason: &str,
+    ) -> Result<RequestRecord, DbError> {
+        let op = DatabaseOperation::Unbind;
+        let (actor, reason) = (actor.to_string(), reason.to_string());
+        self.run(op, move |client| {
+            let (actor, reason) = (actor.clone(), reason.clone());
+            Box::pin(async move {
+                let tx = client.transaction().await?;
+                // The request may be bound again and the lease table is keyed
+                // by request, so the aborted lease row goes; the history rows
+                // keep the record.
+                let n = tx
+                    .execute(
+                        "DELETE FROM leases WHERE request = $1 AND fence = $2 AND ended_at IS NULL AND started_at IS NULL",
+                        &[&request.0, &fence.0],
+                    )
+                    .await?;
+                if n != 1 {
+                    return Err(DbError::conflict(op, format!("request {request} has no pending lease {fence}")).into());
+                }
+                let row = tx
+                    .query_opt(
+                        &format!(
+                            "WITH r AS (
+                                UPDATE requests SET worker = NULL, updated_at = $2
+                                WHERE id = $1 AND state = 'waiting'
+                                RETURNING {REQUEST_COLUMNS}),
+                             h AS (INSERT INTO request_history (request, at, from_state, to_state, actor, reason)
+                                SELECT id, $2, 'waiting', 'waiting', $3, $4 FROM r)
+                             SELECT * FROM r"
+                        ),
+                        &[&request.0, &at, &actor, &format!("back in the queue: {reason}")],
+                    )
+                    .await?;
+                let record = one_request(op, row, format!("request {request} is not waiting"))?;
+                tx.commit().await?;
+                Ok(record)
+            })
+        })
+        .await
+    }
+
+    pub async fn prolong(
+        &self,
+        request: RequestId,
+        expires_at: SystemTime,
+        at: SystemTime,
+        actor: &str,
+    ) -> Result<RequestRecord, DbError> {
+        let op = DatabaseOperation::Prolong;
+        let actor = actor.to_string();
+        self.run(op, move |client| {
+            let actor = actor.clone();
+            Box::pin(async move {
+                let row = client
+                    .query_opt(
+                        &format!(
+                            "WITH r AS (
+                                UPDATE requests SET lease_expires_at = $2, updated_at = $3
+                                WHERE id = $1 AND state = 'in_progress'
+                                RETURNING {REQUEST_COLUMNS}),
+                             h AS (INSERT INTO request_history (request, at, from_state, to_state, actor, reason)
+                                SELECT id, $3, 'in_progress', 'in_progress', $4, 'lease prolonged until ' || $2 FROM r)
+                             SELECT * FROM r"
+                        ),
+                        &[&request.0, &expires_at, &at, &actor],
+                    )
+                    .await?;
+                one_request(op, row, format!("request {request} is not in progress"))
+            })
+        })
+        .await
+    }
+
+    pub async fn load_live_leases(&self) -> Result<Vec<LeaseRecord>, DbError> {
+        let op = DatabaseOperation::LoadLiveLeases;
+        self.run(op, move |client| {
+            Box::pin(async move {
+                let rows = client
+                    .query(&format!("SELECT {LEASE_COLUMNS} FROM leases WHERE ended_at IS NULL ORDER BY request"), &[])
+                    .await?;
+                Ok(rows.iter().map(|r| LeaseRecord::from_row(op, r)).collect::<Result<_, _>>()?)
+            })
+        })
+        .await
+    }
+}

@@ -1,0 +1,189 @@
+//! BMDB-style liveness sessions. A session is alive while its deadline is
+//! in the future; deadlines come from the database clock (`now()`), so
+//! replicas with skewed clocks agree. Work locks reference their session
+//! and are deleted with it.
+
+use std::time::{Duration, SystemTime};
+
+use corral_core::{SessionId, WorkerId};
+
+use crate::records::{SessionRecord, millis};
+use crate::{DatabaseOperation, Db, DbError, DbNow};
+
+const SESSION_COLUMNS: &str = "id, component, name, principal, deadline, timeout_ms";
+
+/// A session the reaper expired, with the workers it held.
+#[derive(Clone, Debug)]
+pub struct ExpiredSession {
+    pub session: SessionRecord,
+    pub workers: Vec<WorkerId>,
+    pub reason: String,
+}
+
+impl Db {
+    pub async fn open_session(
+        &self,
+        id: SessionId,
+        component: &str,
+        name: &str,
+        principal: &str,
+        timeout: Duration,
+        now: DbNow,
+    ) -> Result<SessionRecord, DbError> {
+        let op = DatabaseOperation::OpenSession;
+        let (component, name, principal) = (component.to_string(), name.to_string(), principal.to_string());
+        let timeout_ms = millis(timeout);
+        self.run(op, move |client| {
+            let (component, name, principal) = (component.clone(), name.clone(), principal.clone());
+            Box::pin(async move {
+                let row = client
+                    .query_one(
+                        &format!(
+                            "WITH s AS (
+                                INSERT INTO sessions (id, component, name, principal, created_at, timeout_ms, deadline)
+                                VALUES ($1, $2, $3, $4, COALESCE($6, now()), $5, COALESCE($6, now()) + $5 * interval '1 millisecond')
+                                RETURNING *),
+                             h AS (INSERT INTO session_history (session, component, name, at, event, reason)
+                                SELECT id, component, name, created_at, 'opened', 'opened by ' || principal FROM s)
+                             SELECT {SESSION_COLUMNS} FROM s"
+                        ),
+                        &[&id.0, &component, &name, &principal, &timeout_ms, &now],
+                    )
+                    .await?;
+                Ok(SessionRecord::from_row(op, &row)?)
+            })
+        })
+        .await
+    }
+
+    /// Pushes the deadline forward and marks the session's workers seen.
+    /// `None` when the session is unknown or already past its deadline.
+    pub async fn heartbeat(&self, id: SessionId, now: DbNow) -> Result<Option<SystemTime>, DbError> {
+        let op = DatabaseOperation::Heartbeat;
+        self.run(op, move |client| {
+            Box::pin(async move {
+                let stmt = client
+                    .prepare_cached(
+                        "WITH s AS (
+                            UPDATE sessions SET deadline = COALESCE($2, now()) + timeout_ms * interval '1 millisecond'
+                            WHERE id = $1 AND deadline >= COALESCE($2, now())
+                            RETURNING id, deadline),
+                         w AS (UPDATE workers SET last_seen = COALESCE($2, now())
+                            WHERE session IN (SELECT id FROM s))
+                         SELECT deadline FROM s",
+                    )
+                    .await?;
+                let row = client.query_opt(&stmt, &[&id.0, &now]).await?;
+                Ok(row.map(|r| r.get::<_, SystemTime>(0)))
+            })
+        })
+        .await
+    }
+
+    /// Ends a session on request of its owner. Returns the workers it held.
+    pub async fn close_session(&self, id: SessionId, reason: &str, now: DbNow) -> Result<Vec<WorkerId>, DbError> {
+        let op = DatabaseOperation::CloseSession;
+        let reason = reason.to_string();
+        self.run(op, move |client| {
+            let reason = reason.clone();
+            Box::pin(async move {
+                let tx = client.transaction().await?;
+                let workers = tx.query("SELECT uuid FROM workers WHERE session = $1", &[&id.0]).await?;
+                let deleted = tx
+                    .query_opt(
+                        "WITH s AS (DELETE FROM sessions WHERE id = $1 RETURNING id, component, name)
+                         INSERT INTO session_history (session, component, name, at, event, reason)
+                         SELECT id, component, name, COALESCE($3, now()), 'closed', $2 FROM s RETURNING session",
+                        &[&id.0, &reason, &now],
+                    )
+                    .await?;
+                tx.commit().await?;
+                if deleted.is_none() {
+                    return Err(DbError::NotFound { op: op.as_str() }.into());
+                }
+                Ok(workers.iter().map(|r| WorkerId(r.get(0))).collect())
+            })
+        })
+        .await
+    }
+
+    /// Deletes every session past its deadline (releasing its work locks)
+    /// and records why. Returns them with the workers they held.
+    pub async fn expire_sessions(&self, now: DbNow) -> Result<Vec<ExpiredSession>, DbError> {
+        let op = DatabaseOperation::ExpireSessions;
+        self.run(op, move |client| {
+            Box::pin(async move {
+                let tx = client.transaction().await?;
+                let rows = tx
+                    .query(
+                        &format!(
+                            "SELECT {SESSION_COLUMNS}, COALESCE($1, now()) AS now FROM sessions
+                             WHERE deadline < COALESCE($1, now()) FOR UPDATE"
+                        ),
+                        &[&now],
+                    )
+                    .await?;
+                let mut expired = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let session = SessionRecord::from_row(op, row)?;
+                    let at: SystemTime = row.get("now");
+                    let last = session.deadline.checked_sub(session.timeout).unwrap_or(session.deadline);
+                    let reason = format!(
+                        "no heartbeat from {} {} since {} (timeout {})",
+                        session.component,
+                        session.name,
+                        corral_core::time::format_rfc3339(last),
+                        corral_core::time::format_duration(session.timeout),
+                    );
+                    let workers = tx.query("SELECT uuid FROM workers WHERE session = $1", &[&session.id.0]).await?;
+                    tx.execute(
+                        "INSERT INTO session_history (session, component, name, at, event, reason)
+                         VALUES ($1, $2, $3, $4, 'expired', $5)",
+                        &[&session.id.0, &session.component, &session.name, &at, &reason],
+                    )
+                    .await?;
+                    tx.execute("DELETE FROM sessions WHERE id = $1", &[&session.id.0]).await?;
+                    expired.push(ExpiredSession {
+                        session,
+                        workers: workers.iter().map(|r| WorkerId(r.get(0))).collect(),
+                        reason,
+                    });
+                }
+                tx.commit().await?;
+                Ok(expired)
+            })
+        })
+        .await
+    }
+
+    pub async fn live_sessions(&self) -> Result<Vec<SessionRecord>, DbError> {
+        let op = DatabaseOperation::LiveSessions;
+        self.run(op, move |client| {
+            Box::pin(async move {
+                let rows = client.query(&format!("SELECT {SESSION_COLUMNS} FROM sessions"), &[]).await?;
+                Ok(rows.iter().map(|r| SessionRecord::from_row(op, r)).collect::<Result<_, _>>()?)
+            })
+        })
+        .await
+    }
+}
+
+impl Db {
+    /// After a server restart, gives every live session one full timeout
+    /// from now, so agents that could not reach a stopped server get the
+    /// time to come back before their workers are failed.
+    pub async fn grace_sessions(&self, now: DbNow) -> Result<u64, DbError> {
+        self.run(DatabaseOperation::LiveSessions, move |client| {
+            Box::pin(async move {
+                Ok(client
+                    .execute(
+                        "UPDATE sessions SET deadline = GREATEST(deadline,
+                            COALESCE($1, now()) + timeout_ms * interval '1 millisecond')",
+                        &[&now],
+                    )
+                    .await?)
+            })
+        })
+        .await
+    }
+}

@@ -1,0 +1,367 @@
+//! Workers: registration by agents, state transitions with their history
+//! and work locks, groups, drain, deregistration, failure backoff.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use corral_core::{Caps, Groups, SessionId, WorkerId, WorkerState};
+
+use crate::records::{WorkerRecord, caps_to_json, groups_to};
+use crate::{DatabaseOperation, Db, DbError};
+
+const WORKER_COLUMNS: &str = "uuid, agent, session, state, caps, groups, ssh_addr, ssh_user, host_key, reason, \
+     state_since, last_seen, last_used, fence, drain, drain_reason";
+
+/// An agent's description of a worker.
+#[derive(Clone, Debug)]
+pub struct WorkerUpsert {
+    pub uuid: WorkerId,
+    pub agent: String,
+    pub session: SessionId,
+    pub caps: Caps,
+    /// Used only when the worker is new.
+    pub groups: Groups,
+    pub ssh_addr: String,
+    pub ssh_user: String,
+    pub host_key: Option<String>,
+}
+
+/// One state change of a worker, committed with its history row and its
+/// work lock (the process the new state stands for, held by the worker's
+/// agent session).
+#[derive(Clone, Debug)]
+pub struct WorkerTransition {
+    pub uuid: WorkerId,
+    pub from: WorkerState,
+    pub to: WorkerState,
+    pub at: SystemTime,
+    /// `user:NAME`, `agent:HOST`, `matcher`, `reaper`, `server`.
+    pub actor: String,
+    /// Why, for the history and (for failed/busy/maintenance) shown on the
+    /// worker.
+    pub reason: String,
+    /// Clear a pending drain (the maintenance it asked for is happening).
+    pub clear_drain: bool,
+}
+
+impl WorkerTransition {
+    /// The work lock a worker in `state` holds.
+    fn process(state: WorkerState) -> Option<&'static str> {
+        match state {
+            WorkerState::Prepare => Some("prepare"),
+            WorkerState::Running => Some("lease"),
+            WorkerState::Busy => Some("maintenance"),
+            _ => None,
+        }
+    }
+
+    /// Whether the worker shows the reason while in `state`.
+    fn shows_reason(state: WorkerState) -> bool {
+        matches!(state, WorkerState::Failed | WorkerState::Busy | WorkerState::Maintenance)
+    }
+}
+
+impl Db {
+    /// Registers a new worker in `initial` state, or refreshes a known one
+    /// (caps, SSH address, host key, session; its state and groups stay).
+    /// A worker registered by another agent is a conflict.
+    pub async fn upsert_worker(
+        &self,
+        worker: &WorkerUpsert,
+        initial: WorkerState,
+        at: SystemTime,
+    ) -> Result<(WorkerRecord, bool), DbError> {
+        let op = DatabaseOperation::UpsertWorker;
+        let worker = worker.clone();
+        self.run(op, move |client| {
+            let w = worker.clone();
+            Box::pin(async move {
+                let tx = client.transaction().await?;
+                let existing = tx.query_opt("SELECT agent FROM workers WHERE uuid = $1 FOR UPDATE", &[&w.uuid.0]).await?;
+                let caps = caps_to_json(&w.caps);
+                let created = match existing {
+                    Some(row) => {
+                        let agent: String = row.get(0);
+                        if agent != w.agent {
+                            return Err(DbError::conflict(
+                                op,
+                                format!("worker {} is registered by agent {agent:?}", w.uuid),
+                            )
+                            .into());
+                        }
+                        tx.execute(
+                            "UPDATE workers SET caps = $2, ssh_addr = $3, ssh_user = $4, host_key = $5, session = $6,
+                             last_seen = $7 WHERE uuid = $1",
+                            &[&w.uuid.0, &caps, &w.ssh_addr, &w.ssh_user, &w.host_key, &w.session.0, &at],
+                        )
+                        .await?;
+                        false
+                    }
+                    None => {
+                        tx.execute(
+                            "INSERT INTO workers (uuid, agent, session, state, caps, groups, ssh_addr, ssh_user, host_key,
+                             reason, state_since, last_seen)
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)",
+                            &[
+                                &w.uuid.0,
+                                &w.agent,
+                                &w.session.0,
+                                &initial.as_str(),
+                                &caps,
+                                &groups_to(&w.groups),
+                                &w.ssh_addr,
+                                &w.ssh_user,
+                                &w.host_key,
+                                &(initial == WorkerState::Maintenance).then_some("new worker"),
+                                &at,
+                            ],
+                        )
+                        .await?;
+                        tx.execute(
+                            "INSERT INTO worker_history (worker, at, from_state, to_state, actor, reason)
+                             VALUES ($1, $2, NULL, $3, $4, 'registered')",
+                            &[&w.uuid.0, &at, &initial.as_str(), &format!("agent:{}", w.agent)],
+                        )
+                        .await?;
+                        true
+                    }
+                };
+                let row =
+                    tx.query_one(&format!("SELECT {WORKER_COLUMNS} FROM workers WHERE uuid = $1"), &[&w.uuid.0]).await?;
+                tx.commit().await?;
+                Ok((WorkerRecord::from_row(op, &row)?, created))
+            })
+        })
+        .await
+    }
+
+    /// Commits one state change if the worker is still in `from`; a
+    /// conflict otherwise. Entering `running` raises the fencing token.
+    pub async fn worker_transition(&self, t: &WorkerTransition) -> Result<WorkerRecord, DbError> {
+        let op = DatabaseOperation::WorkerTransition;
+        let t = t.clone();
+        self.run(op, move |client| {
+            let t = t.clone();
+            Box::pin(async move {
+                let stmt = client
+                    .prepare_cached(&format!(
+                        "WITH w AS (
+                            UPDATE workers SET state = $3, state_since = $4, reason = $5,
+                                drain = drain AND NOT $8, drain_reason = CASE WHEN $8 THEN NULL ELSE drain_reason END
+                            WHERE uuid = $1 AND state = $2
+                            RETURNING {WORKER_COLUMNS}),
+                         h AS (INSERT INTO worker_history (worker, at, from_state, to_state, actor, reason)
+                            SELECT uuid, $4, $2, $3, $6, $7 FROM w),
+                         d AS (DELETE FROM work_locks WHERE worker = $1 AND process IS DISTINCT FROM $9
+                            AND EXISTS (SELECT 1 FROM w)),
+                         l AS (INSERT INTO work_locks (worker, process, session, acquired_at)
+                            SELECT uuid, $9, session, $4 FROM w WHERE $9::text IS NOT NULL AND session IS NOT NULL
+                            ON CONFLICT (worker, process) DO UPDATE SET session = EXCLUDED.session,
+                                acquired_at = EXCLUDED.acquired_at)
+                         SELECT * FROM w"
+                    ))
+                    .await?;
+                let shown = WorkerTransition::shows_reason(t.to).then_some(t.reason.as_str());
+                let row = client
+                    .query_opt(
+                        &stmt,
+                        &[
+                            &t.uuid.0,
+                            &t.from.as_str(),
+                            &t.to.as_str(),
+                            &t.at,
+                            &shown,
+                            &t.actor,
+                            &t.reason,
+                            &t.clear_drain,
+                            &WorkerTransition::process(t.to),
+                        ],
+                    )
+                    .await?;
+                match row {
+                    Some(row) => Ok(WorkerRecord::from_row(op, &row)?),
+                    None => Err(DbError::conflict(op, format!("worker {} is not {}", t.uuid, t.from)).into()),
+                }
+            })
+        })
+        .await
+    }
+
+    pub async fn set_worker_groups(
+        &self,
+        uuid: WorkerId,
+        groups: &Groups,
+        actor: &str,
+        at: SystemTime,
+    ) -> Result<WorkerRecord, DbError> {
+        let op = DatabaseOperation::SetWorkerGroups;
+        let (groups, actor) = (groups_to(groups), actor.to_string());
+        self.run(op, move |client| {
+            let (groups, actor) = (groups.clone(), actor.clone());
+            Box::pin(async move {
+                let row = client
+                    .query_opt(
+                        &format!(
+                            "WITH w AS (UPDATE workers SET groups = $2 WHERE uuid = $1 RETURNING {WORKER_COLUMNS}),
+                             h AS (INSERT INTO worker_history (worker, at, from_state, to_state, actor, reason)
+                                SELECT uuid, $4, state, state, $3, 'groups set to [' || array_to_string($2, ', ') || ']' FROM w)
+                             SELECT * FROM w"
+                        ),
+                        &[&uuid.0, &groups, &actor, &at],
+                    )
+                    .await?;
+                match row {
+                    Some(row) => Ok(WorkerRecord::from_row(op, &row)?),
+                    None => Err(DbError::NotFound { op: op.as_str() }.into()),
+                }
+            })
+        })
+        .await
+    }
+
+    /// Asks for (Some(reason)) or cancels (None) maintenance after the
+    /// running lease.
+    pub async fn set_worker_drain(&self, uuid: WorkerId, drain: Option<&str>) -> Result<(), DbError> {
+        let op = DatabaseOperation::SetWorkerDrain;
+        let drain = drain.map(str::to_string);
+        self.run(op, move |client| {
+            let drain = drain.clone();
+            Box::pin(async move {
+                let n = client
+                    .execute(
+                        "UPDATE workers SET drain = $2::text IS NOT NULL, drain_reason = $2 WHERE uuid = $1",
+                        &[&uuid.0, &drain],
+                    )
+                    .await?;
+                if n == 0 {
+                    return Err(DbError::NotFound { op: op.as_str() }.into());
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Deregisters a worker in maintenance or failed state.
+    pub async fn delete_worker(&self, uuid: WorkerId, actor: &str, at: SystemTime) -> Result<(), DbError> {
+        let op = DatabaseOperation::DeleteWorker;
+        let actor = actor.to_string();
+        self.run(op, move |client| {
+            let actor = actor.clone();
+            Box::pin(async move {
+                let tx = client.transaction().await?;
+                let row = tx
+                    .query_opt(
+                        "DELETE FROM workers WHERE uuid = $1 AND state IN ('maintenance', 'failed') RETURNING state",
+                        &[&uuid.0],
+                    )
+                    .await?;
+                let Some(row) = row else {
+                    return Err(DbError::conflict(op, format!("worker {uuid} is not in maintenance or failed")).into());
+                };
+                let state: String = row.get(0);
+                tx.execute(
+                    "INSERT INTO worker_history (worker, at, from_state, to_state, actor, reason)
+                     VALUES ($1, $2, $3, 'deregistered', $4, 'deregistered')",
+                    &[&uuid.0, &at, &state, &actor],
+                )
+                .await?;
+                tx.execute("DELETE FROM work_locks WHERE worker = $1", &[&uuid.0]).await?;
+                tx.execute("DELETE FROM work_backoff WHERE worker = $1", &[&uuid.0]).await?;
+                tx.commit().await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    pub async fn load_workers(&self) -> Result<Vec<WorkerRecord>, DbError> {
+        let op = DatabaseOperation::LoadWorkers;
+        self.run(op, move |client| {
+            Box::pin(async move {
+                let rows = client.query(&format!("SELECT {WORKER_COLUMNS} FROM workers ORDER BY uuid"), &[]).await?;
+                Ok(rows.iter().map(|r| WorkerRecord::from_row(op, r)).collect::<Result<_, _>>()?)
+            })
+        })
+        .await
+    }
+
+    /// Records a failure of `process` on a worker; returns when it may be
+    /// tried again: `base` doubled per consecutive failure, at most `cap`.
+    pub async fn record_backoff(
+        &self,
+        uuid: WorkerId,
+        process: &str,
+        error: &str,
+        at: SystemTime,
+        base: Duration,
+        cap: Duration,
+    ) -> Result<SystemTime, DbError> {
+        let op = DatabaseOperation::RecordBackoff;
+        let (process, error) = (process.to_string(), error.to_string());
+        let (base_ms, cap_ms) = (crate::records::millis(base), crate::records::millis(cap));
+        self.run(op, move |client| {
+            let (process, error) = (process.clone(), error.clone());
+            Box::pin(async move {
+                let row = client
+                    .query_one(
+                        "INSERT INTO work_backoff AS b (worker, process, failures, retry_after, last_error)
+                         VALUES ($1, $2, 1, $4 + $5 * interval '1 millisecond', $3)
+                         ON CONFLICT (worker, process) DO UPDATE SET
+                            failures = b.failures + 1,
+                            retry_after = $4 + LEAST($6, $5 * power(2, LEAST(b.failures, 30))::bigint) * interval '1 millisecond',
+                            last_error = $3
+                         RETURNING retry_after",
+                        &[&uuid.0, &process, &error, &at, &base_ms, &cap_ms],
+                    )
+                    .await?;
+                Ok(row.get::<_, SystemTime>(0))
+            })
+        })
+        .await
+    }
+
+    pub async fn clear_backoff(&self, uuid: WorkerId, process: &str) -> Result<(), DbError> {
+        let process = process.to_string();
+        self.run(DatabaseOperation::ClearBackoff, move |client| {
+            let process = process.clone();
+            Box::pin(async move {
+                client
+                    .execute("DELETE FROM work_backoff WHERE worker = $1 AND process = $2", &[&uuid.0, &process])
+                    .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// When each worker may next try `process`, for workers in backoff.
+    pub async fn load_backoffs(&self, process: &str) -> Result<HashMap<WorkerId, SystemTime>, DbError> {
+        let process = process.to_string();
+        self.run(DatabaseOperation::LoadWorkers, move |client| {
+            let process = process.clone();
+            Box::pin(async move {
+                let rows = client
+                    .query("SELECT worker, retry_after FROM work_backoff WHERE process = $1", &[&process])
+                    .await?;
+                Ok(rows.iter().map(|r| (WorkerId(r.get(0)), r.get(1))).collect())
+            })
+        })
+        .await
+    }
+}
+
+impl Db {
+    pub async fn load_worker(&self, uuid: WorkerId) -> Result<Option<WorkerRecord>, DbError> {
+        let op = DatabaseOperation::LoadWorkers;
+        self.run(op, move |client| {
+            Box::pin(async move {
+                let row = client
+                    .query_opt(&format!("SELECT {WORKER_COLUMNS} FROM workers WHERE uuid = $1"), &[&uuid.0])
+                    .await?;
+                Ok(row.map(|r| WorkerRecord::from_row(op, &r)).transpose()?)
+            })
+        })
+        .await
+    }
+}

@@ -1,0 +1,154 @@
+//! The agent protocol (`/v1/agent/...`).
+//!
+//! Only the agent opens connections (it works from behind NAT):
+//!
+//! 1. `POST /v1/agent/sessions` with [`OpenSession`] registers its workers
+//!    and opens a liveness session; the answer is [`SessionOpened`].
+//! 2. `POST /v1/agent/sessions/{id}/heartbeat` with [`Heartbeat`] every
+//!    `heartbeat_interval`, carrying each worker's observed facts. A 404
+//!    means the session expired: open a new one.
+//! 3. `GET /v1/agent/sessions/{id}/commands?after=SEQ&wait=DURATION`
+//!    long-polls for [`CommandBatch`]es.
+//! 4. `POST /v1/agent/sessions/{id}/results` with a list of
+//!    [`CommandResult`]s after executing commands.
+//! 5. `DELETE /v1/agent/sessions/{id}` on a clean shutdown.
+//!
+//! Every command carries the worker's fencing token; the agent refuses a
+//! command whose token is older than one it has seen for that worker, and
+//! the server ignores results that do not carry the worker's current token.
+
+use std::time::{Duration, SystemTime};
+
+use corral_core::time::{duration, rfc3339};
+use corral_core::{Caps, FencingToken, Groups, RequestId, SessionId, WorkerId, WorkerState};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// One worker as its agent describes it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerRegistration {
+    pub uuid: WorkerId,
+    pub caps: Caps,
+    /// Used when the worker is registered for the first time; afterwards
+    /// admins own its groups.
+    #[serde(default)]
+    pub groups: Groups,
+    /// `HOST:PORT` of the SSH server that gives access to the device.
+    pub ssh_addr: String,
+    /// The lab user that leases log in as.
+    pub user: String,
+    /// SSH host key of `ssh_addr`, `TYPE BASE64` (as `ssh-keyscan` reads it).
+    #[serde(default)]
+    pub host_key: Option<String>,
+}
+
+/// Body of `POST /v1/agent/sessions`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenSession {
+    /// Host name of the agent.
+    pub agent: String,
+    pub workers: Vec<WorkerRegistration>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RegisteredWorker {
+    pub uuid: WorkerId,
+    pub state: WorkerState,
+    pub fence: FencingToken,
+}
+
+/// Answer of `POST /v1/agent/sessions`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SessionOpened {
+    pub session: SessionId,
+    #[serde(with = "duration")]
+    pub heartbeat_interval: Duration,
+    #[serde(with = "duration")]
+    pub session_timeout: Duration,
+    pub workers: Vec<RegisteredWorker>,
+}
+
+/// What the agent sees of one worker.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Observation {
+    pub uuid: WorkerId,
+    /// Output of the `interrogate` hook (battery, temperature,
+    /// device_attached, healthy, error ...).
+    #[serde(default)]
+    pub facts: Map<String, Value>,
+}
+
+/// Body of `POST /v1/agent/sessions/{id}/heartbeat`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    #[serde(default)]
+    pub workers: Vec<Observation>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HeartbeatAck {
+    /// The session's new deadline (database clock).
+    #[serde(with = "rfc3339")]
+    pub deadline: SystemTime,
+}
+
+/// What the server asks an agent to do for one worker.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Action {
+    /// Make the worker fresh: remove every key line the agent owns for it,
+    /// then run the `prepare` hook.
+    Prepare,
+    /// Install `public_key` for the lab user, for this lease only.
+    StartLease { request: RequestId, public_key: String },
+    /// Remove the key line of this lease.
+    Revoke { request: RequestId },
+    /// Put the worker into maintenance (run the `maintenance` hook).
+    Maintenance,
+    /// Run the `healthcheck` hook.
+    HealthCheck,
+    /// Run the `power_cycle` hook.
+    PowerCycle,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Command {
+    /// Increases within a server incarnation.
+    pub seq: u64,
+    pub worker: WorkerId,
+    pub fence: FencingToken,
+    pub action: Action,
+}
+
+/// Answer of the long-poll.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CommandBatch {
+    /// Changes when the server restarts; then `seq` starts again and the
+    /// agent must poll with `after=0`.
+    pub incarnation: String,
+    pub commands: Vec<Command>,
+}
+
+/// How a command went.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CommandResult {
+    pub seq: u64,
+    pub worker: WorkerId,
+    pub fence: FencingToken,
+    pub ok: bool,
+    /// Error text when not ok, hook output otherwise (may be empty).
+    #[serde(default)]
+    pub message: String,
+    /// For `start_lease`: the host key of the worker's SSH server as read
+    /// now.
+    #[serde(default)]
+    pub host_key: Option<String>,
+    /// The agent refused the command as older than one it has seen.
+    #[serde(default)]
+    pub stale: bool,
+}

@@ -1,0 +1,41 @@
+//! Users and their tokens.
+
+use std::time::SystemTime;
+
+use corral_core::Groups;
+pub use corral_core::Role;
+use corral_core::time::rfc3339;
+use serde::{Deserialize, Serialize};
+
+/// Body of `POST /v1/users`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    pub name: String,
+    #[serde(default)]
+    pub groups: Groups,
+    #[serde(default)]
+    pub admin: bool,
+    /// Create an agent identity instead of a person (for per-host agent
+    /// tokens); `admin` must then be false.
+    #[serde(default)]
+    pub agent: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub groups: Groups,
+    pub admin: bool,
+    pub role: Role,
+    #[serde(with = "rfc3339")]
+    pub created_at: SystemTime,
+}
+
+/// Answer of `POST /v1/users`: the token is shown this once.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CreatedUser {
+    #[serde(flatten)]
+    pub user: User,
+    pub token: String,
+}

@@ -1,0 +1,46 @@
+//! Workers as users and admins see them.
+
+use std::time::SystemTime;
+
+use corral_core::time::{opt_rfc3339, rfc3339};
+use corral_core::{Caps, Groups, RequestId, WorkerId, WorkerState};
+use serde::{Deserialize, Serialize};
+
+/// The worker object.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Worker {
+    pub uuid: WorkerId,
+    pub state: WorkerState,
+    pub caps: Caps,
+    pub groups: Groups,
+    /// Host name of its agent.
+    pub agent: String,
+    pub ssh_addr: String,
+    pub reason: Option<String>,
+    #[serde(with = "rfc3339")]
+    pub state_since: SystemTime,
+    #[serde(with = "opt_rfc3339")]
+    pub last_seen: Option<SystemTime>,
+    /// The request holding it, if any.
+    pub request: Option<RequestId>,
+}
+
+/// The states an admin may ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminState {
+    Idle,
+    Maintenance,
+}
+
+/// Body of `PUT /v1/workers/{uuid}/state`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateChange {
+    pub state: AdminState,
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// For maintenance: let the running lease finish first.
+    #[serde(default)]
+    pub drain: bool,
+}

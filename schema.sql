@@ -1,0 +1,164 @@
+-- The corral schema. Applied at every start-up; every statement is
+-- idempotent (CREATE ... IF NOT EXISTS), so applying it again changes
+-- nothing. It stays within what CockroachDB also runs: no LISTEN/NOTIFY, no
+-- advisory locks, no triggers.
+--
+-- Safety lives here, not only in the actors:
+--   * a worker is in at most one live lease   (leases_one_live_per_worker)
+--   * a request is bound to at most one worker (leases primary key)
+--   * a tunnel port serves at most one live lease (leases_one_live_per_port)
+--   * every lease carries the worker's fencing token, unique per worker.
+
+CREATE TABLE IF NOT EXISTS users (
+    name        TEXT PRIMARY KEY,
+    role        TEXT NOT NULL CHECK (role IN ('user', 'admin', 'agent')),
+    groups      TEXT[] NOT NULL DEFAULT '{}',
+    -- SHA-256 of the bearer token; the token itself is never stored.
+    token_hash  BYTEA NOT NULL UNIQUE,
+    created_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+-- BMDB-style liveness: a component is alive while its session's deadline,
+-- set from the database clock and pushed forward by heartbeats, is in the
+-- future. The reaper deletes expired sessions; work locks go with them.
+CREATE TABLE IF NOT EXISTS sessions (
+    id          UUID PRIMARY KEY,
+    component   TEXT NOT NULL CHECK (component IN ('agent', 'server')),
+    -- agent host name, or server replica name
+    name        TEXT NOT NULL,
+    -- the user (role agent) whose token opened it
+    principal   TEXT NOT NULL,
+    created_at  TIMESTAMPTZ NOT NULL,
+    timeout_ms  BIGINT NOT NULL CHECK (timeout_ms > 0),
+    deadline    TIMESTAMPTZ NOT NULL
+);
+
+-- What happened to sessions: opened, heartbeat lost (expired), closed.
+CREATE TABLE IF NOT EXISTS session_history (
+    id          BIGSERIAL PRIMARY KEY,
+    session     UUID NOT NULL,
+    component   TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    at          TIMESTAMPTZ NOT NULL,
+    event       TEXT NOT NULL CHECK (event IN ('opened', 'expired', 'closed')),
+    reason      TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS workers (
+    uuid        UUID PRIMARY KEY,
+    -- host name of the agent that registered it; another agent cannot
+    -- claim it while it is registered.
+    agent       TEXT NOT NULL,
+    session     UUID REFERENCES sessions (id) ON DELETE SET NULL,
+    state       TEXT NOT NULL CHECK (state IN ('maintenance', 'prepare', 'idle', 'running', 'failed', 'busy')),
+    caps        JSONB NOT NULL,
+    groups      TEXT[] NOT NULL DEFAULT '{}',
+    ssh_addr    TEXT NOT NULL,
+    ssh_user    TEXT NOT NULL,
+    host_key    TEXT,
+    reason      TEXT,
+    state_since TIMESTAMPTZ NOT NULL,
+    last_seen   TIMESTAMPTZ,
+    last_used   TIMESTAMPTZ,
+    -- fencing token: raised at every lease
+    fence       BIGINT NOT NULL DEFAULT 0,
+    -- an admin asked for maintenance after the running lease ends
+    drain       BOOLEAN NOT NULL DEFAULT false,
+    drain_reason TEXT
+);
+
+CREATE TABLE IF NOT EXISTS worker_history (
+    id          BIGSERIAL PRIMARY KEY,
+    worker      UUID NOT NULL,
+    at          TIMESTAMPTZ NOT NULL,
+    from_state  TEXT,
+    to_state    TEXT NOT NULL,
+    actor       TEXT NOT NULL,
+    reason      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS worker_history_by_worker ON worker_history (worker, id);
+
+CREATE TABLE IF NOT EXISTS requests (
+    id               BIGSERIAL PRIMARY KEY,
+    owner            TEXT NOT NULL,
+    -- the owner's groups when it was submitted (matching uses them)
+    owner_groups     TEXT[] NOT NULL DEFAULT '{}',
+    state            TEXT NOT NULL CHECK (state IN ('waiting', 'in_progress', 'cancelled', 'timeout', 'invalid', 'done', 'failed')),
+    priority         SMALLINT NOT NULL CHECK (priority BETWEEN 1 AND 16),
+    caps             JSONB NOT NULL,
+    created_at       TIMESTAMPTZ NOT NULL,
+    valid_after      TIMESTAMPTZ NOT NULL,
+    deadline         TIMESTAMPTZ NOT NULL,
+    lease_ms         BIGINT NOT NULL CHECK (lease_ms > 0),
+    ssh_public_key   TEXT,
+    -- the worker it is bound to, from the match on (kept after the end)
+    worker           UUID,
+    lease_expires_at TIMESTAMPTZ,
+    reason           TEXT,
+    updated_at       TIMESTAMPTZ NOT NULL,
+    CHECK (valid_after < deadline),
+    CHECK (state <> 'in_progress' OR (worker IS NOT NULL AND lease_expires_at IS NOT NULL))
+);
+CREATE INDEX IF NOT EXISTS requests_live ON requests (id) WHERE state IN ('waiting', 'in_progress');
+CREATE INDEX IF NOT EXISTS requests_by_owner ON requests (owner, id);
+CREATE INDEX IF NOT EXISTS requests_by_state ON requests (state, id);
+
+CREATE TABLE IF NOT EXISTS request_history (
+    id          BIGSERIAL PRIMARY KEY,
+    request     BIGINT NOT NULL,
+    at          TIMESTAMPTZ NOT NULL,
+    from_state  TEXT,
+    to_state    TEXT NOT NULL,
+    actor       TEXT NOT NULL,
+    reason      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS request_history_by_request ON request_history (request, id);
+
+-- The binding of a request to a worker. Created by the matcher (the key is
+-- being installed), confirmed when the agent installed it (the request is
+-- then in_progress), ended when the lease ends for any reason.
+CREATE TABLE IF NOT EXISTS leases (
+    request      BIGINT PRIMARY KEY REFERENCES requests (id),
+    worker       UUID NOT NULL,
+    fence        BIGINT NOT NULL,
+    bound_at     TIMESTAMPTZ NOT NULL,
+    started_at   TIMESTAMPTZ,
+    ended_at     TIMESTAMPTZ,
+    end_reason   TEXT,
+    tunnel_port  INTEGER,
+    key_type     TEXT,
+    public_key   TEXT,
+    -- erased when the lease ends
+    private_key  TEXT,
+    UNIQUE (worker, fence),
+    CHECK (ended_at IS NULL OR private_key IS NULL)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS leases_one_live_per_worker ON leases (worker) WHERE ended_at IS NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS leases_one_live_per_port ON leases (tunnel_port) WHERE ended_at IS NULL;
+
+-- "Session S is doing process P on worker W". At most one per (worker,
+-- process); removed with the session.
+CREATE TABLE IF NOT EXISTS work_locks (
+    worker      UUID NOT NULL,
+    process     TEXT NOT NULL CHECK (process IN ('prepare', 'lease', 'maintenance', 'health_check', 'power_cycle')),
+    session     UUID NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+    acquired_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (worker, process)
+);
+
+-- Failure backoff for repeated work on a worker: after a failure the same
+-- process is not retried before retry_after; the delay doubles per failure.
+CREATE TABLE IF NOT EXISTS work_backoff (
+    worker      UUID NOT NULL,
+    process     TEXT NOT NULL,
+    failures    INTEGER NOT NULL,
+    retry_after TIMESTAMPTZ NOT NULL,
+    last_error  TEXT NOT NULL,
+    PRIMARY KEY (worker, process)
+);
+
+-- Server-wide facts that must survive restarts (first-start bootstrap done).
+CREATE TABLE IF NOT EXISTS settings (
+    key         TEXT PRIMARY KEY,
+    value       TEXT NOT NULL
+);
