@@ -1,1 +1,19 @@
-//! placeholder
+//! The corral agent: runs on a hardware host (or simulates one), registers
+//! the host's workers with the server, keeps its session alive with
+//! heartbeats that carry each worker's observed facts, long-polls for
+//! commands and executes them through a [`Backend`].
+//!
+//! Only the agent opens connections. It survives server restarts and
+//! network loss: it retries with backoff, keeps its session through blips
+//! shorter than the session timeout, and opens a new session (registering
+//! its workers again) when the old one is gone.
+
+pub mod backend;
+pub mod client;
+pub mod runtime;
+pub mod simulated;
+
+pub use backend::{Backend, Outcome};
+pub use client::{AgentClient, ClientError};
+pub use runtime::{AgentOptions, run};
+pub use simulated::Simulated;

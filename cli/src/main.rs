@@ -1,1 +1,183 @@
-fn main() {}
+//! `corral`: one binary for the server, the agent, the client commands and
+//! the benchmarks. Thin: it parses arguments, builds what the libraries
+//! need and calls them.
+
+mod client;
+
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use corral_actors::Clock;
+use corral_api::Config;
+
+#[derive(Parser, Debug)]
+#[command(name = "corral", version, about = "Scheduler and lease service for device test labs")]
+struct Cli {
+    /// Log format: plain or json.
+    #[arg(long, global = true, env = "CORRAL_LOG_FORMAT")]
+    log_format: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server (embedded PostgreSQL unless a database URL is given).
+    Serve(ServeArgs),
+    /// Run an agent for a hardware host (--config) or N simulated workers (--simulate).
+    Agent(AgentArgs),
+    /// Submit and manage requests.
+    #[command(subcommand)]
+    Request(client::RequestCommand),
+    /// Inspect and administer workers.
+    #[command(subcommand)]
+    Worker(client::WorkerCommand),
+    /// Manage users (admin).
+    #[command(subcommand)]
+    User(client::UserCommand),
+    /// Run a benchmark scenario: matcher, lifecycle, heartbeats, scale.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on (default 127.0.0.1:8487).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Data directory (embedded database, first-start tokens); default ./corral-data.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// External PostgreSQL/CockroachDB URL instead of the embedded cluster.
+    #[arg(long, env = "CORRAL_DATABASE_URL")]
+    database_url: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct AgentArgs {
+    /// Agent configuration file (TOML) for a hardware host.
+    #[arg(long, conflicts_with = "simulate")]
+    config: Option<PathBuf>,
+    /// Run N simulated workers whose preparation succeeds at once.
+    #[arg(long, value_name = "N")]
+    simulate: Option<usize>,
+    /// Server URL, e.g. http://127.0.0.1:8487.
+    #[arg(long, env = "CORRAL_URL")]
+    server: Option<String>,
+    /// File holding the agent token (default ./corral-data/agent.token).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Caps of each simulated worker, key=value (repeatable).
+    #[arg(long = "caps", value_name = "KEY=VALUE", num_args = 1..)]
+    caps: Vec<String>,
+    /// SSH address simulated leases tunnel to.
+    #[arg(long, default_value = "127.0.0.1:22")]
+    ssh_addr: String,
+    /// Lab user of simulated workers.
+    #[arg(long, default_value = "lab")]
+    user: String,
+    /// Agent name of simulated workers (default: this host's name); also
+    /// seeds their UUIDs, so a restarted agent registers the same workers.
+    #[arg(long)]
+    name: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// Scenario and its arguments: SCENARIO [--quick] [sizes...]
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    args: Vec<String>,
+}
+
+fn init_logs(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,actix_server=warn,actix_web=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(err) = run(cli) {
+        eprintln!("corral: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => {
+            let mut config = match &args.config {
+                Some(path) => Config::load(path)?,
+                None => Config::default(),
+            };
+            if let Some(listen) = args.listen {
+                config.listen = listen;
+            }
+            if let Some(dir) = args.data_dir {
+                config.data_dir = dir;
+            }
+            if let Some(url) = args.database_url.filter(|u| !u.is_empty()) {
+                config.database_url = Some(url);
+            }
+            init_logs(cli.log_format.as_deref().unwrap_or(&config.log_format));
+            config.settings()?;
+            actix_rt::System::new().block_on(async move {
+                let running = corral_api::serve(config, Clock::System).await?;
+                eprintln!("corral listening on http://{}", running.addr);
+                running.wait().await
+            })
+        }
+        Command::Agent(args) => {
+            init_logs(cli.log_format.as_deref().unwrap_or("plain"));
+            run_agent(args)
+        }
+        Command::Request(command) => client::request(command),
+        Command::Worker(command) => client::worker(command),
+        Command::User(command) => client::user(command),
+        Command::Bench(args) => {
+            init_logs(cli.log_format.as_deref().unwrap_or("plain"));
+            corral_bench::run(&args.args)
+        }
+    }
+}
+
+fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    let Some(count) = args.simulate else {
+        if args.config.is_some() {
+            bail!("--config (hardware host agent) is not available in this build yet; use --simulate N");
+        }
+        bail!("give --config FILE for a hardware host, or --simulate N for simulated workers");
+    };
+    let server = args.server.unwrap_or_else(|| "http://127.0.0.1:8487".to_string());
+    let token_file = args.token_file.unwrap_or_else(|| PathBuf::from("./corral-data/agent.token"));
+    let token = std::fs::read_to_string(&token_file)
+        .with_context(|| format!("reading the agent token from {}", token_file.display()))?
+        .trim()
+        .to_string();
+    let caps = corral_agent::simulated::parse_caps(&args.caps).map_err(anyhow::Error::msg)?;
+    let name = match args.name {
+        Some(name) => name,
+        None => {
+            nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "agent".to_string())
+        }
+    };
+    let backend = corral_agent::Simulated::new(&name, count, &caps, &args.ssh_addr, &args.user);
+    let options = corral_agent::AgentOptions::new(server, token);
+    actix_rt::System::new().block_on(async move {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        actix_rt::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            let _ = stop.send(true);
+        });
+        corral_agent::run(Rc::new(backend), options, stopped).await
+    })
+}

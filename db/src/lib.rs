@@ -135,23 +135,31 @@ pub enum DbError {
 impl DbError {
     fn from_pg(op: DatabaseOperation, err: &tokio_postgres::Error) -> DbError {
         let op = op.as_str();
+        let detail = match err.as_db_error() {
+            Some(db) => format!(
+                "{} ({}){}",
+                db.message(),
+                db.code().code(),
+                db.detail().map(|d| format!(": {d}")).unwrap_or_default()
+            ),
+            None => format!("{err:#}"),
+        };
         match err.code() {
             Some(code) if *code == SqlState::UNIQUE_VIOLATION || *code == SqlState::EXCLUSION_VIOLATION => {
-                DbError::Conflict { op, what: err.to_string() }
+                DbError::Conflict { op, what: detail }
             }
             Some(code) if *code == SqlState::CHECK_VIOLATION || *code == SqlState::FOREIGN_KEY_VIOLATION => {
-                DbError::Conflict { op, what: err.to_string() }
+                DbError::Conflict { op, what: detail }
             }
             Some(code)
                 if code.code().starts_with("08")
                     || *code == SqlState::ADMIN_SHUTDOWN
                     || *code == SqlState::CANNOT_CONNECT_NOW =>
             {
-                DbError::Unavailable { op, cause: err.to_string() }
+                DbError::Unavailable { op, cause: detail }
             }
-            Some(_) => DbError::Internal { op, cause: format!("{err:#}") },
-            None if err.is_closed() => DbError::Unavailable { op, cause: err.to_string() },
-            None => DbError::Unavailable { op, cause: err.to_string() },
+            Some(_) => DbError::Internal { op, cause: detail },
+            None => DbError::Unavailable { op, cause: detail },
         }
     }
 

@@ -41,7 +41,7 @@ impl Db {
                         &format!(
                             "WITH s AS (
                                 INSERT INTO sessions (id, component, name, principal, created_at, timeout_ms, deadline)
-                                VALUES ($1, $2, $3, $4, COALESCE($6, now()), $5, COALESCE($6, now()) + $5 * interval '1 millisecond')
+                                VALUES ($1, $2, $3, $4, COALESCE($6, now()), $5::bigint, COALESCE($6, now()) + $5::bigint * interval '1 millisecond')
                                 RETURNING *),
                              h AS (INSERT INTO session_history (session, component, name, at, event, reason)
                                 SELECT id, component, name, created_at, 'opened', 'opened by ' || principal FROM s)

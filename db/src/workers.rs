@@ -306,10 +306,10 @@ impl Db {
                 let row = client
                     .query_one(
                         "INSERT INTO work_backoff AS b (worker, process, failures, retry_after, last_error)
-                         VALUES ($1, $2, 1, $4 + $5 * interval '1 millisecond', $3)
+                         VALUES ($1, $2, 1, $4 + $5::bigint * interval '1 millisecond', $3)
                          ON CONFLICT (worker, process) DO UPDATE SET
                             failures = b.failures + 1,
-                            retry_after = $4 + LEAST($6, $5 * power(2, LEAST(b.failures, 30))::bigint) * interval '1 millisecond',
+                            retry_after = $4 + LEAST($6::bigint, $5::bigint * power(2, LEAST(b.failures, 30))::bigint) * interval '1 millisecond',
                             last_error = $3
                          RETURNING retry_after",
                         &[&uuid.0, &process, &error, &at, &base_ms, &cap_ms],

@@ -1,0 +1,138 @@
+//! HTTP client of the agent protocol.
+
+use std::time::Duration;
+
+use awc::http::StatusCode;
+use corral_core::SessionId;
+use corral_proto::agent::{CommandBatch, CommandResult, Heartbeat, HeartbeatAck, OpenSession, SessionOpened};
+use corral_proto::error::ErrorBody;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The session is not alive on the server any more: open a new one.
+    #[error("session gone: {0}")]
+    SessionGone(String),
+    /// The server answered with an error.
+    #[error("server answered {status}: {message}")]
+    Refused { status: u16, message: String },
+    /// The server could not be reached or the answer was unreadable.
+    #[error("cannot reach the server: {0}")]
+    Unreachable(String),
+}
+
+impl ClientError {
+    /// Whether trying again later may help.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Unreachable(_) => true,
+            ClientError::Refused { status, .. } => *status >= 500 || *status == 429,
+            ClientError::SessionGone(_) => false,
+        }
+    }
+}
+
+/// Talks to one server with one token.
+pub struct AgentClient {
+    http: awc::Client,
+    base: String,
+}
+
+impl AgentClient {
+    pub fn new(server: &str, token: &str) -> AgentClient {
+        let http = awc::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .add_default_header(("Authorization", format!("Bearer {token}")))
+            .finish();
+        AgentClient { http, base: server.trim_end_matches('/').to_string() }
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: awc::http::Method,
+        path: &str,
+        body: Option<&B>,
+        timeout: Duration,
+    ) -> Result<Option<T>, ClientError> {
+        let request = self.http.request(method, format!("{}{path}", self.base)).timeout(timeout);
+        let sent = match body {
+            Some(body) => request.send_json(body).await,
+            None => request.send().await,
+        };
+        let mut response = sent.map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        let status = response.status();
+        let bytes =
+            response.body().limit(64 * 1024 * 1024).await.map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        if status == StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        if status.is_success() {
+            return serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| ClientError::Unreachable(format!("bad answer: {e}")));
+        }
+        let message = serde_json::from_slice::<ErrorBody>(&bytes)
+            .map(|e| e.message)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+        if status == StatusCode::NOT_FOUND && path.starts_with("/v1/agent/sessions/") {
+            return Err(ClientError::SessionGone(message));
+        }
+        Err(ClientError::Refused { status: status.as_u16(), message })
+    }
+
+    pub async fn open(&self, open: &OpenSession) -> Result<SessionOpened, ClientError> {
+        self.call(awc::http::Method::POST, "/v1/agent/sessions", Some(open), Duration::from_secs(60))
+            .await?
+            .ok_or_else(|| ClientError::Unreachable("empty answer".to_string()))
+    }
+
+    pub async fn heartbeat(&self, session: SessionId, beat: &Heartbeat) -> Result<HeartbeatAck, ClientError> {
+        self.call(
+            awc::http::Method::POST,
+            &format!("/v1/agent/sessions/{session}/heartbeat"),
+            Some(beat),
+            Duration::from_secs(10),
+        )
+        .await?
+        .ok_or_else(|| ClientError::Unreachable("empty answer".to_string()))
+    }
+
+    pub async fn poll(
+        &self,
+        session: SessionId,
+        after: u64,
+        incarnation: Option<&str>,
+        wait: Duration,
+    ) -> Result<CommandBatch, ClientError> {
+        let mut path = format!("/v1/agent/sessions/{session}/commands?after={after}&wait={}ms", wait.as_millis());
+        if let Some(incarnation) = incarnation {
+            path.push_str(&format!("&incarnation={incarnation}"));
+        }
+        self.call::<(), _>(awc::http::Method::GET, &path, None, wait + Duration::from_secs(15))
+            .await?
+            .ok_or_else(|| ClientError::Unreachable("empty answer".to_string()))
+    }
+
+    pub async fn results(&self, session: SessionId, results: &[CommandResult]) -> Result<(), ClientError> {
+        self.call::<_, serde_json::Value>(
+            awc::http::Method::POST,
+            &format!("/v1/agent/sessions/{session}/results"),
+            Some(&results),
+            Duration::from_secs(30),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn close(&self, session: SessionId) -> Result<(), ClientError> {
+        self.call::<(), serde_json::Value>(
+            awc::http::Method::DELETE,
+            &format!("/v1/agent/sessions/{session}"),
+            None,
+            Duration::from_secs(10),
+        )
+        .await
+        .map(|_| ())
+    }
+}

@@ -1,0 +1,317 @@
+//! The agent's main loop: open a session (with backoff), then heartbeat,
+//! long-poll and execute until the session is gone or shutdown is asked.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use corral_core::{FencingToken, SessionId, WorkerId};
+use corral_proto::agent::{Command, CommandResult, Heartbeat, Observation, OpenSession, SessionOpened};
+use tokio::sync::{Notify, mpsc, watch};
+
+use crate::backend::Backend;
+use crate::client::{AgentClient, ClientError};
+
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    pub server: String,
+    pub token: String,
+    /// How long one long-poll waits for commands.
+    pub poll_wait: Duration,
+    /// Longest delay between reconnection attempts.
+    pub max_backoff: Duration,
+}
+
+impl AgentOptions {
+    pub fn new(server: impl Into<String>, token: impl Into<String>) -> AgentOptions {
+        AgentOptions {
+            server: server.into(),
+            token: token.into(),
+            poll_wait: Duration::from_secs(25),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Growing, jittered delays between attempts.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(max: Duration) -> Backoff {
+        Backoff { next: Duration::from_millis(200), max }
+    }
+
+    fn reset(&mut self) {
+        self.next = Duration::from_millis(200);
+    }
+
+    fn step(&mut self) -> Duration {
+        let jitter = u64::from(
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_micros()
+                % 100,
+        );
+        let delay = self.next + Duration::from_millis(jitter);
+        self.next = (self.next * 2).min(self.max);
+        delay
+    }
+}
+
+/// Runs the agent until `shutdown` turns true; then closes the session.
+pub async fn run<B: Backend + 'static>(
+    backend: Rc<B>,
+    options: AgentOptions,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let client = Rc::new(AgentClient::new(&options.server, &options.token));
+    let mut backoff = Backoff::new(options.max_backoff);
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        let open = OpenSession { agent: backend.name(), workers: backend.workers().await };
+        let opened = tokio::select! {
+            opened = client.open(&open) => opened,
+            _ = shutdown.changed() => return Ok(()),
+        };
+        let opened = match opened {
+            Ok(opened) => opened,
+            Err(err) if err.is_transient() => {
+                let delay = backoff.step();
+                tracing::warn!(cause = %err, retry_in = ?delay, "cannot open a session");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => continue,
+                    _ = shutdown.changed() => return Ok(()),
+                }
+            }
+            Err(err) => {
+                // Refused (bad token, conflicting worker): retrying the same
+                // thing quickly will not help, slowly it might (an admin fixes it).
+                tracing::error!(cause = %err, "the server refused the session");
+                tokio::select! {
+                    _ = tokio::time::sleep(options.max_backoff) => continue,
+                    _ = shutdown.changed() => return Ok(()),
+                }
+            }
+        };
+        backoff.reset();
+        tracing::info!(session = %opened.session, workers = opened.workers.len(), "session opened");
+        let session = opened.session;
+        let ended = run_session(&client, &backend, &options, opened, &mut shutdown).await;
+        match ended {
+            SessionEnd::Shutdown => {
+                if let Err(err) = client.close(session).await {
+                    tracing::warn!(cause = %err, "could not close the session");
+                }
+                return Ok(());
+            }
+            SessionEnd::Gone(why) => tracing::warn!(session = %session, why = %why, "session gone; registering again"),
+        }
+    }
+}
+
+enum SessionEnd {
+    Shutdown,
+    Gone(String),
+}
+
+struct Shared {
+    gone: Notify,
+    gone_why: RefCell<Option<String>>,
+    /// Newest fencing token seen per worker.
+    fences: RefCell<HashMap<WorkerId, FencingToken>>,
+    /// Commands of one worker run one at a time.
+    locks: RefCell<HashMap<WorkerId, Rc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Shared {
+    fn end(&self, why: String) {
+        self.gone_why.borrow_mut().get_or_insert(why);
+        self.gone.notify_waiters();
+        self.gone.notify_one();
+    }
+}
+
+async fn run_session<B: Backend + 'static>(
+    client: &Rc<AgentClient>,
+    backend: &Rc<B>,
+    options: &AgentOptions,
+    opened: SessionOpened,
+    shutdown: &mut watch::Receiver<bool>,
+) -> SessionEnd {
+    let session = opened.session;
+    let shared = Rc::new(Shared {
+        gone: Notify::new(),
+        gone_why: RefCell::new(None),
+        fences: RefCell::new(opened.workers.iter().map(|w| (w.uuid, w.fence)).collect()),
+        locks: RefCell::new(HashMap::new()),
+    });
+    let (results_tx, results_rx) = mpsc::unbounded_channel();
+    let heartbeats = actix_rt::spawn(heartbeat_loop(
+        client.clone(),
+        backend.clone(),
+        shared.clone(),
+        session,
+        opened.heartbeat_interval,
+    ));
+    let sender = actix_rt::spawn(result_loop(client.clone(), shared.clone(), session, results_rx));
+    let ended = poll_loop(client, backend, options, &shared, session, results_tx, shutdown).await;
+    heartbeats.abort();
+    // Let queued results reach the server before the session closes.
+    let _ = tokio::time::timeout(Duration::from_secs(5), sender).await;
+    ended
+}
+
+async fn poll_loop<B: Backend + 'static>(
+    client: &Rc<AgentClient>,
+    backend: &Rc<B>,
+    options: &AgentOptions,
+    shared: &Rc<Shared>,
+    session: SessionId,
+    results: mpsc::UnboundedSender<CommandResult>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> SessionEnd {
+    let mut after = 0u64;
+    let mut incarnation: Option<String> = None;
+    let mut backoff = Backoff::new(options.max_backoff);
+    loop {
+        let batch = tokio::select! {
+            batch = client.poll(session, after, incarnation.as_deref(), options.poll_wait) => batch,
+            _ = shared.gone.notified() => {
+                return SessionEnd::Gone(shared.gone_why.borrow().clone().unwrap_or_default());
+            }
+            _ = shutdown.changed() => return SessionEnd::Shutdown,
+        };
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(ClientError::SessionGone(why)) => return SessionEnd::Gone(why),
+            Err(err) => {
+                let delay = backoff.step();
+                tracing::warn!(cause = %err, retry_in = ?delay, "long-poll failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => continue,
+                    _ = shutdown.changed() => return SessionEnd::Shutdown,
+                }
+            }
+        };
+        backoff.reset();
+        if incarnation.as_deref() != Some(batch.incarnation.as_str()) {
+            // The server restarted: sequence numbers start again.
+            after = 0;
+            incarnation = Some(batch.incarnation.clone());
+        }
+        for command in batch.commands {
+            after = after.max(command.seq);
+            dispatch(backend, shared, command, &results);
+        }
+    }
+}
+
+/// Refuses stale commands; runs the others in the background, one at a
+/// time per worker.
+fn dispatch<B: Backend + 'static>(
+    backend: &Rc<B>,
+    shared: &Rc<Shared>,
+    command: Command,
+    results: &mpsc::UnboundedSender<CommandResult>,
+) {
+    let newest = shared.fences.borrow().get(&command.worker).copied();
+    if newest.is_some_and(|n| command.fence < n) {
+        tracing::warn!(worker = %command.worker, fence = %command.fence, newest = ?newest, "refusing a stale command");
+        let _ = results.send(CommandResult {
+            seq: command.seq,
+            worker: command.worker,
+            fence: command.fence,
+            ok: false,
+            message: "stale fencing token".to_string(),
+            host_key: None,
+            stale: true,
+        });
+        return;
+    }
+    shared.fences.borrow_mut().insert(command.worker, command.fence);
+    let lock = shared.locks.borrow_mut().entry(command.worker).or_default().clone();
+    let (backend, results) = (backend.clone(), results.clone());
+    actix_rt::spawn(async move {
+        let _turn = lock.lock().await;
+        tracing::debug!(worker = %command.worker, seq = command.seq, action = ?command.action, "executing");
+        let outcome = backend.execute(command.worker, &command.action).await;
+        if !outcome.ok {
+            tracing::warn!(worker = %command.worker, action = ?command.action, message = %outcome.message, "command failed");
+        }
+        let _ = results.send(CommandResult {
+            seq: command.seq,
+            worker: command.worker,
+            fence: command.fence,
+            ok: outcome.ok,
+            message: outcome.message,
+            host_key: outcome.host_key,
+            stale: false,
+        });
+    });
+}
+
+/// Posts results as they come, several at once when several are ready.
+async fn result_loop(
+    client: Rc<AgentClient>,
+    shared: Rc<Shared>,
+    session: SessionId,
+    mut results: mpsc::UnboundedReceiver<CommandResult>,
+) {
+    while let Some(first) = results.recv().await {
+        let mut batch = vec![first];
+        while let Ok(more) = results.try_recv() {
+            batch.push(more);
+        }
+        let mut attempts = 0;
+        loop {
+            match client.results(session, &batch).await {
+                Ok(()) => break,
+                Err(ClientError::SessionGone(why)) => {
+                    shared.end(why);
+                    return;
+                }
+                Err(err) if attempts < 5 => {
+                    attempts += 1;
+                    tracing::warn!(cause = %err, attempts, "could not post results; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 << attempts)).await;
+                }
+                Err(err) => {
+                    tracing::error!(cause = %err, "results lost; the server will resend what it still needs");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn heartbeat_loop<B: Backend>(
+    client: Rc<AgentClient>,
+    backend: Rc<B>,
+    shared: Rc<Shared>,
+    session: SessionId,
+    interval: Duration,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let workers: Vec<WorkerId> = shared.fences.borrow().keys().copied().collect();
+        let mut observations = Vec::with_capacity(workers.len());
+        for uuid in workers {
+            observations.push(Observation { uuid, facts: backend.observe(uuid).await });
+        }
+        match client.heartbeat(session, &Heartbeat { workers: observations }).await {
+            Ok(_) => {}
+            Err(ClientError::SessionGone(why)) => {
+                shared.end(why);
+                return;
+            }
+            // A blip: the session survives until its timeout.
+            Err(err) => tracing::warn!(cause = %err, "heartbeat failed"),
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! The request and worker lifecycle end to end over HTTP, with a simulated
+//! agent: idle → leased → prolonged → closed → idle again; priority order;
+//! explain.
+
+mod common;
+
+use std::time::Duration;
+
+use awc::http::StatusCode;
+use common::{TestServer, caps, wait_for_request, wait_for_worker};
+use corral_actors::Clock;
+use serde_json::json;
+
+#[actix_rt::test]
+async fn a_request_is_leased_prolonged_closed_and_its_worker_returns_to_idle() {
+    let server = TestServer::start(Clock::System).await;
+    let agent = server.agent("host-a", 3, &caps(&[("device_type", "x")]));
+    server.make_idle(&agent.uuids).await;
+    let alice = server.api(&server.user("alice", &[]).await);
+
+    let started = std::time::Instant::now();
+    let id = alice.submit(json!({"caps": {"device_type": "x"}, "lease": "1h"})).await;
+    let leased = wait_for_request(&alice, id, |r| r["state"] == "in_progress").await;
+    assert!(started.elapsed() < Duration::from_secs(1), "in progress after {:?}", started.elapsed());
+    let worker = leased["worker"].as_str().unwrap().to_string();
+
+    let (status, access) = alice.post_empty(&format!("/v1/requests/{id}/acquire")).await;
+    assert_eq!(status, StatusCode::OK, "{access}");
+    assert_eq!(access["worker"], leased["worker"]);
+    assert_eq!(access["host"], "127.0.0.1");
+    assert_eq!(access["username"], "lab");
+    assert!(access["port"].as_u64().unwrap() >= 20000);
+    assert!(access["private_key"].as_str().unwrap().contains("BEGIN OPENSSH PRIVATE KEY"));
+    assert!(access["ssh_command"].as_str().unwrap().starts_with("ssh "));
+
+    let before = leased["lease_expires_at"].as_str().unwrap().to_string();
+    let (status, prolonged) = alice.post(&format!("/v1/requests/{id}/prolong"), json!({"by": "30m"})).await;
+    assert_eq!(status, StatusCode::OK, "{prolonged}");
+    let after = prolonged["lease_expires_at"].as_str().unwrap().to_string();
+    assert!(after > before, "{after} should be after {before}");
+
+    let (status, closed) = alice.post_empty(&format!("/v1/requests/{id}/close")).await;
+    assert_eq!(status, StatusCode::OK, "{closed}");
+    assert_eq!(closed["state"], "done");
+    let admin = server.admin();
+    wait_for_worker(&admin, worker.parse().unwrap(), |w| w["state"] == "idle" && w["request"].is_null()).await;
+
+    let (status, history) = alice.get(&format!("/v1/requests/{id}/history")).await;
+    assert_eq!(status, StatusCode::OK);
+    let states: Vec<&str> = history.as_array().unwrap().iter().map(|h| h["to"].as_str().unwrap()).collect();
+    assert_eq!(states.first(), Some(&"waiting"));
+    assert!(states.contains(&"in_progress"));
+    assert_eq!(states.last(), Some(&"done"));
+    assert!(
+        history
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| !h["actor"].as_str().unwrap().is_empty() && !h["reason"].as_str().unwrap().is_empty())
+    );
+
+    let (status, again) = alice.post_empty(&format!("/v1/requests/{id}/close")).await;
+    assert_eq!(status, StatusCode::CONFLICT, "closing a done request: {again}");
+    assert_eq!(again["error"], "conflict");
+    agent.stop().await;
+    server.stop().await;
+}
+
+#[actix_rt::test]
+async fn urgent_requests_are_served_first_and_explain_says_why_others_wait() {
+    let server = TestServer::start(Clock::System).await;
+    let agent = server.agent("host-b", 1, &caps(&[("device_type", "x")]));
+    server.make_idle(&agent.uuids).await;
+    let bob = server.api(&server.user("bob", &[]).await);
+
+    let holder = bob.submit(json!({"caps": {"device_type": "x"}})).await;
+    wait_for_request(&bob, holder, |r| r["state"] == "in_progress").await;
+    let relaxed = bob.submit(json!({"caps": {"device_type": "x"}, "priority": 8})).await;
+    let urgent = bob.submit(json!({"caps": {"device_type": "x"}, "priority": 2})).await;
+
+    let (status, why) = bob.get(&format!("/v1/requests/{relaxed}/explain")).await;
+    assert_eq!(status, StatusCode::OK, "{why}");
+    assert_eq!(why["position"], 2, "{why}");
+    assert_eq!(why["workers"][0]["state"], "running", "{why}");
+    assert!(why["workers"][0]["why"].as_str().unwrap().contains(&format!("running request {holder} until")), "{why}");
+
+    let (status, _) = bob.post_empty(&format!("/v1/requests/{holder}/close")).await;
+    assert_eq!(status, StatusCode::OK);
+    wait_for_request(&bob, urgent, |r| r["state"] == "in_progress").await;
+    let (_, relaxed_now) = bob.get(&format!("/v1/requests/{relaxed}")).await;
+    assert_eq!(relaxed_now["state"], "waiting", "the priority-8 request still waits");
+    let (_, why) = bob.get(&format!("/v1/requests/{relaxed}/explain")).await;
+    assert_eq!(why["position"], 1, "{why}");
+
+    bob.post_empty(&format!("/v1/requests/{urgent}/close")).await;
+    wait_for_request(&bob, relaxed, |r| r["state"] == "in_progress").await;
+    agent.stop().await;
+    server.stop().await;
+}
+
+#[actix_rt::test]
+async fn acquire_waits_for_the_lease_or_answers_conflict_when_the_wait_ends() {
+    let server = TestServer::start(Clock::System).await;
+    let agent = server.agent("host-c", 1, &caps(&[("device_type", "y")]));
+    let carol = server.api(&server.user("carol", &[]).await);
+    wait_for_worker(&server.admin(), agent.uuids[0], |w| w["state"] == "maintenance").await;
+    // The worker is still in maintenance: the request waits.
+    let id = carol.submit(json!({"caps": {"device_type": "y"}})).await;
+    let (status, body) = carol.post_empty(&format!("/v1/requests/{id}/acquire?wait=200ms")).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("waiting"), "{body}");
+
+    let path = format!("/v1/requests/{id}/acquire?wait=10s");
+    let acquire = carol.post_empty(&path);
+    let admin = server.admin();
+    let idle = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (status, _) = admin.put(&format!("/v1/workers/{}/state", agent.uuids[0]), json!({"state": "idle"})).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+    };
+    let ((status, access), ()) = tokio::join!(acquire, idle);
+    assert_eq!(status, StatusCode::OK, "{access}");
+    assert_eq!(access["request_id"], id);
+    agent.stop().await;
+    server.stop().await;
+}
