@@ -1,0 +1,230 @@
+//! `kill -9` of the real `corral serve` binary, on its embedded PostgreSQL,
+//! while requests are being submitted and leases run; then a restart. Every
+//! acknowledged request must still be there, live leases stay live with
+//! their tunnels on the same ports, and scheduling resumes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Kill(Vec<Child>);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn corral() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_corral"))
+}
+
+fn serve(dir: &Path, port: u16, log: &str) -> Child {
+    let log = std::fs::File::create(dir.join(log)).unwrap();
+    corral()
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir)
+        .env_remove("CORRAL_DATABASE_URL")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("corral serve starts")
+}
+
+struct Http {
+    client: awc::Client,
+    base: String,
+    token: String,
+}
+
+impl Http {
+    async fn call(&self, method: awc::http::Method, path: &str, body: Option<Value>) -> Option<(u16, Value)> {
+        let request = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .insert_header(("Authorization", format!("Bearer {}", self.token)));
+        let sent = match body {
+            Some(body) => request.send_json(&body).await,
+            None => request.send().await,
+        };
+        let mut response = sent.ok()?;
+        let bytes = response.body().await.ok()?;
+        Some((response.status().as_u16(), serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(awc::http::Method::GET, path, None).await.unwrap_or_else(|| panic!("GET {path} failed"))
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Option<(u16, Value)> {
+        self.call(awc::http::Method::POST, path, Some(body)).await
+    }
+
+    async fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(awc::http::Method::PUT, path, Some(body)).await.unwrap_or_else(|| panic!("PUT {path} failed"))
+    }
+}
+
+async fn ready(base: &str) {
+    let client = awc::Client::default();
+    corral_testkit::wait_until("the server is ready", Duration::from_secs(60), || async {
+        let response = client.get(format!("{base}/readyz")).send().await.ok()?;
+        (response.status().as_u16() == 200).then_some(())
+    })
+    .await;
+}
+
+/// A TCP echo server standing in for the workers' SSH server.
+async fn echo_server() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    actix_rt::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            actix_rt::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 || stream.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+async fn echo_through(port: u16) -> bool {
+    let Ok(Ok(mut stream)) =
+        tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(("127.0.0.1", port))).await
+    else {
+        return false;
+    };
+    if stream.write_all(b"ping").await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 4];
+    matches!(tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut buf)).await, Ok(Ok(_)))
+        && &buf == b"ping"
+}
+
+fn token(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(name)).unwrap().trim().to_string()
+}
+
+#[actix_rt::test]
+async fn kill_9_and_restart_loses_nothing_acknowledged() {
+    let dir: PathBuf = std::env::temp_dir().join(format!("corral-restart-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = corral_testkit::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut children = Kill(vec![serve(&dir, port, "serve-1.log")]);
+    ready(&base).await;
+
+    let ssh = echo_server().await;
+    let agent_log = std::fs::File::create(dir.join("agent.log")).unwrap();
+    children.0.push(
+        corral()
+            .args(["agent", "--simulate", "2", "--server", &base, "--caps", "device_type=x", "--name", "restart-host"])
+            .args(["--ssh-addr", &format!("127.0.0.1:{ssh}"), "--token-file"])
+            .arg(dir.join("agent.token"))
+            .stdout(Stdio::null())
+            .stderr(agent_log)
+            .spawn()
+            .unwrap(),
+    );
+    let admin = Http { client: awc::Client::default(), base: base.clone(), token: token(&dir, "admin.token") };
+    let workers = corral_testkit::wait_until("the agent registers 2 workers", Duration::from_secs(30), || async {
+        let (_, page) = admin.get("/v1/workers").await;
+        let items = page["items"].as_array()?.clone();
+        (items.len() == 2).then_some(items)
+    })
+    .await;
+    for worker in &workers {
+        let (status, _) = admin
+            .put(&format!("/v1/workers/{}/state", worker["uuid"].as_str().unwrap()), json!({"state": "idle"}))
+            .await;
+        assert_eq!(status, 202);
+    }
+    let (status, created) = admin.post("/v1/users", json!({"name": "rita"})).await.unwrap();
+    assert_eq!(status, 201);
+    let rita = Http {
+        client: awc::Client::default(),
+        base: base.clone(),
+        token: created["token"].as_str().unwrap().to_string(),
+    };
+
+    // Two leases start; their tunnels forward.
+    let mut leased = Vec::new();
+    for _ in 0..2 {
+        let (status, request) = rita.post("/v1/requests", json!({"caps": {"device_type": "x"}})).await.unwrap();
+        assert_eq!(status, 201);
+        let id = request["id"].as_i64().unwrap();
+        let (status, access) = rita.post(&format!("/v1/requests/{id}/acquire?wait=20s"), json!({})).await.unwrap();
+        assert_eq!(status, 200, "{access}");
+        let port = access["port"].as_u64().unwrap() as u16;
+        assert!(echo_through(port).await, "tunnel {port} forwards before the crash");
+        leased.push((id, port));
+    }
+
+    // Submissions in flight when the server dies: whatever was
+    // acknowledged (201) must survive.
+    let submitter = Http { client: awc::Client::default(), base: base.clone(), token: rita.token.clone() };
+    let submitting = actix_rt::spawn(async move {
+        let mut acknowledged = Vec::new();
+        for _ in 0..10_000 {
+            match submitter.post("/v1/requests", json!({"caps": {"device_type": "x"}, "priority": 3})).await {
+                Some((201, body)) => acknowledged.push(body["id"].as_i64().unwrap()),
+                Some((status, body)) => panic!("submission answered {status}: {body}"),
+                None => break,
+            }
+        }
+        acknowledged
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut server = children.0.remove(0);
+    server.kill().unwrap(); // SIGKILL
+    server.wait().unwrap();
+    let acknowledged = submitting.await.unwrap();
+    assert!(!acknowledged.is_empty(), "some submissions were acknowledged before the kill");
+
+    children.0.push(serve(&dir, port, "serve-2.log"));
+    ready(&base).await;
+
+    for id in &acknowledged {
+        let (status, request) = rita.get(&format!("/v1/requests/{id}")).await;
+        assert_eq!(status, 200, "acknowledged request {id} survived: {request}");
+        assert_eq!(request["state"], "waiting", "{request}");
+    }
+    for (id, port) in &leased {
+        let (_, request) = rita.get(&format!("/v1/requests/{id}")).await;
+        assert_eq!(request["state"], "in_progress", "live lease {id} stays live: {request}");
+        let (status, access) = rita.post(&format!("/v1/requests/{id}/acquire"), json!({})).await.unwrap();
+        assert_eq!(status, 200, "{access}");
+        assert_eq!(access["port"].as_u64().unwrap() as u16, *port, "same tunnel port after restart");
+        assert!(access["private_key"].as_str().is_some_and(|k| k.contains("PRIVATE KEY")));
+        assert!(echo_through(*port).await, "tunnel {port} forwards after the restart");
+    }
+
+    // Scheduling resumes: closing a lease hands its worker to the oldest
+    // acknowledged priority-3 request once the agent is back.
+    let (first, first_port) = leased[0];
+    let (status, closed) = rita.post(&format!("/v1/requests/{first}/close"), json!({})).await.unwrap();
+    assert_eq!(status, 200, "{closed}");
+    assert!(!echo_through(first_port).await, "the closed lease's tunnel refuses");
+    let next = acknowledged[0];
+    let (status, access) = rita.post(&format!("/v1/requests/{next}/acquire?wait=30s"), json!({})).await.unwrap();
+    assert_eq!(status, 200, "the next request gets the freed worker after the restart: {access}");
+
+    drop(children);
+    if let Ok(pg) = corral_db::embedded::EmbeddedPostgres::start(&dir).await {
+        let _ = pg.stop().await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
