@@ -91,6 +91,8 @@ CREATE TABLE IF NOT EXISTS requests (
     deadline         TIMESTAMPTZ NOT NULL,
     lease_ms         BIGINT NOT NULL CHECK (lease_ms > 0),
     ssh_public_key   TEXT,
+    -- key pair made for the lease when it brings no public key
+    key_type         TEXT NOT NULL DEFAULT 'ed25519' CHECK (key_type IN ('ed25519', 'rsa')),
     -- the worker it is bound to, from the match on (kept after the end)
     worker           UUID,
     lease_expires_at TIMESTAMPTZ,

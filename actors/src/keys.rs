@@ -16,8 +16,6 @@ pub struct LeaseKey {
     pub public_openssh: String,
     /// OpenSSH private key PEM (`-----BEGIN OPENSSH PRIVATE KEY-----`).
     pub private_openssh: Option<String>,
-    /// PKCS#1 PEM of an RSA key (`-----BEGIN RSA PRIVATE KEY-----`).
-    pub private_pkcs1: Option<String>,
 }
 
 impl std::fmt::Debug for LeaseKey {
@@ -34,6 +32,9 @@ pub enum KeyError {
     BadPublicKey(String),
 }
 
+/// Size of RSA lease keys.
+pub const RSA_BITS: usize = 2048;
+
 /// Makes a key pair for the lease of `request`.
 pub fn generate(kind: KeyKind, comment: &str) -> Result<LeaseKey, KeyError> {
     match kind {
@@ -47,15 +48,11 @@ pub fn generate(kind: KeyKind, comment: &str) -> Result<LeaseKey, KeyError> {
                 key_type: "ssh-ed25519".to_string(),
                 public_openssh: public,
                 private_openssh: Some(pem.to_string()),
-                private_pkcs1: None,
             })
         }
-        KeyKind::Rsa(bits) => {
-            use rsa::pkcs1::EncodeRsaPrivateKey;
+        KeyKind::Rsa => {
             let rsa_key =
-                rsa::RsaPrivateKey::new(&mut OsRng, bits.max(2048)).map_err(|e| KeyError::Generate(e.to_string()))?;
-            let pkcs1 =
-                rsa_key.to_pkcs1_pem(rsa::pkcs1::LineEnding::LF).map_err(|e| KeyError::Generate(e.to_string()))?;
+                rsa::RsaPrivateKey::new(&mut OsRng, RSA_BITS).map_err(|e| KeyError::Generate(e.to_string()))?;
             let keypair =
                 ssh_key::private::RsaKeypair::try_from(rsa_key).map_err(|e| KeyError::Generate(e.to_string()))?;
             let mut private = PrivateKey::from(keypair);
@@ -66,10 +63,27 @@ pub fn generate(kind: KeyKind, comment: &str) -> Result<LeaseKey, KeyError> {
                 key_type: "ssh-rsa".to_string(),
                 public_openssh: public,
                 private_openssh: Some(pem.to_string()),
-                private_pkcs1: Some(pkcs1.to_string()),
             })
         }
     }
+}
+
+/// The PKCS#1 PEM of an RSA lease key given in OpenSSH form (for clients
+/// of the Boruta API); None for other key types.
+pub fn rsa_pkcs1_pem(private_openssh: &str) -> Option<String> {
+    use rsa::BigUint;
+    use rsa::pkcs1::EncodeRsaPrivateKey;
+    let private = PrivateKey::from_openssh(private_openssh).ok()?;
+    let keypair = private.key_data().rsa()?;
+    let int = |m: &ssh_key::Mpint| m.as_positive_bytes().map(BigUint::from_bytes_be);
+    let rsa_key = rsa::RsaPrivateKey::from_components(
+        int(&keypair.public.n)?,
+        int(&keypair.public.e)?,
+        int(&keypair.private.d)?,
+        vec![int(&keypair.private.p)?, int(&keypair.private.q)?],
+    )
+    .ok()?;
+    rsa_key.to_pkcs1_pem(rsa::pkcs1::LineEnding::LF).ok().map(|pem| pem.to_string())
 }
 
 /// Checks a user-supplied public key and returns it normalised
@@ -90,6 +104,18 @@ mod tests {
         let private = PrivateKey::from_openssh(key.private_openssh.as_ref().unwrap()).unwrap();
         assert_eq!(private.public_key().to_openssh().unwrap(), key.public_openssh);
         assert!(!format!("{key:?}").contains("PRIVATE"));
+    }
+
+    #[test]
+    fn rsa_pair_converts_to_pkcs1() {
+        let key = generate(KeyKind::Rsa, "corral-lease-2").unwrap();
+        assert!(key.public_openssh.starts_with("ssh-rsa "));
+        let pkcs1 = rsa_pkcs1_pem(key.private_openssh.as_ref().unwrap()).unwrap();
+        use rsa::pkcs1::DecodeRsaPrivateKey;
+        use rsa::traits::PublicKeyParts;
+        let parsed = rsa::RsaPrivateKey::from_pkcs1_pem(&pkcs1).unwrap();
+        assert_eq!(parsed.size() * 8, RSA_BITS);
+        assert!(pkcs1.starts_with("-----BEGIN RSA PRIVATE KEY-----"));
     }
 
     #[test]

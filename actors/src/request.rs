@@ -145,7 +145,6 @@ impl RequestActor {
                 key_type: lease.key_type.unwrap_or_default(),
                 public_openssh: public,
                 private_openssh: lease.private_key,
-                private_pkcs1: None,
             }),
             started: lease.started_at.is_some(),
             tunnel_port: lease.tunnel_port,
@@ -362,7 +361,7 @@ impl RequestActor {
         let Some(binding) = &self.binding else { return done() };
         let (worker, fence, id) = (binding.worker, binding.fence, self.id());
         let own_key = self.record.ssh_public_key.clone();
-        let kind = self.shared.settings.lease_key;
+        let kind = self.record.key_kind;
         let work = async move {
             let comment = format!("corral-lease-{id}");
             match own_key {
@@ -370,11 +369,10 @@ impl RequestActor {
                     key_type: public.split_whitespace().next().unwrap_or_default().to_string(),
                     public_openssh: public,
                     private_openssh: None,
-                    private_pkcs1: None,
                 }),
                 None => match kind {
                     KeyKind::Ed25519 => keys::generate(kind, &comment),
-                    KeyKind::Rsa(_) => tokio::task::spawn_blocking(move || keys::generate(kind, &comment))
+                    KeyKind::Rsa => tokio::task::spawn_blocking(move || keys::generate(kind, &comment))
                         .await
                         .map_err(|e| keys::KeyError::Generate(e.to_string()))?,
                 },
@@ -711,6 +709,8 @@ pub struct Submission {
     pub schedule: Schedule,
     pub ssh_public_key: Option<String>,
     pub allow_unsatisfiable: bool,
+    /// Kind of key pair to make; None: the server's setting.
+    pub key_kind: Option<KeyKind>,
 }
 
 async fn ask<T>(
@@ -754,6 +754,7 @@ impl Corral {
             deadline: submission.schedule.deadline,
             lease: submission.schedule.lease,
             ssh_public_key: submission.ssh_public_key,
+            key_kind: submission.key_kind.unwrap_or(shared.settings.lease_key),
         };
         let record =
             shared.db.insert_request(&new, &caller.actor()).instrument(tracing::debug_span!("insert_request")).await?;

@@ -7,13 +7,7 @@ use std::time::Duration;
 use corral_core::WorkerState;
 use corral_core::request::ScheduleLimits;
 
-/// Key pair made for each lease.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KeyKind {
-    Ed25519,
-    /// RSA with this many bits (2048 or more).
-    Rsa(usize),
-}
+pub use corral_core::lease::KeyKind;
 
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -28,6 +22,8 @@ pub struct Settings {
     pub tunnel_ports: RangeInclusive<u16>,
     /// Host name or address clients use to reach the tunnels.
     pub public_host: String,
+    /// Key pair made for leases of the native API (the Boruta API always
+    /// asks for RSA).
     pub lease_key: KeyKind,
     /// First delay after a failed preparation; doubles per failure.
     pub backoff_base: Duration,

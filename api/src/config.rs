@@ -160,7 +160,7 @@ impl Config {
         };
         let lease_key = match self.lease_key.as_str() {
             "ed25519" => KeyKind::Ed25519,
-            "rsa" => KeyKind::Rsa(3072),
+            "rsa" => KeyKind::Rsa,
             other => return Err(ConfigError::Invalid(format!("lease_key must be ed25519 or rsa, got {other:?}"))),
         };
         if self.default_lease.is_zero() || self.default_lease > self.max_lease {

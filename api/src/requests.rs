@@ -81,6 +81,7 @@ async fn submit(state: web::Data<AppState>, auth: Auth, body: web::Json<NewReque
         schedule,
         ssh_public_key,
         allow_unsatisfiable: body.allow_unsatisfiable,
+        key_kind: None,
     };
     let record = corral.submit(caller, submission).await?;
     Ok(HttpResponse::Created()

@@ -1,6 +1,43 @@
 //! Lease arithmetic: when a lease expires and how far it may be prolonged.
 
+use std::fmt;
+use std::str::FromStr;
 use std::time::{Duration, SystemTime};
+
+/// The kind of key pair made for a lease.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum KeyKind {
+    #[default]
+    Ed25519,
+    /// RSA, 2048 bits or more (what Boruta's clients expect).
+    Rsa,
+}
+
+impl KeyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::Ed25519 => "ed25519",
+            KeyKind::Rsa => "rsa",
+        }
+    }
+}
+
+impl fmt::Display for KeyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for KeyKind {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "ed25519" => Ok(KeyKind::Ed25519),
+            "rsa" => Ok(KeyKind::Rsa),
+            _ => Err(format!("key type must be ed25519 or rsa, got {text:?}")),
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("the lease may not end more than {max} from now; asked for {asked} from now")]

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
+use corral_core::lease::KeyKind;
 use corral_core::{
     Caps, FencingToken, Groups, Priority, RequestId, RequestState, Role, SessionId, WorkerId, WorkerState,
 };
@@ -62,6 +63,7 @@ pub struct RequestRecord {
     pub deadline: SystemTime,
     pub lease: Duration,
     pub ssh_public_key: Option<String>,
+    pub key_kind: KeyKind,
     pub worker: Option<WorkerId>,
     pub lease_expires_at: Option<SystemTime>,
     pub reason: Option<String>,
@@ -189,6 +191,7 @@ impl RequestRecord {
             deadline: row.try_get("deadline").map_err(get)?,
             lease: from_millis(row.try_get("lease_ms").map_err(get)?),
             ssh_public_key: row.try_get("ssh_public_key").map_err(get)?,
+            key_kind: parse(op, row.try_get::<_, &str>("key_type").map_err(get)?)?,
             worker: row.try_get::<_, Option<uuid::Uuid>>("worker").map_err(get)?.map(WorkerId),
             lease_expires_at: row.try_get("lease_expires_at").map_err(get)?,
             reason: row.try_get("reason").map_err(get)?,

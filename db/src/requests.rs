@@ -9,7 +9,7 @@ use crate::records::{HistoryRecord, LeaseRecord, RequestRecord, caps_to_json, gr
 use crate::{DatabaseOperation, Db, DbError};
 
 const REQUEST_COLUMNS: &str = "id, owner, owner_groups, state, priority, caps, created_at, valid_after, deadline, \
-     lease_ms, ssh_public_key, worker, lease_expires_at, reason, updated_at";
+     lease_ms, ssh_public_key, key_type, worker, lease_expires_at, reason, updated_at";
 const LEASE_COLUMNS: &str =
     "request, worker, fence, bound_at, started_at, tunnel_port, key_type, public_key, private_key";
 
@@ -25,6 +25,7 @@ pub struct NewRequestRecord {
     pub deadline: SystemTime,
     pub lease: Duration,
     pub ssh_public_key: Option<String>,
+    pub key_kind: corral_core::lease::KeyKind,
 }
 
 /// Filters of `GET /v1/requests`; newest first.
@@ -83,8 +84,8 @@ impl Db {
                     .prepare_cached(&format!(
                         "WITH r AS (
                             INSERT INTO requests (owner, owner_groups, state, priority, caps, created_at, valid_after,
-                                deadline, lease_ms, ssh_public_key, updated_at)
-                            VALUES ($1, $2, 'waiting', $3, $4, $5, $6, $7, $8, $9, $5)
+                                deadline, lease_ms, ssh_public_key, key_type, updated_at)
+                            VALUES ($1, $2, 'waiting', $3, $4, $5, $6, $7, $8, $9, $11, $5)
                             RETURNING {REQUEST_COLUMNS}),
                          h AS (INSERT INTO request_history (request, at, from_state, to_state, actor, reason)
                             SELECT id, created_at, NULL, 'waiting', $10, 'submitted' FROM r)
@@ -105,6 +106,7 @@ impl Db {
                             &millis(n.lease),
                             &n.ssh_public_key,
                             &actor,
+                            &n.key_kind.as_str(),
                         ],
                     )
                     .await?;
