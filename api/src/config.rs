@@ -72,6 +72,11 @@ pub struct Config {
     /// How often timers look at the clock.
     #[serde(with = "duration")]
     pub tick: Duration,
+    /// Existing user that calls of the Boruta-compatible API (`/api/v1`)
+    /// without an `Authorization` header act as, with that user's groups
+    /// and role (Boruta's clients cannot send a token). Unset: such calls
+    /// get 401.
+    pub boruta_user: Option<String>,
 }
 
 impl Default for Config {
@@ -99,6 +104,7 @@ impl Default for Config {
             http_workers: 2,
             actor_threads: 2,
             tick: Duration::from_millis(100),
+            boruta_user: None,
         }
     }
 }
@@ -218,6 +224,8 @@ mod tests {
         assert_eq!(settings.tunnel_ports, 20000..=20999);
         assert_eq!(settings.new_worker_state, WorkerState::Maintenance);
         assert_eq!(settings.public_host, "127.0.0.1");
+        assert_eq!(config.boruta_user, None);
+        assert_eq!(toml::from_str::<Config>("boruta_user = \"weles\"").unwrap().boruta_user.as_deref(), Some("weles"));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod auth;
+pub mod boruta;
 pub mod config;
 pub mod error;
 mod health;
@@ -51,6 +52,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
     .configure(workers::routes)
     .configure(users::routes)
     .configure(agent::routes)
+    .configure(|cfg| boruta::routes(cfg, max_body))
     .default_service(web::to(|| async {
         Err::<HttpResponse, _>(ApiError::not_found("no such endpoint; see /openapi.json"))
     }));

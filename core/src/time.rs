@@ -21,8 +21,10 @@ pub fn format_rfc3339(t: SystemTime) -> String {
 
 /// Parses an RFC 3339 timestamp; offsets other than `Z` are accepted.
 pub fn parse_rfc3339(text: &str) -> Result<SystemTime, String> {
-    humantime::parse_rfc3339_weak(text)
-        .or_else(|_| parse_with_offset(text))
+    // An explicit offset first: humantime's weak parser would accept the
+    // text before it and drop the offset when the seconds have a fraction.
+    parse_with_offset(text)
+        .or_else(|_| humantime::parse_rfc3339_weak(text).map_err(|_| ()))
         .map(truncate_to_micros)
         .map_err(|_| format!("{text:?} is not an RFC 3339 timestamp such as 2026-01-02T03:04:05Z"))
 }
@@ -147,6 +149,8 @@ mod tests {
         assert_eq!(parse_rfc3339("2026-01-02T01:04:05-02:00").unwrap(), utc);
         assert!(parse_rfc3339("yesterday").is_err());
         assert!(parse_rfc3339("2026-01-02T03:04:05+25:00").is_err());
+        let fraction = parse_rfc3339("2026-01-02T03:04:05.5Z").unwrap();
+        assert_eq!(parse_rfc3339("2026-01-02T05:04:05.5+02:00").unwrap(), fraction);
     }
 
     #[test]

@@ -1,0 +1,272 @@
+//! `/api/v1/workers`: Boruta's workers API on the directory's worker views
+//! and corral's admin use cases. The mapping decisions are in the parent
+//! module's documentation.
+
+use std::cmp::Ordering;
+use std::collections::BTreeSet;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use corral_actors::Caller;
+use corral_core::caps::UUID_CAP;
+use corral_core::{Groups, WorkerId};
+use corral_proto::boruta::{
+    BorutaWorkerState, SortInfo, SortOrder, WorkerInfo, WorkerStatePack, WorkersFilter, WorkersListSpec, headers,
+};
+use corral_proto::workers::{AdminState, StateChange, Worker};
+
+use super::paging::{self, Page};
+use super::{BorutaError, answer, caller, no_content, read_body, require_admin};
+use crate::AppState;
+
+fn worker_id(path: &str) -> Result<WorkerId, BorutaError> {
+    path.parse().map_err(|_| BorutaError::invalid("ID provided in URL isn't valid UUID"))
+}
+
+fn not_found() -> BorutaError {
+    BorutaError::not_found("Worker")
+}
+
+fn or_not_found(err: BorutaError) -> BorutaError {
+    if err.status == actix_web::http::StatusCode::NOT_FOUND { not_found() } else { err }
+}
+
+pub fn worker_info(w: &Worker) -> WorkerInfo {
+    let mut caps = w.caps.as_map().clone();
+    caps.insert(UUID_CAP.to_string(), w.uuid.to_string());
+    WorkerInfo {
+        worker_uuid: w.uuid.to_string(),
+        state: BorutaWorkerState::from(w.state),
+        groups: w.groups.iter().map(str::to_string).collect(),
+        caps,
+    }
+}
+
+fn visible(caller: &Caller, worker: &Worker) -> bool {
+    caller.is_admin() || caller.groups.may_use(&worker.groups)
+}
+
+/// The worker as the caller may see it (404 otherwise, as on `/v1`).
+fn visible_worker(state: &AppState, caller: &Caller, id: WorkerId) -> Result<Worker, BorutaError> {
+    match state.corral.shared().dir.view(id) {
+        Some(view) if visible(caller, &view.worker) => Ok(view.worker),
+        _ => Err(not_found()),
+    }
+}
+
+// ----- read -------------------------------------------------------------------------
+
+async fn info(state: &AppState, req: &HttpRequest, path: &str, head: bool) -> Result<HttpResponse, BorutaError> {
+    let caller = caller(req, state).await?;
+    let id = worker_id(path)?;
+    let info = worker_info(&visible_worker(state, &caller, id)?);
+    Ok(answer(head, vec![(headers::WORKER_STATE, info.state.as_str().to_string())], &info))
+}
+
+pub async fn get(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, BorutaError> {
+    info(&state, &req, &path, false).await
+}
+
+pub async fn head(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, BorutaError> {
+    info(&state, &req, &path, true).await
+}
+
+// ----- lists ----------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug)]
+enum SortItem {
+    Uuid,
+    State,
+    Groups,
+}
+
+fn sort_item(sorter: &SortInfo) -> Result<SortItem, BorutaError> {
+    match sorter.item.as_deref().unwrap_or("").to_ascii_lowercase().as_str() {
+        "" | "uuid" => Ok(SortItem::Uuid),
+        "state" => Ok(SortItem::State),
+        "groups" => Ok(SortItem::Groups),
+        _ => Err(BorutaError::invalid(
+            "unknown name of item by which list should be sorted (workers: uuid, state, groups)",
+        )),
+    }
+}
+
+fn compare(item: SortItem, order: SortOrder, a: &Worker, b: &Worker) -> Ordering {
+    let first = match item {
+        SortItem::Uuid => Ordering::Equal,
+        SortItem::State => BorutaWorkerState::from(a.state).as_str().cmp(BorutaWorkerState::from(b.state).as_str()),
+        // Element by element, a shorter list first when one is a prefix
+        // of the other (Boruta's order).
+        SortItem::Groups => a.groups.iter().cmp(b.groups.iter()),
+    };
+    paging::ordered(order, first.then(a.uuid.cmp(&b.uuid)))
+}
+
+fn matches(filter: &WorkersFilter, w: &Worker) -> bool {
+    let groups_ok = match &filter.groups {
+        Some(groups) if !groups.is_empty() => groups.iter().any(|g| w.groups.contains(g)),
+        _ => true,
+    };
+    let uuid = w.uuid.to_string();
+    let caps_ok = filter
+        .capabilities
+        .iter()
+        .flatten()
+        .all(|(key, value)| if key == UUID_CAP { *value == uuid } else { w.caps.get(key) == Some(value.as_str()) });
+    groups_ok && caps_ok
+}
+
+/// The body of `POST /workers/list`: a `WorkersListSpec`, a bare filter
+/// (Boruta's first list API), or nothing.
+fn parse_spec(body: &[u8]) -> Result<WorkersListSpec, BorutaError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(WorkersListSpec::default());
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| BorutaError::invalid(format!("invalid JSON body: {e}")))?;
+    let bad = |e: serde_json::Error| BorutaError::invalid(format!("invalid list specification: {e}"));
+    match &value {
+        serde_json::Value::Null => Ok(WorkersListSpec::default()),
+        serde_json::Value::Object(map)
+            if !map.keys().any(|k| ["Filter", "Sorter", "Paginator"].contains(&k.as_str()))
+                && map.keys().any(|k| ["Groups", "Capabilities"].contains(&k.as_str())) =>
+        {
+            Ok(WorkersListSpec { filter: Some(serde_json::from_value(value).map_err(bad)?), ..Default::default() })
+        }
+        serde_json::Value::Object(_) => serde_json::from_value(value).map_err(bad),
+        _ => Err(BorutaError::invalid("the body must be a JSON object with Filter, Sorter and Paginator")),
+    }
+}
+
+async fn listing(
+    state: &AppState,
+    caller: &Caller,
+    spec: WorkersListSpec,
+    head: bool,
+) -> Result<HttpResponse, BorutaError> {
+    let filter = spec.filter.unwrap_or_default();
+    let sorter = spec.sorter.unwrap_or_default();
+    let item = sort_item(&sorter)?;
+    let paginator = spec.paginator.unwrap_or_default();
+    let border = match paginator.id.as_deref().map(str::trim).filter(|id| !id.is_empty()) {
+        None => None,
+        Some(id) => Some(visible_worker(state, caller, id.parse().map_err(|_| not_found())?)?),
+    };
+    let workers: Vec<Worker> = state
+        .corral
+        .shared()
+        .dir
+        .views(|v| visible(caller, &v.worker) && matches(&filter, &v.worker))
+        .into_iter()
+        .map(|v| v.worker)
+        .collect();
+    let page: Page<Worker> = paging::page(
+        workers,
+        |a, b| compare(item, sorter.order, a, b),
+        border.as_ref(),
+        paginator.direction,
+        paginator.limit,
+    );
+    let infos: Vec<WorkerInfo> = page.items.iter().map(worker_info).collect();
+    Ok(answer(head, page.headers(headers::WORKER_COUNT), &infos))
+}
+
+pub async fn list(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, BorutaError> {
+    // Authenticate before reading what the caller sent.
+    let caller = caller(&req, &state).await?;
+    let body = read_body(payload, state.config.max_body).await?;
+    let spec = parse_spec(&body)?;
+    listing(&state, &caller, spec, false).await
+}
+
+pub async fn list_all(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, BorutaError> {
+    let caller = caller(&req, &state).await?;
+    listing(&state, &caller, WorkersListSpec::default(), false).await
+}
+
+pub async fn list_all_head(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, BorutaError> {
+    let caller = caller(&req, &state).await?;
+    listing(&state, &caller, WorkersListSpec::default(), true).await
+}
+
+// ----- admin ------------------------------------------------------------------------------
+
+#[tracing::instrument(skip_all, fields(worker = %path.as_str()))]
+pub async fn set_state(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Json<WorkerStatePack>,
+) -> Result<HttpResponse, BorutaError> {
+    let caller = caller(&req, &state).await?;
+    require_admin(&caller)?;
+    let id = worker_id(&path)?;
+    let wanted = body.into_inner().worker_state.as_deref().and_then(BorutaWorkerState::parse);
+    let admin_state = match wanted {
+        Some(BorutaWorkerState::Idle) => AdminState::Idle,
+        Some(BorutaWorkerState::Maintenance) => AdminState::Maintenance,
+        _ => return Err(BorutaError::invalid("Only state changes to IDLE and MAINTENANCE are allowed")),
+    };
+    let change = StateChange {
+        state: admin_state,
+        reason: (admin_state == AdminState::Maintenance).then(|| "set through the Boruta API".to_string()),
+        drain: false,
+    };
+    state.corral.set_worker_state(&caller, id, change).await.map_err(|e| or_not_found(e.into()))?;
+    Ok(no_content())
+}
+
+#[tracing::instrument(skip_all, fields(worker = %path.as_str()))]
+pub async fn set_groups(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Json<Option<Vec<String>>>,
+) -> Result<HttpResponse, BorutaError> {
+    let caller = caller(&req, &state).await?;
+    require_admin(&caller)?;
+    let id = worker_id(&path)?;
+    let groups: BTreeSet<String> = body.into_inner().unwrap_or_default().into_iter().collect();
+    let groups = Groups::validated(groups).map_err(BorutaError::invalid)?;
+    state.corral.set_worker_groups(&caller, id, groups).await.map_err(|e| or_not_found(e.into()))?;
+    Ok(no_content())
+}
+
+#[tracing::instrument(skip_all, fields(worker = %path.as_str()))]
+pub async fn deregister(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, BorutaError> {
+    let caller = caller(&req, &state).await?;
+    require_admin(&caller)?;
+    let id = worker_id(&path)?;
+    state.corral.deregister_worker(&caller, id).await.map_err(|e| or_not_found(e.into()))?;
+    Ok(no_content())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_list_bodies_are_read() {
+        assert_eq!(parse_spec(b" ").unwrap(), WorkersListSpec::default());
+        let bare = parse_spec(br#"{"Groups":["lab"],"Capabilities":null}"#).unwrap();
+        assert_eq!(bare.filter.unwrap().groups.unwrap(), vec!["lab".to_string()]);
+        assert!(parse_spec(br#"{"Filter":{"Groups":"lab"}}"#).is_err());
+        assert!(sort_item(&SortInfo { item: Some("UUID".into()), order: SortOrder::Ascending }).is_ok());
+        assert!(sort_item(&SortInfo { item: Some("battery".into()), order: SortOrder::Ascending }).is_err());
+    }
+}
