@@ -158,13 +158,15 @@ impl MatcherActor {
         match outcome {
             BindOutcome::Bound(fence) => {
                 tracing::debug!(request = %request, worker = %worker, fence = %fence, "lease bound");
-                match self.shared.dir.request(request) {
-                    Some(addr) => tell(&addr, RequestMsg::Bound { worker, fence }),
-                    None => tracing::error!(request = %request, "bound request has no actor"),
-                }
+                // The worker first: the request answers with the key to
+                // install, which must find the worker knowing its lease.
                 match self.shared.dir.worker(worker) {
                     Some(addr) => tell(&addr, WorkerMsg::Leased { request, fence }),
                     None => tracing::error!(worker = %worker, "bound worker has no actor"),
+                }
+                match self.shared.dir.request(request) {
+                    Some(addr) => tell(&addr, RequestMsg::Bound { worker, fence }),
+                    None => tracing::error!(request = %request, "bound request has no actor"),
                 }
             }
             BindOutcome::Refused(why) => {

@@ -103,6 +103,9 @@ pub struct WorkerActor {
     failed_by_facts: bool,
     /// Preparation must not be tried before this (failure backoff).
     prepare_retry_after: Option<SystemTime>,
+    /// A key to install that arrived before the lease it belongs to (only
+    /// when a full mailbox reordered the two messages).
+    early_key: Option<(RequestId, FencingToken, String)>,
 }
 
 type Step = ResponseActFuture<WorkerActor, ()>;
@@ -126,6 +129,7 @@ impl WorkerActor {
             lease: lease.map(|(request, fence, started)| Lease { request, fence, public_key: None, started }),
             failed_by_facts: false,
             prepare_retry_after,
+            early_key: None,
         }
     }
 
@@ -541,6 +545,15 @@ impl WorkerActor {
         self.record.last_used = Some(self.record.state_since);
         self.lease = Some(Lease { request, fence, public_key: None, started: false });
         self.publish();
+        if let Some((early_request, early_fence, public_key)) = self.early_key.take()
+            && early_request == request
+            && early_fence == fence
+        {
+            if let Some(lease) = self.lease.as_mut() {
+                lease.public_key = Some(public_key.clone());
+            }
+            self.send(Action::StartLease { request, public_key });
+        }
         if from != WorkerState::Idle && from != WorkerState::Running {
             tracing::warn!(worker = %self.id(), from = %from, "lease bound while not idle in memory");
         }
@@ -603,9 +616,16 @@ impl WorkerActor {
             WorkerMsg::AgentLost { session, reason } => self.agent_lost(session, reason),
             WorkerMsg::Leased { request, fence } => self.leased(request, fence),
             WorkerMsg::StartLease { request, fence, public_key } => {
-                if let Some(lease) = self.lease.as_mut().filter(|l| l.request == request && l.fence == fence) {
-                    lease.public_key = Some(public_key.clone());
-                    self.send(Action::StartLease { request, public_key });
+                match self.lease.as_mut() {
+                    Some(lease) if lease.request == request && lease.fence == fence => {
+                        lease.public_key = Some(public_key.clone());
+                        self.send(Action::StartLease { request, public_key });
+                    }
+                    // Newer than what we know: the lease is on its way.
+                    _ if fence > self.record.fence => self.early_key = Some((request, fence, public_key)),
+                    _ => {
+                        tracing::warn!(worker = %self.id(), request = %request, "key for a lease this worker does not hold")
+                    }
                 }
                 done()
             }

@@ -1,0 +1,135 @@
+//! Client commands (`request`, `worker`, `user`): they talk to a corral
+//! server over its `/v1` HTTP API (SPEC §4, §8).
+//!
+//! - [`connection`] finds the server and the token (flags, environment,
+//!   config file, the admin token of a local `corral serve`);
+//! - [`http`] sends the calls, with a timeout on each, and turns the
+//!   server's `{"error", "message"}` bodies into errors;
+//! - [`requests`], [`workers`], [`users`] are the subcommands;
+//! - [`ssh`] opens the interactive session of `request acquire --ssh`;
+//! - [`output`] prints tables and `key: value` blocks for people, or the
+//!   server's JSON with `--json`.
+//!
+//! Every command runs its calls inside one `actix_rt::System` (awc is not
+//! `Send`) and fails with a non-zero exit status on any error.
+
+mod acquire;
+mod connection;
+mod http;
+mod output;
+mod requests;
+mod ssh;
+mod users;
+mod workers;
+
+use std::future::Future;
+use std::time::SystemTime;
+
+use clap::Args;
+
+pub use requests::RequestCommand;
+pub use users::UserCommand;
+pub use workers::WorkerCommand;
+
+use self::connection::{Connection, Environment};
+use self::http::Api;
+
+/// `corral request ...`
+pub fn request(command: RequestCommand) -> anyhow::Result<()> {
+    requests::run(command)
+}
+
+/// `corral worker ...`
+pub fn worker(command: WorkerCommand) -> anyhow::Result<()> {
+    workers::run(command)
+}
+
+/// `corral user ...`
+pub fn user(command: UserCommand) -> anyhow::Result<()> {
+    users::run(command)
+}
+
+/// Flags every client command takes.
+#[derive(Args, Debug, Clone)]
+pub struct CommonArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// Print the server's JSON instead of text (for scripts).
+    #[arg(long, help_heading = "Output")]
+    json: bool,
+}
+
+impl CommonArgs {
+    /// A client for the server and token found from the flags and the
+    /// environment.
+    fn api(&self) -> anyhow::Result<Api> {
+        let target = self.connection.resolve(&Environment::from_process())?;
+        Ok(Api::new(&target))
+    }
+}
+
+/// Runs the calls of one command.
+fn block_on<F: Future>(future: F) -> F::Output {
+    actix_rt::System::new().block_on(future)
+}
+
+/// `key=value` of `--caps` and `--cap`.
+fn parse_cap(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_string(), value.to_string())),
+        _ => Err(format!("{text:?} is not key=value")),
+    }
+}
+
+/// A priority from 1 (most urgent) to 16.
+fn parse_priority(text: &str) -> Result<corral_core::Priority, String> {
+    let n: i64 = text.trim().parse().map_err(|_| format!("{text:?} is not an integer from 1 to 16"))?;
+    corral_core::Priority::try_from(n).map_err(|e| e.to_string())
+}
+
+/// An instant: RFC 3339 (`2026-01-02T03:04:05Z`), or a duration from now
+/// (`2h`, `+2h`, `in 2h`).
+fn parse_instant(text: &str) -> Result<SystemTime, String> {
+    let text = text.trim();
+    if let Ok(t) = corral_core::time::parse_rfc3339(text) {
+        return Ok(t);
+    }
+    let relative = text.strip_prefix('+').or_else(|| text.strip_prefix("in ")).unwrap_or(text).trim();
+    match corral_core::time::parse_duration(relative) {
+        Ok(d) => Ok(corral_core::time::truncate_to_micros(SystemTime::now() + d)),
+        Err(_) => Err(format!(
+            "{text:?} is neither an RFC 3339 time such as 2026-01-02T03:04:05Z nor a duration from now such as 2h"
+        )),
+    }
+}
+
+/// A humantime duration: `90s`, `2h 30m`.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    corral_core::time::parse_duration(text.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn argument_forms() {
+        assert_eq!(parse_cap("device_type=rpi4").unwrap(), ("device_type".into(), "rpi4".into()));
+        assert_eq!(parse_cap("note=a=b").unwrap(), ("note".into(), "a=b".into()));
+        assert!(parse_cap("=x").is_err() && parse_cap("x").is_err());
+        assert_eq!(parse_priority("3").unwrap().get(), 3);
+        assert!(parse_priority("17").is_err() && parse_priority("high").is_err());
+        assert_eq!(
+            parse_instant("2026-01-02T03:04:05Z").unwrap(),
+            corral_core::time::parse_rfc3339("2026-01-02T03:04:05Z").unwrap()
+        );
+        for relative in ["2h", "+2h", "in 2h"] {
+            let t = parse_instant(relative).unwrap();
+            let ahead = t.duration_since(SystemTime::now()).unwrap();
+            assert!(ahead > Duration::from_secs(7190) && ahead <= Duration::from_secs(7200), "{relative}");
+        }
+        assert!(parse_instant("tomorrow").is_err());
+    }
+}

@@ -1,0 +1,201 @@
+//! `corral worker list|show|idle|maintenance|groups|deregister`.
+
+use std::time::SystemTime;
+
+use awc::http::Method;
+use clap::{Args, Subcommand};
+use corral_core::WorkerId;
+use corral_proto::workers::{AdminState, StateChange, Worker};
+use serde_json::{Value, json};
+
+use super::http::{self, decode};
+use super::output::{self, Table};
+use super::{CommonArgs, block_on, parse_cap};
+
+#[derive(Subcommand, Debug)]
+pub enum WorkerCommand {
+    /// List the workers you may use (admins: all).
+    List(ListArgs),
+    /// Show one worker.
+    Show(UuidArgs),
+    /// Put a worker back into service (admin): it prepares, then becomes idle.
+    Idle(IdleArgs),
+    /// Take a worker out of service (admin).
+    Maintenance(MaintenanceArgs),
+    /// Set the groups that may use a worker (admin); no groups: everyone.
+    Groups(GroupsArgs),
+    /// Forget a worker in maintenance or failed (admin).
+    Deregister(UuidArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Only these states: maintenance, prepare, idle, running, failed, busy
+    /// (repeatable or comma-separated).
+    #[arg(long, value_name = "STATE")]
+    state: Vec<String>,
+    /// Only workers of this group.
+    #[arg(long)]
+    group: Option<String>,
+    /// Only workers offering this cap, KEY=VALUE (repeatable).
+    #[arg(long = "cap", visible_alias = "caps", value_name = "KEY=VALUE", value_parser = parse_cap)]
+    caps: Vec<(String, String)>,
+    /// Workers per page (1 to 1000) [server default: 100].
+    #[arg(long)]
+    limit: Option<u32>,
+    /// Start at this page (the next_cursor of an earlier listing).
+    #[arg(long)]
+    cursor: Option<String>,
+    /// Follow next_cursor to the end (at most 100 pages).
+    #[arg(long)]
+    all: bool,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct UuidArgs {
+    /// Worker UUID.
+    uuid: WorkerId,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct IdleArgs {
+    /// Worker UUID.
+    uuid: WorkerId,
+    /// Why, for the worker's history.
+    #[arg(long)]
+    reason: Option<String>,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct MaintenanceArgs {
+    /// Worker UUID.
+    uuid: WorkerId,
+    /// Why (shown to users whose requests wait for it).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Let the running lease finish first.
+    #[arg(long)]
+    drain: bool,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct GroupsArgs {
+    /// Worker UUID.
+    uuid: WorkerId,
+    /// The new groups (they replace the old ones).
+    #[arg(value_name = "GROUP", required_unless_present = "clear", conflicts_with = "clear")]
+    groups: Vec<String>,
+    /// Remove every group: the worker becomes public.
+    #[arg(long)]
+    clear: bool,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+pub fn run(command: WorkerCommand) -> anyhow::Result<()> {
+    block_on(async move {
+        match command {
+            WorkerCommand::List(args) => list(args).await,
+            WorkerCommand::Show(args) => {
+                let api = args.common.api()?;
+                let answer = api.get(&path(args.uuid, ""), &[]).await?;
+                print_worker(&args.common, &answer)
+            }
+            WorkerCommand::Idle(args) => {
+                let change = StateChange { state: AdminState::Idle, reason: args.reason, drain: false };
+                set_state(&args.common, args.uuid, &change).await
+            }
+            WorkerCommand::Maintenance(args) => {
+                let change = StateChange { state: AdminState::Maintenance, reason: args.reason, drain: args.drain };
+                set_state(&args.common, args.uuid, &change).await
+            }
+            WorkerCommand::Groups(args) => {
+                let api = args.common.api()?;
+                let answer = api.send(Method::PUT, &path(args.uuid, "/groups"), &args.groups).await?;
+                print_worker(&args.common, &answer)
+            }
+            WorkerCommand::Deregister(args) => {
+                let api = args.common.api()?;
+                api.delete(&path(args.uuid, "")).await?;
+                if args.common.json { Ok(()) } else { output::emit(&format!("worker {} deregistered\n", args.uuid)) }
+            }
+        }
+    })
+}
+
+fn path(uuid: WorkerId, rest: &str) -> String {
+    format!("/v1/workers/{uuid}{rest}")
+}
+
+async fn list(args: ListArgs) -> anyhow::Result<()> {
+    let api = args.common.api()?;
+    let mut query: Vec<(&str, String)> = args.state.iter().map(|s| ("state", s.clone())).collect();
+    if let Some(group) = &args.group {
+        query.push(("group", group.clone()));
+    }
+    query.extend(args.caps.iter().map(|(k, v)| ("cap", format!("{k}={v}"))));
+    match (args.limit, args.all) {
+        (Some(limit), _) => query.push(("limit", limit.to_string())),
+        (None, true) => query.push(("limit", "1000".to_string())),
+        (None, false) => {}
+    }
+    let (items, next_cursor) = http::pages(&api, "/v1/workers", &query, args.cursor.clone(), args.all).await?;
+    if args.common.json {
+        return output::json(&json!({ "items": items, "next_cursor": next_cursor }));
+    }
+    let workers: Vec<Worker> = items.iter().map(decode).collect::<anyhow::Result<_>>()?;
+    if workers.is_empty() {
+        output::emit("no workers\n")?;
+    } else {
+        let mut table = Table::new(&["UUID", "STATE", "AGENT", "REQUEST", "GROUPS", "CAPS"]);
+        for w in &workers {
+            table.row(vec![
+                w.uuid.to_string(),
+                w.state.to_string(),
+                w.agent.clone(),
+                output::or_dash(w.request),
+                output::list(w.groups.iter()),
+                output::or_dash(Some(&w.caps)),
+            ]);
+        }
+        table.print()?;
+    }
+    if let Some(cursor) = next_cursor {
+        eprintln!("more workers: give --all, or --cursor {cursor}");
+    }
+    Ok(())
+}
+
+async fn set_state(common: &CommonArgs, uuid: WorkerId, change: &StateChange) -> anyhow::Result<()> {
+    let api = common.api()?;
+    let answer = api.send(Method::PUT, &path(uuid, "/state"), change).await?;
+    print_worker(common, &answer)
+}
+
+fn print_worker(common: &CommonArgs, answer: &Value) -> anyhow::Result<()> {
+    if common.json {
+        return output::json(answer);
+    }
+    let w: Worker = decode(answer)?;
+    let now = SystemTime::now();
+    output::emit(&output::fields(&[
+        ("uuid", w.uuid.to_string()),
+        ("state", w.state.to_string()),
+        ("reason", output::or_dash(w.reason.as_deref())),
+        ("state_since", output::time_and_distance(w.state_since, now)),
+        ("request", output::or_dash(w.request)),
+        ("agent", w.agent.clone()),
+        ("ssh_addr", w.ssh_addr.clone()),
+        ("groups", output::list(w.groups.iter())),
+        ("caps", output::or_dash(Some(&w.caps))),
+        ("last_seen", output::or_dash(w.last_seen.map(|t| output::time_and_distance(t, now)))),
+    ]))
+}
