@@ -10,10 +10,14 @@
 
 pub mod backend;
 pub mod client;
+pub mod config;
+pub mod host;
 pub mod runtime;
 pub mod simulated;
 
 pub use backend::{Backend, Outcome};
 pub use client::{AgentClient, ClientError};
+pub use config::{AgentConfig, ConfigError};
+pub use host::Host;
 pub use runtime::{AgentOptions, run};
 pub use simulated::Simulated;

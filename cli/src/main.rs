@@ -151,10 +151,43 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
-    let Some(count) = args.simulate else {
-        if args.config.is_some() {
-            bail!("--config (hardware host agent) is not available in this build yet; use --simulate N");
+    /// Runs the agent until SIGINT or SIGTERM, then closes its session.
+    fn run_until_stopped<B: corral_agent::Backend + 'static>(
+        backend: B,
+        options: corral_agent::AgentOptions,
+    ) -> anyhow::Result<()> {
+        actix_rt::System::new().block_on(async move {
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("listening for SIGTERM")?;
+            actix_rt::spawn(async move {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+                let _ = stop.send(true);
+            });
+            corral_agent::run(Rc::new(backend), options, stopped).await
+        })
+    }
+
+    if let Some(path) = &args.config {
+        if args.token_file.is_some() || !args.caps.is_empty() || args.name.is_some() {
+            bail!("--token-file, --caps and --name go with --simulate; with --config the file says them");
         }
+        let config = corral_agent::AgentConfig::load(path)?;
+        if let Some(server) = args.server.as_deref().filter(|s| s.trim_end_matches('/') != config.server) {
+            let why = "--server/CORRAL_URL ignored: the config file names the server";
+            tracing::warn!(ignored = %server, server = %config.server, "{why}");
+        }
+        let token = config.token.read(path)?;
+        let workers = config.workers.len();
+        let (agent, server) = (&config.name, &config.server);
+        tracing::info!(config = %path.display(), agent = %agent, workers, server = %server, "agent starting");
+        let options = corral_agent::AgentOptions::new(config.server.clone(), token);
+        return run_until_stopped(corral_agent::Host::new(&config), options);
+    }
+    let Some(count) = args.simulate else {
         bail!("give --config FILE for a hardware host, or --simulate N for simulated workers");
     };
     let server = args.server.unwrap_or_else(|| "http://127.0.0.1:8487".to_string());
@@ -171,13 +204,5 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         }
     };
     let backend = corral_agent::Simulated::new(&name, count, &caps, &args.ssh_addr, &args.user);
-    let options = corral_agent::AgentOptions::new(server, token);
-    actix_rt::System::new().block_on(async move {
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        actix_rt::spawn(async move {
-            let _ = tokio::signal::ctrl_c().await;
-            let _ = stop.send(true);
-        });
-        corral_agent::run(Rc::new(backend), options, stopped).await
-    })
+    run_until_stopped(backend, corral_agent::AgentOptions::new(server, token))
 }

@@ -1,0 +1,160 @@
+//! End to end with a real OpenSSH server (SPEC §6, §9): a real
+//! `corral agent --config` manages the lab user's `authorized_keys` of an
+//! `sshd` on a loopback port, and the real `ssh` client logs in through the
+//! server's tunnel with the lease key, pinning the host key the agent read.
+//! Then: what a closed lease leaves behind (nothing), a request that brings
+//! its own key, `kill -9` of the agent and of the server during a lease.
+//!
+//! Needs root and OpenSSH (`scripts/test` installs openssh-server).
+
+mod ssh_lab;
+
+use std::time::{Duration, Instant};
+
+use ssh_lab::{Lab, Timers, assert_strict_modes, own_key_pair, write_foreign_keys};
+
+#[actix_rt::test]
+async fn lease_keys_log_in_through_the_tunnel_and_go_when_the_lease_ends() {
+    // No .ssh yet: the agent makes it, as sshd's StrictModes wants it.
+    let lab = Lab::start(Timers::Default, |user| assert!(!user.home.join(".ssh").exists())).await;
+    let hooks = std::fs::read_to_string(lab.path("hooks.log")).unwrap();
+    let prepared = format!("prepare {} {} 127.0.0.1:{}", lab.worker, lab.user.name, lab.sshd_port);
+    assert_eq!(hooks.lines().collect::<Vec<_>>(), [prepared.as_str()], "the prepare hook ran once, with its env");
+
+    // The first lease: one line, and ssh gets in through the tunnel.
+    let (first, access) = lab.lease(None).await;
+    let port = access["port"].as_u64().unwrap() as u16;
+    let private_key = access["private_key"].as_str().expect("a generated key pair").to_string();
+    assert!(private_key.contains("OPENSSH PRIVATE KEY"), "OpenSSH PEM");
+    let lines = lab.lease_lines();
+    assert_eq!(lines.len(), 1, "exactly one lease line: {lines:?}");
+    assert!(lines[0].ends_with(&format!("corral-lease request={first} worker={}", lab.worker)), "{lines:?}");
+    assert_strict_modes(&lab.user);
+    let key = lab.key_file("lease-1", &private_key);
+    lab.ssh_hello(port, &key).await.expect("the lease key logs in through the tunnel");
+    lab.ssh_hello(lab.sshd_port, &key).await.expect("and directly (so a later refusal is the key's)");
+
+    // Close: the line goes, the tunnel refuses, the key no longer works,
+    // and the worker is prepared again.
+    lab.close(first).await;
+    corral_testkit::wait_until("the lease line is gone", Duration::from_secs(15), || async {
+        lab.lease_lines().is_empty().then_some(())
+    })
+    .await;
+    corral_testkit::wait_until("the tunnel refuses", Duration::from_secs(10), || async {
+        Lab::refused(port).await.then_some(())
+    })
+    .await;
+    let refused = lab.ssh_hello(lab.sshd_port, &key).await.expect_err("the closed lease's key is refused");
+    assert!(refused.contains("Permission denied"), "{refused}");
+    lab.wait_worker("idle", Duration::from_secs(15)).await;
+    let hooks = std::fs::read_to_string(lab.path("hooks.log")).unwrap();
+    assert_eq!(hooks.lines().filter(|l| *l == prepared).count(), 2, "prepared again after the lease:\n{hooks}");
+
+    // The next lease of the same worker gets another key.
+    let (second, access) = lab.lease(None).await;
+    let second_key = access["private_key"].as_str().unwrap().to_string();
+    assert_ne!(second_key, private_key, "a fresh key per lease");
+    let port = access["port"].as_u64().unwrap() as u16;
+    let key2 = lab.key_file("lease-2", &second_key);
+    lab.ssh_hello(port, &key2).await.expect("the second lease's key logs in");
+    assert!(lab.ssh_hello(port, &key).await.is_err(), "the first lease's key does not");
+    lab.close(second).await;
+    corral_testkit::wait_until("the second line is gone", Duration::from_secs(15), || async {
+        lab.lease_lines().is_empty().then_some(())
+    })
+    .await;
+    lab.wait_worker("idle", Duration::from_secs(15)).await;
+
+    // A request with its own public key: no private key is handed out, and
+    // the requester's key logs in.
+    let (own_private, own_public) = own_key_pair(&lab.dir.0, "own_key");
+    let (third, access) = lab.lease(Some(&own_public)).await;
+    assert!(access["private_key"].is_null(), "no private key for a request with its own key: {access}");
+    let lines = lab.lease_lines();
+    let own_data = own_public.split_whitespace().nth(1).unwrap();
+    assert!(lines.len() == 1 && lines[0].contains(own_data), "{lines:?}");
+    let port = access["port"].as_u64().unwrap() as u16;
+    lab.ssh_hello(port, &own_private).await.expect("the requester's own key logs in");
+    lab.close(third).await;
+    corral_testkit::wait_until("the own key's line is gone", Duration::from_secs(15), || async {
+        lab.lease_lines().is_empty().then_some(())
+    })
+    .await;
+    assert!(lab.ssh_hello(lab.sshd_port, &own_private).await.is_err(), "the own key is revoked too");
+}
+
+#[actix_rt::test]
+async fn a_killed_agent_fails_its_lease_and_a_restarted_one_brings_the_worker_back() {
+    let mut lab = Lab::start(Timers::Short, |_| {}).await;
+    let (id, access) = lab.lease(None).await;
+    let port = access["port"].as_u64().unwrap() as u16;
+    let key = lab.key_file("lease", access["private_key"].as_str().unwrap());
+    lab.ssh_hello(port, &key).await.expect("the lease works");
+
+    lab.children.kill("agent");
+    let killed = Instant::now();
+    let bound = lab.timers.session_timeout() + Duration::from_secs(5);
+    let request = lab.wait_request(id, "failed", bound).await;
+    let worker = lab.wait_worker("failed", bound.saturating_sub(killed.elapsed())).await;
+    eprintln!("request and worker failed {:?} after kill -9 of the agent", killed.elapsed());
+    assert!(request["reason"].as_str().is_some_and(|r| !r.is_empty()), "{request}");
+    assert!(worker["reason"].as_str().is_some_and(|r| r.contains("agent")), "{worker}");
+    corral_testkit::wait_until("the failed lease's tunnel refuses", Duration::from_secs(10), || async move {
+        Lab::refused(port).await.then_some(())
+    })
+    .await;
+
+    // The agent comes back: the worker is prepared (the stale line goes)
+    // and idle, without an admin.
+    assert_eq!(lab.lease_lines().len(), 1, "nobody removed the line while the agent was away");
+    lab.start_agent();
+    lab.wait_worker("idle", Duration::from_secs(30)).await;
+    assert!(lab.lease_lines().is_empty(), "preparation removed the failed lease's line");
+    assert!(lab.ssh_hello(lab.sshd_port, &key).await.is_err(), "the failed lease's key no longer logs in");
+
+    // And it serves again.
+    let (next, access) = lab.lease(None).await;
+    let key = lab.key_file("next", access["private_key"].as_str().unwrap());
+    lab.ssh_hello(access["port"].as_u64().unwrap() as u16, &key).await.expect("a new lease works");
+    lab.close(next).await;
+}
+
+#[actix_rt::test]
+async fn a_restarted_server_keeps_the_lease_tunnel_and_other_keys_stay_untouched() {
+    // Lines the agent does not own, with odd formatting and no final newline.
+    let foreign: &[u8] = b"# keys of the lab staff\n\
+        ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFoo  staff@lab\r\n\
+        \n\
+        command=\"/bin/false\" ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQ nobody";
+    let mut lab = Lab::start(Timers::Default, |user| write_foreign_keys(user, foreign)).await;
+    let (id, access) = lab.lease(None).await;
+    let port = access["port"].as_u64().unwrap() as u16;
+    let key = lab.key_file("lease", access["private_key"].as_str().unwrap());
+    lab.ssh_hello(port, &key).await.expect("the lease works before the crash");
+    let content = std::fs::read(lab.user.authorized_keys()).unwrap();
+    assert!(content.ends_with(foreign), "the lease line went first; the foreign lines stay as they were");
+    assert_strict_modes(&lab.user);
+
+    lab.children.kill("server");
+    assert!(lab.ssh_hello(port, &key).await.is_err(), "no tunnel while the server is down");
+    lab.start_server().await;
+    let (status, again) = lab.tess.post(&format!("/v1/requests/{id}/acquire"), serde_json::json!({})).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["port"].as_u64(), Some(u64::from(port)), "the same tunnel port after the restart");
+    assert_eq!(again["host_key"].as_str(), Some(lab.host_key.as_str()));
+    lab.ssh_hello(port, &key).await.expect("the lease key logs in through the re-opened tunnel");
+    let (_, request) = lab.tess.get(&format!("/v1/requests/{id}")).await;
+    assert_eq!(request["state"], "in_progress", "{request}");
+
+    // The agent found the restarted server: closing revokes the key, and
+    // only the agent's line left the file.
+    lab.close(id).await;
+    corral_testkit::wait_until("the lease line is gone", Duration::from_secs(30), || async {
+        lab.lease_lines().is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(std::fs::read(lab.user.authorized_keys()).unwrap(), foreign, "byte for byte");
+    lab.wait_worker("idle", Duration::from_secs(30)).await;
+    assert_eq!(lab.worker_json().await["state"], "idle");
+}

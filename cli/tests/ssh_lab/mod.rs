@@ -1,0 +1,546 @@
+//! A throw-away device lab for the SSH tests: a lab user, a real OpenSSH
+//! `sshd` on a loopback port whose `authorized_keys` a real
+//! `corral agent --config` manages, and a real `corral serve` on a test
+//! database. Everything is undone on drop, also when a test fails (then the
+//! logs of every process are printed first).
+//!
+//! Needs root (useradd, sshd) and OpenSSH (`scripts/test` installs it).
+
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+/// How long the server waits for heartbeats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timers {
+    /// The server's defaults (30 s session timeout).
+    Default,
+    /// A 3 s session timeout with 1 s heartbeats.
+    Short,
+}
+
+impl Timers {
+    pub fn session_timeout(self) -> Duration {
+        match self {
+            Timers::Default => Duration::from_secs(30),
+            Timers::Short => Duration::from_secs(3),
+        }
+    }
+}
+
+/// Kills its processes on drop (SIGKILL, then reaps them).
+#[derive(Default)]
+pub struct Children(Vec<(String, Child)>);
+
+impl Children {
+    fn push(&mut self, name: &str, child: Child) {
+        self.0.push((name.to_string(), child));
+    }
+
+    /// `kill -9` of the named process.
+    pub fn kill(&mut self, name: &str) {
+        let index = self.0.iter().position(|(n, _)| n == name).unwrap_or_else(|| panic!("no process {name}"));
+        let (_, mut child) = self.0.remove(index);
+        child.kill().unwrap_or_else(|e| panic!("kill -9 {name}: {e}"));
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A lab user made for one test: `useradd -m`, with the password field `*`
+/// (not locked, no password) so that sshd without PAM lets it log in with
+/// a key. Removed with its home on drop.
+pub struct LabUser {
+    pub name: String,
+    pub uid: u32,
+    pub home: PathBuf,
+}
+
+impl LabUser {
+    fn create() -> LabUser {
+        let name = format!("corral-lab-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        run("useradd", Command::new("useradd").args(["-m", "-s", "/bin/sh", &name]));
+        // From here on, dropping `user` removes it again.
+        let mut user = LabUser { name: name.clone(), uid: 0, home: PathBuf::new() };
+        run("usermod", Command::new("usermod").args(["-p", "*", &name]));
+        let entry = nix::unistd::User::from_name(&name).unwrap().unwrap_or_else(|| panic!("user {name} exists"));
+        user.uid = entry.uid.as_raw();
+        user.home = entry.dir;
+        user
+    }
+
+    pub fn authorized_keys(&self) -> PathBuf {
+        self.home.join(".ssh").join("authorized_keys")
+    }
+}
+
+impl Drop for LabUser {
+    fn drop(&mut self) {
+        // A login's processes may outlive the killed sshd for a moment, and
+        // userdel refuses a user that has processes: wait a little, then
+        // force it.
+        for attempt in 0..20 {
+            let force = attempt == 19;
+            let mut userdel = Command::new("userdel");
+            userdel.arg("-r");
+            if force {
+                userdel.arg("-f");
+            }
+            match userdel.arg(&self.name).output() {
+                Ok(out) if out.status.success() || out.status.code() == Some(6) => return,
+                Ok(out) if force => eprintln!("userdel -r -f {}: {}", self.name, String::from_utf8_lossy(&out.stderr)),
+                Ok(_) => std::thread::sleep(Duration::from_millis(100)),
+                Err(err) => return eprintln!("userdel {}: {err}", self.name),
+            }
+        }
+    }
+}
+
+fn run(what: &str, command: &mut Command) -> String {
+    let out = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(out.status.success(), "{what} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn sshd_binary() -> PathBuf {
+    ["/usr/sbin/sshd", "/usr/local/sbin/sshd", "/sbin/sshd"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("OpenSSH sshd is not installed (scripts/test installs openssh-server)")
+}
+
+/// The test's temporary directory: logs are printed when the test fails,
+/// and it is removed when it passes.
+pub struct TempDir(pub PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut logs: Vec<PathBuf> = std::fs::read_dir(&self.0)
+                .map(|entries| entries.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default();
+            logs.retain(|p| p.extension().is_some_and(|e| e == "log" || e == "toml"));
+            logs.sort();
+            for log in logs {
+                eprintln!("===== {} =====\n{}", log.display(), std::fs::read_to_string(&log).unwrap_or_default());
+            }
+            eprintln!("(kept {})", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// The whole lab. Fields drop in order: processes first, then the user,
+/// then the directory.
+pub struct Lab {
+    pub children: Children,
+    pub user: LabUser,
+    pub dir: TempDir,
+    pub timers: Timers,
+    pub sshd_port: u16,
+    /// `TYPE BASE64` of the sshd's host key.
+    pub host_key: String,
+    pub server_port: u16,
+    pub database_url: String,
+    pub tunnel_ports: std::ops::RangeInclusive<u16>,
+    pub admin: Http,
+    /// A plain user's client.
+    pub tess: Http,
+    pub worker: String,
+    agents_started: usize,
+    servers_started: usize,
+}
+
+impl Lab {
+    /// Starts everything; `before_agent` may touch the lab user's files
+    /// before the agent first sees them. The worker is set idle and is
+    /// idle when this returns.
+    pub async fn start(timers: Timers, before_agent: impl FnOnce(&LabUser)) -> Lab {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "the SSH tests need root: they add a lab user and run sshd (as CI does)"
+        );
+        let dir = std::env::temp_dir().join(format!("corral-ssh-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir(dir);
+        let user = LabUser::create();
+        before_agent(&user);
+        let mut children = Children::default();
+
+        let (sshd_port, host_key) = start_sshd(&dir.0, &user, &mut children).await;
+
+        // Tunnel ports of their own, so that a refused connection after a
+        // close cannot be another test's tunnel.
+        let first = 21000 + (uuid::Uuid::new_v4().as_u128() % 400) as u16 * 20;
+        let tunnel_ports = first..=first + 19;
+        let mut server_toml = format!("tunnel_ports = \"{first}-{}\"\n", first + 19);
+        if timers == Timers::Short {
+            server_toml.push_str("session_timeout = \"3s\"\nheartbeat_interval = \"1s\"\n");
+        }
+        std::fs::write(dir.0.join("server.toml"), server_toml).unwrap();
+        let database_url = corral_testkit::test_database().await.url;
+        let server_port = corral_testkit::free_port();
+        let base = format!("http://127.0.0.1:{server_port}");
+        let http = |token: String| Http { client: awc::Client::default(), base: base.clone(), token };
+        let mut lab = Lab {
+            children,
+            user,
+            timers,
+            sshd_port,
+            host_key,
+            server_port,
+            database_url,
+            tunnel_ports,
+            admin: http(String::new()),
+            tess: http(String::new()),
+            worker: String::new(),
+            agents_started: 0,
+            servers_started: 0,
+            dir,
+        };
+        lab.start_server().await;
+        lab.admin.token = std::fs::read_to_string(lab.dir.0.join("admin.token")).unwrap().trim().to_string();
+        let (status, created) = lab.admin.post("/v1/users", json!({"name": "tess"})).await;
+        assert_eq!(status, 201, "{created}");
+        lab.tess.token = created["token"].as_str().unwrap().to_string();
+
+        // The agent: no uuid in its file, so it writes one back.
+        let hooks_log = lab.path("hooks.log");
+        let agent_toml = format!(
+            r#"# The agent of the SSH test lab.
+server = "{base}"
+token_file = "agent.token"
+name = "ssh-lab"
+
+[[worker]]
+caps = {{ device_type = "board" }}
+ssh_addr = "127.0.0.1:{sshd_port}"
+user = "{user}"
+
+[worker.hooks]
+prepare = 'echo "$CORRAL_ACTION $CORRAL_WORKER $CORRAL_USER $CORRAL_SSH_ADDR" >> {hooks_log}'
+interrogate = 'printf "{{\"battery\": 90}}"'
+"#,
+            user = lab.user.name,
+            hooks_log = hooks_log.display(),
+        );
+        std::fs::write(lab.path("agent.toml"), &agent_toml).unwrap();
+        lab.start_agent();
+        let workers = corral_testkit::wait_until("the agent registers its worker", Duration::from_secs(30), || async {
+            let (_, page) = lab.admin.get("/v1/workers").await;
+            let items = page["items"].as_array()?.clone();
+            (items.len() == 1).then(|| items[0].clone())
+        })
+        .await;
+        lab.worker = workers["uuid"].as_str().unwrap().to_string();
+        assert_eq!(workers["state"], "maintenance", "{workers}");
+        assert_eq!(workers["ssh_addr"], format!("127.0.0.1:{sshd_port}"));
+        assert_eq!(workers["agent"], "ssh-lab");
+
+        let written = std::fs::read_to_string(lab.path("agent.toml")).unwrap();
+        let parsed: toml::Table = toml::from_str(&written).unwrap();
+        assert_eq!(
+            parsed["worker"][0]["uuid"].as_str(),
+            Some(lab.worker.as_str()),
+            "the generated uuid is written back:\n{written}"
+        );
+        assert!(written.starts_with("# The agent of the SSH test lab.\n"), "the rest of the file is kept:\n{written}");
+
+        let (status, body) =
+            lab.admin.put(&format!("/v1/workers/{}/state", lab.worker), json!({"state": "idle"})).await;
+        assert_eq!(status, 202, "{body}");
+        lab.wait_worker("idle", Duration::from_secs(30)).await;
+        lab
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.0.join(name)
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.server_port)
+    }
+
+    /// Starts `corral serve` (again) and waits until it is ready.
+    pub async fn start_server(&mut self) {
+        self.servers_started += 1;
+        let log = std::fs::File::create(self.path(&format!("serve-{}.log", self.servers_started))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_corral"))
+            .arg("serve")
+            .arg("--config")
+            .arg(self.path("server.toml"))
+            .args(["--listen", &format!("127.0.0.1:{}", self.server_port), "--data-dir"])
+            .arg(&self.dir.0)
+            .args(["--database-url", &self.database_url])
+            .env_remove("CORRAL_DATABASE_URL")
+            .env("RUST_LOG", "info,corral_actors=debug,actix_server=warn,actix_web=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("corral serve starts");
+        self.children.push("server", child);
+        let client = awc::Client::default();
+        let base = self.base();
+        corral_testkit::wait_until("the server is ready", Duration::from_secs(60), || async {
+            let response = client.get(format!("{base}/readyz")).send().await.ok()?;
+            (response.status().as_u16() == 200).then_some(())
+        })
+        .await;
+    }
+
+    /// Starts `corral agent --config` (again).
+    pub fn start_agent(&mut self) {
+        self.agents_started += 1;
+        let log = std::fs::File::create(self.path(&format!("agent-{}.log", self.agents_started))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_corral"))
+            .arg("agent")
+            .arg("--config")
+            .arg(self.path("agent.toml"))
+            .env_remove("CORRAL_URL")
+            .env("RUST_LOG", "info,corral_agent=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("corral agent starts");
+        self.children.push("agent", child);
+    }
+
+    pub async fn worker_json(&self) -> Value {
+        let (status, worker) = self.admin.get(&format!("/v1/workers/{}", self.worker)).await;
+        assert_eq!(status, 200, "{worker}");
+        worker
+    }
+
+    pub async fn wait_worker(&self, state: &str, timeout: Duration) -> Value {
+        corral_testkit::wait_until(&format!("the worker is {state}"), timeout, || async {
+            let worker = self.worker_json().await;
+            (worker["state"] == state).then_some(worker)
+        })
+        .await
+    }
+
+    pub async fn wait_request(&self, id: i64, state: &str, timeout: Duration) -> Value {
+        corral_testkit::wait_until(&format!("request {id} is {state}"), timeout, || async {
+            let (_, request) = self.tess.get(&format!("/v1/requests/{id}")).await;
+            (request["state"] == state).then_some(request)
+        })
+        .await
+    }
+
+    /// Submits a request for the board (with `public_key`, if given) and
+    /// acquires it, waiting for the lease to start.
+    pub async fn lease(&self, public_key: Option<&str>) -> (i64, Value) {
+        let mut body = json!({"caps": {"device_type": "board"}});
+        if let Some(key) = public_key {
+            body["ssh_public_key"] = json!(key);
+        }
+        let (status, request) = self.tess.post("/v1/requests", body).await;
+        assert_eq!(status, 201, "{request}");
+        let id = request["id"].as_i64().unwrap();
+        let (status, access) = self.tess.post(&format!("/v1/requests/{id}/acquire?wait=30s"), json!({})).await;
+        assert_eq!(status, 200, "acquire: {access}");
+        assert_eq!(access["worker"].as_str(), Some(self.worker.as_str()), "{access}");
+        assert_eq!(access["username"].as_str(), Some(self.user.name.as_str()), "{access}");
+        assert_eq!(access["host"], "127.0.0.1", "{access}");
+        let port = access["port"].as_u64().unwrap() as u16;
+        assert!(self.tunnel_ports.contains(&port), "tunnel port {port} from the configured range");
+        assert_eq!(access["host_key"].as_str(), Some(self.host_key.as_str()), "the pinned key is sshd's: {access}");
+        (id, access)
+    }
+
+    pub async fn close(&self, id: i64) {
+        let (status, closed) = self.tess.post(&format!("/v1/requests/{id}/close"), json!({})).await;
+        assert_eq!(status, 200, "{closed}");
+        assert_eq!(closed["state"], "done", "{closed}");
+    }
+
+    /// The lease lines of the lab user's `authorized_keys`.
+    pub fn lease_lines(&self) -> Vec<String> {
+        std::fs::read_to_string(self.user.authorized_keys())
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("corral-lease"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Writes an access's private key to a file ssh accepts (0600).
+    pub fn key_file(&self, name: &str, pem: &str) -> PathBuf {
+        let path = self.path(name);
+        let mut text = pem.to_string();
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        write_private(&path, text.as_bytes());
+        path
+    }
+
+    /// `ssh ... USER@127.0.0.1 echo hello` on `port`, pinning the host
+    /// key: whether it printed hello, and what ssh said otherwise.
+    pub async fn ssh_hello(&self, port: u16, key: &Path) -> Result<(), String> {
+        let known = self.path(&format!("known_hosts-{port}"));
+        std::fs::write(&known, format!("[127.0.0.1]:{port} {}\n", self.host_key)).unwrap();
+        let ssh = tokio::process::Command::new("ssh")
+            .args(["-F", "/dev/null", "-p", &port.to_string(), "-i"])
+            .arg(key)
+            .args(["-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes", "-o"])
+            .arg(format!("UserKnownHostsFile={}", known.display()))
+            .args(["-o", "GlobalKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"])
+            .arg(format!("{}@127.0.0.1", self.user.name))
+            .args(["echo", "hello"])
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let out = match tokio::time::timeout(Duration::from_secs(30), ssh).await {
+            Ok(Ok(out)) => out,
+            Ok(Err(err)) => return Err(format!("cannot run ssh: {err}")),
+            Err(_) => return Err("ssh did not finish in 30 s".to_string()),
+        };
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if out.status.success() && stdout.trim() == "hello" {
+            Ok(())
+        } else {
+            Err(format!("ssh {}: {stdout}{}", out.status, String::from_utf8_lossy(&out.stderr)))
+        }
+    }
+
+    /// Whether a TCP connection to `port` is refused (nothing listens).
+    pub async fn refused(port: u16) -> bool {
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(("127.0.0.1", port))).await,
+            Ok(Err(_))
+        )
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).unwrap();
+    file.write_all(bytes).unwrap();
+}
+
+/// Starts sshd on a free loopback port with a fresh host key; answers the
+/// port and the host key.
+async fn start_sshd(dir: &Path, user: &LabUser, children: &mut Children) -> (u16, String) {
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    let host_key = dir.join("ssh_host_ed25519_key");
+    run(
+        "ssh-keygen",
+        Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "", "-f"]).arg(&host_key),
+    );
+    let public = std::fs::read_to_string(host_key.with_extension("pub")).unwrap();
+    let public = public.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    let port = corral_testkit::free_port();
+    let config = dir.join("sshd_config");
+    let settings = format!(
+        "Port {port}\nListenAddress 127.0.0.1\nHostKey {key}\nPidFile {pid}\nUsePAM no\n\
+         PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
+         AuthorizedKeysFile .ssh/authorized_keys\nStrictModes yes\nAllowUsers {user}\nLogLevel VERBOSE\n",
+        key = host_key.display(),
+        pid = dir.join("sshd.pid").display(),
+        user = user.name,
+    );
+    // Newer OpenSSH (9.8+) penalises addresses whose connections fail to
+    // authenticate; the tests fail logins on purpose. Older versions do not
+    // know the setting, so keep it only if sshd accepts it.
+    std::fs::write(&config, format!("{settings}PerSourcePenalties no\n")).unwrap();
+    let sshd = sshd_binary();
+    if !Command::new(&sshd).arg("-t").arg("-f").arg(&config).output().unwrap().status.success() {
+        std::fs::write(&config, &settings).unwrap();
+        run("sshd -t", Command::new(&sshd).arg("-t").arg("-f").arg(&config));
+    }
+    let log = std::fs::File::create(dir.join("sshd.log")).unwrap();
+    let child = Command::new(&sshd)
+        .args(["-D", "-e", "-f"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("sshd starts");
+    children.push("sshd", child);
+    corral_testkit::wait_until("sshd listens", Duration::from_secs(10), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(drop)
+    })
+    .await;
+    (port, public)
+}
+
+/// Writes foreign lines into the lab user's `authorized_keys` (a directory
+/// and file owned by the user, as a user would have them).
+pub fn write_foreign_keys(user: &LabUser, content: &[u8]) {
+    let ssh = user.home.join(".ssh");
+    std::fs::create_dir_all(&ssh).unwrap();
+    std::fs::set_permissions(&ssh, std::fs::Permissions::from_mode(0o700)).unwrap();
+    write_private(&user.authorized_keys(), content);
+    let gid = nix::unistd::User::from_name(&user.name).unwrap().unwrap().gid.as_raw();
+    std::os::unix::fs::chown(&ssh, Some(user.uid), Some(gid)).unwrap();
+    std::os::unix::fs::chown(user.authorized_keys(), Some(user.uid), Some(gid)).unwrap();
+}
+
+/// Checks the ownership and modes sshd's StrictModes wants.
+pub fn assert_strict_modes(user: &LabUser) {
+    let ssh = std::fs::metadata(user.home.join(".ssh")).unwrap();
+    assert_eq!((ssh.uid(), ssh.mode() & 0o777), (user.uid, 0o700), ".ssh owner and mode");
+    let keys = std::fs::metadata(user.authorized_keys()).unwrap();
+    assert_eq!((keys.uid(), keys.mode() & 0o777), (user.uid, 0o600), "authorized_keys owner and mode");
+}
+
+/// A generated key pair: (private key file, public key line).
+pub fn own_key_pair(dir: &Path, name: &str) -> (PathBuf, String) {
+    let path = dir.join(name);
+    run(
+        "ssh-keygen",
+        Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "me@laptop", "-f"]).arg(&path),
+    );
+    let public = std::fs::read_to_string(path.with_extension("pub")).unwrap().trim().to_string();
+    (path, public)
+}
+
+/// A token-holding HTTP client of the server.
+pub struct Http {
+    client: awc::Client,
+    base: String,
+    token: String,
+}
+
+impl Http {
+    async fn call(&self, method: awc::http::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let request = self
+            .client
+            .request(method.clone(), format!("{}{path}", self.base))
+            .timeout(Duration::from_secs(60))
+            .insert_header(("Authorization", format!("Bearer {}", self.token)));
+        let sent = match body {
+            Some(body) => request.send_json(&body).await,
+            None => request.send().await,
+        };
+        let mut response = sent.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let bytes = response.body().await.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        (response.status().as_u16(), serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(awc::http::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(awc::http::Method::POST, path, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(awc::http::Method::PUT, path, Some(body)).await
+    }
+}
