@@ -1,1 +1,71 @@
-//! placeholder
+//! `corral bench`: load generators and micro-benchmarks of corral, each
+//! measured against its baseline in the same invocation.
+//!
+//! The CLI calls [`run`] with the arguments that follow `bench`:
+//! `SCENARIO [--quick] [sizes...]`. Every scenario lives in its own module,
+//! prints its progress on stderr and, as its last stdout line, one JSON
+//! object with its name, sizes, figures and baseline figures (see
+//! [`report`]). Every scenario checks that the work it timed really
+//! succeeded and fails loudly if not; `--quick` variants run in CI with no
+//! timing thresholds.
+//!
+//! Scenarios: `matcher` (the in-memory matching decision path against
+//! Boruta's algorithm), `lifecycle` (end to end over HTTP against
+//! `corral serve`, with pgbench as the baseline). `heartbeats` and `scale`
+//! are not implemented yet.
+
+mod lifecycle;
+mod matcher;
+mod report;
+mod rng;
+mod server;
+
+use anyhow::{Result, bail};
+
+const USAGE: &str = "\
+usage: corral bench SCENARIO [--quick] [options and sizes...]
+
+scenarios:
+  matcher      the in-memory matching decision path vs Boruta's algorithm
+               (corral bench matcher --help for its sizes)
+  lifecycle    create → in_progress → close over HTTP vs pgbench's commit ceiling
+  heartbeats   not implemented yet
+  scale        not implemented yet
+
+Progress goes to stderr; stdout gets one JSON line per size, the default size last.";
+
+/// Runs one benchmark scenario; `args` are the arguments after `bench`.
+pub fn run(args: &[String]) -> Result<()> {
+    let Some((scenario, rest)) = args.split_first() else {
+        bail!("no scenario given\n\n{USAGE}");
+    };
+    match scenario.as_str() {
+        "matcher" => matcher::run(rest),
+        "lifecycle" => lifecycle::run(rest),
+        "heartbeats" | "scale" => bail!("scenario {scenario} is not implemented yet"),
+        "-h" | "--help" | "help" => {
+            eprintln!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown scenario {other:?}\n\n{USAGE}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn unimplemented_and_unknown_scenarios_are_errors() {
+        for scenario in ["heartbeats", "scale"] {
+            let err = run(&args(&[scenario, "--quick"])).unwrap_err();
+            assert_eq!(err.to_string(), format!("scenario {scenario} is not implemented yet"));
+        }
+        assert!(run(&args(&["nope"])).unwrap_err().to_string().contains("unknown scenario"));
+        assert!(run(&[]).unwrap_err().to_string().contains("usage"));
+    }
+}

@@ -24,11 +24,60 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::time::SystemTime;
 
 use crate::caps::{Caps, Groups, UUID_CAP};
 use crate::ids::{RequestId, WorkerId};
 use crate::priority::Priority;
+
+/// FxHash (rotate, xor, multiply): a fast hasher for the matcher's maps,
+/// keyed by server-assigned request ids and worker UUIDs. Not resistant to
+/// crafted collisions; the keys do not come from anonymous clients.
+#[derive(Default, Clone, Copy)]
+pub struct FastHasher(u64);
+
+impl Hasher for FastHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = (self.0.rotate_left(5) ^ value).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_i64(&mut self, value: i64) {
+        self.write_u64(value as u64);
+    }
+
+    fn write_usize(&mut self, value: usize) {
+        self.write_u64(value as u64);
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+
+/// A queue key in one integer with the same order: priority in the top
+/// byte, the request id (below 2^56) under it.
+fn packed(key: QueueKey) -> u64 {
+    (u64::from(key.0.get()) << 56) | (key.1.0 as u64 & ID_MASK)
+}
+
+fn unpacked(value: u64) -> QueueKey {
+    let priority = Priority::try_from((value >> 56) as i64).unwrap_or_default();
+    (priority, RequestId((value & ID_MASK) as i64))
+}
+
+const ID_MASK: u64 = (1 << 56) - 1;
+const EMPTY: u64 = u64::MAX;
 
 /// Position of a waiting request in the global order.
 pub type QueueKey = (Priority, RequestId);
@@ -119,6 +168,8 @@ struct RequestEntry {
     valid_after: SystemTime,
     deadline: SystemTime,
     visible: bool,
+    /// In `dirty_requests`.
+    dirty: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -136,14 +187,28 @@ pub struct Matcher {
     classes_with_cap: HashMap<CapId, Vec<ClassIdx>>,
     sigs: Vec<Sig>,
     sig_index: HashMap<(Vec<CapId>, Groups), SigIdx>,
-    workers: HashMap<WorkerId, WorkerEntry>,
-    requests: HashMap<RequestId, RequestEntry>,
+    /// The first request of each signature's queue (`sigs[i].queue.first()`)
+    /// as a [`packed`] key, `EMPTY` for an empty queue: peeking at a class
+    /// is then a minimum over one small array of integers.
+    sig_heads: Vec<u64>,
+    /// Each class's weight and least recently used idle worker
+    /// (`classes[i].idle.first()`), packed for the same reason.
+    class_best: Vec<Option<(usize, SystemTime, WorkerId)>>,
+    workers: FastMap<WorkerId, WorkerEntry>,
+    requests: FastMap<RequestId, RequestEntry>,
     future: BTreeSet<(SystemTime, RequestId)>,
-    deadlines: BTreeSet<(SystemTime, RequestId)>,
-    dirty_requests: BTreeSet<QueueKey>,
+    /// Deadlines of tracked requests, earliest first. Entries of requests
+    /// that left are dropped lazily (when they come up, or by compaction
+    /// once they outnumber the live ones).
+    deadlines: BinaryHeap<Reverse<(SystemTime, RequestId)>>,
+    stale_deadlines: usize,
+    /// Requests that became visible since they were last examined, earliest
+    /// first. Entries of requests that left or changed are skipped when
+    /// they come up (the request's `dirty` flag and key tell).
+    dirty_requests: BinaryHeap<Reverse<QueueKey>>,
     peeks: BinaryHeap<Reverse<(QueueKey, Source)>>,
     /// Visible requests pinned to a worker id that is not registered.
-    orphans: HashMap<WorkerId, BTreeSet<RequestId>>,
+    orphans: FastMap<WorkerId, BTreeSet<RequestId>>,
 }
 
 impl Matcher {
@@ -189,10 +254,9 @@ impl Matcher {
                 self.workers.insert(spec.id, old);
                 return Vec::new();
             }
-            let previous = &mut self.classes[old.class];
-            previous.members.remove(&spec.id);
+            self.classes[old.class].members.remove(&spec.id);
             if let Some(since) = old.idle_since {
-                previous.idle.remove(&(since, spec.id));
+                self.idle_remove(old.class, since, spec.id);
             }
             idle_since = old.idle_since;
             pinned = old.pinned;
@@ -225,10 +289,9 @@ impl Matcher {
         let Some(entry) = self.workers.remove(&id) else {
             return Vec::new();
         };
-        let class = &mut self.classes[entry.class];
-        class.members.remove(&id);
+        self.classes[entry.class].members.remove(&id);
         if let Some(since) = entry.idle_since {
-            class.idle.remove(&(since, id));
+            self.idle_remove(entry.class, since, id);
         }
         self.drop_unsatisfiable(entry.class, Some(id))
     }
@@ -239,12 +302,13 @@ impl Matcher {
         let Some(entry) = self.workers.get_mut(&id) else {
             return;
         };
-        if let Some(old) = entry.idle_since.replace(last_used) {
-            self.classes[entry.class].idle.remove(&(old, id));
-        }
+        let old = entry.idle_since.replace(last_used);
         let class_idx = entry.class;
         let has_pinned = !entry.pinned.is_empty();
-        self.classes[class_idx].idle.insert((last_used, id));
+        if let Some(old) = old {
+            self.idle_remove(class_idx, old, id);
+        }
+        self.idle_insert(class_idx, last_used, id);
         self.push_class_peek(class_idx);
         if has_pinned {
             self.push_pinned_peek(id);
@@ -257,7 +321,8 @@ impl Matcher {
             return;
         };
         if let Some(old) = entry.idle_since.take() {
-            self.classes[entry.class].idle.remove(&(old, id));
+            let class = entry.class;
+            self.idle_remove(class, old, id);
         }
     }
 
@@ -279,9 +344,17 @@ impl Matcher {
         self.sigs[sig].members += 1;
         self.requests.insert(
             spec.id,
-            RequestEntry { key, sig, pinned, valid_after: spec.valid_after, deadline: spec.deadline, visible: false },
+            RequestEntry {
+                key,
+                sig,
+                pinned,
+                valid_after: spec.valid_after,
+                deadline: spec.deadline,
+                visible: false,
+                dirty: false,
+            },
         );
-        self.deadlines.insert((spec.deadline, spec.id));
+        self.deadlines.push(Reverse((spec.deadline, spec.id)));
         if spec.valid_after > now {
             self.future.insert((spec.valid_after, spec.id));
         } else {
@@ -296,9 +369,11 @@ impl Matcher {
             return false;
         };
         self.sigs[entry.sig].members -= 1;
-        self.deadlines.remove(&(entry.deadline, id));
+        self.stale_deadlines += 1;
+        if self.stale_deadlines > 1024 && self.stale_deadlines > self.requests.len() {
+            self.compact_deadlines();
+        }
         if entry.visible {
-            self.dirty_requests.remove(&entry.key);
             match entry.pinned {
                 Some(worker) => {
                     if let Some(w) = self.workers.get_mut(&worker) {
@@ -308,9 +383,7 @@ impl Matcher {
                         orphans.remove(&id);
                     }
                 }
-                None => {
-                    self.sigs[entry.sig].queue.remove(&entry.key);
-                }
+                None => self.queue_remove(entry.sig, entry.key),
             }
         } else {
             self.future.remove(&(entry.valid_after, id));
@@ -329,12 +402,17 @@ impl Matcher {
             self.make_visible(id);
         }
         let mut expired = Vec::new();
-        while let Some(&(at, id)) = self.deadlines.first() {
+        while let Some(&Reverse((at, id))) = self.deadlines.peek() {
             if at > now {
                 break;
             }
-            expired.push(id);
-            self.remove_request(id);
+            self.deadlines.pop();
+            if self.requests.get(&id).is_some_and(|r| r.deadline == at) {
+                // remove_request counts this entry as stale; it is gone.
+                expired.push(id);
+                self.remove_request(id);
+            }
+            self.stale_deadlines = self.stale_deadlines.saturating_sub(1);
         }
         expired
     }
@@ -342,7 +420,7 @@ impl Matcher {
     /// When `tick` next has something to do.
     pub fn next_wakeup(&self) -> Option<SystemTime> {
         let future = self.future.first().map(|(t, _)| *t);
-        let deadline = self.deadlines.first().map(|(t, _)| *t);
+        let deadline = self.deadlines.peek().map(|Reverse((t, _))| *t);
         match (future, deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -356,7 +434,7 @@ impl Matcher {
     /// leaves the idle pool; call [`Matcher::worker_idle`] when it is back.
     pub fn next_match(&mut self) -> Option<Assignment> {
         loop {
-            let first_dirty = self.dirty_requests.first().copied();
+            let first_dirty = self.first_dirty();
             let first_peek = self.peeks.peek().map(|Reverse(p)| *p);
             let from_dirty = match (first_dirty, first_peek) {
                 (None, None) => return None,
@@ -365,7 +443,10 @@ impl Matcher {
                 (Some(d), Some((p, _))) => d <= p,
             };
             if from_dirty {
-                let key = self.dirty_requests.pop_first()?;
+                let Reverse(key) = self.dirty_requests.pop()?;
+                if let Some(entry) = self.requests.get_mut(&key.1) {
+                    entry.dirty = false;
+                }
                 if let Some(worker) = self.best_worker_for(key.1) {
                     return Some(self.assign(key.1, worker));
                 }
@@ -380,8 +461,11 @@ impl Matcher {
                     }
                 }
             }
-            let still_first = self.source_peek(source) == Some(key);
-            if !still_first {
+            // The entry is still the source's first request if that request
+            // still waits and the source still has an idle worker: anything
+            // earlier that it could serve arrived as a dirty request, and
+            // dirty requests earlier than this entry were handled first.
+            if !self.still_queued(key) || !self.source_has_idle(source) {
                 self.push_peek(source);
                 continue;
             }
@@ -458,12 +542,10 @@ impl Matcher {
         }
         let mut best: Option<(usize, SystemTime, WorkerId)> = None;
         for &c in &self.sigs[entry.sig].served_by {
-            let class = &self.classes[c];
-            if let Some(&(since, id)) = class.idle.first() {
-                let candidate = (class.weight, since, id);
-                if best.is_none_or(|b| candidate < b) {
-                    best = Some(candidate);
-                }
+            if let Some(candidate) = self.class_best[c]
+                && best.is_none_or(|b| candidate < b)
+            {
+                best = Some(candidate);
             }
         }
         best.map(|(_, _, id)| id)
@@ -491,21 +573,23 @@ impl Matcher {
                 }
             },
             None => {
-                self.sigs[entry.sig].queue.insert(key);
+                let sig = entry.sig;
+                self.queue_insert(sig, key);
             }
         }
-        self.dirty_requests.insert(key);
+        self.dirty_requests.push(Reverse(key));
+        if let Some(entry) = self.requests.get_mut(&id) {
+            entry.dirty = true;
+        }
     }
 
     /// First visible waiting request this source can serve.
     fn source_peek(&self, source: Source) -> Option<QueueKey> {
         match source {
             Source::Class(c) => {
-                let class = &self.classes[c];
-                if class.idle.is_empty() {
-                    return None;
-                }
-                class.serves.iter().filter_map(|s| self.sigs[*s].queue.first().copied()).min()
+                self.class_best[c]?;
+                let first = self.classes[c].serves.iter().map(|s| self.sig_heads[*s]).min().unwrap_or(EMPTY);
+                (first != EMPTY).then(|| unpacked(first))
             }
             Source::Pinned(w) => {
                 let worker = self.workers.get(&w)?;
@@ -571,6 +655,7 @@ impl Matcher {
         }
         self.class_index.insert((caps.clone(), groups.clone()), idx);
         let weight = caps.len() + groups.len();
+        self.class_best.push(None);
         self.classes.push(Class {
             caps,
             groups,
@@ -605,6 +690,7 @@ impl Matcher {
         }
         self.sig_index.insert((sig.caps.clone(), sig.groups.clone()), idx);
         self.sigs.push(Sig { served_by, ..sig });
+        self.sig_heads.push(EMPTY);
         (idx, pinned)
     }
 
@@ -613,6 +699,66 @@ impl Matcher {
             Some(worker) => self.workers.get(&worker).is_some_and(|w| self.classes[w.class].serves.contains(&sig)),
             None => self.sigs[sig].served_by.iter().any(|c| !self.classes[*c].members.is_empty()),
         }
+    }
+
+    fn idle_insert(&mut self, class: ClassIdx, since: SystemTime, worker: WorkerId) {
+        let entry = &mut self.classes[class];
+        entry.idle.insert((since, worker));
+        if self.class_best[class].is_none_or(|(_, s, w)| (since, worker) < (s, w)) {
+            self.class_best[class] = Some((entry.weight, since, worker));
+        }
+    }
+
+    fn idle_remove(&mut self, class: ClassIdx, since: SystemTime, worker: WorkerId) {
+        let entry = &mut self.classes[class];
+        entry.idle.remove(&(since, worker));
+        if self.class_best[class].is_some_and(|(_, s, w)| (s, w) == (since, worker)) {
+            self.class_best[class] = entry.idle.first().map(|&(s, w)| (entry.weight, s, w));
+        }
+    }
+
+    fn queue_insert(&mut self, sig: SigIdx, key: QueueKey) {
+        self.sigs[sig].queue.insert(key);
+        self.sig_heads[sig] = self.sig_heads[sig].min(packed(key));
+    }
+
+    fn queue_remove(&mut self, sig: SigIdx, key: QueueKey) {
+        let queue = &mut self.sigs[sig].queue;
+        queue.remove(&key);
+        if self.sig_heads[sig] == packed(key) {
+            self.sig_heads[sig] = queue.first().map_or(EMPTY, |k| packed(*k));
+        }
+    }
+
+    /// The earliest dirty request, dropping entries that went stale.
+    fn first_dirty(&mut self) -> Option<QueueKey> {
+        while let Some(&Reverse(key)) = self.dirty_requests.peek() {
+            if self.requests.get(&key.1).is_some_and(|r| r.dirty && r.key == key) {
+                return Some(key);
+            }
+            self.dirty_requests.pop();
+        }
+        None
+    }
+
+    /// Whether the request of `key` still waits, visible, with that key.
+    fn still_queued(&self, key: QueueKey) -> bool {
+        self.requests.get(&key.1).is_some_and(|r| r.visible && r.key == key)
+    }
+
+    fn source_has_idle(&self, source: Source) -> bool {
+        match source {
+            Source::Class(c) => self.class_best[c].is_some(),
+            Source::Pinned(w) => self.workers.get(&w).is_some_and(|w| w.idle_since.is_some()),
+        }
+    }
+
+    /// Drops the deadline entries of requests that left.
+    fn compact_deadlines(&mut self) {
+        let live: Vec<Reverse<(SystemTime, RequestId)>> =
+            self.requests.iter().map(|(id, r)| Reverse((r.deadline, *id))).collect();
+        self.deadlines = BinaryHeap::from(live);
+        self.stale_deadlines = 0;
     }
 
     /// After `class` lost a member (`worker`), removes and returns the

@@ -1,0 +1,220 @@
+//! A real `corral serve` process for end-to-end scenarios: on its embedded
+//! PostgreSQL in a throw-away data directory, on a free loopback port, with
+//! a scenario-specific configuration. Also reads its CPU time and RSS from
+//! `/proc`, and finds the cluster's socket and `pgbench` for baselines.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use corral_db::embedded::EmbeddedPostgres;
+
+/// The `corral` binary: `CORRAL_BIN`, else this process (`corral bench`).
+pub fn corral_binary() -> Result<PathBuf> {
+    match std::env::var_os("CORRAL_BIN") {
+        Some(path) => Ok(PathBuf::from(path)),
+        None => std::env::current_exe().context("finding the corral binary"),
+    }
+}
+
+pub fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+pub struct ServerProcess {
+    child: Option<Child>,
+    pub url: String,
+    pub dir: PathBuf,
+    binary: PathBuf,
+    listen: String,
+}
+
+impl ServerProcess {
+    /// A fresh data directory under the system temp dir.
+    pub fn fresh_dir(tag: &str) -> Result<PathBuf> {
+        let dir = std::env::temp_dir().join(format!("corral-bench-{tag}-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(dir)
+    }
+
+    /// Writes `config` (TOML, without `listen`/`data_dir`) and starts the
+    /// server in `dir`.
+    pub fn start(dir: &Path, config: &str) -> Result<ServerProcess> {
+        let port = free_port()?;
+        let listen = format!("127.0.0.1:{port}");
+        std::fs::write(dir.join("corral.toml"), config).context("writing the server configuration")?;
+        let mut server = ServerProcess {
+            child: None,
+            url: format!("http://{listen}"),
+            dir: dir.to_path_buf(),
+            binary: corral_binary()?,
+            listen,
+        };
+        server.spawn("serve.log")?;
+        Ok(server)
+    }
+
+    fn spawn(&mut self, log: &str) -> Result<()> {
+        let log = std::fs::File::create(self.dir.join(log)).context("creating the server log")?;
+        let child = Command::new(&self.binary)
+            .arg("serve")
+            .arg("--config")
+            .arg(self.dir.join("corral.toml"))
+            .args(["--listen", &self.listen, "--data-dir"])
+            .arg(&self.dir)
+            .env_remove("CORRAL_DATABASE_URL")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", self.binary.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Starts the same server again (same directory, port, configuration).
+    pub fn restart(&mut self, log: &str) -> Result<()> {
+        self.stop()?;
+        self.spawn(log)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Polls `/readyz` until 200; returns how long that took.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> Result<Duration> {
+        let started = Instant::now();
+        let client = awc::Client::builder().timeout(Duration::from_secs(2)).finish();
+        while started.elapsed() < timeout {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("corral serve exited with {status}; see {}", self.dir.join("serve.log").display());
+            }
+            if let Ok(response) = client.get(format!("{}/readyz", self.url)).send().await
+                && response.status().as_u16() == 200
+            {
+                return Ok(started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bail!("corral serve was not ready within {timeout:?}; see {}", self.dir.join("serve.log").display())
+    }
+
+    pub fn token(&self, name: &str) -> Result<String> {
+        let path = self.dir.join(name);
+        Ok(std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?.trim().to_string())
+    }
+
+    /// User plus system CPU time of the server process so far, in seconds.
+    pub fn cpu_seconds(&self) -> Result<f64> {
+        let pid = self.pid().context("server not running")?;
+        cpu_seconds(pid)
+    }
+
+    /// Resident set size of the server process, in MiB.
+    pub fn rss_mb(&self) -> Result<f64> {
+        let pid = self.pid().context("server not running")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let kb: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .context("reading VmRSS")?;
+        Ok(kb / 1024.0)
+    }
+
+    /// The embedded cluster the server runs (reused, not restarted).
+    pub async fn postgres(&self) -> Result<EmbeddedPostgres> {
+        EmbeddedPostgres::start(&self.dir).await.context("finding the server's embedded PostgreSQL")
+    }
+
+    /// SIGTERM (the server stops its database), then SIGKILL after 30 s.
+    pub fn stop(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else { return Ok(()) };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            if child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// User plus system CPU seconds of process `pid` (`/proc/PID/stat`).
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the line.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).context("parsing /proc stat")?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: f64 = fields.get(11).and_then(|v| v.parse().ok()).context("utime")?;
+    let stime: f64 = fields.get(12).and_then(|v| v.parse().ok()).context("stime")?;
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+    Ok((utime + stime) / ticks)
+}
+
+/// Runs `pgbench` single-row updates against the cluster, `clients`
+/// connections, for `seconds`; returns its TPS (every transaction one
+/// committed single-row UPDATE: the cluster's commit ceiling at that
+/// concurrency).
+pub fn pgbench_tps(pg: &EmbeddedPostgres, clients: usize, seconds: u64) -> Result<f64> {
+    let pgbench = pg.bin_dir().join("pgbench");
+    let socket = pg.socket_dir().to_path_buf();
+    let port = pg.port().to_string();
+    let common = |cmd: &mut Command| {
+        cmd.arg("-h").arg(&socket).args(["-p", &port, "-U", "corral"]);
+    };
+    let mut init = Command::new(&pgbench);
+    init.args(["-i", "-q", "-s", "1"]);
+    common(&mut init);
+    let out = init.arg(corral_db::embedded::CORRAL_DATABASE).output().context("running pgbench -i")?;
+    if !out.status.success() {
+        bail!("pgbench -i failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let script = std::env::temp_dir().join(format!("corral-pgbench-{}.sql", uuid::Uuid::new_v4().simple()));
+    std::fs::write(
+        &script,
+        "\\set aid random(1, 100000)\nUPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = :aid;\n",
+    )?;
+    let mut run = Command::new(&pgbench);
+    run.args(["-n", "-c", &clients.to_string(), "-j", "2", "-T", &seconds.to_string(), "-f"]).arg(&script);
+    common(&mut run);
+    let out = run.arg(corral_db::embedded::CORRAL_DATABASE).output().context("running pgbench")?;
+    let _ = std::fs::remove_file(&script);
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("pgbench failed: {}{}", text, String::from_utf8_lossy(&out.stderr));
+    }
+    let failed: u64 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("number of failed transactions:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if failed > 0 {
+        bail!("pgbench reported {failed} failed transactions");
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("reading pgbench's tps")
+}
