@@ -19,6 +19,11 @@ use crate::{Reply, Shared, tell};
 
 /// Most decisions committed in one transaction.
 const MAX_BATCH: usize = 512;
+/// Batches being committed at once. Their bindings never share a request
+/// or a worker (the matcher took both out of its index), so they do not
+/// conflict; several in flight keep one slow commit from holding up the
+/// next decisions.
+const MAX_IN_FLIGHT: usize = 4;
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -78,7 +83,7 @@ pub struct MatcherActor {
     shared: Arc<Shared>,
     core: Matcher,
     pending: VecDeque<Assignment>,
-    committing: bool,
+    committing: usize,
     decisions: u64,
     retry_delay: Duration,
 }
@@ -89,7 +94,7 @@ impl MatcherActor {
             shared,
             core: Matcher::new(),
             pending: VecDeque::new(),
-            committing: false,
+            committing: 0,
             decisions: 0,
             retry_delay: Duration::from_millis(50),
         }
@@ -119,10 +124,13 @@ impl MatcherActor {
     }
 
     fn commit_next(&mut self, ctx: &mut Context<Self>) {
-        if self.committing || self.pending.is_empty() {
-            return;
+        while self.committing < MAX_IN_FLIGHT && !self.pending.is_empty() {
+            self.commit_batch(ctx);
         }
-        self.committing = true;
+    }
+
+    fn commit_batch(&mut self, ctx: &mut Context<Self>) {
+        self.committing += 1;
         let take = self.pending.len().min(MAX_BATCH);
         let batch: Vec<Assignment> = self.pending.drain(..take).collect();
         let pairs: Vec<(RequestId, WorkerId)> = batch.iter().map(|a| (a.request, a.worker)).collect();
@@ -130,7 +138,7 @@ impl MatcherActor {
         let now = self.shared.clock.now();
         let commit = async move { db.bind_leases(&pairs, now).await };
         ctx.spawn(commit.into_actor(self).map(move |result, act, ctx| {
-            act.committing = false;
+            act.committing -= 1;
             match result {
                 Ok(outcomes) => {
                     act.retry_delay = Duration::from_millis(50);
@@ -264,7 +272,7 @@ impl Handler<MatcherMsg> for MatcherActor {
                     waiting: self.core.waiting_count(),
                     workers: self.core.worker_count(),
                     decisions: self.decisions,
-                    pending_commits: self.pending.len() + usize::from(self.committing),
+                    pending_commits: self.pending.len() + self.committing,
                 });
             }
         }

@@ -252,13 +252,15 @@ impl WorkerActor {
             }
             WorkerState::Idle => {
                 self.failed_by_facts = false;
-                self.prepare_retry_after = None;
-                let db = self.shared.db.clone();
-                actix::spawn(async move {
-                    if let Err(err) = db.clear_backoff(id, "prepare").await {
-                        tracing::warn!(worker = %id, cause = %err, "could not clear backoff");
-                    }
-                });
+                // A successful preparation ends the backoff of failed ones.
+                if self.prepare_retry_after.take().is_some() {
+                    let db = self.shared.db.clone();
+                    actix::spawn(async move {
+                        if let Err(err) = db.clear_backoff(id, "prepare").await {
+                            tracing::warn!(worker = %id, cause = %err, "could not clear backoff");
+                        }
+                    });
+                }
                 let last_used = self.record.last_used.unwrap_or(SystemTime::UNIX_EPOCH);
                 tell(self.shared.matcher(), MatcherMsg::WorkerIdle { worker: id, last_used });
             }

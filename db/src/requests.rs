@@ -270,71 +270,72 @@ impl Db {
         .await
     }
 
-    /// Binds requests to workers, all in one transaction (one commit for
-    /// the whole batch). Each binding needs the request waiting and unbound
+    /// Binds requests to workers in one statement (one commit for the
+    /// whole batch). Each binding needs the request waiting and unbound
     /// and the worker idle; it moves the worker to running, raises its
     /// fencing token and creates the lease row. A binding whose
-    /// preconditions fail is refused without affecting the others.
+    /// preconditions fail is refused without affecting the others. The
+    /// batch must not name a request or a worker twice.
     pub async fn bind_leases(
         &self,
         batch: &[(RequestId, WorkerId)],
         at: SystemTime,
     ) -> Result<Vec<BindOutcome>, DbError> {
         let op = DatabaseOperation::BindLeases;
-        let batch = batch.to_vec();
-        self.run(op, move |client| {
-            let batch = batch.clone();
-            Box::pin(async move {
-                let tx = client.transaction().await?;
-                let stmt = tx
-                    .prepare_cached(
-                        "WITH ok AS (
-                            SELECT 1 FROM requests r, workers w
-                            WHERE r.id = $1 AND r.state = 'waiting' AND r.worker IS NULL
-                              AND w.uuid = $2 AND w.state = 'idle'),
-                         w AS (
-                            UPDATE workers SET state = 'running', fence = fence + 1, state_since = $3, reason = NULL,
-                                last_used = $3
-                            WHERE uuid = $2 AND EXISTS (SELECT 1 FROM ok)
-                            RETURNING uuid, fence, session),
-                         r AS (
-                            UPDATE requests SET worker = $2, updated_at = $3
-                            WHERE id = $1 AND EXISTS (SELECT 1 FROM ok)
-                            RETURNING id),
-                         l AS (
-                            INSERT INTO leases (request, worker, fence, bound_at)
-                            SELECT r.id, w.uuid, w.fence, $3 FROM w, r
-                            RETURNING fence),
-                         lk AS (
-                            INSERT INTO work_locks (worker, process, session, acquired_at)
-                            SELECT uuid, 'lease', session, $3 FROM w WHERE session IS NOT NULL
-                            ON CONFLICT (worker, process) DO UPDATE SET session = EXCLUDED.session,
-                                acquired_at = EXCLUDED.acquired_at),
-                         wh AS (
-                            INSERT INTO worker_history (worker, at, from_state, to_state, actor, reason)
-                            SELECT w.uuid, $3, 'idle', 'running', 'matcher', 'leased to request ' || r.id FROM w, r),
-                         rh AS (
-                            INSERT INTO request_history (request, at, from_state, to_state, actor, reason)
-                            SELECT r.id, $3, 'waiting', 'waiting', 'matcher',
-                                'matched to worker ' || w.uuid || '; installing the lease key' FROM w, r)
-                         SELECT fence FROM l",
-                    )
-                    .await?;
-                let mut outcomes = Vec::with_capacity(batch.len());
-                for (request, worker) in &batch {
-                    let row = tx.query_opt(&stmt, &[&request.0, &worker.0, &at]).await?;
-                    outcomes.push(match row {
-                        Some(row) => BindOutcome::Bound(FencingToken(row.get(0))),
-                        None => BindOutcome::Refused(format!(
-                            "request {request} is not waiting unbound or worker {worker} is not idle"
-                        )),
-                    });
-                }
-                tx.commit().await?;
-                Ok(outcomes)
+        let requests: Vec<i64> = batch.iter().map(|(r, _)| r.0).collect();
+        let workers: Vec<uuid::Uuid> = batch.iter().map(|(_, w)| w.0).collect();
+        let rows = self
+            .run(op, move |client| {
+                let (requests, workers) = (requests.clone(), workers.clone());
+                Box::pin(async move {
+                    let stmt = client
+                        .prepare_cached(
+                            "WITH ok AS (
+                                SELECT p.request, p.worker
+                                FROM unnest($1::bigint[], $2::uuid[]) AS p(request, worker)
+                                JOIN requests r ON r.id = p.request AND r.state = 'waiting' AND r.worker IS NULL
+                                JOIN workers w ON w.uuid = p.worker AND w.state = 'idle'),
+                             w AS (
+                                UPDATE workers SET state = 'running', fence = workers.fence + 1, state_since = $3,
+                                    reason = NULL, last_used = $3
+                                FROM ok WHERE workers.uuid = ok.worker
+                                RETURNING workers.uuid, workers.fence, workers.session, ok.request),
+                             r AS (
+                                UPDATE requests SET worker = ok.worker, updated_at = $3
+                                FROM ok WHERE requests.id = ok.request),
+                             l AS (
+                                INSERT INTO leases (request, worker, fence, bound_at)
+                                SELECT request, uuid, fence, $3 FROM w
+                                RETURNING request, fence),
+                             lk AS (
+                                INSERT INTO work_locks (worker, process, session, acquired_at)
+                                SELECT uuid, 'lease', session, $3 FROM w WHERE session IS NOT NULL
+                                ON CONFLICT (worker, process) DO UPDATE SET session = EXCLUDED.session,
+                                    acquired_at = EXCLUDED.acquired_at),
+                             wh AS (
+                                INSERT INTO worker_history (worker, at, from_state, to_state, actor, reason)
+                                SELECT uuid, $3, 'idle', 'running', 'matcher', 'leased to request ' || request FROM w),
+                             rh AS (
+                                INSERT INTO request_history (request, at, from_state, to_state, actor, reason)
+                                SELECT request, $3, 'waiting', 'waiting', 'matcher',
+                                    'matched to worker ' || uuid || '; installing the lease key' FROM w)
+                             SELECT request, fence FROM l",
+                        )
+                        .await?;
+                    Ok(client.query(&stmt, &[&requests, &workers, &at]).await?)
+                })
             })
-        })
-        .await
+            .await?;
+        let bound: std::collections::HashMap<i64, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        Ok(batch
+            .iter()
+            .map(|(request, worker)| match bound.get(&request.0) {
+                Some(fence) => BindOutcome::Bound(FencingToken(*fence)),
+                None => BindOutcome::Refused(format!(
+                    "request {request} is not waiting unbound or worker {worker} is not idle"
+                )),
+            })
+            .collect())
     }
 
     /// The key is installed: the request goes in_progress.
@@ -344,37 +345,46 @@ impl Db {
         self.run(op, move |client| {
             let s = start.clone();
             Box::pin(async move {
-                let tx = client.transaction().await?;
-                let lease = tx
-                    .prepare_cached(
-                        "UPDATE leases SET started_at = $3, key_type = $4, public_key = $5, private_key = $6,
-                            tunnel_port = $7
-                         WHERE request = $1 AND fence = $2 AND ended_at IS NULL AND started_at IS NULL",
-                    )
-                    .await?;
-                let port = s.tunnel_port.map(i32::from);
-                let n = tx
-                    .execute(&lease, &[&s.request.0, &s.fence.0, &s.at, &s.key_type, &s.public_key, &s.private_key, &port])
-                    .await?;
-                if n != 1 {
-                    return Err(DbError::conflict(op, format!("lease of request {} is not pending", s.request)).into());
-                }
-                let stmt = tx
+                // One statement, one snapshot: both rows change only if the
+                // lease is pending and its request waiting.
+                let stmt = client
                     .prepare_cached(&format!(
-                        "WITH r AS (
-                            UPDATE requests SET state = 'in_progress', lease_expires_at = $2, updated_at = $3, reason = NULL
-                            WHERE id = $1 AND state = 'waiting'
+                        "WITH ok AS (
+                            SELECT 1 FROM leases l JOIN requests q ON q.id = l.request
+                            WHERE l.request = $1 AND l.fence = $2 AND l.ended_at IS NULL AND l.started_at IS NULL
+                              AND q.state = 'waiting'),
+                         l AS (
+                            UPDATE leases SET started_at = $3, key_type = $4, public_key = $5, private_key = $6,
+                                tunnel_port = $7
+                            WHERE request = $1 AND fence = $2 AND EXISTS (SELECT 1 FROM ok)),
+                         r AS (
+                            UPDATE requests SET state = 'in_progress', lease_expires_at = $8, updated_at = $3, reason = NULL
+                            WHERE id = $1 AND EXISTS (SELECT 1 FROM ok)
                             RETURNING {REQUEST_COLUMNS}),
                          h AS (INSERT INTO request_history (request, at, from_state, to_state, actor, reason)
-                            SELECT id, $3, 'waiting', 'in_progress', $4,
+                            SELECT id, $3, 'waiting', 'in_progress', $9,
                                 'lease started on worker ' || worker || ' until ' || lease_expires_at FROM r)
                          SELECT * FROM r"
                     ))
                     .await?;
-                let row = tx.query_opt(&stmt, &[&s.request.0, &s.expires_at, &s.at, &s.actor]).await?;
-                let record = one_request(op, row, format!("request {} is not waiting", s.request))?;
-                tx.commit().await?;
-                Ok(record)
+                let port = s.tunnel_port.map(i32::from);
+                let row = client
+                    .query_opt(
+                        &stmt,
+                        &[
+                            &s.request.0,
+                            &s.fence.0,
+                            &s.at,
+                            &s.key_type,
+                            &s.public_key,
+                            &s.private_key,
+                            &port,
+                            &s.expires_at,
+                            &s.actor,
+                        ],
+                    )
+                    .await?;
+                one_request(op, row, format!("lease {} of request {} is not pending", s.fence, s.request))
             })
         })
         .await
@@ -399,32 +409,27 @@ impl Db {
         self.run(op, move |client| {
             let (actor, reason) = (actor.clone(), reason.clone());
             Box::pin(async move {
-                let tx = client.transaction().await?;
-                let lease = tx
-                    .prepare_cached(
-                        "UPDATE leases SET ended_at = $3, end_reason = $4, private_key = NULL
-                         WHERE request = $1 AND fence = $2 AND ended_at IS NULL",
-                    )
-                    .await?;
-                if tx.execute(&lease, &[&request.0, &fence.0, &at, &reason]).await? != 1 {
-                    return Err(DbError::conflict(op, format!("request {request} has no live lease {fence}")).into());
-                }
-                let stmt = tx
+                let stmt = client
                     .prepare_cached(&format!(
-                        "WITH r AS (
-                            UPDATE requests SET state = $3, updated_at = $4, reason = $6
-                            WHERE id = $1 AND state = $2
+                        "WITH ok AS (
+                            SELECT 1 FROM leases l JOIN requests q ON q.id = l.request
+                            WHERE l.request = $1 AND l.fence = $2 AND l.ended_at IS NULL AND q.state = $3),
+                         l AS (
+                            UPDATE leases SET ended_at = $5, end_reason = $7, private_key = NULL
+                            WHERE request = $1 AND fence = $2 AND EXISTS (SELECT 1 FROM ok)),
+                         r AS (
+                            UPDATE requests SET state = $4, updated_at = $5, reason = $7
+                            WHERE id = $1 AND EXISTS (SELECT 1 FROM ok)
                             RETURNING {REQUEST_COLUMNS}),
                          h AS (INSERT INTO request_history (request, at, from_state, to_state, actor, reason)
-                            SELECT id, $4, $2, $3, $5, $6 FROM r)
+                            SELECT id, $5, $3, $4, $6, $7 FROM r)
                          SELECT * FROM r"
                     ))
                     .await?;
-                let row =
-                    tx.query_opt(&stmt, &[&request.0, &from.as_str(), &to.as_str(), &at, &actor, &reason]).await?;
-                let record = one_request(op, row, format!("request {request} is not {from}"))?;
-                tx.commit().await?;
-                Ok(record)
+                let row = client
+                    .query_opt(&stmt, &[&request.0, &fence.0, &from.as_str(), &to.as_str(), &at, &actor, &reason])
+                    .await?;
+                one_request(op, row, format!("request {request} has no live lease {fence} while {from}"))
             })
         })
         .await
