@@ -5,6 +5,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{App, HttpServer, web};
@@ -31,7 +32,8 @@ pub struct Running {
     /// Read from the data directory, if present there.
     pub tokens: Option<Tokens>,
     server: actix_web::dev::Server,
-    embedded: Option<EmbeddedPostgres>,
+    embedded: Option<Arc<EmbeddedPostgres>>,
+    watchdog: Option<actix_web::rt::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Running {
@@ -50,9 +52,16 @@ impl Running {
     /// then stops the embedded database.
     pub async fn wait(self) -> anyhow::Result<()> {
         self.server.await.context("running the HTTP server")?;
+        if let Some(watchdog) = self.watchdog {
+            watchdog.abort();
+            let _ = watchdog.await;
+        }
         if let Some(pg) = self.embedded {
             tracing::info!("stopping the embedded PostgreSQL");
-            pg.stop().await.context("stopping the embedded PostgreSQL")?;
+            match Arc::try_unwrap(pg) {
+                Ok(pg) => pg.stop().await.context("stopping the embedded PostgreSQL")?,
+                Err(_) => tracing::warn!("the embedded PostgreSQL is still in use; leaving it running"),
+            }
         }
         Ok(())
     }
@@ -108,6 +117,27 @@ async fn ensure_tokens(db: &Db, data_dir: &Path) -> anyhow::Result<Option<Tokens
     })
 }
 
+/// How often the embedded cluster is checked.
+const WATCHDOG_PERIOD: Duration = Duration::from_secs(5);
+
+/// Restarts the embedded cluster when it stops underneath the server
+/// (killed, out of memory): the pool reconnects on its own once it is back.
+fn watch_embedded(pg: Arc<EmbeddedPostgres>, data_dir: PathBuf) -> actix_web::rt::task::JoinHandle<()> {
+    actix_web::rt::spawn(async move {
+        loop {
+            tokio::time::sleep(WATCHDOG_PERIOD).await;
+            if pg.is_alive().await {
+                continue;
+            }
+            tracing::error!(data_dir = %data_dir.display(), "the embedded PostgreSQL is not running; starting it again");
+            match EmbeddedPostgres::start(&data_dir).await {
+                Ok(_) => tracing::info!("the embedded PostgreSQL is running again"),
+                Err(err) => tracing::error!(cause = %err, "could not start the embedded PostgreSQL"),
+            }
+        }
+    })
+}
+
 /// Starts everything. Must run inside an actix system.
 pub async fn serve(config: Config, clock: Clock) -> anyhow::Result<Running> {
     let settings = config.settings()?;
@@ -115,7 +145,7 @@ pub async fn serve(config: Config, clock: Clock) -> anyhow::Result<Running> {
         Some(url) => (url.clone(), None),
         None => {
             let pg = EmbeddedPostgres::start(&config.data_dir).await.context("starting the embedded PostgreSQL")?;
-            (pg.connection_string(corral_db::embedded::CORRAL_DATABASE), Some(pg))
+            (pg.connection_string(corral_db::embedded::CORRAL_DATABASE), Some(Arc::new(pg)))
         }
     };
     let pool = PoolSettings {
@@ -143,5 +173,6 @@ pub async fn serve(config: Config, clock: Clock) -> anyhow::Result<Running> {
     let addr = server.addrs().first().copied().context("the server has no address")?;
     let server = server.run();
     tracing::info!(%addr, "corral is ready");
-    Ok(Running { addr, corral, tokens, server, embedded })
+    let watchdog = embedded.as_ref().map(|pg| watch_embedded(pg.clone(), config.data_dir.clone()));
+    Ok(Running { addr, corral, tokens, server, embedded, watchdog })
 }

@@ -228,3 +228,40 @@ async fn kill_9_and_restart_loses_nothing_acknowledged() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[actix_rt::test]
+async fn the_server_restarts_its_embedded_database_when_it_dies() {
+    let dir: PathBuf = std::env::temp_dir().join(format!("corral-pgdies-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = corral_testkit::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let children = Kill(vec![serve(&dir, port, "serve.log")]);
+    ready(&base).await;
+    let admin = Http { client: awc::Client::default(), base: base.clone(), token: token(&dir, "admin.token") };
+    let (status, _) = admin.post("/v1/users", json!({"name": "before"})).await.unwrap();
+    assert_eq!(status, 201);
+
+    // SIGKILL the postmaster (its pid is the first line of postmaster.pid).
+    let pid_file = std::fs::read_to_string(dir.join("postgres/postmaster.pid")).unwrap();
+    let pid: i32 = pid_file.lines().next().unwrap().trim().parse().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+
+    // The server notices, starts the cluster again, and serves from it:
+    // what was committed before is there, and new writes commit.
+    corral_testkit::wait_until("a write succeeds again", Duration::from_secs(60), || async {
+        let (status, _) = admin.post("/v1/users", json!({"name": "after"})).await?;
+        // 503 while the database is down; 409 if an earlier attempt committed.
+        matches!(status, 201 | 409).then_some(())
+    })
+    .await;
+    let (status, users) = admin.get("/v1/users").await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = users.as_array().unwrap().iter().map(|u| u["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"before") && names.contains(&"after"), "{names:?}");
+
+    drop(children);
+    if let Ok(pg) = corral_db::embedded::EmbeddedPostgres::start(&dir).await {
+        let _ = pg.stop().await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -268,8 +268,18 @@ impl EmbeddedPostgres {
         self.reused
     }
 
-    /// Stops the server (`pg_ctl stop -m fast`) and waits until it has exited.
+    /// Whether the server is running now (`pg_ctl status`); errors count as
+    /// not running.
+    pub async fn is_alive(&self) -> bool {
+        self.is_running().await.unwrap_or(false)
+    }
+
+    /// Stops the server (`pg_ctl stop -m fast`) and waits until it has exited. Holds the start lock meanwhile,
+    /// so that a `start` on the same directory waits and then starts afresh instead of adopting a server that is
+    /// going away.
     pub async fn stop(self) -> Result<(), EmbeddedError> {
+        let lock_path = self.layout.lock_file.clone();
+        let _lock = blocking(move || lock_file(&lock_path)).await?;
         info!(cluster_dir = %self.layout.cluster_dir.display(), "stopping embedded PostgreSQL");
         let wait = PG_CTL_WAIT_SECONDS.to_string();
         let output = self
