@@ -59,8 +59,6 @@ pub struct Config {
     /// Longest `?wait=` of acquire and of the agent long-poll.
     #[serde(with = "duration")]
     pub max_wait: Duration,
-    /// Serve `/metrics` without a token.
-    pub metrics_public: bool,
     /// `plain` or `json` logs.
     pub log_format: String,
     /// Database connections.
@@ -98,7 +96,6 @@ impl Default for Config {
             lease_key: "ed25519".to_string(),
             max_body: 256 * 1024,
             max_wait: Duration::from_secs(300),
-            metrics_public: true,
             log_format: "plain".to_string(),
             pool_size: 32,
             http_workers: 2,
