@@ -159,6 +159,15 @@ CREATE TABLE IF NOT EXISTS work_backoff (
     PRIMARY KEY (worker, process)
 );
 
+-- The one server replica that leads scheduling, by its session: the row
+-- goes with the session, so a standby takes over when the leader's session
+-- expires. Bindings check it (fencing against a deposed leader).
+CREATE TABLE IF NOT EXISTS leader (
+    id          SMALLINT PRIMARY KEY CHECK (id = 1),
+    session     UUID NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+    since       TIMESTAMPTZ NOT NULL
+);
+
 -- Server-wide facts that must survive restarts (first-start bootstrap done).
 CREATE TABLE IF NOT EXISTS settings (
     key         TEXT PRIMARY KEY,

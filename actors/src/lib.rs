@@ -87,6 +87,9 @@ pub struct Shared {
     /// Changes at every start; agents learn that command sequence numbers
     /// restarted.
     pub incarnation: String,
+    /// This replica's server session, which holds scheduling leadership;
+    /// every binding checks it.
+    pub leader: corral_core::SessionId,
     matcher: OnceLock<Addr<MatcherActor>>,
     timekeeper: OnceLock<Addr<Timekeeper>>,
     arbiters: Vec<ArbiterHandle>,
@@ -147,8 +150,14 @@ pub struct Corral {
 
 impl Corral {
     /// Starts the actors and rebuilds them from the database. Must run
-    /// inside an actix system.
-    pub async fn start(db: Db, settings: Settings, clock: Clock) -> Result<Corral, ActorError> {
+    /// inside an actix system, on a replica whose server session `leader`
+    /// holds the scheduling leadership.
+    pub async fn start(
+        db: Db,
+        settings: Settings,
+        clock: Clock,
+        leader: corral_core::SessionId,
+    ) -> Result<Corral, ActorError> {
         let arbiters = (0..settings.actor_threads.max(1)).map(|_| Arbiter::new().handle()).collect();
         let shared = Arc::new(Shared {
             tunnels: Tunnels::new(settings.tunnel_bind, settings.tunnel_ports.clone()),
@@ -157,6 +166,7 @@ impl Corral {
             settings,
             dir: Directory::default(),
             incarnation: uuid::Uuid::new_v4().simple().to_string(),
+            leader,
             matcher: OnceLock::new(),
             timekeeper: OnceLock::new(),
             arbiters,

@@ -136,7 +136,8 @@ impl MatcherActor {
         let pairs: Vec<(RequestId, WorkerId)> = batch.iter().map(|a| (a.request, a.worker)).collect();
         let db = self.shared.db.clone();
         let now = self.shared.clock.now();
-        let commit = async move { db.bind_leases(&pairs, now).await };
+        let leader = self.shared.leader;
+        let commit = async move { db.bind_leases(&pairs, now, leader).await };
         ctx.spawn(commit.into_actor(self).map(move |result, act, ctx| {
             act.committing -= 1;
             match result {

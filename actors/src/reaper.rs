@@ -25,7 +25,9 @@ impl Reaper {
         }
         self.busy = true;
         let shared = self.shared.clone();
-        let work = async move { shared.db.expire_sessions(shared.clock.db_now()).await };
+        // Agent sessions only: server sessions follow the database clock
+        // and are expired by standby replicas waiting to lead.
+        let work = async move { shared.db.expire_sessions_of(Some("agent"), shared.clock.db_now()).await };
         ctx.spawn(work.into_actor(self).map(|result, act, _| {
             act.busy = false;
             match result {

@@ -14,6 +14,7 @@ pub mod boruta;
 pub mod config;
 pub mod error;
 mod health;
+mod leadership;
 mod query;
 pub mod requests;
 pub mod serve;

@@ -34,6 +34,7 @@ pub struct Running {
     server: actix_web::dev::Server,
     embedded: Option<Arc<EmbeddedPostgres>>,
     watchdog: Option<actix_web::rt::task::JoinHandle<()>>,
+    leading: actix_web::rt::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Running {
@@ -52,6 +53,12 @@ impl Running {
     /// then stops the embedded database.
     pub async fn wait(self) -> anyhow::Result<()> {
         self.server.await.context("running the HTTP server")?;
+        self.leading.abort();
+        // Hand over at once rather than after the session timeout.
+        let session = self.corral.shared().leader;
+        if let Err(err) = self.corral.db().close_session(session, "server stopped", None).await {
+            tracing::warn!(cause = %err, "could not close the server session");
+        }
         if let Some(watchdog) = self.watchdog {
             watchdog.abort();
             let _ = watchdog.await;
@@ -156,7 +163,18 @@ pub async fn serve(config: Config, clock: Clock) -> anyhow::Result<Running> {
     let db = Db::connect(&url, &pool).await.context("connecting to the database")?;
     db.apply_schema().await.context("applying schema.sql")?;
     let tokens = ensure_tokens(&db, &config.data_dir).await?;
-    let corral = Corral::start(db, settings, clock).await.context("rebuilding the live system")?;
+    // Hold the address before leading: it proves no other live process of
+    // this replica runs (see leadership::lead).
+    let listener =
+        std::net::TcpListener::bind(config.listen).with_context(|| format!("listening on {}", config.listen))?;
+    let addr = listener.local_addr().context("reading the listen address")?;
+    let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
+    let name = format!("{host}/{addr}");
+    let session = crate::leadership::lead(&db, &name, settings.session_timeout, settings.heartbeat_interval)
+        .await
+        .context("taking the scheduling leadership")?;
+    let heartbeat = settings.heartbeat_interval;
+    let corral = Corral::start(db.clone(), settings, clock, session).await.context("rebuilding the live system")?;
 
     let state = web::Data::new(AppState { corral: corral.clone(), config: config.clone(), auth: AuthCache::default() });
     let max_body = config.max_body;
@@ -168,11 +186,14 @@ pub async fn serve(config: Config, clock: Clock) -> anyhow::Result<Running> {
     })
     .workers(config.http_workers.max(1))
     .shutdown_timeout(5)
-    .bind(config.listen)
-    .with_context(|| format!("listening on {}", config.listen))?;
-    let addr = server.addrs().first().copied().context("the server has no address")?;
+    .listen(listener)
+    .with_context(|| format!("listening on {addr}"))?;
     let server = server.run();
+    let handle = server.handle();
+    let leading = crate::leadership::keep_leading(db, session, heartbeat, move || {
+        actix_web::rt::spawn(async move { handle.stop(false).await });
+    });
     tracing::info!(%addr, "corral is ready");
     let watchdog = embedded.as_ref().map(|pg| watch_embedded(pg.clone(), config.data_dir.clone()));
-    Ok(Running { addr, corral, tokens, server, embedded, watchdog })
+    Ok(Running { addr, corral, tokens, server, embedded, watchdog, leading })
 }

@@ -11,13 +11,17 @@
 //!
 //! Scenarios: `matcher` (the in-memory matching decision path against
 //! Boruta's algorithm), `lifecycle` (end to end over HTTP against
-//! `corral serve`, with pgbench as the baseline). `heartbeats` and `scale`
-//! are not implemented yet.
+//! `corral serve`, with pgbench as the baseline), `heartbeats` (the server's
+//! CPU and heartbeat latency under 10,000 workers' agents, and no worker
+//! wrongly failed) and `scale` (start-up time, memory, listing and explain
+//! latency on a database of 100,000 waiting requests and 10,000 workers).
 
+mod heartbeats;
 mod lifecycle;
 mod matcher;
 mod report;
 mod rng;
+mod scale;
 mod server;
 
 use anyhow::{Result, bail};
@@ -29,8 +33,11 @@ scenarios:
   matcher      the in-memory matching decision path vs Boruta's algorithm
                (corral bench matcher --help for its sizes)
   lifecycle    create → in_progress → close over HTTP vs pgbench's commit ceiling
-  heartbeats   not implemented yet
-  scale        not implemented yet
+  heartbeats   10,000 simulated workers' heartbeats over 100 agent sessions:
+               server CPU share, heartbeat latency, workers wrongly failed
+  scale        corral serve on 100,000 waiting requests and 10,000 workers:
+               time to ready, RSS, list and explain latency
+               (corral bench SCENARIO --help for each one's options)
 
 Progress goes to stderr; stdout gets one JSON line per size, the default size last.";
 
@@ -42,7 +49,8 @@ pub fn run(args: &[String]) -> Result<()> {
     match scenario.as_str() {
         "matcher" => matcher::run(rest),
         "lifecycle" => lifecycle::run(rest),
-        "heartbeats" | "scale" => bail!("scenario {scenario} is not implemented yet"),
+        "heartbeats" => heartbeats::run(rest),
+        "scale" => scale::run(rest),
         "-h" | "--help" | "help" => {
             eprintln!("{USAGE}");
             Ok(())
@@ -60,10 +68,11 @@ mod tests {
     }
 
     #[test]
-    fn unimplemented_and_unknown_scenarios_are_errors() {
+    fn scenarios_are_dispatched_and_unknown_ones_are_errors() {
         for scenario in ["heartbeats", "scale"] {
-            let err = run(&args(&[scenario, "--quick"])).unwrap_err();
-            assert_eq!(err.to_string(), format!("scenario {scenario} is not implemented yet"));
+            run(&args(&[scenario, "--help"])).unwrap();
+            let err = run(&args(&[scenario, "--bogus"])).unwrap_err();
+            assert!(err.to_string().contains("unexpected argument \"--bogus\""), "{scenario}: {err}");
         }
         assert!(run(&args(&["nope"])).unwrap_err().to_string().contains("unknown scenario"));
         assert!(run(&[]).unwrap_err().to_string().contains("usage"));

@@ -141,10 +141,6 @@ impl Client {
         self.call(awc::http::Method::POST, path, Some(body)).await
     }
 
-    async fn put(&self, path: &str, body: &Value) -> Result<(u16, Value)> {
-        self.call(awc::http::Method::PUT, path, Some(body)).await
-    }
-
     /// Every item of a paged listing.
     async fn all(&self, path: &str) -> Result<Vec<Value>> {
         let mut items = Vec::new();

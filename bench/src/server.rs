@@ -29,6 +29,8 @@ pub struct ServerProcess {
     pub dir: PathBuf,
     binary: PathBuf,
     listen: String,
+    /// `RUST_LOG` of the server, from the next (re)start on.
+    log_filter: String,
 }
 
 impl ServerProcess {
@@ -51,6 +53,7 @@ impl ServerProcess {
             dir: dir.to_path_buf(),
             binary: corral_binary()?,
             listen,
+            log_filter: "warn".to_string(),
         };
         server.spawn("serve.log")?;
         Ok(server)
@@ -65,13 +68,19 @@ impl ServerProcess {
             .args(["--listen", &self.listen, "--data-dir"])
             .arg(&self.dir)
             .env_remove("CORRAL_DATABASE_URL")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", &self.log_filter)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", self.binary.display()))?;
         self.child = Some(child);
         Ok(())
+    }
+
+    /// Sets the server's `RUST_LOG` (default `warn`) for the next
+    /// [`ServerProcess::restart`].
+    pub fn set_log_filter(&mut self, filter: &str) {
+        self.log_filter = filter.to_string();
     }
 
     /// Starts the same server again (same directory, port, configuration).
@@ -169,6 +178,108 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
     let stime: f64 = fields.get(12).and_then(|v| v.parse().ok()).context("stime")?;
     let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
     Ok((utime + stime) / ticks)
+}
+
+/// CPU seconds of the PostgreSQL cluster in `cluster_dir` (as found by
+/// [`EmbeddedPostgres::cluster_dir`]): the postmaster's own time, the time of
+/// its children that have exited (which it has reaped), and that of its live
+/// children (backends, checkpointer, WAL writer ...). Compare two readings.
+pub fn postgres_cpu_seconds(cluster_dir: &Path) -> Result<f64> {
+    let pid_file = cluster_dir.join("postmaster.pid");
+    let text = std::fs::read_to_string(&pid_file).with_context(|| format!("reading {}", pid_file.display()))?;
+    let postmaster: u32 = text.lines().next().and_then(|l| l.trim().parse().ok()).context("postmaster pid")?;
+    let fields = stat_fields(postmaster)?;
+    let mut ticks =
+        stat_ticks(&fields, 11)? + stat_ticks(&fields, 12)? + stat_ticks(&fields, 13)? + stat_ticks(&fields, 14)?;
+    for entry in std::fs::read_dir("/proc").context("listing /proc")? {
+        let Some(pid) = entry?.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        // A process may exit between listing and reading: skip it.
+        let Ok(fields) = stat_fields(pid) else { continue };
+        if fields.get(1).and_then(|ppid| ppid.parse::<u32>().ok()) == Some(postmaster) {
+            ticks += stat_ticks(&fields, 11)? + stat_ticks(&fields, 12)?;
+        }
+    }
+    Ok(ticks / clock_ticks_per_second())
+}
+
+/// The fields of `/proc/PID/stat` after the parenthesised command name
+/// (index 0 is the state, 1 the parent pid, 11 utime, 12 stime, 13 cutime,
+/// 14 cstime).
+fn stat_fields(pid: u32) -> Result<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).context("parsing /proc stat")?;
+    Ok(after.split_whitespace().map(str::to_string).collect())
+}
+
+fn stat_ticks(fields: &[String], index: usize) -> Result<f64> {
+    fields.get(index).and_then(|v| v.parse().ok()).with_context(|| format!("field {index} of /proc stat"))
+}
+
+fn clock_ticks_per_second() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64
+}
+
+/// The machine's 1-minute load average (`/proc/loadavg`), to record how
+/// busy the machine was around a measurement.
+pub fn load_average() -> Result<f64> {
+    let text = std::fs::read_to_string("/proc/loadavg").context("reading /proc/loadavg")?;
+    text.split_whitespace().next().and_then(|v| v.parse().ok()).context("parsing /proc/loadavg")
+}
+
+/// A bearer-token client of the `/v1` API, for a scenario's setup and
+/// checks (and for timing single calls).
+pub struct ApiClient {
+    http: awc::Client,
+    base: String,
+    token: String,
+}
+
+impl ApiClient {
+    pub fn new(base: &str, token: &str) -> ApiClient {
+        let http = awc::Client::builder().timeout(Duration::from_secs(60)).finish();
+        ApiClient { http, base: base.to_string(), token: token.to_string() }
+    }
+
+    /// `GET path`: the status and the JSON body (null when empty).
+    pub async fn get(&self, path: &str) -> Result<(u16, serde_json::Value)> {
+        let mut response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .insert_header(("Authorization", format!("Bearer {}", self.token)))
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("GET {path}: {e}"))?;
+        let bytes = response.body().limit(64 << 20).await.map_err(|e| anyhow::anyhow!("GET {path}: {e}"))?;
+        let value = if bytes.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&bytes).with_context(|| format!("GET {path}: the answer is not JSON"))?
+        };
+        Ok((response.status().as_u16(), value))
+    }
+
+    /// Every item of a paged listing (`path` without `limit` or `cursor`).
+    pub async fn all(&self, path: &str) -> Result<Vec<serde_json::Value>> {
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..100_000 {
+            let sep = if path.contains('?') { '&' } else { '?' };
+            let page_path = match &cursor {
+                Some(c) => format!("{path}{sep}limit=1000&cursor={c}"),
+                None => format!("{path}{sep}limit=1000"),
+            };
+            let (status, page) = self.get(&page_path).await?;
+            if status != 200 {
+                bail!("{page_path} answered {status}: {page}");
+            }
+            items.extend(page["items"].as_array().cloned().unwrap_or_default());
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_string()),
+                None => return Ok(items),
+            }
+        }
+        bail!("{path}: too many pages")
+    }
 }
 
 /// Runs `pgbench` single-row updates against the cluster, `clients`

@@ -13,6 +13,7 @@
 //! (`now()`) unless a test clock passes a time explicitly.
 
 pub mod embedded;
+mod fixtures;
 mod records;
 mod requests;
 mod sessions;
@@ -26,6 +27,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, R
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
+pub use fixtures::{ScaleFixture, ScaleFixtureLoaded};
 pub use records::*;
 pub use requests::{BindOutcome, NewRequestRecord, RequestFilter, StartLease};
 pub use sessions::ExpiredSession;
@@ -49,6 +51,7 @@ pub enum DatabaseOperation {
     CloseSession,
     ExpireSessions,
     LiveSessions,
+    Lead,
     UpsertWorker,
     WorkerTransition,
     SetWorkerGroups,
@@ -89,6 +92,7 @@ impl DatabaseOperation {
             O::CloseSession => "close_session",
             O::ExpireSessions => "expire_sessions",
             O::LiveSessions => "live_sessions",
+            O::Lead => "lead",
             O::UpsertWorker => "upsert_worker",
             O::WorkerTransition => "worker_transition",
             O::SetWorkerGroups => "set_worker_groups",
@@ -301,6 +305,13 @@ impl Db {
                 Ok(value) => break Ok(value),
                 Err(OpError::Db(e)) => break Err(e),
                 Err(OpError::Pg(e)) => {
+                    if e.is_closed() && attempt < MAX_ATTEMPTS {
+                        // A pooled connection that died (its server or the
+                        // runtime driving it went away): take another one.
+                        tracing::debug!(op = op.as_str(), attempt, "connection closed; retrying on another");
+                        drop(client);
+                        continue;
+                    }
                     let retryable = e.code().is_some_and(|c| {
                         *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
                     });

@@ -276,10 +276,14 @@ impl Db {
     /// fencing token and creates the lease row. A binding whose
     /// preconditions fail is refused without affecting the others. The
     /// batch must not name a request or a worker twice.
+    ///
+    /// `leader` is the binding server's session: if it no longer leads
+    /// (another replica took over), nothing is bound.
     pub async fn bind_leases(
         &self,
         batch: &[(RequestId, WorkerId)],
         at: SystemTime,
+        leader: corral_core::SessionId,
     ) -> Result<Vec<BindOutcome>, DbError> {
         let op = DatabaseOperation::BindLeases;
         let requests: Vec<i64> = batch.iter().map(|(r, _)| r.0).collect();
@@ -294,7 +298,8 @@ impl Db {
                                 SELECT p.request, p.worker
                                 FROM unnest($1::bigint[], $2::uuid[]) AS p(request, worker)
                                 JOIN requests r ON r.id = p.request AND r.state = 'waiting' AND r.worker IS NULL
-                                JOIN workers w ON w.uuid = p.worker AND w.state = 'idle'),
+                                JOIN workers w ON w.uuid = p.worker AND w.state = 'idle'
+                                WHERE EXISTS (SELECT 1 FROM leader WHERE id = 1 AND session = $4)),
                              w AS (
                                 UPDATE workers SET state = 'running', fence = workers.fence + 1, state_since = $3,
                                     reason = NULL, last_used = $3
@@ -322,7 +327,7 @@ impl Db {
                              SELECT request, fence FROM l",
                         )
                         .await?;
-                    Ok(client.query(&stmt, &[&requests, &workers, &at]).await?)
+                    Ok(client.query(&stmt, &[&requests, &workers, &at, &leader.0]).await?)
                 })
             })
             .await?;

@@ -110,17 +110,30 @@ impl Db {
     /// Deletes every session past its deadline (releasing its work locks)
     /// and records why. Returns them with the workers they held.
     pub async fn expire_sessions(&self, now: DbNow) -> Result<Vec<ExpiredSession>, DbError> {
+        self.expire_sessions_of(None, now).await
+    }
+
+    /// Like [`Db::expire_sessions`], for one component only (`server` or
+    /// `agent`), or all when `None`.
+    pub async fn expire_sessions_of(
+        &self,
+        component: Option<&str>,
+        now: DbNow,
+    ) -> Result<Vec<ExpiredSession>, DbError> {
+        let component = component.map(str::to_string);
         let op = DatabaseOperation::ExpireSessions;
         self.run(op, move |client| {
+            let component = component.clone();
             Box::pin(async move {
                 let tx = client.transaction().await?;
                 let rows = tx
                     .query(
                         &format!(
                             "SELECT {SESSION_COLUMNS}, COALESCE($1, now()) AS now FROM sessions
-                             WHERE deadline < COALESCE($1, now()) FOR UPDATE"
+                             WHERE deadline < COALESCE($1, now()) AND ($2::text IS NULL OR component = $2)
+                             FOR UPDATE"
                         ),
-                        &[&now],
+                        &[&now, &component],
                     )
                     .await?;
                 let mut expired = Vec::with_capacity(rows.len());
@@ -169,6 +182,67 @@ impl Db {
 }
 
 impl Db {
+    /// Makes `session` the scheduling leader if no live session leads.
+    pub async fn try_lead(&self, session: SessionId, now: DbNow) -> Result<bool, DbError> {
+        self.run(DatabaseOperation::Lead, move |client| {
+            Box::pin(async move {
+                let n = client
+                    .execute(
+                        "INSERT INTO leader (id, session, since) VALUES (1, $1, COALESCE($2, now()))
+                         ON CONFLICT (id) DO NOTHING",
+                        &[&session.0, &now],
+                    )
+                    .await?;
+                let row = client.query_one("SELECT session FROM leader WHERE id = 1", &[]).await?;
+                let leader: uuid::Uuid = row.get(0);
+                let _ = n;
+                Ok(leader == session.0)
+            })
+        })
+        .await
+    }
+
+    /// Ends the other sessions of `component` named `name` (a replica that
+    /// restarted replaces its dead predecessor's session at once).
+    pub async fn replace_sessions_named(
+        &self,
+        component: &str,
+        name: &str,
+        keep: SessionId,
+        reason: &str,
+    ) -> Result<u64, DbError> {
+        let (component, name, reason) = (component.to_string(), name.to_string(), reason.to_string());
+        self.run(DatabaseOperation::CloseSession, move |client| {
+            let (component, name, reason) = (component.clone(), name.clone(), reason.clone());
+            Box::pin(async move {
+                let rows = client
+                    .query(
+                        "WITH s AS (DELETE FROM sessions WHERE component = $1 AND name = $2 AND id <> $3
+                            RETURNING id, component, name)
+                         INSERT INTO session_history (session, component, name, at, event, reason)
+                         SELECT id, component, name, now(), 'closed', $4 FROM s RETURNING session",
+                        &[&component, &name, &keep.0, &reason],
+                    )
+                    .await?;
+                Ok(rows.len() as u64)
+            })
+        })
+        .await
+    }
+
+    /// The name of the replica leading now, if any.
+    pub async fn leader_name(&self) -> Result<Option<String>, DbError> {
+        self.run(DatabaseOperation::Lead, move |client| {
+            Box::pin(async move {
+                let row = client
+                    .query_opt("SELECT s.name FROM leader l JOIN sessions s ON s.id = l.session WHERE l.id = 1", &[])
+                    .await?;
+                Ok(row.map(|r| r.get(0)))
+            })
+        })
+        .await
+    }
+
     /// After a server restart, gives every live session one full timeout
     /// from now, so agents that could not reach a stopped server get the
     /// time to come back before their workers are failed.
@@ -178,7 +252,8 @@ impl Db {
                 Ok(client
                     .execute(
                         "UPDATE sessions SET deadline = GREATEST(deadline,
-                            COALESCE($1, now()) + timeout_ms * interval '1 millisecond')",
+                            COALESCE($1, now()) + timeout_ms * interval '1 millisecond')
+                         WHERE component = 'agent'",
                         &[&now],
                     )
                     .await?)

@@ -189,6 +189,11 @@ pub struct Api {
 }
 
 impl Api {
+    /// The same caller against another server (a second replica).
+    pub fn at(&self, base: &str) -> Api {
+        Api { http: self.http.clone(), base: base.to_string(), token: self.token.clone() }
+    }
+
     async fn send(&self, method: awc::http::Method, path: &str, body: Option<Vec<u8>>) -> (StatusCode, Value) {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some(token) = &self.token {

@@ -1,0 +1,75 @@
+//! Scheduling leadership among server replicas sharing one database.
+//!
+//! Each replica opens a `server` session (BMDB style, database clock). The
+//! one whose session holds the `leader` row runs the live system; the
+//! others wait as standbys, expiring dead server sessions, and take over
+//! when the leader's session goes (its row goes with it). The leader keeps
+//! its session alive; if it ever finds it gone (it was paused past the
+//! timeout and a standby may lead now), it stops serving at once. Bindings
+//! also check the leader row in the database, so a deposed leader cannot
+//! bind anything even before it notices.
+//!
+//! Standbys do not serve the API while they wait.
+
+use std::time::Duration;
+
+use corral_core::SessionId;
+use corral_db::Db;
+
+/// Opens this replica's server session and waits until it leads.
+///
+/// `name` is `HOST/ADDRESS` of a listener this process already holds: a
+/// session of the same name can only be left by a dead predecessor (a live
+/// one would hold the address), so it is replaced at once instead of
+/// waiting for it to expire.
+pub(crate) async fn lead(db: &Db, name: &str, timeout: Duration, interval: Duration) -> anyhow::Result<SessionId> {
+    let session = SessionId::random();
+    db.open_session(session, "server", name, "server", timeout, None).await?;
+    let replaced = db.replace_sessions_named("server", name, session, "its replica restarted").await?;
+    if replaced > 0 {
+        tracing::info!(replica = %name, "replaced the session of this replica's previous run");
+    }
+    let mut announced = false;
+    loop {
+        for gone in db.expire_sessions_of(Some("server"), None).await? {
+            tracing::warn!(replica = %gone.session.name, reason = %gone.reason, "server session expired");
+        }
+        if db.try_lead(session, None).await? {
+            tracing::info!(session = %session, replica = %name, "leading scheduling");
+            return Ok(session);
+        }
+        if !announced {
+            let leader = db.leader_name().await?.unwrap_or_else(|| "another replica".to_string());
+            tracing::info!(leader = %leader, "standby: another replica leads; waiting to take over");
+            announced = true;
+        }
+        if db.heartbeat(session, None).await?.is_none() {
+            anyhow::bail!("this replica's own server session expired while waiting");
+        }
+        tokio::time::sleep(interval.min(Duration::from_secs(1))).await;
+    }
+}
+
+/// Keeps the leader's session alive; calls `lost` and ends if it is gone.
+pub(crate) fn keep_leading(
+    db: Db,
+    session: SessionId,
+    interval: Duration,
+    lost: impl FnOnce() + 'static,
+) -> actix_web::rt::task::JoinHandle<()> {
+    actix_web::rt::spawn(async move {
+        loop {
+            tokio::time::sleep(interval).await;
+            match db.heartbeat(session, None).await {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    tracing::error!(session = %session, "this replica lost its leadership (session expired); stopping");
+                    lost();
+                    return;
+                }
+                // The database is away: the session survives until its timeout.
+                Err(err) => tracing::warn!(cause = %err, "could not renew the leader session"),
+            }
+        }
+    })
+}

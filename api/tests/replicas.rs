@@ -1,0 +1,73 @@
+//! Two server replicas on one database: exactly one leads scheduling; the
+//! other waits and takes over when the leader stops; a deposed leader's
+//! bindings are refused by the database.
+
+mod common;
+
+use std::time::{Duration, SystemTime};
+
+use common::{TestServer, caps, wait_for_request};
+use corral_actors::Clock;
+use corral_api::Config;
+use corral_core::RequestId;
+use corral_db::BindOutcome;
+use serde_json::json;
+
+#[actix_rt::test]
+async fn a_standby_takes_over_when_the_leader_stops_and_a_deposed_leader_binds_nothing() {
+    let first = TestServer::start(Clock::System).await;
+    let agent = first.agent("host-r", 1, &caps(&[("device_type", "x")]));
+    first.make_idle(&agent.uuids).await;
+    let nina = first.api(&first.user("nina", &[]).await);
+    let held = nina.submit(json!({"caps": {"device_type": "x"}})).await;
+    wait_for_request(&nina, held, |r| r["state"] == "in_progress").await;
+    let waiting = nina.submit(json!({"caps": {"device_type": "x"}})).await;
+
+    // The second replica waits while the first leads.
+    let data_dir = std::env::temp_dir().join(format!("corral-test-{}", uuid::Uuid::new_v4().simple()));
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: Some(first.db_url.clone()),
+        data_dir: data_dir.clone(),
+        tick: Duration::from_millis(20),
+        pool_size: 8,
+        http_workers: 1,
+        actor_threads: 1,
+        ..Config::default()
+    };
+    let standby = actix_rt::spawn(corral_api::serve(config, Clock::System));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!standby.is_finished(), "the second replica must not start while the first leads");
+
+    // The leader stops; the standby takes over at once (the leader closed
+    // its session), not after the session timeout.
+    let old_session = first.corral.shared().leader;
+    let db = first.corral.db().clone();
+    first.halt().await;
+    let second = tokio::time::timeout(Duration::from_secs(20), standby)
+        .await
+        .expect("the standby takes over")
+        .expect("the task ends")
+        .expect("the standby starts");
+
+    // A deposed leader cannot bind anything: the database checks the
+    // leader row.
+    let refused =
+        db.bind_leases(&[(RequestId(waiting), agent.uuids[0])], SystemTime::now(), old_session).await.unwrap();
+    assert!(matches!(refused[0], BindOutcome::Refused(_)), "{refused:?}");
+
+    // The new leader has every request as it was.
+    let nina2 = nina.at(&format!("http://{}", second.addr));
+    let handle = second.handle();
+    actix_rt::spawn(async move {
+        let _ = second.wait().await;
+    });
+    let (_, held_now) = nina2.get(&format!("/v1/requests/{held}")).await;
+    assert_eq!(held_now["state"], "in_progress", "{held_now}");
+    let (_, waiting_now) = nina2.get(&format!("/v1/requests/{waiting}")).await;
+    assert_eq!(waiting_now["state"], "waiting", "{waiting_now}");
+
+    handle.stop(false).await;
+    agent.kill();
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
