@@ -182,7 +182,7 @@ fn validate(open: &OpenSession) -> Result<(), ActorError> {
         if !seen.insert(worker.uuid) {
             return Err(ActorError::BadRequest(format!("worker {} is listed twice", worker.uuid)));
         }
-        Caps::validated(worker.caps.as_map().clone()).map_err(|e: CapsError| ActorError::BadRequest(e.to_string()))?;
+        Caps::validated(worker.caps.to_map()).map_err(|e: CapsError| ActorError::BadRequest(e.to_string()))?;
         if worker.ssh_addr.trim().is_empty() || worker.ssh_addr.len() > 256 {
             return Err(ActorError::BadRequest(format!("worker {}: ssh_addr must be HOST:PORT", worker.uuid)));
         }

@@ -59,7 +59,7 @@ fn request_id(path: &str) -> Result<RequestId, ApiError> {
 async fn submit(state: web::Data<AppState>, auth: Auth, body: web::Json<NewRequest>) -> Result<HttpResponse, ApiError> {
     let caller = auth.require_person()?;
     let body = body.into_inner();
-    let caps = Caps::validated(body.caps.as_map().clone()).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let caps = Caps::validated(body.caps.to_map()).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let corral = &state.corral;
     let schedule = Schedule::for_submission(
         corral.clock().now(),

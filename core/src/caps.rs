@@ -34,9 +34,35 @@ pub enum CapsError {
 }
 
 /// A string→string map. Requests demand caps; workers offer them.
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Caps(BTreeMap<String, String>);
+///
+/// Kept as a vector sorted by key: most caps sets have one to a few
+/// entries, and a server holds one per live request (a `BTreeMap` node
+/// would cost half a kilobyte each). On the wire it is a JSON object.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Caps(Vec<(String, String)>);
+
+impl Serialize for Caps {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (key, value) in &self.0 {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Caps {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        BTreeMap::<String, String>::deserialize(deserializer).map(Caps::from)
+    }
+}
+
+impl From<BTreeMap<String, String>> for Caps {
+    fn from(map: BTreeMap<String, String>) -> Caps {
+        Caps(map.into_iter().collect())
+    }
+}
 
 impl Caps {
     pub fn new() -> Caps {
@@ -59,15 +85,19 @@ impl Caps {
                 return Err(CapsError::BadUuid(value.clone()));
             }
         }
-        Ok(Caps(map))
+        Ok(Caps::from(map))
     }
 
     pub fn insert(&mut self, key: impl Into<String>, value: impl Into<String>) {
-        self.0.insert(key.into(), value.into());
+        let (key, value) = (key.into(), value.into());
+        match self.0.binary_search_by(|(k, _)| k.as_str().cmp(&key)) {
+            Ok(at) => self.0[at].1 = value,
+            Err(at) => self.0.insert(at, (key, value)),
+        }
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str)
+        self.0.binary_search_by(|(k, _)| k.as_str().cmp(key)).ok().map(|at| self.0[at].1.as_str())
     }
 
     pub fn len(&self) -> usize {
@@ -82,8 +112,9 @@ impl Caps {
         self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
-    pub fn as_map(&self) -> &BTreeMap<String, String> {
-        &self.0
+    /// The caps as an ordered map.
+    pub fn to_map(&self) -> BTreeMap<String, String> {
+        self.0.iter().cloned().collect()
     }
 
     /// The worker this request is pinned to by a `UUID` cap, if any.
@@ -106,7 +137,7 @@ impl Caps {
 
 impl FromIterator<(String, String)> for Caps {
     fn from_iter<T: IntoIterator<Item = (String, String)>>(iter: T) -> Self {
-        Caps(iter.into_iter().collect())
+        Caps::from(iter.into_iter().collect::<BTreeMap<_, _>>())
     }
 }
 

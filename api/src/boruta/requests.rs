@@ -55,7 +55,7 @@ pub fn req_info(r: &RequestRecord) -> ReqInfo {
         valid_after: r.valid_after,
         state: ReqState::from(r.state),
         job,
-        caps: r.caps.as_map().clone(),
+        caps: r.caps.to_map(),
     }
 }
 

@@ -31,7 +31,7 @@ fn or_not_found(err: BorutaError) -> BorutaError {
 }
 
 pub fn worker_info(w: &Worker) -> WorkerInfo {
-    let mut caps = w.caps.as_map().clone();
+    let mut caps = w.caps.to_map();
     caps.insert(UUID_CAP.to_string(), w.uuid.to_string());
     WorkerInfo {
         worker_uuid: w.uuid.to_string(),
