@@ -53,7 +53,8 @@ impl ServerProcess {
             dir: dir.to_path_buf(),
             binary: corral_binary()?,
             listen,
-            log_filter: "warn".to_string(),
+            // CORRAL_BENCH_SERVER_LOG: the server's RUST_LOG, for diagnosing a run.
+            log_filter: std::env::var("CORRAL_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".to_string()),
         };
         server.spawn("serve.log")?;
         Ok(server)
@@ -163,7 +164,12 @@ impl ServerProcess {
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // CORRAL_BENCH_KEEP=1 keeps the data directory (and serve.log).
+        if std::env::var_os("CORRAL_BENCH_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("kept {}", self.dir.display());
+        }
     }
 }
 
