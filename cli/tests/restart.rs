@@ -246,8 +246,16 @@ async fn the_server_restarts_its_embedded_database_when_it_dies() {
     let pid: i32 = pid_file.lines().next().unwrap().trim().parse().unwrap();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
 
-    // The server notices, starts the cluster again, and serves from it:
-    // what was committed before is there, and new writes commit.
+    // The server notices (readiness fails)...
+    let client = awc::Client::default();
+    corral_testkit::wait_until("readiness reports the database down", Duration::from_secs(20), || async {
+        let response = client.get(format!("{base}/readyz")).send().await.ok()?;
+        (response.status().as_u16() == 503).then_some(())
+    })
+    .await;
+    // ...starts the cluster again, and serves from it: what was committed
+    // before is there, and new writes commit.
+    ready(&base).await;
     corral_testkit::wait_until("a write succeeds again", Duration::from_secs(60), || async {
         let (status, _) = admin.post("/v1/users", json!({"name": "after"})).await?;
         // 503 while the database is down; 409 if an earlier attempt committed.
