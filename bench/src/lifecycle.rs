@@ -25,11 +25,11 @@ use anyhow::{Context, Result, bail};
 use corral_agent::{AgentOptions, Simulated};
 use corral_core::Caps;
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::report::{percentile, print_json_line, round_to};
 use crate::rng::SplitMix64;
-use crate::server::{ServerProcess, pgbench_tps};
+use crate::server::{ApiClient, ServerProcess, pgbench_tps};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Size {
@@ -106,65 +106,6 @@ pub fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-struct Client {
-    http: awc::Client,
-    base: String,
-    token: String,
-}
-
-impl Client {
-    fn new(base: &str, token: &str) -> Client {
-        let http = awc::Client::builder().timeout(Duration::from_secs(60)).finish();
-        Client { http, base: base.to_string(), token: token.to_string() }
-    }
-
-    async fn call(&self, method: awc::http::Method, path: &str, body: Option<&Value>) -> Result<(u16, Value)> {
-        let request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .insert_header(("Authorization", format!("Bearer {}", self.token)));
-        let mut response = match body {
-            Some(body) => request.send_json(body).await,
-            None => request.send().await,
-        }
-        .map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
-        let bytes = response.body().limit(16 << 20).await.map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
-        let value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes)? };
-        Ok((response.status().as_u16(), value))
-    }
-
-    async fn get(&self, path: &str) -> Result<(u16, Value)> {
-        self.call(awc::http::Method::GET, path, None).await
-    }
-
-    async fn post(&self, path: &str, body: &Value) -> Result<(u16, Value)> {
-        self.call(awc::http::Method::POST, path, Some(body)).await
-    }
-
-    /// Every item of a paged listing.
-    async fn all(&self, path: &str) -> Result<Vec<Value>> {
-        let mut items = Vec::new();
-        let mut cursor: Option<String> = None;
-        for _ in 0..10_000 {
-            let sep = if path.contains('?') { '&' } else { '?' };
-            let page_path = match &cursor {
-                Some(c) => format!("{path}{sep}limit=1000&cursor={c}"),
-                None => format!("{path}{sep}limit=1000"),
-            };
-            let (status, page) = self.get(&page_path).await?;
-            if status != 200 {
-                bail!("{page_path} answered {status}: {page}");
-            }
-            items.extend(page["items"].as_array().cloned().unwrap_or_default());
-            match page["next_cursor"].as_str() {
-                Some(next) => cursor = Some(next.to_string()),
-                None => return Ok(items),
-            }
-        }
-        bail!("{path}: too many pages")
-    }
-}
-
 fn device_type(i: usize) -> String {
     format!("t{i}")
 }
@@ -202,7 +143,7 @@ async fn run_size(size: Size, duration: Duration) -> Result<Line> {
         "new_workers = \"idle\"\nhttp_workers = 2\nactor_threads = 2\npool_size = 48\ntunnel_ports = \"21000-21999\"\n",
     )?;
     server.wait_ready(Duration::from_secs(120)).await?;
-    let admin = Client::new(&server.url, &server.token("admin.token")?);
+    let admin = ApiClient::new(&server.url, &server.token("admin.token")?);
     let (agent_stop, agent) = spawn_agent(server.url.clone(), server.token("agent.token")?, size);
 
     // All workers idle.
@@ -230,7 +171,7 @@ async fn run_size(size: Size, duration: Duration) -> Result<Line> {
     let began = Instant::now();
     let mut clients = Vec::new();
     for n in 0..size.c {
-        let client = Client::new(&server.url, &token);
+        let client = ApiClient::new(&server.url, &token);
         let latencies = latencies.clone();
         clients.push(actix_rt::spawn(async move {
             let mut rng = SplitMix64::new(0xC0FFEE + n as u64);

@@ -246,22 +246,40 @@ impl ApiClient {
         ApiClient { http, base: base.to_string(), token: token.to_string() }
     }
 
-    /// `GET path`: the status and the JSON body (null when empty).
-    pub async fn get(&self, path: &str) -> Result<(u16, serde_json::Value)> {
-        let mut response = self
+    /// `METHOD path` with an optional JSON body: the status and the JSON
+    /// answer (null when empty).
+    async fn call(
+        &self,
+        method: awc::http::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<(u16, serde_json::Value)> {
+        let request = self
             .http
-            .get(format!("{}{path}", self.base))
-            .insert_header(("Authorization", format!("Bearer {}", self.token)))
-            .send()
-            .await
-            .map_err(|e| anyhow::anyhow!("GET {path}: {e}"))?;
-        let bytes = response.body().limit(64 << 20).await.map_err(|e| anyhow::anyhow!("GET {path}: {e}"))?;
+            .request(method.clone(), format!("{}{path}", self.base))
+            .insert_header(("Authorization", format!("Bearer {}", self.token)));
+        let sent = match body {
+            Some(body) => request.send_json(body).await,
+            None => request.send().await,
+        };
+        let mut response = sent.map_err(|e| anyhow::anyhow!("{method} {path}: {e}"))?;
+        let bytes = response.body().limit(64 << 20).await.map_err(|e| anyhow::anyhow!("{method} {path}: {e}"))?;
         let value = if bytes.is_empty() {
             serde_json::Value::Null
         } else {
-            serde_json::from_slice(&bytes).with_context(|| format!("GET {path}: the answer is not JSON"))?
+            serde_json::from_slice(&bytes).with_context(|| format!("{method} {path}: the answer is not JSON"))?
         };
         Ok((response.status().as_u16(), value))
+    }
+
+    /// `GET path`: the status and the JSON body (null when empty).
+    pub async fn get(&self, path: &str) -> Result<(u16, serde_json::Value)> {
+        self.call(awc::http::Method::GET, path, None).await
+    }
+
+    /// `POST path` with a JSON body.
+    pub async fn post(&self, path: &str, body: &serde_json::Value) -> Result<(u16, serde_json::Value)> {
+        self.call(awc::http::Method::POST, path, Some(body)).await
     }
 
     /// Every item of a paged listing (`path` without `limit` or `cursor`).
