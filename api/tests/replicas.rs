@@ -6,9 +6,8 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::{TestServer, caps, wait_for_request};
+use common::{TestServer, caps, test_config, wait_for_request};
 use corral_actors::Clock;
-use corral_api::Config;
 use corral_core::RequestId;
 use corral_db::BindOutcome;
 use serde_json::json;
@@ -24,17 +23,8 @@ async fn a_standby_takes_over_when_the_leader_stops_and_a_deposed_leader_binds_n
     let waiting = nina.submit(json!({"caps": {"device_type": "x"}})).await;
 
     // The second replica waits while the first leads.
-    let data_dir = std::env::temp_dir().join(format!("corral-test-{}", uuid::Uuid::new_v4().simple()));
-    let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: Some(first.db_url.clone()),
-        data_dir: data_dir.clone(),
-        tick: Duration::from_millis(20),
-        pool_size: 8,
-        http_workers: 1,
-        actor_threads: 1,
-        ..Config::default()
-    };
+    let config = test_config(&first.db_url);
+    let data_dir = config.data_dir.clone();
     let standby = actix_rt::spawn(corral_api::serve(config, Clock::System));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!standby.is_finished(), "the second replica must not start while the first leads");

@@ -26,6 +26,22 @@ pub struct TestServer {
     data_dir: PathBuf,
 }
 
+/// A server configuration for tests: loopback on a free port, the given
+/// database, a fresh data directory, fast timers, few threads.
+pub fn test_config(db_url: &str) -> Config {
+    let data_dir = std::env::temp_dir().join(format!("corral-test-{}", uuid::Uuid::new_v4().simple()));
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: Some(db_url.to_string()),
+        data_dir,
+        tick: Duration::from_millis(20),
+        pool_size: 8,
+        http_workers: 1,
+        actor_threads: 1,
+        ..Config::default()
+    }
+}
+
 pub fn caps(pairs: &[(&str, &str)]) -> Caps {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
@@ -45,17 +61,7 @@ impl TestServer {
             .with_ansi(false)
             .try_init();
         let db = corral_testkit::test_database().await;
-        let data_dir = std::env::temp_dir().join(format!("corral-test-{}", uuid::Uuid::new_v4().simple()));
-        let mut config = Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            database_url: Some(db.url.clone()),
-            data_dir: data_dir.clone(),
-            tick: Duration::from_millis(20),
-            pool_size: 8,
-            http_workers: 1,
-            actor_threads: 1,
-            ..Config::default()
-        };
+        let mut config = test_config(&db.url);
         tweak(&mut config);
         TestServer::start_on(clock, config, db.url).await
     }
