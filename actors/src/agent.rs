@@ -59,8 +59,15 @@ pub struct AgentSession {
     outbox: VecDeque<Command>,
     sent: HashMap<u64, (WorkerId, Action)>,
     next_seq: u64,
-    parked: Option<(u64, Reply<CommandBatch>)>,
+    parked: Option<Parked>,
     polls: u64,
+}
+
+/// A long-poll waiting for a command, and the timer that ends its wait.
+struct Parked {
+    poll: u64,
+    reply: Reply<CommandBatch>,
+    timer: SpawnHandle,
 }
 
 impl AgentSession {
@@ -84,9 +91,13 @@ impl AgentSession {
         }
     }
 
-    fn answer_parked(&mut self) {
-        if let Some((_, reply)) = self.parked.take() {
-            let _ = reply.send(self.batch());
+    /// Answers the parked poll, if any, and cancels its timer: a timer left
+    /// to run out would stay in the context, which polls all of them at every
+    /// message (one per poll, thousands within a poll's wait).
+    fn answer_parked(&mut self, ctx: &mut Context<Self>) {
+        if let Some(parked) = self.parked.take() {
+            ctx.cancel_future(parked.timer);
+            let _ = parked.reply.send(self.batch());
         }
     }
 }
@@ -115,7 +126,7 @@ impl Handler<AgentMsg> for AgentSession {
                     self.sent.remove(&oldest);
                 }
                 self.outbox.push_back(Command { seq, worker, fence, action });
-                self.answer_parked();
+                self.answer_parked(ctx);
             }
             AgentMsg::Poll { after, incarnation, wait, reply } => {
                 let after = if incarnation.as_deref() == Some(self.shared.incarnation.as_str()) { after } else { 0 };
@@ -123,21 +134,21 @@ impl Handler<AgentMsg> for AgentSession {
                     self.outbox.pop_front();
                 }
                 // A newer poll supersedes a parked one.
-                self.answer_parked();
+                self.answer_parked(ctx);
                 if !self.outbox.is_empty() || wait.is_zero() {
                     let _ = reply.send(self.batch());
                     return;
                 }
                 self.polls += 1;
                 let poll = self.polls;
-                self.parked = Some((poll, reply));
-                ctx.run_later(wait, move |_, ctx| {
+                let timer = ctx.run_later(wait, move |_, ctx| {
                     ctx.address().do_send(AgentMsg::PollTimeout { poll });
                 });
+                self.parked = Some(Parked { poll, reply, timer });
             }
             AgentMsg::PollTimeout { poll } => {
-                if self.parked.as_ref().is_some_and(|(p, _)| *p == poll) {
-                    self.answer_parked();
+                if self.parked.as_ref().is_some_and(|parked| parked.poll == poll) {
+                    self.answer_parked(ctx);
                 }
             }
             AgentMsg::Results { results } => {
@@ -160,7 +171,7 @@ impl Handler<AgentMsg> for AgentSession {
                 }
             }
             AgentMsg::Stop => {
-                self.answer_parked();
+                self.answer_parked(ctx);
                 ctx.stop();
             }
         }
