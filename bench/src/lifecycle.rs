@@ -29,7 +29,7 @@ use serde_json::json;
 
 use crate::report::{percentile, print_json_line, round_to};
 use crate::rng::SplitMix64;
-use crate::server::{ApiClient, ServerProcess, pgbench_tps};
+use crate::server::{ApiClient, ServerProcess, cpu_seconds, load_average, pgbench_tps, postgres_cpu_seconds};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Size {
@@ -63,6 +63,13 @@ struct Line {
     pgbench_tps: f64,
     ratio: f64,
     server_cpu_s: f64,
+    postgres_cpu_s: f64,
+    bench_cpu_s: f64,
+    /// CPU of server, PostgreSQL and load generator (with the simulated
+    /// agent) per completed cycle: what the cycle costs, whatever else the
+    /// machine is doing.
+    cpu_ms_per_cycle: f64,
+    load_avg_before: f64,
 }
 
 pub fn run(args: &[String]) -> Result<()> {
@@ -165,7 +172,9 @@ async fn run_size(size: Size, duration: Duration) -> Result<Line> {
     let token = user["token"].as_str().context("user token")?.to_string();
 
     eprintln!("  {} workers idle; running {} clients", size.p, size.c);
-    let cpu_before = server.cpu_seconds()?;
+    let cluster_dir = server.postgres().await?.cluster_dir().to_path_buf();
+    let load_avg_before = load_average()?;
+    let cpu_before = (server.cpu_seconds()?, postgres_cpu_seconds(&cluster_dir)?, cpu_seconds(std::process::id())?);
     let latencies = Rc::new(RefCell::new(Vec::<u64>::new()));
     let deadline = Instant::now() + duration;
     let began = Instant::now();
@@ -203,7 +212,9 @@ async fn run_size(size: Size, duration: Duration) -> Result<Line> {
         cycles += client.await.context("client task")??;
     }
     let elapsed = began.elapsed().as_secs_f64();
-    let server_cpu = server.cpu_seconds()? - cpu_before;
+    let server_cpu = server.cpu_seconds()? - cpu_before.0;
+    let postgres_cpu = postgres_cpu_seconds(&cluster_dir)? - cpu_before.1;
+    let bench_cpu = cpu_seconds(std::process::id())? - cpu_before.2;
 
     // Nothing left live; every worker idle again.
     let live = admin.all("/v1/requests?state=waiting,in_progress").await?;
@@ -255,5 +266,9 @@ async fn run_size(size: Size, duration: Duration) -> Result<Line> {
         pgbench_tps: round_to(tps, 1),
         ratio: round_to(cycles_per_s / tps, 4),
         server_cpu_s: round_to(server_cpu, 2),
+        postgres_cpu_s: round_to(postgres_cpu, 2),
+        bench_cpu_s: round_to(bench_cpu, 2),
+        cpu_ms_per_cycle: round_to((server_cpu + postgres_cpu + bench_cpu) * 1000.0 / cycles as f64, 3),
+        load_avg_before,
     })
 }
