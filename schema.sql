@@ -103,7 +103,11 @@ CREATE TABLE IF NOT EXISTS requests (
 );
 CREATE INDEX IF NOT EXISTS requests_live ON requests (id) WHERE state IN ('waiting', 'in_progress');
 CREATE INDEX IF NOT EXISTS requests_by_owner ON requests (owner, id);
-CREATE INDEX IF NOT EXISTS requests_by_state ON requests (state, id);
+-- No index on state alone: every transition would update it (no HOT
+-- update), and generic plans of the per-lease statements chose it and read
+-- thousands of dead entries per call. Listing by state walks the primary
+-- key backwards.
+DROP INDEX IF EXISTS requests_by_state;
 
 CREATE TABLE IF NOT EXISTS request_history (
     id          BIGSERIAL PRIMARY KEY,

@@ -21,7 +21,7 @@ use crate::keys::{self, LeaseKey};
 use crate::matcher::MatcherMsg;
 use crate::settings::KeyKind;
 use crate::timekeeper::{TimerKey, TimerMsg};
-use crate::worker::WorkerMsg;
+use crate::worker::{LeaseEnd, WorkerMsg};
 use crate::{ActorError, Caller, Corral, Reply, Shared, tell};
 
 /// How to reach the leased worker's SSH server.
@@ -467,8 +467,9 @@ impl RequestActor {
         let ending_reason = reason.clone();
         let work = async move { db.end_lease(id, fence, from, to, now, &actor, &reason).await };
         Box::pin(work.into_actor(self).map(move |result, act, ctx| match result {
-            Ok(record) => {
-                act.tell_worker(worker, WorkerMsg::LeaseEnded { request: id, fence, reason: ending_reason });
+            Ok((record, prepared)) => {
+                let ended = LeaseEnd { reason: ending_reason, at: now, worker_prepared: prepared };
+                act.tell_worker(worker, WorkerMsg::LeaseEnded { request: id, fence, ended });
                 if let Some(reply) = reply {
                     let _ = reply.send(Ok(record.clone()));
                 }
@@ -495,8 +496,9 @@ impl RequestActor {
             let work = async move {
                 db.end_lease(id, fence, RequestState::InProgress, RequestState::Failed, now, "server", &reason).await
             };
+            // The worker failed or went busy: the statement leaves it alone.
             return Box::pin(work.into_actor(self).map(move |result, act, ctx| match result {
-                Ok(record) => act.finish(record, ctx),
+                Ok((record, _)) => act.finish(record, ctx),
                 Err(err) => tracing::error!(request = %id, cause = %err, "could not fail the lease"),
             }));
         }

@@ -78,12 +78,21 @@ pub enum WorkerMsg {
     LeaseEnded {
         request: RequestId,
         fence: FencingToken,
-        reason: String,
+        ended: LeaseEnd,
     },
     PrepareTimedOut,
     BackoffOver,
     /// The matcher's binding was refused: re-read the row.
     Resync,
+}
+
+/// How a lease ended, as the request committed it.
+#[derive(Debug)]
+pub struct LeaseEnd {
+    pub reason: String,
+    pub at: SystemTime,
+    /// The same commit moved the worker from running to prepare.
+    pub worker_prepared: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -228,10 +237,10 @@ impl WorkerActor {
             }
             Err(err) => {
                 tracing::warn!(worker = %id, cause = %err, from = %from, to = %to, "worker transition not committed");
-                if leaving_idle {
-                    // Put it back if it is still idle; Resync finds out.
-                    tell(&ctx.address(), WorkerMsg::Resync);
-                }
+                // Another writer moved the row (a binding, or the end of a
+                // lease that also prepared the worker): re-read it; an idle
+                // worker goes back to the matcher.
+                tell(&ctx.address(), WorkerMsg::Resync);
                 if let Some(reply) = then {
                     let _ = reply.send(Err(err.into()));
                 }
@@ -570,7 +579,7 @@ impl WorkerActor {
         done()
     }
 
-    fn lease_ended(&mut self, request: RequestId, fence: FencingToken, reason: String) -> Step {
+    fn lease_ended(&mut self, request: RequestId, fence: FencingToken, ended: LeaseEnd) -> Step {
         if !self.lease.as_ref().is_some_and(|l| l.request == request && l.fence == fence) {
             return done();
         }
@@ -579,6 +588,18 @@ impl WorkerActor {
             return done();
         }
         self.lease = None;
+        let LeaseEnd { reason, at, worker_prepared } = ended;
+        if worker_prepared {
+            // The row already says prepare (committed with the lease's end).
+            self.record.state = WorkerState::Prepare;
+            self.record.state_since = at;
+            self.record.reason = None;
+            tracing::info!(worker = %self.id(), from = %WorkerState::Running, to = %WorkerState::Prepare, reason = %reason, "worker state");
+            return Box::pin(actix::fut::ready(()).map(move |_, act: &mut WorkerActor, ctx| {
+                act.enter(WorkerState::Prepare, &reason, ctx);
+                act.publish();
+            }));
+        }
         match self.record.drain.clone() {
             Some(drain) => self.go(WorkerEvent::AdminMaintenance, "server".to_string(), drain, None),
             None => self.go(
@@ -631,7 +652,7 @@ impl WorkerActor {
                 }
                 done()
             }
-            WorkerMsg::LeaseEnded { request, fence, reason } => self.lease_ended(request, fence, reason),
+            WorkerMsg::LeaseEnded { request, fence, ended } => self.lease_ended(request, fence, ended),
             WorkerMsg::PrepareTimedOut => {
                 if self.record.state == WorkerState::Prepare {
                     let after = corral_core::time::format_duration(self.shared.settings.prepare_timeout);

@@ -44,6 +44,22 @@ async fn a_request_is_leased_prolonged_closed_and_its_worker_returns_to_idle() {
     assert_eq!(closed["state"], "done");
     let admin = server.admin();
     wait_for_worker(&admin, worker.parse().unwrap(), |w| w["state"] == "idle" && w["request"].is_null()).await;
+    // The worker went running → prepare in the commit that ended the lease,
+    // then prepare → idle when its agent confirmed.
+    let steps: Vec<(Option<String>, String)> = server
+        .corral
+        .db()
+        .worker_history(worker.parse().unwrap())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| (h.from, h.to))
+        .collect();
+    let step = |from: &str, to: &str| (Some(from.to_string()), to.to_string());
+    assert_eq!(
+        steps[steps.len() - 3..],
+        [step("idle", "running"), step("running", "prepare"), step("prepare", "idle")]
+    );
 
     let (status, history) = alice.get(&format!("/v1/requests/{id}/history")).await;
     assert_eq!(status, StatusCode::OK);

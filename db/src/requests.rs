@@ -279,6 +279,11 @@ impl Db {
     ///
     /// `leader` is the binding server's session: if it no longer leads
     /// (another replica took over), nothing is bound.
+    ///
+    /// Each pair's rows are read by primary key only (`LATERAL ... OFFSET
+    /// 0`): left free, the planner took a generic plan made while the table
+    /// was small and scanned every `waiting` entry of a state index, dead
+    /// ones included, at every call.
     pub async fn bind_leases(
         &self,
         batch: &[(RequestId, WorkerId)],
@@ -297,8 +302,10 @@ impl Db {
                             "WITH ok AS (
                                 SELECT p.request, p.worker
                                 FROM unnest($1::bigint[], $2::uuid[]) AS p(request, worker)
-                                JOIN requests r ON r.id = p.request AND r.state = 'waiting' AND r.worker IS NULL
-                                JOIN workers w ON w.uuid = p.worker AND w.state = 'idle'
+                                JOIN LATERAL (SELECT state, worker FROM requests WHERE id = p.request OFFSET 0) r
+                                    ON r.state = 'waiting' AND r.worker IS NULL
+                                JOIN LATERAL (SELECT state FROM workers WHERE uuid = p.worker OFFSET 0) w
+                                    ON w.state = 'idle'
                                 WHERE EXISTS (SELECT 1 FROM leader WHERE id = 1 AND session = $4)),
                              w AS (
                                 UPDATE workers SET state = 'running', fence = workers.fence + 1, state_since = $3,
@@ -398,6 +405,12 @@ impl Db {
     /// Ends the lease of `request` (fencing token `fence`) and moves the
     /// request to `to`: done or failed from in_progress, cancelled from
     /// waiting (bound, key not installed yet). The private key is erased.
+    ///
+    /// In the same statement (one commit instead of two), the worker goes
+    /// from running to prepare (SPEC §2: keys are revoked, the worker is
+    /// prepared again) if it still runs this lease and no drain is pending;
+    /// the second value says whether it did. Otherwise (it failed or went
+    /// busy meanwhile, or it drains) the worker actor decides.
     #[allow(clippy::too_many_arguments)]
     pub async fn end_lease(
         &self,
@@ -408,7 +421,7 @@ impl Db {
         at: SystemTime,
         actor: &str,
         reason: &str,
-    ) -> Result<RequestRecord, DbError> {
+    ) -> Result<(RequestRecord, bool), DbError> {
         let op = DatabaseOperation::EndLease;
         let (actor, reason) = (actor.to_string(), reason.to_string());
         self.run(op, move |client| {
@@ -417,7 +430,7 @@ impl Db {
                 let stmt = client
                     .prepare_cached(&format!(
                         "WITH ok AS (
-                            SELECT 1 FROM leases l JOIN requests q ON q.id = l.request
+                            SELECT l.worker FROM leases l JOIN requests q ON q.id = l.request
                             WHERE l.request = $1 AND l.fence = $2 AND l.ended_at IS NULL AND q.state = $3),
                          l AS (
                             UPDATE leases SET ended_at = $5, end_reason = $7, private_key = NULL
@@ -427,14 +440,33 @@ impl Db {
                             WHERE id = $1 AND EXISTS (SELECT 1 FROM ok)
                             RETURNING {REQUEST_COLUMNS}),
                          h AS (INSERT INTO request_history (request, at, from_state, to_state, actor, reason)
-                            SELECT id, $5, $3, $4, $6, $7 FROM r)
-                         SELECT * FROM r"
+                            SELECT id, $5, $3, $4, $6, $7 FROM r),
+                         w AS (
+                            UPDATE workers SET state = 'prepare', state_since = $5, reason = NULL
+                            FROM ok WHERE workers.uuid = ok.worker AND workers.state = 'running'
+                                AND workers.fence = $2 AND NOT workers.drain
+                            RETURNING workers.uuid, workers.session),
+                         wh AS (INSERT INTO worker_history (worker, at, from_state, to_state, actor, reason)
+                            SELECT uuid, $5, 'running', 'prepare', 'server',
+                                'lease of request ' || $1 || ' ended (' || $7 || '); revoking the key' FROM w),
+                         wd AS (DELETE FROM work_locks USING w
+                            WHERE work_locks.worker = w.uuid AND work_locks.process <> 'prepare'),
+                         wl AS (INSERT INTO work_locks (worker, process, session, acquired_at)
+                            SELECT uuid, 'prepare', session, $5 FROM w WHERE session IS NOT NULL
+                            ON CONFLICT (worker, process) DO UPDATE SET session = EXCLUDED.session,
+                                acquired_at = EXCLUDED.acquired_at)
+                         SELECT r.*, EXISTS (SELECT 1 FROM w) AS worker_prepared FROM r"
                     ))
                     .await?;
                 let row = client
                     .query_opt(&stmt, &[&request.0, &fence.0, &from.as_str(), &to.as_str(), &at, &actor, &reason])
                     .await?;
-                one_request(op, row, format!("request {request} has no live lease {fence} while {from}"))
+                let prepared = match &row {
+                    Some(row) => row.try_get("worker_prepared").map_err(|e| DbError::internal(op, e.to_string()))?,
+                    None => false,
+                };
+                let record = one_request(op, row, format!("request {request} has no live lease {fence} while {from}"))?;
+                Ok((record, prepared))
             })
         })
         .await

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use corral_core::{Caps, Groups, SessionId, WorkerId, WorkerState};
 
-use crate::records::{WorkerRecord, caps_to_json, groups_to};
+use crate::records::{HistoryRecord, WorkerRecord, caps_to_json, groups_to};
 use crate::{DatabaseOperation, Db, DbError};
 
 const WORKER_COLUMNS: &str = "uuid, agent, session, state, caps, groups, ssh_addr, ssh_user, host_key, reason, \
@@ -352,6 +352,24 @@ impl Db {
 }
 
 impl Db {
+    /// A worker's transitions, oldest first.
+    pub async fn worker_history(&self, uuid: WorkerId) -> Result<Vec<HistoryRecord>, DbError> {
+        let op = DatabaseOperation::WorkerHistory;
+        self.run(op, move |client| {
+            Box::pin(async move {
+                let rows = client
+                    .query(
+                        "SELECT at, from_state, to_state, actor, reason FROM worker_history
+                         WHERE worker = $1 ORDER BY id",
+                        &[&uuid.0],
+                    )
+                    .await?;
+                Ok(rows.iter().map(|r| HistoryRecord::from_row(op, r)).collect::<Result<_, _>>()?)
+            })
+        })
+        .await
+    }
+
     pub async fn load_worker(&self, uuid: WorkerId) -> Result<Option<WorkerRecord>, DbError> {
         let op = DatabaseOperation::LoadWorkers;
         self.run(op, move |client| {
