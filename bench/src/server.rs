@@ -42,10 +42,14 @@ impl ServerProcess {
     }
 
     /// Writes `config` (TOML, without `listen`/`data_dir`) and starts the
-    /// server in `dir`.
+    /// server in `dir`. `CORRAL_BENCH_SERVER_CONFIG` (lines `key = value`)
+    /// overrides or adds top-level settings, for sizing experiments such as
+    /// `CORRAL_BENCH_SERVER_CONFIG='actor_threads = 1'`.
     pub fn start(dir: &Path, config: &str) -> Result<ServerProcess> {
         let port = free_port()?;
         let listen = format!("127.0.0.1:{port}");
+        let overrides = std::env::var("CORRAL_BENCH_SERVER_CONFIG").unwrap_or_default();
+        let config = with_overrides(config, &overrides);
         std::fs::write(dir.join("corral.toml"), config).context("writing the server configuration")?;
         let mut server = ServerProcess {
             child: None,
@@ -171,6 +175,20 @@ impl Drop for ServerProcess {
             eprintln!("kept {}", self.dir.display());
         }
     }
+}
+
+/// `config` with each `key = value` line of `overrides` replacing the line
+/// that sets the same key, or appended (top-level keys only).
+fn with_overrides(config: &str, overrides: &str) -> String {
+    let key = |line: &str| line.split_once('=').map(|(k, _)| k.trim().to_string());
+    let overrides: Vec<&str> = overrides.lines().map(str::trim).filter(|l| key(l).is_some()).collect();
+    let mut lines: Vec<String> = config
+        .lines()
+        .filter(|line| !overrides.iter().any(|o| key(o).is_some() && key(o) == key(line)))
+        .map(str::to_string)
+        .collect();
+    lines.extend(overrides.iter().map(|o| o.to_string()));
+    lines.join("\n") + "\n"
 }
 
 /// User plus system CPU seconds of process `pid` (`/proc/PID/stat`).
@@ -352,4 +370,17 @@ pub fn pgbench_tps(pg: &EmbeddedPostgres, clients: usize, seconds: u64) -> Resul
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .context("reading pgbench's tps")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_overrides;
+
+    #[test]
+    fn overrides_replace_keys_and_add_new_ones() {
+        let config = "http_workers = 2\npool_size = 48\n";
+        let merged = with_overrides(config, "pool_size = 16\nactor_threads = 1\nnot a setting");
+        assert_eq!(merged, "http_workers = 2\npool_size = 16\nactor_threads = 1\n");
+        assert_eq!(with_overrides(config, ""), config);
+    }
 }
