@@ -12,6 +12,9 @@
 //! (from sending the create to receiving the acquire answer). Baseline, in
 //! the same run: `pgbench` single-row updates against the same PostgreSQL
 //! at the same client count, i.e. the commit ceiling at that concurrency.
+//! Also the database floor (`floor.rs`): the same cycle's statements
+//! called directly by C tasks, i.e. what PostgreSQL alone allows for this
+//! workload and durability, and CPU per cycle for both.
 //!
 //! Checks: every create answered 201, every acquire 200 with a worker and a
 //! tunnel port, every close 200 with state `done`; at the end no request is
@@ -26,6 +29,8 @@ use corral_agent::{AgentOptions, Simulated};
 use corral_core::Caps;
 use serde::Serialize;
 use serde_json::json;
+
+mod floor;
 
 use crate::report::{percentile, print_json_line, round_to};
 use crate::rng::SplitMix64;
@@ -70,6 +75,12 @@ struct Line {
     /// machine is doing.
     cpu_ms_per_cycle: f64,
     load_avg_before: f64,
+    /// The same cycle's statements called directly from C tasks, no server
+    /// (see `floor.rs`): PostgreSQL's ceiling for this workload.
+    db_floor_cycles_per_s: f64,
+    db_floor_p50_ms: f64,
+    db_floor_p99_ms: f64,
+    db_floor_cpu_ms_per_cycle: f64,
 }
 
 pub fn run(args: &[String]) -> Result<()> {
@@ -234,11 +245,13 @@ async fn run_size(size: Size, duration: Duration) -> Result<Line> {
     }
     let _ = agent_stop.send(true);
     let pg = server.postgres().await?;
-    eprintln!("  {cycles} cycles in {elapsed:.1}s; pgbench baseline with {} clients", size.c);
+    let baseline_seconds = duration.as_secs().clamp(3, 10);
+    eprintln!("  {cycles} cycles in {elapsed:.1}s; the same statements without the server, {} tasks", size.c);
+    let floor = floor::run(&pg, size.c, Duration::from_secs(baseline_seconds)).await.context("database floor")?;
+    eprintln!("  {} floor cycles; pgbench baseline with {} clients", floor.cycles, size.c);
     let tps = tokio::task::spawn_blocking({
         let clients = size.c;
-        let seconds = duration.as_secs().clamp(3, 10);
-        move || pgbench_tps(&pg, clients, seconds)
+        move || pgbench_tps(&pg, clients, baseline_seconds)
     })
     .await??;
     server.stop()?;
@@ -270,5 +283,9 @@ async fn run_size(size: Size, duration: Duration) -> Result<Line> {
         bench_cpu_s: round_to(bench_cpu, 2),
         cpu_ms_per_cycle: round_to((server_cpu + postgres_cpu + bench_cpu) * 1000.0 / cycles as f64, 3),
         load_avg_before,
+        db_floor_cycles_per_s: round_to(floor.cycles_per_s, 1),
+        db_floor_p50_ms: ms(floor.p50_us),
+        db_floor_p99_ms: ms(floor.p99_us),
+        db_floor_cpu_ms_per_cycle: round_to(floor.cpu_ms_per_cycle, 3),
     })
 }
