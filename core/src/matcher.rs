@@ -9,27 +9,36 @@
 //!
 //! Workers with the same caps and groups are interchangeable except for
 //! their last use, so they are kept together in a *class*, whose idle
-//! members sit in an ordered set. Requests with the same caps and requester
-//! groups share a *signature*, whose waiting requests sit in an ordered
-//! queue. The "can serve" relation is kept between classes and signatures
-//! (both few), updated only when a new class or signature appears.
+//! members wait in a queue, least recently used first. Requests with the
+//! same caps and requester groups share a *signature*, whose waiting
+//! requests wait in a queue with one lane per priority, each in submission
+//! order. Both queues are flat ring buffers, appended to at the back and
+//! taken from the front in the common case (see `queues`). The "can serve"
+//! relation is kept between classes and signatures (both few), updated only
+//! when a new class or signature appears.
 //!
 //! The matcher keeps one invariant between calls: no waiting, visible
 //! request can be served by an idle worker. Only two things can break it: a
 //! request becomes visible (new, updated, or its `valid_after` passed), or a
-//! worker becomes idle. Those are remembered as *dirty*; a decision looks at
-//! the first dirty request and at the first request each dirty class can
-//! serve, and takes the earliest of them. Its cost depends on the number of
-//! classes and signatures involved, not on the number of workers or requests.
+//! worker becomes idle. Each pushes an entry to a heap of *peeks*, keyed by
+//! the first request its source could serve: the request's signature (if
+//! some idle worker serves it), its pinned worker (for a `UUID` cap), or the
+//! idle worker's class (the first request among the signatures it serves).
+//! A decision pops the earliest entry; an entry that went stale (its
+//! request left, or its source has no idle worker) is pushed again with its
+//! source's current first request, or dropped. Its cost depends on the
+//! number of classes and signatures involved, not on the number of workers
+//! or requests.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::time::SystemTime;
 
 use crate::caps::{Caps, Groups, UUID_CAP};
 use crate::ids::{RequestId, WorkerId};
 use crate::priority::Priority;
+use queues::{IdleQueue, RequestQueue};
 
 /// FxHash (rotate, xor, multiply): a fast hasher for the matcher's maps,
 /// keyed by server-assigned request ids and worker UUIDs. Not resistant to
@@ -136,7 +145,7 @@ struct Class {
     /// Caps plus groups: fewer wins.
     weight: usize,
     members: BTreeSet<WorkerId>,
-    idle: BTreeSet<(SystemTime, WorkerId)>,
+    idle: IdleQueue,
     serves: Vec<SigIdx>,
     in_heap: bool,
 }
@@ -145,19 +154,25 @@ struct Class {
 struct Sig {
     caps: Vec<CapId>,
     groups: Groups,
-    queue: BTreeSet<QueueKey>,
+    queue: RequestQueue,
     served_by: Vec<ClassIdx>,
     /// All requests of this signature, visible or not.
     members: usize,
+    /// The [`packed`] key of this signature's latest entry in `peeks`,
+    /// `EMPTY` when it has none; older entries are stale.
+    peek_key: u64,
 }
 
 #[derive(Debug)]
 struct WorkerEntry {
     class: ClassIdx,
     idle_since: Option<SystemTime>,
-    /// Visible waiting requests pinned to this worker by a `UUID` cap.
-    pinned: BTreeSet<QueueKey>,
-    in_heap: bool,
+    /// Visible waiting requests pinned to this worker by a `UUID` cap,
+    /// with their signatures.
+    pinned: BTreeMap<QueueKey, SigIdx>,
+    /// The [`packed`] key of this worker's latest entry in `peeks`, `EMPTY`
+    /// when it has none; older entries are stale.
+    peek_key: u64,
 }
 
 #[derive(Debug)]
@@ -168,14 +183,16 @@ struct RequestEntry {
     valid_after: SystemTime,
     deadline: SystemTime,
     visible: bool,
-    /// In `dirty_requests`.
-    dirty: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Source {
+    /// A class that got an idle worker: its first servable request.
     Class(ClassIdx),
+    /// A worker with requests pinned to it.
     Pinned(WorkerId),
+    /// A signature that got a new visible request.
+    Sig(SigIdx),
 }
 
 /// The in-memory matching state. See the module documentation.
@@ -202,10 +219,8 @@ pub struct Matcher {
     /// once they outnumber the live ones).
     deadlines: BinaryHeap<Reverse<(SystemTime, RequestId)>>,
     stale_deadlines: usize,
-    /// Requests that became visible since they were last examined, earliest
-    /// first. Entries of requests that left or changed are skipped when
-    /// they come up (the request's `dirty` flag and key tell).
-    dirty_requests: BinaryHeap<Reverse<QueueKey>>,
+    /// Where the next decision may come from, earliest first: each entry
+    /// is the first request its source could serve when it was pushed.
     peeks: BinaryHeap<Reverse<(QueueKey, Source)>>,
     /// Visible requests pinned to a worker id that is not registered.
     orphans: FastMap<WorkerId, BTreeSet<RequestId>>,
@@ -247,7 +262,7 @@ impl Matcher {
         let caps = self.intern_caps(&spec.caps);
         let class = self.class_for(caps, spec.groups.clone());
         let mut idle_since = None;
-        let mut pinned = BTreeSet::new();
+        let mut pinned = BTreeMap::new();
         let mut old_class = None;
         if let Some(old) = self.workers.remove(&spec.id) {
             if old.class == class {
@@ -263,7 +278,7 @@ impl Matcher {
             old_class = Some(old.class);
         }
         self.classes[class].members.insert(spec.id);
-        self.workers.insert(spec.id, WorkerEntry { class, idle_since: None, pinned, in_heap: false });
+        self.workers.insert(spec.id, WorkerEntry { class, idle_since: None, pinned, peek_key: EMPTY });
         // Requests pinned to this id that were kept while it was unknown.
         for request in self.orphans.remove(&spec.id).unwrap_or_default() {
             if let Some(r) = self.requests.get_mut(&request) {
@@ -344,15 +359,7 @@ impl Matcher {
         self.sigs[sig].members += 1;
         self.requests.insert(
             spec.id,
-            RequestEntry {
-                key,
-                sig,
-                pinned,
-                valid_after: spec.valid_after,
-                deadline: spec.deadline,
-                visible: false,
-                dirty: false,
-            },
+            RequestEntry { key, sig, pinned, valid_after: spec.valid_after, deadline: spec.deadline, visible: false },
         );
         self.deadlines.push(Reverse((spec.deadline, spec.id)));
         if spec.valid_after > now {
@@ -434,46 +441,31 @@ impl Matcher {
     /// leaves the idle pool; call [`Matcher::worker_idle`] when it is back.
     pub fn next_match(&mut self) -> Option<Assignment> {
         loop {
-            let first_dirty = self.first_dirty();
-            let first_peek = self.peeks.peek().map(|Reverse(p)| *p);
-            let from_dirty = match (first_dirty, first_peek) {
-                (None, None) => return None,
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (Some(d), Some((p, _))) => d <= p,
-            };
-            if from_dirty {
-                let Reverse(key) = self.dirty_requests.pop()?;
-                if let Some(entry) = self.requests.get_mut(&key.1) {
-                    entry.dirty = false;
-                }
-                if let Some(worker) = self.best_worker_for(key.1) {
-                    return Some(self.assign(key.1, worker));
-                }
-                continue;
-            }
             let Reverse((key, source)) = self.peeks.pop()?;
             match source {
                 Source::Class(c) => self.classes[c].in_heap = false,
-                Source::Pinned(w) => {
-                    if let Some(entry) = self.workers.get_mut(&w) {
-                        entry.in_heap = false;
+                Source::Pinned(w) => match self.workers.get_mut(&w) {
+                    Some(entry) if entry.peek_key == packed(key) => entry.peek_key = EMPTY,
+                    _ => continue,
+                },
+                Source::Sig(s) => {
+                    if self.sigs[s].peek_key != packed(key) {
+                        continue;
                     }
+                    self.sigs[s].peek_key = EMPTY;
                 }
             }
             // The entry is still the source's first request if that request
             // still waits and the source still has an idle worker: anything
-            // earlier that it could serve arrived as a dirty request, and
-            // dirty requests earlier than this entry were handled first.
+            // earlier that it could serve arrived with a signature entry of
+            // its own, and entries earlier than this one were handled first.
             if !self.still_queued(key) || !self.source_has_idle(source) {
                 self.push_peek(source);
                 continue;
             }
-            let worker = self.best_worker_for(key.1);
-            let Some(worker) = worker else {
-                // Cannot happen while the source has an idle worker; stay
-                // safe and re-examine the source later.
-                self.push_peek(source);
+            let Some(worker) = self.best_worker_for(key.1) else {
+                // Cannot happen: a source with an idle worker only offers
+                // requests that worker can serve.
                 continue;
             };
             let assignment = self.assign(key.1, worker);
@@ -510,7 +502,7 @@ impl Matcher {
         for s in competing_sigs {
             let queue = &self.sigs[s].queue;
             competing += queue.len();
-            ahead += queue.range(..entry.key).count();
+            ahead += queue.count_before(entry.key);
         }
         for w in &candidates {
             if let Some(worker) = self.workers.get(w) {
@@ -551,6 +543,9 @@ impl Matcher {
         best.map(|(_, _, id)| id)
     }
 
+    /// Queues a request that became visible and offers it to the next
+    /// decisions through its signature's (or pinned worker's) entry in
+    /// `peeks`.
     fn make_visible(&mut self, id: RequestId) {
         let Some(entry) = self.requests.get_mut(&id) else {
             return;
@@ -559,27 +554,22 @@ impl Matcher {
             return;
         }
         entry.visible = true;
-        let key = entry.key;
-        match entry.pinned {
-            Some(worker) => match self.workers.get_mut(&worker) {
-                Some(w) => {
-                    w.pinned.insert(key);
-                }
-                // The pinned worker is unknown; the request waits for a
-                // worker with that id to register.
-                None => {
-                    self.orphans.entry(worker).or_default().insert(id);
-                    return;
-                }
-            },
-            None => {
-                let sig = entry.sig;
-                self.queue_insert(sig, key);
+        let (key, sig) = (entry.key, entry.sig);
+        let Some(worker) = entry.pinned else {
+            self.queue_insert(sig, key);
+            self.push_sig_peek(sig);
+            return;
+        };
+        match self.workers.get_mut(&worker) {
+            Some(w) => {
+                w.pinned.insert(key, sig);
+                self.push_pinned_peek(worker);
             }
-        }
-        self.dirty_requests.push(Reverse(key));
-        if let Some(entry) = self.requests.get_mut(&id) {
-            entry.dirty = true;
+            // The pinned worker is unknown; the request waits for a worker
+            // with that id to register.
+            None => {
+                self.orphans.entry(worker).or_default().insert(id);
+            }
         }
     }
 
@@ -594,7 +584,14 @@ impl Matcher {
             Source::Pinned(w) => {
                 let worker = self.workers.get(&w)?;
                 worker.idle_since?;
-                worker.pinned.first().copied()
+                // A request whose caps or groups this worker does not
+                // match waits until the worker registers again.
+                let serves = &self.classes[worker.class].serves;
+                worker.pinned.iter().find(|(_, sig)| serves.contains(sig)).map(|(key, _)| *key)
+            }
+            Source::Sig(s) => {
+                let first = self.sig_heads[s];
+                (first != EMPTY && self.sig_has_idle_server(s)).then(|| unpacked(first))
             }
         }
     }
@@ -603,6 +600,7 @@ impl Matcher {
         match source {
             Source::Class(c) => self.push_class_peek(c),
             Source::Pinned(w) => self.push_pinned_peek(w),
+            Source::Sig(s) => self.push_sig_peek(s),
         }
     }
 
@@ -616,16 +614,35 @@ impl Matcher {
         }
     }
 
+    /// Pushes the worker's first pinned request unless an entry as early
+    /// is already there.
     fn push_pinned_peek(&mut self, worker: WorkerId) {
-        if self.workers.get(&worker).is_none_or(|w| w.in_heap) {
+        let Some(key) = self.source_peek(Source::Pinned(worker)) else {
             return;
-        }
-        if let Some(key) = self.source_peek(Source::Pinned(worker)) {
-            if let Some(w) = self.workers.get_mut(&worker) {
-                w.in_heap = true;
-            }
+        };
+        if let Some(w) = self.workers.get_mut(&worker)
+            && packed(key) < w.peek_key
+        {
+            w.peek_key = packed(key);
             self.peeks.push(Reverse((key, Source::Pinned(worker))));
         }
+    }
+
+    /// Pushes the signature's first request unless an entry as early is
+    /// already there, or no idle worker can serve it (then none of the
+    /// signature's requests can be served now).
+    fn push_sig_peek(&mut self, sig: SigIdx) {
+        if self.sig_heads[sig] >= self.sigs[sig].peek_key {
+            return;
+        }
+        if let Some(key) = self.source_peek(Source::Sig(sig)) {
+            self.sigs[sig].peek_key = packed(key);
+            self.peeks.push(Reverse((key, Source::Sig(sig))));
+        }
+    }
+
+    fn sig_has_idle_server(&self, sig: SigIdx) -> bool {
+        self.sigs[sig].served_by.iter().any(|c| self.class_best[*c].is_some())
     }
 
     fn intern_caps(&mut self, caps: &Caps) -> Vec<CapId> {
@@ -661,7 +678,7 @@ impl Matcher {
             groups,
             weight,
             members: BTreeSet::new(),
-            idle: BTreeSet::new(),
+            idle: IdleQueue::default(),
             serves,
             in_heap: false,
         });
@@ -682,7 +699,14 @@ impl Matcher {
                 Some(rarest) => self.classes_with_cap.get(rarest).cloned().unwrap_or_default(),
                 None => (0..self.classes.len()).collect(),
             };
-        let sig = Sig { caps: cap_ids, groups, queue: BTreeSet::new(), served_by: Vec::new(), members: 0 };
+        let sig = Sig {
+            caps: cap_ids,
+            groups,
+            queue: RequestQueue::default(),
+            served_by: Vec::new(),
+            members: 0,
+            peek_key: EMPTY,
+        };
         let served_by: Vec<ClassIdx> =
             candidates.into_iter().filter(|c| serves(&self.classes[*c].caps, &self.classes[*c].groups, &sig)).collect();
         for c in &served_by {
@@ -703,7 +727,7 @@ impl Matcher {
 
     fn idle_insert(&mut self, class: ClassIdx, since: SystemTime, worker: WorkerId) {
         let entry = &mut self.classes[class];
-        entry.idle.insert((since, worker));
+        entry.idle.insert(since, worker);
         if self.class_best[class].is_none_or(|(_, s, w)| (since, worker) < (s, w)) {
             self.class_best[class] = Some((entry.weight, since, worker));
         }
@@ -711,9 +735,9 @@ impl Matcher {
 
     fn idle_remove(&mut self, class: ClassIdx, since: SystemTime, worker: WorkerId) {
         let entry = &mut self.classes[class];
-        entry.idle.remove(&(since, worker));
+        entry.idle.remove(since, worker);
         if self.class_best[class].is_some_and(|(_, s, w)| (s, w) == (since, worker)) {
-            self.class_best[class] = entry.idle.first().map(|&(s, w)| (entry.weight, s, w));
+            self.class_best[class] = entry.idle.first().map(|(s, w)| (entry.weight, s, w));
         }
     }
 
@@ -724,21 +748,10 @@ impl Matcher {
 
     fn queue_remove(&mut self, sig: SigIdx, key: QueueKey) {
         let queue = &mut self.sigs[sig].queue;
-        queue.remove(&key);
+        queue.remove(key);
         if self.sig_heads[sig] == packed(key) {
-            self.sig_heads[sig] = queue.first().map_or(EMPTY, |k| packed(*k));
+            self.sig_heads[sig] = queue.first_packed();
         }
-    }
-
-    /// The earliest dirty request, dropping entries that went stale.
-    fn first_dirty(&mut self) -> Option<QueueKey> {
-        while let Some(&Reverse(key)) = self.dirty_requests.peek() {
-            if self.requests.get(&key.1).is_some_and(|r| r.dirty && r.key == key) {
-                return Some(key);
-            }
-            self.dirty_requests.pop();
-        }
-        None
     }
 
     /// Whether the request of `key` still waits, visible, with that key.
@@ -750,6 +763,7 @@ impl Matcher {
         match source {
             Source::Class(c) => self.class_best[c].is_some(),
             Source::Pinned(w) => self.workers.get(&w).is_some_and(|w| w.idle_since.is_some()),
+            Source::Sig(s) => self.sig_has_idle_server(s),
         }
     }
 
@@ -805,5 +819,6 @@ fn is_subset(small: &[CapId], big: &[CapId]) -> bool {
     small.iter().all(|s| big.by_ref().any(|b| b == s))
 }
 
+mod queues;
 #[cfg(test)]
 mod tests;
