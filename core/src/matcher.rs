@@ -80,9 +80,14 @@ fn packed(key: QueueKey) -> u64 {
     (u64::from(key.0.get()) << 56) | (key.1.0 as u64 & ID_MASK)
 }
 
+#[cfg(test)]
 fn unpacked(value: u64) -> QueueKey {
     let priority = Priority::try_from((value >> 56) as i64).unwrap_or_default();
-    (priority, RequestId((value & ID_MASK) as i64))
+    (priority, request_of(value))
+}
+
+fn request_of(value: u64) -> RequestId {
+    RequestId((value & ID_MASK) as i64)
 }
 
 const ID_MASK: u64 = (1 << 56) - 1;
@@ -187,8 +192,9 @@ struct RequestEntry {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Source {
-    /// A class that got an idle worker: its first servable request.
-    Class(ClassIdx),
+    /// A class that got an idle worker, with the signature whose first
+    /// request was the earliest the class could serve.
+    Class(ClassIdx, SigIdx),
     /// A worker with requests pinned to it.
     Pinned(WorkerId),
     /// A signature that got a new visible request.
@@ -221,7 +227,9 @@ pub struct Matcher {
     stale_deadlines: usize,
     /// Where the next decision may come from, earliest first: each entry
     /// is the first request its source could serve when it was pushed.
-    peeks: BinaryHeap<Reverse<(QueueKey, Source)>>,
+    /// Keys are [`packed`], so that comparing two entries is mostly
+    /// comparing two integers.
+    peeks: BinaryHeap<Reverse<(u64, Source)>>,
     /// Visible requests pinned to a worker id that is not registered.
     orphans: FastMap<WorkerId, BTreeSet<RequestId>>,
 }
@@ -442,33 +450,40 @@ impl Matcher {
     pub fn next_match(&mut self) -> Option<Assignment> {
         loop {
             let Reverse((key, source)) = self.peeks.pop()?;
-            match source {
-                Source::Class(c) => self.classes[c].in_heap = false,
-                Source::Pinned(w) => match self.workers.get_mut(&w) {
-                    Some(entry) if entry.peek_key == packed(key) => entry.peek_key = EMPTY,
-                    _ => continue,
-                },
-                Source::Sig(s) => {
-                    if self.sigs[s].peek_key != packed(key) {
+            // An entry is current while its request is still its source's
+            // first and the source still has an idle worker: anything
+            // earlier that the source could serve arrived with an entry of
+            // its own (its signature's), and entries earlier than this one
+            // were handled first. A stale entry is pushed again with the
+            // source's current first request, if any.
+            let worker = match source {
+                Source::Class(class, sig) => {
+                    self.classes[class].in_heap = false;
+                    let current = self.sig_heads[sig] == key && self.class_best[class].is_some();
+                    if current { self.best_idle_server(sig) } else { None }
+                }
+                Source::Sig(sig) => {
+                    if self.sigs[sig].peek_key != key {
+                        // Superseded by an earlier entry of the signature.
                         continue;
                     }
-                    self.sigs[s].peek_key = EMPTY;
+                    self.sigs[sig].peek_key = EMPTY;
+                    if self.sig_heads[sig] == key { self.best_idle_server(sig) } else { None }
                 }
-            }
-            // The entry is still the source's first request if that request
-            // still waits and the source still has an idle worker: anything
-            // earlier that it could serve arrived with a signature entry of
-            // its own, and entries earlier than this one were handled first.
-            if !self.still_queued(key) || !self.source_has_idle(source) {
+                Source::Pinned(worker) => {
+                    match self.workers.get_mut(&worker) {
+                        Some(entry) if entry.peek_key == key => entry.peek_key = EMPTY,
+                        _ => continue,
+                    }
+                    let request = request_of(key);
+                    if self.still_queued(key) { self.best_worker_for(request) } else { None }
+                }
+            };
+            let Some(worker) = worker else {
                 self.push_peek(source);
                 continue;
-            }
-            let Some(worker) = self.best_worker_for(key.1) else {
-                // Cannot happen: a source with an idle worker only offers
-                // requests that worker can serve.
-                continue;
             };
-            let assignment = self.assign(key.1, worker);
+            let assignment = self.assign(request_of(key), worker);
             self.push_peek(source);
             return Some(assignment);
         }
@@ -532,8 +547,13 @@ impl Matcher {
             worker.idle_since?;
             return self.classes[worker.class].serves.contains(&entry.sig).then_some(pinned);
         }
+        self.best_idle_server(entry.sig)
+    }
+
+    /// The best idle worker for an unpinned request of `sig`.
+    fn best_idle_server(&self, sig: SigIdx) -> Option<WorkerId> {
         let mut best: Option<(usize, SystemTime, WorkerId)> = None;
-        for &c in &self.sigs[entry.sig].served_by {
+        for &c in &self.sigs[sig].served_by {
             if let Some(candidate) = self.class_best[c]
                 && best.is_none_or(|b| candidate < b)
             {
@@ -573,32 +593,28 @@ impl Matcher {
         }
     }
 
-    /// First visible waiting request this source can serve.
-    fn source_peek(&self, source: Source) -> Option<QueueKey> {
-        match source {
-            Source::Class(c) => {
-                self.class_best[c]?;
-                let first = self.classes[c].serves.iter().map(|s| self.sig_heads[*s]).min().unwrap_or(EMPTY);
-                (first != EMPTY).then(|| unpacked(first))
-            }
-            Source::Pinned(w) => {
-                let worker = self.workers.get(&w)?;
-                worker.idle_since?;
-                // A request whose caps or groups this worker does not
-                // match waits until the worker registers again.
-                let serves = &self.classes[worker.class].serves;
-                worker.pinned.iter().find(|(_, sig)| serves.contains(sig)).map(|(key, _)| *key)
-            }
-            Source::Sig(s) => {
-                let first = self.sig_heads[s];
-                (first != EMPTY && self.sig_has_idle_server(s)).then(|| unpacked(first))
-            }
-        }
+    /// The first request an idle worker of `class` can serve, [`packed`],
+    /// with its signature.
+    fn class_first(&self, class: ClassIdx) -> Option<(u64, SigIdx)> {
+        self.class_best[class]?;
+        let (first, sig) = self.classes[class].serves.iter().map(|&s| (self.sig_heads[s], s)).min()?;
+        (first != EMPTY).then_some((first, sig))
+    }
+
+    /// The first request pinned to `worker` that it can serve, [`packed`],
+    /// if the worker is idle.
+    fn pinned_first(&self, worker: WorkerId) -> Option<u64> {
+        let worker = self.workers.get(&worker)?;
+        worker.idle_since?;
+        // A request whose caps or groups this worker does not match waits
+        // until the worker registers again.
+        let serves = &self.classes[worker.class].serves;
+        worker.pinned.iter().find(|(_, sig)| serves.contains(sig)).map(|(key, _)| packed(*key))
     }
 
     fn push_peek(&mut self, source: Source) {
         match source {
-            Source::Class(c) => self.push_class_peek(c),
+            Source::Class(c, _) => self.push_class_peek(c),
             Source::Pinned(w) => self.push_pinned_peek(w),
             Source::Sig(s) => self.push_sig_peek(s),
         }
@@ -608,22 +624,22 @@ impl Matcher {
         if self.classes[class].in_heap {
             return;
         }
-        if let Some(key) = self.source_peek(Source::Class(class)) {
+        if let Some((key, sig)) = self.class_first(class) {
             self.classes[class].in_heap = true;
-            self.peeks.push(Reverse((key, Source::Class(class))));
+            self.peeks.push(Reverse((key, Source::Class(class, sig))));
         }
     }
 
     /// Pushes the worker's first pinned request unless an entry as early
     /// is already there.
     fn push_pinned_peek(&mut self, worker: WorkerId) {
-        let Some(key) = self.source_peek(Source::Pinned(worker)) else {
+        let Some(key) = self.pinned_first(worker) else {
             return;
         };
         if let Some(w) = self.workers.get_mut(&worker)
-            && packed(key) < w.peek_key
+            && key < w.peek_key
         {
-            w.peek_key = packed(key);
+            w.peek_key = key;
             self.peeks.push(Reverse((key, Source::Pinned(worker))));
         }
     }
@@ -632,13 +648,12 @@ impl Matcher {
     /// already there, or no idle worker can serve it (then none of the
     /// signature's requests can be served now).
     fn push_sig_peek(&mut self, sig: SigIdx) {
-        if self.sig_heads[sig] >= self.sigs[sig].peek_key {
+        let key = self.sig_heads[sig];
+        if key >= self.sigs[sig].peek_key || !self.sig_has_idle_server(sig) {
             return;
         }
-        if let Some(key) = self.source_peek(Source::Sig(sig)) {
-            self.sigs[sig].peek_key = packed(key);
-            self.peeks.push(Reverse((key, Source::Sig(sig))));
-        }
+        self.sigs[sig].peek_key = key;
+        self.peeks.push(Reverse((key, Source::Sig(sig))));
     }
 
     fn sig_has_idle_server(&self, sig: SigIdx) -> bool {
@@ -754,17 +769,10 @@ impl Matcher {
         }
     }
 
-    /// Whether the request of `key` still waits, visible, with that key.
-    fn still_queued(&self, key: QueueKey) -> bool {
-        self.requests.get(&key.1).is_some_and(|r| r.visible && r.key == key)
-    }
-
-    fn source_has_idle(&self, source: Source) -> bool {
-        match source {
-            Source::Class(c) => self.class_best[c].is_some(),
-            Source::Pinned(w) => self.workers.get(&w).is_some_and(|w| w.idle_since.is_some()),
-            Source::Sig(s) => self.sig_has_idle_server(s),
-        }
+    /// Whether the request of a [`packed`] key still waits, visible, with
+    /// that key.
+    fn still_queued(&self, key: u64) -> bool {
+        self.requests.get(&request_of(key)).is_some_and(|r| r.visible && packed(r.key) == key)
     }
 
     /// Drops the deadline entries of requests that left.
