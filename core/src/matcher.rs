@@ -328,11 +328,17 @@ impl Matcher {
         let old = entry.idle_since.replace(last_used);
         let class_idx = entry.class;
         let has_pinned = !entry.pinned.is_empty();
+        // A class that already had an idle worker serves nothing more now:
+        // every request it could serve is already offered by an entry in
+        // `peeks`, so its signatures need no scan.
+        let class_had_idle = self.class_best[class_idx].is_some();
         if let Some(old) = old {
             self.idle_remove(class_idx, old, id);
         }
         self.idle_insert(class_idx, last_used, id);
-        self.push_class_peek(class_idx);
+        if !class_had_idle {
+            self.push_class_peek(class_idx);
+        }
         if has_pinned {
             self.push_pinned_peek(id);
         }
@@ -597,8 +603,16 @@ impl Matcher {
     /// with its signature.
     fn class_first(&self, class: ClassIdx) -> Option<(u64, SigIdx)> {
         self.class_best[class]?;
-        let (first, sig) = self.classes[class].serves.iter().map(|&s| (self.sig_heads[s], s)).min()?;
-        (first != EMPTY).then_some((first, sig))
+        // A plain loop: this runs on every release, over every signature
+        // the class serves.
+        let (mut first, mut first_sig) = (EMPTY, 0);
+        for &sig in &self.classes[class].serves {
+            let head = self.sig_heads[sig];
+            if head < first {
+                (first, first_sig) = (head, sig);
+            }
+        }
+        (first != EMPTY).then_some((first, first_sig))
     }
 
     /// The first request pinned to `worker` that it can serve, [`packed`],
