@@ -18,7 +18,7 @@ use std::time::SystemTime;
 use crate::ids::{RequestId, WorkerId};
 use crate::priority::Priority;
 
-use super::{EMPTY, ID_MASK, QueueKey, packed};
+use super::{EMPTY, ID_MASK, QueueKey};
 
 /// Priorities 1 to 16, one lane each.
 const LANES: usize = 16;
@@ -55,7 +55,8 @@ impl RequestQueue {
         self.live
     }
 
-    /// The first key, [`packed`]; [`EMPTY`] when the queue is empty.
+    /// The first key, [packed](super::packed); [`EMPTY`] when the queue is
+    /// empty.
     pub(super) fn first_packed(&self) -> u64 {
         if self.occupied == 0 {
             return EMPTY;
@@ -218,6 +219,7 @@ mod tests {
 
     use uuid::Uuid;
 
+    use super::super::packed;
     use super::*;
 
     fn key(priority: i64, id: i64) -> QueueKey {
