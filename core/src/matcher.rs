@@ -9,27 +9,36 @@
 //!
 //! Workers with the same caps and groups are interchangeable except for
 //! their last use, so they are kept together in a *class*, whose idle
-//! members sit in an ordered set. Requests with the same caps and requester
-//! groups share a *signature*, whose waiting requests sit in an ordered
-//! queue. The "can serve" relation is kept between classes and signatures
-//! (both few), updated only when a new class or signature appears.
+//! members wait in a queue, least recently used first. Requests with the
+//! same caps and requester groups share a *signature*, whose waiting
+//! requests wait in a queue with one lane per priority, each in submission
+//! order. Both queues are flat ring buffers, appended to at the back and
+//! taken from the front in the common case (see `queues`). The "can serve"
+//! relation is kept between classes and signatures (both few), updated only
+//! when a new class or signature appears.
 //!
 //! The matcher keeps one invariant between calls: no waiting, visible
 //! request can be served by an idle worker. Only two things can break it: a
 //! request becomes visible (new, updated, or its `valid_after` passed), or a
-//! worker becomes idle. Those are remembered as *dirty*; a decision looks at
-//! the first dirty request and at the first request each dirty class can
-//! serve, and takes the earliest of them. Its cost depends on the number of
-//! classes and signatures involved, not on the number of workers or requests.
+//! worker becomes idle. Each pushes an entry to a heap of *peeks*, keyed by
+//! the first request its source could serve: the request's signature (if
+//! some idle worker serves it), its pinned worker (for a `UUID` cap), or the
+//! idle worker's class (the first request among the signatures it serves).
+//! A decision pops the earliest entry; an entry that went stale (its
+//! request left, or its source has no idle worker) is pushed again with its
+//! source's current first request, or dropped. Its cost depends on the
+//! number of classes and signatures involved, not on the number of workers
+//! or requests.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::time::SystemTime;
 
 use crate::caps::{Caps, Groups, UUID_CAP};
 use crate::ids::{RequestId, WorkerId};
 use crate::priority::Priority;
+use queues::{IdleQueue, RequestQueue};
 
 /// FxHash (rotate, xor, multiply): a fast hasher for the matcher's maps,
 /// keyed by server-assigned request ids and worker UUIDs. Not resistant to
@@ -71,9 +80,14 @@ fn packed(key: QueueKey) -> u64 {
     (u64::from(key.0.get()) << 56) | (key.1.0 as u64 & ID_MASK)
 }
 
+#[cfg(test)]
 fn unpacked(value: u64) -> QueueKey {
     let priority = Priority::try_from((value >> 56) as i64).unwrap_or_default();
-    (priority, RequestId((value & ID_MASK) as i64))
+    (priority, request_of(value))
+}
+
+fn request_of(value: u64) -> RequestId {
+    RequestId((value & ID_MASK) as i64)
 }
 
 const ID_MASK: u64 = (1 << 56) - 1;
@@ -136,7 +150,7 @@ struct Class {
     /// Caps plus groups: fewer wins.
     weight: usize,
     members: BTreeSet<WorkerId>,
-    idle: BTreeSet<(SystemTime, WorkerId)>,
+    idle: IdleQueue,
     serves: Vec<SigIdx>,
     in_heap: bool,
 }
@@ -145,19 +159,25 @@ struct Class {
 struct Sig {
     caps: Vec<CapId>,
     groups: Groups,
-    queue: BTreeSet<QueueKey>,
+    queue: RequestQueue,
     served_by: Vec<ClassIdx>,
     /// All requests of this signature, visible or not.
     members: usize,
+    /// The [`packed`] key of this signature's latest entry in `peeks`,
+    /// `EMPTY` when it has none; older entries are stale.
+    peek_key: u64,
 }
 
 #[derive(Debug)]
 struct WorkerEntry {
     class: ClassIdx,
     idle_since: Option<SystemTime>,
-    /// Visible waiting requests pinned to this worker by a `UUID` cap.
-    pinned: BTreeSet<QueueKey>,
-    in_heap: bool,
+    /// Visible waiting requests pinned to this worker by a `UUID` cap,
+    /// with their signatures.
+    pinned: BTreeMap<QueueKey, SigIdx>,
+    /// The [`packed`] key of this worker's latest entry in `peeks`, `EMPTY`
+    /// when it has none; older entries are stale.
+    peek_key: u64,
 }
 
 #[derive(Debug)]
@@ -168,14 +188,17 @@ struct RequestEntry {
     valid_after: SystemTime,
     deadline: SystemTime,
     visible: bool,
-    /// In `dirty_requests`.
-    dirty: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Source {
-    Class(ClassIdx),
+    /// A class that got an idle worker, with the signature whose first
+    /// request was the earliest the class could serve.
+    Class(ClassIdx, SigIdx),
+    /// A worker with requests pinned to it.
     Pinned(WorkerId),
+    /// A signature that got a new visible request.
+    Sig(SigIdx),
 }
 
 /// The in-memory matching state. See the module documentation.
@@ -202,11 +225,11 @@ pub struct Matcher {
     /// once they outnumber the live ones).
     deadlines: BinaryHeap<Reverse<(SystemTime, RequestId)>>,
     stale_deadlines: usize,
-    /// Requests that became visible since they were last examined, earliest
-    /// first. Entries of requests that left or changed are skipped when
-    /// they come up (the request's `dirty` flag and key tell).
-    dirty_requests: BinaryHeap<Reverse<QueueKey>>,
-    peeks: BinaryHeap<Reverse<(QueueKey, Source)>>,
+    /// Where the next decision may come from, earliest first: each entry
+    /// is the first request its source could serve when it was pushed.
+    /// Keys are [`packed`], so that comparing two entries is mostly
+    /// comparing two integers.
+    peeks: BinaryHeap<Reverse<(u64, Source)>>,
     /// Visible requests pinned to a worker id that is not registered.
     orphans: FastMap<WorkerId, BTreeSet<RequestId>>,
 }
@@ -247,7 +270,7 @@ impl Matcher {
         let caps = self.intern_caps(&spec.caps);
         let class = self.class_for(caps, spec.groups.clone());
         let mut idle_since = None;
-        let mut pinned = BTreeSet::new();
+        let mut pinned = BTreeMap::new();
         let mut old_class = None;
         if let Some(old) = self.workers.remove(&spec.id) {
             if old.class == class {
@@ -263,7 +286,7 @@ impl Matcher {
             old_class = Some(old.class);
         }
         self.classes[class].members.insert(spec.id);
-        self.workers.insert(spec.id, WorkerEntry { class, idle_since: None, pinned, in_heap: false });
+        self.workers.insert(spec.id, WorkerEntry { class, idle_since: None, pinned, peek_key: EMPTY });
         // Requests pinned to this id that were kept while it was unknown.
         for request in self.orphans.remove(&spec.id).unwrap_or_default() {
             if let Some(r) = self.requests.get_mut(&request) {
@@ -305,11 +328,17 @@ impl Matcher {
         let old = entry.idle_since.replace(last_used);
         let class_idx = entry.class;
         let has_pinned = !entry.pinned.is_empty();
+        // A class that already had an idle worker serves nothing more now:
+        // every request it could serve is already offered by an entry in
+        // `peeks`, so its signatures need no scan.
+        let class_had_idle = self.class_best[class_idx].is_some();
         if let Some(old) = old {
             self.idle_remove(class_idx, old, id);
         }
         self.idle_insert(class_idx, last_used, id);
-        self.push_class_peek(class_idx);
+        if !class_had_idle {
+            self.push_class_peek(class_idx);
+        }
         if has_pinned {
             self.push_pinned_peek(id);
         }
@@ -344,15 +373,7 @@ impl Matcher {
         self.sigs[sig].members += 1;
         self.requests.insert(
             spec.id,
-            RequestEntry {
-                key,
-                sig,
-                pinned,
-                valid_after: spec.valid_after,
-                deadline: spec.deadline,
-                visible: false,
-                dirty: false,
-            },
+            RequestEntry { key, sig, pinned, valid_after: spec.valid_after, deadline: spec.deadline, visible: false },
         );
         self.deadlines.push(Reverse((spec.deadline, spec.id)));
         if spec.valid_after > now {
@@ -434,49 +455,41 @@ impl Matcher {
     /// leaves the idle pool; call [`Matcher::worker_idle`] when it is back.
     pub fn next_match(&mut self) -> Option<Assignment> {
         loop {
-            let first_dirty = self.first_dirty();
-            let first_peek = self.peeks.peek().map(|Reverse(p)| *p);
-            let from_dirty = match (first_dirty, first_peek) {
-                (None, None) => return None,
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (Some(d), Some((p, _))) => d <= p,
-            };
-            if from_dirty {
-                let Reverse(key) = self.dirty_requests.pop()?;
-                if let Some(entry) = self.requests.get_mut(&key.1) {
-                    entry.dirty = false;
-                }
-                if let Some(worker) = self.best_worker_for(key.1) {
-                    return Some(self.assign(key.1, worker));
-                }
-                continue;
-            }
             let Reverse((key, source)) = self.peeks.pop()?;
-            match source {
-                Source::Class(c) => self.classes[c].in_heap = false,
-                Source::Pinned(w) => {
-                    if let Some(entry) = self.workers.get_mut(&w) {
-                        entry.in_heap = false;
-                    }
+            // An entry is current while its request is still its source's
+            // first and the source still has an idle worker: anything
+            // earlier that the source could serve arrived with an entry of
+            // its own (its signature's), and entries earlier than this one
+            // were handled first. A stale entry is pushed again with the
+            // source's current first request, if any.
+            let worker = match source {
+                Source::Class(class, sig) => {
+                    self.classes[class].in_heap = false;
+                    let current = self.sig_heads[sig] == key && self.class_best[class].is_some();
+                    if current { self.best_idle_server(sig) } else { None }
                 }
-            }
-            // The entry is still the source's first request if that request
-            // still waits and the source still has an idle worker: anything
-            // earlier that it could serve arrived as a dirty request, and
-            // dirty requests earlier than this entry were handled first.
-            if !self.still_queued(key) || !self.source_has_idle(source) {
-                self.push_peek(source);
-                continue;
-            }
-            let worker = self.best_worker_for(key.1);
+                Source::Sig(sig) => {
+                    if self.sigs[sig].peek_key != key {
+                        // Superseded by an earlier entry of the signature.
+                        continue;
+                    }
+                    self.sigs[sig].peek_key = EMPTY;
+                    if self.sig_heads[sig] == key { self.best_idle_server(sig) } else { None }
+                }
+                Source::Pinned(worker) => {
+                    match self.workers.get_mut(&worker) {
+                        Some(entry) if entry.peek_key == key => entry.peek_key = EMPTY,
+                        _ => continue,
+                    }
+                    let request = request_of(key);
+                    if self.still_queued(key) { self.best_worker_for(request) } else { None }
+                }
+            };
             let Some(worker) = worker else {
-                // Cannot happen while the source has an idle worker; stay
-                // safe and re-examine the source later.
                 self.push_peek(source);
                 continue;
             };
-            let assignment = self.assign(key.1, worker);
+            let assignment = self.assign(request_of(key), worker);
             self.push_peek(source);
             return Some(assignment);
         }
@@ -510,7 +523,7 @@ impl Matcher {
         for s in competing_sigs {
             let queue = &self.sigs[s].queue;
             competing += queue.len();
-            ahead += queue.range(..entry.key).count();
+            ahead += queue.count_before(entry.key);
         }
         for w in &candidates {
             if let Some(worker) = self.workers.get(w) {
@@ -540,8 +553,13 @@ impl Matcher {
             worker.idle_since?;
             return self.classes[worker.class].serves.contains(&entry.sig).then_some(pinned);
         }
+        self.best_idle_server(entry.sig)
+    }
+
+    /// The best idle worker for an unpinned request of `sig`.
+    fn best_idle_server(&self, sig: SigIdx) -> Option<WorkerId> {
         let mut best: Option<(usize, SystemTime, WorkerId)> = None;
-        for &c in &self.sigs[entry.sig].served_by {
+        for &c in &self.sigs[sig].served_by {
             if let Some(candidate) = self.class_best[c]
                 && best.is_none_or(|b| candidate < b)
             {
@@ -551,6 +569,9 @@ impl Matcher {
         best.map(|(_, _, id)| id)
     }
 
+    /// Queues a request that became visible and offers it to the next
+    /// decisions through its signature's (or pinned worker's) entry in
+    /// `peeks`.
     fn make_visible(&mut self, id: RequestId) {
         let Some(entry) = self.requests.get_mut(&id) else {
             return;
@@ -559,50 +580,57 @@ impl Matcher {
             return;
         }
         entry.visible = true;
-        let key = entry.key;
-        match entry.pinned {
-            Some(worker) => match self.workers.get_mut(&worker) {
-                Some(w) => {
-                    w.pinned.insert(key);
-                }
-                // The pinned worker is unknown; the request waits for a
-                // worker with that id to register.
-                None => {
-                    self.orphans.entry(worker).or_default().insert(id);
-                    return;
-                }
-            },
-            None => {
-                let sig = entry.sig;
-                self.queue_insert(sig, key);
+        let (key, sig) = (entry.key, entry.sig);
+        let Some(worker) = entry.pinned else {
+            self.queue_insert(sig, key);
+            self.push_sig_peek(sig);
+            return;
+        };
+        match self.workers.get_mut(&worker) {
+            Some(w) => {
+                w.pinned.insert(key, sig);
+                self.push_pinned_peek(worker);
             }
-        }
-        self.dirty_requests.push(Reverse(key));
-        if let Some(entry) = self.requests.get_mut(&id) {
-            entry.dirty = true;
+            // The pinned worker is unknown; the request waits for a worker
+            // with that id to register.
+            None => {
+                self.orphans.entry(worker).or_default().insert(id);
+            }
         }
     }
 
-    /// First visible waiting request this source can serve.
-    fn source_peek(&self, source: Source) -> Option<QueueKey> {
-        match source {
-            Source::Class(c) => {
-                self.class_best[c]?;
-                let first = self.classes[c].serves.iter().map(|s| self.sig_heads[*s]).min().unwrap_or(EMPTY);
-                (first != EMPTY).then(|| unpacked(first))
-            }
-            Source::Pinned(w) => {
-                let worker = self.workers.get(&w)?;
-                worker.idle_since?;
-                worker.pinned.first().copied()
+    /// The first request an idle worker of `class` can serve, [`packed`],
+    /// with its signature.
+    fn class_first(&self, class: ClassIdx) -> Option<(u64, SigIdx)> {
+        self.class_best[class]?;
+        // A plain loop: this runs on every release, over every signature
+        // the class serves.
+        let (mut first, mut first_sig) = (EMPTY, 0);
+        for &sig in &self.classes[class].serves {
+            let head = self.sig_heads[sig];
+            if head < first {
+                (first, first_sig) = (head, sig);
             }
         }
+        (first != EMPTY).then_some((first, first_sig))
+    }
+
+    /// The first request pinned to `worker` that it can serve, [`packed`],
+    /// if the worker is idle.
+    fn pinned_first(&self, worker: WorkerId) -> Option<u64> {
+        let worker = self.workers.get(&worker)?;
+        worker.idle_since?;
+        // A request whose caps or groups this worker does not match waits
+        // until the worker registers again.
+        let serves = &self.classes[worker.class].serves;
+        worker.pinned.iter().find(|(_, sig)| serves.contains(sig)).map(|(key, _)| packed(*key))
     }
 
     fn push_peek(&mut self, source: Source) {
         match source {
-            Source::Class(c) => self.push_class_peek(c),
+            Source::Class(c, _) => self.push_class_peek(c),
             Source::Pinned(w) => self.push_pinned_peek(w),
+            Source::Sig(s) => self.push_sig_peek(s),
         }
     }
 
@@ -610,22 +638,40 @@ impl Matcher {
         if self.classes[class].in_heap {
             return;
         }
-        if let Some(key) = self.source_peek(Source::Class(class)) {
+        if let Some((key, sig)) = self.class_first(class) {
             self.classes[class].in_heap = true;
-            self.peeks.push(Reverse((key, Source::Class(class))));
+            self.peeks.push(Reverse((key, Source::Class(class, sig))));
         }
     }
 
+    /// Pushes the worker's first pinned request unless an entry as early
+    /// is already there.
     fn push_pinned_peek(&mut self, worker: WorkerId) {
-        if self.workers.get(&worker).is_none_or(|w| w.in_heap) {
+        let Some(key) = self.pinned_first(worker) else {
             return;
-        }
-        if let Some(key) = self.source_peek(Source::Pinned(worker)) {
-            if let Some(w) = self.workers.get_mut(&worker) {
-                w.in_heap = true;
-            }
+        };
+        if let Some(w) = self.workers.get_mut(&worker)
+            && key < w.peek_key
+        {
+            w.peek_key = key;
             self.peeks.push(Reverse((key, Source::Pinned(worker))));
         }
+    }
+
+    /// Pushes the signature's first request unless an entry as early is
+    /// already there, or no idle worker can serve it (then none of the
+    /// signature's requests can be served now).
+    fn push_sig_peek(&mut self, sig: SigIdx) {
+        let key = self.sig_heads[sig];
+        if key >= self.sigs[sig].peek_key || !self.sig_has_idle_server(sig) {
+            return;
+        }
+        self.sigs[sig].peek_key = key;
+        self.peeks.push(Reverse((key, Source::Sig(sig))));
+    }
+
+    fn sig_has_idle_server(&self, sig: SigIdx) -> bool {
+        self.sigs[sig].served_by.iter().any(|c| self.class_best[*c].is_some())
     }
 
     fn intern_caps(&mut self, caps: &Caps) -> Vec<CapId> {
@@ -661,7 +707,7 @@ impl Matcher {
             groups,
             weight,
             members: BTreeSet::new(),
-            idle: BTreeSet::new(),
+            idle: IdleQueue::default(),
             serves,
             in_heap: false,
         });
@@ -682,7 +728,14 @@ impl Matcher {
                 Some(rarest) => self.classes_with_cap.get(rarest).cloned().unwrap_or_default(),
                 None => (0..self.classes.len()).collect(),
             };
-        let sig = Sig { caps: cap_ids, groups, queue: BTreeSet::new(), served_by: Vec::new(), members: 0 };
+        let sig = Sig {
+            caps: cap_ids,
+            groups,
+            queue: RequestQueue::default(),
+            served_by: Vec::new(),
+            members: 0,
+            peek_key: EMPTY,
+        };
         let served_by: Vec<ClassIdx> =
             candidates.into_iter().filter(|c| serves(&self.classes[*c].caps, &self.classes[*c].groups, &sig)).collect();
         for c in &served_by {
@@ -703,7 +756,7 @@ impl Matcher {
 
     fn idle_insert(&mut self, class: ClassIdx, since: SystemTime, worker: WorkerId) {
         let entry = &mut self.classes[class];
-        entry.idle.insert((since, worker));
+        entry.idle.insert(since, worker);
         if self.class_best[class].is_none_or(|(_, s, w)| (since, worker) < (s, w)) {
             self.class_best[class] = Some((entry.weight, since, worker));
         }
@@ -711,9 +764,9 @@ impl Matcher {
 
     fn idle_remove(&mut self, class: ClassIdx, since: SystemTime, worker: WorkerId) {
         let entry = &mut self.classes[class];
-        entry.idle.remove(&(since, worker));
+        entry.idle.remove(since, worker);
         if self.class_best[class].is_some_and(|(_, s, w)| (s, w) == (since, worker)) {
-            self.class_best[class] = entry.idle.first().map(|&(s, w)| (entry.weight, s, w));
+            self.class_best[class] = entry.idle.first().map(|(s, w)| (entry.weight, s, w));
         }
     }
 
@@ -724,33 +777,16 @@ impl Matcher {
 
     fn queue_remove(&mut self, sig: SigIdx, key: QueueKey) {
         let queue = &mut self.sigs[sig].queue;
-        queue.remove(&key);
+        queue.remove(key);
         if self.sig_heads[sig] == packed(key) {
-            self.sig_heads[sig] = queue.first().map_or(EMPTY, |k| packed(*k));
+            self.sig_heads[sig] = queue.first_packed();
         }
     }
 
-    /// The earliest dirty request, dropping entries that went stale.
-    fn first_dirty(&mut self) -> Option<QueueKey> {
-        while let Some(&Reverse(key)) = self.dirty_requests.peek() {
-            if self.requests.get(&key.1).is_some_and(|r| r.dirty && r.key == key) {
-                return Some(key);
-            }
-            self.dirty_requests.pop();
-        }
-        None
-    }
-
-    /// Whether the request of `key` still waits, visible, with that key.
-    fn still_queued(&self, key: QueueKey) -> bool {
-        self.requests.get(&key.1).is_some_and(|r| r.visible && r.key == key)
-    }
-
-    fn source_has_idle(&self, source: Source) -> bool {
-        match source {
-            Source::Class(c) => self.class_best[c].is_some(),
-            Source::Pinned(w) => self.workers.get(&w).is_some_and(|w| w.idle_since.is_some()),
-        }
+    /// Whether the request of a [`packed`] key still waits, visible, with
+    /// that key.
+    fn still_queued(&self, key: u64) -> bool {
+        self.requests.get(&request_of(key)).is_some_and(|r| r.visible && packed(r.key) == key)
     }
 
     /// Drops the deadline entries of requests that left.
@@ -805,5 +841,6 @@ fn is_subset(small: &[CapId], big: &[CapId]) -> bool {
     small.iter().all(|s| big.by_ref().any(|b| b == s))
 }
 
+mod queues;
 #[cfg(test)]
 mod tests;

@@ -128,6 +128,20 @@ fn uuid_cap_pins_a_worker() {
 }
 
 #[test]
+fn a_pinned_request_the_worker_cannot_serve_does_not_block_the_next_one() {
+    let mut m = Matcher::new();
+    m.register_worker(&worker(1, &[("t", "x")], &[]));
+    let unservable = request(1, 1, &[("UUID", &wid(1).to_string()), ("t", "y")]);
+    assert!(!m.add_request(&unservable, t(1)));
+    m.add_request(&request(2, 8, &[("UUID", &wid(1).to_string())]), t(1));
+    m.worker_idle(wid(1), t(0));
+    assert_eq!(drain(&mut m), vec![(2, 1)]);
+    m.worker_idle(wid(1), t(2));
+    assert_eq!(drain(&mut m), vec![]);
+    assert_eq!(m.waiting_count(), 1);
+}
+
+#[test]
 fn valid_after_hides_and_deadline_removes() {
     let mut m = Matcher::new();
     m.register_worker(&worker(1, &[("t", "x")], &[]));

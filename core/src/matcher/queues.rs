@@ -1,0 +1,295 @@
+//! The matcher's two ordered queues, kept in flat ring buffers rather than
+//! balanced trees: the waiting requests of one signature
+//! ([`RequestQueue`]) and the idle workers of one class ([`IdleQueue`]).
+//!
+//! Both are almost always appended to at the back and taken from the
+//! front: request ids grow with submission, so within one priority a new
+//! request is the latest; a worker that becomes idle is the most recently
+//! used of its class. An insertion out of order (a request added late, a
+//! worker idle since an earlier time) falls back to a binary search and a
+//! shift. A removal from the middle leaves a tombstone (the entry stays,
+//! marked removed, so the order and the binary search still hold); the
+//! front entry of a queue is never a tombstone, and tombstones are
+//! dropped once they reach the front or outnumber the live entries.
+
+use std::collections::VecDeque;
+use std::time::SystemTime;
+
+use crate::ids::{RequestId, WorkerId};
+use crate::priority::Priority;
+
+use super::{EMPTY, ID_MASK, QueueKey};
+
+/// Priorities 1 to 16, one lane each.
+const LANES: usize = 16;
+
+/// Set on a request lane entry whose request left the queue. Ids are below
+/// 2^56 (see [`ID_MASK`]), so the bit is free.
+const REMOVED: u64 = 1 << 63;
+
+/// Tombstones tolerated beyond the live entries before a compaction.
+const SLACK: usize = 64;
+
+/// Waiting requests in key order: one lane per priority, each lane in id
+/// order. The first request is the front of the first non-empty lane.
+#[derive(Debug, Default)]
+pub(super) struct RequestQueue {
+    /// Request ids, with [`REMOVED`] set on tombstones.
+    lanes: [VecDeque<u64>; LANES],
+    /// Bit `i` is set when lane `i` holds a live entry (then its front).
+    occupied: u16,
+    live: usize,
+    tombstones: usize,
+}
+
+fn lane_of(priority: Priority) -> usize {
+    usize::from(priority.get()) - 1
+}
+
+fn id_bits(id: RequestId) -> u64 {
+    id.0 as u64 & ID_MASK
+}
+
+impl RequestQueue {
+    pub(super) fn len(&self) -> usize {
+        self.live
+    }
+
+    /// The first key, [packed](super::packed); [`EMPTY`] when the queue is
+    /// empty.
+    pub(super) fn first_packed(&self) -> u64 {
+        if self.occupied == 0 {
+            return EMPTY;
+        }
+        let lane = self.occupied.trailing_zeros() as usize;
+        match self.lanes[lane].front() {
+            Some(&id) => ((lane as u64 + 1) << 56) | id,
+            None => EMPTY,
+        }
+    }
+
+    pub(super) fn insert(&mut self, key: QueueKey) {
+        let lane_index = lane_of(key.0);
+        let id = id_bits(key.1);
+        let lane = &mut self.lanes[lane_index];
+        match lane.back() {
+            Some(&last) if last & ID_MASK >= id => {
+                let at = lane.partition_point(|entry| entry & ID_MASK < id);
+                if let Some(entry) = lane.get_mut(at)
+                    && *entry & ID_MASK == id
+                {
+                    if *entry & REMOVED == 0 {
+                        return;
+                    }
+                    *entry = id;
+                    self.tombstones -= 1;
+                } else {
+                    lane.insert(at, id);
+                }
+            }
+            _ => lane.push_back(id),
+        }
+        self.live += 1;
+        self.occupied |= 1 << lane_index;
+    }
+
+    /// Returns false when the key was not queued.
+    pub(super) fn remove(&mut self, key: QueueKey) -> bool {
+        let lane_index = lane_of(key.0);
+        let id = id_bits(key.1);
+        let lane = &mut self.lanes[lane_index];
+        if lane.front() == Some(&id) {
+            lane.pop_front();
+            while lane.front().is_some_and(|entry| entry & REMOVED != 0) {
+                lane.pop_front();
+                self.tombstones -= 1;
+            }
+            if lane.is_empty() {
+                self.occupied &= !(1 << lane_index);
+            }
+        } else {
+            let at = lane.partition_point(|entry| entry & ID_MASK < id);
+            match lane.get_mut(at) {
+                Some(entry) if *entry == id => *entry |= REMOVED,
+                _ => return false,
+            }
+            self.tombstones += 1;
+        }
+        self.live -= 1;
+        if self.tombstones > self.live + SLACK {
+            for lane in &mut self.lanes {
+                lane.retain(|entry| entry & REMOVED == 0);
+            }
+            self.tombstones = 0;
+        }
+        true
+    }
+
+    /// How many queued keys come before `key`.
+    pub(super) fn count_before(&self, key: QueueKey) -> usize {
+        let lane_index = lane_of(key.0);
+        let id = id_bits(key.1);
+        let live = |entry: &&u64| **entry & REMOVED == 0;
+        let earlier_lanes: usize = self.lanes[..lane_index].iter().map(|lane| lane.iter().filter(live).count()).sum();
+        earlier_lanes + self.lanes[lane_index].iter().take_while(|entry| **entry & ID_MASK < id).filter(live).count()
+    }
+
+    /// The first key, unpacked.
+    #[cfg(test)]
+    pub(super) fn first(&self) -> Option<QueueKey> {
+        let first = self.first_packed();
+        (first != EMPTY).then(|| super::unpacked(first))
+    }
+}
+
+/// Idle workers of one class, least recently used first, then lowest id.
+#[derive(Debug, Default)]
+pub(super) struct IdleQueue {
+    entries: VecDeque<IdleEntry>,
+    tombstones: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct IdleEntry {
+    since: SystemTime,
+    worker: WorkerId,
+    removed: bool,
+}
+
+impl IdleEntry {
+    fn key(&self) -> (SystemTime, WorkerId) {
+        (self.since, self.worker)
+    }
+}
+
+impl IdleQueue {
+    pub(super) fn first(&self) -> Option<(SystemTime, WorkerId)> {
+        self.entries.front().map(IdleEntry::key)
+    }
+
+    pub(super) fn insert(&mut self, since: SystemTime, worker: WorkerId) {
+        let key = (since, worker);
+        let fresh = IdleEntry { since, worker, removed: false };
+        match self.entries.back() {
+            Some(last) if last.key() >= key => {
+                let at = self.entries.partition_point(|entry| entry.key() < key);
+                if let Some(entry) = self.entries.get_mut(at)
+                    && entry.key() == key
+                {
+                    if entry.removed {
+                        entry.removed = false;
+                        self.tombstones -= 1;
+                    }
+                } else {
+                    self.entries.insert(at, fresh);
+                }
+            }
+            _ => self.entries.push_back(fresh),
+        }
+    }
+
+    pub(super) fn remove(&mut self, since: SystemTime, worker: WorkerId) {
+        let key = (since, worker);
+        if self.entries.front().is_some_and(|entry| entry.key() == key) {
+            self.entries.pop_front();
+            while self.entries.front().is_some_and(|entry| entry.removed) {
+                self.entries.pop_front();
+                self.tombstones -= 1;
+            }
+            return;
+        }
+        let at = self.entries.partition_point(|entry| entry.key() < key);
+        if let Some(entry) = self.entries.get_mut(at)
+            && entry.key() == key
+            && !entry.removed
+        {
+            entry.removed = true;
+            self.tombstones += 1;
+            if self.tombstones > self.entries.len() - self.tombstones + SLACK {
+                self.entries.retain(|entry| !entry.removed);
+                self.tombstones = 0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use uuid::Uuid;
+
+    use super::super::packed;
+    use super::*;
+
+    fn key(priority: i64, id: i64) -> QueueKey {
+        (Priority::try_from(priority).unwrap(), RequestId(id))
+    }
+
+    #[test]
+    fn requests_come_out_in_key_order_whatever_the_insertion_order() {
+        let mut queue = RequestQueue::default();
+        for (priority, id) in [(8, 5), (8, 2), (3, 9), (16, 1), (8, 7), (3, 4)] {
+            queue.insert(key(priority, id));
+        }
+        assert_eq!(queue.len(), 6);
+        assert_eq!(queue.count_before(key(8, 5)), 3);
+        let mut order = Vec::new();
+        while let Some(first) = queue.first() {
+            assert_eq!(queue.first_packed(), packed(first));
+            assert!(queue.remove(first));
+            order.push((first.0.get(), first.1.0));
+        }
+        assert_eq!(order, vec![(3, 4), (3, 9), (8, 2), (8, 5), (8, 7), (16, 1)]);
+        assert_eq!(queue.first_packed(), EMPTY);
+    }
+
+    #[test]
+    fn removal_from_the_middle_leaves_a_tombstone_that_can_be_revived() {
+        let mut queue = RequestQueue::default();
+        for id in 1..=5 {
+            queue.insert(key(8, id));
+        }
+        assert!(queue.remove(key(8, 3)));
+        assert!(!queue.remove(key(8, 3)), "already gone");
+        assert!(!queue.remove(key(7, 2)), "never queued with that priority");
+        assert_eq!((queue.len(), queue.count_before(key(8, 5))), (4, 3));
+        assert!(queue.remove(key(8, 1)));
+        assert!(queue.remove(key(8, 2)));
+        // The tombstone of 3 is dropped with 2: 4 is first.
+        assert_eq!(queue.first(), Some(key(8, 4)));
+        queue.insert(key(8, 3));
+        assert_eq!(queue.first(), Some(key(8, 3)));
+        assert!(queue.remove(key(8, 4)));
+        queue.insert(key(8, 4));
+        assert_eq!(queue.len(), 3);
+        // Many removals from the middle trigger a compaction.
+        for id in 100..400 {
+            queue.insert(key(8, id));
+        }
+        for id in 101..400 {
+            assert!(queue.remove(key(8, id)));
+        }
+        assert_eq!(queue.len(), 4);
+        assert_eq!(queue.count_before(key(8, 100)), 3);
+    }
+
+    #[test]
+    fn idle_workers_come_out_least_recently_used_then_lowest_id() {
+        let at = |secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        let worker = |n| WorkerId(Uuid::from_u128(n));
+        let mut idle = IdleQueue::default();
+        for (since, n) in [(5, 1), (3, 9), (3, 2), (7, 4), (1, 8)] {
+            idle.insert(at(since), worker(n));
+        }
+        idle.remove(at(3), worker(9));
+        idle.remove(at(3), worker(9));
+        idle.remove(at(4), worker(4));
+        let mut order = Vec::new();
+        while let Some((since, w)) = idle.first() {
+            idle.remove(since, w);
+            order.push(w.0.as_u128());
+        }
+        assert_eq!(order, vec![8, 2, 1, 4]);
+    }
+}
