@@ -218,6 +218,29 @@ impl LeaseRecord {
     }
 }
 
+impl crate::Db {
+    /// The rows of a history table for one key (`query` selects `at`,
+    /// `from_state`, `to_state`, `actor`, `reason` WHERE key = $1), oldest
+    /// first.
+    pub(crate) async fn history<K>(
+        &self,
+        op: DatabaseOperation,
+        query: &'static str,
+        key: K,
+    ) -> Result<Vec<HistoryRecord>, DbError>
+    where
+        K: tokio_postgres::types::ToSql + Sync + Send + Copy + 'static,
+    {
+        self.run(op, move |client| {
+            Box::pin(async move {
+                let rows = client.query(query, &[&key]).await?;
+                Ok(rows.iter().map(|r| HistoryRecord::from_row(op, r)).collect::<Result<_, _>>()?)
+            })
+        })
+        .await
+    }
+}
+
 impl HistoryRecord {
     pub(crate) fn from_row(op: DatabaseOperation, row: &Row) -> Result<HistoryRecord, DbError> {
         let get = |e: tokio_postgres::Error| DbError::internal(op, e.to_string());

@@ -165,20 +165,9 @@ impl Db {
     }
 
     pub async fn request_history(&self, id: RequestId) -> Result<Vec<HistoryRecord>, DbError> {
-        let op = DatabaseOperation::RequestHistory;
-        self.run(op, move |client| {
-            Box::pin(async move {
-                let rows = client
-                    .query(
-                        "SELECT at, from_state, to_state, actor, reason FROM request_history
-                         WHERE request = $1 ORDER BY id",
-                        &[&id.0],
-                    )
-                    .await?;
-                Ok(rows.iter().map(|r| HistoryRecord::from_row(op, r)).collect::<Result<_, _>>()?)
-            })
-        })
-        .await
+        let query =
+            "SELECT at, from_state, to_state, actor, reason FROM request_history WHERE request = $1 ORDER BY id";
+        self.history(DatabaseOperation::RequestHistory, query, id.0).await
     }
 
     /// Changes priority and schedule of a waiting request.

@@ -354,20 +354,8 @@ impl Db {
 impl Db {
     /// A worker's transitions, oldest first.
     pub async fn worker_history(&self, uuid: WorkerId) -> Result<Vec<HistoryRecord>, DbError> {
-        let op = DatabaseOperation::WorkerHistory;
-        self.run(op, move |client| {
-            Box::pin(async move {
-                let rows = client
-                    .query(
-                        "SELECT at, from_state, to_state, actor, reason FROM worker_history
-                         WHERE worker = $1 ORDER BY id",
-                        &[&uuid.0],
-                    )
-                    .await?;
-                Ok(rows.iter().map(|r| HistoryRecord::from_row(op, r)).collect::<Result<_, _>>()?)
-            })
-        })
-        .await
+        let query = "SELECT at, from_state, to_state, actor, reason FROM worker_history WHERE worker = $1 ORDER BY id";
+        self.history(DatabaseOperation::WorkerHistory, query, uuid.0).await
     }
 
     pub async fn load_worker(&self, uuid: WorkerId) -> Result<Option<WorkerRecord>, DbError> {
