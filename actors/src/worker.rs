@@ -614,12 +614,21 @@ impl WorkerActor {
     fn resync(&mut self) -> Step {
         let (db, id) = (self.shared.db.clone(), self.id());
         let work = async move { db.load_worker(id).await };
-        Box::pin(work.into_actor(self).map(move |result, act, _| match result {
+        Box::pin(work.into_actor(self).map(move |result, act, ctx| match result {
             Ok(Some(record)) => {
+                let was = act.record.state;
                 act.record = record;
-                if act.record.state == WorkerState::Idle {
-                    let last_used = act.record.last_used.unwrap_or(SystemTime::UNIX_EPOCH);
-                    tell(act.shared.matcher(), MatcherMsg::WorkerIdle { worker: id, last_used });
+                match act.record.state {
+                    WorkerState::Idle => {
+                        let last_used = act.record.last_used.unwrap_or(SystemTime::UNIX_EPOCH);
+                        tell(act.shared.matcher(), MatcherMsg::WorkerIdle { worker: id, last_used });
+                    }
+                    // The end of its lease moved it (our own transition lost
+                    // the race): prepare it, as entering the state would.
+                    WorkerState::Prepare if was != WorkerState::Prepare => {
+                        act.enter(WorkerState::Prepare, "its lease ended", ctx);
+                    }
+                    _ => {}
                 }
                 act.publish();
             }
