@@ -153,6 +153,22 @@ fn spawn_agent(
     (stop, handle)
 }
 
+/// Waits until all `p` workers are idle, or fails after `timeout` saying
+/// how many `what`.
+async fn wait_all_idle(admin: &ApiClient, p: usize, timeout: Duration, what: &str) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let idle = admin.all("/v1/workers?state=idle").await?.len();
+        if idle == p {
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            bail!("only {idle} of {p} workers {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn run_size(size: Size, duration: Duration) -> Result<Line> {
     eprintln!("lifecycle P={} K={} C={} for {duration:?}: starting corral serve", size.p, size.k, size.c);
     let dir = ServerProcess::fresh_dir("lifecycle")?;
@@ -164,18 +180,7 @@ async fn run_size(size: Size, duration: Duration) -> Result<Line> {
     let admin = ApiClient::new(&server.url, &server.token("admin.token")?);
     let (agent_stop, agent) = spawn_agent(server.url.clone(), server.token("agent.token")?, size);
 
-    // All workers idle.
-    let started = Instant::now();
-    loop {
-        let idle = admin.all("/v1/workers?state=idle").await?.len();
-        if idle == size.p {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            bail!("only {idle} of {} workers became idle", size.p);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_all_idle(&admin, size.p, Duration::from_secs(60), "became idle").await?;
     let (status, user) = admin.post("/v1/users", &json!({"name": "bench"})).await?;
     if status != 201 {
         bail!("creating the bench user answered {status}: {user}");
@@ -232,17 +237,7 @@ async fn run_size(size: Size, duration: Duration) -> Result<Line> {
     if !live.is_empty() {
         bail!("{} requests are still live after every client closed its own", live.len());
     }
-    let settle = Instant::now();
-    loop {
-        let idle = admin.all("/v1/workers?state=idle").await?.len();
-        if idle == size.p {
-            break;
-        }
-        if settle.elapsed() > Duration::from_secs(30) {
-            bail!("only {idle} of {} workers are idle after the run", size.p);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_all_idle(&admin, size.p, Duration::from_secs(30), "are idle after the run").await?;
     let _ = agent_stop.send(true);
     let pg = server.postgres().await?;
     let baseline_seconds = duration.as_secs().clamp(3, 10);
