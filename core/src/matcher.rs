@@ -74,6 +74,17 @@ impl Hasher for FastHasher {
 
 type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
 
+/// A time as nanoseconds since the Unix epoch, clamped to `0..=u64::MAX`
+/// (1970 to 2554): the clamping keeps the order, and a time outside that
+/// range is either long past or never comes.
+fn nanos(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn time_of(nanos: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(nanos)
+}
+
 /// A queue key in one integer with the same order: priority in the top
 /// byte, the request id (below 2^56) under it.
 fn packed(key: QueueKey) -> u64 {
@@ -99,6 +110,8 @@ pub type QueueKey = (Priority, RequestId);
 type CapId = u32;
 type ClassIdx = usize;
 type SigIdx = usize;
+/// A worker's slot in `Matcher::slots`.
+type Slot = u32;
 
 /// A worker as the matcher sees it.
 #[derive(Clone, Debug)]
@@ -152,6 +165,10 @@ struct Class {
     members: BTreeSet<WorkerId>,
     idle: IdleQueue,
     serves: Vec<SigIdx>,
+    /// `heads[i]` is the first request of `serves[i]` (`sig_heads`), kept
+    /// here too so that finding the first request the class could serve
+    /// scans one contiguous array.
+    heads: Vec<u64>,
     in_heap: bool,
 }
 
@@ -161,6 +178,9 @@ struct Sig {
     groups: Groups,
     queue: RequestQueue,
     served_by: Vec<ClassIdx>,
+    /// This signature's position in the `serves` (and `heads`) of each
+    /// class of `served_by`.
+    served_at: Vec<usize>,
     /// All requests of this signature, visible or not.
     members: usize,
     /// The [`packed`] key of this signature's latest entry in `peeks`,
@@ -168,8 +188,11 @@ struct Sig {
     peek_key: u64,
 }
 
+/// A registered worker, in its slot: decisions reach it by slot, without a
+/// lookup by UUID. A slot freed by a deregistration is reused.
 #[derive(Debug)]
 struct WorkerEntry {
+    id: WorkerId,
     class: ClassIdx,
     idle_since: Option<SystemTime>,
     /// Visible waiting requests pinned to this worker by a `UUID` cap,
@@ -180,14 +203,25 @@ struct WorkerEntry {
     peek_key: u64,
 }
 
+/// 24 bytes, so that a bucket of the request map (the matcher's largest
+/// structure) is 32 bytes and never straddles two cache lines. Times are
+/// [`nanos`]; the pinned worker, if any, is in `Matcher::pins`.
 #[derive(Debug)]
 struct RequestEntry {
-    key: QueueKey,
-    sig: SigIdx,
-    pinned: Option<WorkerId>,
-    valid_after: SystemTime,
-    deadline: SystemTime,
+    deadline: u64,
+    valid_after: u64,
+    sig: u32,
+    priority: Priority,
     visible: bool,
+    pinned: bool,
+}
+
+const _: () = assert!(std::mem::size_of::<RequestEntry>() == 24);
+
+impl RequestEntry {
+    fn key(&self, id: RequestId) -> QueueKey {
+        (self.priority, id)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -195,10 +229,36 @@ enum Source {
     /// A class that got an idle worker, with the signature whose first
     /// request was the earliest the class could serve.
     Class(ClassIdx, SigIdx),
-    /// A worker with requests pinned to it.
-    Pinned(WorkerId),
+    /// A worker (its slot) with requests pinned to it.
+    Pinned(Slot),
     /// A signature that got a new visible request.
     Sig(SigIdx),
+}
+
+/// A [`Source`] in one integer, so that an entry of `peeks` is 16 bytes:
+/// the variant in the top two bits (in the enum's order), then its fields
+/// (class and signature indexes in 31 bits each: far more classes and
+/// signatures than fit in memory).
+type PackedSource = u64;
+
+const FIELD: u64 = (1 << 31) - 1;
+
+impl Source {
+    fn pack(self) -> PackedSource {
+        match self {
+            Source::Class(class, sig) => ((class as u64 & FIELD) << 31) | (sig as u64 & FIELD),
+            Source::Pinned(slot) => (1 << 62) | u64::from(slot),
+            Source::Sig(sig) => (2 << 62) | (sig as u64 & FIELD),
+        }
+    }
+
+    fn unpack(packed: PackedSource) -> Source {
+        match packed >> 62 {
+            0 => Source::Class(((packed >> 31) & FIELD) as ClassIdx, (packed & FIELD) as SigIdx),
+            1 => Source::Pinned(packed as Slot),
+            _ => Source::Sig((packed & FIELD) as SigIdx),
+        }
+    }
 }
 
 /// The in-memory matching state. See the module documentation.
@@ -216,20 +276,26 @@ pub struct Matcher {
     sig_heads: Vec<u64>,
     /// Each class's weight and least recently used idle worker
     /// (`classes[i].idle.first()`), packed for the same reason.
-    class_best: Vec<Option<(usize, SystemTime, WorkerId)>>,
-    workers: FastMap<WorkerId, WorkerEntry>,
+    class_best: Vec<Option<(usize, SystemTime, WorkerId, Slot)>>,
+    workers: FastMap<WorkerId, Slot>,
+    slots: Vec<WorkerEntry>,
+    free_slots: Vec<Slot>,
     requests: FastMap<RequestId, RequestEntry>,
-    future: BTreeSet<(SystemTime, RequestId)>,
+    /// The worker each pinned request (one with a `UUID` cap) is pinned to.
+    pins: FastMap<RequestId, WorkerId>,
+    /// Requests whose `valid_after` ([`nanos`]) has not come yet.
+    future: BTreeSet<(u64, RequestId)>,
     /// Deadlines of tracked requests, earliest first. Entries of requests
-    /// that left are dropped lazily (when they come up, or by compaction
-    /// once they outnumber the live ones).
-    deadlines: BinaryHeap<Reverse<(SystemTime, RequestId)>>,
+    /// that left are dropped lazily: when they come up, or by a compaction
+    /// (a pass over `requests`) once they outnumber the live ones three to
+    /// one.
+    deadlines: BinaryHeap<Reverse<(u64, RequestId)>>,
     stale_deadlines: usize,
     /// Where the next decision may come from, earliest first: each entry
     /// is the first request its source could serve when it was pushed.
     /// Keys are [`packed`], so that comparing two entries is mostly
     /// comparing two integers.
-    peeks: BinaryHeap<Reverse<(u64, Source)>>,
+    peeks: BinaryHeap<Reverse<(u64, PackedSource)>>,
     /// Visible requests pinned to a worker id that is not registered.
     orphans: FastMap<WorkerId, BTreeSet<RequestId>>,
 }
@@ -257,7 +323,7 @@ impl Matcher {
     }
 
     pub fn is_idle(&self, id: WorkerId) -> bool {
-        self.workers.get(&id).is_some_and(|w| w.idle_since.is_some())
+        self.worker(id).is_some_and(|w| w.idle_since.is_some())
     }
 
     // ----- workers -------------------------------------------------------
@@ -270,23 +336,40 @@ impl Matcher {
         let caps = self.intern_caps(&spec.caps);
         let class = self.class_for(caps, spec.groups.clone());
         let mut idle_since = None;
-        let mut pinned = BTreeMap::new();
         let mut old_class = None;
-        if let Some(old) = self.workers.remove(&spec.id) {
-            if old.class == class {
-                self.workers.insert(spec.id, old);
-                return Vec::new();
+        match self.workers.get(&spec.id) {
+            Some(&slot) => {
+                let old = &mut self.slots[slot as usize];
+                if old.class == class {
+                    return Vec::new();
+                }
+                let previous = std::mem::replace(&mut old.class, class);
+                idle_since = old.idle_since.take();
+                if let Some(since) = idle_since {
+                    self.idle_remove(previous, since, spec.id);
+                }
+                old_class = Some(previous);
             }
-            self.classes[old.class].members.remove(&spec.id);
-            if let Some(since) = old.idle_since {
-                self.idle_remove(old.class, since, spec.id);
+            None => {
+                let entry =
+                    WorkerEntry { id: spec.id, class, idle_since: None, pinned: BTreeMap::new(), peek_key: EMPTY };
+                let slot = match self.free_slots.pop() {
+                    Some(slot) => {
+                        self.slots[slot as usize] = entry;
+                        slot
+                    }
+                    None => {
+                        self.slots.push(entry);
+                        (self.slots.len() - 1) as Slot
+                    }
+                };
+                self.workers.insert(spec.id, slot);
             }
-            idle_since = old.idle_since;
-            pinned = old.pinned;
-            old_class = Some(old.class);
+        }
+        if let Some(old) = old_class {
+            self.classes[old].members.remove(&spec.id);
         }
         self.classes[class].members.insert(spec.id);
-        self.workers.insert(spec.id, WorkerEntry { class, idle_since: None, pinned, peek_key: EMPTY });
         // Requests pinned to this id that were kept while it was unknown.
         for request in self.orphans.remove(&spec.id).unwrap_or_default() {
             if let Some(r) = self.requests.get_mut(&request) {
@@ -309,22 +392,28 @@ impl Matcher {
     /// Forgets a worker. Returns the waiting requests that no registered
     /// worker can serve any more; they are removed from the matcher.
     pub fn deregister_worker(&mut self, id: WorkerId) -> Vec<RequestId> {
-        let Some(entry) = self.workers.remove(&id) else {
+        let Some(slot) = self.workers.remove(&id) else {
             return Vec::new();
         };
-        self.classes[entry.class].members.remove(&id);
-        if let Some(since) = entry.idle_since {
-            self.idle_remove(entry.class, since, id);
+        self.free_slots.push(slot);
+        let entry = &mut self.slots[slot as usize];
+        let (class, since) = (entry.class, entry.idle_since.take());
+        entry.pinned.clear();
+        entry.peek_key = EMPTY;
+        self.classes[class].members.remove(&id);
+        if let Some(since) = since {
+            self.idle_remove(class, since, id);
         }
-        self.drop_unsatisfiable(entry.class, Some(id))
+        self.drop_unsatisfiable(class, Some(id))
     }
 
     /// The worker may be leased from now on. `last_used` orders idle
     /// workers of a class: the least recently used is taken first.
     pub fn worker_idle(&mut self, id: WorkerId, last_used: SystemTime) {
-        let Some(entry) = self.workers.get_mut(&id) else {
+        let Some(&slot) = self.workers.get(&id) else {
             return;
         };
+        let entry = &mut self.slots[slot as usize];
         let old = entry.idle_since.replace(last_used);
         let class_idx = entry.class;
         let has_pinned = !entry.pinned.is_empty();
@@ -335,22 +424,26 @@ impl Matcher {
         if let Some(old) = old {
             self.idle_remove(class_idx, old, id);
         }
-        self.idle_insert(class_idx, last_used, id);
+        self.idle_insert(class_idx, last_used, id, slot);
         if !class_had_idle {
             self.push_class_peek(class_idx);
         }
         if has_pinned {
-            self.push_pinned_peek(id);
+            self.push_pinned_peek(slot);
         }
     }
 
     /// The worker left the idle pool (leased elsewhere, failed, maintenance).
     pub fn worker_unavailable(&mut self, id: WorkerId) {
-        let Some(entry) = self.workers.get_mut(&id) else {
-            return;
-        };
+        if let Some(&slot) = self.workers.get(&id) {
+            self.slot_unavailable(slot);
+        }
+    }
+
+    fn slot_unavailable(&mut self, slot: Slot) {
+        let entry = &mut self.slots[slot as usize];
         if let Some(old) = entry.idle_since.take() {
-            let class = entry.class;
+            let (class, id) = (entry.class, entry.id);
             self.idle_remove(class, old, id);
         }
     }
@@ -369,15 +462,25 @@ impl Matcher {
     pub fn add_request(&mut self, spec: &RequestSpec, now: SystemTime) -> bool {
         self.remove_request(spec.id);
         let (sig, pinned) = self.sig_for(&spec.caps, &spec.groups);
-        let key = (spec.priority, spec.id);
         self.sigs[sig].members += 1;
+        let (deadline, valid_after) = (nanos(spec.deadline), nanos(spec.valid_after));
         self.requests.insert(
             spec.id,
-            RequestEntry { key, sig, pinned, valid_after: spec.valid_after, deadline: spec.deadline, visible: false },
+            RequestEntry {
+                deadline,
+                valid_after,
+                sig: sig as u32,
+                priority: spec.priority,
+                visible: false,
+                pinned: pinned.is_some(),
+            },
         );
-        self.deadlines.push(Reverse((spec.deadline, spec.id)));
-        if spec.valid_after > now {
-            self.future.insert((spec.valid_after, spec.id));
+        if let Some(worker) = pinned {
+            self.pins.insert(spec.id, worker);
+        }
+        self.deadlines.push(Reverse((deadline, spec.id)));
+        if valid_after > nanos(now) {
+            self.future.insert((valid_after, spec.id));
         } else {
             self.make_visible(spec.id);
         }
@@ -389,22 +492,24 @@ impl Matcher {
         let Some(entry) = self.requests.remove(&id) else {
             return false;
         };
-        self.sigs[entry.sig].members -= 1;
+        let sig = entry.sig as SigIdx;
+        self.sigs[sig].members -= 1;
         self.stale_deadlines += 1;
-        if self.stale_deadlines > 1024 && self.stale_deadlines > self.requests.len() {
+        if self.stale_deadlines > 1024 && self.stale_deadlines > 3 * self.requests.len() {
             self.compact_deadlines();
         }
+        let pinned = if entry.pinned { self.pins.remove(&id) } else { None };
         if entry.visible {
-            match entry.pinned {
+            match pinned {
                 Some(worker) => {
-                    if let Some(w) = self.workers.get_mut(&worker) {
-                        w.pinned.remove(&entry.key);
+                    if let Some(w) = self.worker_mut(worker) {
+                        w.pinned.remove(&entry.key(id));
                     }
                     if let Some(orphans) = self.orphans.get_mut(&worker) {
                         orphans.remove(&id);
                     }
                 }
-                None => self.queue_remove(entry.sig, entry.key),
+                None => self.queue_remove(sig, entry.key(id)),
             }
         } else {
             self.future.remove(&(entry.valid_after, id));
@@ -415,6 +520,7 @@ impl Matcher {
     /// Moves requests whose `valid_after` has come into the queue and takes
     /// out those whose deadline has passed; returns the latter.
     pub fn tick(&mut self, now: SystemTime) -> Vec<RequestId> {
+        let now = nanos(now);
         while let Some(&(at, id)) = self.future.first() {
             if at > now {
                 break;
@@ -442,10 +548,11 @@ impl Matcher {
     pub fn next_wakeup(&self) -> Option<SystemTime> {
         let future = self.future.first().map(|(t, _)| *t);
         let deadline = self.deadlines.peek().map(|Reverse((t, _))| *t);
-        match (future, deadline) {
+        let next = match (future, deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
-        }
+        };
+        next.map(time_of)
     }
 
     // ----- decisions -----------------------------------------------------
@@ -456,6 +563,7 @@ impl Matcher {
     pub fn next_match(&mut self) -> Option<Assignment> {
         loop {
             let Reverse((key, source)) = self.peeks.pop()?;
+            let source = Source::unpack(source);
             // An entry is current while its request is still its source's
             // first and the source still has an idle worker: anything
             // earlier that the source could serve arrived with an entry of
@@ -476,8 +584,8 @@ impl Matcher {
                     self.sigs[sig].peek_key = EMPTY;
                     if self.sig_heads[sig] == key { self.best_idle_server(sig) } else { None }
                 }
-                Source::Pinned(worker) => {
-                    match self.workers.get_mut(&worker) {
+                Source::Pinned(slot) => {
+                    match self.slots.get_mut(slot as usize) {
                         Some(entry) if entry.peek_key == key => entry.peek_key = EMPTY,
                         _ => continue,
                     }
@@ -498,7 +606,8 @@ impl Matcher {
     /// Why `id` still waits. `None` if the matcher does not know it.
     pub fn explain(&self, id: RequestId) -> Option<Explanation> {
         let entry = self.requests.get(&id)?;
-        let sig = &self.sigs[entry.sig];
+        let (key, pinned) = (entry.key(id), self.pinned_to(id));
+        let sig = &self.sigs[entry.sig as SigIdx];
         let mut candidates = Vec::new();
         let mut group_mismatch = Vec::new();
         let mut classes = Vec::new();
@@ -506,7 +615,7 @@ impl Matcher {
             if class.members.is_empty() || !is_subset(&sig.caps, &class.caps) {
                 continue;
             }
-            let members = class.members.iter().filter(|w| entry.pinned.is_none_or(|p| p == **w));
+            let members = class.members.iter().filter(|w| pinned.is_none_or(|p| p == **w));
             if sig.groups.may_use(&class.groups) {
                 candidates.extend(members);
                 classes.push(idx);
@@ -523,12 +632,12 @@ impl Matcher {
         for s in competing_sigs {
             let queue = &self.sigs[s].queue;
             competing += queue.len();
-            ahead += queue.count_before(entry.key);
+            ahead += queue.count_before(key);
         }
         for w in &candidates {
-            if let Some(worker) = self.workers.get(w) {
+            if let Some(worker) = self.worker(*w) {
                 competing += worker.pinned.len();
-                ahead += worker.pinned.range(..entry.key).count();
+                ahead += worker.pinned.range(..key).count();
             }
         }
         if !entry.visible {
@@ -539,26 +648,40 @@ impl Matcher {
 
     // ----- internals -----------------------------------------------------
 
-    fn assign(&mut self, request: RequestId, worker: WorkerId) -> Assignment {
+    /// The worker a tracked request is pinned to by a `UUID` cap.
+    fn pinned_to(&self, request: RequestId) -> Option<WorkerId> {
+        self.pins.get(&request).copied()
+    }
+
+    fn assign(&mut self, request: RequestId, worker: Slot) -> Assignment {
         self.remove_request(request);
-        self.worker_unavailable(worker);
-        Assignment { request, worker }
+        self.slot_unavailable(worker);
+        Assignment { request, worker: self.slots[worker as usize].id }
+    }
+
+    fn worker(&self, id: WorkerId) -> Option<&WorkerEntry> {
+        self.workers.get(&id).map(|slot| &self.slots[*slot as usize])
+    }
+
+    fn worker_mut(&mut self, id: WorkerId) -> Option<&mut WorkerEntry> {
+        self.workers.get(&id).map(|slot| &mut self.slots[*slot as usize])
     }
 
     /// The best idle worker for a visible waiting request.
-    fn best_worker_for(&self, request: RequestId) -> Option<WorkerId> {
-        let entry = self.requests.get(&request)?;
-        if let Some(pinned) = entry.pinned {
-            let worker = self.workers.get(&pinned)?;
+    fn best_worker_for(&self, request: RequestId) -> Option<Slot> {
+        let sig = self.requests.get(&request)?.sig as SigIdx;
+        if let Some(pinned) = self.pinned_to(request) {
+            let slot = *self.workers.get(&pinned)?;
+            let worker = &self.slots[slot as usize];
             worker.idle_since?;
-            return self.classes[worker.class].serves.contains(&entry.sig).then_some(pinned);
+            return self.classes[worker.class].serves.contains(&sig).then_some(slot);
         }
-        self.best_idle_server(entry.sig)
+        self.best_idle_server(sig)
     }
 
     /// The best idle worker for an unpinned request of `sig`.
-    fn best_idle_server(&self, sig: SigIdx) -> Option<WorkerId> {
-        let mut best: Option<(usize, SystemTime, WorkerId)> = None;
+    fn best_idle_server(&self, sig: SigIdx) -> Option<Slot> {
+        let mut best: Option<(usize, SystemTime, WorkerId, Slot)> = None;
         for &c in &self.sigs[sig].served_by {
             if let Some(candidate) = self.class_best[c]
                 && best.is_none_or(|b| candidate < b)
@@ -566,7 +689,7 @@ impl Matcher {
                 best = Some(candidate);
             }
         }
-        best.map(|(_, _, id)| id)
+        best.map(|(_, _, _, slot)| slot)
     }
 
     /// Queues a request that became visible and offers it to the next
@@ -580,16 +703,16 @@ impl Matcher {
             return;
         }
         entry.visible = true;
-        let (key, sig) = (entry.key, entry.sig);
-        let Some(worker) = entry.pinned else {
+        let (key, sig, pinned) = (entry.key(id), entry.sig as SigIdx, entry.pinned);
+        let Some(worker) = pinned.then(|| self.pins.get(&id).copied()).flatten() else {
             self.queue_insert(sig, key);
             self.push_sig_peek(sig);
             return;
         };
-        match self.workers.get_mut(&worker) {
-            Some(w) => {
-                w.pinned.insert(key, sig);
-                self.push_pinned_peek(worker);
+        match self.workers.get(&worker) {
+            Some(&slot) => {
+                self.slots[slot as usize].pinned.insert(key, sig);
+                self.push_pinned_peek(slot);
             }
             // The pinned worker is unknown; the request waits for a worker
             // with that id to register.
@@ -605,20 +728,20 @@ impl Matcher {
         self.class_best[class]?;
         // A plain loop: this runs on every release, over every signature
         // the class serves.
-        let (mut first, mut first_sig) = (EMPTY, 0);
-        for &sig in &self.classes[class].serves {
-            let head = self.sig_heads[sig];
+        let class = &self.classes[class];
+        let (mut first, mut at) = (EMPTY, 0);
+        for (i, &head) in class.heads.iter().enumerate() {
             if head < first {
-                (first, first_sig) = (head, sig);
+                (first, at) = (head, i);
             }
         }
-        (first != EMPTY).then_some((first, first_sig))
+        (first != EMPTY).then(|| (first, class.serves[at]))
     }
 
     /// The first request pinned to `worker` that it can serve, [`packed`],
     /// if the worker is idle.
-    fn pinned_first(&self, worker: WorkerId) -> Option<u64> {
-        let worker = self.workers.get(&worker)?;
+    fn pinned_first(&self, worker: Slot) -> Option<u64> {
+        let worker = &self.slots[worker as usize];
         worker.idle_since?;
         // A request whose caps or groups this worker does not match waits
         // until the worker registers again.
@@ -640,21 +763,20 @@ impl Matcher {
         }
         if let Some((key, sig)) = self.class_first(class) {
             self.classes[class].in_heap = true;
-            self.peeks.push(Reverse((key, Source::Class(class, sig))));
+            self.peeks.push(Reverse((key, Source::Class(class, sig).pack())));
         }
     }
 
     /// Pushes the worker's first pinned request unless an entry as early
     /// is already there.
-    fn push_pinned_peek(&mut self, worker: WorkerId) {
+    fn push_pinned_peek(&mut self, worker: Slot) {
         let Some(key) = self.pinned_first(worker) else {
             return;
         };
-        if let Some(w) = self.workers.get_mut(&worker)
-            && key < w.peek_key
-        {
-            w.peek_key = key;
-            self.peeks.push(Reverse((key, Source::Pinned(worker))));
+        let entry = &mut self.slots[worker as usize];
+        if key < entry.peek_key {
+            entry.peek_key = key;
+            self.peeks.push(Reverse((key, Source::Pinned(worker).pack())));
         }
     }
 
@@ -667,7 +789,7 @@ impl Matcher {
             return;
         }
         self.sigs[sig].peek_key = key;
-        self.peeks.push(Reverse((key, Source::Sig(sig))));
+        self.peeks.push(Reverse((key, Source::Sig(sig).pack())));
     }
 
     fn sig_has_idle_server(&self, sig: SigIdx) -> bool {
@@ -693,9 +815,11 @@ impl Matcher {
         }
         let idx = self.classes.len();
         let serves: Vec<SigIdx> = (0..self.sigs.len()).filter(|s| serves(&caps, &groups, &self.sigs[*s])).collect();
-        for s in &serves {
+        for (at, s) in serves.iter().enumerate() {
             self.sigs[*s].served_by.push(idx);
+            self.sigs[*s].served_at.push(at);
         }
+        let heads = serves.iter().map(|s| self.sig_heads[*s]).collect();
         for cap in &caps {
             self.classes_with_cap.entry(*cap).or_default().push(idx);
         }
@@ -709,6 +833,7 @@ impl Matcher {
             members: BTreeSet::new(),
             idle: IdleQueue::default(),
             serves,
+            heads,
             in_heap: false,
         });
         idx
@@ -733,65 +858,86 @@ impl Matcher {
             groups,
             queue: RequestQueue::default(),
             served_by: Vec::new(),
+            served_at: Vec::new(),
             members: 0,
             peek_key: EMPTY,
         };
         let served_by: Vec<ClassIdx> =
             candidates.into_iter().filter(|c| serves(&self.classes[*c].caps, &self.classes[*c].groups, &sig)).collect();
-        for c in &served_by {
-            self.classes[*c].serves.push(idx);
-        }
+        let served_at = served_by
+            .iter()
+            .map(|c| {
+                let class = &mut self.classes[*c];
+                class.serves.push(idx);
+                class.heads.push(EMPTY);
+                class.serves.len() - 1
+            })
+            .collect();
         self.sig_index.insert((sig.caps.clone(), sig.groups.clone()), idx);
-        self.sigs.push(Sig { served_by, ..sig });
+        self.sigs.push(Sig { served_by, served_at, ..sig });
         self.sig_heads.push(EMPTY);
         (idx, pinned)
     }
 
     fn sig_satisfiable(&self, sig: SigIdx, pinned: Option<WorkerId>) -> bool {
         match pinned {
-            Some(worker) => self.workers.get(&worker).is_some_and(|w| self.classes[w.class].serves.contains(&sig)),
+            Some(worker) => self.worker(worker).is_some_and(|w| self.classes[w.class].serves.contains(&sig)),
             None => self.sigs[sig].served_by.iter().any(|c| !self.classes[*c].members.is_empty()),
         }
     }
 
-    fn idle_insert(&mut self, class: ClassIdx, since: SystemTime, worker: WorkerId) {
+    fn idle_insert(&mut self, class: ClassIdx, since: SystemTime, worker: WorkerId, slot: Slot) {
         let entry = &mut self.classes[class];
-        entry.idle.insert(since, worker);
-        if self.class_best[class].is_none_or(|(_, s, w)| (since, worker) < (s, w)) {
-            self.class_best[class] = Some((entry.weight, since, worker));
+        entry.idle.insert(since, worker, slot);
+        if self.class_best[class].is_none_or(|(_, s, w, _)| (since, worker) < (s, w)) {
+            self.class_best[class] = Some((entry.weight, since, worker, slot));
         }
     }
 
     fn idle_remove(&mut self, class: ClassIdx, since: SystemTime, worker: WorkerId) {
         let entry = &mut self.classes[class];
         entry.idle.remove(since, worker);
-        if self.class_best[class].is_some_and(|(_, s, w)| (s, w) == (since, worker)) {
-            self.class_best[class] = entry.idle.first().map(|(s, w)| (entry.weight, s, w));
+        if self.class_best[class].is_some_and(|(_, s, w, _)| (s, w) == (since, worker)) {
+            self.class_best[class] = entry.idle.first().map(|(s, w, slot)| (entry.weight, s, w, slot));
         }
     }
 
     fn queue_insert(&mut self, sig: SigIdx, key: QueueKey) {
         self.sigs[sig].queue.insert(key);
-        self.sig_heads[sig] = self.sig_heads[sig].min(packed(key));
+        self.set_sig_head(sig, self.sig_heads[sig].min(packed(key)));
     }
 
     fn queue_remove(&mut self, sig: SigIdx, key: QueueKey) {
         let queue = &mut self.sigs[sig].queue;
         queue.remove(key);
         if self.sig_heads[sig] == packed(key) {
-            self.sig_heads[sig] = queue.first_packed();
+            let head = queue.first_packed();
+            self.set_sig_head(sig, head);
+        }
+    }
+
+    /// Records the first request of a signature's queue, in `sig_heads` and
+    /// in the `heads` of the classes that serve the signature.
+    fn set_sig_head(&mut self, sig: SigIdx, head: u64) {
+        if self.sig_heads[sig] == head {
+            return;
+        }
+        self.sig_heads[sig] = head;
+        let entry = &self.sigs[sig];
+        for (&class, &at) in entry.served_by.iter().zip(&entry.served_at) {
+            self.classes[class].heads[at] = head;
         }
     }
 
     /// Whether the request of a [`packed`] key still waits, visible, with
     /// that key.
     fn still_queued(&self, key: u64) -> bool {
-        self.requests.get(&request_of(key)).is_some_and(|r| r.visible && packed(r.key) == key)
+        self.requests.get(&request_of(key)).is_some_and(|r| r.visible && packed(r.key(request_of(key))) == key)
     }
 
     /// Drops the deadline entries of requests that left.
     fn compact_deadlines(&mut self) {
-        let live: Vec<Reverse<(SystemTime, RequestId)>> =
+        let live: Vec<Reverse<(u64, RequestId)>> =
             self.requests.iter().map(|(id, r)| Reverse((r.deadline, *id))).collect();
         self.deadlines = BinaryHeap::from(live);
         self.stale_deadlines = 0;
@@ -817,9 +963,12 @@ impl Matcher {
         let mut lost: Vec<RequestId> = self
             .requests
             .iter()
-            .filter(|(_, r)| match r.pinned {
-                Some(p) => Some(p) == worker && !self.sig_satisfiable(r.sig, r.pinned),
-                None => lost_sigs.contains(&r.sig),
+            .filter(|(id, r)| {
+                let sig = r.sig as SigIdx;
+                match self.pinned_to(**id) {
+                    pinned @ Some(_) => pinned == worker && !self.sig_satisfiable(sig, pinned),
+                    None => lost_sigs.contains(&sig),
+                }
             })
             .map(|(id, _)| *id)
             .collect();

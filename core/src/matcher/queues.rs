@@ -18,7 +18,7 @@ use std::time::SystemTime;
 use crate::ids::{RequestId, WorkerId};
 use crate::priority::Priority;
 
-use super::{EMPTY, ID_MASK, QueueKey};
+use super::{EMPTY, ID_MASK, QueueKey, Slot};
 
 /// Priorities 1 to 16, one lane each.
 const LANES: usize = 16;
@@ -153,6 +153,7 @@ pub(super) struct IdleQueue {
 struct IdleEntry {
     since: SystemTime,
     worker: WorkerId,
+    slot: Slot,
     removed: bool,
 }
 
@@ -163,13 +164,14 @@ impl IdleEntry {
 }
 
 impl IdleQueue {
-    pub(super) fn first(&self) -> Option<(SystemTime, WorkerId)> {
-        self.entries.front().map(IdleEntry::key)
+    /// The least recently used idle worker, with its slot.
+    pub(super) fn first(&self) -> Option<(SystemTime, WorkerId, Slot)> {
+        self.entries.front().map(|entry| (entry.since, entry.worker, entry.slot))
     }
 
-    pub(super) fn insert(&mut self, since: SystemTime, worker: WorkerId) {
+    pub(super) fn insert(&mut self, since: SystemTime, worker: WorkerId, slot: Slot) {
         let key = (since, worker);
-        let fresh = IdleEntry { since, worker, removed: false };
+        let fresh = IdleEntry { since, worker, slot, removed: false };
         match self.entries.back() {
             Some(last) if last.key() >= key => {
                 let at = self.entries.partition_point(|entry| entry.key() < key);
@@ -177,7 +179,7 @@ impl IdleQueue {
                     && entry.key() == key
                 {
                     if entry.removed {
-                        entry.removed = false;
+                        *entry = fresh;
                         self.tombstones -= 1;
                     }
                 } else {
@@ -280,13 +282,13 @@ mod tests {
         let worker = |n| WorkerId(Uuid::from_u128(n));
         let mut idle = IdleQueue::default();
         for (since, n) in [(5, 1), (3, 9), (3, 2), (7, 4), (1, 8)] {
-            idle.insert(at(since), worker(n));
+            idle.insert(at(since), worker(n), n as Slot);
         }
         idle.remove(at(3), worker(9));
         idle.remove(at(3), worker(9));
         idle.remove(at(4), worker(4));
         let mut order = Vec::new();
-        while let Some((since, w)) = idle.first() {
+        while let Some((since, w, _)) = idle.first() {
             idle.remove(since, w);
             order.push(w.0.as_u128());
         }

@@ -343,3 +343,23 @@ proptest! {
         prop_assert_eq!(waiting.len(), m.waiting_count());
     }
 }
+
+#[test]
+fn sources_survive_packing_in_order() {
+    let sources = [
+        Source::Class(0, 0),
+        Source::Class(0, 7),
+        Source::Class(3, 1),
+        Source::Class((1 << 31) - 1, (1 << 31) - 1),
+        Source::Pinned(0),
+        Source::Pinned(u32::MAX),
+        Source::Sig(0),
+        Source::Sig((1 << 31) - 1),
+    ];
+    for pair in sources.windows(2) {
+        assert!(pair[0].pack() < pair[1].pack(), "{pair:?} must keep its order once packed");
+    }
+    for source in sources {
+        assert_eq!(Source::unpack(source.pack()), source);
+    }
+}
