@@ -172,27 +172,54 @@ struct Class {
     in_heap: bool,
 }
 
+/// Laid out for the cache: what a decision reads (`served_by`, `members`,
+/// `peek_key` and the queue's counters) is in the first line, and the
+/// queue's lanes start on the second, so that the lane a decision takes
+/// from is one more line (a lane's 32-byte header never straddles two).
 #[derive(Debug)]
+#[repr(C, align(64))]
 struct Sig {
-    caps: Vec<CapId>,
-    groups: Groups,
-    queue: RequestQueue,
-    served_by: Vec<ClassIdx>,
-    /// This signature's position in the `serves` (and `heads`) of each
-    /// class of `served_by`.
-    served_at: Vec<usize>,
+    served_by: Vec<Served>,
     /// All requests of this signature, visible or not.
     members: usize,
     /// The [`packed`] key of this signature's latest entry in `peeks`,
     /// `EMPTY` when it has none; older entries are stale.
     peek_key: u64,
+    /// Puts the queue's lanes at offset 64.
+    _lanes_on_a_line: [u8; 64 - 40 - queues::LANES_AT],
+    queue: RequestQueue,
+    caps: Vec<CapId>,
+    groups: Groups,
+}
+
+/// A class that serves a signature, and the signature's position in the
+/// class's `serves` (and `heads`).
+#[derive(Clone, Copy, Debug)]
+struct Served {
+    class: u32,
+    at: u32,
+}
+
+impl Served {
+    fn class(self) -> ClassIdx {
+        self.class as ClassIdx
+    }
+}
+
+/// The idle worker a decision takes, with where it waits in the idle
+/// queues: taking it needs no lookup.
+#[derive(Clone, Copy, Debug)]
+struct Chosen {
+    class: ClassIdx,
+    since: SystemTime,
+    worker: WorkerId,
+    slot: Slot,
 }
 
 /// A registered worker, in its slot: decisions reach it by slot, without a
 /// lookup by UUID. A slot freed by a deregistration is reused.
 #[derive(Debug)]
 struct WorkerEntry {
-    id: WorkerId,
     class: ClassIdx,
     idle_since: Option<SystemTime>,
     /// Visible waiting requests pinned to this worker by a `UUID` cap,
@@ -351,8 +378,7 @@ impl Matcher {
                 old_class = Some(previous);
             }
             None => {
-                let entry =
-                    WorkerEntry { id: spec.id, class, idle_since: None, pinned: BTreeMap::new(), peek_key: EMPTY };
+                let entry = WorkerEntry { class, idle_since: None, pinned: BTreeMap::new(), peek_key: EMPTY };
                 let slot = match self.free_slots.pop() {
                     Some(slot) => {
                         self.slots[slot as usize] = entry;
@@ -435,15 +461,11 @@ impl Matcher {
 
     /// The worker left the idle pool (leased elsewhere, failed, maintenance).
     pub fn worker_unavailable(&mut self, id: WorkerId) {
-        if let Some(&slot) = self.workers.get(&id) {
-            self.slot_unavailable(slot);
-        }
-    }
-
-    fn slot_unavailable(&mut self, slot: Slot) {
-        let entry = &mut self.slots[slot as usize];
+        let Some(entry) = self.worker_mut(id) else {
+            return;
+        };
         if let Some(old) = entry.idle_since.take() {
-            let (class, id) = (entry.class, entry.id);
+            let class = entry.class;
             self.idle_remove(class, old, id);
         }
     }
@@ -653,10 +675,12 @@ impl Matcher {
         self.pins.get(&request).copied()
     }
 
-    fn assign(&mut self, request: RequestId, worker: Slot) -> Assignment {
+    fn assign(&mut self, request: RequestId, chosen: Chosen) -> Assignment {
         self.remove_request(request);
-        self.slot_unavailable(worker);
-        Assignment { request, worker: self.slots[worker as usize].id }
+        // A write, not a read: the slot's cache line is not waited for.
+        self.slots[chosen.slot as usize].idle_since = None;
+        self.idle_remove(chosen.class, chosen.since, chosen.worker);
+        Assignment { request, worker: chosen.worker }
     }
 
     fn worker(&self, id: WorkerId) -> Option<&WorkerEntry> {
@@ -668,28 +692,29 @@ impl Matcher {
     }
 
     /// The best idle worker for a visible waiting request.
-    fn best_worker_for(&self, request: RequestId) -> Option<Slot> {
+    fn best_worker_for(&self, request: RequestId) -> Option<Chosen> {
         let sig = self.requests.get(&request)?.sig as SigIdx;
         if let Some(pinned) = self.pinned_to(request) {
             let slot = *self.workers.get(&pinned)?;
             let worker = &self.slots[slot as usize];
-            worker.idle_since?;
-            return self.classes[worker.class].serves.contains(&sig).then_some(slot);
+            let since = worker.idle_since?;
+            let chosen = Chosen { class: worker.class, since, worker: pinned, slot };
+            return self.classes[worker.class].serves.contains(&sig).then_some(chosen);
         }
         self.best_idle_server(sig)
     }
 
     /// The best idle worker for an unpinned request of `sig`.
-    fn best_idle_server(&self, sig: SigIdx) -> Option<Slot> {
-        let mut best: Option<(usize, SystemTime, WorkerId, Slot)> = None;
-        for &c in &self.sigs[sig].served_by {
-            if let Some(candidate) = self.class_best[c]
-                && best.is_none_or(|b| candidate < b)
+    fn best_idle_server(&self, sig: SigIdx) -> Option<Chosen> {
+        let mut best: Option<((usize, SystemTime, WorkerId, Slot), ClassIdx)> = None;
+        for served in &self.sigs[sig].served_by {
+            if let Some(candidate) = self.class_best[served.class()]
+                && best.is_none_or(|(b, _)| candidate < b)
             {
-                best = Some(candidate);
+                best = Some((candidate, served.class()));
             }
         }
-        best.map(|(_, _, _, slot)| slot)
+        best.map(|((_, since, worker, slot), class)| Chosen { class, since, worker, slot })
     }
 
     /// Queues a request that became visible and offers it to the next
@@ -793,7 +818,7 @@ impl Matcher {
     }
 
     fn sig_has_idle_server(&self, sig: SigIdx) -> bool {
-        self.sigs[sig].served_by.iter().any(|c| self.class_best[*c].is_some())
+        self.sigs[sig].served_by.iter().any(|served| self.class_best[served.class()].is_some())
     }
 
     fn intern_caps(&mut self, caps: &Caps) -> Vec<CapId> {
@@ -816,8 +841,7 @@ impl Matcher {
         let idx = self.classes.len();
         let serves: Vec<SigIdx> = (0..self.sigs.len()).filter(|s| serves(&caps, &groups, &self.sigs[*s])).collect();
         for (at, s) in serves.iter().enumerate() {
-            self.sigs[*s].served_by.push(idx);
-            self.sigs[*s].served_at.push(at);
+            self.sigs[*s].served_by.push(Served { class: idx as u32, at: at as u32 });
         }
         let heads = serves.iter().map(|s| self.sig_heads[*s]).collect();
         for cap in &caps {
@@ -856,25 +880,25 @@ impl Matcher {
         let sig = Sig {
             caps: cap_ids,
             groups,
+            _lanes_on_a_line: Default::default(),
             queue: RequestQueue::default(),
             served_by: Vec::new(),
-            served_at: Vec::new(),
             members: 0,
             peek_key: EMPTY,
         };
-        let served_by: Vec<ClassIdx> =
+        let capable: Vec<ClassIdx> =
             candidates.into_iter().filter(|c| serves(&self.classes[*c].caps, &self.classes[*c].groups, &sig)).collect();
-        let served_at = served_by
-            .iter()
+        let served_by = capable
+            .into_iter()
             .map(|c| {
-                let class = &mut self.classes[*c];
+                let class = &mut self.classes[c];
                 class.serves.push(idx);
                 class.heads.push(EMPTY);
-                class.serves.len() - 1
+                Served { class: c as u32, at: (class.serves.len() - 1) as u32 }
             })
             .collect();
         self.sig_index.insert((sig.caps.clone(), sig.groups.clone()), idx);
-        self.sigs.push(Sig { served_by, served_at, ..sig });
+        self.sigs.push(Sig { served_by, ..sig });
         self.sig_heads.push(EMPTY);
         (idx, pinned)
     }
@@ -882,7 +906,7 @@ impl Matcher {
     fn sig_satisfiable(&self, sig: SigIdx, pinned: Option<WorkerId>) -> bool {
         match pinned {
             Some(worker) => self.worker(worker).is_some_and(|w| self.classes[w.class].serves.contains(&sig)),
-            None => self.sigs[sig].served_by.iter().any(|c| !self.classes[*c].members.is_empty()),
+            None => self.sigs[sig].served_by.iter().any(|served| !self.classes[served.class()].members.is_empty()),
         }
     }
 
@@ -924,8 +948,8 @@ impl Matcher {
         }
         self.sig_heads[sig] = head;
         let entry = &self.sigs[sig];
-        for (&class, &at) in entry.served_by.iter().zip(&entry.served_at) {
-            self.classes[class].heads[at] = head;
+        for served in &entry.served_by {
+            self.classes[served.class()].heads[served.at as usize] = head;
         }
     }
 

@@ -32,15 +32,23 @@ const SLACK: usize = 64;
 
 /// Waiting requests in key order: one lane per priority, each lane in id
 /// order. The first request is the front of the first non-empty lane.
+///
+/// Laid out for the cache: the counters (12 bytes, padded to 16) lead, so
+/// that they can share a line with the fields in front of the queue, and
+/// the lanes follow (see `Sig`).
 #[derive(Debug, Default)]
+#[repr(C)]
 pub(super) struct RequestQueue {
-    /// Request ids, with [`REMOVED`] set on tombstones.
-    lanes: [VecDeque<u64>; LANES],
+    live: u32,
+    tombstones: u32,
     /// Bit `i` is set when lane `i` holds a live entry (then its front).
     occupied: u16,
-    live: usize,
-    tombstones: usize,
+    /// Request ids, with [`REMOVED`] set on tombstones.
+    lanes: [VecDeque<u64>; LANES],
 }
+
+/// Where the lanes start in a [`RequestQueue`].
+pub(super) const LANES_AT: usize = std::mem::offset_of!(RequestQueue, lanes);
 
 fn lane_of(priority: Priority) -> usize {
     usize::from(priority.get()) - 1
@@ -52,7 +60,7 @@ fn id_bits(id: RequestId) -> u64 {
 
 impl RequestQueue {
     pub(super) fn len(&self) -> usize {
-        self.live
+        self.live as usize
     }
 
     /// The first key, [packed](super::packed); [`EMPTY`] when the queue is
@@ -116,7 +124,7 @@ impl RequestQueue {
             self.tombstones += 1;
         }
         self.live -= 1;
-        if self.tombstones > self.live + SLACK {
+        if self.tombstones as usize > self.live as usize + SLACK {
             for lane in &mut self.lanes {
                 lane.retain(|entry| entry & REMOVED == 0);
             }

@@ -363,3 +363,12 @@ fn sources_survive_packing_in_order() {
         assert_eq!(Source::unpack(source.pack()), source);
     }
 }
+
+#[test]
+fn what_a_decision_reads_of_a_signature_shares_one_cache_line() {
+    use std::mem::offset_of;
+    assert_eq!(std::mem::align_of::<Sig>(), 64);
+    let hot = [offset_of!(Sig, served_by), offset_of!(Sig, members), offset_of!(Sig, peek_key)];
+    assert!(hot.iter().all(|at| *at + 8 <= 64), "{hot:?}");
+    assert_eq!(offset_of!(Sig, queue) + queues::LANES_AT, 64, "the lanes start the second line");
+}
