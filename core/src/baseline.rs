@@ -25,6 +25,18 @@ impl BorutaMatcher {
         self.workers.push((spec, None));
     }
 
+    /// New caps and groups for a registered worker; whether it is idle,
+    /// and since when, stays.
+    pub fn replace_worker(&mut self, spec: WorkerSpec) {
+        if let Some((worker, _)) = self.workers.iter_mut().find(|(w, _)| w.id == spec.id) {
+            *worker = spec;
+        }
+    }
+
+    pub fn is_idle(&self, id: WorkerId) -> bool {
+        self.workers.iter().any(|(w, idle)| w.id == id && idle.is_some())
+    }
+
     pub fn remove_worker(&mut self, id: WorkerId) {
         self.workers.retain(|(w, _)| w.id != id);
     }

@@ -110,7 +110,7 @@ pub type QueueKey = (Priority, RequestId);
 type CapId = u32;
 type ClassIdx = usize;
 type SigIdx = usize;
-/// A worker's slot in `Matcher::slots`.
+/// A worker's slot in `Matcher::pin_states`.
 type Slot = u32;
 
 /// A worker as the matcher sees it.
@@ -211,23 +211,48 @@ impl Served {
 #[derive(Clone, Copy, Debug)]
 struct Chosen {
     class: ClassIdx,
-    since: SystemTime,
+    since: u64,
     worker: WorkerId,
+}
+
+/// `WorkerEntry::since` of a worker that is not idle.
+const NOT_IDLE: u64 = u64::MAX;
+
+/// An idle time as the idle queues keep it: [`nanos`], below `NOT_IDLE`.
+fn idle_nanos(time: SystemTime) -> u64 {
+    nanos(time).min(NOT_IDLE - 1)
+}
+
+/// A registered worker: 16 bytes, so that a bucket of the worker map is 32
+/// bytes and a worker coming back to idle costs one cache line of it.
+#[derive(Clone, Copy, Debug)]
+struct WorkerEntry {
+    /// When the worker last became idle ([`idle_nanos`]); `NOT_IDLE` once
+    /// it was made unavailable. A decision that takes the worker leaves
+    /// this entry alone (it does not even read it): the worker is idle only
+    /// while its class's idle queue also holds it (`Matcher::idle_since`).
+    since: u64,
+    class: u32,
     slot: Slot,
 }
 
-/// A registered worker, in its slot: decisions reach it by slot, without a
-/// lookup by UUID. A slot freed by a deregistration is reused.
+/// The requests pinned to one worker, in the worker's slot, apart from its
+/// entry: few workers have any.
 #[derive(Debug)]
-struct WorkerEntry {
-    class: ClassIdx,
-    idle_since: Option<SystemTime>,
+struct PinState {
+    worker: WorkerId,
     /// Visible waiting requests pinned to this worker by a `UUID` cap,
     /// with their signatures.
     pinned: BTreeMap<QueueKey, SigIdx>,
     /// The [`packed`] key of this worker's latest entry in `peeks`, `EMPTY`
     /// when it has none; older entries are stale.
     peek_key: u64,
+}
+
+impl PinState {
+    fn new(worker: WorkerId) -> PinState {
+        PinState { worker, pinned: BTreeMap::new(), peek_key: EMPTY }
+    }
 }
 
 /// 24 bytes, so that a bucket of the request map (the matcher's largest
@@ -303,9 +328,13 @@ pub struct Matcher {
     sig_heads: Vec<u64>,
     /// Each class's weight and least recently used idle worker
     /// (`classes[i].idle.first()`), packed for the same reason.
-    class_best: Vec<Option<(usize, SystemTime, WorkerId, Slot)>>,
-    workers: FastMap<WorkerId, Slot>,
-    slots: Vec<WorkerEntry>,
+    class_best: Vec<Option<(usize, u64, WorkerId)>>,
+    workers: FastMap<WorkerId, WorkerEntry>,
+    /// Indexed by [`Slot`]; a slot freed by a deregistration is reused.
+    pin_states: Vec<PinState>,
+    /// Whether `pin_states[slot].pinned` is not empty, so that a worker
+    /// coming back to idle need not read its pin state.
+    has_pins: Vec<bool>,
     free_slots: Vec<Slot>,
     requests: FastMap<RequestId, RequestEntry>,
     /// The worker each pinned request (one with a `UUID` cap) is pinned to.
@@ -350,7 +379,7 @@ impl Matcher {
     }
 
     pub fn is_idle(&self, id: WorkerId) -> bool {
-        self.worker(id).is_some_and(|w| w.idle_since.is_some())
+        self.workers.get(&id).is_some_and(|entry| self.idle_since(id, entry).is_some())
     }
 
     // ----- workers -------------------------------------------------------
@@ -364,32 +393,32 @@ impl Matcher {
         let class = self.class_for(caps, spec.groups.clone());
         let mut idle_since = None;
         let mut old_class = None;
-        match self.workers.get(&spec.id) {
-            Some(&slot) => {
-                let old = &mut self.slots[slot as usize];
-                if old.class == class {
+        match self.workers.get(&spec.id).copied() {
+            Some(old) => {
+                let previous = old.class as ClassIdx;
+                if previous == class {
                     return Vec::new();
                 }
-                let previous = std::mem::replace(&mut old.class, class);
-                idle_since = old.idle_since.take();
+                idle_since = self.idle_since(spec.id, &old);
                 if let Some(since) = idle_since {
                     self.idle_remove(previous, since, spec.id);
                 }
+                self.workers.insert(spec.id, WorkerEntry { since: NOT_IDLE, class: class as u32, slot: old.slot });
                 old_class = Some(previous);
             }
             None => {
-                let entry = WorkerEntry { class, idle_since: None, pinned: BTreeMap::new(), peek_key: EMPTY };
                 let slot = match self.free_slots.pop() {
                     Some(slot) => {
-                        self.slots[slot as usize] = entry;
+                        self.pin_states[slot as usize] = PinState::new(spec.id);
                         slot
                     }
                     None => {
-                        self.slots.push(entry);
-                        (self.slots.len() - 1) as Slot
+                        self.pin_states.push(PinState::new(spec.id));
+                        self.has_pins.push(false);
+                        (self.pin_states.len() - 1) as Slot
                     }
                 };
-                self.workers.insert(spec.id, slot);
+                self.workers.insert(spec.id, WorkerEntry { since: NOT_IDLE, class: class as u32, slot });
             }
         }
         if let Some(old) = old_class {
@@ -410,7 +439,7 @@ impl Matcher {
             None => Vec::new(),
         };
         if let Some(since) = idle_since {
-            self.worker_idle(spec.id, since);
+            self.make_idle(spec.id, since);
         }
         lost
     }
@@ -418,54 +447,57 @@ impl Matcher {
     /// Forgets a worker. Returns the waiting requests that no registered
     /// worker can serve any more; they are removed from the matcher.
     pub fn deregister_worker(&mut self, id: WorkerId) -> Vec<RequestId> {
-        let Some(slot) = self.workers.remove(&id) else {
+        let Some(entry) = self.workers.remove(&id) else {
             return Vec::new();
         };
-        self.free_slots.push(slot);
-        let entry = &mut self.slots[slot as usize];
-        let (class, since) = (entry.class, entry.idle_since.take());
-        entry.pinned.clear();
-        entry.peek_key = EMPTY;
-        self.classes[class].members.remove(&id);
-        if let Some(since) = since {
-            self.idle_remove(class, since, id);
+        let (class, slot) = (entry.class as ClassIdx, entry.slot as usize);
+        if entry.since != NOT_IDLE {
+            self.idle_remove(class, entry.since, id);
         }
+        self.pin_states[slot].pinned.clear();
+        self.has_pins[slot] = false;
+        self.free_slots.push(entry.slot);
+        self.classes[class].members.remove(&id);
         self.drop_unsatisfiable(class, Some(id))
     }
 
     /// The worker may be leased from now on. `last_used` orders idle
     /// workers of a class: the least recently used is taken first.
     pub fn worker_idle(&mut self, id: WorkerId, last_used: SystemTime) {
-        let Some(&slot) = self.workers.get(&id) else {
+        self.make_idle(id, idle_nanos(last_used));
+    }
+
+    fn make_idle(&mut self, id: WorkerId, since: u64) {
+        let Some(entry) = self.workers.get_mut(&id) else {
             return;
         };
-        let entry = &mut self.slots[slot as usize];
-        let old = entry.idle_since.replace(last_used);
-        let class_idx = entry.class;
-        let has_pinned = !entry.pinned.is_empty();
+        let old = std::mem::replace(&mut entry.since, since);
+        let (class, slot) = (entry.class as ClassIdx, entry.slot);
         // A class that already had an idle worker serves nothing more now:
         // every request it could serve is already offered by an entry in
         // `peeks`, so its signatures need no scan.
-        let class_had_idle = self.class_best[class_idx].is_some();
-        if let Some(old) = old {
-            self.idle_remove(class_idx, old, id);
+        let class_had_idle = self.class_best[class].is_some();
+        if old != NOT_IDLE {
+            // Nothing to remove if a decision took the worker meanwhile.
+            self.idle_remove(class, old, id);
         }
-        self.idle_insert(class_idx, last_used, id, slot);
+        self.idle_insert(class, since, id);
         if !class_had_idle {
-            self.push_class_peek(class_idx);
+            self.push_class_peek(class);
         }
-        if has_pinned {
+        if self.has_pins[slot as usize] {
             self.push_pinned_peek(slot);
         }
     }
 
     /// The worker left the idle pool (leased elsewhere, failed, maintenance).
     pub fn worker_unavailable(&mut self, id: WorkerId) {
-        let Some(entry) = self.worker_mut(id) else {
+        let Some(entry) = self.workers.get_mut(&id) else {
             return;
         };
-        if let Some(old) = entry.idle_since.take() {
-            let class = entry.class;
+        let old = std::mem::replace(&mut entry.since, NOT_IDLE);
+        if old != NOT_IDLE {
+            let class = entry.class as ClassIdx;
             self.idle_remove(class, old, id);
         }
     }
@@ -524,8 +556,10 @@ impl Matcher {
         if entry.visible {
             match pinned {
                 Some(worker) => {
-                    if let Some(w) = self.worker_mut(worker) {
-                        w.pinned.remove(&entry.key(id));
+                    if let Some(slot) = self.workers.get(&worker).map(|w| w.slot as usize) {
+                        let pins = &mut self.pin_states[slot].pinned;
+                        pins.remove(&entry.key(id));
+                        self.has_pins[slot] = !pins.is_empty();
                     }
                     if let Some(orphans) = self.orphans.get_mut(&worker) {
                         orphans.remove(&id);
@@ -607,8 +641,8 @@ impl Matcher {
                     if self.sig_heads[sig] == key { self.best_idle_server(sig) } else { None }
                 }
                 Source::Pinned(slot) => {
-                    match self.slots.get_mut(slot as usize) {
-                        Some(entry) if entry.peek_key == key => entry.peek_key = EMPTY,
+                    match self.pin_states.get_mut(slot as usize) {
+                        Some(state) if state.peek_key == key => state.peek_key = EMPTY,
                         _ => continue,
                     }
                     let request = request_of(key);
@@ -657,9 +691,10 @@ impl Matcher {
             ahead += queue.count_before(key);
         }
         for w in &candidates {
-            if let Some(worker) = self.worker(*w) {
-                competing += worker.pinned.len();
-                ahead += worker.pinned.range(..key).count();
+            if let Some(entry) = self.workers.get(w) {
+                let pins = &self.pin_states[entry.slot as usize].pinned;
+                competing += pins.len();
+                ahead += pins.range(..key).count();
             }
         }
         if !entry.visible {
@@ -677,36 +712,33 @@ impl Matcher {
 
     fn assign(&mut self, request: RequestId, chosen: Chosen) -> Assignment {
         self.remove_request(request);
-        // A write, not a read: the slot's cache line is not waited for.
-        self.slots[chosen.slot as usize].idle_since = None;
+        // The worker's entry is left alone (see `WorkerEntry::since`).
         self.idle_remove(chosen.class, chosen.since, chosen.worker);
         Assignment { request, worker: chosen.worker }
     }
 
-    fn worker(&self, id: WorkerId) -> Option<&WorkerEntry> {
-        self.workers.get(&id).map(|slot| &self.slots[*slot as usize])
-    }
-
-    fn worker_mut(&mut self, id: WorkerId) -> Option<&mut WorkerEntry> {
-        self.workers.get(&id).map(|slot| &mut self.slots[*slot as usize])
+    /// When the worker became idle, if it still is: its entry says so and
+    /// a decision has not taken it from its class's idle queue since.
+    fn idle_since(&self, id: WorkerId, entry: &WorkerEntry) -> Option<u64> {
+        let since = entry.since;
+        (since != NOT_IDLE && self.classes[entry.class as ClassIdx].idle.contains(since, id)).then_some(since)
     }
 
     /// The best idle worker for a visible waiting request.
     fn best_worker_for(&self, request: RequestId) -> Option<Chosen> {
         let sig = self.requests.get(&request)?.sig as SigIdx;
         if let Some(pinned) = self.pinned_to(request) {
-            let slot = *self.workers.get(&pinned)?;
-            let worker = &self.slots[slot as usize];
-            let since = worker.idle_since?;
-            let chosen = Chosen { class: worker.class, since, worker: pinned, slot };
-            return self.classes[worker.class].serves.contains(&sig).then_some(chosen);
+            let entry = self.workers.get(&pinned)?;
+            let since = self.idle_since(pinned, entry)?;
+            let class = entry.class as ClassIdx;
+            return self.classes[class].serves.contains(&sig).then_some(Chosen { class, since, worker: pinned });
         }
         self.best_idle_server(sig)
     }
 
     /// The best idle worker for an unpinned request of `sig`.
     fn best_idle_server(&self, sig: SigIdx) -> Option<Chosen> {
-        let mut best: Option<((usize, SystemTime, WorkerId, Slot), ClassIdx)> = None;
+        let mut best: Option<((usize, u64, WorkerId), ClassIdx)> = None;
         for served in &self.sigs[sig].served_by {
             if let Some(candidate) = self.class_best[served.class()]
                 && best.is_none_or(|(b, _)| candidate < b)
@@ -714,7 +746,7 @@ impl Matcher {
                 best = Some((candidate, served.class()));
             }
         }
-        best.map(|((_, since, worker, slot), class)| Chosen { class, since, worker, slot })
+        best.map(|((_, since, worker), class)| Chosen { class, since, worker })
     }
 
     /// Queues a request that became visible and offers it to the next
@@ -735,8 +767,10 @@ impl Matcher {
             return;
         };
         match self.workers.get(&worker) {
-            Some(&slot) => {
-                self.slots[slot as usize].pinned.insert(key, sig);
+            Some(entry) => {
+                let slot = entry.slot;
+                self.pin_states[slot as usize].pinned.insert(key, sig);
+                self.has_pins[slot as usize] = true;
                 self.push_pinned_peek(slot);
             }
             // The pinned worker is unknown; the request waits for a worker
@@ -765,13 +799,14 @@ impl Matcher {
 
     /// The first request pinned to `worker` that it can serve, [`packed`],
     /// if the worker is idle.
-    fn pinned_first(&self, worker: Slot) -> Option<u64> {
-        let worker = &self.slots[worker as usize];
-        worker.idle_since?;
+    fn pinned_first(&self, slot: Slot) -> Option<u64> {
+        let state = &self.pin_states[slot as usize];
+        let entry = self.workers.get(&state.worker)?;
+        self.idle_since(state.worker, entry)?;
         // A request whose caps or groups this worker does not match waits
         // until the worker registers again.
-        let serves = &self.classes[worker.class].serves;
-        worker.pinned.iter().find(|(_, sig)| serves.contains(sig)).map(|(key, _)| packed(*key))
+        let serves = &self.classes[entry.class as ClassIdx].serves;
+        state.pinned.iter().find(|(_, sig)| serves.contains(sig)).map(|(key, _)| packed(*key))
     }
 
     fn push_peek(&mut self, source: Source) {
@@ -798,9 +833,9 @@ impl Matcher {
         let Some(key) = self.pinned_first(worker) else {
             return;
         };
-        let entry = &mut self.slots[worker as usize];
-        if key < entry.peek_key {
-            entry.peek_key = key;
+        let state = &mut self.pin_states[worker as usize];
+        if key < state.peek_key {
+            state.peek_key = key;
             self.peeks.push(Reverse((key, Source::Pinned(worker).pack())));
         }
     }
@@ -905,24 +940,26 @@ impl Matcher {
 
     fn sig_satisfiable(&self, sig: SigIdx, pinned: Option<WorkerId>) -> bool {
         match pinned {
-            Some(worker) => self.worker(worker).is_some_and(|w| self.classes[w.class].serves.contains(&sig)),
+            Some(worker) => {
+                self.workers.get(&worker).is_some_and(|w| self.classes[w.class as ClassIdx].serves.contains(&sig))
+            }
             None => self.sigs[sig].served_by.iter().any(|served| !self.classes[served.class()].members.is_empty()),
         }
     }
 
-    fn idle_insert(&mut self, class: ClassIdx, since: SystemTime, worker: WorkerId, slot: Slot) {
+    fn idle_insert(&mut self, class: ClassIdx, since: u64, worker: WorkerId) {
         let entry = &mut self.classes[class];
-        entry.idle.insert(since, worker, slot);
-        if self.class_best[class].is_none_or(|(_, s, w, _)| (since, worker) < (s, w)) {
-            self.class_best[class] = Some((entry.weight, since, worker, slot));
+        entry.idle.insert(since, worker);
+        if self.class_best[class].is_none_or(|(_, s, w)| (since, worker) < (s, w)) {
+            self.class_best[class] = Some((entry.weight, since, worker));
         }
     }
 
-    fn idle_remove(&mut self, class: ClassIdx, since: SystemTime, worker: WorkerId) {
+    fn idle_remove(&mut self, class: ClassIdx, since: u64, worker: WorkerId) {
         let entry = &mut self.classes[class];
         entry.idle.remove(since, worker);
-        if self.class_best[class].is_some_and(|(_, s, w, _)| (s, w) == (since, worker)) {
-            self.class_best[class] = entry.idle.first().map(|(s, w, slot)| (entry.weight, s, w, slot));
+        if self.class_best[class].is_some_and(|(_, s, w)| (s, w) == (since, worker)) {
+            self.class_best[class] = entry.idle.first().map(|(s, w)| (entry.weight, s, w));
         }
     }
 

@@ -13,12 +13,11 @@
 //! dropped once they reach the front or outnumber the live entries.
 
 use std::collections::VecDeque;
-use std::time::SystemTime;
 
 use crate::ids::{RequestId, WorkerId};
 use crate::priority::Priority;
 
-use super::{EMPTY, ID_MASK, QueueKey, Slot};
+use super::{EMPTY, ID_MASK, QueueKey};
 
 /// Priorities 1 to 16, one lane each.
 const LANES: usize = 16;
@@ -159,27 +158,33 @@ pub(super) struct IdleQueue {
 
 #[derive(Clone, Copy, Debug)]
 struct IdleEntry {
-    since: SystemTime,
+    since: u64,
     worker: WorkerId,
-    slot: Slot,
     removed: bool,
 }
 
 impl IdleEntry {
-    fn key(&self) -> (SystemTime, WorkerId) {
+    fn key(&self) -> (u64, WorkerId) {
         (self.since, self.worker)
     }
 }
 
 impl IdleQueue {
-    /// The least recently used idle worker, with its slot.
-    pub(super) fn first(&self) -> Option<(SystemTime, WorkerId, Slot)> {
-        self.entries.front().map(|entry| (entry.since, entry.worker, entry.slot))
+    /// The least recently used idle worker.
+    pub(super) fn first(&self) -> Option<(u64, WorkerId)> {
+        self.entries.front().map(IdleEntry::key)
     }
 
-    pub(super) fn insert(&mut self, since: SystemTime, worker: WorkerId, slot: Slot) {
+    /// Whether the worker waits here since `since`.
+    pub(super) fn contains(&self, since: u64, worker: WorkerId) -> bool {
         let key = (since, worker);
-        let fresh = IdleEntry { since, worker, slot, removed: false };
+        let at = self.entries.partition_point(|entry| entry.key() < key);
+        self.entries.get(at).is_some_and(|entry| entry.key() == key && !entry.removed)
+    }
+
+    pub(super) fn insert(&mut self, since: u64, worker: WorkerId) {
+        let key = (since, worker);
+        let fresh = IdleEntry { since, worker, removed: false };
         match self.entries.back() {
             Some(last) if last.key() >= key => {
                 let at = self.entries.partition_point(|entry| entry.key() < key);
@@ -198,7 +203,7 @@ impl IdleQueue {
         }
     }
 
-    pub(super) fn remove(&mut self, since: SystemTime, worker: WorkerId) {
+    pub(super) fn remove(&mut self, since: u64, worker: WorkerId) {
         let key = (since, worker);
         if self.entries.front().is_some_and(|entry| entry.key() == key) {
             self.entries.pop_front();
@@ -225,7 +230,6 @@ impl IdleQueue {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
 
     use uuid::Uuid;
 
@@ -286,17 +290,20 @@ mod tests {
 
     #[test]
     fn idle_workers_come_out_least_recently_used_then_lowest_id() {
-        let at = |secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
         let worker = |n| WorkerId(Uuid::from_u128(n));
         let mut idle = IdleQueue::default();
         for (since, n) in [(5, 1), (3, 9), (3, 2), (7, 4), (1, 8)] {
-            idle.insert(at(since), worker(n), n as Slot);
+            idle.insert(since, worker(n));
         }
-        idle.remove(at(3), worker(9));
-        idle.remove(at(3), worker(9));
-        idle.remove(at(4), worker(4));
+        assert!(idle.contains(3, worker(9)));
+        idle.remove(3, worker(9));
+        idle.remove(3, worker(9));
+        assert!(!idle.contains(3, worker(9)), "removed");
+        idle.remove(4, worker(4));
+        assert!(idle.contains(7, worker(4)), "not waiting since 4: nothing removed");
+        assert!(!idle.contains(4, worker(4)));
         let mut order = Vec::new();
-        while let Some((since, w, _)) = idle.first() {
+        while let Some((since, w)) = idle.first() {
             idle.remove(since, w);
             order.push(w.0.as_u128());
         }

@@ -197,13 +197,39 @@ fn explain_counts_competitors_for_the_same_workers() {
 
 #[derive(Clone, Debug)]
 enum Op {
-    AddWorker { n: u8, caps: Vec<(u8, u8)>, groups: Vec<u8> },
-    Idle { n: u8 },
-    Busy { n: u8 },
-    Deregister { n: u8 },
-    Submit { priority: u8, caps: Vec<(u8, u8)>, groups: Vec<u8>, delay: u8, pin: Option<u8> },
-    Cancel { nth: u8 },
-    Advance { secs: u8 },
+    AddWorker {
+        n: u8,
+        caps: Vec<(u8, u8)>,
+        groups: Vec<u8>,
+    },
+    /// Registers a registered worker again with new caps and groups.
+    Reregister {
+        n: u8,
+        caps: Vec<(u8, u8)>,
+        groups: Vec<u8>,
+    },
+    Idle {
+        n: u8,
+    },
+    Busy {
+        n: u8,
+    },
+    Deregister {
+        n: u8,
+    },
+    Submit {
+        priority: u8,
+        caps: Vec<(u8, u8)>,
+        groups: Vec<u8>,
+        delay: u8,
+        pin: Option<u8>,
+    },
+    Cancel {
+        nth: u8,
+    },
+    Advance {
+        secs: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -211,6 +237,8 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         (0u8..8, prop::collection::vec(cap.clone(), 0..3), prop::collection::vec(0u8..2, 0..2))
             .prop_map(|(n, caps, groups)| Op::AddWorker { n, caps, groups }),
+        (0u8..8, prop::collection::vec(cap.clone(), 0..3), prop::collection::vec(0u8..2, 0..2))
+            .prop_map(|(n, caps, groups)| Op::Reregister { n, caps, groups }),
         (0u8..8).prop_map(|n| Op::Idle { n }),
         (0u8..8).prop_map(|n| Op::Idle { n }),
         (0u8..8).prop_map(|n| Op::Busy { n }),
@@ -264,6 +292,18 @@ proptest! {
                     prop_assert!(m.register_worker(&spec).is_empty());
                     reference.add_worker(spec.clone());
                     registered.insert(n, spec);
+                }
+                Op::Reregister { n, caps, groups } => {
+                    let Some(spec) = registered.get_mut(&n) else { continue };
+                    *spec = WorkerSpec { id: spec.id, caps: to_caps(&caps), groups: to_groups(&groups) };
+                    let lost = m.register_worker(spec);
+                    reference.replace_worker(spec.clone());
+                    for r in &lost {
+                        reference.remove_request(*r);
+                        prop_assert!(ended.insert(*r));
+                    }
+                    let waiting: Vec<RequestId> = reference.waiting().collect();
+                    prop_assert_eq!(waiting.len(), m.waiting_count());
                 }
                 Op::Idle { n } => {
                     let Some(spec) = registered.get(&n) else { continue };
@@ -328,6 +368,9 @@ proptest! {
             let ours: Vec<Assignment> = std::iter::from_fn(|| m.next_match()).collect();
             let theirs: Vec<Assignment> = std::iter::from_fn(|| reference.next_match(now)).collect();
             prop_assert_eq!(&ours, &theirs);
+            for spec in registered.values() {
+                prop_assert_eq!(m.is_idle(spec.id), reference.is_idle(spec.id), "is worker {} idle?", spec.id);
+            }
             for a in ours {
                 prop_assert!(busy_with.insert(a.worker, a.request).is_none(), "worker {} leased twice", a.worker);
                 prop_assert!(matched.insert(a.request), "request {} matched twice", a.request);
