@@ -91,7 +91,6 @@ fn packed(key: QueueKey) -> u64 {
     (u64::from(key.0.get()) << 56) | (key.1.0 as u64 & ID_MASK)
 }
 
-#[cfg(test)]
 fn unpacked(value: u64) -> QueueKey {
     let priority = Priority::try_from((value >> 56) as i64).unwrap_or_default();
     (priority, request_of(value))
@@ -172,21 +171,14 @@ struct Class {
     in_heap: bool,
 }
 
-/// Laid out for the cache: what a decision reads (`served_by`, `members`,
-/// `peek_key` and the queue's counters) is in the first line, and the
-/// queue's lanes start on the second, so that the lane a decision takes
-/// from is one more line (a lane's 32-byte header never straddles two).
+/// Laid out for the cache: what a decision reads of a signature
+/// (`served_by`, `members` and the queue's header) is its first line.
 #[derive(Debug)]
 #[repr(C, align(64))]
 struct Sig {
     served_by: Vec<Served>,
     /// All requests of this signature, visible or not.
     members: usize,
-    /// The [`packed`] key of this signature's latest entry in `peeks`,
-    /// `EMPTY` when it has none; older entries are stale.
-    peek_key: u64,
-    /// Puts the queue's lanes at offset 64.
-    _lanes_on_a_line: [u8; 64 - 40 - queues::LANES_AT],
     queue: RequestQueue,
     caps: Vec<CapId>,
     groups: Groups,
@@ -326,6 +318,9 @@ pub struct Matcher {
     /// as a [`packed`] key, `EMPTY` for an empty queue: peeking at a class
     /// is then a minimum over one small array of integers.
     sig_heads: Vec<u64>,
+    /// The [`packed`] key of each signature's latest entry in `peeks`,
+    /// `EMPTY` when it has none; older entries are stale.
+    sig_peeks: Vec<u64>,
     /// Each class's weight and least recently used idle worker
     /// (`classes[i].idle.first()`), packed for the same reason.
     class_best: Vec<Option<(usize, u64, WorkerId)>>,
@@ -633,11 +628,11 @@ impl Matcher {
                     if current { self.best_idle_server(sig) } else { None }
                 }
                 Source::Sig(sig) => {
-                    if self.sigs[sig].peek_key != key {
+                    if self.sig_peeks[sig] != key {
                         // Superseded by an earlier entry of the signature.
                         continue;
                     }
-                    self.sigs[sig].peek_key = EMPTY;
+                    self.sig_peeks[sig] = EMPTY;
                     if self.sig_heads[sig] == key { self.best_idle_server(sig) } else { None }
                 }
                 Source::Pinned(slot) => {
@@ -845,10 +840,10 @@ impl Matcher {
     /// signature's requests can be served now).
     fn push_sig_peek(&mut self, sig: SigIdx) {
         let key = self.sig_heads[sig];
-        if key >= self.sigs[sig].peek_key || !self.sig_has_idle_server(sig) {
+        if key >= self.sig_peeks[sig] || !self.sig_has_idle_server(sig) {
             return;
         }
-        self.sigs[sig].peek_key = key;
+        self.sig_peeks[sig] = key;
         self.peeks.push(Reverse((key, Source::Sig(sig).pack())));
     }
 
@@ -912,15 +907,7 @@ impl Matcher {
                 Some(rarest) => self.classes_with_cap.get(rarest).cloned().unwrap_or_default(),
                 None => (0..self.classes.len()).collect(),
             };
-        let sig = Sig {
-            caps: cap_ids,
-            groups,
-            _lanes_on_a_line: Default::default(),
-            queue: RequestQueue::default(),
-            served_by: Vec::new(),
-            members: 0,
-            peek_key: EMPTY,
-        };
+        let sig = Sig { caps: cap_ids, groups, queue: RequestQueue::default(), served_by: Vec::new(), members: 0 };
         let capable: Vec<ClassIdx> =
             candidates.into_iter().filter(|c| serves(&self.classes[*c].caps, &self.classes[*c].groups, &sig)).collect();
         let served_by = capable
@@ -935,6 +922,7 @@ impl Matcher {
         self.sig_index.insert((sig.caps.clone(), sig.groups.clone()), idx);
         self.sigs.push(Sig { served_by, ..sig });
         self.sig_heads.push(EMPTY);
+        self.sig_peeks.push(EMPTY);
         (idx, pinned)
     }
 

@@ -29,15 +29,115 @@ const REMOVED: u64 = 1 << 63;
 /// Tombstones tolerated beyond the live entries before a compaction.
 const SLACK: usize = 64;
 
-/// Waiting requests in key order: one lane per priority, each lane in id
-/// order. The first request is the front of the first non-empty lane.
+/// Waiting requests of one signature in key order.
 ///
-/// Laid out for the cache: the counters (12 bytes, padded to 16) lead, so
-/// that they can share a line with the fields in front of the queue, and
-/// the lanes follow (see `Sig`).
+/// Most signatures have a few waiting requests: they are kept as one
+/// sorted ring of [packed](super::packed) keys, whose 32-byte header sits
+/// in the signature's first cache line (see `Sig`), so that taking the
+/// first request reads that line and the ring's. A queue that grows past
+/// [`SMALL`] entries moves to [`Lanes`], where an insertion costs O(1) for
+/// any mix of priorities (in one sorted ring, a burst of high-priority
+/// requests behind many low-priority ones would shift them all).
+#[derive(Debug)]
+pub(super) enum RequestQueue {
+    Small(VecDeque<u64>),
+    Lanes(Box<Lanes>),
+}
+
+/// The most entries a [`RequestQueue::Small`] holds.
+const SMALL: usize = 32;
+
+impl Default for RequestQueue {
+    fn default() -> RequestQueue {
+        RequestQueue::Small(VecDeque::new())
+    }
+}
+
+impl RequestQueue {
+    pub(super) fn len(&self) -> usize {
+        match self {
+            RequestQueue::Small(keys) => keys.len(),
+            RequestQueue::Lanes(lanes) => lanes.len(),
+        }
+    }
+
+    /// The first key, [packed](super::packed); [`EMPTY`] when the queue is
+    /// empty.
+    pub(super) fn first_packed(&self) -> u64 {
+        match self {
+            RequestQueue::Small(keys) => keys.front().copied().unwrap_or(EMPTY),
+            RequestQueue::Lanes(lanes) => lanes.first_packed(),
+        }
+    }
+
+    pub(super) fn insert(&mut self, key: QueueKey) {
+        let keys = match self {
+            RequestQueue::Small(keys) => keys,
+            RequestQueue::Lanes(lanes) => return lanes.insert(key),
+        };
+        let packed = super::packed(key);
+        match keys.back() {
+            Some(&last) if last >= packed => {
+                let at = keys.partition_point(|entry| *entry < packed);
+                if keys.get(at) == Some(&packed) {
+                    return;
+                }
+                keys.insert(at, packed);
+            }
+            _ => keys.push_back(packed),
+        }
+        if keys.len() > SMALL {
+            let mut lanes = Box::<Lanes>::default();
+            for entry in keys.drain(..) {
+                lanes.insert(super::unpacked(entry));
+            }
+            *self = RequestQueue::Lanes(lanes);
+        }
+    }
+
+    /// Returns false when the key was not queued.
+    pub(super) fn remove(&mut self, key: QueueKey) -> bool {
+        let lanes = match self {
+            RequestQueue::Small(keys) => {
+                let packed = super::packed(key);
+                if keys.front() == Some(&packed) {
+                    keys.pop_front();
+                    return true;
+                }
+                let at = keys.partition_point(|entry| *entry < packed);
+                return keys.get(at) == Some(&packed) && keys.remove(at).is_some();
+            }
+            RequestQueue::Lanes(lanes) => lanes,
+        };
+        let removed = lanes.remove(key);
+        if lanes.len() == 0 {
+            // Back to the small form, and the lanes' memory is freed.
+            *self = RequestQueue::default();
+        }
+        removed
+    }
+
+    /// How many queued keys come before `key`.
+    pub(super) fn count_before(&self, key: QueueKey) -> usize {
+        match self {
+            RequestQueue::Small(keys) => keys.partition_point(|entry| *entry < super::packed(key)),
+            RequestQueue::Lanes(lanes) => lanes.count_before(key),
+        }
+    }
+
+    /// The first key, unpacked.
+    #[cfg(test)]
+    pub(super) fn first(&self) -> Option<QueueKey> {
+        let first = self.first_packed();
+        (first != EMPTY).then(|| super::unpacked(first))
+    }
+}
+
+/// A large queue: one lane per priority, each lane in id order, appended
+/// to in O(1) whatever the mix of priorities. The first request is the
+/// front of the first non-empty lane.
 #[derive(Debug, Default)]
-#[repr(C)]
-pub(super) struct RequestQueue {
+pub(super) struct Lanes {
     live: u32,
     tombstones: u32,
     /// Bit `i` is set when lane `i` holds a live entry (then its front).
@@ -45,9 +145,6 @@ pub(super) struct RequestQueue {
     /// Request ids, with [`REMOVED`] set on tombstones.
     lanes: [VecDeque<u64>; LANES],
 }
-
-/// Where the lanes start in a [`RequestQueue`].
-pub(super) const LANES_AT: usize = std::mem::offset_of!(RequestQueue, lanes);
 
 fn lane_of(priority: Priority) -> usize {
     usize::from(priority.get()) - 1
@@ -57,14 +154,14 @@ fn id_bits(id: RequestId) -> u64 {
     id.0 as u64 & ID_MASK
 }
 
-impl RequestQueue {
-    pub(super) fn len(&self) -> usize {
+impl Lanes {
+    fn len(&self) -> usize {
         self.live as usize
     }
 
     /// The first key, [packed](super::packed); [`EMPTY`] when the queue is
     /// empty.
-    pub(super) fn first_packed(&self) -> u64 {
+    fn first_packed(&self) -> u64 {
         if self.occupied == 0 {
             return EMPTY;
         }
@@ -75,7 +172,7 @@ impl RequestQueue {
         }
     }
 
-    pub(super) fn insert(&mut self, key: QueueKey) {
+    fn insert(&mut self, key: QueueKey) {
         let lane_index = lane_of(key.0);
         let id = id_bits(key.1);
         let lane = &mut self.lanes[lane_index];
@@ -101,7 +198,7 @@ impl RequestQueue {
     }
 
     /// Returns false when the key was not queued.
-    pub(super) fn remove(&mut self, key: QueueKey) -> bool {
+    fn remove(&mut self, key: QueueKey) -> bool {
         let lane_index = lane_of(key.0);
         let id = id_bits(key.1);
         let lane = &mut self.lanes[lane_index];
@@ -133,19 +230,12 @@ impl RequestQueue {
     }
 
     /// How many queued keys come before `key`.
-    pub(super) fn count_before(&self, key: QueueKey) -> usize {
+    fn count_before(&self, key: QueueKey) -> usize {
         let lane_index = lane_of(key.0);
         let id = id_bits(key.1);
         let live = |entry: &&u64| **entry & REMOVED == 0;
         let earlier_lanes: usize = self.lanes[..lane_index].iter().map(|lane| lane.iter().filter(live).count()).sum();
         earlier_lanes + self.lanes[lane_index].iter().take_while(|entry| **entry & ID_MASK < id).filter(live).count()
-    }
-
-    /// The first key, unpacked.
-    #[cfg(test)]
-    pub(super) fn first(&self) -> Option<QueueKey> {
-        let first = self.first_packed();
-        (first != EMPTY).then(|| super::unpacked(first))
     }
 }
 
@@ -286,6 +376,47 @@ mod tests {
         }
         assert_eq!(queue.len(), 4);
         assert_eq!(queue.count_before(key(8, 100)), 3);
+    }
+
+    #[test]
+    fn a_growing_queue_moves_to_lanes_and_back_when_empty() {
+        let mut queue = RequestQueue::default();
+        let keys: Vec<QueueKey> = (1..=40).map(|id| key(16 - id % 16, id)).collect();
+        for k in &keys {
+            queue.insert(*k);
+        }
+        assert!(matches!(queue, RequestQueue::Lanes(_)), "40 entries are more than {SMALL}");
+        assert_eq!(queue.first(), Some(key(1, 15)));
+        for k in &keys {
+            assert!(queue.remove(*k));
+        }
+        assert!(matches!(queue, RequestQueue::Small(_)), "an emptied queue frees its lanes");
+        assert_eq!(queue.first_packed(), EMPTY);
+    }
+
+    proptest::proptest! {
+        /// Whatever the sequence of insertions and removals, across the
+        /// switch between the small form and the lanes and back, the queue
+        /// agrees with an ordered set.
+        #[test]
+        fn request_queue_behaves_like_an_ordered_set(
+            ops in proptest::collection::vec((proptest::bool::weighted(0.6), 1i64..=16, 1i64..120), 1..400)
+        ) {
+            let mut queue = RequestQueue::default();
+            let mut model = std::collections::BTreeSet::new();
+            for (insert, priority, id) in ops {
+                let k = key(priority, id);
+                if insert {
+                    queue.insert(k);
+                    model.insert(k);
+                } else {
+                    proptest::prop_assert_eq!(queue.remove(k), model.remove(&k));
+                }
+                proptest::prop_assert_eq!(queue.len(), model.len());
+                proptest::prop_assert_eq!(queue.first(), model.first().copied());
+                proptest::prop_assert_eq!(queue.count_before(k), model.range(..k).count());
+            }
+        }
     }
 
     #[test]
