@@ -18,7 +18,8 @@
 //! Only the driver loop: the `next_match` calls (those that decide and
 //! those that find nothing) and the `worker_idle` releases that drive them,
 //! plus the driver's own bookkeeping (pushing to preallocated vectors and
-//! reading the clock). `seconds` is the loop's wall time and
+//! reading the clock; durations are computed after the loop). `seconds` is
+//! the loop's wall time and
 //! `decisions_per_s = decisions / seconds`. Latency is timed per decision:
 //! `std::time::Instant` around each `next_match` call that returned an
 //! assignment; `p50_us`/`p99_us` are nearest-rank percentiles over those
@@ -495,8 +496,9 @@ impl Budget {
         Budget { time: None, decisions: usize::MAX }
     }
 
-    fn spent(&self, decisions: usize, elapsed: Duration) -> bool {
-        decisions > 0 && (decisions >= self.decisions || self.time.is_some_and(|t| elapsed >= t))
+    /// The clock is only read when there is a time budget.
+    fn spent(&self, decisions: usize, start: Instant, now: Instant) -> bool {
+        decisions > 0 && (decisions >= self.decisions || self.time.is_some_and(|t| now - start >= t))
     }
 }
 
@@ -546,27 +548,26 @@ impl Run {
 /// is none, until `wanted` decisions are made or the budget is spent.
 fn drive(matcher: &mut impl DecisionPath, mut state: DriverState, wanted: usize, budget: &Budget) -> Result<Run> {
     let mut events = Vec::with_capacity(2 * wanted + 1);
-    let mut latencies_ns = Vec::with_capacity(wanted);
-    let mut decided_at_ns = Vec::with_capacity(wanted);
+    // The clock readings around each deciding call; durations are
+    // computed after the loop, so that the loop only reads the clock.
+    let mut timings: Vec<(Instant, Instant)> = Vec::with_capacity(wanted);
     state.busy.reserve(wanted.min(1 << 20));
     let releases_before = state.releases;
     let start = Instant::now();
     let mut completed = false;
     loop {
-        let decisions = latencies_ns.len();
+        let decisions = timings.len();
         if decisions == wanted {
             completed = true;
             break;
         }
         let before = Instant::now();
-        if budget.spent(decisions, before - start) {
+        if budget.spent(decisions, start, before) {
             break;
         }
         match matcher.next_match() {
             Some(assignment) => {
-                let after = Instant::now();
-                latencies_ns.push((after - before).as_nanos() as u64);
-                decided_at_ns.push((after - start).as_nanos() as u64);
+                timings.push((before, Instant::now()));
                 events.push(Event::Assigned(assignment));
                 state.busy.push_back(assignment.worker);
             }
@@ -584,6 +585,8 @@ fn drive(matcher: &mut impl DecisionPath, mut state: DriverState, wanted: usize,
         }
     }
     let seconds = start.elapsed().as_secs_f64();
+    let latencies_ns = timings.iter().map(|(before, after)| (*after - *before).as_nanos() as u64).collect();
+    let decided_at_ns = timings.iter().map(|(_, after)| (*after - start).as_nanos() as u64).collect();
     Ok(Run { events, latencies_ns, decided_at_ns, seconds, releases: state.releases - releases_before, completed })
 }
 
