@@ -39,6 +39,7 @@ use crate::caps::{Caps, Groups, UUID_CAP};
 use crate::ids::{RequestId, WorkerId};
 use crate::priority::Priority;
 use queues::{IdleQueue, RequestQueue};
+use smallvec::SmallVec;
 
 /// FxHash (rotate, xor, multiply): a fast hasher for the matcher's maps,
 /// keyed by server-assigned request ids and worker UUIDs. Not resistant to
@@ -171,15 +172,22 @@ struct Class {
     in_heap: bool,
 }
 
-/// Laid out for the cache: what a decision reads of a signature
-/// (`served_by`, `members` and the queue's header) is its first line.
+/// The state of a signature a decision reads and writes, laid out for the
+/// cache: 128 bytes, aligned, so that it is one pair of lines (which the
+/// processor fetches together), with room for the classes serving most
+/// signatures inline. Its caps and groups are apart, in `SigKey`.
 #[derive(Debug)]
-#[repr(C, align(64))]
+#[repr(C, align(128))]
 struct Sig {
-    served_by: Vec<Served>,
+    served_by: SmallVec<[Served; 5]>,
     /// All requests of this signature, visible or not.
     members: usize,
     queue: RequestQueue,
+}
+
+/// What a signature's requests ask for.
+#[derive(Debug)]
+struct SigKey {
     caps: Vec<CapId>,
     groups: Groups,
 }
@@ -313,6 +321,7 @@ pub struct Matcher {
     class_index: HashMap<(Vec<CapId>, Groups), ClassIdx>,
     classes_with_cap: HashMap<CapId, Vec<ClassIdx>>,
     sigs: Vec<Sig>,
+    sig_keys: Vec<SigKey>,
     sig_index: HashMap<(Vec<CapId>, Groups), SigIdx>,
     /// The first request of each signature's queue (`sigs[i].queue.first()`)
     /// as a [`packed`] key, `EMPTY` for an empty queue: peeking at a class
@@ -658,7 +667,7 @@ impl Matcher {
     pub fn explain(&self, id: RequestId) -> Option<Explanation> {
         let entry = self.requests.get(&id)?;
         let (key, pinned) = (entry.key(id), self.pinned_to(id));
-        let sig = &self.sigs[entry.sig as SigIdx];
+        let sig = &self.sig_keys[entry.sig as SigIdx];
         let mut candidates = Vec::new();
         let mut group_mismatch = Vec::new();
         let mut classes = Vec::new();
@@ -869,7 +878,7 @@ impl Matcher {
             return idx;
         }
         let idx = self.classes.len();
-        let serves: Vec<SigIdx> = (0..self.sigs.len()).filter(|s| serves(&caps, &groups, &self.sigs[*s])).collect();
+        let serves: Vec<SigIdx> = (0..self.sigs.len()).filter(|s| serves(&caps, &groups, &self.sig_keys[*s])).collect();
         for (at, s) in serves.iter().enumerate() {
             self.sigs[*s].served_by.push(Served { class: idx as u32, at: at as u32 });
         }
@@ -907,7 +916,7 @@ impl Matcher {
                 Some(rarest) => self.classes_with_cap.get(rarest).cloned().unwrap_or_default(),
                 None => (0..self.classes.len()).collect(),
             };
-        let sig = Sig { caps: cap_ids, groups, queue: RequestQueue::default(), served_by: Vec::new(), members: 0 };
+        let sig = SigKey { caps: cap_ids, groups };
         let capable: Vec<ClassIdx> =
             candidates.into_iter().filter(|c| serves(&self.classes[*c].caps, &self.classes[*c].groups, &sig)).collect();
         let served_by = capable
@@ -920,7 +929,8 @@ impl Matcher {
             })
             .collect();
         self.sig_index.insert((sig.caps.clone(), sig.groups.clone()), idx);
-        self.sigs.push(Sig { served_by, ..sig });
+        self.sig_keys.push(sig);
+        self.sigs.push(Sig { served_by, members: 0, queue: RequestQueue::default() });
         self.sig_heads.push(EMPTY);
         self.sig_peeks.push(EMPTY);
         (idx, pinned)
@@ -1029,7 +1039,7 @@ impl Matcher {
     }
 }
 
-fn serves(class_caps: &[CapId], class_groups: &Groups, sig: &Sig) -> bool {
+fn serves(class_caps: &[CapId], class_groups: &Groups, sig: &SigKey) -> bool {
     is_subset(&sig.caps, class_caps) && sig.groups.may_use(class_groups)
 }
 

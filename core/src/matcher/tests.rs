@@ -408,10 +408,9 @@ fn sources_survive_packing_in_order() {
 }
 
 #[test]
-fn what_a_decision_reads_of_a_signature_is_one_cache_line() {
-    use std::mem::{offset_of, size_of};
-    assert_eq!(std::mem::align_of::<Sig>(), 64);
+fn what_a_decision_reads_of_a_signature_is_one_pair_of_cache_lines() {
+    use std::mem::{align_of, offset_of, size_of};
+    assert_eq!((size_of::<Sig>(), align_of::<Sig>()), (128, 128));
     assert_eq!(offset_of!(Sig, served_by), 0);
-    assert_eq!(offset_of!(Sig, members), 24);
-    assert_eq!((offset_of!(Sig, queue), size_of::<RequestQueue>()), (32, 32));
+    assert!(offset_of!(Sig, members) < 64, "the count shares the first line");
 }
