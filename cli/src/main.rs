@@ -14,9 +14,9 @@ use corral_api::Config;
 
 /// mimalloc rather than the system allocator, for the server and the
 /// benchmarks alike: the matcher's decisions are bound by memory latency
-/// over large hash maps and queues, and mimalloc's denser size-class pages
-/// made them 7-15 % faster than glibc's malloc in A/B runs on the
-/// benchmark machine (see bench/results/2026-11-22-matcher-memory.md).
+/// over large hash maps and queues, and with mimalloc they ran 13-18 %
+/// faster than with glibc's malloc in interleaved runs on the benchmark
+/// machine (see bench/results/2026-11-22-matcher-memory.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

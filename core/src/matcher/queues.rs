@@ -7,10 +7,11 @@
 //! request is the latest; a worker that becomes idle is the most recently
 //! used of its class. An insertion out of order (a request added late, a
 //! worker idle since an earlier time) falls back to a binary search and a
-//! shift. A removal from the middle leaves a tombstone (the entry stays,
-//! marked removed, so the order and the binary search still hold); the
-//! front entry of a queue is never a tombstone, and tombstones are
-//! dropped once they reach the front or outnumber the live entries.
+//! shift. In a large queue, a removal from the middle leaves a tombstone
+//! (the entry stays, marked removed, so the order and the binary search
+//! still hold); the front entry of a queue is never a tombstone, and
+//! tombstones are dropped once they reach the front or outnumber the live
+//! entries. A small request queue (the common case) removes at once.
 
 use std::collections::VecDeque;
 
