@@ -765,7 +765,7 @@ impl Matcher {
         }
         entry.visible = true;
         let (key, sig, pinned) = (entry.key(id), entry.sig as SigIdx, entry.pinned);
-        let Some(worker) = pinned.then(|| self.pins.get(&id).copied()).flatten() else {
+        let Some(worker) = pinned.then(|| self.pinned_to(id)).flatten() else {
             self.queue_insert(sig, key);
             self.push_sig_peek(sig);
             return;
@@ -833,14 +833,14 @@ impl Matcher {
 
     /// Pushes the worker's first pinned request unless an entry as early
     /// is already there.
-    fn push_pinned_peek(&mut self, worker: Slot) {
-        let Some(key) = self.pinned_first(worker) else {
+    fn push_pinned_peek(&mut self, slot: Slot) {
+        let Some(key) = self.pinned_first(slot) else {
             return;
         };
-        let state = &mut self.pin_states[worker as usize];
+        let state = &mut self.pin_states[slot as usize];
         if key < state.peek_key {
             state.peek_key = key;
-            self.peeks.push(Reverse((key, Source::Pinned(worker).pack())));
+            self.peeks.push(Reverse((key, Source::Pinned(slot).pack())));
         }
     }
 
