@@ -410,7 +410,9 @@ impl Db {
     /// from running to prepare (SPEC §2: keys are revoked, the worker is
     /// prepared again) if it still runs this lease and no drain is pending;
     /// the second value says whether it did. Otherwise (it failed or went
-    /// busy meanwhile, or it drains) the worker actor decides.
+    /// busy meanwhile, or it drains) the worker actor decides. The worker
+    /// is named by a scalar subquery, not a join, so that the cached plan
+    /// reads it by primary key rather than hashing a scan of the table.
     #[allow(clippy::too_many_arguments)]
     pub async fn end_lease(
         &self,
@@ -443,7 +445,7 @@ impl Db {
                             SELECT id, $5, $3, $4, $6, $7 FROM r),
                          w AS (
                             UPDATE workers SET state = 'prepare', state_since = $5, reason = NULL
-                            FROM ok WHERE workers.uuid = ok.worker AND workers.state = 'running'
+                            WHERE workers.uuid = (SELECT worker FROM ok) AND workers.state = 'running'
                                 AND workers.fence = $2 AND NOT workers.drain
                             RETURNING workers.uuid, workers.session),
                          wh AS (INSERT INTO worker_history (worker, at, from_state, to_state, actor, reason)
