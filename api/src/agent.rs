@@ -12,11 +12,14 @@ use crate::error::ApiError;
 use crate::query::Query;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/agent/sessions", web::post().to(open))
-        .route("/v1/agent/sessions/{id}", web::delete().to(close))
-        .route("/v1/agent/sessions/{id}/heartbeat", web::post().to(heartbeat))
-        .route("/v1/agent/sessions/{id}/commands", web::get().to(commands))
-        .route("/v1/agent/sessions/{id}/results", web::post().to(results));
+    cfg.service(
+        web::scope("/v1/agent/sessions")
+            .route("", web::post().to(open))
+            .route("/{id}/results", web::post().to(results))
+            .route("/{id}/commands", web::get().to(commands))
+            .route("/{id}/heartbeat", web::post().to(heartbeat))
+            .route("/{id}", web::delete().to(close)),
+    );
 }
 
 fn session_id(path: &str) -> Result<SessionId, ApiError> {

@@ -20,13 +20,16 @@ use crate::error::ApiError;
 use crate::query::{Query, parse_limit};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/v1/requests").route(web::post().to(submit)).route(web::get().to(list)))
-        .service(web::resource("/v1/requests/{id}").route(web::get().to(get)).route(web::patch().to(patch)))
-        .route("/v1/requests/{id}/history", web::get().to(history))
-        .route("/v1/requests/{id}/close", web::post().to(close))
-        .route("/v1/requests/{id}/acquire", web::post().to(acquire))
-        .route("/v1/requests/{id}/prolong", web::post().to(prolong))
-        .route("/v1/requests/{id}/explain", web::get().to(explain));
+    cfg.service(
+        web::scope("/v1/requests")
+            .service(web::resource("").route(web::post().to(submit)).route(web::get().to(list)))
+            .service(web::resource("/{id}").route(web::get().to(get)).route(web::patch().to(patch)))
+            .route("/{id}/acquire", web::post().to(acquire))
+            .route("/{id}/close", web::post().to(close))
+            .route("/{id}/history", web::get().to(history))
+            .route("/{id}/prolong", web::post().to(prolong))
+            .route("/{id}/explain", web::get().to(explain)),
+    );
 }
 
 pub fn to_wire(r: RequestRecord) -> Request {

@@ -11,8 +11,11 @@ use crate::auth::Auth;
 use crate::error::ApiError;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/v1/users").route(web::post().to(create)).route(web::get().to(list)))
-        .route("/v1/users/{name}", web::delete().to(delete));
+    cfg.service(
+        web::scope("/v1/users")
+            .service(web::resource("").route(web::post().to(create)).route(web::get().to(list)))
+            .route("/{name}", web::delete().to(delete)),
+    );
 }
 
 fn to_wire(u: UserRecord) -> User {

@@ -12,10 +12,13 @@ use crate::error::ApiError;
 use crate::query::{Query, parse_limit};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/workers", web::get().to(list))
-        .service(web::resource("/v1/workers/{uuid}").route(web::get().to(get)).route(web::delete().to(deregister)))
-        .route("/v1/workers/{uuid}/state", web::put().to(set_state))
-        .route("/v1/workers/{uuid}/groups", web::put().to(set_groups));
+    cfg.service(
+        web::scope("/v1/workers")
+            .route("", web::get().to(list))
+            .service(web::resource("/{uuid}").route(web::get().to(get)).route(web::delete().to(deregister)))
+            .route("/{uuid}/state", web::put().to(set_state))
+            .route("/{uuid}/groups", web::put().to(set_groups)),
+    );
 }
 
 fn worker_id(path: &str) -> Result<WorkerId, ApiError> {

@@ -158,6 +158,13 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
         ("unknown worker", "/v1/workers/00000000-0000-4000-8000-000000000000", Value::Null, 404),
         ("bad cap filter", "/v1/workers?cap=device_type", Value::Null, 400),
         ("unknown endpoint", "/v1/nothing", Value::Null, 404),
+        // Routes sit in scopes by prefix; what a scope does not route gets
+        // the same JSON 404 as any unknown path.
+        ("unknown endpoint under a request", "/v1/requests/1/nothing", Value::Null, 404),
+        ("unknown endpoint under a worker", "/v1/workers/00000000-0000-4000-8000-000000000000/x", Value::Null, 404),
+        ("a scope's prefix glued to more text", "/v1/requestsfoo", Value::Null, 404),
+        ("trailing slash", "/v1/requests/", Value::Null, 404),
+        ("unknown endpoint under agent sessions", "/v1/agent/sessions/x/y/z", Value::Null, 404),
     ];
     for (name, path, _, expected) in path_cases {
         let (status, answer) = dave.get(path).await;
