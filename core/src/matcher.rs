@@ -102,6 +102,9 @@ fn request_of(value: u64) -> RequestId {
 }
 
 const ID_MASK: u64 = (1 << 56) - 1;
+/// The id [`Matcher::match_new`] gives a request for the moment it is
+/// decided on: after every real one (they come from a sequence far below).
+const NEW_REQUEST: RequestId = RequestId((1 << 56) - 2);
 const EMPTY: u64 = u64::MAX;
 
 /// Position of a waiting request in the global order.
@@ -358,6 +361,9 @@ pub struct Matcher {
     peeks: BinaryHeap<Reverse<(u64, PackedSource)>>,
     /// Visible requests pinned to a worker id that is not registered.
     orphans: FastMap<WorkerId, BTreeSet<RequestId>>,
+    /// Decisions [`Matcher::match_new`] met that were not its own (its
+    /// caller had not taken them yet); `next_match` hands them out first.
+    held: Vec<Assignment>,
 }
 
 impl Matcher {
@@ -617,10 +623,41 @@ impl Matcher {
 
     // ----- decisions -----------------------------------------------------
 
+    /// Decides for a request that has no id yet (it is being submitted):
+    /// the worker it would get if it were added now and the next decision
+    /// taken, so that the caller can commit the request and its lease
+    /// together. The worker leaves the idle pool; the request is not kept
+    /// either way (add it with its id when this answers `None`). `spec.id`
+    /// is not looked at.
+    ///
+    /// Call it only when [`Matcher::next_match`] has nothing to decide:
+    /// then no waiting request can be served by an idle worker, and any
+    /// decision must be the new request's. Anything else it meets is kept
+    /// for the following `next_match` calls.
+    pub fn match_new(&mut self, spec: &RequestSpec, now: SystemTime) -> Option<WorkerId> {
+        let spec = RequestSpec { id: NEW_REQUEST, ..spec.clone() };
+        self.add_request(&spec, now);
+        let mut worker = None;
+        while let Some(assignment) = self.next_match() {
+            if assignment.request == NEW_REQUEST {
+                worker = Some(assignment.worker);
+                break;
+            }
+            // The precondition did not hold: keep this decision for the
+            // caller's next `next_match`.
+            self.held.push(assignment);
+        }
+        self.remove_request(NEW_REQUEST);
+        worker
+    }
+
     /// The next assignment, or `None` when no waiting visible request can
     /// be served by an idle worker. The request is removed and the worker
     /// leaves the idle pool; call [`Matcher::worker_idle`] when it is back.
     pub fn next_match(&mut self) -> Option<Assignment> {
+        if !self.held.is_empty() {
+            return Some(self.held.remove(0));
+        }
         loop {
             let Reverse((key, source)) = self.peeks.pop()?;
             let source = Source::unpack(source);

@@ -223,6 +223,9 @@ enum Op {
         groups: Vec<u8>,
         delay: u8,
         pin: Option<u8>,
+        /// Decided on before it has an id (`match_new`), as the server
+        /// does at submission.
+        at_once: bool,
     },
     Cancel {
         nth: u8,
@@ -248,9 +251,17 @@ fn op() -> impl Strategy<Value = Op> {
             prop::collection::vec(cap, 0..3),
             prop::collection::vec(0u8..2, 0..2),
             0u8..3,
-            prop::option::weighted(0.1, 0u8..8)
+            prop::option::weighted(0.1, 0u8..8),
+            any::<bool>()
         )
-            .prop_map(|(priority, caps, groups, delay, pin)| Op::Submit { priority, caps, groups, delay, pin }),
+            .prop_map(|(priority, caps, groups, delay, pin, at_once)| Op::Submit {
+                priority,
+                caps,
+                groups,
+                delay,
+                pin,
+                at_once
+            }),
         (0u8..32).prop_map(|nth| Op::Cancel { nth }),
         (0u8..40).prop_map(|secs| Op::Advance { secs }),
     ]
@@ -330,7 +341,7 @@ proptest! {
                     let waiting: Vec<RequestId> = reference.waiting().collect();
                     prop_assert_eq!(waiting.len(), m.waiting_count());
                 }
-                Op::Submit { priority, caps, groups, delay, pin } => {
+                Op::Submit { priority, caps, groups, delay, pin, at_once } => {
                     let mut caps = to_caps(&caps);
                     if let Some(p) = pin { caps.insert("UUID", wid(u128::from(p) + 1).to_string()); }
                     let spec = RequestSpec {
@@ -346,9 +357,25 @@ proptest! {
                     let brute = registered.values().any(|w| spec.caps.satisfied_by(w.id, &w.caps) && spec.groups.may_use(&w.groups));
                     prop_assert_eq!(servable, brute);
                     if !servable { continue; }
-                    prop_assert!(m.add_request(&spec, now));
+                    let decided = if at_once { m.match_new(&spec, now) } else { None };
                     reference.add_request(spec.clone());
                     submitted.push(spec.id);
+                    match decided {
+                        // Exactly the worker the walk gives it, now.
+                        Some(worker) => {
+                            let theirs = reference.next_match(now);
+                            prop_assert_eq!(theirs, Some(Assignment { request: spec.id, worker }));
+                            prop_assert!(busy_with.insert(worker, spec.id).is_none(), "worker {} leased twice", worker);
+                            prop_assert!(matched.insert(spec.id));
+                        }
+                        None => {
+                            if at_once {
+                                // Nothing for it now, so nothing for anyone.
+                                prop_assert_eq!(reference.next_match(now), None);
+                            }
+                            prop_assert!(m.add_request(&spec, now));
+                        }
+                    }
                 }
                 Op::Cancel { nth } => {
                     let Some(id) = submitted.get(usize::from(nth)) else { continue };
