@@ -2,7 +2,9 @@
 //! decides as soon as something changes, and commits decisions in batches
 //! (one transaction for all decisions made while the previous batch was
 //! being committed). Only after the commit are the request and the worker
-//! told.
+//! told. A request that an idle worker can take at once is decided on
+//! while it is submitted ([`MatcherMsg::Admit`]) and committed with its
+//! binding by the submission.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -10,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
 use corral_core::matcher::{Assignment, Explanation, Matcher, RequestSpec, WorkerSpec};
-use corral_core::{Caps, Groups, RequestId, WorkerId};
+use corral_core::{FencingToken, RequestId, WorkerId};
 use corral_db::BindOutcome;
 
 use crate::request::RequestMsg;
@@ -50,10 +52,13 @@ pub enum MatcherMsg {
         worker: WorkerId,
         reply: Reply<bool>,
     },
-    CanServe {
-        caps: Caps,
-        groups: Groups,
-        reply: Reply<bool>,
+    /// A request is being submitted: can any registered worker ever serve
+    /// it, and which idle worker does it get now, if any (see
+    /// [`Matcher::match_new`]; the submission commits the binding with
+    /// the request and then calls [`announce_binding`]).
+    Admit {
+        spec: RequestSpec,
+        reply: Reply<Admission>,
     },
     Explain {
         request: RequestId,
@@ -69,6 +74,14 @@ pub enum MatcherMsg {
     Stats {
         reply: Reply<MatcherStats>,
     },
+}
+
+/// The matcher's answer to [`MatcherMsg::Admit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Admission {
+    pub servable: bool,
+    /// Taken out of the idle pool for this request.
+    pub worker: Option<WorkerId>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -165,19 +178,7 @@ impl MatcherActor {
     fn announce(&self, assignment: Assignment, outcome: BindOutcome) {
         let Assignment { request, worker } = assignment;
         match outcome {
-            BindOutcome::Bound(fence) => {
-                tracing::debug!(request = %request, worker = %worker, fence = %fence, "lease bound");
-                // The worker first: the request answers with the key to
-                // install, which must find the worker knowing its lease.
-                match self.shared.dir.worker(worker) {
-                    Some(addr) => tell(&addr, WorkerMsg::Leased { request, fence }),
-                    None => tracing::error!(worker = %worker, "bound worker has no actor"),
-                }
-                match self.shared.dir.request(request) {
-                    Some(addr) => tell(&addr, RequestMsg::Bound { worker, fence }),
-                    None => tracing::error!(request = %request, "bound request has no actor"),
-                }
-            }
+            BindOutcome::Bound(fence) => announce_binding(&self.shared, request, worker, fence),
             BindOutcome::Refused(why) => {
                 // Memory and database disagreed; both sides re-read their
                 // row and come back if they still qualify.
@@ -200,6 +201,21 @@ impl MatcherActor {
             }
         }
         self.schedule(ctx);
+    }
+}
+
+/// Tells the worker and the request of a committed binding.
+pub(crate) fn announce_binding(shared: &Shared, request: RequestId, worker: WorkerId, fence: FencingToken) {
+    tracing::debug!(request = %request, worker = %worker, fence = %fence, "lease bound");
+    // The worker first: the request answers with the key to install, which
+    // must find the worker knowing its lease.
+    match shared.dir.worker(worker) {
+        Some(addr) => tell(&addr, WorkerMsg::Leased { request, fence }),
+        None => tracing::error!(worker = %worker, "bound worker has no actor"),
+    }
+    match shared.dir.request(request) {
+        Some(addr) => tell(&addr, RequestMsg::Bound { worker, fence }),
+        None => tracing::error!(request = %request, "bound request has no actor"),
     }
 }
 
@@ -245,8 +261,17 @@ impl Handler<MatcherMsg> for MatcherActor {
                 self.core.worker_unavailable(worker);
                 let _ = reply.send(was_idle);
             }
-            MatcherMsg::CanServe { caps, groups, reply } => {
-                let _ = reply.send(self.core.can_ever_serve(&caps, &groups));
+            MatcherMsg::Admit { spec, reply } => {
+                // `match_new` wants no decision left to take: take them.
+                self.schedule(ctx);
+                let servable = self.core.can_ever_serve(&spec.caps, &spec.groups);
+                let worker = if servable { self.core.match_new(&spec, self.shared.clock.now()) } else { None };
+                if worker.is_some() {
+                    self.decisions += 1;
+                }
+                let _ = reply.send(Admission { servable, worker });
+                // Decisions `match_new` met and held, if any.
+                self.schedule(ctx);
             }
             MatcherMsg::Explain { request, reply } => {
                 let _ = reply.send(self.core.explain(request));

@@ -18,7 +18,7 @@ use corral_proto::requests::AccessDetails;
 use tracing::Instrument;
 
 use crate::keys::{self, LeaseKey};
-use crate::matcher::MatcherMsg;
+use crate::matcher::{MatcherMsg, announce_binding};
 use crate::settings::KeyKind;
 use crate::timekeeper::{TimerKey, TimerMsg};
 use crate::worker::{LeaseEnd, WorkerMsg};
@@ -726,20 +726,27 @@ async fn ask<T>(
 impl Corral {
     /// Accepts a request: checks that some registered worker could serve
     /// it (unless told not to), commits it, starts its actor and queues it.
+    ///
+    /// When an idle worker can take it at once, the matcher decides while
+    /// it is being submitted and the request is committed already bound
+    /// (one commit instead of two, and no wait for the next batch). If the
+    /// database refuses the binding, or the commit fails, the worker
+    /// re-reads its row and the request queues as usual.
     pub async fn submit(&self, caller: &Caller, submission: Submission) -> Result<RequestRecord, ActorError> {
         let shared = self.shared();
         let matcher = shared.matcher();
+        let now = shared.clock.now();
+        let spec = RequestSpec {
+            id: RequestId(0),
+            priority: submission.priority,
+            caps: submission.caps.clone(),
+            groups: caller.groups.clone(),
+            valid_after: submission.schedule.valid_after,
+            deadline: submission.schedule.deadline,
+        };
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let servable = ask(
-            matcher.send(MatcherMsg::CanServe {
-                caps: submission.caps.clone(),
-                groups: caller.groups.clone(),
-                reply: tx,
-            }),
-            rx,
-        )
-        .await?;
-        if !servable && !submission.allow_unsatisfiable {
+        let admission = ask(matcher.send(MatcherMsg::Admit { spec, reply: tx }), rx).await?;
+        if !admission.servable && !submission.allow_unsatisfiable {
             return Err(ActorError::Unprocessable(format!(
                 "no registered worker offers caps {{{}}} to a member of groups [{}]; pass allow_unsatisfiable to queue it anyway",
                 submission.caps,
@@ -751,18 +758,45 @@ impl Corral {
             owner_groups: caller.groups.clone(),
             priority: submission.priority,
             caps: submission.caps,
-            at: shared.clock.now(),
+            at: now,
             valid_after: submission.schedule.valid_after,
             deadline: submission.schedule.deadline,
             lease: submission.schedule.lease,
             ssh_public_key: submission.ssh_public_key,
             key_kind: submission.key_kind.unwrap_or(shared.settings.lease_key),
         };
-        let record =
-            shared.db.insert_request(&new, &caller.actor()).instrument(tracing::debug_span!("insert_request")).await?;
+        let bind = admission.worker.map(|worker| (worker, shared.leader));
+        let inserted = shared
+            .db
+            .insert_request(&new, &caller.actor(), bind)
+            .instrument(tracing::debug_span!("insert_request"))
+            .await;
+        let give_back = |worker: WorkerId| {
+            if let Some(addr) = shared.dir.worker(worker) {
+                tell(&addr, WorkerMsg::Resync);
+            }
+        };
+        let (record, fence) = match inserted {
+            Ok(inserted) => inserted,
+            Err(err) => {
+                if let Some(worker) = admission.worker {
+                    give_back(worker);
+                }
+                return Err(err.into());
+            }
+        };
         tracing::info!(request = %record.id, owner = %record.owner, caps = %record.caps, priority = %record.priority, "request submitted");
         self.spawn_request(record.clone());
-        tell(matcher, MatcherMsg::AddRequest(RequestActor::spec(&record)));
+        match (admission.worker, fence) {
+            (Some(worker), Some(fence)) => announce_binding(shared, record.id, worker, fence),
+            (worker, _) => {
+                if let Some(worker) = worker {
+                    tracing::warn!(request = %record.id, worker = %worker, "binding at submission refused");
+                    give_back(worker);
+                }
+                tell(matcher, MatcherMsg::AddRequest(RequestActor::spec(&record)));
+            }
+        }
         Ok(record)
     }
 

@@ -9,6 +9,9 @@ use std::time::Duration;
 use awc::http::StatusCode;
 use common::{TestServer, caps, wait_for_request, wait_for_worker};
 use corral_actors::Clock;
+use corral_core::lease::KeyKind;
+use corral_core::{Priority, RequestId, SessionId, WorkerState};
+use corral_db::NewRequestRecord;
 use serde_json::json;
 
 #[actix_rt::test]
@@ -23,6 +26,13 @@ async fn a_request_is_leased_prolonged_closed_and_its_worker_returns_to_idle() {
     let leased = wait_for_request(&alice, id, |r| r["state"] == "in_progress").await;
     assert!(started.elapsed() < Duration::from_secs(1), "in progress after {:?}", started.elapsed());
     let worker = leased["worker"].as_str().unwrap().to_string();
+    // Idle workers were waiting: the request was bound in the commit that
+    // inserted it (the lease's bound_at is the request's created_at), not
+    // by a later batch.
+    let leases = server.corral.db().load_live_leases().await.unwrap();
+    let lease = leases.iter().find(|l| l.request.0 == id).expect("a live lease");
+    let created = server.corral.db().get_request(RequestId(id)).await.unwrap().unwrap().created_at;
+    assert_eq!(lease.bound_at, created, "bound at submission");
 
     let (status, access) = alice.post_empty(&format!("/v1/requests/{id}/acquire")).await;
     assert_eq!(status, StatusCode::OK, "{access}");
@@ -64,9 +74,11 @@ async fn a_request_is_leased_prolonged_closed_and_its_worker_returns_to_idle() {
     let (status, history) = alice.get(&format!("/v1/requests/{id}/history")).await;
     assert_eq!(status, StatusCode::OK);
     let states: Vec<&str> = history.as_array().unwrap().iter().map(|h| h["to"].as_str().unwrap()).collect();
-    assert_eq!(states.first(), Some(&"waiting"));
-    assert!(states.contains(&"in_progress"));
-    assert_eq!(states.last(), Some(&"done"));
+    assert_eq!(states, ["waiting", "waiting", "in_progress", "in_progress", "done"], "{history}");
+    // Submitted, then matched: the two rows of the one commit keep their order.
+    assert_eq!(history[0]["reason"], "submitted", "{history}");
+    let matched = history[1]["reason"].as_str().unwrap();
+    assert!(matched.starts_with(&format!("matched to worker {worker}")), "{history}");
     assert!(
         history
             .as_array()
@@ -137,6 +149,59 @@ async fn acquire_waits_for_the_lease_or_answers_conflict_when_the_wait_ends() {
     let ((status, access), ()) = tokio::join!(acquire, idle);
     assert_eq!(status, StatusCode::OK, "{access}");
     assert_eq!(access["request_id"], id);
+    agent.stop().await;
+    server.stop().await;
+}
+
+/// The database guards a binding made at submission as it guards a
+/// batch's: it binds only an idle worker, and only for the leading server.
+/// Input: an insert naming a worker that is idle but with a session that
+/// does not lead, then one naming a worker that is running, with the
+/// leader's session. Each must insert the request waiting and unbound,
+/// return no fencing token, write only its `submitted` history row, and
+/// leave the worker as it was.
+#[actix_rt::test]
+async fn a_binding_at_submission_needs_an_idle_worker_and_the_leader() {
+    let server = TestServer::start(Clock::System).await;
+    let agent = server.agent("host-g", 1, &caps(&[("device_type", "g")]));
+    server.make_idle(&agent.uuids).await;
+    let worker = agent.uuids[0];
+    let db = server.corral.db().clone();
+    let leader = server.corral.shared().leader;
+    let now = std::time::SystemTime::now();
+    let new = NewRequestRecord {
+        owner: "gina".to_string(),
+        owner_groups: Default::default(),
+        priority: Priority::default(),
+        caps: caps(&[("device_type", "g")]),
+        at: now,
+        valid_after: now,
+        deadline: now + Duration::from_secs(3600),
+        lease: Duration::from_secs(60),
+        ssh_public_key: None,
+        key_kind: KeyKind::Ed25519,
+    };
+    let refused = |record: &corral_db::RequestRecord, fence: Option<corral_core::FencingToken>| {
+        assert_eq!(fence, None);
+        assert_eq!(record.state, corral_core::RequestState::Waiting);
+        assert_eq!(record.worker, None);
+    };
+
+    let (record, fence) = db.insert_request(&new, "user:gina", Some((worker, SessionId::random()))).await.unwrap();
+    refused(&record, fence);
+    let history = db.request_history(record.id).await.unwrap();
+    assert_eq!(history.iter().map(|h| h.reason.as_str()).collect::<Vec<_>>(), ["submitted"]);
+    assert_eq!(db.load_worker(worker).await.unwrap().unwrap().state, WorkerState::Idle);
+
+    let gina = server.api(&server.user("gina", &[]).await);
+    let held = gina.submit(json!({"caps": {"device_type": "g"}})).await;
+    wait_for_request(&gina, held, |r| r["state"] == "in_progress").await;
+    let (record, fence) = db.insert_request(&new, "user:gina", Some((worker, leader))).await.unwrap();
+    refused(&record, fence);
+    let running = db.load_worker(worker).await.unwrap().unwrap();
+    assert_eq!(running.state, WorkerState::Running);
+    assert_eq!(db.worker_history(worker).await.unwrap().iter().filter(|h| h.to == "running").count(), 1);
+
     agent.stop().await;
     server.stop().await;
 }

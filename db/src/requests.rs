@@ -74,22 +74,59 @@ fn one_request(
 }
 
 impl Db {
-    pub async fn insert_request(&self, new: &NewRequestRecord, actor: &str) -> Result<RequestRecord, DbError> {
+    /// Inserts a request and, when `bind` names a worker and the server's
+    /// leading session, binds it to that worker in the same statement (one
+    /// commit): the matcher decided for it while it was being submitted.
+    /// The binding has the preconditions of [`Db::bind_leases`] (the worker
+    /// idle, the session leading); if they fail, the request is inserted
+    /// unbound and no fencing token comes back.
+    ///
+    /// A request's history always starts with `submitted`; its `matched`
+    /// row follows in the same `INSERT` (rows are numbered in that order).
+    pub async fn insert_request(
+        &self,
+        new: &NewRequestRecord,
+        actor: &str,
+        bind: Option<(WorkerId, corral_core::SessionId)>,
+    ) -> Result<(RequestRecord, Option<FencingToken>), DbError> {
         let op = DatabaseOperation::InsertRequest;
         let (new, actor) = (new.clone(), actor.to_string());
+        let (worker, leader) = (bind.map(|(w, _)| w.0), bind.map(|(_, s)| s.0));
         self.run(op, move |client| {
             let (n, actor) = (new.clone(), actor.clone());
             Box::pin(async move {
                 let stmt = client
                     .prepare_cached(&format!(
-                        "WITH r AS (
+                        "WITH w AS (
+                            UPDATE workers SET state = 'running', fence = workers.fence + 1, state_since = $5,
+                                reason = NULL, last_used = $5
+                            WHERE workers.uuid = $12 AND workers.state = 'idle'
+                              AND EXISTS (SELECT 1 FROM leader WHERE id = 1 AND session = $13)
+                            RETURNING workers.uuid, workers.fence, workers.session),
+                         r AS (
                             INSERT INTO requests (owner, owner_groups, state, priority, caps, created_at, valid_after,
-                                deadline, lease_ms, ssh_public_key, key_type, updated_at)
-                            VALUES ($1, $2, 'waiting', $3, $4, $5, $6, $7, $8, $9, $11, $5)
+                                deadline, lease_ms, ssh_public_key, key_type, updated_at, worker)
+                            VALUES ($1, $2, 'waiting', $3, $4, $5, $6, $7, $8, $9, $11, $5, (SELECT uuid FROM w))
                             RETURNING {REQUEST_COLUMNS}),
-                         h AS (INSERT INTO request_history (request, at, from_state, to_state, actor, reason)
-                            SELECT id, created_at, NULL, 'waiting', $10, 'submitted' FROM r)
-                         SELECT * FROM r"
+                         l AS (
+                            INSERT INTO leases (request, worker, fence, bound_at)
+                            SELECT r.id, w.uuid, w.fence, $5 FROM r, w
+                            RETURNING fence),
+                         lk AS (
+                            INSERT INTO work_locks (worker, process, session, acquired_at)
+                            SELECT uuid, 'lease', session, $5 FROM w WHERE session IS NOT NULL
+                            ON CONFLICT (worker, process) DO UPDATE SET session = EXCLUDED.session,
+                                acquired_at = EXCLUDED.acquired_at),
+                         wh AS (
+                            INSERT INTO worker_history (worker, at, from_state, to_state, actor, reason)
+                            SELECT w.uuid, $5, 'idle', 'running', 'matcher', 'leased to request ' || r.id FROM w, r),
+                         h AS (
+                            INSERT INTO request_history (request, at, from_state, to_state, actor, reason)
+                            SELECT id, created_at, NULL, 'waiting', $10, 'submitted' FROM r
+                            UNION ALL
+                            SELECT r.id, $5, 'waiting', 'waiting', 'matcher',
+                                'matched to worker ' || w.uuid || '; installing the lease key' FROM r, w)
+                         SELECT r.*, (SELECT fence FROM l) AS bound_fence FROM r"
                     ))
                     .await?;
                 let row = client
@@ -107,10 +144,14 @@ impl Db {
                             &n.ssh_public_key,
                             &actor,
                             &n.key_kind.as_str(),
+                            &worker,
+                            &leader,
                         ],
                     )
                     .await?;
-                Ok(RequestRecord::from_row(op, &row)?)
+                let fence: Option<i64> =
+                    row.try_get("bound_fence").map_err(|e| DbError::internal(op, e.to_string()))?;
+                Ok((RequestRecord::from_row(op, &row)?, fence.map(FencingToken)))
             })
         })
         .await

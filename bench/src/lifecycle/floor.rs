@@ -1,8 +1,8 @@
 //! The database floor of a lifecycle cycle: the server's own statements for
-//! one cycle (create, bind, start, end with the worker to prepare, worker
-//! idle again), called through `corral-db` from C concurrent tasks, each
-//! with a worker of its own, with no HTTP, actors, matcher or agent in
-//! between. It is what PostgreSQL alone allows on this machine for the
+//! one cycle (create with its binding, start, end with the worker to
+//! prepare, worker idle again), called through `corral-db` from C
+//! concurrent tasks, each with a worker of its own, with no HTTP, actors,
+//! matcher or agent in between. It is what PostgreSQL alone allows on this machine for the
 //! same durability: the ceiling of the end-to-end figure.
 //!
 //! It runs in a database of its own (`corral_floor`) on the server's
@@ -17,7 +17,7 @@ use anyhow::{Context, Result, bail};
 use corral_core::lease::KeyKind;
 use corral_core::{Caps, Groups, Priority, RequestState, SessionId, WorkerId, WorkerState};
 use corral_db::embedded::EmbeddedPostgres;
-use corral_db::{BindOutcome, Db, NewRequestRecord, PoolSettings, StartLease, WorkerTransition, WorkerUpsert};
+use corral_db::{Db, NewRequestRecord, PoolSettings, StartLease, WorkerTransition, WorkerUpsert};
 
 use crate::report::percentile;
 use crate::server::{cpu_seconds, postgres_cpu_seconds};
@@ -130,11 +130,8 @@ async fn cycle(db: &Db, caps: &Caps, worker: WorkerId, leader: SessionId, port: 
         ssh_public_key: None,
         key_kind: KeyKind::Ed25519,
     };
-    let request = db.insert_request(&new, "user:floor").await?;
-    let fence = match db.bind_leases(&[(request.id, worker)], SystemTime::now(), leader).await?.pop() {
-        Some(BindOutcome::Bound(fence)) => fence,
-        other => bail!("binding request {} to worker {worker}: {other:?}", request.id),
-    };
+    let (request, fence) = db.insert_request(&new, "user:floor", Some((worker, leader))).await?;
+    let Some(fence) = fence else { bail!("request {} was not bound to worker {worker} at submission", request.id) };
     let start = StartLease {
         request: request.id,
         fence,
