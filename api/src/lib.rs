@@ -62,6 +62,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
     .configure(agent::routes)
     .configure(|cfg| boruta::routes(cfg, max_body))
     .default_service(web::to(|| async {
-        Err::<HttpResponse, _>(ApiError::not_found("no such endpoint; see /openapi.json"))
+        Err::<HttpResponse, _>(ApiError::not_found(
+            "no such endpoint: the native API is under /v1 and the Boruta-compatible one under /api/v1",
+        ))
     }));
 }
