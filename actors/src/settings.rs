@@ -50,7 +50,17 @@ impl Default for Settings {
             backoff_base: Duration::from_secs(5),
             backoff_cap: Duration::from_secs(600),
             tick: Duration::from_millis(100),
-            actor_threads: 2,
+            actor_threads: default_threads(),
         }
     }
+}
+
+/// Threads of each of the server's pools (HTTP, actors) unless configured:
+/// half the machine's cores, at least one, leaving the rest to its
+/// database (the embedded PostgreSQL by default runs beside it). On two
+/// cores, one thread each spent a fifth less server CPU per lifecycle cycle
+/// than two each (fewer cross-thread wake-ups; see
+/// `bench/results/2026-12-01-bind-at-submission.md`).
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }

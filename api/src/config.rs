@@ -98,8 +98,8 @@ impl Default for Config {
             max_wait: Duration::from_secs(300),
             log_format: "plain".to_string(),
             pool_size: 32,
-            http_workers: 2,
-            actor_threads: 2,
+            http_workers: corral_actors::settings::default_threads(),
+            actor_threads: corral_actors::settings::default_threads(),
             tick: Duration::from_millis(100),
             boruta_user: None,
         }
