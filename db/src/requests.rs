@@ -13,6 +13,28 @@ const REQUEST_COLUMNS: &str = "id, owner, owner_groups, state, priority, caps, c
 const LEASE_COLUMNS: &str =
     "request, worker, fence, bound_at, started_at, tunnel_port, key_type, public_key, private_key";
 
+/// The request history's reason for a binding, `uuid` naming the worker.
+const MATCHED_REASON: &str = "'matched to worker ' || uuid || '; installing the lease key'";
+
+/// The rows every binding writes besides the worker's move to `running`
+/// (CTE `w`: uuid, session) and the lease: the worker's `lease` work lock
+/// and its history row, as CTEs `lk` and `wh`. `at` is the time parameter,
+/// `request` the expression naming the request, `from` what `wh` reads.
+/// A submission's binding and a batch's share it, so both leave the same
+/// records.
+fn binding_records(at: &str, request: &str, from: &str) -> String {
+    format!(
+        "lk AS (
+            INSERT INTO work_locks (worker, process, session, acquired_at)
+            SELECT uuid, 'lease', session, {at} FROM w WHERE session IS NOT NULL
+            ON CONFLICT (worker, process) DO UPDATE SET session = EXCLUDED.session,
+                acquired_at = EXCLUDED.acquired_at),
+         wh AS (
+            INSERT INTO worker_history (worker, at, from_state, to_state, actor, reason)
+            SELECT uuid, {at}, 'idle', 'running', 'matcher', 'leased to request ' || {request} FROM {from})"
+    )
+}
+
 /// A request to insert.
 #[derive(Clone, Debug)]
 pub struct NewRequestRecord {
@@ -112,21 +134,15 @@ impl Db {
                             INSERT INTO leases (request, worker, fence, bound_at)
                             SELECT r.id, w.uuid, w.fence, $5 FROM r, w
                             RETURNING fence),
-                         lk AS (
-                            INSERT INTO work_locks (worker, process, session, acquired_at)
-                            SELECT uuid, 'lease', session, $5 FROM w WHERE session IS NOT NULL
-                            ON CONFLICT (worker, process) DO UPDATE SET session = EXCLUDED.session,
-                                acquired_at = EXCLUDED.acquired_at),
-                         wh AS (
-                            INSERT INTO worker_history (worker, at, from_state, to_state, actor, reason)
-                            SELECT w.uuid, $5, 'idle', 'running', 'matcher', 'leased to request ' || r.id FROM w, r),
+                         {records},
                          h AS (
                             INSERT INTO request_history (request, at, from_state, to_state, actor, reason)
                             SELECT id, created_at, NULL, 'waiting', $10, 'submitted' FROM r
                             UNION ALL
-                            SELECT r.id, $5, 'waiting', 'waiting', 'matcher',
-                                'matched to worker ' || w.uuid || '; installing the lease key' FROM r, w)
-                         SELECT r.*, (SELECT fence FROM l) AS bound_fence FROM r"
+                            SELECT r.id, $5, 'waiting', 'waiting', 'matcher', {matched} FROM r, w)
+                         SELECT r.*, (SELECT fence FROM l) AS bound_fence FROM r",
+                        records = binding_records("$5", "r.id", "w, r"),
+                        matched = MATCHED_REASON,
                     ))
                     .await?;
                 let row = client
@@ -339,7 +355,7 @@ impl Db {
                 let (requests, workers) = (requests.clone(), workers.clone());
                 Box::pin(async move {
                     let stmt = client
-                        .prepare_cached(
+                        .prepare_cached(&format!(
                             "WITH ok AS (
                                 SELECT p.request, p.worker
                                 FROM unnest((SELECT $1::bigint[]), (SELECT $2::uuid[])) AS p(request, worker)
@@ -360,19 +376,14 @@ impl Db {
                                 INSERT INTO leases (request, worker, fence, bound_at)
                                 SELECT request, uuid, fence, $3 FROM w
                                 RETURNING request, fence),
-                             lk AS (
-                                INSERT INTO work_locks (worker, process, session, acquired_at)
-                                SELECT uuid, 'lease', session, $3 FROM w WHERE session IS NOT NULL
-                                ON CONFLICT (worker, process) DO UPDATE SET session = EXCLUDED.session,
-                                    acquired_at = EXCLUDED.acquired_at),
-                             wh AS (
-                                INSERT INTO worker_history (worker, at, from_state, to_state, actor, reason)
-                                SELECT uuid, $3, 'idle', 'running', 'matcher', 'leased to request ' || request FROM w),
+                             {records},
                              rh AS (
                                 INSERT INTO request_history (request, at, from_state, to_state, actor, reason)
-                                SELECT request, $3, 'waiting', 'waiting', 'matcher',
-                                    'matched to worker ' || uuid || '; installing the lease key' FROM w)
+                                SELECT request, $3, 'waiting', 'waiting', 'matcher', {matched} FROM w)
                              SELECT request, fence FROM l",
+                            records = binding_records("$3", "w.request", "w"),
+                            matched = MATCHED_REASON,
+                        ),
                         )
                         .await?;
                     Ok(client.query(&stmt, &[&requests, &workers, &at, &leader.0]).await?)
