@@ -1,6 +1,7 @@
 //! Requests and leases: submission, listing, history, updates, state
 //! transitions, and the binding of requests to workers.
 
+use std::sync::LazyLock;
 use std::time::{Duration, SystemTime};
 
 use corral_core::{Caps, FencingToken, Groups, Priority, RequestId, RequestState, WorkerId};
@@ -34,6 +35,75 @@ fn binding_records(at: &str, request: &str, from: &str) -> String {
             SELECT uuid, {at}, 'idle', 'running', 'matcher', 'leased to request ' || {request} FROM {from})"
     )
 }
+
+/// The worker's move to `running` in a binding (`at`: the time
+/// parameter): its fencing token goes up by one.
+fn worker_leased(at: &str) -> String {
+    format!("state = 'running', fence = workers.fence + 1, state_since = {at}, reason = NULL, last_used = {at}")
+}
+
+/// [`Db::insert_request`]'s statement, built once.
+static INSERT_REQUEST: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH w AS (
+            UPDATE workers SET {leased}
+            WHERE workers.uuid = $12 AND workers.state = 'idle'
+              AND EXISTS (SELECT 1 FROM leader WHERE id = 1 AND session = $13)
+            RETURNING workers.uuid, workers.fence, workers.session),
+         r AS (
+            INSERT INTO requests (owner, owner_groups, state, priority, caps, created_at, valid_after,
+                deadline, lease_ms, ssh_public_key, key_type, updated_at, worker)
+            VALUES ($1, $2, 'waiting', $3, $4, $5, $6, $7, $8, $9, $11, $5, (SELECT uuid FROM w))
+            RETURNING {REQUEST_COLUMNS}),
+         l AS (
+            INSERT INTO leases (request, worker, fence, bound_at)
+            SELECT r.id, w.uuid, w.fence, $5 FROM r, w
+            RETURNING fence),
+         {records},
+         h AS (
+            INSERT INTO request_history (request, at, from_state, to_state, actor, reason)
+            SELECT id, created_at, NULL, 'waiting', $10, 'submitted' FROM r
+            UNION ALL
+            SELECT r.id, $5, 'waiting', 'waiting', 'matcher', {matched} FROM r, w)
+         SELECT r.*, (SELECT fence FROM l) AS bound_fence FROM r",
+        leased = worker_leased("$5"),
+        records = binding_records("$5", "r.id", "w, r"),
+        matched = MATCHED_REASON,
+    )
+});
+
+/// [`Db::bind_leases`]'s statement, built once.
+static BIND_LEASES: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH ok AS (
+            SELECT p.request, p.worker
+            FROM unnest((SELECT $1::bigint[]), (SELECT $2::uuid[])) AS p(request, worker)
+            JOIN LATERAL (SELECT state, worker FROM requests WHERE id = p.request OFFSET 0) r
+                ON r.state = 'waiting' AND r.worker IS NULL
+            JOIN LATERAL (SELECT state FROM workers WHERE uuid = p.worker OFFSET 0) w
+                ON w.state = 'idle'
+            WHERE EXISTS (SELECT 1 FROM leader WHERE id = 1 AND session = $4)),
+         w AS (
+            UPDATE workers SET {leased}
+            FROM ok WHERE workers.uuid = ok.worker AND workers.uuid = ANY ((SELECT $2::uuid[])::uuid[])
+            RETURNING workers.uuid, workers.fence, workers.session, ok.request),
+         r AS (
+            UPDATE requests SET worker = ok.worker, updated_at = $3
+            FROM ok WHERE requests.id = ok.request AND requests.id = ANY ((SELECT $1::bigint[])::bigint[])),
+         l AS (
+            INSERT INTO leases (request, worker, fence, bound_at)
+            SELECT request, uuid, fence, $3 FROM w
+            RETURNING request, fence),
+         {records},
+         rh AS (
+            INSERT INTO request_history (request, at, from_state, to_state, actor, reason)
+            SELECT request, $3, 'waiting', 'waiting', 'matcher', {matched} FROM w)
+         SELECT request, fence FROM l",
+        leased = worker_leased("$3"),
+        records = binding_records("$3", "w.request", "w"),
+        matched = MATCHED_REASON,
+    )
+});
 
 /// A request to insert.
 #[derive(Clone, Debug)]
@@ -117,34 +187,7 @@ impl Db {
         self.run(op, move |client| {
             let (n, actor) = (new.clone(), actor.clone());
             Box::pin(async move {
-                let stmt = client
-                    .prepare_cached(&format!(
-                        "WITH w AS (
-                            UPDATE workers SET state = 'running', fence = workers.fence + 1, state_since = $5,
-                                reason = NULL, last_used = $5
-                            WHERE workers.uuid = $12 AND workers.state = 'idle'
-                              AND EXISTS (SELECT 1 FROM leader WHERE id = 1 AND session = $13)
-                            RETURNING workers.uuid, workers.fence, workers.session),
-                         r AS (
-                            INSERT INTO requests (owner, owner_groups, state, priority, caps, created_at, valid_after,
-                                deadline, lease_ms, ssh_public_key, key_type, updated_at, worker)
-                            VALUES ($1, $2, 'waiting', $3, $4, $5, $6, $7, $8, $9, $11, $5, (SELECT uuid FROM w))
-                            RETURNING {REQUEST_COLUMNS}),
-                         l AS (
-                            INSERT INTO leases (request, worker, fence, bound_at)
-                            SELECT r.id, w.uuid, w.fence, $5 FROM r, w
-                            RETURNING fence),
-                         {records},
-                         h AS (
-                            INSERT INTO request_history (request, at, from_state, to_state, actor, reason)
-                            SELECT id, created_at, NULL, 'waiting', $10, 'submitted' FROM r
-                            UNION ALL
-                            SELECT r.id, $5, 'waiting', 'waiting', 'matcher', {matched} FROM r, w)
-                         SELECT r.*, (SELECT fence FROM l) AS bound_fence FROM r",
-                        records = binding_records("$5", "r.id", "w, r"),
-                        matched = MATCHED_REASON,
-                    ))
-                    .await?;
+                let stmt = client.prepare_cached(&INSERT_REQUEST).await?;
                 let row = client
                     .query_one(
                         &stmt,
@@ -354,38 +397,7 @@ impl Db {
             .run(op, move |client| {
                 let (requests, workers) = (requests.clone(), workers.clone());
                 Box::pin(async move {
-                    let stmt = client
-                        .prepare_cached(&format!(
-                            "WITH ok AS (
-                                SELECT p.request, p.worker
-                                FROM unnest((SELECT $1::bigint[]), (SELECT $2::uuid[])) AS p(request, worker)
-                                JOIN LATERAL (SELECT state, worker FROM requests WHERE id = p.request OFFSET 0) r
-                                    ON r.state = 'waiting' AND r.worker IS NULL
-                                JOIN LATERAL (SELECT state FROM workers WHERE uuid = p.worker OFFSET 0) w
-                                    ON w.state = 'idle'
-                                WHERE EXISTS (SELECT 1 FROM leader WHERE id = 1 AND session = $4)),
-                             w AS (
-                                UPDATE workers SET state = 'running', fence = workers.fence + 1, state_since = $3,
-                                    reason = NULL, last_used = $3
-                                FROM ok WHERE workers.uuid = ok.worker AND workers.uuid = ANY ((SELECT $2::uuid[])::uuid[])
-                                RETURNING workers.uuid, workers.fence, workers.session, ok.request),
-                             r AS (
-                                UPDATE requests SET worker = ok.worker, updated_at = $3
-                                FROM ok WHERE requests.id = ok.request AND requests.id = ANY ((SELECT $1::bigint[])::bigint[])),
-                             l AS (
-                                INSERT INTO leases (request, worker, fence, bound_at)
-                                SELECT request, uuid, fence, $3 FROM w
-                                RETURNING request, fence),
-                             {records},
-                             rh AS (
-                                INSERT INTO request_history (request, at, from_state, to_state, actor, reason)
-                                SELECT request, $3, 'waiting', 'waiting', 'matcher', {matched} FROM w)
-                             SELECT request, fence FROM l",
-                            records = binding_records("$3", "w.request", "w"),
-                            matched = MATCHED_REASON,
-                        ),
-                        )
-                        .await?;
+                    let stmt = client.prepare_cached(&BIND_LEASES).await?;
                     Ok(client.query(&stmt, &[&requests, &workers, &at, &leader.0]).await?)
                 })
             })

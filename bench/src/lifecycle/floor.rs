@@ -2,8 +2,8 @@
 //! one cycle (create with its binding, start, end with the worker to
 //! prepare, worker idle again), called through `corral-db` from C
 //! concurrent tasks, each with a worker of its own, with no HTTP, actors,
-//! matcher or agent in between. It is what PostgreSQL alone allows on this machine for the
-//! same durability: the ceiling of the end-to-end figure.
+//! matcher or agent in between. It is what PostgreSQL alone allows on this
+//! machine for the same durability: the ceiling of the end-to-end figure.
 //!
 //! It runs in a database of its own (`corral_floor`) on the server's
 //! cluster, after the end-to-end run, so both figures come from the same
