@@ -20,7 +20,8 @@ CREATE TABLE IF NOT EXISTS users (
 
 -- BMDB-style liveness: a component is alive while its session's deadline,
 -- set from the database clock and pushed forward by heartbeats, is in the
--- future. The reaper deletes expired sessions; work locks go with them.
+-- future. The reaper deletes expired sessions; their work locks go in the
+-- same transaction.
 CREATE TABLE IF NOT EXISTS sessions (
     id          UUID PRIMARY KEY,
     component   TEXT NOT NULL CHECK (component IN ('agent', 'server')),
@@ -143,14 +144,22 @@ CREATE UNIQUE INDEX IF NOT EXISTS leases_one_live_per_worker ON leases (worker) 
 CREATE UNIQUE INDEX IF NOT EXISTS leases_one_live_per_port ON leases (tunnel_port) WHERE ended_at IS NULL;
 
 -- "Session S is doing process P on worker W". At most one per (worker,
--- process); removed with the session.
+-- process); removed with the session. A lock always takes its session from
+-- the worker row it updates in the same statement, and deleting a session
+-- first clears `workers.session` (ON DELETE SET NULL, which waits for those
+-- statements), then deletes the session's locks in a later statement of
+-- its transaction. So `session` needs no foreign key: its check took a
+-- shared lock on the agent's one session row at every lease and every
+-- prepare, and all of an agent's backends queued on that row (multixacts).
 CREATE TABLE IF NOT EXISTS work_locks (
     worker      UUID NOT NULL,
     process     TEXT NOT NULL CHECK (process IN ('prepare', 'lease', 'maintenance', 'health_check', 'power_cycle')),
-    session     UUID NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+    session     UUID NOT NULL,
     acquired_at TIMESTAMPTZ NOT NULL,
     PRIMARY KEY (worker, process)
 );
+-- Databases created before the foreign key was dropped.
+ALTER TABLE work_locks DROP CONSTRAINT IF EXISTS work_locks_session_fkey;
 
 -- Failure backoff for repeated work on a worker: after a failure the same
 -- process is not retried before retry_after; the delay doubles per failure.

@@ -1,7 +1,7 @@
 //! BMDB-style liveness sessions. A session is alive while its deadline is
 //! in the future; deadlines come from the database clock (`now()`), so
-//! replicas with skewed clocks agree. Work locks reference their session
-//! and are deleted with it.
+//! replicas with skewed clocks agree. Work locks name their session and are
+//! deleted with it ([`release_work_locks`]).
 
 use std::time::{Duration, SystemTime};
 
@@ -18,6 +18,19 @@ pub struct ExpiredSession {
     pub session: SessionRecord,
     pub workers: Vec<WorkerId>,
     pub reason: String,
+}
+
+/// Deletes the work locks of `sessions`, which the caller's transaction
+/// has just deleted. It must be a later statement than the deletion: that
+/// one cleared `workers.session`, waiting for every statement that was
+/// taking a lock for these sessions from a worker row, and this one's
+/// snapshot sees what they committed. (`work_locks.session` has no foreign
+/// key; see `schema.sql`.)
+async fn release_work_locks(
+    tx: &tokio_postgres::Transaction<'_>,
+    sessions: &[uuid::Uuid],
+) -> Result<u64, tokio_postgres::Error> {
+    tx.execute("DELETE FROM work_locks WHERE session = ANY($1)", &[&sessions]).await
 }
 
 impl Db {
@@ -97,6 +110,7 @@ impl Db {
                         &[&id.0, &reason, &now],
                     )
                     .await?;
+                release_work_locks(&tx, &[id.0]).await?;
                 tx.commit().await?;
                 if deleted.is_none() {
                     return Err(DbError::NotFound { op: op.as_str() }.into());
@@ -156,6 +170,7 @@ impl Db {
                     )
                     .await?;
                     tx.execute("DELETE FROM sessions WHERE id = $1", &[&session.id.0]).await?;
+                    release_work_locks(&tx, &[session.id.0]).await?;
                     expired.push(ExpiredSession {
                         session,
                         workers: workers.iter().map(|r| WorkerId(r.get(0))).collect(),
@@ -215,7 +230,8 @@ impl Db {
         self.run(DatabaseOperation::CloseSession, move |client| {
             let (component, name, reason) = (component.clone(), name.clone(), reason.clone());
             Box::pin(async move {
-                let rows = client
+                let tx = client.transaction().await?;
+                let rows = tx
                     .query(
                         "WITH s AS (DELETE FROM sessions WHERE component = $1 AND name = $2 AND id <> $3
                             RETURNING id, component, name)
@@ -224,7 +240,10 @@ impl Db {
                         &[&component, &name, &keep.0, &reason],
                     )
                     .await?;
-                Ok(rows.len() as u64)
+                let ended: Vec<uuid::Uuid> = rows.iter().map(|r| r.get(0)).collect();
+                release_work_locks(&tx, &ended).await?;
+                tx.commit().await?;
+                Ok(ended.len() as u64)
             })
         })
         .await

@@ -1,0 +1,83 @@
+//! Sessions against a real PostgreSQL: each way a session ends (its owner
+//! closes it, it expires, a restarted replica replaces it) deletes the
+//! session's work locks in the same transaction, and no one else's.
+//! `work_locks.session` has no foreign key (see `schema.sql`), so nothing
+//! but these statements removes them.
+
+use std::time::{Duration, SystemTime};
+
+use corral_core::{SessionId, WorkerId, WorkerState};
+use corral_db::{Db, PoolSettings, WorkerTransition, WorkerUpsert};
+use corral_testkit::TestDb;
+
+async fn database() -> (Db, TestDb) {
+    let test = corral_testkit::test_database().await;
+    let db = Db::connect(&test.url, &PoolSettings::default()).await.expect("the test database answers");
+    db.apply_schema().await.expect("the schema applies");
+    (db, test)
+}
+
+/// Opens an agent session named `name` (timeout `timeout`, from `now`)
+/// with one worker preparing, which holds the `prepare` work lock.
+async fn session_with_lock(db: &Db, name: &str, timeout: Duration, now: SystemTime) -> (SessionId, WorkerId) {
+    let session = SessionId::random();
+    db.open_session(session, "agent", name, "agent", timeout, Some(now)).await.unwrap();
+    let worker = WorkerId::random();
+    let upsert = WorkerUpsert {
+        uuid: worker,
+        agent: name.to_string(),
+        session,
+        caps: Default::default(),
+        groups: Default::default(),
+        ssh_addr: "127.0.0.1:22".to_string(),
+        ssh_user: "lab".to_string(),
+        host_key: None,
+    };
+    db.upsert_worker(&upsert, WorkerState::Maintenance, now).await.unwrap();
+    let prepare = WorkerTransition {
+        uuid: worker,
+        from: WorkerState::Maintenance,
+        to: WorkerState::Prepare,
+        at: now,
+        actor: "server".to_string(),
+        reason: "test".to_string(),
+        clear_drain: false,
+    };
+    db.worker_transition(&prepare).await.unwrap();
+    (session, worker)
+}
+
+async fn locks_of(test: &TestDb, worker: WorkerId) -> Vec<String> {
+    let client = test.connect().await;
+    let rows = client.query("SELECT process FROM work_locks WHERE worker = $1", &[&worker.0]).await.unwrap();
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
+#[tokio::test]
+async fn every_way_a_session_ends_releases_its_work_locks_and_only_those() {
+    let (db, test) = database().await;
+    let now = SystemTime::now();
+    let day = Duration::from_secs(24 * 3600);
+    let (_, bystander) = session_with_lock(&db, "host-b", day, now).await;
+
+    // Closed by its owner.
+    let (closed, worker) = session_with_lock(&db, "host-c", day, now).await;
+    assert_eq!(locks_of(&test, worker).await, ["prepare"]);
+    assert_eq!(db.close_session(closed, "closing", Some(now)).await.unwrap(), [worker]);
+    assert!(locks_of(&test, worker).await.is_empty(), "a closed session's lock must go");
+
+    // Expired: the short session's deadline passes, the bystander's does not.
+    let (_, worker) = session_with_lock(&db, "host-e", Duration::from_secs(30), now).await;
+    let expired = db.expire_sessions(Some(now + Duration::from_secs(31))).await.unwrap();
+    assert_eq!(expired.iter().map(|e| e.session.name.as_str()).collect::<Vec<_>>(), ["host-e"]);
+    assert!(locks_of(&test, worker).await.is_empty(), "an expired session's lock must go");
+
+    // Replaced by a newer session of the same name.
+    let (_, worker) = session_with_lock(&db, "host-r", day, now).await;
+    let newer = SessionId::random();
+    db.open_session(newer, "agent", "host-r", "agent", day, Some(now)).await.unwrap();
+    assert_eq!(db.replace_sessions_named("agent", "host-r", newer, "replaced").await.unwrap(), 1);
+    assert!(locks_of(&test, worker).await.is_empty(), "a replaced session's lock must go");
+
+    assert_eq!(locks_of(&test, bystander).await, ["prepare"], "another session's lock must stay");
+}
