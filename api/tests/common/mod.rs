@@ -138,14 +138,22 @@ impl TestServer {
         }
     }
 
+    /// Stops HTTP; the data directory goes when the server is dropped.
     pub async fn stop(self) {
         self.handle.stop(false).await;
-        let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 
-    /// Stops HTTP without cleaning the data directory.
+    /// Stops HTTP, keeping the server's handles for the rest of the test.
     pub async fn halt(&self) {
         self.handle.stop(false).await;
+    }
+}
+
+/// The data directory (tokens) goes with the server, also when a test
+/// fails or only halted it.
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
 
