@@ -6,19 +6,19 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use corral_core::SessionId;
 use corral_proto::agent::{CommandResult, Heartbeat, OpenSession};
 
-use crate::AppState;
 use crate::auth::Auth;
 use crate::error::ApiError;
 use crate::query::Query;
+use crate::{AppState, endpoint};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/v1/agent/sessions")
-            .route("", web::post().to(open))
-            .route("/{id}/results", web::post().to(results))
-            .route("/{id}/commands", web::get().to(commands))
-            .route("/{id}/heartbeat", web::post().to(heartbeat))
-            .route("/{id}", web::delete().to(close)),
+            .service(endpoint("").route(web::post().to(open)))
+            .service(endpoint("/{id}/results").route(web::post().to(results)))
+            .service(endpoint("/{id}/commands").route(web::get().to(commands)))
+            .service(endpoint("/{id}/heartbeat").route(web::post().to(heartbeat)))
+            .service(endpoint("/{id}").route(web::delete().to(close))),
     );
 }
 

@@ -42,6 +42,16 @@ impl ApiError {
         ApiError::new(ErrorCode::Conflict, message)
     }
 
+    /// A method the endpoint does not answer: 405, with the `bad_request`
+    /// code.
+    pub fn method_not_allowed(method: &actix_web::http::Method, path: &str) -> ApiError {
+        ApiError {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            code: ErrorCode::BadRequest,
+            message: format!("{path} does not accept {method}"),
+        }
+    }
+
     /// Too large a body: 413, with the `bad_request` code.
     pub fn too_large(limit: usize) -> ApiError {
         ApiError {

@@ -2,11 +2,13 @@
 
 use actix_web::{HttpResponse, web};
 
-use crate::AppState;
 use crate::error::ApiError;
+use crate::{AppState, endpoint};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz)).route("/readyz", web::get().to(readyz));
+    // HEAD too, for probes that send it (the body is left out).
+    cfg.service(endpoint("/healthz").route(web::get().to(healthz)).route(web::head().to(healthz)))
+        .service(endpoint("/readyz").route(web::get().to(readyz)).route(web::head().to(readyz)));
 }
 
 async fn healthz() -> HttpResponse {

@@ -21,7 +21,7 @@ pub mod serve;
 pub mod users;
 pub mod workers;
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use corral_actors::Corral;
 
 pub use config::Config;
@@ -35,6 +35,15 @@ pub struct AppState {
     pub corral: Corral,
     pub config: Config,
     pub auth: AuthCache,
+}
+
+/// A resource whose methods are the routes added to it; any other method
+/// gets a JSON 405 (actix-web's own answer is an empty body). Every `/v1`
+/// path is registered through this.
+pub(crate) fn endpoint(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(|req: HttpRequest| async move {
+        Err::<HttpResponse, _>(ApiError::method_not_allowed(req.method(), req.path()))
+    }))
 }
 
 /// All routes, body limits and error shapes.

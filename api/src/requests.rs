@@ -14,21 +14,21 @@ use corral_proto::requests::{
     Explanation, HistoryEntry, NewRequest, Prolong, Prolonged, Request, RequestPatch, WorkerObstacle,
 };
 
-use crate::AppState;
 use crate::auth::Auth;
 use crate::error::ApiError;
 use crate::query::{Query, parse_limit};
+use crate::{AppState, endpoint};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/v1/requests")
-            .service(web::resource("").route(web::post().to(submit)).route(web::get().to(list)))
-            .service(web::resource("/{id}").route(web::get().to(get)).route(web::patch().to(patch)))
-            .route("/{id}/acquire", web::post().to(acquire))
-            .route("/{id}/close", web::post().to(close))
-            .route("/{id}/history", web::get().to(history))
-            .route("/{id}/prolong", web::post().to(prolong))
-            .route("/{id}/explain", web::get().to(explain)),
+            .service(endpoint("").route(web::post().to(submit)).route(web::get().to(list)))
+            .service(endpoint("/{id}").route(web::get().to(get)).route(web::patch().to(patch)))
+            .service(endpoint("/{id}/acquire").route(web::post().to(acquire)))
+            .service(endpoint("/{id}/close").route(web::post().to(close)))
+            .service(endpoint("/{id}/history").route(web::get().to(history)))
+            .service(endpoint("/{id}/prolong").route(web::post().to(prolong)))
+            .service(endpoint("/{id}/explain").route(web::get().to(explain))),
     );
 }
 

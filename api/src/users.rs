@@ -6,15 +6,15 @@ use corral_core::Role;
 use corral_db::UserRecord;
 use corral_proto::users::{CreatedUser, NewUser, User};
 
-use crate::AppState;
 use crate::auth::Auth;
 use crate::error::ApiError;
+use crate::{AppState, endpoint};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/v1/users")
-            .service(web::resource("").route(web::post().to(create)).route(web::get().to(list)))
-            .route("/{name}", web::delete().to(delete)),
+            .service(endpoint("").route(web::post().to(create)).route(web::get().to(list)))
+            .service(endpoint("/{name}").route(web::delete().to(delete))),
     );
 }
 

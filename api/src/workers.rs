@@ -6,18 +6,18 @@ use corral_core::{Groups, Role, WorkerId, WorkerState};
 use corral_proto::Page;
 use corral_proto::workers::{StateChange, Worker};
 
-use crate::AppState;
 use crate::auth::Auth;
 use crate::error::ApiError;
 use crate::query::{Query, parse_limit};
+use crate::{AppState, endpoint};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/v1/workers")
-            .route("", web::get().to(list))
-            .service(web::resource("/{uuid}").route(web::get().to(get)).route(web::delete().to(deregister)))
-            .route("/{uuid}/state", web::put().to(set_state))
-            .route("/{uuid}/groups", web::put().to(set_groups)),
+            .service(endpoint("").route(web::get().to(list)))
+            .service(endpoint("/{uuid}").route(web::get().to(get)).route(web::delete().to(deregister)))
+            .service(endpoint("/{uuid}/state").route(web::put().to(set_state)))
+            .service(endpoint("/{uuid}/groups").route(web::put().to(set_groups))),
     );
 }
 

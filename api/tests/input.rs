@@ -174,6 +174,38 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
         assert!(!answer.to_string().contains("openapi"), "{name}: {answer}");
     }
 
+    // A method an existing path does not answer: a JSON 405 that names
+    // the path and the method, whichever family the path belongs to.
+    let uuid = "00000000-0000-4000-8000-000000000000";
+    let wrong_methods: Vec<(&str, String)> = vec![
+        ("DELETE", "/v1/requests".to_string()),
+        ("DELETE", format!("/v1/requests/{id}")),
+        ("GET", format!("/v1/requests/{id}/close")),
+        ("GET", format!("/v1/requests/{id}/acquire")),
+        ("PUT", format!("/v1/requests/{id}/history")),
+        ("POST", "/v1/workers".to_string()),
+        ("POST", format!("/v1/workers/{uuid}/state")),
+        ("PATCH", "/v1/users".to_string()),
+        ("GET", "/v1/users/dave".to_string()),
+        ("GET", "/v1/agent/sessions".to_string()),
+        ("GET", format!("/v1/agent/sessions/{uuid}/results")),
+        ("POST", "/healthz".to_string()),
+        ("DELETE", "/readyz".to_string()),
+    ];
+    for (method, path) in &wrong_methods {
+        let verb = awc::http::Method::from_bytes(method.as_bytes()).unwrap();
+        let (status, answer) = dave.send(verb, path, Some(b"{}".to_vec())).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}: {answer}");
+        assert_eq!(answer["error"], "bad_request", "{method} {path}: {answer}");
+        let message = answer["message"].as_str().unwrap_or_default();
+        assert!(message.contains(path.as_str()) && message.contains(method), "{method} {path}: {answer}");
+    }
+    // Probes may ask with HEAD: the health answers, without a body.
+    for path in ["/healthz", "/readyz"] {
+        let (status, answer) = server.anonymous().send(awc::http::Method::HEAD, path, None).await;
+        assert_eq!((status, answer), (StatusCode::OK, Value::Null), "HEAD {path}");
+    }
+
     let patch_cases: Vec<(&str, Value, u16)> = vec![
         ("patch priority 0", json!({"priority": 0}), 400),
         ("patch nothing", json!({}), 400),

@@ -208,7 +208,8 @@ impl Api {
         Api { http: self.http.clone(), base: base.to_string(), token: self.token.clone() }
     }
 
-    async fn send(&self, method: awc::http::Method, path: &str, body: Option<Vec<u8>>) -> (StatusCode, Value) {
+    /// Any method; `body` is sent as JSON.
+    pub async fn send(&self, method: awc::http::Method, path: &str, body: Option<Vec<u8>>) -> (StatusCode, Value) {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some(token) = &self.token {
             request = request.insert_header(("Authorization", format!("Bearer {token}")));
