@@ -147,10 +147,11 @@ CREATE UNIQUE INDEX IF NOT EXISTS leases_one_live_per_port ON leases (tunnel_por
 -- process); removed with the session. A lock always takes its session from
 -- the worker row it updates in the same statement, and deleting a session
 -- first clears `workers.session` (ON DELETE SET NULL, which waits for those
--- statements), then deletes the session's locks in a later statement of
--- its transaction. So `session` needs no foreign key: its check took a
--- shared lock on the agent's one session row at every lease and every
--- prepare, and all of an agent's backends queued on that row (multixacts).
+-- statements), then deletes the session's locks in a later statement of its
+-- transaction (and start-up releases any lock left without its session). So
+-- `session` needs no foreign key: its check took a shared lock on the
+-- agent's one session row at every lease and every prepare, and all of an
+-- agent's backends queued on that row (multixacts).
 CREATE TABLE IF NOT EXISTS work_locks (
     worker      UUID NOT NULL,
     process     TEXT NOT NULL CHECK (process IN ('prepare', 'lease', 'maintenance', 'health_check', 'power_cycle')),

@@ -6,7 +6,10 @@
 //! - a worker `running` with no live lease goes back through `prepare`;
 //! - a live lease whose worker is no longer `running` is lost (the request
 //!   fails if the lease had started, else goes back to the queue);
-//! - a lease bound but not started gets a new key, sent again.
+//! - a lease bound but not started gets a new key, sent again;
+//! - a work lock whose session is gone is released (ending a session
+//!   releases its locks, so this only repairs what older code or a hand
+//!   edit left).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,6 +28,10 @@ use crate::{ActorError, Shared, tell};
 pub(crate) async fn rebuild(shared: &Arc<Shared>) -> Result<(), ActorError> {
     let db = &shared.db;
     let graced = db.grace_sessions(shared.clock.db_now()).await?;
+    let orphans = db.release_orphan_work_locks().await?;
+    if orphans > 0 {
+        tracing::warn!(orphans, "released work locks whose session no longer exists");
+    }
     let sessions = db.live_sessions().await?;
     let workers = db.load_workers().await?;
     let requests = db.load_live_requests().await?;

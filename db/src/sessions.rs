@@ -184,6 +184,26 @@ impl Db {
         .await
     }
 
+    /// Deletes work locks whose session no longer exists and returns how
+    /// many there were. Ending a session releases its locks in the same
+    /// transaction, so there should be none; run at start-up, this puts
+    /// the invariant back if something (a database from before that rule,
+    /// a hand edit) left some behind. A lock is read with its session on
+    /// one snapshot, so one whose session still exists is never taken.
+    pub async fn release_orphan_work_locks(&self) -> Result<u64, DbError> {
+        self.run(DatabaseOperation::ReleaseOrphanLocks, move |client| {
+            Box::pin(async move {
+                Ok(client
+                    .execute(
+                        "DELETE FROM work_locks l WHERE NOT EXISTS (SELECT 1 FROM sessions s WHERE s.id = l.session)",
+                        &[],
+                    )
+                    .await?)
+            })
+        })
+        .await
+    }
+
     pub async fn live_sessions(&self) -> Result<Vec<SessionRecord>, DbError> {
         let op = DatabaseOperation::LiveSessions;
         self.run(op, move |client| {

@@ -2,7 +2,8 @@
 //! closes it, it expires, a restarted replica replaces it) deletes the
 //! session's work locks in the same transaction, and no one else's.
 //! `work_locks.session` has no foreign key (see `schema.sql`), so nothing
-//! but these statements removes them.
+//! but these statements removes them, and the start-up sweep of locks left
+//! without a session.
 
 use std::time::{Duration, SystemTime};
 
@@ -80,4 +81,25 @@ async fn every_way_a_session_ends_releases_its_work_locks_and_only_those() {
     assert!(locks_of(&test, worker).await.is_empty(), "a replaced session's lock must go");
 
     assert_eq!(locks_of(&test, bystander).await, ["prepare"], "another session's lock must stay");
+}
+
+#[tokio::test]
+async fn the_start_up_sweep_releases_locks_left_without_their_session_and_keeps_the_others() {
+    let (db, test) = database().await;
+    let now = SystemTime::now();
+    let day = Duration::from_secs(24 * 3600);
+    let (_, kept) = session_with_lock(&db, "host-k", day, now).await;
+    let (_, worker) = session_with_lock(&db, "host-o", day, now).await;
+    // An orphan as a database from before explicit release could hold: the
+    // lock names a session that is gone.
+    let client = test.connect().await;
+    client
+        .execute("UPDATE work_locks SET session = $2 WHERE worker = $1", &[&worker.0, &uuid::Uuid::new_v4()])
+        .await
+        .unwrap();
+
+    assert_eq!(db.release_orphan_work_locks().await.unwrap(), 1);
+    assert!(locks_of(&test, worker).await.is_empty(), "the orphan must go");
+    assert_eq!(locks_of(&test, kept).await, ["prepare"], "a lock whose session lives must stay");
+    assert_eq!(db.release_orphan_work_locks().await.unwrap(), 0, "a second pass finds nothing");
 }
