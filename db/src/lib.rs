@@ -255,8 +255,8 @@ impl Db {
             .max_size(settings.max_size)
             // The most recently returned connection goes out first: a few
             // PostgreSQL backends stay busy and warm instead of every
-            // connection the pool ever opened taking turns. Interleaved
-            // lifecycle runs: about 11 % less PostgreSQL CPU per cycle.
+            // connection the pool ever opened taking turns (measured in
+            // bench/results/2026-12-01-pool-and-locks.md).
             .queue_mode(QueueMode::Lifo)
             .wait_timeout(Some(settings.wait_timeout))
             .create_timeout(Some(settings.connect_timeout))
