@@ -12,6 +12,7 @@
 //! (the server's clock). Session deadlines come from the database clock
 //! (`now()`) unless a test clock passes a time explicitly.
 
+mod batch;
 pub mod embedded;
 mod fixtures;
 mod records;
@@ -229,6 +230,23 @@ pub trait OperationObserver: Send + Sync {
 pub struct Db {
     pool: Pool,
     observer: Option<std::sync::Arc<dyn OperationObserver>>,
+    /// The batch writers of the hot lease statements ([`batch`]); `None`
+    /// in the handle they run with, where each call is a batch of one.
+    batches: Option<std::sync::Arc<Batches>>,
+}
+
+/// What [`Db::batch_stats`] reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    pub calls: u64,
+    pub statements: u64,
+}
+
+/// One batch writer per hot statement.
+struct Batches {
+    start_lease: batch::Batcher<StartLease>,
+    end_lease: batch::Batcher<requests::EndLease>,
+    worker_transition: batch::Batcher<WorkerTransition>,
 }
 
 impl std::fmt::Debug for Db {
@@ -250,23 +268,36 @@ impl Db {
         if config.get_application_name().is_none() {
             config.application_name("corral");
         }
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-        let pool = Pool::builder(manager)
-            .max_size(settings.max_size)
-            // The most recently returned connection goes out first: a few
-            // PostgreSQL backends stay busy and warm instead of every
-            // connection the pool ever opened taking turns (measured in
-            // bench/results/2026-12-01-pool-and-locks.md).
-            .queue_mode(QueueMode::Lifo)
-            .wait_timeout(Some(settings.wait_timeout))
-            .create_timeout(Some(settings.connect_timeout))
-            .recycle_timeout(Some(settings.connect_timeout))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| DbError::internal(op, e.to_string()))?;
-        let db = Db { pool, observer: None };
-        db.ping().await?;
-        Ok(db)
+        let pool = build_pool(config.clone(), settings.max_size, settings)?;
+        let main = Db { pool, observer: None, batches: None };
+        main.ping().await?;
+        // The batch writers' own connections, one each and a spare. Their
+        // statements read and write rows by key only, and a plan cached
+        // while a table was small (a fresh database) would otherwise keep
+        // scanning it whole as it grows: PostgreSQL makes a statement's
+        // generic plan once per connection and keeps it until the table is
+        // next analyzed. With sequential scans off, every plan they get is
+        // index lookups of the batch's keys, whatever the table's size.
+        config.options("-c enable_seqscan=off");
+        let writers = Db { pool: build_pool(config, 4, settings)?, observer: None, batches: None };
+        let batches = Batches {
+            start_lease: batch::Batcher::start(writers.clone()),
+            end_lease: batch::Batcher::start(writers.clone()),
+            worker_transition: batch::Batcher::start(writers),
+        };
+        Ok(Db { batches: Some(std::sync::Arc::new(batches)), ..main })
+    }
+
+    /// How many calls the batch writers took, and in how many statements.
+    pub fn batch_stats(&self) -> BatchStats {
+        let mut stats = BatchStats::default();
+        if let Some(b) = &self.batches {
+            for counts in [b.start_lease.counts(), b.end_lease.counts(), b.worker_transition.counts()] {
+                stats.calls += counts.calls.load(std::sync::atomic::Ordering::Relaxed);
+                stats.statements += counts.statements.load(std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        stats
     }
 
     pub fn with_observer(mut self, observer: std::sync::Arc<dyn OperationObserver>) -> Db {
@@ -338,6 +369,29 @@ impl Db {
         }
         result
     }
+}
+
+fn build_pool(config: tokio_postgres::Config, max_size: usize, settings: &PoolSettings) -> Result<Pool, DbError> {
+    let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    Pool::builder(manager)
+        .max_size(max_size)
+        // The most recently returned connection goes out first: a few
+        // PostgreSQL backends stay busy and warm instead of every
+        // connection the pool ever opened taking turns (measured in
+        // bench/results/2026-12-01-pool-and-locks.md).
+        .queue_mode(QueueMode::Lifo)
+        .wait_timeout(Some(settings.wait_timeout))
+        .create_timeout(Some(settings.connect_timeout))
+        .recycle_timeout(Some(settings.connect_timeout))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| DbError::internal(DatabaseOperation::Ping, e.to_string()))
+}
+
+/// `columns` (comma-separated) each prefixed with `table.`: a statement
+/// that joins other rows returns its table's columns unambiguously.
+pub(crate) fn qualified(table: &str, columns: &str) -> String {
+    columns.split(',').map(|c| format!("{table}.{}", c.trim())).collect::<Vec<_>>().join(", ")
 }
 
 /// `Some(t)` is a test clock; `None` means the database's `now()`.

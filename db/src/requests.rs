@@ -105,6 +105,168 @@ static BIND_LEASES: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// [`StartLease`]'s statement over a batch, built once: each lease starts
+/// if it is pending and its request waiting, both read on one snapshot.
+static START_LEASES: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH ok AS (
+            SELECT p.* FROM unnest((SELECT $1::bigint[]), (SELECT $2::bigint[]), (SELECT $3::timestamptz[]),
+                (SELECT $4::text[]), (SELECT $5::text[]), (SELECT $6::text[]), (SELECT $7::int[]),
+                (SELECT $8::timestamptz[]), (SELECT $9::text[]))
+                AS p(request, fence, at, kind, public_key, private_key, port, expires_at, actor)
+            JOIN LATERAL (SELECT 1 FROM leases WHERE request = p.request AND fence = p.fence
+                AND ended_at IS NULL AND started_at IS NULL OFFSET 0) l ON true
+            JOIN LATERAL (SELECT state FROM requests WHERE id = p.request OFFSET 0) q ON q.state = 'waiting'),
+         l AS (
+            UPDATE leases SET started_at = ok.at, key_type = ok.kind, public_key = ok.public_key,
+                private_key = ok.private_key, tunnel_port = ok.port
+            FROM ok WHERE leases.request = ok.request AND leases.fence = ok.fence
+                AND leases.request = ANY ((SELECT $1::bigint[])::bigint[])),
+         r AS (
+            UPDATE requests SET state = 'in_progress', lease_expires_at = ok.expires_at, updated_at = ok.at,
+                reason = NULL
+            FROM ok WHERE requests.id = ok.request AND requests.id = ANY ((SELECT $1::bigint[])::bigint[])
+            RETURNING {columns}, ok.actor AS started_by),
+         h AS (INSERT INTO request_history (request, at, from_state, to_state, actor, reason)
+            SELECT id, updated_at, 'waiting', 'in_progress', started_by,
+                'lease started on worker ' || worker || ' until ' || lease_expires_at FROM r)
+         SELECT * FROM r",
+        columns = crate::qualified("requests", REQUEST_COLUMNS),
+    )
+});
+
+impl crate::batch::Batched for StartLease {
+    type Output = RequestRecord;
+    const OP: DatabaseOperation = DatabaseOperation::StartLease;
+
+    fn key(&self) -> u128 {
+        self.request.0 as u128
+    }
+
+    async fn run(db: &Db, batch: &[StartLease]) -> Result<Vec<Result<RequestRecord, DbError>>, DbError> {
+        let op = Self::OP;
+        let columns: crate::batch::Columns = vec![
+            Box::new(batch.iter().map(|s| s.request.0).collect::<Vec<i64>>()),
+            Box::new(batch.iter().map(|s| s.fence.0).collect::<Vec<i64>>()),
+            Box::new(batch.iter().map(|s| s.at).collect::<Vec<SystemTime>>()),
+            Box::new(batch.iter().map(|s| s.key_type.clone()).collect::<Vec<String>>()),
+            Box::new(batch.iter().map(|s| s.public_key.clone()).collect::<Vec<String>>()),
+            Box::new(batch.iter().map(|s| s.private_key.clone()).collect::<Vec<Option<String>>>()),
+            Box::new(batch.iter().map(|s| s.tunnel_port.map(i32::from)).collect::<Vec<Option<i32>>>()),
+            Box::new(batch.iter().map(|s| s.expires_at).collect::<Vec<SystemTime>>()),
+            Box::new(batch.iter().map(|s| s.actor.clone()).collect::<Vec<String>>()),
+        ];
+        let rows = crate::batch::query(db, op, &START_LEASES, columns).await?;
+        let mut started = std::collections::HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let record = RequestRecord::from_row(op, row)?;
+            started.insert(record.id, record);
+        }
+        Ok(batch
+            .iter()
+            .map(|s| {
+                started.get(&s.request).cloned().ok_or_else(|| {
+                    DbError::conflict(op, format!("lease {} of request {} is not pending", s.fence, s.request))
+                })
+            })
+            .collect())
+    }
+}
+
+/// [`Db::end_lease`]'s statement over a batch, built once. The workers are
+/// named by the array of the leases' workers, not by a join, so that the
+/// cached plan reads them by primary key rather than hashing a scan of the
+/// table.
+static END_LEASES: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH ok AS (
+            SELECT p.*, l.worker FROM unnest((SELECT $1::bigint[]), (SELECT $2::bigint[]), (SELECT $3::text[]),
+                (SELECT $4::text[]), (SELECT $5::timestamptz[]), (SELECT $6::text[]), (SELECT $7::text[]))
+                AS p(request, fence, from_state, to_state, at, actor, why)
+            JOIN LATERAL (SELECT worker FROM leases WHERE request = p.request AND fence = p.fence
+                AND ended_at IS NULL OFFSET 0) l ON true
+            JOIN LATERAL (SELECT state FROM requests WHERE id = p.request OFFSET 0) q ON q.state = p.from_state),
+         l AS (
+            UPDATE leases SET ended_at = ok.at, end_reason = ok.why, private_key = NULL
+            FROM ok WHERE leases.request = ok.request AND leases.fence = ok.fence
+                AND leases.request = ANY ((SELECT $1::bigint[])::bigint[])),
+         r AS (
+            UPDATE requests SET state = ok.to_state, updated_at = ok.at, reason = ok.why
+            FROM ok WHERE requests.id = ok.request AND requests.id = ANY ((SELECT $1::bigint[])::bigint[])
+            RETURNING {columns}, ok.from_state, ok.actor AS ended_by),
+         h AS (INSERT INTO request_history (request, at, from_state, to_state, actor, reason)
+            SELECT id, updated_at, from_state, state, ended_by, reason FROM r),
+         w AS (
+            UPDATE workers SET state = 'prepare', state_since = ok.at, reason = NULL
+            FROM ok WHERE workers.uuid = ok.worker AND workers.uuid = ANY (ARRAY (SELECT worker FROM ok))
+                AND workers.state = 'running' AND workers.fence = ok.fence AND NOT workers.drain
+            RETURNING workers.uuid, workers.session, ok.request, ok.at, ok.why),
+         wh AS (INSERT INTO worker_history (worker, at, from_state, to_state, actor, reason)
+            SELECT uuid, at, 'running', 'prepare', 'server',
+                'lease of request ' || request || ' ended (' || why || '); revoking the key' FROM w),
+         wd AS (DELETE FROM work_locks USING w
+            WHERE work_locks.worker = w.uuid AND work_locks.process <> 'prepare'),
+         wl AS (INSERT INTO work_locks (worker, process, session, acquired_at)
+            SELECT uuid, 'prepare', session, at FROM w WHERE session IS NOT NULL
+            ON CONFLICT (worker, process) DO UPDATE SET session = EXCLUDED.session,
+                acquired_at = EXCLUDED.acquired_at)
+         SELECT r.*, EXISTS (SELECT 1 FROM w WHERE w.request = r.id) AS worker_prepared FROM r",
+        columns = crate::qualified("requests", REQUEST_COLUMNS),
+    )
+});
+
+/// One call of [`Db::end_lease`].
+#[derive(Clone, Debug)]
+pub(crate) struct EndLease {
+    request: RequestId,
+    fence: FencingToken,
+    from: RequestState,
+    to: RequestState,
+    at: SystemTime,
+    actor: String,
+    reason: String,
+}
+
+impl crate::batch::Batched for EndLease {
+    type Output = (RequestRecord, bool);
+    const OP: DatabaseOperation = DatabaseOperation::EndLease;
+
+    fn key(&self) -> u128 {
+        self.request.0 as u128
+    }
+
+    async fn run(db: &Db, batch: &[EndLease]) -> Result<Vec<Result<(RequestRecord, bool), DbError>>, DbError> {
+        let op = Self::OP;
+        let columns: crate::batch::Columns = vec![
+            Box::new(batch.iter().map(|e| e.request.0).collect::<Vec<i64>>()),
+            Box::new(batch.iter().map(|e| e.fence.0).collect::<Vec<i64>>()),
+            Box::new(batch.iter().map(|e| e.from.as_str()).collect::<Vec<&'static str>>()),
+            Box::new(batch.iter().map(|e| e.to.as_str()).collect::<Vec<&'static str>>()),
+            Box::new(batch.iter().map(|e| e.at).collect::<Vec<SystemTime>>()),
+            Box::new(batch.iter().map(|e| e.actor.clone()).collect::<Vec<String>>()),
+            Box::new(batch.iter().map(|e| e.reason.clone()).collect::<Vec<String>>()),
+        ];
+        let rows = crate::batch::query(db, op, &END_LEASES, columns).await?;
+        let mut ended = std::collections::HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let record = RequestRecord::from_row(op, row)?;
+            let prepared: bool = row.try_get("worker_prepared").map_err(|e| DbError::internal(op, e.to_string()))?;
+            ended.insert(record.id, (record, prepared));
+        }
+        Ok(batch
+            .iter()
+            .map(|e| {
+                ended.get(&e.request).cloned().ok_or_else(|| {
+                    DbError::conflict(
+                        op,
+                        format!("request {} has no live lease {} while {}", e.request, e.fence, e.from),
+                    )
+                })
+            })
+            .collect())
+    }
+}
+
 /// A request to insert.
 #[derive(Clone, Debug)]
 pub struct NewRequestRecord {
@@ -414,56 +576,13 @@ impl Db {
             .collect())
     }
 
-    /// The key is installed: the request goes in_progress.
+    /// The key is installed: the request goes in_progress. Calls made at
+    /// the same time share one statement ([`crate::batch`]).
     pub async fn start_lease(&self, start: &StartLease) -> Result<RequestRecord, DbError> {
-        let op = DatabaseOperation::StartLease;
-        let start = start.clone();
-        self.run(op, move |client| {
-            let s = start.clone();
-            Box::pin(async move {
-                // One statement, one snapshot: both rows change only if the
-                // lease is pending and its request waiting.
-                let stmt = client
-                    .prepare_cached(&format!(
-                        "WITH ok AS (
-                            SELECT 1 FROM leases l JOIN requests q ON q.id = l.request
-                            WHERE l.request = $1 AND l.fence = $2 AND l.ended_at IS NULL AND l.started_at IS NULL
-                              AND q.state = 'waiting'),
-                         l AS (
-                            UPDATE leases SET started_at = $3, key_type = $4, public_key = $5, private_key = $6,
-                                tunnel_port = $7
-                            WHERE request = $1 AND fence = $2 AND EXISTS (SELECT 1 FROM ok)),
-                         r AS (
-                            UPDATE requests SET state = 'in_progress', lease_expires_at = $8, updated_at = $3, reason = NULL
-                            WHERE id = $1 AND EXISTS (SELECT 1 FROM ok)
-                            RETURNING {REQUEST_COLUMNS}),
-                         h AS (INSERT INTO request_history (request, at, from_state, to_state, actor, reason)
-                            SELECT id, $3, 'waiting', 'in_progress', $9,
-                                'lease started on worker ' || worker || ' until ' || lease_expires_at FROM r)
-                         SELECT * FROM r"
-                    ))
-                    .await?;
-                let port = s.tunnel_port.map(i32::from);
-                let row = client
-                    .query_opt(
-                        &stmt,
-                        &[
-                            &s.request.0,
-                            &s.fence.0,
-                            &s.at,
-                            &s.key_type,
-                            &s.public_key,
-                            &s.private_key,
-                            &port,
-                            &s.expires_at,
-                            &s.actor,
-                        ],
-                    )
-                    .await?;
-                one_request(op, row, format!("lease {} of request {} is not pending", s.fence, s.request))
-            })
-        })
-        .await
+        match &self.batches {
+            Some(batches) => batches.start_lease.call(start.clone()).await,
+            None => crate::batch::run_one(self, start).await,
+        }
     }
 
     /// Ends the lease of `request` (fencing token `fence`) and moves the
@@ -477,6 +596,7 @@ impl Db {
     /// busy meanwhile, or it drains) the worker actor decides. The worker
     /// is named by a scalar subquery, not a join, so that the cached plan
     /// reads it by primary key rather than hashing a scan of the table.
+    /// Calls made at the same time share one statement ([`crate::batch`]).
     #[allow(clippy::too_many_arguments)]
     pub async fn end_lease(
         &self,
@@ -488,54 +608,11 @@ impl Db {
         actor: &str,
         reason: &str,
     ) -> Result<(RequestRecord, bool), DbError> {
-        let op = DatabaseOperation::EndLease;
-        let (actor, reason) = (actor.to_string(), reason.to_string());
-        self.run(op, move |client| {
-            let (actor, reason) = (actor.clone(), reason.clone());
-            Box::pin(async move {
-                let stmt = client
-                    .prepare_cached(&format!(
-                        "WITH ok AS (
-                            SELECT l.worker FROM leases l JOIN requests q ON q.id = l.request
-                            WHERE l.request = $1 AND l.fence = $2 AND l.ended_at IS NULL AND q.state = $3),
-                         l AS (
-                            UPDATE leases SET ended_at = $5, end_reason = $7, private_key = NULL
-                            WHERE request = $1 AND fence = $2 AND EXISTS (SELECT 1 FROM ok)),
-                         r AS (
-                            UPDATE requests SET state = $4, updated_at = $5, reason = $7
-                            WHERE id = $1 AND EXISTS (SELECT 1 FROM ok)
-                            RETURNING {REQUEST_COLUMNS}),
-                         h AS (INSERT INTO request_history (request, at, from_state, to_state, actor, reason)
-                            SELECT id, $5, $3, $4, $6, $7 FROM r),
-                         w AS (
-                            UPDATE workers SET state = 'prepare', state_since = $5, reason = NULL
-                            WHERE workers.uuid = (SELECT worker FROM ok) AND workers.state = 'running'
-                                AND workers.fence = $2 AND NOT workers.drain
-                            RETURNING workers.uuid, workers.session),
-                         wh AS (INSERT INTO worker_history (worker, at, from_state, to_state, actor, reason)
-                            SELECT uuid, $5, 'running', 'prepare', 'server',
-                                'lease of request ' || $1 || ' ended (' || $7 || '); revoking the key' FROM w),
-                         wd AS (DELETE FROM work_locks USING w
-                            WHERE work_locks.worker = w.uuid AND work_locks.process <> 'prepare'),
-                         wl AS (INSERT INTO work_locks (worker, process, session, acquired_at)
-                            SELECT uuid, 'prepare', session, $5 FROM w WHERE session IS NOT NULL
-                            ON CONFLICT (worker, process) DO UPDATE SET session = EXCLUDED.session,
-                                acquired_at = EXCLUDED.acquired_at)
-                         SELECT r.*, EXISTS (SELECT 1 FROM w) AS worker_prepared FROM r"
-                    ))
-                    .await?;
-                let row = client
-                    .query_opt(&stmt, &[&request.0, &fence.0, &from.as_str(), &to.as_str(), &at, &actor, &reason])
-                    .await?;
-                let prepared = match &row {
-                    Some(row) => row.try_get("worker_prepared").map_err(|e| DbError::internal(op, e.to_string()))?,
-                    None => false,
-                };
-                let record = one_request(op, row, format!("request {request} has no live lease {fence} while {from}"))?;
-                Ok((record, prepared))
-            })
-        })
-        .await
+        let end = EndLease { request, fence, from, to, at, actor: actor.to_string(), reason: reason.to_string() };
+        match &self.batches {
+            Some(batches) => batches.end_lease.call(end).await,
+            None => crate::batch::run_one(self, &end).await,
+        }
     }
 
     /// The worker was lost before the lease started: end the lease and put

@@ -2,6 +2,7 @@
 //! and work locks, groups, drain, deregistration, failure backoff.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 use std::time::{Duration, SystemTime};
 
 use corral_core::{Caps, Groups, SessionId, WorkerId, WorkerState};
@@ -58,6 +59,75 @@ impl WorkerTransition {
     /// Whether the worker shows the reason while in `state`.
     fn shows_reason(state: WorkerState) -> bool {
         matches!(state, WorkerState::Failed | WorkerState::Busy | WorkerState::Maintenance)
+    }
+}
+
+/// [`WorkerTransition`]'s statement over a batch, built once: each worker
+/// changes state if it is still in its `from` state, with its history row
+/// and its work lock (the locks of other processes go).
+static WORKER_TRANSITIONS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH w AS (
+            UPDATE workers SET state = p.to_state, state_since = p.at, reason = p.shown,
+                drain = workers.drain AND NOT p.clear_drain,
+                drain_reason = CASE WHEN p.clear_drain THEN NULL ELSE workers.drain_reason END
+            FROM unnest((SELECT $1::uuid[]), (SELECT $2::text[]), (SELECT $3::text[]), (SELECT $4::timestamptz[]),
+                (SELECT $5::text[]), (SELECT $6::text[]), (SELECT $7::text[]), (SELECT $8::bool[]),
+                (SELECT $9::text[]))
+                AS p(worker, from_state, to_state, at, shown, actor, why, clear_drain, process)
+            WHERE workers.uuid = p.worker AND workers.state = p.from_state
+                AND workers.uuid = ANY ((SELECT $1::uuid[])::uuid[])
+            RETURNING {columns}, p.from_state, p.at, p.actor, p.why, p.process),
+         h AS (INSERT INTO worker_history (worker, at, from_state, to_state, actor, reason)
+            SELECT uuid, at, from_state, state, actor, why FROM w),
+         d AS (DELETE FROM work_locks USING w
+            WHERE work_locks.worker = w.uuid AND work_locks.process IS DISTINCT FROM w.process),
+         l AS (INSERT INTO work_locks (worker, process, session, acquired_at)
+            SELECT uuid, process, session, at FROM w WHERE process IS NOT NULL AND session IS NOT NULL
+            ON CONFLICT (worker, process) DO UPDATE SET session = EXCLUDED.session,
+                acquired_at = EXCLUDED.acquired_at)
+         SELECT * FROM w",
+        columns = crate::qualified("workers", WORKER_COLUMNS),
+    )
+});
+
+impl crate::batch::Batched for WorkerTransition {
+    type Output = WorkerRecord;
+    const OP: DatabaseOperation = DatabaseOperation::WorkerTransition;
+
+    fn key(&self) -> u128 {
+        self.uuid.0.as_u128()
+    }
+
+    async fn run(db: &Db, batch: &[WorkerTransition]) -> Result<Vec<Result<WorkerRecord, DbError>>, DbError> {
+        let op = Self::OP;
+        let shown = |t: &WorkerTransition| WorkerTransition::shows_reason(t.to).then(|| t.reason.clone());
+        let columns: crate::batch::Columns = vec![
+            Box::new(batch.iter().map(|t| t.uuid.0).collect::<Vec<uuid::Uuid>>()),
+            Box::new(batch.iter().map(|t| t.from.as_str()).collect::<Vec<&'static str>>()),
+            Box::new(batch.iter().map(|t| t.to.as_str()).collect::<Vec<&'static str>>()),
+            Box::new(batch.iter().map(|t| t.at).collect::<Vec<SystemTime>>()),
+            Box::new(batch.iter().map(shown).collect::<Vec<Option<String>>>()),
+            Box::new(batch.iter().map(|t| t.actor.clone()).collect::<Vec<String>>()),
+            Box::new(batch.iter().map(|t| t.reason.clone()).collect::<Vec<String>>()),
+            Box::new(batch.iter().map(|t| t.clear_drain).collect::<Vec<bool>>()),
+            Box::new(batch.iter().map(|t| WorkerTransition::process(t.to)).collect::<Vec<Option<&'static str>>>()),
+        ];
+        let rows = crate::batch::query(db, op, &WORKER_TRANSITIONS, columns).await?;
+        let mut moved = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let record = WorkerRecord::from_row(op, row)?;
+            moved.insert(record.uuid, record);
+        }
+        Ok(batch
+            .iter()
+            .map(|t| {
+                moved
+                    .get(&t.uuid)
+                    .cloned()
+                    .ok_or_else(|| DbError::conflict(op, format!("worker {} is not {}", t.uuid, t.from)))
+            })
+            .collect())
     }
 }
 
@@ -137,54 +207,12 @@ impl Db {
 
     /// Commits one state change if the worker is still in `from`; a
     /// conflict otherwise. Entering `running` raises the fencing token.
+    /// Calls made at the same time share one statement ([`crate::batch`]).
     pub async fn worker_transition(&self, t: &WorkerTransition) -> Result<WorkerRecord, DbError> {
-        let op = DatabaseOperation::WorkerTransition;
-        let t = t.clone();
-        self.run(op, move |client| {
-            let t = t.clone();
-            Box::pin(async move {
-                let stmt = client
-                    .prepare_cached(&format!(
-                        "WITH w AS (
-                            UPDATE workers SET state = $3, state_since = $4, reason = $5,
-                                drain = drain AND NOT $8, drain_reason = CASE WHEN $8 THEN NULL ELSE drain_reason END
-                            WHERE uuid = $1 AND state = $2
-                            RETURNING {WORKER_COLUMNS}),
-                         h AS (INSERT INTO worker_history (worker, at, from_state, to_state, actor, reason)
-                            SELECT uuid, $4, $2, $3, $6, $7 FROM w),
-                         d AS (DELETE FROM work_locks WHERE worker = $1 AND process IS DISTINCT FROM $9
-                            AND EXISTS (SELECT 1 FROM w)),
-                         l AS (INSERT INTO work_locks (worker, process, session, acquired_at)
-                            SELECT uuid, $9, session, $4 FROM w WHERE $9::text IS NOT NULL AND session IS NOT NULL
-                            ON CONFLICT (worker, process) DO UPDATE SET session = EXCLUDED.session,
-                                acquired_at = EXCLUDED.acquired_at)
-                         SELECT * FROM w"
-                    ))
-                    .await?;
-                let shown = WorkerTransition::shows_reason(t.to).then_some(t.reason.as_str());
-                let row = client
-                    .query_opt(
-                        &stmt,
-                        &[
-                            &t.uuid.0,
-                            &t.from.as_str(),
-                            &t.to.as_str(),
-                            &t.at,
-                            &shown,
-                            &t.actor,
-                            &t.reason,
-                            &t.clear_drain,
-                            &WorkerTransition::process(t.to),
-                        ],
-                    )
-                    .await?;
-                match row {
-                    Some(row) => Ok(WorkerRecord::from_row(op, &row)?),
-                    None => Err(DbError::conflict(op, format!("worker {} is not {}", t.uuid, t.from)).into()),
-                }
-            })
-        })
-        .await
+        match &self.batches {
+            Some(batches) => batches.worker_transition.call(t.clone()).await,
+            None => crate::batch::run_one(self, t).await,
+        }
     }
 
     pub async fn set_worker_groups(
