@@ -34,8 +34,9 @@ pub(crate) trait Batched: Send + Sync + Sized + 'static {
     const OP: DatabaseOperation;
 
     /// Calls with the same key never share a batch (a statement may change
-    /// a row only once); the later one waits for the next batch.
-    fn key(&self) -> u128;
+    /// a row only once); the later one waits for the next batch. `None`
+    /// shares with anything.
+    fn key(&self) -> Option<u128>;
 
     /// Runs `batch` as one statement: one outcome per call, in order, or an
     /// error that failed the whole statement.
@@ -138,7 +139,8 @@ fn take_batch<T: Batched>(waiting: &mut VecDeque<Job<T>>) -> Vec<Job<T>> {
             left.extend(waiting.drain(..));
             break;
         }
-        if batch.iter().any(|(other, _)| other.key() == job.0.key()) {
+        let key = job.0.key();
+        if key.is_some() && batch.iter().any(|(other, _)| other.key() == key) {
             left.push_back(job);
         } else {
             batch.push(job);

@@ -244,6 +244,7 @@ pub struct BatchStats {
 
 /// One batch writer per hot statement.
 struct Batches {
+    insert_request: batch::Batcher<requests::InsertRequest>,
     start_lease: batch::Batcher<StartLease>,
     end_lease: batch::Batcher<requests::EndLease>,
     worker_transition: batch::Batcher<WorkerTransition>,
@@ -279,8 +280,9 @@ impl Db {
         // next analyzed. With sequential scans off, every plan they get is
         // index lookups of the batch's keys, whatever the table's size.
         config.options("-c enable_seqscan=off");
-        let writers = Db { pool: build_pool(config, 4, settings)?, observer: None, batches: None };
+        let writers = Db { pool: build_pool(config, 5, settings)?, observer: None, batches: None };
         let batches = Batches {
+            insert_request: batch::Batcher::start(writers.clone()),
             start_lease: batch::Batcher::start(writers.clone()),
             end_lease: batch::Batcher::start(writers.clone()),
             worker_transition: batch::Batcher::start(writers),
@@ -292,7 +294,9 @@ impl Db {
     pub fn batch_stats(&self) -> BatchStats {
         let mut stats = BatchStats::default();
         if let Some(b) = &self.batches {
-            for counts in [b.start_lease.counts(), b.end_lease.counts(), b.worker_transition.counts()] {
+            for counts in
+                [b.insert_request.counts(), b.start_lease.counts(), b.end_lease.counts(), b.worker_transition.counts()]
+            {
                 stats.calls += counts.calls.load(std::sync::atomic::Ordering::Relaxed);
                 stats.statements += counts.statements.load(std::sync::atomic::Ordering::Relaxed);
             }

@@ -42,32 +42,47 @@ fn worker_leased(at: &str) -> String {
     format!("state = 'running', fence = workers.fence + 1, state_since = {at}, reason = NULL, last_used = {at}")
 }
 
-/// [`Db::insert_request`]'s statement, built once.
-static INSERT_REQUEST: LazyLock<String> = LazyLock::new(|| {
+/// [`Db::insert_request`]'s statement over a batch, built once. Each
+/// request gets its id first (`p`), so that its binding, lease and history
+/// rows can name it; a request whose binding's guards fail (the worker not
+/// idle, the session not leading) is inserted unbound. Owner groups come as
+/// a JSON array per request (an array of arrays must be rectangular).
+static INSERT_REQUESTS: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "WITH w AS (
+        "WITH p AS MATERIALIZED (
+            SELECT nextval(pg_get_serial_sequence('requests', 'id')) AS id, p.*
+            FROM unnest((SELECT $1::text[]), (SELECT $2::jsonb[]), (SELECT $3::smallint[]), (SELECT $4::jsonb[]),
+                (SELECT $5::timestamptz[]), (SELECT $6::timestamptz[]), (SELECT $7::timestamptz[]),
+                (SELECT $8::bigint[]), (SELECT $9::text[]), (SELECT $10::text[]), (SELECT $11::text[]),
+                (SELECT $12::uuid[]), (SELECT $13::uuid[])) WITH ORDINALITY
+                AS p(owner, groups, priority, caps, at, valid_after, deadline, lease_ms, public_key, actor, kind,
+                    worker, leader, call)),
+         w AS (
             UPDATE workers SET {leased}
-            WHERE workers.uuid = $12 AND workers.state = 'idle'
-              AND EXISTS (SELECT 1 FROM leader WHERE id = 1 AND session = $13)
-            RETURNING workers.uuid, workers.fence, workers.session),
+            FROM p WHERE workers.uuid = p.worker AND workers.uuid = ANY ((SELECT $12::uuid[])::uuid[])
+                AND workers.state = 'idle' AND EXISTS (SELECT 1 FROM leader WHERE id = 1 AND session = p.leader)
+            RETURNING workers.uuid, workers.fence, workers.session, p.id AS request, p.at),
          r AS (
-            INSERT INTO requests (owner, owner_groups, state, priority, caps, created_at, valid_after,
+            INSERT INTO requests (id, owner, owner_groups, state, priority, caps, created_at, valid_after,
                 deadline, lease_ms, ssh_public_key, key_type, updated_at, worker)
-            VALUES ($1, $2, 'waiting', $3, $4, $5, $6, $7, $8, $9, $11, $5, (SELECT uuid FROM w))
+            SELECT p.id, p.owner, ARRAY (SELECT jsonb_array_elements_text(p.groups)), 'waiting', p.priority,
+                p.caps, p.at, p.valid_after, p.deadline, p.lease_ms, p.public_key, p.kind, p.at, w.uuid
+            FROM p LEFT JOIN w ON w.request = p.id
             RETURNING {REQUEST_COLUMNS}),
          l AS (
             INSERT INTO leases (request, worker, fence, bound_at)
-            SELECT r.id, w.uuid, w.fence, $5 FROM r, w
-            RETURNING fence),
+            SELECT request, uuid, fence, at FROM w
+            RETURNING request, fence),
          {records},
          h AS (
             INSERT INTO request_history (request, at, from_state, to_state, actor, reason)
-            SELECT id, created_at, NULL, 'waiting', $10, 'submitted' FROM r
+            SELECT id, at, NULL, 'waiting', actor, 'submitted' FROM p
             UNION ALL
-            SELECT r.id, $5, 'waiting', 'waiting', 'matcher', {matched} FROM r, w)
-         SELECT r.*, (SELECT fence FROM l) AS bound_fence FROM r",
-        leased = worker_leased("$5"),
-        records = binding_records("$5", "r.id", "w, r"),
+            SELECT request, at, 'waiting', 'waiting', 'matcher', {matched} FROM w)
+         SELECT r.*, l.fence AS bound_fence, p.call FROM r JOIN p ON p.id = r.id
+            LEFT JOIN l ON l.request = r.id",
+        leased = worker_leased("p.at"),
+        records = binding_records("w.at", "w.request", "w"),
         matched = MATCHED_REASON,
     )
 });
@@ -139,8 +154,8 @@ impl crate::batch::Batched for StartLease {
     type Output = RequestRecord;
     const OP: DatabaseOperation = DatabaseOperation::StartLease;
 
-    fn key(&self) -> u128 {
-        self.request.0 as u128
+    fn key(&self) -> Option<u128> {
+        Some(self.request.0 as u128)
     }
 
     async fn run(db: &Db, batch: &[StartLease]) -> Result<Vec<Result<RequestRecord, DbError>>, DbError> {
@@ -231,8 +246,8 @@ impl crate::batch::Batched for EndLease {
     type Output = (RequestRecord, bool);
     const OP: DatabaseOperation = DatabaseOperation::EndLease;
 
-    fn key(&self) -> u128 {
-        self.request.0 as u128
+    fn key(&self) -> Option<u128> {
+        Some(self.request.0 as u128)
     }
 
     async fn run(db: &Db, batch: &[EndLease]) -> Result<Vec<Result<(RequestRecord, bool), DbError>>, DbError> {
@@ -263,6 +278,56 @@ impl crate::batch::Batched for EndLease {
                     )
                 })
             })
+            .collect())
+    }
+}
+
+/// One call of [`Db::insert_request`].
+#[derive(Clone, Debug)]
+pub(crate) struct InsertRequest {
+    new: NewRequestRecord,
+    actor: String,
+    bind: Option<(WorkerId, corral_core::SessionId)>,
+}
+
+impl crate::batch::Batched for InsertRequest {
+    type Output = (RequestRecord, Option<FencingToken>);
+    const OP: DatabaseOperation = DatabaseOperation::InsertRequest;
+
+    fn key(&self) -> Option<u128> {
+        self.bind.map(|(worker, _)| worker.0.as_u128())
+    }
+
+    async fn run(db: &Db, batch: &[InsertRequest]) -> Result<Vec<Result<Self::Output, DbError>>, DbError> {
+        let op = Self::OP;
+        let groups = |i: &InsertRequest| serde_json::Value::from(groups_to(&i.new.owner_groups));
+        let columns: crate::batch::Columns = vec![
+            Box::new(batch.iter().map(|i| i.new.owner.clone()).collect::<Vec<String>>()),
+            Box::new(batch.iter().map(groups).collect::<Vec<serde_json::Value>>()),
+            Box::new(batch.iter().map(|i| i16::from(i.new.priority.get())).collect::<Vec<i16>>()),
+            Box::new(batch.iter().map(|i| caps_to_json(&i.new.caps)).collect::<Vec<serde_json::Value>>()),
+            Box::new(batch.iter().map(|i| i.new.at).collect::<Vec<SystemTime>>()),
+            Box::new(batch.iter().map(|i| i.new.valid_after).collect::<Vec<SystemTime>>()),
+            Box::new(batch.iter().map(|i| i.new.deadline).collect::<Vec<SystemTime>>()),
+            Box::new(batch.iter().map(|i| millis(i.new.lease)).collect::<Vec<i64>>()),
+            Box::new(batch.iter().map(|i| i.new.ssh_public_key.clone()).collect::<Vec<Option<String>>>()),
+            Box::new(batch.iter().map(|i| i.actor.clone()).collect::<Vec<String>>()),
+            Box::new(batch.iter().map(|i| i.new.key_kind.as_str()).collect::<Vec<&'static str>>()),
+            Box::new(batch.iter().map(|i| i.bind.map(|(w, _)| w.0)).collect::<Vec<Option<uuid::Uuid>>>()),
+            Box::new(batch.iter().map(|i| i.bind.map(|(_, s)| s.0)).collect::<Vec<Option<uuid::Uuid>>>()),
+        ];
+        let rows = crate::batch::query(db, op, &INSERT_REQUESTS, columns).await?;
+        let mut inserted: Vec<Option<Self::Output>> = vec![None; batch.len()];
+        for row in &rows {
+            let call: i64 = row.try_get("call").map_err(|e| DbError::internal(op, e.to_string()))?;
+            let fence: Option<i64> = row.try_get("bound_fence").map_err(|e| DbError::internal(op, e.to_string()))?;
+            let slot = usize::try_from(call - 1).ok().and_then(|i| inserted.get_mut(i));
+            let slot = slot.ok_or_else(|| DbError::internal(op, format!("no call {call} in the batch")))?;
+            *slot = Some((RequestRecord::from_row(op, row)?, fence.map(FencingToken)));
+        }
+        Ok(inserted
+            .into_iter()
+            .map(|outcome| outcome.ok_or_else(|| DbError::internal(op, "a request of the batch was not inserted")))
             .collect())
     }
 }
@@ -333,7 +398,8 @@ impl Db {
     /// commit): the matcher decided for it while it was being submitted.
     /// The binding has the preconditions of [`Db::bind_leases`] (the worker
     /// idle, the session leading); if they fail, the request is inserted
-    /// unbound and no fencing token comes back.
+    /// unbound and no fencing token comes back. Calls made at the same time
+    /// share one statement ([`crate::batch`]).
     ///
     /// A request's history always starts with `submitted`; its `matched`
     /// row follows in the same `INSERT` (rows are numbered in that order).
@@ -343,39 +409,11 @@ impl Db {
         actor: &str,
         bind: Option<(WorkerId, corral_core::SessionId)>,
     ) -> Result<(RequestRecord, Option<FencingToken>), DbError> {
-        let op = DatabaseOperation::InsertRequest;
-        let (new, actor) = (new.clone(), actor.to_string());
-        let (worker, leader) = (bind.map(|(w, _)| w.0), bind.map(|(_, s)| s.0));
-        self.run(op, move |client| {
-            let (n, actor) = (new.clone(), actor.clone());
-            Box::pin(async move {
-                let stmt = client.prepare_cached(&INSERT_REQUEST).await?;
-                let row = client
-                    .query_one(
-                        &stmt,
-                        &[
-                            &n.owner,
-                            &groups_to(&n.owner_groups),
-                            &i16::from(n.priority.get()),
-                            &caps_to_json(&n.caps),
-                            &n.at,
-                            &n.valid_after,
-                            &n.deadline,
-                            &millis(n.lease),
-                            &n.ssh_public_key,
-                            &actor,
-                            &n.key_kind.as_str(),
-                            &worker,
-                            &leader,
-                        ],
-                    )
-                    .await?;
-                let fence: Option<i64> =
-                    row.try_get("bound_fence").map_err(|e| DbError::internal(op, e.to_string()))?;
-                Ok((RequestRecord::from_row(op, &row)?, fence.map(FencingToken)))
-            })
-        })
-        .await
+        let insert = InsertRequest { new: new.clone(), actor: actor.to_string(), bind };
+        match &self.batches {
+            Some(batches) => batches.insert_request.call(insert).await,
+            None => crate::batch::run_one(self, &insert).await,
+        }
     }
 
     pub async fn get_request(&self, id: RequestId) -> Result<Option<RequestRecord>, DbError> {

@@ -95,8 +95,8 @@ impl crate::batch::Batched for WorkerTransition {
     type Output = WorkerRecord;
     const OP: DatabaseOperation = DatabaseOperation::WorkerTransition;
 
-    fn key(&self) -> u128 {
-        self.uuid.0.as_u128()
+    fn key(&self) -> Option<u128> {
+        Some(self.uuid.0.as_u128())
     }
 
     async fn run(db: &Db, batch: &[WorkerTransition]) -> Result<Vec<Result<WorkerRecord, DbError>>, DbError> {

@@ -25,7 +25,7 @@ async fn database() -> (Db, TestDb) {
 
 /// An agent session with `LEASES` idle workers, each bound at submission
 /// to a request of its own.
-async fn bound_requests(db: &Db, now: SystemTime) -> Vec<(WorkerId, RequestId, FencingToken)> {
+async fn bound_requests(db: &Db, now: SystemTime) -> (SessionId, Vec<(WorkerId, RequestId, FencingToken)>) {
     let day = Duration::from_secs(24 * 3600);
     let agent = SessionId::random();
     db.open_session(agent, "agent", "host-a", "agent", day, Some(now)).await.unwrap();
@@ -45,22 +45,26 @@ async fn bound_requests(db: &Db, now: SystemTime) -> Vec<(WorkerId, RequestId, F
             host_key: None,
         };
         let (worker, _) = db.upsert_worker(&upsert, WorkerState::Idle, now).await.unwrap();
-        let new = NewRequestRecord {
-            owner: "gina".to_string(),
-            owner_groups: Groups::default(),
-            priority: Priority::default(),
-            caps: Caps::new(),
-            at: now,
-            valid_after: now,
-            deadline: now + day,
-            lease: Duration::from_secs(3600),
-            ssh_public_key: None,
-            key_kind: KeyKind::Ed25519,
-        };
-        let (request, fence) = db.insert_request(&new, "user:gina", Some((worker.uuid, server))).await.unwrap();
+        let (request, fence) =
+            db.insert_request(&new_request("gina", now), "user:gina", Some((worker.uuid, server))).await.unwrap();
         bound.push((worker.uuid, request.id, fence.expect("an idle worker and the leader: bound at submission")));
     }
-    bound
+    (server, bound)
+}
+
+fn new_request(owner: &str, now: SystemTime) -> NewRequestRecord {
+    NewRequestRecord {
+        owner: owner.to_string(),
+        owner_groups: [format!("{owner}-team"), "lab".to_string()].into_iter().collect(),
+        priority: Priority::default(),
+        caps: Caps::new(),
+        at: now,
+        valid_after: now,
+        deadline: now + Duration::from_secs(24 * 3600),
+        lease: Duration::from_secs(3600),
+        ssh_public_key: None,
+        key_kind: KeyKind::Ed25519,
+    }
 }
 
 fn start(request: RequestId, fence: FencingToken, port: u16, now: SystemTime) -> StartLease {
@@ -110,7 +114,7 @@ async fn count(test: &TestDb, sql: &str, id: i64) -> i64 {
 async fn concurrent_calls_share_statements_and_keep_their_own_outcomes() {
     let (db, test) = database().await;
     let now = SystemTime::now();
-    let bound = bound_requests(&db, now).await;
+    let (leader, bound) = bound_requests(&db, now).await;
     let before = db.batch_stats();
 
     // Starts, all at once. Input: lease 3 names a fencing token it does not
@@ -206,5 +210,51 @@ async fn concurrent_calls_share_statements_and_keep_their_own_outcomes() {
             .get(0);
         // registered, leased, to prepare, to idle (and to maintenance).
         assert_eq!(history, if i == 0 { 5 } else { 4 }, "worker {i}'s history");
+    }
+
+    // Submissions, all at once. Input: eight requests, one per idle worker
+    // except that worker 0 is in maintenance, one names a session that does
+    // not lead, and one names no worker. Must happen: every request is
+    // inserted with its own owner and groups; those whose binding's guards
+    // hold are bound, the others wait unbound, and each history starts with
+    // `submitted`.
+    let stranger = SessionId::random();
+    let submissions: Vec<(String, Option<(WorkerId, SessionId)>)> = (0..LEASES)
+        .map(|i| {
+            let bind = match i {
+                2 => Some((bound[i].0, stranger)),
+                3 => None,
+                _ => Some((bound[i].0, leader)),
+            };
+            (format!("owner-{i}"), bind)
+        })
+        .collect();
+    let futures: Vec<Call<(RequestRecord, Option<FencingToken>)>> = submissions
+        .iter()
+        .map(|(owner, bind)| {
+            let (db, owner, bind) = (db.clone(), owner.clone(), *bind);
+            Box::pin(async move { db.insert_request(&new_request(&owner, now), &format!("user:{owner}"), bind).await })
+                as _
+        })
+        .collect();
+    let inserted = all_at_once(futures).await;
+    for (i, outcome) in inserted.iter().enumerate() {
+        let (record, fence) = outcome.as_ref().unwrap_or_else(|e| panic!("request {i} must be inserted: {e}"));
+        let owner = format!("owner-{i}");
+        assert_eq!((record.owner.as_str(), record.state), (owner.as_str(), RequestState::Waiting));
+        assert_eq!(record.owner_groups, new_request(&owner, now).owner_groups);
+        let should_bind = ![0, 2, 3].contains(&i);
+        assert_eq!(fence.is_some(), should_bind, "request {i}: {record:?}");
+        assert_eq!(record.worker, should_bind.then_some(bound[i].0), "request {i}");
+        let rows = client
+            .query("SELECT to_state, actor FROM request_history WHERE request = $1 ORDER BY id", &[&record.id.0])
+            .await
+            .unwrap();
+        let history: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let mut expected = vec![("waiting".to_string(), format!("user:{owner}"))];
+        if should_bind {
+            expected.push(("waiting".to_string(), "matcher".to_string()));
+        }
+        assert_eq!(history, expected, "request {i}'s history");
     }
 }
