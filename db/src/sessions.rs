@@ -71,6 +71,13 @@ impl Db {
 
     /// Pushes the deadline forward and marks the session's workers seen.
     /// `None` when the session is unknown or already past its deadline.
+    ///
+    /// A worker row that another statement holds right then (its state is
+    /// changing) is skipped, and marked seen at the next heartbeat: waiting
+    /// for it could deadlock with a batch of state changes that holds one
+    /// of the session's workers and waits for another this statement holds
+    /// (PostgreSQL breaks such a deadlock only after `deadlock_timeout`, one
+    /// second).
     pub async fn heartbeat(&self, id: SessionId, now: DbNow) -> Result<Option<SystemTime>, DbError> {
         let op = DatabaseOperation::Heartbeat;
         self.run(op, move |client| {
@@ -82,7 +89,8 @@ impl Db {
                             WHERE id = $1 AND deadline >= COALESCE($2, now())
                             RETURNING id, deadline),
                          w AS (UPDATE workers SET last_seen = COALESCE($2, now())
-                            WHERE session IN (SELECT id FROM s))
+                            WHERE uuid IN (SELECT uuid FROM workers WHERE session IN (SELECT id FROM s)
+                                FOR UPDATE SKIP LOCKED))
                          SELECT deadline FROM s",
                     )
                     .await?;

@@ -103,3 +103,53 @@ async fn the_start_up_sweep_releases_locks_left_without_their_session_and_keeps_
     assert_eq!(locks_of(&test, kept).await, ["prepare"], "a lock whose session lives must stay");
     assert_eq!(db.release_orphan_work_locks().await.unwrap(), 0, "a second pass finds nothing");
 }
+
+#[tokio::test]
+async fn a_heartbeat_skips_a_worker_row_held_by_another_statement_and_marks_it_seen_next_time() {
+    let (db, test) = database().await;
+    // Whole seconds: the database keeps microseconds.
+    let now = SystemTime::UNIX_EPOCH
+        + Duration::from_secs(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs());
+    let day = Duration::from_secs(24 * 3600);
+    let (session, held) = session_with_lock(&db, "host-h", day, now).await;
+    let free = WorkerId::random();
+    let upsert = WorkerUpsert {
+        uuid: free,
+        agent: "host-h".to_string(),
+        session,
+        caps: Default::default(),
+        groups: Default::default(),
+        ssh_addr: "127.0.0.1:22".to_string(),
+        ssh_user: "lab".to_string(),
+        host_key: None,
+    };
+    db.upsert_worker(&upsert, WorkerState::Idle, now).await.unwrap();
+    let seen = |worker: WorkerId| {
+        let test = &test;
+        async move {
+            let client = test.connect().await;
+            let row = client.query_one("SELECT last_seen FROM workers WHERE uuid = $1", &[&worker.0]).await.unwrap();
+            row.get::<_, Option<SystemTime>>(0)
+        }
+    };
+
+    // Input: a heartbeat while another transaction holds one worker's row
+    // (as a batch of state changes does). Must happen: the heartbeat
+    // returns without waiting for that row, marks the other worker seen,
+    // and marks the held one at the next heartbeat.
+    let mut holder = test.connect().await;
+    let tx = holder.transaction().await.unwrap();
+    tx.execute("SELECT 1 FROM workers WHERE uuid = $1 FOR UPDATE", &[&held.0]).await.unwrap();
+    let later = now + Duration::from_secs(10);
+    let beat = tokio::time::timeout(Duration::from_secs(30), db.heartbeat(session, Some(later))).await;
+    let deadline = beat.expect("the heartbeat must not wait for the held row").unwrap();
+    assert!(deadline.is_some(), "the session lives");
+    assert_eq!(seen(free).await, Some(later));
+    assert_ne!(seen(held).await, Some(later), "the held row was skipped");
+    tx.rollback().await.unwrap();
+
+    let next = later + Duration::from_secs(10);
+    db.heartbeat(session, Some(next)).await.unwrap();
+    assert_eq!(seen(held).await, Some(next));
+    assert_eq!(seen(free).await, Some(next));
+}
