@@ -18,14 +18,10 @@ async fn database() -> (Db, TestDb) {
     (db, test)
 }
 
-/// Opens an agent session named `name` (timeout `timeout`, from `now`)
-/// with one worker preparing, which holds the `prepare` work lock.
-async fn session_with_lock(db: &Db, name: &str, timeout: Duration, now: SystemTime) -> (SessionId, WorkerId) {
-    let session = SessionId::random();
-    db.open_session(session, "agent", name, "agent", timeout, Some(now)).await.unwrap();
-    let worker = WorkerId::random();
+/// Registers a new worker of agent `name` in `state`.
+async fn register(db: &Db, name: &str, session: SessionId, state: WorkerState, now: SystemTime) -> WorkerId {
     let upsert = WorkerUpsert {
-        uuid: worker,
+        uuid: WorkerId::random(),
         agent: name.to_string(),
         session,
         caps: Default::default(),
@@ -34,7 +30,15 @@ async fn session_with_lock(db: &Db, name: &str, timeout: Duration, now: SystemTi
         ssh_user: "lab".to_string(),
         host_key: None,
     };
-    db.upsert_worker(&upsert, WorkerState::Maintenance, now).await.unwrap();
+    db.upsert_worker(&upsert, state, now).await.unwrap().0.uuid
+}
+
+/// Opens an agent session named `name` (timeout `timeout`, from `now`)
+/// with one worker preparing, which holds the `prepare` work lock.
+async fn session_with_lock(db: &Db, name: &str, timeout: Duration, now: SystemTime) -> (SessionId, WorkerId) {
+    let session = SessionId::random();
+    db.open_session(session, "agent", name, "agent", timeout, Some(now)).await.unwrap();
+    let worker = register(db, name, session, WorkerState::Maintenance, now).await;
     let prepare = WorkerTransition {
         uuid: worker,
         from: WorkerState::Maintenance,
@@ -112,18 +116,7 @@ async fn a_heartbeat_skips_a_worker_row_held_by_another_statement_and_marks_it_s
         + Duration::from_secs(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs());
     let day = Duration::from_secs(24 * 3600);
     let (session, held) = session_with_lock(&db, "host-h", day, now).await;
-    let free = WorkerId::random();
-    let upsert = WorkerUpsert {
-        uuid: free,
-        agent: "host-h".to_string(),
-        session,
-        caps: Default::default(),
-        groups: Default::default(),
-        ssh_addr: "127.0.0.1:22".to_string(),
-        ssh_user: "lab".to_string(),
-        host_key: None,
-    };
-    db.upsert_worker(&upsert, WorkerState::Idle, now).await.unwrap();
+    let free = register(&db, "host-h", session, WorkerState::Idle, now).await;
     let seen = |worker: WorkerId| {
         let test = &test;
         async move {
