@@ -84,6 +84,19 @@ impl<T: Batched> Batcher<T> {
     }
 }
 
+/// Each call's outcome from the rows a batch statement changed, matched by
+/// `key`: the call's row, or a conflict saying `refused` (its guards did not
+/// hold). A batch holds a key at most once.
+pub(crate) fn by_key<T: Batched, K: Eq + std::hash::Hash, V>(
+    batch: &[T],
+    changed: Vec<(K, V)>,
+    key: impl Fn(&T) -> K,
+    refused: impl Fn(&T) -> String,
+) -> Vec<Result<V, DbError>> {
+    let mut changed: std::collections::HashMap<K, V> = changed.into_iter().collect();
+    batch.iter().map(|item| changed.remove(&key(item)).ok_or_else(|| DbError::conflict(T::OP, refused(item)))).collect()
+}
+
 /// Runs one call alone, as a batch of one.
 pub(crate) async fn run_one<T: Batched>(db: &Db, item: &T) -> Result<T::Output, DbError> {
     let mut outcomes = T::run(db, std::slice::from_ref(item)).await?;

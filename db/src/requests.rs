@@ -172,19 +172,16 @@ impl crate::batch::Batched for StartLease {
             Box::new(batch.iter().map(|s| s.actor.clone()).collect::<Vec<String>>()),
         ];
         let rows = crate::batch::query(db, op, &START_LEASES, columns).await?;
-        let mut started = std::collections::HashMap::with_capacity(rows.len());
-        for row in &rows {
-            let record = RequestRecord::from_row(op, row)?;
-            started.insert(record.id, record);
-        }
-        Ok(batch
+        let started = rows
             .iter()
-            .map(|s| {
-                started.get(&s.request).cloned().ok_or_else(|| {
-                    DbError::conflict(op, format!("lease {} of request {} is not pending", s.fence, s.request))
-                })
-            })
-            .collect())
+            .map(|row| RequestRecord::from_row(op, row).map(|record| (record.id, record)))
+            .collect::<Result<Vec<_>, DbError>>()?;
+        Ok(crate::batch::by_key(
+            batch,
+            started,
+            |s| s.request,
+            |s| format!("lease {} of request {} is not pending", s.fence, s.request),
+        ))
     }
 }
 
@@ -262,23 +259,21 @@ impl crate::batch::Batched for EndLease {
             Box::new(batch.iter().map(|e| e.reason.clone()).collect::<Vec<String>>()),
         ];
         let rows = crate::batch::query(db, op, &END_LEASES, columns).await?;
-        let mut ended = std::collections::HashMap::with_capacity(rows.len());
-        for row in &rows {
-            let record = RequestRecord::from_row(op, row)?;
-            let prepared: bool = row.try_get("worker_prepared").map_err(|e| DbError::internal(op, e.to_string()))?;
-            ended.insert(record.id, (record, prepared));
-        }
-        Ok(batch
+        let ended = rows
             .iter()
-            .map(|e| {
-                ended.get(&e.request).cloned().ok_or_else(|| {
-                    DbError::conflict(
-                        op,
-                        format!("request {} has no live lease {} while {}", e.request, e.fence, e.from),
-                    )
-                })
+            .map(|row| {
+                let record = RequestRecord::from_row(op, row)?;
+                let prepared: bool =
+                    row.try_get("worker_prepared").map_err(|e| DbError::internal(op, e.to_string()))?;
+                Ok((record.id, (record, prepared)))
             })
-            .collect())
+            .collect::<Result<Vec<_>, DbError>>()?;
+        Ok(crate::batch::by_key(
+            batch,
+            ended,
+            |e| e.request,
+            |e| format!("request {} has no live lease {} while {}", e.request, e.fence, e.from),
+        ))
     }
 }
 

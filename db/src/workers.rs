@@ -114,20 +114,11 @@ impl crate::batch::Batched for WorkerTransition {
             Box::new(batch.iter().map(|t| WorkerTransition::process(t.to)).collect::<Vec<Option<&'static str>>>()),
         ];
         let rows = crate::batch::query(db, op, &WORKER_TRANSITIONS, columns).await?;
-        let mut moved = HashMap::with_capacity(rows.len());
-        for row in &rows {
-            let record = WorkerRecord::from_row(op, row)?;
-            moved.insert(record.uuid, record);
-        }
-        Ok(batch
+        let moved = rows
             .iter()
-            .map(|t| {
-                moved
-                    .get(&t.uuid)
-                    .cloned()
-                    .ok_or_else(|| DbError::conflict(op, format!("worker {} is not {}", t.uuid, t.from)))
-            })
-            .collect())
+            .map(|row| WorkerRecord::from_row(op, row).map(|record| (record.uuid, record)))
+            .collect::<Result<Vec<_>, DbError>>()?;
+        Ok(crate::batch::by_key(batch, moved, |t| t.uuid, |t| format!("worker {} is not {}", t.uuid, t.from)))
     }
 }
 
