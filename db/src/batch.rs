@@ -3,8 +3,8 @@
 //! Most of PostgreSQL's work for a short guarded write is paid once per
 //! statement, whatever its row count: executor start and finish, the plan
 //! cache, the CHECK expressions, the commit. So each hot kind of write
-//! (a lease starting, a lease ending, a worker changing state) has one
-//! statement over arrays, and one task per kind feeds it: while a batch is
+//! (a submission with its binding, a lease starting, a lease ending, a
+//! worker changing state) has one statement over arrays, and one task per kind feeds it: while a batch is
 //! being committed, the calls that arrive queue up, and the next batch takes
 //! all of them. Under light load a batch is one call and waits for nothing;
 //! under heavy load the batches grow by themselves. A call returns only after

@@ -279,7 +279,8 @@ impl Db {
         // generic plan once per connection and keeps it until the table is
         // next analyzed. With sequential scans off, every plan they get is
         // index lookups of the batch's keys, whatever the table's size.
-        config.options("-c enable_seqscan=off");
+        let options = config.get_options().map(|o| format!("{o} ")).unwrap_or_default();
+        config.options(format!("{options}-c enable_seqscan=off"));
         let writers = Db { pool: build_pool(config, 5, settings)?, observer: None, batches: None };
         let batches = Batches {
             insert_request: batch::Batcher::start(writers.clone()),
