@@ -291,6 +291,19 @@ impl Db {
         Ok(Db { batches: Some(std::sync::Arc::new(batches)), ..main })
     }
 
+    /// Runs `item` through its batch writer (`writer` picks it), or alone
+    /// in the handle the writers themselves run with.
+    async fn batched<T: batch::Batched>(
+        &self,
+        writer: fn(&Batches) -> &batch::Batcher<T>,
+        item: T,
+    ) -> Result<T::Output, DbError> {
+        match &self.batches {
+            Some(batches) => writer(batches).call(item).await,
+            None => batch::run_one(self, &item).await,
+        }
+    }
+
     /// How many calls the batch writers took, and in how many statements.
     pub fn batch_stats(&self) -> BatchStats {
         let mut stats = BatchStats::default();

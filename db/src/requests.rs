@@ -405,10 +405,7 @@ impl Db {
         bind: Option<(WorkerId, corral_core::SessionId)>,
     ) -> Result<(RequestRecord, Option<FencingToken>), DbError> {
         let insert = InsertRequest { new: new.clone(), actor: actor.to_string(), bind };
-        match &self.batches {
-            Some(batches) => batches.insert_request.call(insert).await,
-            None => crate::batch::run_one(self, &insert).await,
-        }
+        self.batched(|b| &b.insert_request, insert).await
     }
 
     pub async fn get_request(&self, id: RequestId) -> Result<Option<RequestRecord>, DbError> {
@@ -612,10 +609,7 @@ impl Db {
     /// The key is installed: the request goes in_progress. Calls made at
     /// the same time share one statement ([`crate::batch`]).
     pub async fn start_lease(&self, start: &StartLease) -> Result<RequestRecord, DbError> {
-        match &self.batches {
-            Some(batches) => batches.start_lease.call(start.clone()).await,
-            None => crate::batch::run_one(self, start).await,
-        }
+        self.batched(|b| &b.start_lease, start.clone()).await
     }
 
     /// Ends the lease of `request` (fencing token `fence`) and moves the
@@ -642,10 +636,7 @@ impl Db {
         reason: &str,
     ) -> Result<(RequestRecord, bool), DbError> {
         let end = EndLease { request, fence, from, to, at, actor: actor.to_string(), reason: reason.to_string() };
-        match &self.batches {
-            Some(batches) => batches.end_lease.call(end).await,
-            None => crate::batch::run_one(self, &end).await,
-        }
+        self.batched(|b| &b.end_lease, end).await
     }
 
     /// The worker was lost before the lease started: end the lease and put

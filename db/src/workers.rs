@@ -200,10 +200,7 @@ impl Db {
     /// conflict otherwise. Entering `running` raises the fencing token.
     /// Calls made at the same time share one statement ([`crate::batch`]).
     pub async fn worker_transition(&self, t: &WorkerTransition) -> Result<WorkerRecord, DbError> {
-        match &self.batches {
-            Some(batches) => batches.worker_transition.call(t.clone()).await,
-            None => crate::batch::run_one(self, t).await,
-        }
+        self.batched(|b| &b.worker_transition, t.clone()).await
     }
 
     pub async fn set_worker_groups(
