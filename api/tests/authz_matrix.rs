@@ -82,12 +82,7 @@ const ROUTES: &[Route] = &[
     // ---- /v1/workers
     route("GET", "/v1/workers", None, [401, 401, 200, 200, 200, 403, 403, 200]),
     route("GET", "/v1/workers/{W1}", None, [401, 401, 200, 200, 404, 403, 403, 200]),
-    route(
-        "PUT",
-        "/v1/workers/{W2}/state",
-        Some(r#"{"state": "idle"}"#),
-        [401, 401, 403, 403, 403, 403, 403, 202],
-    ),
+    route("PUT", "/v1/workers/{W2}/state", Some(r#"{"state": "idle"}"#), [401, 401, 403, 403, 403, 403, 403, 202]),
     route("PUT", "/v1/workers/{W2}/groups", Some(r#"["g3"]"#), [401, 401, 403, 403, 403, 403, 403, 200]),
     route("DELETE", "/v1/workers/{W3}", None, [401, 401, 403, 403, 403, 403, 403, 204]),
     // ---- /v1/users
@@ -96,7 +91,12 @@ const ROUTES: &[Route] = &[
     route("DELETE", "/v1/users/victim", None, [401, 401, 403, 403, 403, 403, 403, 204]),
     // ---- /v1/agent: the agent's own session S; to another agent it does not exist (404, as another
     // user's request)
-    route("POST", "/v1/agent/sessions/{S}/heartbeat", Some(r#"{"workers": []}"#), [401, 401, 403, 403, 403, 404, 200, 403]),
+    route(
+        "POST",
+        "/v1/agent/sessions/{S}/heartbeat",
+        Some(r#"{"workers": []}"#),
+        [401, 401, 403, 403, 403, 404, 200, 403],
+    ),
     route("GET", "/v1/agent/sessions/{S}/commands?after=0&wait=0s", None, [401, 401, 403, 403, 403, 404, 200, 403]),
     route("POST", "/v1/agent/sessions/{S}/results", Some("[]"), [401, 401, 403, 403, 403, 404, 204, 403]),
     // A fresh host of the caller's own: any agent may register it.
