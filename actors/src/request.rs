@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
-use corral_core::matcher::RequestSpec;
 use corral_core::lease::ProlongError;
+use corral_core::matcher::RequestSpec;
 use corral_core::request::Schedule;
 use corral_core::{FencingToken, Priority, RequestId, RequestState, WorkerId};
 use corral_db::{LeaseRecord, RequestRecord, StartLease};

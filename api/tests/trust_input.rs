@@ -253,7 +253,13 @@ async fn class2_caps_with_control_chars_or_equals_in_key_are_400() {
     for caps in &bad {
         let answer = fay.post("/v1/requests", json!({"caps": caps, "allow_unsatisfiable": true})).await;
         assert_bad_request(&answer, &caps.to_string());
-        let (status, answer) = boruta_post(&server, &token, "/reqs/", &go_req_info(caps.clone(), "0001-01-01T00:00:00Z", "0001-01-01T00:00:00Z")).await;
+        let (status, answer) = boruta_post(
+            &server,
+            &token,
+            "/reqs/",
+            &go_req_info(caps.clone(), "0001-01-01T00:00:00Z", "0001-01-01T00:00:00Z"),
+        )
+        .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "Boruta {caps}: {answer}");
     }
     for filter in ["%20padded%3Dx", "line%0Abreak%3Dx", "device_type%3Dx%00"] {

@@ -298,7 +298,8 @@ mod tests {
             let map = BTreeMap::from([(key.to_string(), value.to_string())]);
             assert!(Caps::validated(map).is_err(), "{key:?}={value:?}");
         }
-        for (key, value) in [("device_type", "rpi4"), ("ключ", "значение = да"), ("k", ""), ("a b", " v ")] {
+        for (key, value) in [("device_type", "rpi4"), ("ключ", "значение = да"), ("k", ""), ("a b", " v ")]
+        {
             assert_eq!(check_cap(key, value), Ok(()), "{key:?}={value:?}");
         }
         for group in ["", " lab", "lab\n", "la\u{7f}b"] {

@@ -582,7 +582,8 @@ impl Matcher {
             return false;
         };
         let sig = SigKey { live: true, caps: cap_ids, groups: groups.clone() };
-        let class_serves = |class: &Class| class.live && !class.members.is_empty() && serves(&class.caps, &class.groups, &sig);
+        let class_serves =
+            |class: &Class| class.live && !class.members.is_empty() && serves(&class.caps, &class.groups, &sig);
         match caps.pinned_worker() {
             Some(worker) => self.workers.get(&worker).is_some_and(|w| class_serves(&self.classes[w.class as ClassIdx])),
             None => self.candidate_classes(&sig.caps).into_iter().any(|c| class_serves(&self.classes[c])),
@@ -1164,7 +1165,8 @@ impl Matcher {
                 }
             }
         }
-        let key = std::mem::replace(&mut self.sig_keys[idx], SigKey { live: false, caps: Vec::new(), groups: Groups::new() });
+        let key =
+            std::mem::replace(&mut self.sig_keys[idx], SigKey { live: false, caps: Vec::new(), groups: Groups::new() });
         self.release_caps(&key.caps);
         self.sig_index.remove(&(key.caps, key.groups));
         self.sigs[idx] = Sig { served_by: SmallVec::new(), members: 0, queue: RequestQueue::default() };

@@ -280,7 +280,12 @@ mod tests {
             ("valid_after equal to deadline", Some(t(400)), Some(t(400)), None),
             ("zero lease", None, None, Some(Duration::ZERO)),
             ("lease of 500us (class 9)", None, None, Some(Duration::from_micros(500))),
-            ("deadline past 9999 (class 1)", None, Some(SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_800)), None),
+            (
+                "deadline past 9999 (class 1)",
+                None,
+                Some(SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_800)),
+                None,
+            ),
             ("valid_after before 1970 (class 1)", Some(SystemTime::UNIX_EPOCH - Duration::from_secs(1)), None, None),
             ("lease over max", None, None, Some(Duration::from_secs(25 * 3600))),
         ];

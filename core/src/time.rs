@@ -357,7 +357,10 @@ mod tests {
         assert!(Timestamp::max().checked_add(Duration::from_micros(1)).is_err());
         assert!(Timestamp::MIN.checked_sub(Duration::from_micros(1)).is_err());
         assert!(Timestamp::MIN.checked_add(Duration::MAX).is_err());
-        assert_eq!(Timestamp::MIN.checked_add(Duration::from_secs(1)).unwrap().get(), UNIX_EPOCH + Duration::from_secs(1));
+        assert_eq!(
+            Timestamp::MIN.checked_add(Duration::from_secs(1)).unwrap().get(),
+            UNIX_EPOCH + Duration::from_secs(1)
+        );
     }
 
     #[test]

@@ -449,7 +449,11 @@ fn class2_refused_and_finished_requests_leave_nothing_behind() {
         m.add_request(&spec, t(0));
         assert!(m.remove_request(spec.id));
         // Matched at once, then its worker comes back.
-        let spec = RequestSpec { caps: caps(&[("usb", "yes")]), groups: ["lab"].into_iter().collect(), ..request(next, 8, &[]) };
+        let spec = RequestSpec {
+            caps: caps(&[("usb", "yes")]),
+            groups: ["lab"].into_iter().collect(),
+            ..request(next, 8, &[])
+        };
         next += 1;
         assert_eq!(m.match_new(&spec, t(0)), Some(wid(2)));
         m.worker_idle(wid(2), t(n + 1));
