@@ -280,6 +280,38 @@ async fn class2_caps_with_control_chars_or_equals_in_key_are_400() {
 }
 
 #[actix_rt::test]
+async fn class2_agent_registration_with_control_chars_or_equals_in_caps_is_400() {
+    let clock = Clock::manual();
+    let server = server(&clock).await;
+    let agent = server.api(&server.agent_token);
+    let sizes = server.corral.matcher_stats().await.unwrap().sizes;
+
+    let registration = |caps: Value, groups: Value| {
+        json!({"agent": "host-c2c", "workers": [{
+            "uuid": uuid::Uuid::new_v4(), "caps": caps, "groups": groups,
+            "ssh_addr": "127.0.0.1:22", "user": "lab",
+        }]})
+    };
+    let bad = [
+        (json!({"a=b": "x"}), json!([])),
+        (json!({"device\ttype": "x"}), json!([])),
+        (json!({"device_type": "x\u{1b}[31m"}), json!([])),
+        (json!({"device_type": "x"}), json!(["lab\n"])),
+    ];
+    for (caps, groups) in bad {
+        let answer = agent.post("/v1/agent/sessions", registration(caps.clone(), groups.clone())).await;
+        assert_bad_request(&answer, &format!("{caps} {groups}"));
+    }
+    let (status, workers) = server.admin().get("/v1/workers").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(workers["items"], json!([]), "no worker was registered");
+    assert_eq!(server.corral.matcher_stats().await.unwrap().sizes, sizes, "nothing was interned");
+    let (status, opened) = agent.post("/v1/agent/sessions", registration(json!({"device_type": "x"}), json!([]))).await;
+    assert!(status.is_success(), "a good registration still works: {opened}");
+    server.stop().await;
+}
+
+#[actix_rt::test]
 async fn class9_lease_500us_is_400() {
     let clock = Clock::manual();
     let server = server(&clock).await;

@@ -276,7 +276,7 @@ fn to_groups(groups: &[u8]) -> Groups {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: crate::time::fuzz_cases().max(300), ..ProptestConfig::default() })]
 
     /// After every operation, the indexed matcher makes exactly the
     /// decisions of Boruta's exhaustive walk, in the same order; no worker
