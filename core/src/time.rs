@@ -91,18 +91,14 @@ impl Timestamp {
 
     /// `self + d`, or an error past 9999-12-31.
     pub fn checked_add(self, d: Duration) -> Result<Timestamp, TimeError> {
-        self.0
-            .checked_add(d)
-            .ok_or_else(|| TimeError::OutOfRange(format!("{self} + {}", format_duration(d))))
-            .and_then(Timestamp::new)
+        let out = || TimeError::OutOfRange(format!("{self} + {}", format_duration(d)));
+        self.0.checked_add(d).ok_or_else(out).and_then(|t| Timestamp::new(t).map_err(|_| out()))
     }
 
     /// `self - d`, or an error before 1970.
     pub fn checked_sub(self, d: Duration) -> Result<Timestamp, TimeError> {
-        self.0
-            .checked_sub(d)
-            .ok_or_else(|| TimeError::OutOfRange(format!("{self} - {}", format_duration(d))))
-            .and_then(Timestamp::new)
+        let out = || TimeError::OutOfRange(format!("{self} - {}", format_duration(d)));
+        self.0.checked_sub(d).ok_or_else(out).and_then(|t| Timestamp::new(t).map_err(|_| out()))
     }
 }
 
