@@ -102,6 +102,19 @@ CREATE TABLE IF NOT EXISTS requests (
     CHECK (valid_after < deadline),
     CHECK (state <> 'in_progress' OR (worker IS NOT NULL AND lease_expires_at IS NOT NULL))
 );
+-- Every time a user sends is between 1970 and 9999 and a lease is at most
+-- 100 years (SPEC §12; corral_core::time). The server checks first; this
+-- is the last line. NOT VALID: new and updated rows are checked, rows an
+-- older server stored are kept (formatting them clamps into the range).
+-- Dropped and added again at every start so that applying the schema
+-- twice ends in the same state, without a DO block.
+ALTER TABLE requests DROP CONSTRAINT IF EXISTS requests_times_in_range;
+ALTER TABLE requests ADD CONSTRAINT requests_times_in_range CHECK (
+    valid_after >= TIMESTAMPTZ '1970-01-01 00:00:00+00'
+    AND deadline < TIMESTAMPTZ '10000-01-01 00:00:00+00'
+    AND (lease_expires_at IS NULL OR lease_expires_at < TIMESTAMPTZ '10000-01-01 00:00:00+00')
+    AND lease_ms <= 3155760000000
+) NOT VALID;
 CREATE INDEX IF NOT EXISTS requests_live ON requests (id) WHERE state IN ('waiting', 'in_progress');
 CREATE INDEX IF NOT EXISTS requests_by_owner ON requests (owner, id);
 -- No index on state alone: every transition would update it (no HOT

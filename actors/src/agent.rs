@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use corral_core::caps::CapsError;
-use corral_core::{Caps, FencingToken, Role, SessionId, WorkerId};
+use corral_core::{Caps, FencingToken, Groups, Role, SessionId, WorkerId};
 use corral_db::WorkerUpsert;
 use corral_proto::agent::{
     Action, Command, CommandBatch, CommandResult, Heartbeat, HeartbeatAck, OpenSession, RegisteredWorker, SessionOpened,
@@ -194,6 +194,8 @@ fn validate(open: &OpenSession) -> Result<(), ActorError> {
             return Err(ActorError::BadRequest(format!("worker {} is listed twice", worker.uuid)));
         }
         Caps::validated(worker.caps.to_map()).map_err(|e: CapsError| ActorError::BadRequest(e.to_string()))?;
+        Groups::validated(worker.groups.iter().map(str::to_string).collect())
+            .map_err(|e: CapsError| ActorError::BadRequest(e.to_string()))?;
         if worker.ssh_addr.trim().is_empty() || worker.ssh_addr.len() > 256 {
             return Err(ActorError::BadRequest(format!("worker {}: ssh_addr must be HOST:PORT", worker.uuid)));
         }

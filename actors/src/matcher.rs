@@ -90,6 +90,17 @@ pub struct MatcherStats {
     pub workers: usize,
     pub decisions: u64,
     pub pending_commits: usize,
+    /// What the core matcher holds (interned caps, classes, signatures).
+    pub sizes: corral_core::matcher::MatcherSizes,
+}
+
+impl crate::Corral {
+    /// The matcher's statistics, read through its mailbox.
+    pub async fn matcher_stats(&self) -> Result<MatcherStats, crate::ActorError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.shared().matcher().send(MatcherMsg::Stats { reply: tx }).await?;
+        Ok(rx.await?)
+    }
 }
 
 pub struct MatcherActor {
@@ -299,6 +310,7 @@ impl Handler<MatcherMsg> for MatcherActor {
                     workers: self.core.worker_count(),
                     decisions: self.decisions,
                     pending_commits: self.pending.len() + self.committing,
+                    sizes: self.core.sizes(),
                 });
             }
         }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
+use corral_core::lease::ProlongError;
 use corral_core::matcher::RequestSpec;
 use corral_core::request::Schedule;
 use corral_core::{FencingToken, Priority, RequestId, RequestState, WorkerId};
@@ -403,7 +404,12 @@ impl RequestActor {
         };
         let shared = self.shared.clone();
         let (id, now) = (self.id(), self.shared.clock.now());
-        let expires_at = corral_core::lease::expiry(now, self.record.lease);
+        // The lease length was checked at submission (at most max_lease);
+        // a lease that would end past 9999 ends at the last valid instant.
+        let expires_at = corral_core::lease::expiry(now, self.record.lease).unwrap_or_else(|err| {
+            tracing::warn!(request = %id, cause = %err, "lease expiry out of range; ending it at the last valid instant");
+            corral_core::time::Timestamp::max().get()
+        });
         let preferred = binding.tunnel_port;
         let target = access.ssh_addr.clone();
         let work = async move {
@@ -533,8 +539,12 @@ impl RequestActor {
         let by = by.unwrap_or(self.record.lease);
         let new_expiry = match corral_core::lease::prolonged(now, expires, by, self.shared.settings.limits.max_lease) {
             Ok(at) => at,
-            Err(err) => {
+            Err(err @ ProlongError::PastCap { .. }) => {
                 let _ = reply.send(Err(ActorError::Conflict(err.to_string())));
+                return done();
+            }
+            Err(err @ ProlongError::OutOfRange(_)) => {
+                let _ = reply.send(Err(ActorError::BadRequest(err.to_string())));
                 return done();
             }
         };

@@ -35,6 +35,20 @@ impl Query {
         Ok(first)
     }
 
+    /// The `cap=key=value` filters, each checked like the caps of a
+    /// request (see `corral_core::caps`).
+    pub fn caps(&self) -> Result<Vec<(String, String)>, ApiError> {
+        self.all("cap")
+            .map(|cap| {
+                let (key, value) = cap
+                    .split_once('=')
+                    .ok_or_else(|| ApiError::bad_request(format!("cap must be key=value, got {cap:?}")))?;
+                corral_core::caps::check_cap(key, value).map_err(|e| ApiError::bad_request(e.to_string()))?;
+                Ok((key.to_string(), value.to_string()))
+            })
+            .collect()
+    }
+
     pub fn all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.0.iter().filter(move |(k, _)| k == key).map(|(_, v)| v.as_str())
     }

@@ -41,12 +41,7 @@ async fn list(state: web::Data<AppState>, auth: Auth, req: HttpRequest) -> Resul
         }
     }
     let group = query.one("group")?.map(str::to_string);
-    let mut caps = Vec::new();
-    for cap in query.all("cap") {
-        let (k, v) =
-            cap.split_once('=').ok_or_else(|| ApiError::bad_request(format!("cap must be key=value, got {cap:?}")))?;
-        caps.push((k.to_string(), v.to_string()));
-    }
+    let caps = query.caps()?;
     let after = match query.one("cursor")? {
         Some(c) => Some(c.parse::<WorkerId>().map_err(|_| ApiError::bad_request("invalid cursor"))?),
         None => None,

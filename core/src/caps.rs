@@ -1,5 +1,18 @@
 //! Capabilities (`key=value` facts about a worker, or demands of a request)
 //! and groups (which users may lease which workers).
+//!
+//! # What a cap or group may contain
+//!
+//! One rule for every way in (native and Boruta requests, worker caps from
+//! agents, `cap=key=value` filters), checked by [`check_cap`] and
+//! [`Groups::validated`]:
+//! - a request or worker has at most 64 caps and 64 groups;
+//! - a cap key is 1 to 128 bytes of UTF-8 with no control character, no
+//!   `=` and no leading or trailing whitespace;
+//! - a cap value is 0 to 1024 bytes of UTF-8 with no control character;
+//!   the value of the `UUID` cap is a UUID;
+//! - a group name is 1 to 128 bytes of UTF-8 with no control character and
+//!   no leading or trailing whitespace.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -23,14 +36,47 @@ pub enum CapsError {
     TooMany(usize),
     #[error("cap keys must be 1 to {MAX_KEY_LEN} bytes long")]
     BadKey,
+    #[error(
+        "cap key {0:?} is not allowed: keys may not contain control characters or '=', nor start or end with whitespace"
+    )]
+    KeyChars(String),
     #[error("the value of cap {0:?} is longer than {MAX_VALUE_LEN} bytes")]
     ValueTooLong(String),
+    #[error("the value of cap {0:?} contains a control character")]
+    ValueChars(String),
     #[error("the {UUID_CAP} cap must be a UUID, got {0:?}")]
     BadUuid(String),
     #[error("at most {MAX_GROUPS} groups are allowed, got {0}")]
     TooManyGroups(usize),
-    #[error("group names must be 1 to {MAX_GROUP_LEN} bytes long")]
+    #[error(
+        "group names must be 1 to {MAX_GROUP_LEN} bytes long, without control characters or leading or trailing whitespace"
+    )]
     BadGroup,
+}
+
+/// Checks one `key=value` pair against the rules of the module
+/// documentation.
+pub fn check_cap(key: &str, value: &str) -> Result<(), CapsError> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(CapsError::BadKey);
+    }
+    if key.contains(|c: char| c.is_control() || c == '=') || key.trim() != key {
+        return Err(CapsError::KeyChars(key.to_string()));
+    }
+    if value.len() > MAX_VALUE_LEN {
+        return Err(CapsError::ValueTooLong(key.to_string()));
+    }
+    if value.contains(char::is_control) {
+        return Err(CapsError::ValueChars(key.to_string()));
+    }
+    if key == UUID_CAP && uuid::Uuid::parse_str(value).is_err() {
+        return Err(CapsError::BadUuid(value.to_string()));
+    }
+    Ok(())
+}
+
+fn group_ok(group: &str) -> bool {
+    !group.is_empty() && group.len() <= MAX_GROUP_LEN && !group.contains(char::is_control) && group.trim() == group
 }
 
 /// A string→string map. Requests demand caps; workers offer them.
@@ -69,21 +115,13 @@ impl Caps {
         Caps::default()
     }
 
-    /// Checks sizes and the form of the `UUID` cap.
+    /// Checks the caps against the rules of the module documentation.
     pub fn validated(map: BTreeMap<String, String>) -> Result<Caps, CapsError> {
         if map.len() > MAX_CAPS {
             return Err(CapsError::TooMany(map.len()));
         }
         for (key, value) in &map {
-            if key.is_empty() || key.len() > MAX_KEY_LEN {
-                return Err(CapsError::BadKey);
-            }
-            if value.len() > MAX_VALUE_LEN {
-                return Err(CapsError::ValueTooLong(key.clone()));
-            }
-            if key == UUID_CAP && uuid::Uuid::parse_str(value).is_err() {
-                return Err(CapsError::BadUuid(value.clone()));
-            }
+            check_cap(key, value)?;
         }
         Ok(Caps::from(map))
     }
@@ -169,7 +207,7 @@ impl Groups {
         if set.len() > MAX_GROUPS {
             return Err(CapsError::TooManyGroups(set.len()));
         }
-        if set.iter().any(|g| g.is_empty() || g.len() > MAX_GROUP_LEN) {
+        if !set.iter().all(|g| group_ok(g)) {
             return Err(CapsError::BadGroup);
         }
         Ok(Groups(set))
@@ -240,6 +278,56 @@ mod tests {
         let mut map = BTreeMap::new();
         map.insert(UUID_CAP.to_string(), "nope".to_string());
         assert!(matches!(Caps::validated(map), Err(CapsError::BadUuid(_))));
+    }
+
+    /// Issue 13, class 2: caps and groups get a charset and a length.
+    #[test]
+    fn class2_caps_and_groups_follow_the_charset() {
+        let refused = [
+            ("a=b", "x"),
+            ("a\nb", "x"),
+            (" key", "x"),
+            ("key\t", "x"),
+            ("key", "line\nbreak"),
+            ("key", "nul\0"),
+            ("key", &"v".repeat(MAX_VALUE_LEN + 1)),
+            (&"k".repeat(MAX_KEY_LEN + 1), "x"),
+        ];
+        for (key, value) in refused {
+            assert!(check_cap(key, value).is_err(), "{key:?}={value:?}");
+            let map = BTreeMap::from([(key.to_string(), value.to_string())]);
+            assert!(Caps::validated(map).is_err(), "{key:?}={value:?}");
+        }
+        for (key, value) in [("device_type", "rpi4"), ("ключ", "значение = да"), ("k", ""), ("a b", " v ")]
+        {
+            assert_eq!(check_cap(key, value), Ok(()), "{key:?}={value:?}");
+        }
+        for group in ["", " lab", "lab\n", "la\u{7f}b"] {
+            assert!(Groups::validated(BTreeSet::from([group.to_string()])).is_err(), "{group:?}");
+        }
+        assert!(Groups::validated(BTreeSet::from(["lab a".to_string()])).is_ok());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(crate::time::fuzz_cases()))]
+
+        /// Any text is an answer, never a panic; accepted caps survive the
+        /// wire (JSON) unchanged.
+        #[test]
+        fn any_caps_are_checked_and_accepted_ones_round_trip(
+            pairs in proptest::collection::btree_map(".{0,20}", ".{0,20}", 0..6),
+            group in ".{0,20}",
+        ) {
+            let _ = Groups::validated(BTreeSet::from([group]));
+            if let Ok(caps) = Caps::validated(pairs.clone()) {
+                for (key, value) in &pairs {
+                    proptest::prop_assert!(!key.contains('=') && !key.contains(char::is_control));
+                    proptest::prop_assert!(!value.contains(char::is_control));
+                }
+                let back: Caps = serde_json::from_str(&serde_json::to_string(&caps).unwrap()).unwrap();
+                proptest::prop_assert_eq!(back, caps);
+            }
+        }
     }
 
     #[test]

@@ -4,6 +4,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
+use crate::time::Timestamp;
+
 /// The kind of key pair made for a lease.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum KeyKind {
@@ -40,37 +42,41 @@ impl FromStr for KeyKind {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the lease may not end more than {max} from now; asked for {asked} from now")]
-pub struct ProlongPastCap {
-    pub max: String,
-    pub asked: String,
+pub enum ProlongError {
+    #[error("the lease may not end more than {max} from now; asked for {asked} from now")]
+    PastCap { max: String, asked: String },
+    #[error(transparent)]
+    OutOfRange(#[from] crate::time::TimeError),
 }
 
-/// The expiry of a lease that starts at `start`.
-pub fn expiry(start: SystemTime, length: Duration) -> SystemTime {
-    crate::time::truncate_to_micros(start + length)
+/// The expiry of a lease that starts at `start`, or an error when it would
+/// end past 9999-12-31.
+pub fn expiry(start: SystemTime, length: Duration) -> Result<SystemTime, crate::time::TimeError> {
+    Timestamp::new(start)?.checked_add(length).map(SystemTime::from)
 }
 
 /// The new expiry after prolonging by `by`. A lease never reaches further
 /// than `max_lease` past `now`; asking for more is refused, not clipped, so
-/// the caller learns that its wish was not granted.
+/// the caller learns that its wish was not granted. All arithmetic is
+/// checked: any `by` is an error or an answer, never a panic.
 pub fn prolonged(
     now: SystemTime,
     current_expiry: SystemTime,
     by: Duration,
     max_lease: Duration,
-) -> Result<SystemTime, ProlongPastCap> {
-    let base = current_expiry.max(now);
-    let wanted = base + by;
-    let cap = now + max_lease;
-    if wanted > cap {
-        let asked = wanted.duration_since(now).unwrap_or_default();
-        return Err(ProlongPastCap {
-            max: crate::time::format_duration(max_lease),
-            asked: crate::time::format_duration(Duration::from_secs(asked.as_secs())),
-        });
+) -> Result<SystemTime, ProlongError> {
+    let now = Timestamp::new(now)?;
+    let base = Timestamp::new(current_expiry.max(now.get()))?;
+    let past_cap = |asked: Duration| ProlongError::PastCap {
+        max: crate::time::format_duration(max_lease),
+        asked: crate::time::format_duration(Duration::from_secs(asked.as_secs())),
+    };
+    let ahead = base.get().duration_since(now.get()).unwrap_or_default();
+    let asked = ahead.checked_add(by).ok_or_else(|| past_cap(Duration::MAX))?;
+    if asked > max_lease {
+        return Err(past_cap(asked));
     }
-    Ok(crate::time::truncate_to_micros(wanted))
+    Ok(base.checked_add(by)?.get())
 }
 
 #[cfg(test)]
@@ -98,5 +104,23 @@ mod tests {
         let max = Duration::from_secs(2 * 3600);
         assert!(prolonged(t(0), t(3600), Duration::from_secs(3600), max).is_ok());
         assert!(prolonged(t(0), t(3600), Duration::from_secs(3601), max).is_err());
+    }
+
+    /// Issue 13, class 1: `"by": "300000000000y"` once panicked the actor.
+    #[test]
+    fn class1_prolong_by_any_amount_is_an_answer_not_a_panic() {
+        let max = Duration::from_secs(24 * 3600);
+        for by in [Duration::MAX, Duration::from_secs(300_000_000_000 * 31_557_600), Duration::from_secs(u64::MAX)] {
+            assert!(matches!(prolonged(t(0), t(3600), by, max), Err(ProlongError::PastCap { .. })));
+            assert!(prolonged(t(0), t(3600), by, Duration::MAX).is_err());
+        }
+        let last = Timestamp::max().get();
+        assert!(prolonged(last, last, Duration::from_secs(1), max).is_err());
+    }
+
+    #[test]
+    fn class1_expiry_past_9999_is_an_error() {
+        assert!(expiry(t(0), Duration::MAX).is_err());
+        assert_eq!(expiry(t(0), Duration::from_secs(10)).unwrap(), t(10));
     }
 }

@@ -29,10 +29,24 @@
 //! source's current first request, or dropped. Its cost depends on the
 //! number of classes and signatures involved, not on the number of workers
 //! or requests.
+//!
+//! # Memory
+//!
+//! Interned caps, classes and signatures live exactly as long as something
+//! uses them: a signature is freed when its last request leaves, a class
+//! when its last worker leaves, an interned cap when no class or signature
+//! holds it (a reference count per cap). Freed indexes are reused. Entries
+//! of `peeks` that name a freed (or reused) class or signature are checked
+//! against the current state when they come up, like any stale entry, so
+//! freeing costs nothing on the path of a decision beyond the request that
+//! leaves. Asking whether a request could ever be served
+//! ([`Matcher::can_ever_serve`]) creates nothing, so a refused submission
+//! leaves nothing behind ([`Matcher::sizes`]).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::caps::{Caps, Groups, UUID_CAP};
@@ -161,6 +175,8 @@ pub struct Explanation {
 
 #[derive(Debug)]
 struct Class {
+    /// False once freed (its index waits in `Matcher::free_classes`).
+    live: bool,
     caps: Vec<CapId>,
     groups: Groups,
     /// Caps plus groups: fewer wins.
@@ -191,6 +207,8 @@ struct Sig {
 /// What a signature's requests ask for.
 #[derive(Debug)]
 struct SigKey {
+    /// False once freed (its index waits in `Matcher::free_sigs`).
+    live: bool,
     caps: Vec<CapId>,
     groups: Groups,
 }
@@ -319,7 +337,13 @@ impl Source {
 /// The in-memory matching state. See the module documentation.
 #[derive(Debug, Default)]
 pub struct Matcher {
-    cap_ids: HashMap<(String, String), CapId>,
+    cap_ids: HashMap<Arc<(String, String)>, CapId>,
+    /// Indexed by [`CapId`]: the interned pair (`None` once freed) and how
+    /// many classes and signatures hold it.
+    cap_entries: Vec<CapEntry>,
+    free_caps: Vec<CapId>,
+    free_classes: Vec<ClassIdx>,
+    free_sigs: Vec<SigIdx>,
     classes: Vec<Class>,
     class_index: HashMap<(Vec<CapId>, Groups), ClassIdx>,
     classes_with_cap: HashMap<CapId, Vec<ClassIdx>>,
@@ -366,9 +390,38 @@ pub struct Matcher {
     held: Vec<Assignment>,
 }
 
+/// An interned cap and its holders.
+#[derive(Debug)]
+struct CapEntry {
+    pair: Option<Arc<(String, String)>>,
+    holders: u32,
+}
+
+/// How much the matcher holds, to show that it frees what is no longer
+/// used (issue 13, class 2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MatcherSizes {
+    pub workers: usize,
+    pub requests: usize,
+    /// Interned `key=value` pairs.
+    pub caps: usize,
+    pub classes: usize,
+    pub signatures: usize,
+}
+
 impl Matcher {
     pub fn new() -> Matcher {
         Matcher::default()
+    }
+
+    pub fn sizes(&self) -> MatcherSizes {
+        MatcherSizes {
+            workers: self.workers.len(),
+            requests: self.requests.len(),
+            caps: self.cap_ids.len(),
+            classes: self.classes.len() - self.free_classes.len(),
+            signatures: self.sigs.len() - self.free_sigs.len(),
+        }
     }
 
     pub fn worker_count(&self) -> usize {
@@ -445,7 +498,11 @@ impl Matcher {
         let lost = match old_class {
             // Caps or groups changed: requests only the old class could serve
             // (including those pinned to this worker) may be lost.
-            Some(old) => self.drop_unsatisfiable(old, Some(spec.id)),
+            Some(old) => {
+                let lost = self.drop_unsatisfiable(old, Some(spec.id));
+                self.free_class_if_unused(old);
+                lost
+            }
             None => Vec::new(),
         };
         if let Some(since) = idle_since {
@@ -468,7 +525,9 @@ impl Matcher {
         self.has_pins[slot] = false;
         self.free_slots.push(entry.slot);
         self.classes[class].members.remove(&id);
-        self.drop_unsatisfiable(class, Some(id))
+        let lost = self.drop_unsatisfiable(class, Some(id));
+        self.free_class_if_unused(class);
+        lost
     }
 
     /// The worker may be leased from now on. `last_used` orders idle
@@ -516,9 +575,19 @@ impl Matcher {
 
     /// Whether some registered worker could ever serve these caps for a
     /// requester with these groups (its current state does not matter).
-    pub fn can_ever_serve(&mut self, caps: &Caps, groups: &Groups) -> bool {
-        let (sig, pinned) = self.sig_for(caps, groups);
-        self.sig_satisfiable(sig, pinned)
+    /// Interns and creates nothing: a refused submission leaves no trace.
+    pub fn can_ever_serve(&self, caps: &Caps, groups: &Groups) -> bool {
+        // A cap no class holds is not interned; then no class serves it.
+        let Some(cap_ids) = self.known_caps(caps) else {
+            return false;
+        };
+        let sig = SigKey { live: true, caps: cap_ids, groups: groups.clone() };
+        let class_serves =
+            |class: &Class| class.live && !class.members.is_empty() && serves(&class.caps, &class.groups, &sig);
+        match caps.pinned_worker() {
+            Some(worker) => self.workers.get(&worker).is_some_and(|w| class_serves(&self.classes[w.class as ClassIdx])),
+            None => self.candidate_classes(&sig.caps).into_iter().any(|c| class_serves(&self.classes[c])),
+        }
     }
 
     /// Adds a waiting request. Returns false when no registered worker can
@@ -558,6 +627,7 @@ impl Matcher {
         };
         let sig = entry.sig as SigIdx;
         self.sigs[sig].members -= 1;
+        let sig_unused = self.sigs[sig].members == 0;
         self.stale_deadlines += 1;
         if self.stale_deadlines > 1024 && self.stale_deadlines > 3 * self.requests.len() {
             self.compact_deadlines();
@@ -579,6 +649,9 @@ impl Matcher {
             }
         } else {
             self.future.remove(&(entry.valid_after, id));
+        }
+        if sig_unused {
+            self.free_sig(sig);
         }
         true
     }
@@ -897,25 +970,85 @@ impl Matcher {
         self.sigs[sig].served_by.iter().any(|served| self.class_best[served.class()].is_some())
     }
 
+    /// The ids of the caps (but `UUID`), interned now if new. Whoever keeps
+    /// them (a new class or signature) counts itself with `hold_caps`.
     fn intern_caps(&mut self, caps: &Caps) -> Vec<CapId> {
-        let mut ids: Vec<CapId> = caps
-            .iter()
-            .filter(|(k, _)| *k != UUID_CAP)
-            .map(|(k, v)| {
-                let next = self.cap_ids.len() as CapId;
-                *self.cap_ids.entry((k.to_string(), v.to_string())).or_insert(next)
-            })
-            .collect();
+        let mut ids: Vec<CapId> = Vec::with_capacity(caps.len());
+        for (k, v) in caps.iter().filter(|(k, _)| *k != UUID_CAP) {
+            let pair = (k.to_string(), v.to_string());
+            let id = match self.cap_ids.get(&pair) {
+                Some(id) => *id,
+                None => {
+                    let pair = Arc::new(pair);
+                    let entry = CapEntry { pair: Some(pair.clone()), holders: 0 };
+                    let id = match self.free_caps.pop() {
+                        Some(id) => {
+                            self.cap_entries[id as usize] = entry;
+                            id
+                        }
+                        None => {
+                            self.cap_entries.push(entry);
+                            (self.cap_entries.len() - 1) as CapId
+                        }
+                    };
+                    self.cap_ids.insert(pair, id);
+                    id
+                }
+            };
+            ids.push(id);
+        }
         ids.sort_unstable();
         ids
+    }
+
+    /// The ids of the caps (but `UUID`) if all are interned.
+    fn known_caps(&self, caps: &Caps) -> Option<Vec<CapId>> {
+        let mut ids = caps
+            .iter()
+            .filter(|(k, _)| *k != UUID_CAP)
+            .map(|(k, v)| self.cap_ids.get(&(k.to_string(), v.to_string())).copied())
+            .collect::<Option<Vec<CapId>>>()?;
+        ids.sort_unstable();
+        Some(ids)
+    }
+
+    fn hold_caps(&mut self, caps: &[CapId]) {
+        for cap in caps {
+            self.cap_entries[*cap as usize].holders += 1;
+        }
+    }
+
+    /// Drops one holder of each cap; frees those no one holds any more.
+    fn release_caps(&mut self, caps: &[CapId]) {
+        for cap in caps {
+            let entry = &mut self.cap_entries[*cap as usize];
+            entry.holders -= 1;
+            if entry.holders == 0
+                && let Some(pair) = entry.pair.take()
+            {
+                self.cap_ids.remove(&*pair);
+                self.free_caps.push(*cap);
+            }
+        }
+    }
+
+    /// Live classes that may serve a signature with these caps: those
+    /// holding its rarest cap, or all when it asks for none.
+    fn candidate_classes(&self, caps: &[CapId]) -> Vec<ClassIdx> {
+        match caps.iter().min_by_key(|c| self.classes_with_cap.get(c).map_or(0, Vec::len)) {
+            Some(rarest) => self.classes_with_cap.get(rarest).cloned().unwrap_or_default(),
+            None => (0..self.classes.len()).filter(|c| self.classes[*c].live).collect(),
+        }
     }
 
     fn class_for(&mut self, caps: Vec<CapId>, groups: Groups) -> ClassIdx {
         if let Some(&idx) = self.class_index.get(&(caps.clone(), groups.clone())) {
             return idx;
         }
-        let idx = self.classes.len();
-        let serves: Vec<SigIdx> = (0..self.sigs.len()).filter(|s| serves(&caps, &groups, &self.sig_keys[*s])).collect();
+        let idx = self.free_classes.pop().unwrap_or(self.classes.len());
+        let serves: Vec<SigIdx> = (0..self.sigs.len())
+            .filter(|s| self.sig_keys[*s].live && serves(&caps, &groups, &self.sig_keys[*s]))
+            .collect();
         for (at, s) in serves.iter().enumerate() {
             self.sigs[*s].served_by.push(Served { class: idx as u32, at: at as u32 });
         }
@@ -923,10 +1056,11 @@ impl Matcher {
         for cap in &caps {
             self.classes_with_cap.entry(*cap).or_default().push(idx);
         }
+        self.hold_caps(&caps);
         self.class_index.insert((caps.clone(), groups.clone()), idx);
         let weight = caps.len() + groups.len();
-        self.class_best.push(None);
-        self.classes.push(Class {
+        let class = Class {
+            live: true,
             caps,
             groups,
             weight,
@@ -935,8 +1069,45 @@ impl Matcher {
             serves,
             heads,
             in_heap: false,
-        });
+        };
+        if idx == self.classes.len() {
+            self.class_best.push(None);
+            self.classes.push(class);
+        } else {
+            self.class_best[idx] = None;
+            self.classes[idx] = class;
+        }
         idx
+    }
+
+    /// Frees a class that has no member left.
+    fn free_class_if_unused(&mut self, idx: ClassIdx) {
+        let class = &mut self.classes[idx];
+        if !class.live || !class.members.is_empty() {
+            return;
+        }
+        class.live = false;
+        class.in_heap = false;
+        let serves = std::mem::take(&mut class.serves);
+        class.heads = Vec::new();
+        class.idle = IdleQueue::default();
+        let caps = std::mem::take(&mut class.caps);
+        let groups = std::mem::take(&mut class.groups);
+        self.class_best[idx] = None;
+        for s in serves {
+            self.sigs[s].served_by.retain(|served| served.class() != idx);
+        }
+        for cap in &caps {
+            if let Some(classes) = self.classes_with_cap.get_mut(cap) {
+                classes.retain(|c| *c != idx);
+                if classes.is_empty() {
+                    self.classes_with_cap.remove(cap);
+                }
+            }
+        }
+        self.release_caps(&caps);
+        self.class_index.remove(&(caps, groups));
+        self.free_classes.push(idx);
     }
 
     fn sig_for(&mut self, caps: &Caps, groups: &Groups) -> (SigIdx, Option<WorkerId>) {
@@ -947,13 +1118,9 @@ impl Matcher {
             return (idx, pinned);
         }
         let (cap_ids, groups) = key;
-        let idx = self.sigs.len();
-        let candidates: Vec<ClassIdx> =
-            match cap_ids.iter().min_by_key(|c| self.classes_with_cap.get(c).map_or(0, Vec::len)) {
-                Some(rarest) => self.classes_with_cap.get(rarest).cloned().unwrap_or_default(),
-                None => (0..self.classes.len()).collect(),
-            };
-        let sig = SigKey { caps: cap_ids, groups };
+        let idx = self.free_sigs.pop().unwrap_or(self.sigs.len());
+        let candidates = self.candidate_classes(&cap_ids);
+        let sig = SigKey { live: true, caps: cap_ids, groups };
         let capable: Vec<ClassIdx> =
             candidates.into_iter().filter(|c| serves(&self.classes[*c].caps, &self.classes[*c].groups, &sig)).collect();
         let served_by = capable
@@ -965,12 +1132,47 @@ impl Matcher {
                 Served { class: c as u32, at: (class.serves.len() - 1) as u32 }
             })
             .collect();
+        self.hold_caps(&sig.caps);
         self.sig_index.insert((sig.caps.clone(), sig.groups.clone()), idx);
-        self.sig_keys.push(sig);
-        self.sigs.push(Sig { served_by, members: 0, queue: RequestQueue::default() });
-        self.sig_heads.push(EMPTY);
-        self.sig_peeks.push(EMPTY);
+        let entry = Sig { served_by, members: 0, queue: RequestQueue::default() };
+        if idx == self.sigs.len() {
+            self.sig_keys.push(sig);
+            self.sigs.push(entry);
+            self.sig_heads.push(EMPTY);
+            self.sig_peeks.push(EMPTY);
+        } else {
+            self.sig_keys[idx] = sig;
+            self.sigs[idx] = entry;
+            self.sig_heads[idx] = EMPTY;
+            self.sig_peeks[idx] = EMPTY;
+        }
         (idx, pinned)
+    }
+
+    /// Frees a signature whose last request left: the classes that served
+    /// it forget it, and its caps lose a holder.
+    fn free_sig(&mut self, idx: SigIdx) {
+        let served_by = std::mem::take(&mut self.sigs[idx].served_by);
+        for served in served_by {
+            let (class, at) = (served.class(), served.at as usize);
+            let entry = &mut self.classes[class];
+            entry.serves.swap_remove(at);
+            entry.heads.swap_remove(at);
+            // The signature that moved into `at` records its new place.
+            if let Some(&moved) = entry.serves.get(at) {
+                for other in self.sigs[moved].served_by.iter_mut().filter(|s| s.class() == class) {
+                    other.at = at as u32;
+                }
+            }
+        }
+        let key =
+            std::mem::replace(&mut self.sig_keys[idx], SigKey { live: false, caps: Vec::new(), groups: Groups::new() });
+        self.release_caps(&key.caps);
+        self.sig_index.remove(&(key.caps, key.groups));
+        self.sigs[idx] = Sig { served_by: SmallVec::new(), members: 0, queue: RequestQueue::default() };
+        self.sig_heads[idx] = EMPTY;
+        self.sig_peeks[idx] = EMPTY;
+        self.free_sigs.push(idx);
     }
 
     fn sig_satisfiable(&self, sig: SigIdx, pinned: Option<WorkerId>) -> bool {
@@ -1073,6 +1275,53 @@ impl Matcher {
             self.remove_request(*id);
         }
         lost
+    }
+}
+
+#[cfg(test)]
+impl Matcher {
+    /// Panics unless every live class and signature is used, the two
+    /// sides of the "serves" relation agree, and each interned cap is
+    /// counted once per holder.
+    pub(crate) fn check_invariants(&self) {
+        let mut holders: HashMap<CapId, u32> = HashMap::new();
+        for (s, key) in self.sig_keys.iter().enumerate() {
+            if !key.live {
+                assert!(self.free_sigs.contains(&s), "dead signature {s} not free");
+                continue;
+            }
+            assert!(self.sigs[s].members > 0, "signature {s} lives without requests");
+            assert_eq!(self.sig_index.get(&(key.caps.clone(), key.groups.clone())), Some(&s));
+            for served in &self.sigs[s].served_by {
+                let class = &self.classes[served.class()];
+                assert!(class.live, "signature {s} served by dead class {}", served.class);
+                assert_eq!(class.serves[served.at as usize], s);
+            }
+            for cap in &key.caps {
+                *holders.entry(*cap).or_default() += 1;
+            }
+        }
+        for (c, class) in self.classes.iter().enumerate() {
+            if !class.live {
+                assert!(self.free_classes.contains(&c), "dead class {c} not free");
+                continue;
+            }
+            assert!(!class.members.is_empty(), "class {c} lives without workers");
+            assert_eq!(self.class_index.get(&(class.caps.clone(), class.groups.clone())), Some(&c));
+            assert_eq!(class.serves.len(), class.heads.len());
+            for (at, s) in class.serves.iter().enumerate() {
+                assert!(self.sig_keys[*s].live, "class {c} serves dead signature {s}");
+                assert!(self.sigs[*s].served_by.iter().any(|x| x.class() == c && x.at as usize == at));
+            }
+            for cap in &class.caps {
+                *holders.entry(*cap).or_default() += 1;
+                assert!(self.classes_with_cap[cap].contains(&c));
+            }
+        }
+        assert_eq!(self.cap_ids.len(), holders.len(), "interned caps without holders");
+        for (cap, n) in holders {
+            assert_eq!(self.cap_entries[cap as usize].holders, n, "holders of cap {cap}");
+        }
     }
 }
 

@@ -7,6 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use crate::time::Timestamp;
+
 /// Where a request is in its life. Terminal states never change again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -146,11 +148,17 @@ pub enum ScheduleError {
     DeadlinePassed(String),
     #[error("valid_after must be before deadline")]
     ValidAfterNotBeforeDeadline,
-    #[error("lease must be longer than zero")]
-    LeaseZero,
+    #[error("lease must be at least {}", crate::time::format_duration(MIN_LEASE))]
+    LeaseTooShort,
     #[error("lease {asked} is longer than the server's max_lease {max}")]
     LeaseTooLong { asked: String, max: String },
+    #[error(transparent)]
+    OutOfRange(#[from] crate::time::TimeError),
 }
+
+/// The shortest lease a request may ask for: the database keeps lease
+/// lengths in milliseconds, and a lease shorter than a second is no lease.
+pub const MIN_LEASE: Duration = Duration::from_secs(1);
 
 impl Schedule {
     /// The schedule of a new request, filling in defaults.
@@ -161,14 +169,14 @@ impl Schedule {
         lease: Option<Duration>,
         limits: &ScheduleLimits,
     ) -> Result<Schedule, ScheduleError> {
-        let valid_after = valid_after.unwrap_or(now);
+        let valid_after = Timestamp::new(valid_after.unwrap_or(now))?.get();
         let deadline = match deadline {
             Some(d) => d,
-            None => valid_after.max(now) + limits.default_deadline,
+            None => Timestamp::new(valid_after.max(now))?.checked_add(limits.default_deadline)?.get(),
         };
         let lease = lease.unwrap_or(limits.default_lease);
-        if lease.is_zero() {
-            return Err(ScheduleError::LeaseZero);
+        if lease < MIN_LEASE {
+            return Err(ScheduleError::LeaseTooShort);
         }
         if lease > limits.max_lease {
             return Err(ScheduleError::LeaseTooLong {
@@ -194,7 +202,10 @@ impl Schedule {
         .checked(now)
     }
 
+    /// Every time in range (whoever built them), and in order.
     fn checked(self, now: SystemTime) -> Result<Schedule, ScheduleError> {
+        Timestamp::new(self.valid_after)?;
+        Timestamp::new(self.deadline)?;
         if self.deadline <= now {
             return Err(ScheduleError::DeadlinePassed(crate::time::format_rfc3339(self.deadline)));
         }
@@ -268,6 +279,14 @@ mod tests {
             ("valid_after after deadline", Some(t(500)), Some(t(400)), None),
             ("valid_after equal to deadline", Some(t(400)), Some(t(400)), None),
             ("zero lease", None, None, Some(Duration::ZERO)),
+            ("lease of 500us (class 9)", None, None, Some(Duration::from_micros(500))),
+            (
+                "deadline past 9999 (class 1)",
+                None,
+                Some(SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_800)),
+                None,
+            ),
+            ("valid_after before 1970 (class 1)", Some(SystemTime::UNIX_EPOCH - Duration::from_secs(1)), None, None),
             ("lease over max", None, None, Some(Duration::from_secs(25 * 3600))),
         ];
         for (name, valid_after, deadline, lease) in cases {
@@ -283,5 +302,15 @@ mod tests {
         assert_eq!(moved.deadline, t(1000));
         assert_eq!(moved.valid_after, t(500));
         assert!(s.updated(t(10), Some(t(2000)), None).is_err());
+    }
+
+    /// Issue 13, class 1: the default deadline is added, checked, to a
+    /// valid_after near the end of time.
+    #[test]
+    fn class1_default_deadline_past_9999_is_an_error() {
+        let limits = ScheduleLimits::default();
+        let late = crate::time::Timestamp::max().get() - Duration::from_secs(3600);
+        let result = Schedule::for_submission(t(0), Some(late), None, None, &limits);
+        assert!(matches!(result, Err(ScheduleError::OutOfRange(_))), "{result:?}");
     }
 }

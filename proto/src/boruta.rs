@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use corral_core::time::{TimeError, Timestamp};
 use corral_core::{RequestState, WorkerState};
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
@@ -224,49 +225,35 @@ impl GoTime {
         }
     }
 
+    /// Reads a Go time. Instants past 9999-12-31 are refused (Go would
+    /// write them, corral cannot keep them); text of any shape is an `Err`,
+    /// never a panic.
     pub fn parse(text: &str) -> Result<GoTime, String> {
         let text = text.trim();
-        if let Some(t) = parse_rfc3339_with_offset(text) {
-            return Ok(GoTime::At(t));
-        }
-        // humantime refuses years before 1970; Go writes them freely.
-        let year = text.get(..4).and_then(|y| y.parse::<u32>().ok());
-        let shaped =
-            text.len() >= 20 && text.as_bytes().get(4) == Some(&b'-') && text.as_bytes().get(10) == Some(&b'T');
-        match year {
-            Some(year) if shaped && year < 1970 => {
+        match Timestamp::parse(text) {
+            Ok(t) => Ok(GoTime::At(t.get())),
+            // In 1970 but before the epoch by its offset.
+            Err(TimeError::OutOfRange(_)) if text.starts_with("1970-") => Ok(GoTime::At(UNIX_EPOCH)),
+            Err(err @ TimeError::OutOfRange(_)) => Err(err.to_string()),
+            Err(_) if before_1970(text) => {
                 if text.starts_with("0001-01-01T00:00:00") {
                     Ok(GoTime::Zero)
                 } else {
                     Ok(GoTime::At(UNIX_EPOCH))
                 }
             }
-            _ => Err(format!("{text:?} is not an RFC 3339 time such as 2026-01-02T03:04:05Z")),
+            Err(_) => Err(format!("{text:?} is not an RFC 3339 time such as 2026-01-02T03:04:05Z")),
         }
     }
 }
 
-/// RFC 3339 with `Z` or a `±hh:mm` offset and any number of fractional
-/// digits (Go writes local times as `2026-01-02T05:04:05.123456789+02:00`).
-/// The offset is split off here: humantime's weak parser ignores an offset
-/// that follows fractional seconds.
-fn parse_rfc3339_with_offset(text: &str) -> Option<SystemTime> {
+/// Whether the text is shaped like an RFC 3339 time of a year before 1970
+/// (humantime refuses those; Go writes them freely).
+fn before_1970(text: &str) -> bool {
     let bytes = text.as_bytes();
-    let n = bytes.len();
-    let has_offset = n > 6 && matches!(bytes[n - 6], b'+' | b'-') && bytes[n - 3] == b':';
-    if !has_offset {
-        return humantime::parse_rfc3339_weak(text).ok().map(corral_core::time::truncate_to_micros);
-    }
-    let (base, offset) = text.split_at(n - 6);
-    let hours: u64 = offset.get(1..3)?.parse().ok()?;
-    let minutes: u64 = offset.get(4..6)?.parse().ok()?;
-    if hours > 23 || minutes > 59 || base.ends_with(['Z', 'z']) {
-        return None;
-    }
-    let local = humantime::parse_rfc3339_weak(base).ok()?;
-    let shift = std::time::Duration::from_secs(hours * 3600 + minutes * 60);
-    let utc = if bytes[n - 6] == b'+' { local.checked_sub(shift)? } else { local.checked_add(shift)? };
-    Some(corral_core::time::truncate_to_micros(utc))
+    let year = text.get(..4).and_then(|y| y.parse::<u32>().ok());
+    let shaped = bytes.len() >= 20 && bytes.get(4) == Some(&b'-') && bytes.get(10) == Some(&b'T');
+    shaped && year.is_some_and(|year| year < 1970)
 }
 
 impl<'de> Deserialize<'de> for GoTime {
@@ -281,7 +268,7 @@ impl<'de> Deserialize<'de> for GoTime {
 /// Formats like Go's `time.Time` JSON (`RFC3339Nano`: trailing zeros of
 /// the fraction dropped), in UTC.
 pub fn format_go_time(t: SystemTime) -> String {
-    let full = humantime::format_rfc3339_nanos(t).to_string();
+    let full = humantime::format_rfc3339_nanos(corral_core::time::clamp(t)).to_string();
     let Some(body) = full.strip_suffix('Z') else { return full };
     match body.split_once('.') {
         Some((seconds, fraction)) => {
@@ -294,7 +281,7 @@ pub fn format_go_time(t: SystemTime) -> String {
 
 /// Formats like Go's `time.RFC3339` (whole seconds), as Boruta's headers do.
 pub fn format_header_time(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
+    humantime::format_rfc3339_seconds(corral_core::time::clamp(t)).to_string()
 }
 
 /// `#[serde(serialize_with = "go_time")]`
@@ -644,6 +631,12 @@ mod tests {
         assert_eq!(GoTime::parse("0001-01-01T00:00:00Z").unwrap(), GoTime::Zero);
         assert_eq!(GoTime::parse("1683-09-12T00:00:00Z").unwrap(), GoTime::At(UNIX_EPOCH));
         assert!(GoTime::parse("tomorrow").is_err());
+        assert_eq!(GoTime::parse("1970-01-01T00:00:00+01:00").unwrap(), GoTime::At(UNIX_EPOCH));
+        // Issue 13, class 1: past 9999, and multi-byte text, are errors.
+        assert!(GoTime::parse("10000-01-01T00:00:00Z").is_err());
+        assert!(GoTime::parse("9999-12-31T23:00:00-02:00").is_err());
+        assert!(GoTime::parse("2026-01-02T03:04:0é+01:00").is_err());
+        assert_eq!(format_go_time(UNIX_EPOCH + Duration::from_secs(300_000_000_000)), "9999-12-31T23:59:59.999999Z");
         let input: ReqInfoInput =
             serde_json::from_str(r#"{"Deadline": null, "ValidAfter": "0001-01-01T00:00:00Z"}"#).unwrap();
         assert_eq!((input.deadline, input.valid_after), (GoTime::Zero, GoTime::Zero));

@@ -1,4 +1,10 @@
 //! Requests: what a user asks for, and what the server answers.
+//!
+//! Times and durations are `SystemTime` and `Duration` in the code but
+//! travel only through `corral_core::time`'s serde helpers: a time is read
+//! as a `Timestamp` (1970 to 9999, never a panic) and a duration is at most
+//! 100 years (`MAX_DURATION`), so nothing a client sends here can overflow
+//! the arithmetic done on it later.
 
 use std::time::{Duration, SystemTime};
 

@@ -221,7 +221,8 @@ pub async fn prolong(
     let expires = record.lease_expires_at.ok_or_else(BorutaError::worker_not_assigned)?;
     // Boruta: the lease ends one lease length from now.
     let now = state.corral.clock().now();
-    let by = (now + record.lease).duration_since(expires.max(now)).unwrap_or_default();
+    let end = corral_core::lease::expiry(now, record.lease).map_err(BorutaError::invalid)?;
+    let by = end.duration_since(expires.max(now)).unwrap_or_default();
     if by.is_zero() {
         return Ok(no_content());
     }

@@ -276,7 +276,7 @@ fn to_groups(groups: &[u8]) -> Groups {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: crate::time::fuzz_cases().max(300), ..ProptestConfig::default() })]
 
     /// After every operation, the indexed matcher makes exactly the
     /// decisions of Boruta's exhaustive walk, in the same order; no worker
@@ -392,7 +392,9 @@ proptest! {
                     }
                 }
             }
+            m.check_invariants();
             let ours: Vec<Assignment> = std::iter::from_fn(|| m.next_match()).collect();
+            m.check_invariants();
             let theirs: Vec<Assignment> = std::iter::from_fn(|| reference.next_match(now)).collect();
             prop_assert_eq!(&ours, &theirs);
             for spec in registered.values() {
@@ -411,7 +413,65 @@ proptest! {
             prop_assert_eq!(places, 1, "request {} is in {} places", id, places);
         }
         prop_assert_eq!(waiting.len(), m.waiting_count());
+        // Once every request and worker left, nothing is kept.
+        for id in waiting {
+            m.remove_request(id);
+        }
+        for spec in registered.values() {
+            m.deregister_worker(spec.id);
+        }
+        m.check_invariants();
+        prop_assert_eq!(m.sizes(), MatcherSizes::default());
     }
+}
+
+/// Issue 13, class 2: refused and finished requests with caps never seen
+/// before leave nothing behind; the matcher's sizes come back to what they
+/// were.
+#[test]
+fn class2_refused_and_finished_requests_leave_nothing_behind() {
+    let mut m = Matcher::new();
+    m.register_worker(&worker(1, &[("device_type", "rpi4")], &[]));
+    m.register_worker(&worker(2, &[("device_type", "rpi4"), ("usb", "yes")], &["lab"]));
+    m.worker_idle(wid(2), t(0));
+    m.add_request(&request(1, 8, &[("device_type", "rpi4")]), t(0));
+    let before = m.sizes();
+    let mut next = 100;
+    for n in 0..500 {
+        let unseen = format!("value-{n}");
+        let big: Vec<(String, String)> = (0..64).map(|k| (format!("cap-{k}"), format!("{unseen}-{k}"))).collect();
+        let big: Caps = big.into_iter().collect();
+        // Refused at submission: nobody offers it.
+        assert!(!m.can_ever_serve(&big, &Groups::new()));
+        // Accepted anyway (allow_unsatisfiable), then cancelled.
+        let spec = RequestSpec { caps: big.clone(), ..request(next, 8, &[]) };
+        next += 1;
+        m.add_request(&spec, t(0));
+        assert!(m.remove_request(spec.id));
+        // Matched at once, then its worker comes back.
+        let spec = RequestSpec {
+            caps: caps(&[("usb", "yes")]),
+            groups: ["lab"].into_iter().collect(),
+            ..request(next, 8, &[])
+        };
+        next += 1;
+        assert_eq!(m.match_new(&spec, t(0)), Some(wid(2)));
+        m.worker_idle(wid(2), t(n + 1));
+        // Timed out.
+        let spec = RequestSpec { deadline: t(1), ..spec };
+        m.add_request(&RequestSpec { id: RequestId(next), caps: caps(&[("unseen", &unseen)]), ..spec }, t(0));
+        next += 1;
+        m.check_invariants();
+    }
+    let expired = m.tick(t(10));
+    assert_eq!(expired.len(), 500);
+    // A worker that re-registers with new caps leaves its old class.
+    m.register_worker(&worker(3, &[("device_type", "rpi5"), ("extra", "1")], &[]));
+    m.register_worker(&worker(3, &[("device_type", "rpi5"), ("extra", "2")], &[]));
+    m.deregister_worker(wid(3));
+    m.check_invariants();
+    assert_eq!(m.sizes(), before);
+    assert!(m.has_request(RequestId(1)));
 }
 
 #[test]
