@@ -235,7 +235,8 @@ fn count_panics() -> Arc<AtomicUsize> {
 #[actix_rt::test]
 async fn hostile_inputs_never_get_a_5xx_or_a_panic_and_scheduling_goes_on() {
     let panics = count_panics();
-    let server = TestServer::start(Clock::System).await;
+    // Every `?wait=` the server accepts ends well within the test client's 30 s.
+    let server = TestServer::start_with(Clock::System, |config| config.max_wait = Duration::from_secs(2)).await;
     let agent = server.agent("host-fuzz", 1, &caps(&[("device_type", "x")]));
     let worker = agent.uuids[0];
     server.make_idle(&agent.uuids).await;
@@ -292,9 +293,13 @@ async fn hostile_inputs_never_get_a_5xx_or_a_panic_and_scheduling_goes_on() {
     let (status, closed) = fuzzer.post_empty(&format!("/v1/requests/{leased}/close")).await;
     assert_eq!((status, closed["state"].as_str()), (StatusCode::OK, Some("done")), "{closed}");
     wait_for_worker(&server.admin(), worker, |w| w["state"] == "idle" || w["state"] == "running").await;
+    // The new worker is in a group of alice's, so none of the requests the fuzzer left waiting can take it.
     let other = server.agent("host-after", 1, &caps(&[("device_type", "after-fuzz")]));
+    wait_for_worker(&server.admin(), other.uuids[0], |w| w["state"] == "maintenance").await;
+    let (status, body) = server.admin().put(&format!("/v1/workers/{}/groups", other.uuids[0]), json!(["after"])).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     server.make_idle(&other.uuids).await;
-    let alice = server.api(&server.user("alice", &[]).await);
+    let alice = server.api(&server.user("alice", &["after"]).await);
     let fresh = alice.submit(json!({"caps": {"device_type": "after-fuzz"}})).await;
     let served = wait_for_request(&alice, fresh, |r| r["state"] == "in_progress").await;
     assert_eq!(served["worker"], json!(other.uuids[0].to_string()));
