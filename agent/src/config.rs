@@ -546,11 +546,22 @@ user = "lab2"
     }
 
     #[test]
-    fn the_token_is_not_printed() {
+    fn class9_debug_redacts_agent_config_token() {
         let text = FULL.replace("token_file = \"agent.token\"", "token = \"s3cr3t\"");
         let (config, _) = parse(&text).unwrap();
         assert_eq!(config.token.read(Path::new(PATH)).unwrap(), "s3cr3t");
         assert!(!format!("{config:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn the_ca_file_is_relative_to_the_config_file() {
+        let (config, _) = parse(FULL).unwrap();
+        assert_eq!(config.ca_file, None);
+        let text = FULL.replace("name = \"rack-3\"", "name = \"rack-3\"\nca_file = \"lab-ca.pem\"");
+        let (config, _) = parse(&text).unwrap();
+        assert_eq!(config.ca_file, Some(PathBuf::from("/etc/corral/lab-ca.pem")));
+        let text = FULL.replace("name = \"rack-3\"", "name = \"rack-3\"\nca_file = \"/srv/ca.pem\"");
+        assert_eq!(parse(&text).unwrap().0.ca_file, Some(PathBuf::from("/srv/ca.pem")));
     }
 
     #[test]

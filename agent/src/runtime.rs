@@ -332,3 +332,16 @@ async fn heartbeat_loop<B: Backend>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class9_debug_redacts_agent_options_token() {
+        let options = AgentOptions::new("https://corral.lab:8487", "agent-s3cr3t-token");
+        let shown = format!("{options:?} {options:#?}");
+        assert!(!shown.contains("agent-s3cr3t-token") && shown.contains("<redacted>"), "{shown}");
+        assert!(shown.contains("https://corral.lab:8487"), "{shown}");
+    }
+}

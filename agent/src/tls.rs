@@ -2,9 +2,6 @@
 //! provider. An `https://` server is trusted through the system's root
 //! certificates, plus the CA of a `ca_file` when one is given (a lab's own
 //! CA); a plain `http://` server needs none of it.
-//!
-//! The server side (`tls_cert`, `tls_key`) loads its PEM files with the same
-//! [`read_certificates`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,13 +28,12 @@ pub enum TlsError {
 }
 
 /// The crypto provider of every TLS end of corral.
-pub fn provider() -> Arc<CryptoProvider> {
+fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The certificates of a PEM file, in order (a server's chain: its own
-/// certificate first).
-pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+/// The certificates of a PEM file, in order.
+fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let shown = || path.display().to_string();
     let certificates = CertificateDer::pem_file_iter(path)
         .map_err(|e| TlsError::Certificates { path: shown(), cause: e.to_string() })?
@@ -90,9 +86,8 @@ impl ClientTls {
     /// `Authorization: Bearer token`; TLS is set up only for an `https://`
     /// server.
     pub fn http_client(&self, server: &str, token: &str, timeout: Duration) -> Result<awc::Client, TlsError> {
-        let builder = awc::Client::builder()
-            .timeout(timeout)
-            .add_default_header(("Authorization", format!("Bearer {token}")));
+        let builder =
+            awc::Client::builder().timeout(timeout).add_default_header(("Authorization", format!("Bearer {token}")));
         if !server.starts_with("https://") {
             return Ok(builder.finish());
         }

@@ -28,7 +28,9 @@ fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
         let logs = Arc::new(Mutex::new(Vec::new()));
         let sink = logs.clone();
         let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("debug,actix_server=warn,actix_http=info,tokio_postgres=info,rustls=info"))
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "debug,actix_server=warn,actix_http=info,tokio_postgres=info,rustls=info",
+            ))
             .with_ansi(false)
             .with_writer(move || Capture(sink.clone()))
             .try_init();
@@ -158,8 +160,7 @@ async fn class8_tls_server_agent_and_clients_need_the_lab_ca() {
         matches!(get(&admin, &url).await, Ok((StatusCode::OK, _))).then_some(())
     })
     .await;
-    let (status, body) =
-        send(&admin, awc::http::Method::PUT, &format!("{url}/state"), json!({"state": "idle"})).await;
+    let (status, body) = send(&admin, awc::http::Method::PUT, &format!("{url}/state"), json!({"state": "idle"})).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let (status, created) =
         send(&admin, awc::http::Method::POST, &format!("{https}/v1/requests"), json!({"caps": {"board": "tls"}})).await;
@@ -189,6 +190,21 @@ async fn class8_tls_server_agent_and_clients_need_the_lab_ca() {
 
     let _ = stop.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), agent).await;
+    server.stop().await;
+}
+
+/// Plain HTTP on a wildcard address (beyond loopback): the server still
+/// starts, and says loudly in its start-up line that it runs without TLS.
+#[actix_rt::test]
+async fn class8_plain_http_beyond_loopback_warns_at_start() {
+    captured_logs();
+    let server = TestServer::start_with(Clock::System, |config| {
+        config.listen = "0.0.0.0:0".parse().unwrap();
+    })
+    .await;
+    let logs = logs_text();
+    let ready = logs.lines().find(|line| line.contains("corral is ready")).expect("a start-up line");
+    assert!(ready.contains("WARN") && ready.contains("WITHOUT TLS") && ready.contains("scheme=http"), "{ready}");
     server.stop().await;
 }
 

@@ -147,7 +147,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let scheme = if running.tls { "https" } else { "http" };
                 eprintln!("corral listening on {scheme}://{}", running.addr);
                 if !running.tls && !running.addr.ip().is_loopback() {
-                    eprintln!("corral: WARNING: no TLS on a non-loopback address: tokens and keys cross the network in clear");
+                    eprintln!(
+                        "corral: WARNING: no TLS on a non-loopback address: tokens and keys cross the network in clear"
+                    );
                 }
                 running.wait().await
             })

@@ -452,7 +452,8 @@ mod tests {
     #[test]
     fn the_ca_file_comes_from_the_flag_else_the_config_file() {
         let scratch = Scratch::new();
-        let config = scratch.write("dir/client.toml", "server = \"https://h:1\"\ntoken = \"t\"\nca_file = \"ca.pem\"\n");
+        let config =
+            scratch.write("dir/client.toml", "server = \"https://h:1\"\ntoken = \"t\"\nca_file = \"ca.pem\"\n");
         let env = Environment { config: Some(config), ..scratch.env() };
         let target = Connection::default().resolve(&env).unwrap();
         assert_eq!(target.server, "https://h:1");
