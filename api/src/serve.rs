@@ -131,8 +131,15 @@ fn remove_leftover(path: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// The secret in `path`, not following a link there.
 fn read_secret(path: &Path) -> Option<String> {
-    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+    use std::io::Read;
+
+    let mut file =
+        std::fs::OpenOptions::new().read(true).custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits()).open(path).ok()?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).ok()?;
+    Some(text.trim().to_string()).filter(|s| !s.is_empty())
 }
 
 /// On the first start against a database, creates the admin and agent
