@@ -160,7 +160,14 @@ impl Corral {
     ) -> Result<Corral, ActorError> {
         let arbiters = (0..settings.actor_threads.max(1)).map(|_| Arbiter::new().handle()).collect();
         let shared = Arc::new(Shared {
-            tunnels: Tunnels::new(settings.tunnel_bind, settings.tunnel_ports.clone()),
+            tunnels: Tunnels::new(
+                settings.tunnel_bind,
+                settings.tunnel_ports.clone(),
+                tunnel::TunnelLimits {
+                    max_connections: settings.tunnel_max_connections,
+                    idle_timeout: settings.tunnel_idle_timeout,
+                },
+            ),
             db,
             clock,
             settings,

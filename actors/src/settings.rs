@@ -20,6 +20,10 @@ pub struct Settings {
     /// Address the tunnels listen on.
     pub tunnel_bind: IpAddr,
     pub tunnel_ports: RangeInclusive<u16>,
+    /// Connections one lease's tunnel carries at once.
+    pub tunnel_max_connections: usize,
+    /// A tunnel connection idle (no bytes either way) this long is closed.
+    pub tunnel_idle_timeout: Duration,
     /// Host name or address clients use to reach the tunnels.
     pub public_host: String,
     /// Key pair made for leases of the native API (the Boruta API always
@@ -45,6 +49,8 @@ impl Default for Settings {
             new_worker_state: WorkerState::Maintenance,
             tunnel_bind: IpAddr::from([127, 0, 0, 1]),
             tunnel_ports: 20000..=20999,
+            tunnel_max_connections: 8,
+            tunnel_idle_timeout: Duration::from_secs(15 * 60),
             public_host: "127.0.0.1".to_string(),
             lease_key: KeyKind::Ed25519,
             backoff_base: Duration::from_secs(5),

@@ -9,6 +9,8 @@ use corral_proto::error::ErrorBody;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::tls::{ClientTls, TlsError};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The session is not alive on the server any more: open a new one.
@@ -39,13 +41,24 @@ pub struct AgentClient {
     base: String,
 }
 
+/// Longest call, long-polls included (each call sets its own, shorter).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+
 impl AgentClient {
+    /// A client of a plain `http://` server (benchmarks, tests).
     pub fn new(server: &str, token: &str) -> AgentClient {
         let http = awc::Client::builder()
-            .timeout(Duration::from_secs(60))
+            .timeout(CLIENT_TIMEOUT)
             .add_default_header(("Authorization", format!("Bearer {token}")))
             .finish();
         AgentClient { http, base: server.trim_end_matches('/').to_string() }
+    }
+
+    /// A client of an `http://` or `https://` server, trusting what `tls`
+    /// says.
+    pub fn connect(server: &str, token: &str, tls: &ClientTls) -> Result<AgentClient, TlsError> {
+        let http = tls.http_client(server, token, CLIENT_TIMEOUT)?;
+        Ok(AgentClient { http, base: server.trim_end_matches('/').to_string() })
     }
 
     async fn call<B: Serialize, T: DeserializeOwned>(

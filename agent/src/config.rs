@@ -5,6 +5,7 @@
 //! server = "http://corral.lab:8487"
 //! token_file = "/etc/corral/agent.token"   # or: token = "..."
 //! name = "rack-3"                          # default: this host's name
+//! ca_file = "/etc/corral/lab-ca.pem"       # for an https:// server with the lab's own CA
 //!
 //! [[worker]]
 //! uuid = "0b5f…"              # written back here when missing
@@ -23,7 +24,8 @@
 //! A worker without `uuid` gets a fresh v4 UUID at the first start, written
 //! back into the file (the rest of the file, comments included, stays as it
 //! was), so the worker keeps its identity across restarts. A relative
-//! `token_file` is relative to the configuration file's directory.
+//! `token_file` or `ca_file` is relative to the configuration file's
+//! directory.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
@@ -61,6 +63,9 @@ pub struct AgentConfig {
     pub token: TokenSource,
     /// Host name the agent registers as.
     pub name: String,
+    /// PEM file of a CA that an `https://` server's certificate may chain
+    /// to, besides the system's roots.
+    pub ca_file: Option<PathBuf>,
     pub workers: Vec<WorkerConfig>,
 }
 
@@ -70,6 +75,7 @@ impl fmt::Debug for AgentConfig {
             .field("server", &self.server)
             .field("token", &self.token)
             .field("name", &self.name)
+            .field("ca_file", &self.ca_file)
             .field("workers", &self.workers)
             .finish()
     }
@@ -265,6 +271,7 @@ struct FileConfig {
     token: Option<String>,
     token_file: Option<PathBuf>,
     name: Option<String>,
+    ca_file: Option<PathBuf>,
     #[serde(default, rename = "worker")]
     workers: Vec<FileWorker>,
 }
@@ -339,6 +346,8 @@ impl AgentConfig {
                 TokenSource::File(if file.is_absolute() { file } else { base.join(file) })
             }
         };
+        let base = path.parent().unwrap_or(Path::new("."));
+        let ca_file = file.ca_file.map(|ca| if ca.is_absolute() { ca } else { base.join(ca) });
         let name = match file.name {
             Some(name) if name.trim().is_empty() => return Err(invalid("name", "must not be empty".to_string())),
             Some(name) => name.trim().to_string(),
@@ -392,7 +401,7 @@ impl AgentConfig {
                 hooks: worker.hooks,
             });
         }
-        Ok((AgentConfig { server, token, name, workers }, generated))
+        Ok((AgentConfig { server, token, name, ca_file, workers }, generated))
     }
 }
 
@@ -537,11 +546,22 @@ user = "lab2"
     }
 
     #[test]
-    fn the_token_is_not_printed() {
+    fn class9_debug_redacts_agent_config_token() {
         let text = FULL.replace("token_file = \"agent.token\"", "token = \"s3cr3t\"");
         let (config, _) = parse(&text).unwrap();
         assert_eq!(config.token.read(Path::new(PATH)).unwrap(), "s3cr3t");
         assert!(!format!("{config:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn the_ca_file_is_relative_to_the_config_file() {
+        let (config, _) = parse(FULL).unwrap();
+        assert_eq!(config.ca_file, None);
+        let text = FULL.replace("name = \"rack-3\"", "name = \"rack-3\"\nca_file = \"lab-ca.pem\"");
+        let (config, _) = parse(&text).unwrap();
+        assert_eq!(config.ca_file, Some(PathBuf::from("/etc/corral/lab-ca.pem")));
+        let text = FULL.replace("name = \"rack-3\"", "name = \"rack-3\"\nca_file = \"/srv/ca.pem\"");
+        assert_eq!(parse(&text).unwrap().0.ca_file, Some(PathBuf::from("/srv/ca.pem")));
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod config;
 pub mod host;
 pub mod runtime;
 pub mod simulated;
+pub mod tls;
 
 pub use backend::{Backend, Outcome};
 pub use client::{AgentClient, ClientError};
@@ -21,3 +22,4 @@ pub use config::{AgentConfig, ConfigError};
 pub use host::Host;
 pub use runtime::{AgentOptions, run};
 pub use simulated::Simulated;
+pub use tls::{ClientTls, TlsError};

@@ -12,11 +12,14 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::backend::Backend;
 use crate::client::{AgentClient, ClientError};
+use crate::tls::ClientTls;
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AgentOptions {
     pub server: String,
     pub token: String,
+    /// How an `https://` server is trusted.
+    pub tls: ClientTls,
     /// How long one long-poll waits for commands.
     pub poll_wait: Duration,
     /// Longest delay between reconnection attempts.
@@ -28,9 +31,23 @@ impl AgentOptions {
         AgentOptions {
             server: server.into(),
             token: token.into(),
+            tls: ClientTls::default(),
             poll_wait: Duration::from_secs(25),
             max_backoff: Duration::from_secs(10),
         }
+    }
+}
+
+/// The token never shows.
+impl std::fmt::Debug for AgentOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentOptions")
+            .field("server", &self.server)
+            .field("token", &"<redacted>")
+            .field("tls", &self.tls)
+            .field("poll_wait", &self.poll_wait)
+            .field("max_backoff", &self.max_backoff)
+            .finish()
     }
 }
 
@@ -66,7 +83,7 @@ pub async fn run<B: Backend + 'static>(
     options: AgentOptions,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let client = Rc::new(AgentClient::new(&options.server, &options.token));
+    let client = Rc::new(AgentClient::connect(&options.server, &options.token, &options.tls)?);
     let mut backoff = Backoff::new(options.max_backoff);
     loop {
         if *shutdown.borrow() {
@@ -313,5 +330,18 @@ async fn heartbeat_loop<B: Backend>(
             // A blip: the session survives until its timeout.
             Err(err) => tracing::warn!(cause = %err, "heartbeat failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class9_debug_redacts_agent_options_token() {
+        let options = AgentOptions::new("https://corral.lab:8487", "agent-s3cr3t-token");
+        let shown = format!("{options:?} {options:#?}");
+        assert!(!shown.contains("agent-s3cr3t-token") && shown.contains("<redacted>"), "{shown}");
+        assert!(shown.contains("https://corral.lab:8487"), "{shown}");
     }
 }

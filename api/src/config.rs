@@ -49,6 +49,18 @@ pub struct Config {
     pub tunnel_ports: String,
     /// Address the tunnels listen on.
     pub tunnel_bind: IpAddr,
+    /// Connections one lease's tunnel carries at once; more are closed at
+    /// once.
+    pub tunnel_max_connections: usize,
+    /// A tunnel connection with no bytes either way for this long is closed.
+    #[serde(with = "duration")]
+    pub tunnel_idle_timeout: Duration,
+    /// PEM certificate chain (own certificate first) served over TLS. With
+    /// `tls_key`, the API speaks `https://` only. Unset: plain HTTP, with a
+    /// loud warning at start when `listen` is not a loopback address.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
     /// State of newly registered workers: `maintenance` or `idle` (they
     /// then prepare and become idle without an admin).
     pub new_workers: String,
@@ -92,6 +104,10 @@ impl Default for Config {
             prepare_timeout: Duration::from_secs(120),
             tunnel_ports: "20000-20999".to_string(),
             tunnel_bind: IpAddr::from([127, 0, 0, 1]),
+            tunnel_max_connections: 8,
+            tunnel_idle_timeout: Duration::from_secs(15 * 60),
+            tls_cert: None,
+            tls_key: None,
             new_workers: "maintenance".to_string(),
             lease_key: "ed25519".to_string(),
             max_body: 256 * 1024,
@@ -177,6 +193,14 @@ impl Config {
         if !matches!(self.log_format.as_str(), "plain" | "json") {
             return Err(ConfigError::Invalid(format!("log_format must be plain or json, got {:?}", self.log_format)));
         }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::Invalid("tls_cert and tls_key must be given together".to_string()));
+        }
+        if self.tunnel_max_connections == 0 || self.tunnel_idle_timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "tunnel_max_connections and tunnel_idle_timeout must be larger than zero".to_string(),
+            ));
+        }
         let public_host = self.public_host();
         if public_host.parse::<IpAddr>().is_ok_and(|ip| ip.is_unspecified()) {
             return Err(ConfigError::Invalid("public_host must not be a wildcard address".to_string()));
@@ -193,6 +217,8 @@ impl Config {
             new_worker_state,
             tunnel_bind: self.tunnel_bind,
             tunnel_ports: self.tunnel_range()?,
+            tunnel_max_connections: self.tunnel_max_connections,
+            tunnel_idle_timeout: self.tunnel_idle_timeout,
             public_host,
             lease_key,
             backoff_base: Duration::from_secs(5),
@@ -221,6 +247,9 @@ mod tests {
         assert_eq!(settings.tunnel_ports, 20000..=20999);
         assert_eq!(settings.new_worker_state, WorkerState::Maintenance);
         assert_eq!(settings.public_host, "127.0.0.1");
+        assert_eq!(settings.tunnel_max_connections, 8);
+        assert_eq!(settings.tunnel_idle_timeout, Duration::from_secs(900));
+        assert_eq!((config.tls_cert.as_ref(), config.tls_key.as_ref()), (None, None));
         assert_eq!(config.boruta_user, None);
         assert_eq!(toml::from_str::<Config>("boruta_user = \"weles\"").unwrap().boruta_user.as_deref(), Some("weles"));
     }
@@ -233,6 +262,10 @@ mod tests {
         assert!(bad_range.settings().is_err());
         let wildcard: Config = toml::from_str("public_host = \"0.0.0.0\"").unwrap();
         assert!(wildcard.settings().is_err());
+        let half_tls: Config = toml::from_str("tls_cert = \"/etc/corral/cert.pem\"").unwrap();
+        assert!(half_tls.settings().is_err());
+        let no_tunnel: Config = toml::from_str("tunnel_max_connections = 0").unwrap();
+        assert!(no_tunnel.settings().is_err());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Starting a server: database (embedded or external), schema, first-start
-//! tokens, actors, HTTP. `corral serve` and the tests both use [`serve`].
+//! tokens, actors, HTTP (over TLS when `tls_cert` and `tls_key` are set).
+//! `corral serve` and the tests both use [`serve`].
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{App, HttpServer, web};
-use anyhow::Context;
+use anyhow::{Context, bail};
 use corral_actors::{Clock, Corral};
 use corral_db::embedded::EmbeddedPostgres;
 use corral_db::{Db, PoolSettings};
@@ -19,15 +20,24 @@ use crate::auth::AuthCache;
 use crate::{AppState, Config};
 
 /// The tokens written at first start.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Tokens {
     pub admin: String,
     pub agent: String,
 }
 
+/// The tokens never show.
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens").field("admin", &"<redacted>").field("agent", &"<redacted>").finish()
+    }
+}
+
 /// A started server.
 pub struct Running {
     pub addr: SocketAddr,
+    /// Whether HTTP runs over TLS (`https://`).
+    pub tls: bool,
     pub corral: Corral,
     /// Read from the data directory, if present there.
     pub tokens: Option<Tokens>,
@@ -39,7 +49,7 @@ pub struct Running {
 
 impl std::fmt::Debug for Running {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Running").field("addr", &self.addr).finish()
+        f.debug_struct("Running").field("addr", &self.addr).field("tls", &self.tls).finish()
     }
 }
 
@@ -82,20 +92,54 @@ pub fn agent_token_path(data_dir: &Path) -> PathBuf {
     data_dir.join("agent.token")
 }
 
+/// Refuses a symbolic link at `path`: a secret is never written through
+/// one, nor read through one.
+fn refuse_symlink(path: &Path) -> anyhow::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => bail!(
+            "{} is a symbolic link; corral does not write or read its tokens through links (remove it)",
+            path.display()
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Creates `path` (which must not exist; a link planted there is not
+/// followed) mode 0600 with `secret`.
 fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
         .mode(0o600)
         .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
+        .with_context(|| format!("creating {} (it must not exist yet)", path.display()))?;
     writeln!(file, "{secret}").with_context(|| format!("writing {}", path.display()))?;
+    file.sync_all().with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
+/// Removes what an interrupted start left at `path` (a regular file; a
+/// link there is refused, not followed).
+fn remove_leftover(path: &Path) -> anyhow::Result<()> {
+    refuse_symlink(path)?;
+    match std::fs::remove_file(path) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            Err(err).with_context(|| format!("removing {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The secret in `path`, not following a link there.
 fn read_secret(path: &Path) -> Option<String> {
-    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+    use std::io::Read;
+
+    let mut file =
+        std::fs::OpenOptions::new().read(true).custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits()).open(path).ok()?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).ok()?;
+    Some(text.trim().to_string()).filter(|s| !s.is_empty())
 }
 
 /// On the first start against a database, creates the admin and agent
@@ -107,6 +151,12 @@ async fn ensure_tokens(db: &Db, data_dir: &Path) -> anyhow::Result<Option<Tokens
     let agent = corral_db::new_token();
     let fresh_admin = data_dir.join(".admin.token.new");
     let fresh_agent = data_dir.join(".agent.token.new");
+    for path in [&admin_path, &agent_path] {
+        refuse_symlink(path)?;
+    }
+    for path in [&fresh_admin, &fresh_agent] {
+        remove_leftover(path)?;
+    }
     write_secret(&fresh_admin, &admin)?;
     write_secret(&fresh_agent, &agent)?;
     let created = db.bootstrap(&admin, &agent).await.context("creating the first admin and agent")?;
@@ -122,6 +172,32 @@ async fn ensure_tokens(db: &Db, data_dir: &Path) -> anyhow::Result<Option<Tokens
         (Some(admin), Some(agent)) => Some(Tokens { admin, agent }),
         _ => None,
     })
+}
+
+/// The rustls configuration of the server: the certificate chain of
+/// `cert` (its own certificate first) and the private key of `key`, both
+/// PEM. Errors name the file.
+fn server_tls(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| anyhow::anyhow!("cannot read the certificate chain in tls_cert {}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        bail!("tls_cert {} holds no PEM certificate", cert.display());
+    }
+    let private_key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| anyhow::anyhow!("cannot read the private key in tls_key {}: {e}", key.display()))?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("setting up TLS")?
+        .with_no_client_auth()
+        .with_single_cert(chain, private_key)
+        .with_context(|| format!("tls_key {} does not go with tls_cert {}", key.display(), cert.display()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
 }
 
 /// How often the embedded cluster is checked.
@@ -148,6 +224,11 @@ fn watch_embedded(pg: Arc<EmbeddedPostgres>, data_dir: PathBuf) -> actix_web::rt
 /// Starts everything. Must run inside an actix system.
 pub async fn serve(config: Config, clock: Clock) -> anyhow::Result<Running> {
     let settings = config.settings()?;
+    // Bad TLS files stop the start before anything else runs.
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(server_tls(cert, key)?),
+        _ => None,
+    };
     let (url, embedded) = match &config.database_url {
         Some(url) => (url.clone(), None),
         None => {
@@ -185,15 +266,29 @@ pub async fn serve(config: Config, clock: Clock) -> anyhow::Result<Running> {
             .configure(|cfg| crate::configure(cfg, max_body))
     })
     .workers(config.http_workers.max(1))
-    .shutdown_timeout(5)
-    .listen(listener)
+    .shutdown_timeout(5);
+    let with_tls = tls.is_some();
+    let server = match tls {
+        Some(tls) => server.listen_rustls_0_23(listener, tls),
+        None => server.listen(listener),
+    }
     .with_context(|| format!("listening on {addr}"))?;
     let server = server.run();
     let handle = server.handle();
     let leading = crate::leadership::keep_leading(db, session, heartbeat, move || {
         actix_web::rt::spawn(async move { handle.stop(false).await });
     });
-    tracing::info!(%addr, "corral is ready");
+    let scheme = if with_tls { "https" } else { "http" };
+    if with_tls || addr.ip().is_loopback() {
+        tracing::info!(%addr, %scheme, "corral is ready");
+    } else {
+        tracing::warn!(
+            %addr,
+            %scheme,
+            "corral is ready WITHOUT TLS on a non-loopback address: tokens and lease private keys cross the \
+             network in clear; set tls_cert and tls_key"
+        );
+    }
     let watchdog = embedded.as_ref().map(|pg| watch_embedded(pg.clone(), config.data_dir.clone()));
-    Ok(Running { addr, corral, tokens, server, embedded, watchdog, leading })
+    Ok(Running { addr, tls: with_tls, corral, tokens, server, embedded, watchdog, leading })
 }

@@ -79,6 +79,10 @@ struct AgentArgs {
     /// File holding the agent token (default ./corral-data/agent.token).
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// PEM file of a CA to trust for an https:// server, besides the system's
+    /// roots (with --config: instead of the file's `ca_file`).
+    #[arg(long, value_name = "FILE", env = "CORRAL_CA_FILE")]
+    ca_file: Option<PathBuf>,
     /// Caps of each simulated worker, key=value (repeatable).
     #[arg(long = "caps", value_name = "KEY=VALUE", num_args = 1..)]
     caps: Vec<String>,
@@ -140,7 +144,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config.settings()?;
             actix_rt::System::new().block_on(async move {
                 let running = corral_api::serve(config, Clock::System).await?;
-                eprintln!("corral listening on http://{}", running.addr);
+                let scheme = if running.tls { "https" } else { "http" };
+                eprintln!("corral listening on {scheme}://{}", running.addr);
+                if !running.tls && !running.addr.ip().is_loopback() {
+                    eprintln!(
+                        "corral: WARNING: no TLS on a non-loopback address: tokens and keys cross the network in clear"
+                    );
+                }
                 running.wait().await
             })
         }
@@ -192,7 +202,8 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         let workers = config.workers.len();
         let (agent, server) = (&config.name, &config.server);
         tracing::info!(config = %path.display(), agent = %agent, workers, server = %server, "agent starting");
-        let options = corral_agent::AgentOptions::new(config.server.clone(), token);
+        let mut options = corral_agent::AgentOptions::new(config.server.clone(), token);
+        options.tls = corral_agent::ClientTls::with_ca_file(args.ca_file.or_else(|| config.ca_file.clone()));
         return run_until_stopped(corral_agent::Host::new(&config), options);
     }
     let Some(count) = args.simulate else {
@@ -212,5 +223,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         }
     };
     let backend = corral_agent::Simulated::new(&name, count, &caps, &args.ssh_addr, &args.user);
-    run_until_stopped(backend, corral_agent::AgentOptions::new(server, token))
+    let mut options = corral_agent::AgentOptions::new(server, token);
+    options.tls = corral_agent::ClientTls::with_ca_file(args.ca_file);
+    run_until_stopped(backend, options)
 }

@@ -142,33 +142,40 @@ pub enum DbError {
 }
 
 impl DbError {
+    /// Maps a PostgreSQL error. What it says names the SQLSTATE, the
+    /// constraint, table and column, never the server's `DETAIL`, `HINT` or
+    /// `WHERE` (they quote row contents: `Key (token_hash)=(...) already
+    /// exists`, `Failing row contains (...)`); a constraint's message reaches
+    /// clients in 409 answers, so it is not quoted either.
     fn from_pg(op: DatabaseOperation, err: &tokio_postgres::Error) -> DbError {
         let op = op.as_str();
-        let detail = match err.as_db_error() {
-            Some(db) => format!(
-                "{} ({}){}",
-                db.message(),
-                db.code().code(),
-                db.detail().map(|d| format!(": {d}")).unwrap_or_default()
-            ),
-            None => format!("{err:#}"),
+        let Some(db) = err.as_db_error() else {
+            // Connection and protocol errors carry no row contents.
+            return DbError::Unavailable { op, cause: format!("{err:#}") };
         };
-        match err.code() {
-            Some(code) if *code == SqlState::UNIQUE_VIOLATION || *code == SqlState::EXCLUSION_VIOLATION => {
-                DbError::Conflict { op, what: detail }
+        let mut names = String::new();
+        for (what, name) in [("constraint", db.constraint()), ("table", db.table()), ("column", db.column())] {
+            if let Some(name) = name {
+                names.push_str(&format!(", {what} {name}"));
             }
-            Some(code) if *code == SqlState::CHECK_VIOLATION || *code == SqlState::FOREIGN_KEY_VIOLATION => {
-                DbError::Conflict { op, what: detail }
+        }
+        let code = db.code().code();
+        let violated = format!("the change conflicts with the stored data (SQLSTATE {code}{names})");
+        let detail = format!("{} (SQLSTATE {code}{names})", db.message());
+        match db.code() {
+            code if *code == SqlState::UNIQUE_VIOLATION || *code == SqlState::EXCLUSION_VIOLATION => {
+                DbError::Conflict { op, what: violated }
             }
-            Some(code)
-                if code.code().starts_with("08")
-                    || *code == SqlState::ADMIN_SHUTDOWN
-                    || *code == SqlState::CANNOT_CONNECT_NOW =>
+            code if *code == SqlState::CHECK_VIOLATION || *code == SqlState::FOREIGN_KEY_VIOLATION => {
+                DbError::Conflict { op, what: violated }
+            }
+            code if code.code().starts_with("08")
+                || *code == SqlState::ADMIN_SHUTDOWN
+                || *code == SqlState::CANNOT_CONNECT_NOW =>
             {
                 DbError::Unavailable { op, cause: detail }
             }
-            Some(_) => DbError::Internal { op, cause: detail },
-            None => DbError::Unavailable { op, cause: detail },
+            _ => DbError::Internal { op, cause: detail },
         }
     }
 

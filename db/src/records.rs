@@ -70,7 +70,8 @@ pub struct RequestRecord {
     pub updated_at: SystemTime,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// `Debug` never shows the private key.
+#[derive(Clone, PartialEq, Eq)]
 pub struct LeaseRecord {
     pub request: RequestId,
     pub worker: WorkerId,
@@ -81,6 +82,22 @@ pub struct LeaseRecord {
     pub key_type: Option<String>,
     pub public_key: Option<String>,
     pub private_key: Option<String>,
+}
+
+impl std::fmt::Debug for LeaseRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseRecord")
+            .field("request", &self.request)
+            .field("worker", &self.worker)
+            .field("fence", &self.fence)
+            .field("bound_at", &self.bound_at)
+            .field("started_at", &self.started_at)
+            .field("tunnel_port", &self.tunnel_port)
+            .field("key_type", &self.key_type)
+            .field("public_key", &self.public_key)
+            .field("private_key", &self.private_key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

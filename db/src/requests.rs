@@ -361,8 +361,9 @@ pub enum BindOutcome {
     Refused(String),
 }
 
-/// The agent installed the lease key: the lease starts.
-#[derive(Clone, Debug)]
+/// The agent installed the lease key: the lease starts. `Debug` never
+/// shows the private key.
+#[derive(Clone)]
 pub struct StartLease {
     pub request: RequestId,
     pub fence: FencingToken,
@@ -374,6 +375,22 @@ pub struct StartLease {
     pub private_key: Option<String>,
     pub tunnel_port: Option<u16>,
     pub actor: String,
+}
+
+impl std::fmt::Debug for StartLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartLease")
+            .field("request", &self.request)
+            .field("fence", &self.fence)
+            .field("at", &self.at)
+            .field("expires_at", &self.expires_at)
+            .field("key_type", &self.key_type)
+            .field("public_key", &self.public_key)
+            .field("private_key", &self.private_key.as_ref().map(|_| "<redacted>"))
+            .field("tunnel_port", &self.tunnel_port)
+            .field("actor", &self.actor)
+            .finish()
+    }
 }
 
 fn one_request(

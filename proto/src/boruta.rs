@@ -388,7 +388,8 @@ pub struct TcpAddr {
 }
 
 /// `http.AccessInfo2`: the answer to `POST /reqs/{id}/acquire_worker`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// `Debug` never shows the key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessInfo {
     /// Where the lease's tunnel listens.
     #[serde(rename = "Addr")]
@@ -398,6 +399,16 @@ pub struct AccessInfo {
     pub key: String,
     #[serde(rename = "Username")]
     pub username: String,
+}
+
+impl std::fmt::Debug for AccessInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessInfo")
+            .field("addr", &self.addr)
+            .field("key", &"<redacted>")
+            .field("username", &self.username)
+            .finish()
+    }
 }
 
 /// `http.BorutaVersion`: the answer to `GET /version`.

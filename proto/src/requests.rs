@@ -98,8 +98,9 @@ pub struct HistoryEntry {
     pub reason: String,
 }
 
-/// Everything needed to log in to a leased worker.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+/// Everything needed to log in to a leased worker. `Debug` never shows the
+/// private key.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AccessDetails {
     pub request_id: RequestId,
     pub worker: WorkerId,
@@ -118,6 +119,23 @@ pub struct AccessDetails {
     pub ssh_command: String,
     /// Fencing token of the lease.
     pub fence: FencingToken,
+}
+
+impl std::fmt::Debug for AccessDetails {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessDetails")
+            .field("request_id", &self.request_id)
+            .field("worker", &self.worker)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("private_key", &self.private_key.as_ref().map(|_| "<redacted>"))
+            .field("host_key", &self.host_key)
+            .field("expires_at", &self.expires_at)
+            .field("ssh_command", &self.ssh_command)
+            .field("fence", &self.fence)
+            .finish()
+    }
 }
 
 /// Why one matching worker is not free for a request.

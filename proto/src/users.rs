@@ -32,10 +32,17 @@ pub struct User {
     pub created_at: SystemTime,
 }
 
-/// Answer of `POST /v1/users`: the token is shown this once.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+/// Answer of `POST /v1/users`: the token is shown this once (and never by
+/// `Debug`).
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CreatedUser {
     #[serde(flatten)]
     pub user: User,
     pub token: String,
+}
+
+impl std::fmt::Debug for CreatedUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedUser").field("user", &self.user).field("token", &"<redacted>").finish()
+    }
 }

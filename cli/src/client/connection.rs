@@ -15,6 +15,10 @@
 //! 6. `./corral-data/admin.token`, where a `corral serve` started in the
 //!    current directory keeps it.
 //!
+//! The CA to trust for an `https://` server besides the system's roots:
+//! `--ca-file`, `CORRAL_CA_FILE`, `ca_file` in the client config file
+//! (relative to its directory).
+//!
 //! A source that is named explicitly (a flag, `CORRAL_CONFIG`, a
 //! `token_file` of the config file) but cannot be read is an error, not a
 //! reason to look further.
@@ -35,7 +39,7 @@ pub const DEFAULT_DATA_DIR: &str = "./corral-data";
 const ADMIN_TOKEN_FILE: &str = "admin.token";
 
 /// Connection flags shared by every client command.
-#[derive(Args, Debug, Clone, Default)]
+#[derive(Args, Clone, Default)]
 #[command(next_help_heading = "Connection")]
 pub struct Connection {
     /// Server URL [default: `server` of the config file, else http://127.0.0.1:8487].
@@ -51,11 +55,32 @@ pub struct Connection {
     /// [tried last: ./corral-data].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// PEM file of a CA to trust for an https:// server, besides the system's roots
+    /// [default: `ca_file` of the config file].
+    #[arg(long, env = "CORRAL_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// A token shown by `Debug`: whether there is one, never what it is.
+fn redacted(token: &Option<String>) -> Option<&'static str> {
+    token.as_ref().map(|_| "<redacted>")
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("server", &self.server)
+            .field("token", &redacted(&self.token))
+            .field("token_file", &self.token_file)
+            .field("data_dir", &self.data_dir)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
 }
 
 /// What the process environment contributes to the search; a value of its
 /// own so that tests can supply one.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Environment {
     /// `CORRAL_TOKEN`.
     pub token: Option<String>,
@@ -67,6 +92,18 @@ pub struct Environment {
     pub home: Option<PathBuf>,
     /// The data directory tried last ([`DEFAULT_DATA_DIR`]).
     pub default_data_dir: PathBuf,
+}
+
+impl std::fmt::Debug for Environment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Environment")
+            .field("token", &redacted(&self.token))
+            .field("config", &self.config)
+            .field("config_home", &self.config_home)
+            .field("home", &self.home)
+            .field("default_data_dir", &self.default_data_dir)
+            .finish()
+    }
 }
 
 impl Environment {
@@ -97,7 +134,7 @@ impl Environment {
 }
 
 /// The client config file (`client.toml`).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ClientConfig {
     /// Server URL.
@@ -106,6 +143,20 @@ struct ClientConfig {
     token: Option<String>,
     /// File holding the bearer token; relative to the config file's directory.
     token_file: Option<PathBuf>,
+    /// PEM file of a CA to trust for an `https://` server; relative to the
+    /// config file's directory.
+    ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("server", &self.server)
+            .field("token", &redacted(&self.token))
+            .field("token_file", &self.token_file)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
 }
 
 /// What a config file search found.
@@ -133,7 +184,7 @@ impl ConfigLookup {
             }
         };
         let config: ClientConfig = toml::from_str(&text).with_context(|| {
-            format!("reading the client config file {} (fields: server, token, token_file)", path.display())
+            format!("reading the client config file {} (fields: server, token, token_file, ca_file)", path.display())
         })?;
         Ok(ConfigLookup::Found(path, config))
     }
@@ -156,13 +207,27 @@ impl ConfigLookup {
 }
 
 /// The server and token a client command uses.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Target {
     /// Base URL without a trailing slash, e.g. `http://127.0.0.1:8487`.
     pub server: String,
     pub token: String,
     /// Where the token came from, for error messages (never the token).
     pub token_source: String,
+    /// CA to trust for an `https://` server, besides the system's roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The token never shows.
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("server", &self.server)
+            .field("token", &redacted(&Some(String::new())))
+            .field("token_source", &self.token_source)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
 }
 
 impl Connection {
@@ -170,8 +235,13 @@ impl Connection {
     /// the order.
     pub fn resolve(&self, env: &Environment) -> anyhow::Result<Target> {
         let early = self.token_from_flags_or_environment(env)?;
-        let config =
-            if self.server.is_none() || early.is_none() { ConfigLookup::load(env)? } else { ConfigLookup::Nowhere };
+        let https_without_ca =
+            self.ca_file.is_none() && self.server.as_deref().is_some_and(|s| s.trim().starts_with("https://"));
+        let config = if self.server.is_none() || early.is_none() || https_without_ca {
+            ConfigLookup::load(env)?
+        } else {
+            ConfigLookup::Nowhere
+        };
         let server = match (&self.server, config.config().and_then(|c| c.server.as_ref())) {
             (Some(server), _) => server.clone(),
             (None, Some(server)) => server.clone(),
@@ -182,7 +252,15 @@ impl Connection {
             Some(found) => found,
             None => token_from_config_or_default(&config, env)?,
         };
-        Ok(Target { server, token, token_source })
+        let ca_file = match (&self.ca_file, &config) {
+            (Some(file), _) => Some(file.clone()),
+            (None, ConfigLookup::Found(path, config)) => config.ca_file.as_ref().map(|file| match path.parent() {
+                Some(dir) if file.is_relative() => dir.join(file),
+                _ => file.clone(),
+            }),
+            (None, _) => None,
+        };
+        Ok(Target { server, token, token_source, ca_file })
     }
 
     fn token_from_flags_or_environment(&self, env: &Environment) -> anyhow::Result<Option<(String, String)>> {
@@ -254,14 +332,11 @@ fn normalize_server(server: &str) -> anyhow::Result<String> {
     if server.is_empty() {
         bail!("the server URL is empty");
     }
-    if server.starts_with("https://") {
-        bail!("{server}: this build of the corral CLI speaks plain http:// only (put TLS in front of it elsewhere)");
-    }
-    if server.starts_with("http://") {
+    if server.starts_with("http://") || server.starts_with("https://") {
         return Ok(server.to_string());
     }
     if server.contains("://") {
-        bail!("{server}: the server URL must start with http://");
+        bail!("{server}: the server URL must start with http:// or https://");
     }
     Ok(format!("http://{server}"))
 }
@@ -360,10 +435,40 @@ mod tests {
     }
 
     #[test]
+    fn class9_debug_redacts_client_tokens() {
+        let scratch = Scratch::new();
+        let config = scratch.write("c.toml", "token = \"config-secret\"\nca_file = \"ca.pem\"\n");
+        let env = Environment { config: Some(config), token: Some("env-secret".into()), ..scratch.env() };
+        let flags = Connection { token: Some("flag-secret".into()), ..Default::default() };
+        let target = flags.resolve(&env).unwrap();
+        let lookup = ConfigLookup::load(&env).unwrap();
+        let shown = format!("{flags:?} {env:?} {target:?} {lookup:?}");
+        for secret in ["config-secret", "env-secret", "flag-secret"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("<redacted>"), "{shown}");
+    }
+
+    #[test]
+    fn the_ca_file_comes_from_the_flag_else_the_config_file() {
+        let scratch = Scratch::new();
+        let config =
+            scratch.write("dir/client.toml", "server = \"https://h:1\"\ntoken = \"t\"\nca_file = \"ca.pem\"\n");
+        let env = Environment { config: Some(config), ..scratch.env() };
+        let target = Connection::default().resolve(&env).unwrap();
+        assert_eq!(target.server, "https://h:1");
+        assert_eq!(target.ca_file, Some(scratch.0.join("dir/ca.pem")));
+        let flag = Connection { ca_file: Some("/etc/lab-ca.pem".into()), ..Default::default() };
+        assert_eq!(flag.resolve(&env).unwrap().ca_file, Some(PathBuf::from("/etc/lab-ca.pem")));
+        let explicit = Connection { server: Some("https://h:2".into()), token: Some("t".into()), ..Default::default() };
+        assert_eq!(explicit.resolve(&env).unwrap().ca_file, Some(scratch.0.join("dir/ca.pem")));
+    }
+
+    #[test]
     fn server_urls_are_normalized() {
         assert_eq!(normalize_server("127.0.0.1:8487").unwrap(), "http://127.0.0.1:8487");
         assert_eq!(normalize_server("http://a:1//").unwrap(), "http://a:1");
-        assert!(normalize_server("https://a").is_err());
+        assert_eq!(normalize_server("https://a:1/").unwrap(), "https://a:1");
         assert!(normalize_server("ftp://a").is_err());
         assert!(normalize_server(" ").is_err());
     }

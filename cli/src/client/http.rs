@@ -68,12 +68,12 @@ impl fmt::Debug for Api {
 }
 
 impl Api {
-    pub fn new(target: &Target) -> Api {
-        let http = awc::Client::builder()
-            .timeout(CALL_TIMEOUT)
-            .add_default_header(("Authorization", format!("Bearer {}", target.token)))
-            .finish();
-        Api { http, base: target.server.clone() }
+    /// A client of `target`; for an `https://` server, trusting the system's
+    /// roots and the target's CA file.
+    pub fn new(target: &Target) -> anyhow::Result<Api> {
+        let tls = corral_agent::ClientTls::with_ca_file(target.ca_file.clone());
+        let http = tls.http_client(&target.server, &target.token, CALL_TIMEOUT)?;
+        Ok(Api { http, base: target.server.clone() })
     }
 
     /// GET `path` with `query` pairs (a key may repeat).

@@ -64,7 +64,7 @@ impl CommonArgs {
     /// environment.
     fn api(&self) -> anyhow::Result<Api> {
         let target = self.connection.resolve(&Environment::from_process())?;
-        Ok(Api::new(&target))
+        Api::new(&target)
     }
 }
 

@@ -100,7 +100,8 @@ pub fn forget_lease(id: RequestId) {
     }
 }
 
-/// Writes a secret to a file only the user may read, replacing the file.
+/// Writes a secret to a file only the user may read, replacing the file; a
+/// link planted at `path` is removed, never followed.
 pub fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
     match std::fs::remove_file(path) {
         Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
@@ -111,6 +112,7 @@ pub fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
         .mode(0o600)
         .open(path)
         .with_context(|| format!("creating {}", path.display()))?;
