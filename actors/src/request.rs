@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 use actix::prelude::*;
 use corral_core::matcher::RequestSpec;
 use corral_core::request::Schedule;
+use corral_core::ssh::shell_quote;
 use corral_core::{FencingToken, Priority, RequestId, RequestState, WorkerId};
 use corral_db::{LeaseRecord, RequestRecord, StartLease};
 use corral_proto::requests::AccessDetails;
@@ -102,6 +103,8 @@ struct Binding {
     worker: WorkerId,
     fence: FencingToken,
     key: Option<LeaseKey>,
+    /// The expiry the key was sent with (its `expiry-time` on the worker).
+    key_expires_at: Option<SystemTime>,
     started: bool,
     tunnel_port: Option<u16>,
     access: Option<WorkerAccess>,
@@ -146,6 +149,7 @@ impl RequestActor {
                 public_openssh: public,
                 private_openssh: lease.private_key,
             }),
+            key_expires_at: None,
             started: lease.started_at.is_some(),
             tunnel_port: lease.tunnel_port,
             access,
@@ -184,9 +188,10 @@ impl RequestActor {
             request_id: self.id(),
             worker: binding.worker,
             ssh_command: format!(
-                "ssh -p {port} -i corral-lease-{id}.key -o IdentitiesOnly=yes {user}@{host}",
-                id = self.id(),
-                user = access.ssh_user
+                "ssh -p {port} -i {key} -o IdentitiesOnly=yes {destination}",
+                port = shell_quote(&port.to_string()),
+                key = shell_quote(&format!("corral-lease-{}.key", self.id())),
+                destination = shell_quote(&format!("{}@{host}", access.ssh_user)),
             ),
             host,
             port,
@@ -343,7 +348,15 @@ impl RequestActor {
             return done();
         }
         self.record.worker = Some(worker);
-        self.binding = Some(Binding { worker, fence, key: None, started: false, tunnel_port: None, access: None });
+        self.binding = Some(Binding {
+            worker,
+            fence,
+            key: None,
+            key_expires_at: None,
+            started: false,
+            tunnel_port: None,
+            access: None,
+        });
         if let Some((caller, reply)) = self.parked_closes.pop() {
             return self.end_bound(
                 RequestState::Cancelled,
@@ -381,9 +394,11 @@ impl RequestActor {
         Box::pin(work.into_actor(self).map(move |result, act, _| match result {
             Ok(key) => {
                 let public_key = key.public_openssh.clone();
+                let expires_at = corral_core::lease::expiry(act.shared.clock.now(), act.record.lease);
                 if let Some(binding) = act.binding.as_mut().filter(|b| b.fence == fence) {
                     binding.key = Some(key);
-                    act.tell_worker(worker, WorkerMsg::StartLease { request: id, fence, public_key });
+                    binding.key_expires_at = Some(expires_at);
+                    act.tell_worker(worker, WorkerMsg::StartLease { request: id, fence, public_key, expires_at });
                 }
             }
             Err(err) => {
@@ -436,6 +451,16 @@ impl RequestActor {
                     binding.started = true;
                     binding.tunnel_port = Some(port);
                     binding.access = Some(access);
+                    // The key was sent before the lease started: give it the
+                    // lease's own expiry when that is a later second.
+                    let seconds = |t: SystemTime| {
+                        t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64().ceil() as u64).ok()
+                    };
+                    if binding.key_expires_at.map(seconds) != Some(seconds(expires_at)) {
+                        binding.key_expires_at = Some(expires_at);
+                        let (worker, fence) = (binding.worker, binding.fence);
+                        act.tell_worker(worker, WorkerMsg::ExtendLease { request: act.id(), fence, expires_at });
+                    }
                 }
                 tell(act.shared.timekeeper(), TimerMsg::Watch { key: TimerKey::LeaseExpiry(act.id()), at: expires_at });
                 if let Some(details) = act.access_details() {
@@ -544,6 +569,10 @@ impl RequestActor {
             Ok(record) => {
                 act.record = record.clone();
                 tell(act.shared.timekeeper(), TimerMsg::Watch { key: TimerKey::LeaseExpiry(id), at: new_expiry });
+                // The key on the worker expires with the lease: renew it.
+                if let Some((worker, fence)) = act.binding.as_ref().map(|b| (b.worker, b.fence)) {
+                    act.tell_worker(worker, WorkerMsg::ExtendLease { request: id, fence, expires_at: new_expiry });
+                }
                 let _ = reply.send(Ok(record));
             }
             Err(err) => {

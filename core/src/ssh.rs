@@ -355,10 +355,10 @@ mod tests {
             ("ssh-ed25519".into(), KeyError::NoData),
             ("ssh-ed25519 AAAA,C3Nz".into(), KeyError::NotBase64),
             ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBm3".into(), KeyError::Malformed(KeyType::Ed25519)),
-            (ED25519.replace("ssh-ed25519", "ssh-rsa"), KeyError::TypeMismatch {
-                outer: KeyType::Rsa,
-                inner: "ssh-ed25519".into(),
-            }),
+            (
+                ED25519.replace("ssh-ed25519", "ssh-rsa"),
+                KeyError::TypeMismatch { outer: KeyType::Rsa, inner: "ssh-ed25519".into() },
+            ),
             (rsa(1024), KeyError::RsaTooShort(1024)),
             (format!("{ED25519} {}", "x".repeat(COMMENT_MAX_CHARS + 1)), KeyError::CommentTooLong),
             (format!("{ED25519}{}", " ".repeat(LINE_MAX_BYTES)), KeyError::TooLong),
