@@ -710,7 +710,7 @@ user = "lab2"
                                               value in "[ -~\\n]{0,40}") {
             let _ = parse(&text);
             for field in ["user", "ssh_addr", "authorized_keys", "sshd_config", "sshd_check", "name", "server"] {
-                let text = format!("server = \"http://x\"\ntoken = \"t\"\n[[worker]]\nssh_addr = \"h:1\"\nuser = \"lab\"\n");
+                let text = "server = \"http://x\"\ntoken = \"t\"\n[[worker]]\nssh_addr = \"h:1\"\nuser = \"lab\"\n";
                 let _ = parse(&format!("{text}{field} = {value:?}\n"));
                 let _ = parse(&format!("{text}{field} = {value}\n"));
             }

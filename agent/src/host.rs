@@ -1316,7 +1316,10 @@ mod tests {
         let home = std::path::Path::new("/home/lab");
         let files = |output: &str| sshd_key_files(output, "lab", 1001, home);
         let managed = PathBuf::from("/etc/corral/authorized_keys/lab");
-        assert_eq!(files("port 22\nauthorizedkeysfile /etc/corral/authorized_keys/%u\n"), [managed.clone()]);
+        assert_eq!(
+            files("port 22\nauthorizedkeysfile /etc/corral/authorized_keys/%u\n"),
+            std::slice::from_ref(&managed)
+        );
         assert_eq!(
             files("authorizedkeysfile /etc/corral/authorized_keys/%u .ssh/authorized_keys %h/k%% /k/%U\n"),
             [managed, home.join(".ssh/authorized_keys"), PathBuf::from("/home/lab/k%"), PathBuf::from("/k/1001")]
