@@ -1150,6 +1150,26 @@ pub mod authorized_keys {
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(fuzz_cases()))]
 
+            /// Whatever the shared parser accepts (the server's test at
+            /// submission), the line builder accepts too, as one line the
+            /// editor recognises as the lease's.
+            #[test]
+            fn what_the_server_accepts_the_agent_installs(
+                key in prop::sample::select(vec![KEY, OTHER, ECDSA]),
+                before in "[ \t\n]{0,3}",
+                comment in any::<String>(),
+                request in 1i64..1000,
+            ) {
+                let text = format!("{before}{key} {comment}");
+                if corral_core::ssh::PublicKey::parse(&text).is_ok() {
+                    let line = lease_line(&text, RequestId(request), worker(1), at());
+                    prop_assert!(line.is_ok(), "{:?}", line);
+                    let line = line.unwrap_or_default();
+                    prop_assert!(!line.contains(['\n', '\r', '\0']));
+                    prop_assert_eq!(owner(line.as_bytes()), Some((RequestId(request), worker(1))));
+                }
+            }
+
             /// On any content the editor never panics, never changes or
             /// drops a line it does not own, and is idempotent.
             #[test]

@@ -195,6 +195,8 @@ async fn class7_appended_key_does_not_survive_the_lease() {
         user = lab.user.name,
     );
     let out = lab.ssh_run(port, &key, &script).await.expect("the lease key logs in");
+    // And leaves something running (which the account reset kills).
+    lab.ssh_run(port, &key, "nohup sleep 600 >/dev/null 2>&1 &").await.expect("a background process starts");
     assert_eq!(out.lines().collect::<Vec<_>>(), ["appended", "no-link", "no-write"], "{out}");
     let own = std::fs::read_to_string(lab.user.own_authorized_keys()).unwrap();
     assert!(own.contains(own_public.split_whitespace().nth(1).unwrap()), "the append itself worked: {own}");
@@ -220,9 +222,19 @@ async fn class7_appended_key_does_not_survive_the_lease() {
     })
     .await;
     lab.wait_worker("idle", Duration::from_secs(15)).await;
+    // (Killed processes whose parent has not reaped them yet show as zombies.)
+    let ps = std::process::Command::new("ps").args(["-o", "stat=,cmd=", "-u", &lab.user.name]).output().unwrap();
+    let ps = String::from_utf8_lossy(&ps.stdout).into_owned();
+    assert!(ps.lines().all(|p| p.trim_start().starts_with('Z')), "no live process of the lab user is left:\n{ps}");
     assert!(lab.ssh_hello(lab.sshd_port, &key).await.is_err(), "the lease key is refused");
     let refused = lab.ssh_hello(lab.sshd_port, &own_private).await.expect_err("the appended key is refused");
     assert!(refused.contains("Permission denied"), "{refused}");
+    // The lab has reset_account = true: preparation killed what the holder
+    // left running and made the home again from /etc/skel.
+    assert!(!lab.user.own_authorized_keys().exists(), "the home was made again");
+    assert!(lab.user.home.join(".profile").exists(), "from /etc/skel");
+    let home = std::fs::metadata(&lab.user.home).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&home), lab.user.uid, "owned by the lab user");
 
     // sshd honours the expiry-time the agent writes: the same line logs in
     // while it holds, and not once it has passed (even if nobody removed it).

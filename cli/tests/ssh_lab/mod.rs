@@ -243,6 +243,7 @@ ssh_addr = "127.0.0.1:{sshd_port}"
 user = "{user}"
 sshd_config = "{sshd_config}"
 sshd_check = "refuse"
+reset_account = true
 
 [worker.hooks]
 prepare = 'echo "$CORRAL_ACTION $CORRAL_WORKER $CORRAL_USER $CORRAL_SSH_ADDR" >> {hooks_log}'
