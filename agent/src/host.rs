@@ -496,7 +496,9 @@ pub fn check_sshd(worker: &WorkerConfig) -> Result<(), String> {
     )?;
     let (home, uid) = match nix::unistd::User::from_name(&worker.user) {
         Ok(Some(user)) => (user.dir, user.uid.as_raw()),
-        _ => return Err(format!("the lab user {} does not exist", worker.user)),
+        // Not yet (a prepare hook may make it): already warned about.
+        Ok(None) => return Ok(()),
+        Err(err) => return Err(format!("cannot look up the lab user {}: {err}", worker.user)),
     };
     let mut command = std::process::Command::new(sshd);
     command.arg("-T").arg("-C").arg(format!("user={},host=localhost,addr=127.0.0.1", worker.user));
@@ -837,14 +839,38 @@ pub mod authorized_keys {
         }
     }
 
+    /// Running as root: refuses a directory on the way to the key file that
+    /// someone else could rename things in (root-owned sticky directories
+    /// such as `/tmp` protect root's entries), or, for the key file's own
+    /// directory (`last`), that anyone but root can write at all.
+    fn check_owner(dir: &OwnedFd, path: &Path, last: bool) -> io::Result<()> {
+        if !nix::unistd::geteuid().is_root() {
+            return Ok(());
+        }
+        let stat = fstat(dir).map_err(io::Error::from)?;
+        let others_write = stat.st_mode & 0o022 != 0;
+        let sticky = stat.st_mode & 0o1000 != 0;
+        if stat.st_uid != 0 || (others_write && (last || !sticky)) {
+            return Err(io::Error::other(format!(
+                "{} can be written by someone other than root (owner uid {}, mode {:o}); lease keys must live in \
+                 a root-owned directory the lab user cannot write",
+                path.display(),
+                stat.st_uid,
+                stat.st_mode & 0o7777
+            )));
+        }
+        Ok(())
+    }
+
     /// Opens `path` one component at a time from `/`, never following a
-    /// symbolic link; `None` when a component is missing and `create` is
-    /// false.
+    /// symbolic link and checking each directory ([`check_owner`]); `None`
+    /// when a component is missing and `create` is false.
     fn open_dir(path: &Path, create: bool) -> io::Result<Option<OwnedFd>> {
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let mut dir = openat(AT_FDCWD, "/", flags, Mode::empty()).map_err(|e| refused(e, Path::new("/")))?;
         let mut walked = PathBuf::from("/");
         for component in path.components() {
+            check_owner(&dir, &walked, false)?;
             let Component::Normal(name) = component else { continue };
             walked.push(name);
             let next = match openat(&dir, name, flags, Mode::empty()) {
@@ -861,18 +887,7 @@ pub mod authorized_keys {
             };
             dir = next;
         }
-        if nix::unistd::geteuid().is_root() {
-            let stat = fstat(&dir).map_err(io::Error::from)?;
-            if stat.st_uid != 0 || stat.st_mode & 0o022 != 0 {
-                return Err(io::Error::other(format!(
-                    "{} can be written by someone other than root (owner uid {}, mode {:o}); lease keys must \
-                     live in a root-owned directory the lab user cannot write",
-                    path.display(),
-                    stat.st_uid,
-                    stat.st_mode & 0o7777
-                )));
-            }
-        }
+        check_owner(&dir, path, true)?;
         Ok(Some(dir))
     }
 
@@ -1110,6 +1125,12 @@ pub mod authorized_keys {
                 let err = edit(&owned.join("lab"), |c| with_lease(c, &line, RequestId(3), worker(1))).unwrap_err();
                 assert!(err.to_string().contains("someone other than root"), "{err}");
                 assert_eq!(std::fs::read_dir(&owned).unwrap().count(), 0, "nothing written there");
+                // Higher up too: the lab user could rename the key directory away.
+                let below = owned.join("keys");
+                std::fs::create_dir(&below).unwrap();
+                let err = edit(&below.join("lab"), |c| with_lease(c, &line, RequestId(3), worker(1))).unwrap_err();
+                assert!(err.to_string().contains("someone other than root"), "{err}");
+                assert_eq!(std::fs::read_dir(&below).unwrap().count(), 0, "nothing written there");
             }
             std::fs::remove_dir_all(&dir).unwrap();
         }
