@@ -530,7 +530,8 @@ pub fn check_sshd(worker: &WorkerConfig) -> Result<(), String> {
 }
 
 /// The files sshd reads keys from for `user`, from `sshd -T` output:
-/// `%u`, `%U`, `%h` and `%%` expanded, relative paths under `home`.
+/// `%u`, `%U`, `%h`, `%%` and a leading `~/` expanded, relative paths
+/// under `home`.
 fn sshd_key_files(output: &str, user: &str, uid: u32, home: &std::path::Path) -> Vec<PathBuf> {
     let Some(value) = output.lines().find_map(|line| line.strip_prefix("authorizedkeysfile ")) else {
         // sshd's default.
@@ -556,8 +557,11 @@ fn sshd_key_files(output: &str, user: &str, uid: u32, home: &std::path::Path) ->
                     (c, _) => path.push(c),
                 }
             }
-            let path = PathBuf::from(path);
-            if path.is_absolute() { path } else { home.join(path) }
+            match path.strip_prefix("~/") {
+                Some(rest) => home.join(rest),
+                None if path.starts_with('/') => PathBuf::from(path),
+                None => home.join(path),
+            }
         })
         .collect()
 }
@@ -1365,6 +1369,7 @@ mod tests {
             files("authorizedkeysfile /etc/corral/authorized_keys/%u .ssh/authorized_keys %h/k%% /k/%U\n"),
             [managed, home.join(".ssh/authorized_keys"), PathBuf::from("/home/lab/k%"), PathBuf::from("/k/1001")]
         );
+        assert_eq!(files("authorizedkeysfile ~/.ssh/keys\n"), [home.join(".ssh/keys")]);
         assert_eq!(files("port 22\n").len(), 2, "sshd's default reads the home's files");
         assert!(files("authorizedkeysfile none\n").is_empty());
     }
