@@ -247,3 +247,34 @@ async fn class7_appended_key_does_not_survive_the_lease() {
         assert_eq!(login.is_ok(), works, "expiry {}: {login:?}", expiry_time(expires));
     }
 }
+
+/// Issue 13, class 7: an agent whose sshd would also read the lab user's
+/// own `~/.ssh/authorized_keys` (the appended-key trick) refuses to start
+/// with `sshd_check = "refuse"`, and says what sshd_config needs.
+#[actix_rt::test]
+async fn class7_agent_refuses_an_sshd_that_reads_the_users_own_keys() {
+    let lab = Lab::start(Timers::Default, |_| {}).await;
+    let config = std::fs::read_to_string(lab.path("sshd_config")).unwrap();
+    let lax = config.replace(
+        "AuthorizedKeysFile /etc/corral/authorized_keys/%u",
+        "AuthorizedKeysFile /etc/corral/authorized_keys/%u .ssh/authorized_keys",
+    );
+    assert_ne!(lax, config, "the lab's sshd_config has the documented Match block");
+    std::fs::write(lab.path("sshd_config.lax"), lax).unwrap();
+    let agent = std::fs::read_to_string(lab.path("agent.toml")).unwrap();
+    let lax_agent = agent.replace("sshd_config\"", "sshd_config.lax\"");
+    assert_ne!(lax_agent, agent);
+    std::fs::write(lab.path("agent-lax.toml"), lax_agent).unwrap();
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
+        .arg("agent")
+        .arg("--config")
+        .arg(lab.path("agent-lax.toml"))
+        .env_remove("CORRAL_URL")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the agent must not start: {stderr}");
+    assert!(stderr.contains("a key the lease holder adds outlives the lease"), "{stderr}");
+    assert!(stderr.contains(&format!("{}/.ssh/authorized_keys", lab.user.home.display())), "{stderr}");
+}
