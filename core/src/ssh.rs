@@ -305,9 +305,9 @@ mod tests {
     use proptest::prelude::*;
 
     /// Real keys made with `ssh-keygen` (OpenSSH 9.2).
-    pub const ED25519: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBm3hWqdYf0bCQ2uJxq1RxvVn5Cq5dLx0aQ0v8d8aZ3C";
-    pub const ECDSA256: &str = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBBLZcgh67D0fYM1xNG5SYS+OfO+Zm+Z0ZM3alGsD5Gh1ot6oJDM58t30yTYT+QbMjVhHwdVhIuqUPbzT5/6aKtI=";
-    pub const DSS: &str = "ssh-dss AAAAB3NzaC1kc3MAAACBAIiRRJzao6mbuEt5U/b/Gpc0zMn2qlsSR9H7JsRiO4T3ZJ5kMhxngR3a0eEnJ0EjAJ5xdcrcO/PPVWzSJLzjdKjpPVABXI6XreNbeKc5m7/taY91ioP59LGNh4iA8rnvbeWA5TUxdSxgLIKO0pCmaMMz4TwrIWkseQS+gWmCz3y/AAAAFQCJYOWbBIiyCpAz3af8wbMsm3jE8QAAAIAHMhyVUUPdqGpBXPVhB1tc3Ibq6Kt5X+jDBkda/nJCB7rxQzZNcYnLM1zNgxPIkKUPK/bpCeQMwPG9Pqbq4SNAuKydL3hKlY728qlxr297eBTcrMTiWddVcdI6rHEa/Pv1CsUkmHqiKCH8UryOtC5zpvfJYRHSS1mZDvNwr7pELAAAAIBwbU5ZQYKtEPuQ+dNwui11TrwmjqJB1vY5Fuc8dthmcLgfgscWtDgQIX0HQrXILJ3PXnvaomiLtRo9JraKFOQwYZi2SQ8RL8f28zwmnwCOdcQeJsjq82SjPw3ENsoewv8XC+cAjZefvkNuo2IvXfdBUpZbGNl9PSyR363EGqCPHg==";
+    const ED25519: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBm3hWqdYf0bCQ2uJxq1RxvVn5Cq5dLx0aQ0v8d8aZ3C";
+    const ECDSA256: &str = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBBLZcgh67D0fYM1xNG5SYS+OfO+Zm+Z0ZM3alGsD5Gh1ot6oJDM58t30yTYT+QbMjVhHwdVhIuqUPbzT5/6aKtI=";
+    const DSS: &str = "ssh-dss AAAAB3NzaC1kc3MAAACBAIiRRJzao6mbuEt5U/b/Gpc0zMn2qlsSR9H7JsRiO4T3ZJ5kMhxngR3a0eEnJ0EjAJ5xdcrcO/PPVWzSJLzjdKjpPVABXI6XreNbeKc5m7/taY91ioP59LGNh4iA8rnvbeWA5TUxdSxgLIKO0pCmaMMz4TwrIWkseQS+gWmCz3y/AAAAFQCJYOWbBIiyCpAz3af8wbMsm3jE8QAAAIAHMhyVUUPdqGpBXPVhB1tc3Ibq6Kt5X+jDBkda/nJCB7rxQzZNcYnLM1zNgxPIkKUPK/bpCeQMwPG9Pqbq4SNAuKydL3hKlY728qlxr297eBTcrMTiWddVcdI6rHEa/Pv1CsUkmHqiKCH8UryOtC5zpvfJYRHSS1mZDvNwr7pELAAAAIBwbU5ZQYKtEPuQ+dNwui11TrwmjqJB1vY5Fuc8dthmcLgfgscWtDgQIX0HQrXILJ3PXnvaomiLtRo9JraKFOQwYZi2SQ8RL8f28zwmnwCOdcQeJsjq82SjPw3ENsoewv8XC+cAjZefvkNuo2IvXfdBUpZbGNl9PSyR363EGqCPHg==";
 
     fn blob(parts: &[&[u8]]) -> String {
         let mut out = Vec::new();
