@@ -199,8 +199,11 @@ fn validate(open: &OpenSession) -> Result<(), ActorError> {
         if worker.ssh_addr.trim().is_empty() || worker.ssh_addr.len() > 256 {
             return Err(ActorError::BadRequest(format!("worker {}: ssh_addr must be HOST:PORT", worker.uuid)));
         }
-        if worker.user.trim().is_empty() || worker.user.len() > 64 {
-            return Err(ActorError::BadRequest(format!("worker {}: user must be a user name", worker.uuid)));
+        if !corral_core::ssh::valid_user_name(&worker.user) {
+            return Err(ActorError::BadRequest(format!(
+                "worker {}: user must be a user name (letters, digits, '.', '_', '-'; at most 32)",
+                worker.uuid
+            )));
         }
     }
     Ok(())

@@ -13,6 +13,7 @@ use actix::prelude::*;
 use corral_core::lease::ProlongError;
 use corral_core::matcher::RequestSpec;
 use corral_core::request::Schedule;
+use corral_core::ssh::shell_quote;
 use corral_core::{FencingToken, Priority, RequestId, RequestState, WorkerId};
 use corral_db::{LeaseRecord, RequestRecord, StartLease};
 use corral_proto::requests::AccessDetails;
@@ -103,6 +104,8 @@ struct Binding {
     worker: WorkerId,
     fence: FencingToken,
     key: Option<LeaseKey>,
+    /// The expiry the key was sent with (its `expiry-time` on the worker).
+    key_expires_at: Option<SystemTime>,
     started: bool,
     tunnel_port: Option<u16>,
     access: Option<WorkerAccess>,
@@ -147,6 +150,7 @@ impl RequestActor {
                 public_openssh: public,
                 private_openssh: lease.private_key,
             }),
+            key_expires_at: None,
             started: lease.started_at.is_some(),
             tunnel_port: lease.tunnel_port,
             access,
@@ -185,9 +189,10 @@ impl RequestActor {
             request_id: self.id(),
             worker: binding.worker,
             ssh_command: format!(
-                "ssh -p {port} -i corral-lease-{id}.key -o IdentitiesOnly=yes {user}@{host}",
-                id = self.id(),
-                user = access.ssh_user
+                "ssh -p {port} -i {key} -o IdentitiesOnly=yes {destination}",
+                port = shell_quote(&port.to_string()),
+                key = shell_quote(&format!("corral-lease-{}.key", self.id())),
+                destination = shell_quote(&format!("{}@{host}", access.ssh_user)),
             ),
             host,
             port,
@@ -344,7 +349,15 @@ impl RequestActor {
             return done();
         }
         self.record.worker = Some(worker);
-        self.binding = Some(Binding { worker, fence, key: None, started: false, tunnel_port: None, access: None });
+        self.binding = Some(Binding {
+            worker,
+            fence,
+            key: None,
+            key_expires_at: None,
+            started: false,
+            tunnel_port: None,
+            access: None,
+        });
         if let Some((caller, reply)) = self.parked_closes.pop() {
             return self.end_bound(
                 RequestState::Cancelled,
@@ -382,9 +395,11 @@ impl RequestActor {
         Box::pin(work.into_actor(self).map(move |result, act, _| match result {
             Ok(key) => {
                 let public_key = key.public_openssh.clone();
+                let expires_at = act.lease_expiry(act.shared.clock.now());
                 if let Some(binding) = act.binding.as_mut().filter(|b| b.fence == fence) {
                     binding.key = Some(key);
-                    act.tell_worker(worker, WorkerMsg::StartLease { request: id, fence, public_key });
+                    binding.key_expires_at = Some(expires_at);
+                    act.tell_worker(worker, WorkerMsg::StartLease { request: id, fence, public_key, expires_at });
                 }
             }
             Err(err) => {
@@ -392,6 +407,15 @@ impl RequestActor {
                 tell(&act.shared.matcher().clone(), MatcherMsg::AddRequest(Self::spec(&act.record)));
             }
         }))
+    }
+
+    /// When a lease of this request starting at `now` ends. The lease length was checked at submission (at
+    /// most max_lease); a lease that would end past 9999 ends at the last valid instant.
+    fn lease_expiry(&self, now: SystemTime) -> SystemTime {
+        corral_core::lease::expiry(now, self.record.lease).unwrap_or_else(|err| {
+            tracing::warn!(request = %self.id(), cause = %err, "lease expiry out of range; ending it at the last valid instant");
+            corral_core::time::Timestamp::max().get()
+        })
     }
 
     fn key_installed(&mut self, fence: FencingToken, access: WorkerAccess, actor: String) -> Step {
@@ -404,12 +428,7 @@ impl RequestActor {
         };
         let shared = self.shared.clone();
         let (id, now) = (self.id(), self.shared.clock.now());
-        // The lease length was checked at submission (at most max_lease);
-        // a lease that would end past 9999 ends at the last valid instant.
-        let expires_at = corral_core::lease::expiry(now, self.record.lease).unwrap_or_else(|err| {
-            tracing::warn!(request = %id, cause = %err, "lease expiry out of range; ending it at the last valid instant");
-            corral_core::time::Timestamp::max().get()
-        });
+        let expires_at = self.lease_expiry(now);
         let preferred = binding.tunnel_port;
         let target = access.ssh_addr.clone();
         let work = async move {
@@ -442,6 +461,16 @@ impl RequestActor {
                     binding.started = true;
                     binding.tunnel_port = Some(port);
                     binding.access = Some(access);
+                    // The key was sent before the lease started: give it the
+                    // lease's own expiry when that is a later second.
+                    let seconds = |t: SystemTime| {
+                        t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64().ceil() as u64).ok()
+                    };
+                    if binding.key_expires_at.map(seconds) != Some(seconds(expires_at)) {
+                        binding.key_expires_at = Some(expires_at);
+                        let (worker, fence) = (binding.worker, binding.fence);
+                        act.tell_worker(worker, WorkerMsg::ExtendLease { request: act.id(), fence, expires_at });
+                    }
                 }
                 tell(act.shared.timekeeper(), TimerMsg::Watch { key: TimerKey::LeaseExpiry(act.id()), at: expires_at });
                 if let Some(details) = act.access_details() {
@@ -554,6 +583,10 @@ impl RequestActor {
             Ok(record) => {
                 act.record = record.clone();
                 tell(act.shared.timekeeper(), TimerMsg::Watch { key: TimerKey::LeaseExpiry(id), at: new_expiry });
+                // The key on the worker expires with the lease: renew it.
+                if let Some((worker, fence)) = act.binding.as_ref().map(|b| (b.worker, b.fence)) {
+                    act.tell_worker(worker, WorkerMsg::ExtendLease { request: id, fence, expires_at: new_expiry });
+                }
                 let _ = reply.send(Ok(record));
             }
             Err(err) => {

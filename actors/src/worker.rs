@@ -68,11 +68,20 @@ pub enum WorkerMsg {
         request: RequestId,
         fence: FencingToken,
     },
-    /// The request made its key: have the agent install it.
+    /// The request made its key: have the agent install it, valid until
+    /// `expires_at`.
     StartLease {
         request: RequestId,
         fence: FencingToken,
         public_key: String,
+        expires_at: SystemTime,
+    },
+    /// The lease now ends at `expires_at` (it started, or was prolonged):
+    /// have the agent renew the key's expiry.
+    ExtendLease {
+        request: RequestId,
+        fence: FencingToken,
+        expires_at: SystemTime,
     },
     /// The request ended its lease (close, expiry, cancel before start).
     LeaseEnded {
@@ -99,7 +108,8 @@ pub struct LeaseEnd {
 struct Lease {
     request: RequestId,
     fence: FencingToken,
-    public_key: Option<String>,
+    /// The key and its expiry, as last sent to the agent.
+    public_key: Option<(String, SystemTime)>,
     started: bool,
 }
 
@@ -114,7 +124,7 @@ pub struct WorkerActor {
     prepare_retry_after: Option<SystemTime>,
     /// A key to install that arrived before the lease it belongs to (only
     /// when a full mailbox reordered the two messages).
-    early_key: Option<(RequestId, FencingToken, String)>,
+    early_key: Option<(RequestId, FencingToken, String, SystemTime)>,
 }
 
 type Step = ResponseActFuture<WorkerActor, ()>;
@@ -394,6 +404,14 @@ impl WorkerActor {
                 }
                 done()
             }
+            Action::ExtendLease { request, .. } => {
+                if !result.ok {
+                    // The key's expiry-time may end the lease holder's
+                    // access before the lease itself.
+                    tracing::warn!(worker = %self.id(), request = %request, message = %result.message, "could not renew the lease key's expiry");
+                }
+                done()
+            }
             _ => done(),
         }
     }
@@ -490,9 +508,10 @@ impl WorkerActor {
             }
             WorkerState::Running => {
                 if let Some(lease) = &self.lease
-                    && let Some(public_key) = &lease.public_key
+                    && let Some((public_key, expires_at)) = &lease.public_key
                 {
-                    self.send(Action::StartLease { request: lease.request, public_key: public_key.clone() });
+                    let (public_key, expires_at) = (public_key.clone(), *expires_at);
+                    self.send(Action::StartLease { request: lease.request, public_key, expires_at });
                 }
                 done()
             }
@@ -556,14 +575,14 @@ impl WorkerActor {
         self.record.last_used = Some(self.record.state_since);
         self.lease = Some(Lease { request, fence, public_key: None, started: false });
         self.publish();
-        if let Some((early_request, early_fence, public_key)) = self.early_key.take()
+        if let Some((early_request, early_fence, public_key, expires_at)) = self.early_key.take()
             && early_request == request
             && early_fence == fence
         {
             if let Some(lease) = self.lease.as_mut() {
-                lease.public_key = Some(public_key.clone());
+                lease.public_key = Some((public_key.clone(), expires_at));
             }
-            self.send(Action::StartLease { request, public_key });
+            self.send(Action::StartLease { request, public_key, expires_at });
         }
         if from != WorkerState::Idle && from != WorkerState::Running {
             tracing::warn!(worker = %self.id(), from = %from, "lease bound while not idle in memory");
@@ -647,17 +666,29 @@ impl WorkerActor {
             WorkerMsg::Observed { facts } => self.observed(facts),
             WorkerMsg::AgentLost { session, reason } => self.agent_lost(session, reason),
             WorkerMsg::Leased { request, fence } => self.leased(request, fence),
-            WorkerMsg::StartLease { request, fence, public_key } => {
+            WorkerMsg::StartLease { request, fence, public_key, expires_at } => {
                 match self.lease.as_mut() {
                     Some(lease) if lease.request == request && lease.fence == fence => {
-                        lease.public_key = Some(public_key.clone());
-                        self.send(Action::StartLease { request, public_key });
+                        lease.public_key = Some((public_key.clone(), expires_at));
+                        self.send(Action::StartLease { request, public_key, expires_at });
                     }
                     // Newer than what we know: the lease is on its way.
-                    _ if fence > self.record.fence => self.early_key = Some((request, fence, public_key)),
+                    _ if fence > self.record.fence => self.early_key = Some((request, fence, public_key, expires_at)),
                     _ => {
                         tracing::warn!(worker = %self.id(), request = %request, "key for a lease this worker does not hold")
                     }
+                }
+                done()
+            }
+            WorkerMsg::ExtendLease { request, fence, expires_at } => {
+                match self.lease.as_mut() {
+                    Some(lease) if lease.request == request && lease.fence == fence => {
+                        if let Some((_, key_expiry)) = lease.public_key.as_mut() {
+                            *key_expiry = expires_at;
+                        }
+                        self.send(Action::ExtendLease { request, expires_at });
+                    }
+                    _ => tracing::debug!(worker = %self.id(), request = %request, "no such lease to extend"),
                 }
                 done()
             }

@@ -13,7 +13,10 @@
 //! groups = ["kernel"]
 //! ssh_addr = "10.0.0.7:22"
 //! user = "lab"
-//! authorized_keys = "/home/lab/.ssh/authorized_keys"   # the default: ~user/.ssh/authorized_keys
+//! authorized_keys = "/etc/corral/authorized_keys/lab"  # the default: /etc/corral/authorized_keys/USER
+//! sshd_config = "/etc/ssh/sshd_config"  # the default: sshd's own
+//! sshd_check = "warn"                   # or "refuse", or "off"
+//! reset_account = false                 # true: kill the user's processes, re-create its home at prepare
 //!
 //! [worker.hooks]
 //! prepare = "/usr/local/bin/reflash rpi4-1"
@@ -26,6 +29,20 @@
 //! was), so the worker keeps its identity across restarts. A relative
 //! `token_file` or `ca_file` is relative to the configuration file's
 //! directory.
+//!
+//! Lease keys live in `authorized_keys`, a file the lab user cannot write
+//! (root-owned, in a root-owned directory), which must be the only
+//! `AuthorizedKeysFile` sshd reads for the lab user, e.g.:
+//!
+//! ```text
+//! Match User lab
+//!     AuthorizedKeysFile /etc/corral/authorized_keys/%u
+//! ```
+//!
+//! At start the agent asks `sshd -T` (with `sshd_config`, if given) which
+//! files sshd reads for each lab user, and warns (`sshd_check = "warn"`) or
+//! refuses to start (`"refuse"`) when it is not exactly that file, or when
+//! the file's directory can be written by anyone but root.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
@@ -108,9 +125,35 @@ pub struct WorkerConfig {
     pub ssh_addr: SshAddr,
     /// The lab user that leases log in as.
     pub user: String,
-    /// The file the agent manages for `user`; `None`: `~user/.ssh/authorized_keys`.
-    pub authorized_keys: Option<PathBuf>,
+    /// The file the agent manages for `user` (default
+    /// `/etc/corral/authorized_keys/USER`).
+    pub authorized_keys: PathBuf,
+    /// The sshd configuration that `sshd -T` checks; `None`: sshd's default.
+    pub sshd_config: Option<PathBuf>,
+    /// What a failed check of sshd's `AuthorizedKeysFile` does at start.
+    pub sshd_check: SshdCheck,
+    /// At prepare: kill the lab user's processes and re-create its home
+    /// from `/etc/skel`.
+    pub reset_account: bool,
     pub hooks: Hooks,
+}
+
+/// Where lease keys go when `authorized_keys` is not given: one
+/// root-owned file per lab user.
+pub const DEFAULT_KEYS_DIR: &str = "/etc/corral/authorized_keys";
+
+/// `sshd_check`: what the agent does at start when sshd may read lease
+/// keys from a file the lab user controls.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SshdCheck {
+    /// Log a warning and start.
+    #[default]
+    Warn,
+    /// Do not start.
+    Refuse,
+    /// Do not check (sshd runs elsewhere, or is not OpenSSH).
+    Off,
 }
 
 /// `HOST:PORT` of an SSH server (`[V6ADDR]:PORT` for IPv6; port 22 when
@@ -287,6 +330,11 @@ struct FileWorker {
     ssh_addr: String,
     user: String,
     authorized_keys: Option<PathBuf>,
+    sshd_config: Option<PathBuf>,
+    #[serde(default)]
+    sshd_check: SshdCheck,
+    #[serde(default)]
+    reset_account: bool,
     #[serde(default)]
     hooks: Hooks,
 }
@@ -381,14 +429,30 @@ impl AgentConfig {
             let groups = Groups::validated(worker.groups).map_err(|e| invalid(&at("groups"), e.to_string()))?;
             let ssh_addr = SshAddr::parse(&worker.ssh_addr).map_err(|e| invalid(&at("ssh_addr"), e))?;
             let user = worker.user.trim().to_string();
-            let user_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '$');
-            if user.is_empty() || user.starts_with('-') || !user.chars().all(user_ok) {
-                return Err(invalid(&at("user"), format!("not a user name: {:?}", worker.user)));
+            if !corral_core::ssh::valid_user_name(&user) {
+                return Err(invalid(
+                    &at("user"),
+                    format!("not a user name (letters, digits, '.', '_', '-'; at most 32): {:?}", worker.user),
+                ));
             }
-            if let Some(keys) = &worker.authorized_keys
-                && !keys.is_absolute()
+            let authorized_keys = worker.authorized_keys.unwrap_or_else(|| Path::new(DEFAULT_KEYS_DIR).join(&user));
+            let plain = |p: &Path| {
+                p.is_absolute()
+                    && p.file_name().is_some()
+                    && !p
+                        .components()
+                        .any(|c| matches!(c, std::path::Component::ParentDir | std::path::Component::CurDir))
+            };
+            if !plain(&authorized_keys) {
+                return Err(invalid(
+                    &at("authorized_keys"),
+                    format!("must be an absolute file path without . or .., got {authorized_keys:?}"),
+                ));
+            }
+            if let Some(sshd_config) = &worker.sshd_config
+                && !sshd_config.is_absolute()
             {
-                return Err(invalid(&at("authorized_keys"), format!("must be an absolute path, got {keys:?}")));
+                return Err(invalid(&at("sshd_config"), format!("must be an absolute path, got {sshd_config:?}")));
             }
             worker.hooks.validate().map_err(|(field, message)| invalid(&at(&field), message))?;
             workers.push(WorkerConfig {
@@ -397,7 +461,10 @@ impl AgentConfig {
                 groups,
                 ssh_addr,
                 user,
-                authorized_keys: worker.authorized_keys,
+                authorized_keys,
+                sshd_config: worker.sshd_config,
+                sshd_check: worker.sshd_check,
+                reset_account: worker.reset_account,
                 hooks: worker.hooks,
             });
         }
@@ -533,14 +600,15 @@ user = "lab2"
         assert_eq!(first.caps.get("sdcard"), Some("yes"));
         assert!(first.groups.contains("kernel"));
         assert_eq!(first.ssh_addr, SshAddr { host: "10.0.0.7".into(), port: 2222 });
-        assert_eq!(first.authorized_keys, Some(PathBuf::from("/srv/keys/lab")));
+        assert_eq!(first.authorized_keys, PathBuf::from("/srv/keys/lab"));
+        assert_eq!((first.sshd_check, first.reset_account, first.sshd_config.as_ref()), (SshdCheck::Warn, false, None));
         assert_eq!(first.hooks.get(HookKind::Prepare), Some(("reflash rpi4-1", Duration::from_secs(600))));
         assert_eq!(first.hooks.get(HookKind::Interrogate), Some(("facts rpi4-1", Duration::from_secs(30))));
         assert_eq!(first.hooks.get(HookKind::PowerCycle), None);
         let second = &config.workers[1];
         assert_eq!(second.ssh_addr, SshAddr { host: "::1".into(), port: 22 });
         assert_eq!(second.ssh_addr.to_string(), "[::1]:22");
-        assert_eq!(second.authorized_keys, None);
+        assert_eq!(second.authorized_keys, PathBuf::from("/etc/corral/authorized_keys/lab2"), "root-owned default");
         assert_eq!(generated, vec![(1, second.uuid)]);
         assert_eq!(second.uuid.0.get_version_num(), 4);
     }
@@ -574,7 +642,10 @@ user = "lab2"
             (FULL.replace("name = ", "token = \"x\"\nname = "), "give token or token_file, not both"),
             (FULL.replace("10.0.0.7:2222", "10.0.0.7:http"), "[[worker]] #1 ssh_addr: expected HOST:PORT"),
             (FULL.replace("user = \"lab2\"", "user = \"a b\""), "[[worker]] #2 user: not a user name"),
-            (FULL.replace("/srv/keys/lab", "keys/lab"), "[[worker]] #1 authorized_keys: must be an absolute path"),
+            (FULL.replace("/srv/keys/lab", "keys/lab"), "[[worker]] #1 authorized_keys: must be an absolute"),
+            (FULL.replace("/srv/keys/lab", "/srv/../lab"), "[[worker]] #1 authorized_keys: must be an absolute"),
+            (FULL.replace("user = \"lab2\"", "user = \"-oProxyCommand=sh\""), "[[worker]] #2 user: not a user name"),
+            (FULL.replace("user = \"lab2\"", "user = \"lab2\"\nsshd_check = \"maybe\""), "unknown variant `maybe`"),
             (FULL.replace("\"10m\"", "\"0s\""), "[[worker]] #1 hooks.prepare_timeout: must be longer than zero"),
             (FULL.replace("\"10m\"", "\"ten minutes\""), "prepare_timeout"),
             (FULL.replace("interrogate = \"facts rpi4-1\"", "interrogate = \" \""), "#1 hooks.interrogate: must not"),
@@ -643,5 +714,26 @@ user = "lab2"
         assert_eq!(second.token.read(&path).unwrap(), "tok");
         assert_eq!(second.token, TokenSource::File(dir.join("agent.token")));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn fuzz_cases() -> u32 {
+        std::env::var("CORRAL_FUZZ_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(256)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(fuzz_cases()))]
+
+        /// Arbitrary text, and arbitrary values in a valid file, never
+        /// panic the parser.
+        #[test]
+        fn arbitrary_config_text_never_panics(text in proptest::prelude::any::<String>(),
+                                              value in "[ -~\\n]{0,40}") {
+            let _ = parse(&text);
+            for field in ["user", "ssh_addr", "authorized_keys", "sshd_config", "sshd_check", "name", "server"] {
+                let text = "server = \"http://x\"\ntoken = \"t\"\n[[worker]]\nssh_addr = \"h:1\"\nuser = \"lab\"\n";
+                let _ = parse(&format!("{text}{field} = {value:?}\n"));
+                let _ = parse(&format!("{text}{field} = {value}\n"));
+            }
+        }
     }
 }

@@ -1,14 +1,17 @@
 //! A real hardware host: the [`Backend`] of `corral agent --config FILE`.
 //!
 //! For each configured worker it manages the lease lines of the lab user's
-//! `authorized_keys` ([`authorized_keys`]), reads the SSH host key of the
+//! key file ([`authorized_keys`]; a root-owned file that sshd must read as
+//! the lab user's only `AuthorizedKeysFile`, checked at start with
+//! `sshd -T`, see [`check_sshd`]), reads the SSH host key of the
 //! worker's `ssh_addr` with `ssh-keyscan` (at registration and at each lease
 //! start, so clients can pin it), and runs the worker's hooks:
 //!
 //! | command | what the host does |
 //! |---|---|
-//! | prepare | removes every lease line of the worker, then runs `prepare` |
+//! | prepare | removes every lease line of the worker, resets the lab account (`reset_account`), then runs `prepare` |
 //! | start_lease | adds the lease's one line (idempotent), answers the host key |
+//! | extend_lease | renews the `expiry-time` of the lease's line, if it is still there |
 //! | revoke | removes the lease's line |
 //! | maintenance | removes every lease line of the worker, then runs `maintenance` |
 //! | health_check, power_cycle | runs `healthcheck`, `power_cycle` |
@@ -27,7 +30,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use corral_core::{RequestId, WorkerId};
 use corral_proto::agent::{Action, WorkerRegistration};
@@ -36,7 +39,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::Notify;
 
 use crate::backend::{Backend, Outcome};
-use crate::config::{AgentConfig, HookKind, SshAddr, WorkerConfig};
+use crate::config::{AgentConfig, HookKind, SshAddr, SshdCheck, WorkerConfig};
 
 /// A host key read this recently is registered without reading it again.
 const REGISTRATION_KEY_MAX_AGE: Duration = Duration::from_secs(60);
@@ -79,14 +82,26 @@ struct Interrogation {
 
 impl Host {
     /// The host of `config`'s workers. Warns about lab users that do not
-    /// exist (yet: a `prepare` hook may create them).
-    pub fn new(config: &AgentConfig) -> Host {
+    /// exist (yet: a `prepare` hook may create them), and checks that sshd
+    /// reads lease keys only from the file the agent manages
+    /// ([`check_sshd`]): a problem is logged, or refused with
+    /// `sshd_check = "refuse"`.
+    pub fn new(config: &AgentConfig) -> Result<Host, String> {
         for worker in &config.workers {
             if !matches!(nix::unistd::User::from_name(&worker.user), Ok(Some(_))) {
                 tracing::warn!(worker = %worker.uuid, user = %worker.user, "the lab user does not exist");
             }
+            if worker.sshd_check == SshdCheck::Off {
+                continue;
+            }
+            if let Err(problem) = check_sshd(worker) {
+                if worker.sshd_check == SshdCheck::Refuse {
+                    return Err(format!("worker {}: {problem}", worker.uuid));
+                }
+                tracing::error!(worker = %worker.uuid, user = %worker.user, "LEASE HOLDERS MAY KEEP ACCESS: {problem}");
+            }
         }
-        Host {
+        Ok(Host {
             name: config.name.clone(),
             workers: config
                 .workers
@@ -95,7 +110,7 @@ impl Host {
                 .collect(),
             host_keys: RefCell::new(HashMap::new()),
             key_edits: tokio::sync::Mutex::new(()),
-        }
+        })
     }
 
     fn worker(&self, uuid: WorkerId) -> Option<&Rc<HostWorker>> {
@@ -128,16 +143,12 @@ impl Host {
         edit: impl FnOnce(&[u8]) -> Option<Vec<u8>> + Send + 'static,
     ) -> Result<Option<PathBuf>, String> {
         let _one_at_a_time = self.key_edits.lock().await;
-        let (user, configured) = (worker.user.clone(), worker.authorized_keys.clone());
+        let (user, path) = (worker.user.clone(), worker.authorized_keys.clone());
         let work = move || {
-            let Some(owner) =
-                nix::unistd::User::from_name(&user).map_err(|e| format!("cannot look up user {user}: {e}"))?
-            else {
+            if nix::unistd::User::from_name(&user).map_err(|e| format!("cannot look up user {user}: {e}"))?.is_none() {
                 return Ok(None);
-            };
-            let path = configured.unwrap_or_else(|| owner.dir.join(".ssh").join("authorized_keys"));
-            authorized_keys::edit(&path, Some((owner.uid.as_raw(), owner.gid.as_raw())), edit)
-                .map_err(|e| format!("cannot update {}: {e}", path.display()))?;
+            }
+            authorized_keys::edit(&path, edit).map_err(|e| format!("cannot update {}: {e}", path.display()))?;
             Ok(Some(path))
         };
         tokio::task::spawn_blocking(work).await.map_err(|e| format!("key file edit panicked: {e}"))?
@@ -149,8 +160,14 @@ impl Host {
         self.edit_keys(worker, move |content| authorized_keys::without_leases(content, uuid, request)).await.map(drop)
     }
 
-    async fn start_lease(&self, worker: &WorkerConfig, request: RequestId, public_key: &str) -> Outcome {
-        let line = match authorized_keys::lease_line(public_key, request, worker.uuid) {
+    async fn start_lease(
+        &self,
+        worker: &WorkerConfig,
+        request: RequestId,
+        public_key: &str,
+        expires_at: SystemTime,
+    ) -> Outcome {
+        let line = match authorized_keys::lease_line(public_key, request, worker.uuid, expires_at) {
             Ok(line) => line,
             Err(err) => return Outcome::failed(format!("the lease's public key is unusable: {err}")),
         };
@@ -217,10 +234,23 @@ impl Backend for Host {
         let config = &worker.config;
         match action {
             Action::Prepare => match self.remove_keys(config, None).await {
-                Ok(()) => run_hook_for(config, HookKind::Prepare).await,
+                Ok(()) => match reset_account(config).await {
+                    Ok(()) => run_hook_for(config, HookKind::Prepare).await,
+                    Err(err) => Outcome::failed(err),
+                },
                 Err(err) => Outcome::failed(err),
             },
-            Action::StartLease { request, public_key } => self.start_lease(config, *request, public_key).await,
+            Action::StartLease { request, public_key, expires_at } => {
+                self.start_lease(config, *request, public_key, *expires_at).await
+            }
+            Action::ExtendLease { request, expires_at } => {
+                let (request, expires_at, uuid) = (*request, *expires_at, config.uuid);
+                let extend = move |content: &[u8]| authorized_keys::with_expiry(content, request, uuid, expires_at);
+                match self.edit_keys(config, extend).await {
+                    Ok(_) => Outcome::ok(),
+                    Err(err) => Outcome::failed(err),
+                }
+            }
             Action::Revoke { request } => match self.remove_keys(config, Some(*request)).await {
                 Ok(()) => Outcome::ok(),
                 Err(err) => Outcome::failed(err),
@@ -451,6 +481,134 @@ pub async fn scan_host_key(addr: &SshAddr) -> Result<String, String> {
     })
 }
 
+/// Where sshd may live.
+const SSHD_PATHS: &[&str] = &["/usr/sbin/sshd", "/usr/local/sbin/sshd", "/sbin/sshd"];
+
+/// Checks that lease keys are safe from the lab user: sshd (asked with
+/// `sshd -T -C user=USER,...`) reads exactly the worker's managed file as
+/// `AuthorizedKeysFile` and no `AuthorizedKeysCommand`, and the file's
+/// directory passes the editor's checks (no symbolic link; root-owned and
+/// writable by root only when the agent runs as root).
+pub fn check_sshd(worker: &WorkerConfig) -> Result<(), String> {
+    authorized_keys::check(&worker.authorized_keys).map_err(|e| e.to_string())?;
+    let sshd = SSHD_PATHS.iter().find(|p| std::path::Path::new(p).exists()).ok_or(
+        "sshd is not installed here; cannot check which files it reads (sshd_check = \"off\" if it runs elsewhere)",
+    )?;
+    let (home, uid) = match nix::unistd::User::from_name(&worker.user) {
+        Ok(Some(user)) => (user.dir, user.uid.as_raw()),
+        // Not yet (a prepare hook may make it): already warned about.
+        Ok(None) => return Ok(()),
+        Err(err) => return Err(format!("cannot look up the lab user {}: {err}", worker.user)),
+    };
+    let mut command = std::process::Command::new(sshd);
+    command.arg("-T").arg("-C").arg(format!("user={},host=localhost,addr=127.0.0.1", worker.user));
+    if let Some(config) = &worker.sshd_config {
+        command.arg("-f").arg(config);
+    }
+    let output = command.stdin(Stdio::null()).output().map_err(|e| format!("cannot run {sshd} -T: {e}"))?;
+    if !output.status.success() {
+        return Err(format!("{sshd} -T failed: {}", tail(&output.stderr, 300)));
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let read = sshd_key_files(&text, &worker.user, uid, &home);
+    let command_set =
+        text.lines().filter_map(|line| line.strip_prefix("authorizedkeyscommand ")).any(|value| value.trim() != "none");
+    let wanted = worker.authorized_keys.clone();
+    if read != [wanted.clone()] || command_set {
+        let read: Vec<String> = read.iter().map(|p| p.display().to_string()).collect();
+        return Err(format!(
+            "sshd reads the keys of {user} from [{read}]{command}, so a key the lease holder adds outlives the \
+             lease; sshd_config needs `Match User {user}` with `AuthorizedKeysFile {wanted}` alone (and no \
+             AuthorizedKeysCommand)",
+            user = worker.user,
+            read = read.join(", "),
+            command = if command_set { " and an AuthorizedKeysCommand" } else { "" },
+            wanted = wanted.display(),
+        ));
+    }
+    Ok(())
+}
+
+/// The files sshd reads keys from for `user`, from `sshd -T` output:
+/// `%u`, `%U`, `%h`, `%%` and a leading `~/` expanded, relative paths
+/// under `home`.
+fn sshd_key_files(output: &str, user: &str, uid: u32, home: &std::path::Path) -> Vec<PathBuf> {
+    let Some(value) = output.lines().find_map(|line| line.strip_prefix("authorizedkeysfile ")) else {
+        // sshd's default.
+        return vec![home.join(".ssh/authorized_keys"), home.join(".ssh/authorized_keys2")];
+    };
+    value
+        .split_whitespace()
+        .filter(|token| *token != "none")
+        .map(|token| {
+            let mut path = String::new();
+            let mut chars = token.chars();
+            while let Some(c) = chars.next() {
+                match (c, chars.clone().next()) {
+                    ('%', Some(code @ ('u' | 'U' | 'h' | '%'))) => {
+                        chars.next();
+                        match code {
+                            'u' => path.push_str(user),
+                            'U' => path.push_str(&uid.to_string()),
+                            'h' => path.push_str(&home.to_string_lossy()),
+                            _ => path.push('%'),
+                        }
+                    }
+                    (c, _) => path.push(c),
+                }
+            }
+            match path.strip_prefix("~/") {
+                Some(rest) => home.join(rest),
+                None if path.starts_with('/') => PathBuf::from(path),
+                None => home.join(path),
+            }
+        })
+        .collect()
+}
+
+/// The script that resets a lab account (`reset_account = true`): the
+/// user's processes are killed, and its home is made again from
+/// `/etc/skel`, owned by the user, as `useradd -m` makes it. The user name
+/// and home come in through the environment, never into the script text.
+const RESET_SCRIPT: &str = r#"set -eu
+pkill -KILL -u "$CORRAL_USER" || [ "$?" -eq 1 ]
+rm -rf --one-file-system -- "$CORRAL_HOME"
+mkdir -m 0750 -- "$CORRAL_HOME"
+cp -a /etc/skel/. "$CORRAL_HOME"/
+chown -R -- "$CORRAL_USER": "$CORRAL_HOME"
+"#;
+
+/// How long the account reset may take.
+const RESET_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The environment of [`RESET_SCRIPT`] for `worker`'s lab user with
+/// `home`; refuses a home that is not a plain absolute path below `/`.
+fn reset_env(worker: &WorkerConfig, home: &std::path::Path) -> Result<Vec<(&'static str, String)>, String> {
+    let plain = home.is_absolute()
+        && home.components().count() >= 3
+        && home.components().all(|c| matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_)));
+    let home = home.to_str().filter(|_| plain).ok_or_else(|| {
+        format!("refusing to reset {}: its home {} is not a plain path like /home/USER", worker.user, home.display())
+    })?;
+    let mut env = hook_env(worker, HookKind::Prepare);
+    env.push(("CORRAL_HOME", home.to_string()));
+    Ok(env)
+}
+
+/// Resets the lab account when the worker asks for it.
+async fn reset_account(worker: &WorkerConfig) -> Result<(), String> {
+    if !worker.reset_account {
+        return Ok(());
+    }
+    let home = match nix::unistd::User::from_name(&worker.user) {
+        Ok(Some(user)) => user.dir,
+        Ok(None) => return Ok(()),
+        Err(err) => return Err(format!("cannot look up user {}: {err}", worker.user)),
+    };
+    let run = run_hook(RESET_SCRIPT, &reset_env(worker, &home)?, RESET_TIMEOUT).await;
+    if run.succeeded() { Ok(()) } else { Err(format!("resetting the account {} {}", worker.user, run.failure())) }
+}
+
 /// Picks the key from `ssh-keyscan` output lines `HOST TYPE BASE64`.
 fn pick_host_key(output: &str) -> Option<String> {
     let keys: Vec<(&str, &str)> = output
@@ -469,49 +627,70 @@ fn pick_host_key(output: &str) -> Option<String> {
 /// The lines the agent owns in an `authorized_keys` file, and the file
 /// edit that keeps every other line byte for byte.
 ///
-/// A lease line is `TYPE BASE64 corral-lease request=ID worker=UUID`: the
-/// public key of the lease, with a comment marking it as the agent's (no
-/// options, so the lease holder may forward ports as with any account).
-/// Only lines ending in that marker are ever changed or removed.
+/// A lease line is
+/// `restrict,pty,expiry-time="YYYYMMDDHHMMSSZ" TYPE BASE64 corral-lease request=ID worker=UUID`:
+/// the public key of the lease (checked by [`corral_core::ssh::PublicKey`],
+/// its comment dropped), limited by `restrict` (no port, agent or X11
+/// forwarding, no `~/.ssh/rc`) except for a pty so that interactive logins
+/// work, and valid until the lease expires even if the agent never gets to
+/// remove it. Only lines ending in the marker are ever changed or removed.
+///
+/// The file is edited through a directory handle: every component of its
+/// directory is opened with `O_NOFOLLOW` from `/`, the file is read with
+/// `openat(O_NOFOLLOW)`, and the new content is written to a temporary file
+/// (`O_CREAT|O_EXCL|O_NOFOLLOW`), synced and `renameat` into place in the
+/// same directory. No path is checked first and used later, so nothing
+/// swapped in meanwhile redirects a write. Running as root, the agent also
+/// refuses a directory that anyone but root can write.
 pub mod authorized_keys {
+    use std::ffi::OsStr;
+    use std::fs::File;
     use std::io::{self, Read, Write};
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-    use std::path::Path;
+    use std::os::fd::OwnedFd;
+    use std::path::{Component, Path, PathBuf};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+    use corral_core::ssh::PublicKey;
     use corral_core::{RequestId, WorkerId};
+    use nix::errno::Errno;
+    use nix::fcntl::{AT_FDCWD, OFlag, openat, renameat};
+    use nix::sys::stat::{Mode, fchmod, fstat, mkdirat};
+    use nix::unistd::{UnlinkatFlags, unlinkat};
 
     /// The comment word that marks the agent's lines.
     pub const MARKER: &str = "corral-lease";
-
-    /// Key types a lease line may carry.
-    const KEY_TYPES: &[&str] = &[
-        "ssh-ed25519",
-        "ssh-rsa",
-        "ecdsa-sha2-nistp256",
-        "ecdsa-sha2-nistp384",
-        "ecdsa-sha2-nistp521",
-        "sk-ssh-ed25519@openssh.com",
-        "sk-ecdsa-sha2-nistp256@openssh.com",
-    ];
+    /// The options of every lease line, before its `expiry-time`.
+    pub const OPTIONS: &str = "restrict,pty";
+    /// Mode of the key file: sshd reads it with the lab user's rights.
+    const FILE_MODE: u32 = 0o644;
+    /// Mode of a directory the agent creates on the way to the key file.
+    const DIR_MODE: u32 = 0o755;
 
     /// The line for `public_key` (`TYPE BASE64 [COMMENT]`; the comment is
-    /// dropped) of `request` on `worker`. Refuses anything else: options,
-    /// several keys, odd characters.
-    pub fn lease_line(public_key: &str, request: RequestId, worker: WorkerId) -> Result<String, String> {
-        let mut fields = public_key.split_whitespace();
-        let kind = fields.next().ok_or("the key is empty")?;
-        if !KEY_TYPES.contains(&kind) {
-            return Err(format!("unsupported key type {:?}", kind.chars().take(40).collect::<String>()));
-        }
-        let key = fields.next().ok_or("the key has no data")?;
-        let base64 = |c: char| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=');
-        if key.len() < 16 || !key.chars().all(base64) {
-            return Err("the key data is not base64".to_string());
-        }
-        if public_key.contains(['\n', '\r', '\0']) {
-            return Err("the key spans several lines".to_string());
-        }
-        Ok(format!("{kind} {key} {MARKER} request={request} worker={worker}"))
+    /// dropped) of `request` on `worker`, expiring at `expires_at`.
+    /// Refuses what the server's submission refuses.
+    pub fn lease_line(
+        public_key: &str,
+        request: RequestId,
+        worker: WorkerId,
+        expires_at: SystemTime,
+    ) -> Result<String, String> {
+        let key = PublicKey::parse(public_key).map_err(|e| e.to_string())?;
+        Ok(format!(
+            "{OPTIONS},expiry-time=\"{}\" {} {MARKER} request={request} worker={worker}",
+            expiry_time(expires_at),
+            key.without_comment()
+        ))
+    }
+
+    /// `at` as sshd's `expiry-time` (`YYYYMMDDHHMMSSZ`, UTC), rounded up to
+    /// the second so the key never expires before the lease.
+    pub fn expiry_time(at: SystemTime) -> String {
+        let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let seconds = since.as_secs().saturating_add(u64::from(since.subsec_nanos() > 0));
+        let text = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(seconds)).to_string();
+        let digits: String = text.chars().filter(char::is_ascii_digit).collect();
+        format!("{digits}Z")
     }
 
     /// The request and worker of one of the agent's lines.
@@ -565,6 +744,38 @@ pub mod authorized_keys {
         Some(out)
     }
 
+    /// `content` with the lease lines of `request` on `worker` expiring at
+    /// `expires_at` instead (in place); `None` when there is no such line
+    /// or it already says so. A revoked lease is not brought back.
+    pub fn with_expiry(
+        content: &[u8],
+        request: RequestId,
+        worker: WorkerId,
+        expires_at: SystemTime,
+    ) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(content.len() + 16);
+        let mut changed = false;
+        for existing in lines(content) {
+            let renewed = (owner(existing) == Some((request, worker)))
+                .then(|| std::str::from_utf8(trimmed(existing)).ok())
+                .flatten()
+                .and_then(|text| {
+                    let fields: Vec<&str> = text.split_whitespace().collect();
+                    let key = format!("{} {}", fields.get(fields.len().checked_sub(5)?)?, fields[fields.len() - 4]);
+                    lease_line(&key, request, worker, expires_at).ok()
+                });
+            match renewed {
+                Some(line) if line.as_bytes() != trimmed(existing) => {
+                    changed = true;
+                    out.extend_from_slice(line.as_bytes());
+                    out.extend_from_slice(&existing[trimmed(existing).len()..]);
+                }
+                _ => out.extend_from_slice(existing),
+            }
+        }
+        changed.then_some(out)
+    }
+
     /// `content` without the lease lines of `worker` (of `request` only, if
     /// given); `None` when there are none.
     pub fn without_leases(content: &[u8], worker: WorkerId, request: Option<RequestId>) -> Option<Vec<u8>> {
@@ -579,96 +790,177 @@ pub mod authorized_keys {
         changed.then_some(out)
     }
 
-    /// Applies `edit` to the file at `path` and replaces it at once (a
-    /// temporary file in the same directory renamed over it) when the edit
-    /// changes something. An existing file keeps its owner and mode; a new
-    /// file (and its directory, if missing) is made for `owner` (when
-    /// running as root) with mode 0600 (0700). A symbolic link (for the
-    /// file or its directory) or anything but a regular file is refused:
-    /// the directory belongs to the lab user. Returns whether the file
-    /// changed.
-    pub fn edit(
-        path: &Path,
-        owner: Option<(u32, u32)>,
-        edit: impl FnOnce(&[u8]) -> Option<Vec<u8>>,
-    ) -> io::Result<bool> {
-        let root = nix::unistd::geteuid().is_root();
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, format!("{} has no directory", path.display()))
-        })?;
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let dir_exists = match std::fs::symlink_metadata(dir) {
-            Ok(meta) if meta.is_dir() => true,
-            Ok(_) => return Err(io::Error::other(format!("{} is not a directory", dir.display()))),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => false,
-            Err(err) => return Err(err),
-        };
-        let opened = match dir_exists {
-            true => std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-                .open(path),
-            false => Err(io::ErrorKind::NotFound.into()),
-        };
-        let (content, keep) = match opened {
-            Ok(mut file) => {
-                let meta = file.metadata()?;
-                if !meta.is_file() {
-                    return Err(io::Error::other(format!("{} is not a regular file", path.display())));
-                }
-                let mut content = Vec::new();
-                file.read_to_end(&mut content)?;
-                (content, Some((meta.mode() & 0o7777, meta.uid(), meta.gid())))
-            }
-            Err(err) if err.kind() == io::ErrorKind::NotFound => (Vec::new(), None),
-            Err(err) if err.raw_os_error() == Some(nix::libc::ELOOP) => {
-                return Err(io::Error::other(format!("{} is a symbolic link; refusing to follow it", path.display())));
-            }
-            Err(err) => return Err(err),
+    /// Applies `edit` to the file at `path` (absolute) and replaces it at
+    /// once when the edit changes something: a temporary file in the same
+    /// directory, mode 0644, renamed over it. Missing directories on the
+    /// way are made (0755) only when there is something to write. A
+    /// symbolic link anywhere on the path, a file that is not a regular
+    /// file, or (running as root) a directory that anyone but root can
+    /// write is refused. Returns whether the file changed.
+    pub fn edit(path: &Path, edit: impl FnOnce(&[u8]) -> Option<Vec<u8>>) -> io::Result<bool> {
+        let (dir_path, name) = split(path)?;
+        let dir = open_dir(dir_path, false)?;
+        let content = match &dir {
+            Some(dir) => read(dir, name, path)?,
+            None => Vec::new(),
         };
         let Some(updated) = edit(&content) else { return Ok(false) };
-        if !dir_exists {
-            std::fs::DirBuilder::new().mode(0o700).create(dir)?;
-            if root && let Some((uid, gid)) = owner {
-                std::os::unix::fs::lchown(dir, Some(uid), Some(gid))?;
-            }
-        }
-
-        let (mode, owner) = match keep {
-            Some((mode, uid, gid)) => (mode, Some((uid, gid))),
-            None => (0o600, owner),
+        let dir = match dir {
+            Some(dir) => dir,
+            None => open_dir(dir_path, true)?
+                .ok_or_else(|| io::Error::other(format!("{} could not be made", dir_path.display())))?,
         };
-        let temp = dir.join(format!(".{name}.corral-{}", uuid::Uuid::new_v4().simple()));
-        let written = (|| {
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(nix::libc::O_NOFOLLOW)
-                .open(&temp)?;
-            file.write_all(&updated)?;
-            if root && let Some((uid, gid)) = owner {
-                std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
-            }
-            file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-            file.sync_all()?;
-            std::fs::rename(&temp, path)
-        })();
-        if written.is_err() {
-            let _ = std::fs::remove_file(&temp);
-        }
-        written.map(|()| true)
+        write(&dir, name, &updated)?;
+        Ok(true)
     }
 
+    /// Checks that `path`'s directory is one the agent may edit keys in
+    /// (see [`edit`]); a missing directory is fine (it is made when needed).
+    pub fn check(path: &Path) -> io::Result<()> {
+        let (dir_path, _) = split(path)?;
+        open_dir(dir_path, false).map(drop)
+    }
+
+    fn split(path: &Path) -> io::Result<(&Path, &OsStr)> {
+        let bad =
+            || io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not an absolute file path", path.display()));
+        if !path.is_absolute() || path.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {
+            return Err(bad());
+        }
+        match (path.parent(), path.file_name()) {
+            (Some(dir), Some(name)) => Ok((dir, name)),
+            _ => Err(bad()),
+        }
+    }
+
+    fn refused(err: Errno, path: &Path) -> io::Error {
+        match err {
+            Errno::ELOOP | Errno::ENOTDIR => io::Error::other(format!(
+                "{} is a symbolic link or not a directory; refusing to follow it",
+                path.display()
+            )),
+            err => io::Error::other(format!("cannot open {}: {err}", path.display())),
+        }
+    }
+
+    /// Running as root: refuses a directory on the way to the key file that
+    /// someone else could rename things in (root-owned sticky directories
+    /// such as `/tmp` protect root's entries), or, for the key file's own
+    /// directory (`last`), that anyone but root can write at all.
+    fn check_owner(dir: &OwnedFd, path: &Path, last: bool) -> io::Result<()> {
+        if !nix::unistd::geteuid().is_root() {
+            return Ok(());
+        }
+        let stat = fstat(dir).map_err(io::Error::from)?;
+        let others_write = stat.st_mode & 0o022 != 0;
+        let sticky = stat.st_mode & 0o1000 != 0;
+        if stat.st_uid != 0 || (others_write && (last || !sticky)) {
+            return Err(io::Error::other(format!(
+                "{} can be written by someone other than root (owner uid {}, mode {:o}); lease keys must live in \
+                 a root-owned directory the lab user cannot write",
+                path.display(),
+                stat.st_uid,
+                stat.st_mode & 0o7777
+            )));
+        }
+        Ok(())
+    }
+
+    /// Opens `path` one component at a time from `/`, never following a
+    /// symbolic link and checking each directory ([`check_owner`]); `None`
+    /// when a component is missing and `create` is false.
+    fn open_dir(path: &Path, create: bool) -> io::Result<Option<OwnedFd>> {
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let mut dir = openat(AT_FDCWD, "/", flags, Mode::empty()).map_err(|e| refused(e, Path::new("/")))?;
+        let mut walked = PathBuf::from("/");
+        for component in path.components() {
+            check_owner(&dir, &walked, false)?;
+            let Component::Normal(name) = component else { continue };
+            walked.push(name);
+            let next = match openat(&dir, name, flags, Mode::empty()) {
+                Ok(next) => next,
+                Err(Errno::ENOENT) if create => {
+                    match mkdirat(&dir, name, Mode::from_bits_truncate(DIR_MODE)) {
+                        Ok(()) | Err(Errno::EEXIST) => {}
+                        Err(err) => return Err(io::Error::other(format!("cannot make {}: {err}", walked.display()))),
+                    }
+                    openat(&dir, name, flags, Mode::empty()).map_err(|e| refused(e, &walked))?
+                }
+                Err(Errno::ENOENT) => return Ok(None),
+                Err(err) => return Err(refused(err, &walked)),
+            };
+            dir = next;
+        }
+        check_owner(&dir, path, true)?;
+        Ok(Some(dir))
+    }
+
+    /// The content of `name` in `dir` (empty when missing).
+    fn read(dir: &OwnedFd, name: &OsStr, path: &Path) -> io::Result<Vec<u8>> {
+        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+        let mut file = match openat(dir, name, flags, Mode::empty()) {
+            Ok(fd) => File::from(fd),
+            Err(Errno::ENOENT) => return Ok(Vec::new()),
+            Err(Errno::ELOOP) => {
+                return Err(io::Error::other(format!("{} is a symbolic link; refusing to follow it", path.display())));
+            }
+            Err(err) => return Err(io::Error::other(format!("cannot open {}: {err}", path.display()))),
+        };
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::other(format!("{} is not a regular file", path.display())));
+        }
+        let mut content = Vec::new();
+        file.read_to_end(&mut content)?;
+        Ok(content)
+    }
+
+    /// Replaces `name` in `dir` by a file holding `content`.
+    fn write(dir: &OwnedFd, name: &OsStr, content: &[u8]) -> io::Result<()> {
+        let temp = format!(".{}.corral-{}", name.to_string_lossy(), uuid::Uuid::new_v4().simple());
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let mut file = File::from(openat(dir, temp.as_str(), flags, Mode::from_bits_truncate(0o600))?);
+        let written = (|| -> io::Result<()> {
+            file.write_all(content)?;
+            fchmod(&file, Mode::from_bits_truncate(FILE_MODE))?;
+            file.sync_all()?;
+            renameat(dir, temp.as_str(), dir, name)?;
+            Ok(())
+        })();
+        match written {
+            Ok(()) => {
+                // The rename itself survives a crash once the directory is synced.
+                let _ = nix::unistd::fsync(dir);
+                Ok(())
+            }
+            Err(err) => {
+                let _ = unlinkat(dir, temp.as_str(), UnlinkatFlags::NoRemoveDir);
+                Err(err)
+            }
+        }
+    }
     #[cfg(test)]
     mod tests {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+        use proptest::prelude::*;
+
         use super::*;
 
         const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBm3hWqdYf0bCQ2uJxq1RxvVn5Cq5dLx0aQ0v8d8aZ3C";
         const OTHER: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGm3hWqdYf0bCQ2uJxq1RxvVn5Cq5dLx0aQ0v8d8aZ3D";
+        const ECDSA: &str = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBBLZcgh67D0fYM1xNG5SYS+OfO+Zm+Z0ZM3alGsD5Gh1ot6oJDM58t30yTYT+QbMjVhHwdVhIuqUPbzT5/6aKtI=";
 
         fn worker(n: u128) -> WorkerId {
             WorkerId(uuid::Uuid::from_u128(n))
+        }
+
+        /// 2026-12-04T18:00:00Z.
+        fn at() -> SystemTime {
+            UNIX_EPOCH + Duration::from_secs(1_796_407_200)
+        }
+
+        fn line(key: &str, request: u64, w: u128) -> String {
+            lease_line(key, RequestId(request as i64), worker(w), at()).unwrap()
         }
 
         /// Lines nobody but their author may change: comments, options,
@@ -679,19 +971,28 @@ pub mod authorized_keys {
             ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBar someone corral-lease request=x worker=y";
 
         #[test]
-        fn lease_lines_are_sanitised() {
-            let line = lease_line(&format!("{KEY} alice@laptop"), RequestId(7), worker(1)).unwrap();
-            assert_eq!(line, format!("{KEY} corral-lease request=7 worker={}", worker(1)));
+        fn lease_lines_are_restricted_expire_with_the_lease_and_refuse_what_the_server_refuses() {
+            let line = lease_line(&format!("{KEY} alice@laptop"), RequestId(7), worker(1), at()).unwrap();
+            assert_eq!(
+                line,
+                format!(
+                    "restrict,pty,expiry-time=\"20261204180000Z\" {KEY} corral-lease request=7 worker={}",
+                    worker(1)
+                )
+            );
             assert_eq!(owner(line.as_bytes()), Some((RequestId(7), worker(1))));
+            assert_eq!(expiry_time(at() + Duration::from_millis(1)), "20261204180001Z", "rounded up");
+            assert!(lease_line(ECDSA, RequestId(1), worker(1), at()).is_ok(), "ECDSA keys are installed");
             for bad in [
                 "",
                 "ssh-ed25519",
                 "ssh-foo AAAAC3NzaC1lZDI1NTE5AAAAIBm3",
                 "command=\"sh\" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBm3hWqdYf0b",
                 "ssh-ed25519 AAAA,C3NzaC1lZDI1NTE5AAAAIBm3hWqdYf0b",
-                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBm3hWqdYf0b\nssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAB",
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBm3hWqdYf0bCQ2uJxq1RxvVn5Cq5dLx0aQ0v8d8aZ3C a\nssh-rsa AAAAB3",
+                "ssh-dss AAAAB3NzaC1kc3MAAACBAIiRRJzao6mbuEt5U",
             ] {
-                assert!(lease_line(bad, RequestId(1), worker(1)).is_err(), "{bad:?}");
+                assert!(lease_line(bad, RequestId(1), worker(1), at()).is_err(), "{bad:?}");
             }
         }
 
@@ -704,7 +1005,7 @@ pub mod authorized_keys {
 
         #[test]
         fn adding_keeps_other_lines_and_is_idempotent() {
-            let line = lease_line(KEY, RequestId(3), worker(1)).unwrap();
+            let line = line(KEY, 3, 1);
             let added = with_lease(FOREIGN, &line, RequestId(3), worker(1)).unwrap();
             assert_eq!(added, [format!("{line}\n").as_bytes(), FOREIGN].concat());
             assert_eq!(with_lease(&added, &line, RequestId(3), worker(1)), None, "adding twice changes nothing");
@@ -713,27 +1014,41 @@ pub mod authorized_keys {
         }
 
         #[test]
+        fn a_prolonged_lease_renews_its_line_in_place_and_only_its_own() {
+            let mine = line(KEY, 3, 1);
+            let neighbour = line(OTHER, 4, 2);
+            let content = format!("# hand\n{mine}\r\n{neighbour}\n");
+            let later = at() + Duration::from_secs(3600);
+            let renewed = with_expiry(content.as_bytes(), RequestId(3), worker(1), later).unwrap();
+            let expected = lease_line(KEY, RequestId(3), worker(1), later).unwrap();
+            assert!(expected.contains("expiry-time=\"20261204190000Z\""), "{expected}");
+            assert_eq!(String::from_utf8(renewed.clone()).unwrap(), format!("# hand\n{expected}\r\n{neighbour}\n"));
+            assert_eq!(with_expiry(&renewed, RequestId(3), worker(1), later), None, "renewing twice changes nothing");
+            assert_eq!(with_expiry(FOREIGN, RequestId(3), worker(1), later), None, "a revoked lease stays revoked");
+        }
+
+        #[test]
         fn a_new_lease_replaces_stale_lines_of_its_worker_only() {
-            let old = lease_line(OTHER, RequestId(2), worker(1)).unwrap();
-            let neighbour = lease_line(OTHER, RequestId(9), worker(2)).unwrap();
+            let old = line(OTHER, 2, 1);
+            let neighbour = line(OTHER, 9, 2);
             let content = format!("# hand\n{old}\n{neighbour}\n");
-            let line = lease_line(KEY, RequestId(3), worker(1)).unwrap();
-            let updated = with_lease(content.as_bytes(), &line, RequestId(3), worker(1)).unwrap();
-            assert_eq!(String::from_utf8(updated).unwrap(), format!("{line}\n# hand\n{neighbour}\n"));
+            let line3 = line(KEY, 3, 1);
+            let updated = with_lease(content.as_bytes(), &line3, RequestId(3), worker(1)).unwrap();
+            assert_eq!(String::from_utf8(updated).unwrap(), format!("{line3}\n# hand\n{neighbour}\n"));
             // The same request with a different key (a resent command with a
             // new key cannot happen, but the file must hold one line).
-            let other = lease_line(OTHER, RequestId(3), worker(1)).unwrap();
-            let twice = format!("{line}\n{line}\n");
+            let other = line(OTHER, 3, 1);
+            let twice = format!("{line3}\n{line3}\n");
             let updated = with_lease(twice.as_bytes(), &other, RequestId(3), worker(1)).unwrap();
             assert_eq!(String::from_utf8(updated).unwrap(), format!("{other}\n"));
-            let updated = with_lease(twice.as_bytes(), &line, RequestId(3), worker(1)).unwrap();
-            assert_eq!(String::from_utf8(updated).unwrap(), format!("{line}\n"), "a duplicate goes");
+            let updated = with_lease(twice.as_bytes(), &line3, RequestId(3), worker(1)).unwrap();
+            assert_eq!(String::from_utf8(updated).unwrap(), format!("{line3}\n"), "a duplicate goes");
         }
 
         #[test]
         fn removing_takes_only_our_lines() {
-            let mine = lease_line(KEY, RequestId(3), worker(1)).unwrap();
-            let neighbour = lease_line(OTHER, RequestId(4), worker(2)).unwrap();
+            let mine = line(KEY, 3, 1);
+            let neighbour = line(OTHER, 4, 2);
             let mut content = FOREIGN.to_vec();
             content.extend_from_slice(format!("\n{mine}\n{neighbour}\n").as_bytes());
             let mut foreign_and_neighbour = FOREIGN.to_vec();
@@ -748,61 +1063,160 @@ pub mod authorized_keys {
         fn temp_dir() -> std::path::PathBuf {
             let dir = std::env::temp_dir().join(format!("corral-keys-{}", uuid::Uuid::new_v4().simple()));
             std::fs::create_dir_all(&dir).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
             dir
         }
 
         #[test]
-        fn editing_a_file_creates_it_and_keeps_its_mode() {
+        fn editing_a_file_creates_it_readable_for_sshd_and_replaces_it_whole() {
             let dir = temp_dir();
-            let path = dir.join(".ssh").join("authorized_keys");
-            let line = lease_line(KEY, RequestId(3), worker(1)).unwrap();
-            assert!(edit(&path, None, |c| with_lease(c, &line, RequestId(3), worker(1))).unwrap());
-            assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
-            assert_eq!(std::fs::metadata(path.parent().unwrap()).unwrap().mode() & 0o777, 0o700);
+            let path = dir.join("keys").join("lab");
+            let line = line(KEY, 3, 1);
+            assert!(edit(&path, |c| with_lease(c, &line, RequestId(3), worker(1))).unwrap());
+            assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o644);
+            assert_eq!(std::fs::metadata(path.parent().unwrap()).unwrap().mode() & 0o777, 0o755);
             assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{line}\n"));
-            assert!(!edit(&path, None, |c| with_lease(c, &line, RequestId(3), worker(1))).unwrap());
+            assert!(!edit(&path, |c| with_lease(c, &line, RequestId(3), worker(1))).unwrap());
 
             let mut content = FOREIGN.to_vec();
             content.extend_from_slice(format!("\n{line}\n").as_bytes());
             std::fs::write(&path, &content).unwrap();
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
-            assert!(edit(&path, None, |c| without_leases(c, worker(1), None)).unwrap());
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+            assert!(edit(&path, |c| without_leases(c, worker(1), None)).unwrap());
             assert_eq!(std::fs::read(&path).unwrap(), [FOREIGN, b"\n"].concat());
-            assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o640, "mode kept");
+            assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o644, "nobody else may write it");
             let left: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
             assert_eq!(left.len(), 1, "no temporary file left behind");
             std::fs::remove_dir_all(&dir).unwrap();
         }
 
+        /// A symbolic link at the file's path or on its directory's path
+        /// (as a lab user would plant one) is refused, and what it points
+        /// to stays untouched; running as root, so is a directory someone
+        /// else may write.
         #[test]
-        fn symbolic_links_are_refused() {
+        fn class7_symlink_in_keys_path_is_not_followed() {
             let dir = temp_dir();
             let target = dir.join("target");
             std::fs::write(&target, "secret\n").unwrap();
             let path = dir.join("authorized_keys");
             std::os::unix::fs::symlink(&target, &path).unwrap();
-            let line = lease_line(KEY, RequestId(3), worker(1)).unwrap();
-            let err = edit(&path, None, |c| with_lease(c, &line, RequestId(3), worker(1))).unwrap_err();
+            let line = line(KEY, 3, 1);
+            let err = edit(&path, |c| with_lease(c, &line, RequestId(3), worker(1))).unwrap_err();
             assert!(err.to_string().contains("symbolic link"), "{err}");
             assert_eq!(std::fs::read_to_string(&target).unwrap(), "secret\n");
+            assert!(std::fs::symlink_metadata(&path).unwrap().file_type().is_symlink(), "the link stays a link");
 
             let elsewhere = dir.join("elsewhere");
             std::fs::create_dir(&elsewhere).unwrap();
-            std::os::unix::fs::symlink(&elsewhere, dir.join(".ssh")).unwrap();
-            let err = edit(&dir.join(".ssh/authorized_keys"), None, |c| with_lease(c, &line, RequestId(3), worker(1)))
-                .unwrap_err();
-            assert!(err.to_string().contains("not a directory"), "{err}");
+            std::os::unix::fs::symlink(&elsewhere, dir.join("keys")).unwrap();
+            let err = edit(&dir.join("keys/lab"), |c| with_lease(c, &line, RequestId(3), worker(1))).unwrap_err();
+            assert!(err.to_string().contains("symbolic link"), "{err}");
             assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+            let err =
+                edit(&elsewhere.join("../keys/lab"), |c| with_lease(c, &line, RequestId(3), worker(1))).unwrap_err();
+            assert!(err.to_string().contains("not an absolute file path"), "{err}");
+
+            if nix::unistd::geteuid().is_root() {
+                let writable = dir.join("writable");
+                std::fs::create_dir(&writable).unwrap();
+                std::fs::set_permissions(&writable, std::fs::Permissions::from_mode(0o777)).unwrap();
+                let err = edit(&writable.join("lab"), |c| with_lease(c, &line, RequestId(3), worker(1))).unwrap_err();
+                assert!(err.to_string().contains("someone other than root"), "{err}");
+                let owned = dir.join("owned");
+                std::fs::create_dir(&owned).unwrap();
+                std::os::unix::fs::chown(&owned, Some(65534), None).unwrap();
+                let err = edit(&owned.join("lab"), |c| with_lease(c, &line, RequestId(3), worker(1))).unwrap_err();
+                assert!(err.to_string().contains("someone other than root"), "{err}");
+                assert_eq!(std::fs::read_dir(&owned).unwrap().count(), 0, "nothing written there");
+                // Higher up too: the lab user could rename the key directory away.
+                let below = owned.join("keys");
+                std::fs::create_dir(&below).unwrap();
+                let err = edit(&below.join("lab"), |c| with_lease(c, &line, RequestId(3), worker(1))).unwrap_err();
+                assert!(err.to_string().contains("someone other than root"), "{err}");
+                assert_eq!(std::fs::read_dir(&below).unwrap().count(), 0, "nothing written there");
+            }
             std::fs::remove_dir_all(&dir).unwrap();
         }
 
         #[test]
         fn removing_from_a_missing_file_creates_nothing() {
             let dir = temp_dir();
-            let path = dir.join(".ssh").join("authorized_keys");
-            assert!(!edit(&path, None, |c| without_leases(c, worker(1), None)).unwrap());
+            let path = dir.join("keys").join("lab");
+            assert!(!edit(&path, |c| without_leases(c, worker(1), None)).unwrap());
             assert!(!path.parent().unwrap().exists());
             std::fs::remove_dir_all(&dir).unwrap();
+        }
+
+        fn fuzz_cases() -> u32 {
+            std::env::var("CORRAL_FUZZ_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(256)
+        }
+
+        /// File content: foreign text, our lines and near-misses, mixed.
+        fn content() -> impl Strategy<Value = Vec<u8>> {
+            let piece = prop_oneof![
+                any::<Vec<u8>>(),
+                "[ -~\t]{0,60}\r?\n".prop_map(String::into_bytes),
+                (1u64..4, 1u128..3).prop_map(|(r, w)| format!("{}\n", line(KEY, r, w)).into_bytes()),
+                (1u64..4).prop_map(|r| format!("x corral-lease request={r} worker={}\n", worker(1)).into_bytes()),
+            ];
+            prop::collection::vec(piece, 0..8).prop_map(|pieces| pieces.concat())
+        }
+
+        /// The lines of `content` the editor does not own, in order.
+        fn foreign(content: &[u8], w: WorkerId) -> Vec<Vec<u8>> {
+            content
+                .split_inclusive(|b| *b == b'\n')
+                .filter(|l| owner(l).is_none_or(|(_, owner)| owner != w))
+                .map(|l| trimmed(l).to_vec())
+                .collect()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(fuzz_cases()))]
+
+            /// Whatever the shared parser accepts (the server's test at
+            /// submission), the line builder accepts too, as one line the
+            /// editor recognises as the lease's.
+            #[test]
+            fn what_the_server_accepts_the_agent_installs(
+                key in prop::sample::select(vec![KEY, OTHER, ECDSA]),
+                before in "[ \t\n]{0,3}",
+                comment in any::<String>(),
+                request in 1i64..1000,
+            ) {
+                let text = format!("{before}{key} {comment}");
+                if corral_core::ssh::PublicKey::parse(&text).is_ok() {
+                    let line = lease_line(&text, RequestId(request), worker(1), at());
+                    prop_assert!(line.is_ok(), "{:?}", line);
+                    let line = line.unwrap_or_default();
+                    prop_assert!(!line.contains(['\n', '\r', '\0']));
+                    prop_assert_eq!(owner(line.as_bytes()), Some((RequestId(request), worker(1))));
+                }
+            }
+
+            /// On any content the editor never panics, never changes or
+            /// drops a line it does not own, and is idempotent.
+            #[test]
+            fn the_editor_keeps_what_it_does_not_own(content in content(), request in 1u64..4, key in "[ -~]{0,80}") {
+                let (w, request) = (worker(1), RequestId(request as i64));
+                let _ = lease_line(&key, request, w, at());
+                let line = line(KEY, request.0 as u64, 1);
+                let added = with_lease(&content, &line, request, w).unwrap_or_else(|| content.clone());
+                prop_assert_eq!(foreign(&added, w), foreign(&content, w));
+                prop_assert_eq!(with_lease(&added, &line, request, w), None);
+                let ours: Vec<_> = added.split_inclusive(|b| *b == b'\n').filter(|l| owner(l).is_some_and(|(_, o)| o == w)).collect();
+                prop_assert_eq!(ours.len(), 1);
+
+                let renewed = with_expiry(&added, request, w, at() + Duration::from_secs(60)).unwrap_or_else(|| added.clone());
+                prop_assert_eq!(foreign(&renewed, w), foreign(&content, w));
+                prop_assert_eq!(with_expiry(&renewed, request, w, at() + Duration::from_secs(60)), None);
+
+                let removed = without_leases(&renewed, w, None).unwrap_or_else(|| renewed.clone());
+                prop_assert_eq!(foreign(&removed, w), foreign(&content, w));
+                prop_assert_eq!(without_leases(&removed, w, None), None);
+                let _ = without_leases(&content, w, Some(request));
+            }
         }
     }
 }
@@ -884,11 +1298,11 @@ mod tests {
     fn host_for(user: &str, keys: &std::path::Path, hooks: &str) -> (Host, WorkerId) {
         let text = format!(
             "server = \"http://x\"\ntoken = \"t\"\n[[worker]]\nssh_addr = \"127.0.0.1:1\"\nuser = \"{user}\"\n\
-             authorized_keys = \"{}\"\n[worker.hooks]\n{hooks}",
+             authorized_keys = \"{}\"\nsshd_check = \"off\"\n[worker.hooks]\n{hooks}",
             keys.display()
         );
         let (config, _) = AgentConfig::parse(&text, std::path::Path::new("/agent.toml")).unwrap();
-        (Host::new(&config), config.workers[0].uuid)
+        (Host::new(&config).unwrap(), config.workers[0].uuid)
     }
 
     #[actix_rt::test]
@@ -901,8 +1315,10 @@ mod tests {
         let marker = dir.join("prepared");
         let (host, uuid) = host_for(&me, &keys, &format!("prepare = 'touch {}'\n", marker.display()));
         let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBm3hWqdYf0bCQ2uJxq1RxvVn5Cq5dLx0aQ0v8d8aZ3C";
-        let (one, two) = (lease_line(key, RequestId(1), uuid).unwrap(), lease_line(key, RequestId(2), uuid).unwrap());
-        let other = lease_line(key, RequestId(3), WorkerId(uuid::Uuid::from_u128(7))).unwrap();
+        let now = SystemTime::now();
+        let line = |request: i64, worker: WorkerId| lease_line(key, RequestId(request), worker, now).unwrap();
+        let (one, two) = (line(1, uuid), line(2, uuid));
+        let other = line(3, WorkerId(uuid::Uuid::from_u128(7)));
         std::fs::write(&keys, format!("{one}\n# mine\n{two}\n{other}\n")).unwrap();
 
         assert_eq!(host.execute(uuid, &Action::Revoke { request: RequestId(1) }).await, Outcome::ok());
@@ -911,15 +1327,66 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&keys).unwrap(), format!("# mine\n{other}\n"));
         assert!(marker.exists(), "the prepare hook ran");
 
-        let bad = Action::StartLease { request: RequestId(4), public_key: "command=\"x\" ssh-ed25519 AAAA".into() };
+        let later = now + Duration::from_secs(3600);
+        std::fs::write(&keys, format!("# mine\n{two}\n{other}\n")).unwrap();
+        let extend = Action::ExtendLease { request: RequestId(2), expires_at: later };
+        assert_eq!(host.execute(uuid, &extend).await, Outcome::ok());
+        let renewed = lease_line(key, RequestId(2), uuid, later).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&keys).unwrap(),
+            format!("# mine\n{renewed}\n{other}\n"),
+            "renewed in place"
+        );
+        assert_eq!(host.execute(uuid, &Action::Revoke { request: RequestId(2) }).await, Outcome::ok());
+        assert_eq!(host.execute(uuid, &extend).await, Outcome::ok(), "extending a revoked lease is a no-op");
+        assert_eq!(std::fs::read_to_string(&keys).unwrap(), format!("# mine\n{other}\n"), "and adds nothing");
+
+        let bad = Action::StartLease {
+            request: RequestId(4),
+            public_key: "command=\"x\" ssh-ed25519 AAAA".into(),
+            expires_at: later,
+        };
         let outcome = host.execute(uuid, &bad).await;
         assert!(outcome.message.starts_with("the lease's public key is unusable"), "{outcome:?}");
         // Nothing listens on port 1: no host key, no lease.
-        let good = Action::StartLease { request: RequestId(4), public_key: key.into() };
+        let good = Action::StartLease { request: RequestId(4), public_key: key.into(), expires_at: later };
         let outcome = host.execute(uuid, &good).await;
         assert!(outcome.message.starts_with("cannot read the SSH host key of 127.0.0.1:1"), "{outcome:?}");
         assert_eq!(std::fs::read_to_string(&keys).unwrap(), format!("# mine\n{other}\n"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn sshd_key_files_are_expanded_as_sshd_does() {
+        let home = std::path::Path::new("/home/lab");
+        let files = |output: &str| sshd_key_files(output, "lab", 1001, home);
+        let managed = PathBuf::from("/etc/corral/authorized_keys/lab");
+        assert_eq!(
+            files("port 22\nauthorizedkeysfile /etc/corral/authorized_keys/%u\n"),
+            std::slice::from_ref(&managed)
+        );
+        assert_eq!(
+            files("authorizedkeysfile /etc/corral/authorized_keys/%u .ssh/authorized_keys %h/k%% /k/%U\n"),
+            [managed, home.join(".ssh/authorized_keys"), PathBuf::from("/home/lab/k%"), PathBuf::from("/k/1001")]
+        );
+        assert_eq!(files("authorizedkeysfile ~/.ssh/keys\n"), [home.join(".ssh/keys")]);
+        assert_eq!(files("port 22\n").len(), 2, "sshd's default reads the home's files");
+        assert!(files("authorizedkeysfile none\n").is_empty());
+    }
+
+    /// The lab user name and home reach the reset script through its
+    /// environment only, and an odd home is refused.
+    #[test]
+    fn the_account_reset_is_built_from_the_environment() {
+        let mut worker = config("");
+        worker.reset_account = true;
+        let env = reset_env(&worker, std::path::Path::new("/home/lab")).unwrap();
+        assert!(env.contains(&("CORRAL_HOME", "/home/lab".to_string())), "{env:?}");
+        assert!(env.contains(&("CORRAL_USER", "lab".to_string())), "{env:?}");
+        assert!(!RESET_SCRIPT.contains("lab"), "no name in the script text");
+        for home in ["/", "/home", "home/lab", "/home/../etc"] {
+            assert!(reset_env(&worker, std::path::Path::new(home)).is_err(), "{home}");
+        }
     }
 
     #[actix_rt::test]
@@ -934,9 +1401,9 @@ mod tests {
     #[actix_rt::test]
     async fn heartbeats_do_not_wait_for_a_slow_interrogation() {
         let text = "server = \"http://x\"\ntoken = \"t\"\n[[worker]]\nssh_addr = \"127.0.0.1:1\"\nuser = \"lab\"\n\
-            [worker.hooks]\ninterrogate = 'sleep 3; echo {}'\n";
+            sshd_check = \"off\"\n[worker.hooks]\ninterrogate = 'sleep 3; echo {}'\n";
         let (config, _) = AgentConfig::parse(text, std::path::Path::new("/agent.toml")).unwrap();
-        let host = Host::new(&config);
+        let host = Host::new(&config).unwrap();
         let uuid = config.workers[0].uuid;
         let started = std::time::Instant::now();
         assert!(host.observe(uuid).await.is_empty());

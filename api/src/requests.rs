@@ -73,9 +73,11 @@ async fn submit(state: web::Data<AppState>, auth: Auth, body: web::Json<NewReque
     )
     .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let ssh_public_key = match &body.ssh_public_key {
-        Some(key) => {
-            Some(corral_actors::keys::parse_public_key(key).map_err(|e| ApiError::bad_request(e.to_string()))?)
-        }
+        Some(key) => Some(
+            corral_core::ssh::PublicKey::parse(key)
+                .map_err(|e| ApiError::bad_request(format!("ssh_public_key: {e}")))?
+                .to_string(),
+        ),
         None => None,
     };
     let submission = Submission {

@@ -736,6 +736,7 @@ fn action_name(action: &Action) -> &'static str {
     match action {
         Action::Prepare => "prepare",
         Action::StartLease { .. } => "start_lease",
+        Action::ExtendLease { .. } => "extend_lease",
         Action::Revoke { .. } => "revoke",
         Action::Maintenance => "maintenance",
         Action::HealthCheck => "health_check",

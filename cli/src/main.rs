@@ -204,7 +204,8 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         tracing::info!(config = %path.display(), agent = %agent, workers, server = %server, "agent starting");
         let mut options = corral_agent::AgentOptions::new(config.server.clone(), token);
         options.tls = corral_agent::ClientTls::with_ca_file(args.ca_file.or_else(|| config.ca_file.clone()));
-        return run_until_stopped(corral_agent::Host::new(&config), options);
+        let host = corral_agent::Host::new(&config).map_err(anyhow::Error::msg)?;
+        return run_until_stopped(host, options);
     }
     let Some(count) = args.simulate else {
         bail!("give --config FILE for a hardware host, or --simulate N for simulated workers");

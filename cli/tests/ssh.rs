@@ -1,9 +1,10 @@
-//! End to end with a real OpenSSH server (SPEC §6, §9): a real
-//! `corral agent --config` manages the lab user's `authorized_keys` of an
+//! End to end with a real OpenSSH server (SPEC §6, §9, §12): a real
+//! `corral agent --config` manages the lab user's root-owned key file of an
 //! `sshd` on a loopback port, and the real `ssh` client logs in through the
 //! server's tunnel with the lease key, pinning the host key the agent read.
 //! Then: what a closed lease leaves behind (nothing), a request that brings
-//! its own key, `kill -9` of the agent and of the server during a lease.
+//! its own (ECDSA) key, `kill -9` of the agent and of the server during a
+//! lease, and a lease holder who tries to keep access (issue 13, class 7).
 //!
 //! Needs root and OpenSSH (`scripts/test` installs openssh-server).
 
@@ -15,8 +16,8 @@ use ssh_lab::{Lab, Timers, assert_strict_modes, own_key_pair, write_foreign_keys
 
 #[actix_rt::test]
 async fn lease_keys_log_in_through_the_tunnel_and_go_when_the_lease_ends() {
-    // No .ssh yet: the agent makes it, as sshd's StrictModes wants it.
-    let lab = Lab::start(Timers::Default, |user| assert!(!user.home.join(".ssh").exists())).await;
+    // No key file yet: the agent makes it, as sshd's StrictModes wants it.
+    let lab = Lab::start(Timers::Default, |user| assert!(!user.authorized_keys().exists())).await;
     let hooks = std::fs::read_to_string(lab.path("hooks.log")).unwrap();
     let prepared = format!("prepare {} {} 127.0.0.1:{}", lab.worker, lab.user.name, lab.sshd_port);
     assert_eq!(hooks.lines().collect::<Vec<_>>(), [prepared.as_str()], "the prepare hook ran once, with its env");
@@ -66,9 +67,9 @@ async fn lease_keys_log_in_through_the_tunnel_and_go_when_the_lease_ends() {
     .await;
     lab.wait_worker("idle", Duration::from_secs(15)).await;
 
-    // A request with its own public key: no private key is handed out, and
-    // the requester's key logs in.
-    let (own_private, own_public) = own_key_pair(&lab.dir.0, "own_key");
+    // A request with its own public key (ECDSA, issue 13 class 3): no
+    // private key is handed out, and the requester's key logs in.
+    let (own_private, own_public) = own_key_pair(&lab.dir.0, "own_key", "ecdsa");
     let (third, access) = lab.lease(Some(&own_public)).await;
     assert!(access["private_key"].is_null(), "no private key for a request with its own key: {access}");
     let lines = lab.lease_lines();
@@ -157,4 +158,123 @@ async fn a_restarted_server_keeps_the_lease_tunnel_and_other_keys_stay_untouched
     assert_eq!(std::fs::read(lab.user.authorized_keys()).unwrap(), foreign, "byte for byte");
     lab.wait_worker("idle", Duration::from_secs(30)).await;
     assert_eq!(lab.worker_json().await["state"], "idle");
+}
+
+/// Issue 13, class 7: during a lease the holder appends a key of their own
+/// to the lab user's `~/.ssh/authorized_keys` (which the user owns) and
+/// tries to plant a link where the agent writes. sshd reads only the
+/// agent's root-owned file, so the appended key never logs in, during the
+/// lease or after; the lease line is `restrict`ed, its `expiry-time`
+/// follows a prolong, and sshd honours an expired one.
+#[actix_rt::test]
+async fn class7_appended_key_does_not_survive_the_lease() {
+    use corral_agent::host::authorized_keys::{expiry_time, lease_line};
+
+    let lab = Lab::start(Timers::Default, |_| {}).await;
+    let (id, access) = lab.lease(None).await;
+    let port = access["port"].as_u64().unwrap() as u16;
+    let key = lab.key_file("lease", access["private_key"].as_str().unwrap());
+    let expires = corral_core::time::parse_rfc3339(access["expires_at"].as_str().unwrap()).unwrap();
+    let options = format!("restrict,pty,expiry-time=\"{}\" ", expiry_time(expires));
+    // The key went out before the lease started; the lease's own expiry
+    // follows it.
+    corral_testkit::wait_until("the line expires with the lease", Duration::from_secs(15), || async {
+        let lines = lab.lease_lines();
+        (lines.len() == 1 && lines[0].starts_with(&options)).then_some(())
+    })
+    .await;
+
+    // The holder, logged in through the tunnel with the lease key, appends
+    // a key of their own and tries the agent's directory.
+    let (own_private, own_public) = own_key_pair(&lab.dir.0, "appended", "ed25519");
+    let keys_dir = lab.user.authorized_keys().parent().unwrap().display().to_string();
+    let script = format!(
+        "umask 077; mkdir -p .ssh && printf '%s\\n' '{own_public}' >> .ssh/authorized_keys && echo appended; \
+         ln -s /etc/passwd {keys_dir}/planted 2>/dev/null || echo no-link; \
+         printf '%s\\n' '{own_public}' >> {keys_dir}/{user} 2>/dev/null || echo no-write",
+        user = lab.user.name,
+    );
+    let out = lab.ssh_run(port, &key, &script).await.expect("the lease key logs in");
+    // And leaves something running (which the account reset kills).
+    lab.ssh_run(port, &key, "nohup sleep 600 >/dev/null 2>&1 &").await.expect("a background process starts");
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["appended", "no-link", "no-write"], "{out}");
+    let own = std::fs::read_to_string(lab.user.own_authorized_keys()).unwrap();
+    assert!(own.contains(own_public.split_whitespace().nth(1).unwrap()), "the append itself worked: {own}");
+    let refused = lab.ssh_hello(port, &own_private).await.expect_err("sshd does not read the user's own file");
+    assert!(refused.contains("Permission denied"), "{refused}");
+
+    // Prolonging renews the line's expiry on the worker.
+    let (status, prolonged) =
+        lab.tess.post(&format!("/v1/requests/{id}/prolong"), serde_json::json!({"by": "1h"})).await;
+    assert_eq!(status, 200, "{prolonged}");
+    let later = corral_core::time::parse_rfc3339(prolonged["lease_expires_at"].as_str().unwrap()).unwrap();
+    let renewed = format!("expiry-time=\"{}\"", expiry_time(later));
+    corral_testkit::wait_until("the key's expiry follows the prolong", Duration::from_secs(15), || async {
+        lab.lease_lines().first().is_some_and(|l| l.contains(&renewed)).then_some(())
+    })
+    .await;
+    lab.ssh_hello(port, &key).await.expect("the renewed line still logs in");
+
+    // After the lease: neither the lease key nor the appended key.
+    lab.close(id).await;
+    corral_testkit::wait_until("the lease line is gone", Duration::from_secs(15), || async {
+        lab.lease_lines().is_empty().then_some(())
+    })
+    .await;
+    lab.wait_worker("idle", Duration::from_secs(15)).await;
+    // (Killed processes whose parent has not reaped them yet show as zombies.)
+    let ps = std::process::Command::new("ps").args(["-o", "stat=,cmd=", "-u", &lab.user.name]).output().unwrap();
+    let ps = String::from_utf8_lossy(&ps.stdout).into_owned();
+    assert!(ps.lines().all(|p| p.trim_start().starts_with('Z')), "no live process of the lab user is left:\n{ps}");
+    assert!(lab.ssh_hello(lab.sshd_port, &key).await.is_err(), "the lease key is refused");
+    let refused = lab.ssh_hello(lab.sshd_port, &own_private).await.expect_err("the appended key is refused");
+    assert!(refused.contains("Permission denied"), "{refused}");
+    // The lab has reset_account = true: preparation killed what the holder
+    // left running and made the home again from /etc/skel.
+    assert!(!lab.user.own_authorized_keys().exists(), "the home was made again");
+    assert!(lab.user.home.join(".profile").exists(), "from /etc/skel");
+    let home = std::fs::metadata(&lab.user.home).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&home), lab.user.uid, "owned by the lab user");
+
+    // sshd honours the expiry-time the agent writes: the same line logs in
+    // while it holds, and not once it has passed (even if nobody removed it).
+    let stranger = corral_core::WorkerId(uuid::Uuid::new_v4());
+    let now = std::time::SystemTime::now();
+    for (expires, works) in [(now + Duration::from_secs(3600), true), (now - Duration::from_secs(60), false)] {
+        let line = lease_line(&own_public, corral_core::RequestId(999_999), stranger, expires).unwrap();
+        std::fs::write(lab.user.authorized_keys(), format!("{line}\n")).unwrap();
+        let login = lab.ssh_hello(lab.sshd_port, &own_private).await;
+        assert_eq!(login.is_ok(), works, "expiry {}: {login:?}", expiry_time(expires));
+    }
+}
+
+/// Issue 13, class 7: an agent whose sshd would also read the lab user's
+/// own `~/.ssh/authorized_keys` (the appended-key trick) refuses to start
+/// with `sshd_check = "refuse"`, and says what sshd_config needs.
+#[actix_rt::test]
+async fn class7_agent_refuses_an_sshd_that_reads_the_users_own_keys() {
+    let lab = Lab::start(Timers::Default, |_| {}).await;
+    let config = std::fs::read_to_string(lab.path("sshd_config")).unwrap();
+    let lax = config.replace(
+        "AuthorizedKeysFile /etc/corral/authorized_keys/%u",
+        "AuthorizedKeysFile /etc/corral/authorized_keys/%u .ssh/authorized_keys",
+    );
+    assert_ne!(lax, config, "the lab's sshd_config has the documented Match block");
+    std::fs::write(lab.path("sshd_config.lax"), lax).unwrap();
+    let agent = std::fs::read_to_string(lab.path("agent.toml")).unwrap();
+    let lax_agent = agent.replace("sshd_config\"", "sshd_config.lax\"");
+    assert_ne!(lax_agent, agent);
+    std::fs::write(lab.path("agent-lax.toml"), lax_agent).unwrap();
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
+        .arg("agent")
+        .arg("--config")
+        .arg(lab.path("agent-lax.toml"))
+        .env_remove("CORRAL_URL")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the agent must not start: {stderr}");
+    assert!(stderr.contains("a key the lease holder adds outlives the lease"), "{stderr}");
+    assert!(stderr.contains(&format!("{}/.ssh/authorized_keys", lab.user.home.display())), "{stderr}");
 }

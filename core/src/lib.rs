@@ -1,6 +1,7 @@
 //! The pure core of corral: the vocabulary of the domain (ids, caps, groups,
 //! priorities), the request and worker state machines, the matcher, lease
-//! arithmetic and the rules applied to facts observed by agents.
+//! arithmetic, the rules applied to facts observed by agents, and what an SSH
+//! public key or lab user name may be.
 //!
 //! Architecture invariant: this crate does no IO, spawns nothing and never
 //! reads the clock. Time is always passed in by the caller, so every rule here
@@ -14,6 +15,7 @@ pub mod lease;
 pub mod matcher;
 pub mod priority;
 pub mod request;
+pub mod ssh;
 pub mod time;
 pub mod user;
 pub mod worker;

@@ -103,8 +103,21 @@ pub enum Action {
     /// Make the worker fresh: remove every key line the agent owns for it,
     /// then run the `prepare` hook.
     Prepare,
-    /// Install `public_key` for the lab user, for this lease only.
-    StartLease { request: RequestId, public_key: String },
+    /// Install `public_key` for the lab user, for this lease only, valid
+    /// until `expires_at` (the key line's `expiry-time`).
+    StartLease {
+        request: RequestId,
+        public_key: String,
+        #[serde(with = "rfc3339")]
+        expires_at: SystemTime,
+    },
+    /// The lease was prolonged: its key line now expires at `expires_at`.
+    /// Changes nothing when the line is gone.
+    ExtendLease {
+        request: RequestId,
+        #[serde(with = "rfc3339")]
+        expires_at: SystemTime,
+    },
     /// Remove the key line of this lease.
     Revoke { request: RequestId },
     /// Put the worker into maintenance (run the `maintenance` hook).

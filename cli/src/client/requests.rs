@@ -152,7 +152,9 @@ async fn new(args: NewArgs) -> anyhow::Result<()> {
             if key.contains("PRIVATE KEY") {
                 bail!("{} is a private key; give the public key (usually the .pub file next to it)", file.display());
             }
-            Some(key.trim().to_string())
+            let key = corral_core::ssh::PublicKey::parse(&key)
+                .with_context(|| format!("{} is not an SSH public key the lab accepts", file.display()))?;
+            Some(key.to_string())
         }
         None => None,
     };

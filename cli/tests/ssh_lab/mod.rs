@@ -1,7 +1,9 @@
 //! A throw-away device lab for the SSH tests: a lab user, a real OpenSSH
-//! `sshd` on a loopback port whose `authorized_keys` a real
-//! `corral agent --config` manages, and a real `corral serve` on a test
-//! database. Everything is undone on drop, also when a test fails (then the
+//! `sshd` on a loopback port that reads the lab user's keys only from the
+//! root-owned file a real `corral agent --config` manages
+//! (`/etc/corral/authorized_keys/USER`, through `Match User` and
+//! `AuthorizedKeysFile`, as the agent's documentation says), and a real
+//! `corral serve` on a test database. Everything is undone on drop, also when a test fails (then the
 //! logs of every process are printed first).
 //!
 //! Needs root (useradd, sshd) and OpenSSH (`scripts/test` installs it).
@@ -80,13 +82,23 @@ impl LabUser {
         user
     }
 
+    /// The file the agent manages for the user (the default).
     pub fn authorized_keys(&self) -> PathBuf {
+        Path::new(KEYS_DIR).join(&self.name)
+    }
+
+    /// The user's own `~/.ssh/authorized_keys`, which sshd must not read.
+    pub fn own_authorized_keys(&self) -> PathBuf {
         self.home.join(".ssh").join("authorized_keys")
     }
 }
 
+/// The agent's default directory of managed key files.
+pub const KEYS_DIR: &str = "/etc/corral/authorized_keys";
+
 impl Drop for LabUser {
     fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.authorized_keys());
         // A login's processes may outlive the killed sshd for a moment, and
         // userdel refuses a user that has processes: wait a little, then
         // force it.
@@ -229,6 +241,9 @@ name = "ssh-lab"
 caps = {{ device_type = "board" }}
 ssh_addr = "127.0.0.1:{sshd_port}"
 user = "{user}"
+sshd_config = "{sshd_config}"
+sshd_check = "refuse"
+reset_account = true
 
 [worker.hooks]
 prepare = 'echo "$CORRAL_ACTION $CORRAL_WORKER $CORRAL_USER $CORRAL_SSH_ADDR" >> {hooks_log}'
@@ -236,6 +251,7 @@ interrogate = 'printf "{{\"battery\": 90}}"'
 "#,
             user = lab.user.name,
             hooks_log = hooks_log.display(),
+            sshd_config = lab.path("sshd_config").display(),
         );
         std::fs::write(lab.path("agent.toml"), &agent_toml).unwrap();
         lab.start_agent();
@@ -367,7 +383,7 @@ interrogate = 'printf "{{\"battery\": 90}}"'
         assert_eq!(closed["state"], "done", "{closed}");
     }
 
-    /// The lease lines of the lab user's `authorized_keys`.
+    /// The lease lines of the lab user's managed key file.
     pub fn lease_lines(&self) -> Vec<String> {
         std::fs::read_to_string(self.user.authorized_keys())
             .unwrap_or_default()
@@ -391,6 +407,16 @@ interrogate = 'printf "{{\"battery\": 90}}"'
     /// `ssh ... USER@127.0.0.1 echo hello` on `port`, pinning the host
     /// key: whether it printed hello, and what ssh said otherwise.
     pub async fn ssh_hello(&self, port: u16, key: &Path) -> Result<(), String> {
+        match self.ssh_run(port, key, "echo hello").await {
+            Ok(out) if out.trim() == "hello" => Ok(()),
+            Ok(out) => Err(format!("ssh printed {out:?}")),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// `ssh ... USER@127.0.0.1 COMMAND` on `port`, pinning the host key:
+    /// what the command printed, or what ssh said when it failed.
+    pub async fn ssh_run(&self, port: u16, key: &Path, command: &str) -> Result<String, String> {
         let known = self.path(&format!("known_hosts-{port}"));
         std::fs::write(&known, format!("[127.0.0.1]:{port} {}\n", self.host_key)).unwrap();
         let ssh = tokio::process::Command::new("ssh")
@@ -400,7 +426,7 @@ interrogate = 'printf "{{\"battery\": 90}}"'
             .arg(format!("UserKnownHostsFile={}", known.display()))
             .args(["-o", "GlobalKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"])
             .arg(format!("{}@127.0.0.1", self.user.name))
-            .args(["echo", "hello"])
+            .arg(command)
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .output();
@@ -410,8 +436,8 @@ interrogate = 'printf "{{\"battery\": 90}}"'
             Err(_) => return Err("ssh did not finish in 30 s".to_string()),
         };
         let stdout = String::from_utf8_lossy(&out.stdout);
-        if out.status.success() && stdout.trim() == "hello" {
-            Ok(())
+        if out.status.success() {
+            Ok(stdout.into_owned())
         } else {
             Err(format!("ssh {}: {stdout}{}", out.status, String::from_utf8_lossy(&out.stderr)))
         }
@@ -456,10 +482,13 @@ async fn start_sshd(dir: &Path, user: &LabUser, children: &mut Children) -> (u16
     // Newer OpenSSH (9.8+) penalises addresses whose connections fail to
     // authenticate; the tests fail logins on purpose. Older versions do not
     // know the setting, so keep it only if sshd accepts it.
-    std::fs::write(&config, format!("{settings}PerSourcePenalties no\n")).unwrap();
+    // Lease keys come only from the agent's root-owned file (the lines the
+    // agent's documentation gives); the user's own file is not read.
+    let lab_users = format!("Match User {}\n    AuthorizedKeysFile {KEYS_DIR}/%u\n", user.name);
+    std::fs::write(&config, format!("{settings}PerSourcePenalties no\n{lab_users}")).unwrap();
     let sshd = sshd_binary();
     if !Command::new(&sshd).arg("-t").arg("-f").arg(&config).output().unwrap().status.success() {
-        std::fs::write(&config, &settings).unwrap();
+        std::fs::write(&config, format!("{settings}{lab_users}")).unwrap();
         run("sshd -t", Command::new(&sshd).arg("-t").arg("-f").arg(&config));
     }
     let log = std::fs::File::create(dir.join("sshd.log")).unwrap();
@@ -478,32 +507,31 @@ async fn start_sshd(dir: &Path, user: &LabUser, children: &mut Children) -> (u16
     (port, public)
 }
 
-/// Writes foreign lines into the lab user's `authorized_keys` (a directory
-/// and file owned by the user, as a user would have them).
+/// Writes foreign lines (an admin's) into the user's managed key file,
+/// root-owned in a root-owned directory, as an admin would have them.
 pub fn write_foreign_keys(user: &LabUser, content: &[u8]) {
-    let ssh = user.home.join(".ssh");
-    std::fs::create_dir_all(&ssh).unwrap();
-    std::fs::set_permissions(&ssh, std::fs::Permissions::from_mode(0o700)).unwrap();
-    write_private(&user.authorized_keys(), content);
-    let gid = nix::unistd::User::from_name(&user.name).unwrap().unwrap().gid.as_raw();
-    std::os::unix::fs::chown(&ssh, Some(user.uid), Some(gid)).unwrap();
-    std::os::unix::fs::chown(user.authorized_keys(), Some(user.uid), Some(gid)).unwrap();
+    std::fs::create_dir_all(KEYS_DIR).unwrap();
+    std::fs::write(user.authorized_keys(), content).unwrap();
+    std::fs::set_permissions(user.authorized_keys(), std::fs::Permissions::from_mode(0o644)).unwrap();
 }
 
-/// Checks the ownership and modes sshd's StrictModes wants.
+/// Checks the ownership and modes sshd's StrictModes wants and the lab
+/// user cannot get around: root owns the file and its directory, and only
+/// root may write them.
 pub fn assert_strict_modes(user: &LabUser) {
-    let ssh = std::fs::metadata(user.home.join(".ssh")).unwrap();
-    assert_eq!((ssh.uid(), ssh.mode() & 0o777), (user.uid, 0o700), ".ssh owner and mode");
+    let dir = std::fs::metadata(KEYS_DIR).unwrap();
+    assert_eq!((dir.uid(), dir.mode() & 0o022), (0, 0), "{KEYS_DIR} is root's alone");
     let keys = std::fs::metadata(user.authorized_keys()).unwrap();
-    assert_eq!((keys.uid(), keys.mode() & 0o777), (user.uid, 0o600), "authorized_keys owner and mode");
+    assert_eq!((keys.uid(), keys.mode() & 0o777), (0, 0o644), "key file owner and mode");
 }
 
-/// A generated key pair: (private key file, public key line).
-pub fn own_key_pair(dir: &Path, name: &str) -> (PathBuf, String) {
+/// A generated key pair of `kind` (`ed25519`, `ecdsa` ...): (private key
+/// file, public key line).
+pub fn own_key_pair(dir: &Path, name: &str, kind: &str) -> (PathBuf, String) {
     let path = dir.join(name);
     run(
         "ssh-keygen",
-        Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "me@laptop", "-f"]).arg(&path),
+        Command::new("ssh-keygen").args(["-q", "-t", kind, "-N", "", "-C", "me@laptop", "-f"]).arg(&path),
     );
     let public = std::fs::read_to_string(path.with_extension("pub")).unwrap().trim().to_string();
     (path, public)
