@@ -108,12 +108,12 @@ async fn list(state: web::Data<AppState>, auth: Auth, req: HttpRequest) -> Resul
     }
     filter.owner = query.one("owner")?.map(str::to_string);
     if !caller.is_admin() {
-        match &filter.owner {
-            Some(owner) if *owner != caller.name => {
-                return Err(ApiError::forbidden("only admins may list other users' requests"));
-            }
-            _ => filter.owner = Some(caller.name.clone()),
+        if filter.owner.as_ref().is_some_and(|owner| *owner != caller.name) {
+            return Err(ApiError::forbidden("only admins may list other users' requests"));
         }
+        // By identity: a deleted user's requests are not a later namesake's.
+        filter.owner = None;
+        filter.owner_id = Some(caller.id);
     }
     if let Some(cursor) = query.one("cursor")? {
         filter.before = Some(decode_cursor(cursor)?);
@@ -205,6 +205,8 @@ async fn acquire(
             corral_core::time::format_duration(state.config.max_wait)
         )));
     }
+    // A long-poll holds one of the caller's slots until it answers.
+    let _slot = if wait.is_zero() { None } else { Some(state.limits.long_polls.acquire(caller)?) };
     Ok(HttpResponse::Ok().json(state.corral.acquire(caller, id, wait).await?))
 }
 
