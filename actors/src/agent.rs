@@ -246,10 +246,9 @@ impl Corral {
         let addr = AgentSession::start_in_arbiter(shared.arbiter(), move |_| {
             AgentSession::new(session_shared, id, agent_name)
         });
-        shared.dir.add_session(
-            id,
-            SessionEntry { addr: addr.clone(), agent: open.agent.clone(), principal: caller.id },
-        );
+        shared
+            .dir
+            .add_session(id, SessionEntry { addr: addr.clone(), agent: open.agent.clone(), principal: caller.id });
         tracing::info!(session = %id, agent = %open.agent, workers = open.workers.len(), "agent session opened");
 
         let initial = shared.settings.new_worker_state;
@@ -322,10 +321,12 @@ impl Corral {
         };
         let at = shared.clock.now();
         let (record, previous) =
-            shared.db.hand_over_worker(worker, user.id, agent, &caller.actor(), &reason, at).await.map_err(|e| match e {
-                corral_db::DbError::NotFound { .. } => ActorError::NotFound(format!("worker {worker} not found")),
-                other => other.into(),
-            })?;
+            shared.db.hand_over_worker(worker, user.id, agent, &caller.actor(), &reason, at).await.map_err(
+                |e| match e {
+                    corral_db::DbError::NotFound { .. } => ActorError::NotFound(format!("worker {worker} not found")),
+                    other => other.into(),
+                },
+            )?;
         tracing::info!(worker = %worker, principal = %user.name, agent = %record.agent, "worker handed over");
         if let Some(addr) = shared.dir.worker(worker) {
             if let Some(session) = previous {

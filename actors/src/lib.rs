@@ -25,6 +25,7 @@ pub mod agent;
 pub mod clock;
 pub mod directory;
 pub mod error;
+pub mod explain;
 pub mod keys;
 pub mod matcher;
 pub mod owners;

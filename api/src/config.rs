@@ -186,7 +186,9 @@ impl Config {
                 "heartbeat_interval must be positive and shorter than session_timeout".to_string(),
             ));
         }
-        if self.max_waiting_requests_per_user == 0 || self.max_long_polls_per_user == 0 || self.max_streams_per_user == 0
+        if self.max_waiting_requests_per_user == 0
+            || self.max_long_polls_per_user == 0
+            || self.max_streams_per_user == 0
         {
             return Err(ConfigError::Invalid("per-user limits must be at least 1".to_string()));
         }

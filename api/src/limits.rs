@@ -47,7 +47,10 @@ impl PerUserLimit {
         let count = held.entry(caller.id).or_default();
         if *count >= self.max {
             return Err(ApiError::too_many_requests(
-                format!("{} already has {} concurrent {}, the most allowed; retry when one ends", caller.name, self.max, self.what),
+                format!(
+                    "{} already has {} concurrent {}, the most allowed; retry when one ends",
+                    caller.name, self.max, self.what
+                ),
                 RETRY_AFTER,
             ));
         }

@@ -27,7 +27,7 @@ fn worker_id(path: &str) -> Result<WorkerId, ApiError> {
 }
 
 fn visible(caller: &corral_actors::Caller, worker: &Worker) -> bool {
-    caller.role == Role::Admin || caller.groups.may_use(&worker.groups)
+    corral_actors::explain::may_see(caller, worker)
 }
 
 async fn list(state: web::Data<AppState>, auth: Auth, req: HttpRequest) -> Result<HttpResponse, ApiError> {

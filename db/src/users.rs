@@ -96,8 +96,9 @@ impl Db {
         self.run(op, move |client| {
             let name = name.clone();
             Box::pin(async move {
-                let row =
-                    client.query_opt("SELECT id, name, role, groups, created_at FROM users WHERE name = $1", &[&name]).await?;
+                let row = client
+                    .query_opt("SELECT id, name, role, groups, created_at FROM users WHERE name = $1", &[&name])
+                    .await?;
                 Ok(row.map(|r| UserRecord::from_row(op, &r)).transpose()?)
             })
         })
@@ -126,7 +127,8 @@ impl Db {
         let op = DatabaseOperation::ListUsers;
         self.run(op, move |client| {
             Box::pin(async move {
-                let rows = client.query("SELECT id, name, role, groups, created_at FROM users ORDER BY name", &[]).await?;
+                let rows =
+                    client.query("SELECT id, name, role, groups, created_at FROM users ORDER BY name", &[]).await?;
                 Ok(rows.iter().map(|r| UserRecord::from_row(op, r)).collect::<Result<_, _>>()?)
             })
         })
