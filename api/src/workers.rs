@@ -2,7 +2,7 @@
 //! actions: state, groups, deregister, hand-over to another agent user.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use corral_core::{Groups, Role, WorkerId, WorkerState};
+use corral_core::{Groups, WorkerId, WorkerState};
 use corral_proto::Page;
 use corral_proto::workers::{StateChange, Worker};
 

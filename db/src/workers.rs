@@ -281,12 +281,15 @@ impl Db {
                 let row = client
                     .query_opt(
                         &format!(
-                            "WITH old AS (SELECT uuid, session FROM workers WHERE uuid = $1 FOR UPDATE),
-                             w AS (UPDATE workers SET principal = $2, agent = COALESCE($3, agent), session = NULL
-                                WHERE uuid = $1 AND state IN ('maintenance', 'failed') RETURNING {WORKER_COLUMNS}),
+                            "WITH w AS (UPDATE workers SET principal = $2, agent = COALESCE($3, workers.agent),
+                                    session = NULL
+                                FROM (SELECT uuid, session FROM workers WHERE uuid = $1) old
+                                WHERE workers.uuid = $1 AND old.uuid = $1 AND workers.state IN ('maintenance', 'failed')
+                                RETURNING {columns}, old.session AS previous_session),
                              h AS (INSERT INTO worker_history (worker, at, from_state, to_state, actor, reason)
                                 SELECT uuid, $5, state, state, $4, $6 FROM w)
-                             SELECT w.*, old.session AS previous_session FROM w JOIN old ON old.uuid = w.uuid"
+                             SELECT * FROM w",
+                            columns = crate::qualified("workers", WORKER_COLUMNS),
                         ),
                         &[&uuid.0, &principal.0, &agent, &actor, &at, &reason],
                     )
