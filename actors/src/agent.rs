@@ -280,7 +280,10 @@ impl Corral {
                     actor
                 }
             };
-            tell(&actor, WorkerMsg::Attach { record, agent: addr.clone(), agent_name: open.agent.clone() });
+            tell(
+                &actor,
+                WorkerMsg::Attach { record: Box::new(record), agent: addr.clone(), agent_name: open.agent.clone() },
+            );
         }
         Ok(SessionOpened {
             session: id,

@@ -105,6 +105,14 @@ pub enum RequestMsg {
     Requeue,
 }
 
+/// A close waiting for the binding in progress: who closed the request,
+/// why, and whom to answer.
+struct ParkedClose {
+    actor: String,
+    reason: String,
+    reply: Reply<Result<RequestRecord, ActorError>>,
+}
+
 #[derive(Debug)]
 struct Binding {
     worker: WorkerId,
@@ -120,9 +128,8 @@ pub struct RequestActor {
     record: RequestRecord,
     binding: Option<Binding>,
     waiters: Vec<Reply<Result<AccessDetails, ActorError>>>,
-    /// Closes that arrived while the matcher was binding the request: who
-    /// closed it and why.
-    parked_closes: Vec<(String, String, Reply<Result<RequestRecord, ActorError>>)>,
+    /// Closes that arrived while the matcher was binding the request.
+    parked_closes: Vec<ParkedClose>,
     /// It holds one of its owner's waiting slots ([`crate::owners`]).
     counts_waiting: bool,
 }
@@ -244,7 +251,7 @@ impl RequestActor {
             let _ =
                 waiter.send(Err(ActorError::Conflict(format!("request {} is {}", self.record.id, self.record.state))));
         }
-        for (_, _, reply) in self.parked_closes.drain(..) {
+        for ParkedClose { reply, .. } in self.parked_closes.drain(..) {
             let _ = reply.send(Ok(self.record.clone()));
         }
         self.shared.dir.remove_request(self.record.id);
@@ -291,7 +298,7 @@ impl RequestActor {
                 act.finish(record, ctx);
             }
             // Being bound right now: close when the binding arrives.
-            Ok(None) => act.parked_closes.push((actor_later, reason_later, reply)),
+            Ok(None) => act.parked_closes.push(ParkedClose { actor: actor_later, reason: reason_later, reply }),
             Err(err) => {
                 let _ = reply.send(Err(err));
             }
@@ -380,7 +387,7 @@ impl RequestActor {
         }
         self.record.worker = Some(worker);
         self.binding = Some(Binding { worker, fence, key: None, started: false, tunnel_port: None, access: None });
-        if let Some((actor, reason, reply)) = self.parked_closes.pop() {
+        if let Some(ParkedClose { actor, reason, reply }) = self.parked_closes.pop() {
             return self.end_bound(RequestState::Cancelled, actor, reason, Some(reply));
         }
         self.make_key_and_install()
