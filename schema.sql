@@ -196,7 +196,10 @@ CREATE TABLE IF NOT EXISTS settings (
 -- user of that name never inherits it. A worker without a principal (it
 -- had no live session at the upgrade) is bound to the first agent
 -- principal that registers it.
-ALTER TABLE users ADD COLUMN IF NOT EXISTS id BIGSERIAL;
+-- (A named sequence rather than BIGSERIAL: ADD COLUMN IF NOT EXISTS with
+-- a serial type made a new sequence at every start on some versions.)
+CREATE SEQUENCE IF NOT EXISTS users_id_seq;
+ALTER TABLE users ADD COLUMN IF NOT EXISTS id BIGINT NOT NULL DEFAULT nextval('users_id_seq');
 CREATE UNIQUE INDEX IF NOT EXISTS users_by_id ON users (id);
 ALTER TABLE requests ADD COLUMN IF NOT EXISTS owner_id BIGINT;
 UPDATE requests SET owner_id = COALESCE((SELECT u.id FROM users u WHERE u.name = requests.owner), 0)

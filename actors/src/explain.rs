@@ -103,8 +103,12 @@ impl Corral {
             });
         }
         let now = self.clock().now();
+        // Counts only of what the caller may see: a user learns nothing of
+        // workers outside its groups.
         let summary = if !found.visible {
             format!("not eligible before valid_after {}", corral_core::time::format_rfc3339(record.valid_after))
+        } else if visible_candidates.is_empty() && !caller.is_admin() {
+            "no registered worker that the owner may use has these caps".to_string()
         } else if candidates.is_empty() && mismatched.is_empty() {
             "no registered worker has these caps".to_string()
         } else if candidates.is_empty() {
@@ -116,7 +120,7 @@ impl Corral {
                 "position {} of {} waiting for the same workers; none of its {} matching workers is idle",
                 found.position,
                 found.competing,
-                candidates.len()
+                visible_candidates.len()
             )
         };
         Ok(Explanation {

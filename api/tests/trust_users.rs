@@ -291,3 +291,37 @@ async fn class5_explain_is_bounded_and_scoped() {
         agent.stop().await;
     }
 }
+
+#[actix_rt::test]
+async fn class5_the_waiting_limit_is_kept_across_a_restart() {
+    let first = TestServer::start_with(Clock::System, |c| c.max_waiting_requests_per_user = 2).await;
+    let token = first.user("dan", &[]).await;
+    let dan = first.api(&token);
+    let unsatisfiable = json!({"caps": {"device_type": "none"}, "allow_unsatisfiable": true});
+    let kept = dan.submit(unsatisfiable.clone()).await;
+    dan.submit(unsatisfiable.clone()).await;
+
+    // A new server on the same database rebuilds dan's two waiting
+    // requests and counts them: a third is still refused.
+    let mut config = common::test_config(&first.db_url);
+    config.max_waiting_requests_per_user = 2;
+    let data_dir = config.data_dir.clone();
+    first.halt().await;
+    let second = corral_api::serve(config, Clock::System).await.expect("the server restarts");
+    let url = format!("http://{}", second.addr);
+    let handle = second.handle();
+    actix_rt::spawn(async move {
+        let _ = second.wait().await;
+    });
+    let (status, retry_after, body) =
+        call_at(&url, &token, awc::http::Method::POST, "/v1/requests", Some(unsatisfiable.clone())).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(retry_after.is_some());
+    // Closing one frees its slot on the new server.
+    let dan = dan.at(&url);
+    let (status, _) = dan.post_empty(&format!("/v1/requests/{kept}/close")).await;
+    assert_eq!(status, StatusCode::OK);
+    dan.submit(unsatisfiable).await;
+    handle.stop(false).await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
