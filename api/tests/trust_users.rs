@@ -89,7 +89,7 @@ async fn class4_deleting_a_user_ends_their_requests_and_leases() {
     // tunnel port closed, the worker prepared and idle again.
     let live = server.corral.db().load_live_leases().await.unwrap();
     assert!(live.iter().all(|l| l.request != RequestId(leased)), "the lease ended");
-    assert!(std::net::TcpStream::connect(("127.0.0.1", port as u16)).is_err(), "the tunnel is closed");
+    assert_eq!(server.corral.shared().tunnels.port_of(RequestId(leased)), None, "the tunnel on {port} is closed");
     wait_for_worker(&admin, worker, |w| w["state"] == "idle" && w["request"].is_null()).await;
     // The token is gone and the user too.
     let (status, _) = alice.get("/v1/requests").await;
