@@ -58,26 +58,35 @@ impl Corral {
         let Some(found) = self.explain(id).await? else {
             return Ok(answer("being matched right now".to_string(), Some(0)));
         };
+        // One pass over the matching workers' public views: count what the
+        // caller may see, keep only the first few.
         let dir = &self.shared().dir;
-        let candidates: Vec<Worker> =
-            found.candidates.iter().filter_map(|uuid| dir.view(*uuid)).map(|v| v.worker).collect();
-        let mismatched: Vec<Worker> =
-            found.group_mismatch.iter().filter_map(|uuid| dir.view(*uuid)).map(|v| v.worker).collect();
-        let visible_candidates: Vec<&Worker> = candidates.iter().filter(|w| may_see(caller, w)).collect();
-        let visible_mismatched: Vec<&Worker> = mismatched.iter().filter(|w| may_see(caller, w)).collect();
-        let workers_total = visible_candidates.len() + visible_mismatched.len();
-        let listed: Vec<&Worker> =
-            visible_candidates.iter().chain(visible_mismatched.iter()).take(MAX_EXPLAINED_WORKERS).copied().collect();
+        let seen = |ids: &[corral_core::WorkerId], room: usize| {
+            let (mut count, mut kept) = (0, Vec::new());
+            for view in ids.iter().filter_map(|uuid| dir.view(*uuid)) {
+                if may_see(caller, &view.worker) {
+                    count += 1;
+                    if kept.len() < room {
+                        kept.push(view.worker);
+                    }
+                }
+            }
+            (count, kept)
+        };
+        let (visible_candidates, candidates) = seen(&found.candidates, MAX_EXPLAINED_WORKERS);
+        let (visible_mismatched, mismatched) =
+            seen(&found.group_mismatch, MAX_EXPLAINED_WORKERS.saturating_sub(candidates.len()));
+        let workers_total = visible_candidates + visible_mismatched;
 
         // One query for the leases that hold the listed running workers.
         let holders: Vec<RequestId> =
-            listed.iter().filter(|w| w.state == WorkerState::Running).filter_map(|w| w.request).collect();
+            candidates.iter().filter(|w| w.state == WorkerState::Running).filter_map(|w| w.request).collect();
         let leases = if holders.is_empty() { Default::default() } else { self.db().lease_holders(&holders).await? };
         let until = |t: Option<SystemTime>| {
             t.map(|t| format!(" until {}", corral_core::time::format_rfc3339(t))).unwrap_or_default()
         };
-        let mut workers = Vec::with_capacity(listed.len());
-        for w in listed.iter().take(visible_candidates.len().min(MAX_EXPLAINED_WORKERS)) {
+        let mut workers = Vec::with_capacity(candidates.len() + mismatched.len());
+        for w in &candidates {
             let why = match w.state {
                 WorkerState::Running => match w.request.and_then(|r| leases.get(&r).map(|l| (r, l))) {
                     Some((holder, (owner, expires))) if caller.is_admin() || *owner == caller.id => {
@@ -94,7 +103,7 @@ impl Corral {
             };
             workers.push(WorkerObstacle { uuid: w.uuid, state: w.state, why });
         }
-        for w in listed.iter().skip(visible_candidates.len()) {
+        for w in &mismatched {
             let groups: Vec<&str> = w.groups.iter().collect();
             workers.push(WorkerObstacle {
                 uuid: w.uuid,
@@ -107,20 +116,18 @@ impl Corral {
         // workers outside its groups.
         let summary = if !found.visible {
             format!("not eligible before valid_after {}", corral_core::time::format_rfc3339(record.valid_after))
-        } else if visible_candidates.is_empty() && !caller.is_admin() {
+        } else if visible_candidates == 0 && !caller.is_admin() {
             "no registered worker that the owner may use has these caps".to_string()
-        } else if candidates.is_empty() && mismatched.is_empty() {
+        } else if found.candidates.is_empty() && found.group_mismatch.is_empty() {
             "no registered worker has these caps".to_string()
-        } else if candidates.is_empty() {
+        } else if found.candidates.is_empty() {
             "every worker with these caps belongs to groups the owner is not in".to_string()
         } else if record.valid_after > now {
             "waiting for valid_after".to_string()
         } else {
             format!(
                 "position {} of {} waiting for the same workers; none of its {} matching workers is idle",
-                found.position,
-                found.competing,
-                visible_candidates.len()
+                found.position, found.competing, visible_candidates
             )
         };
         Ok(Explanation {
