@@ -114,3 +114,33 @@ impl Drop for WaitingSlot<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_counted_kept_and_freed() {
+        let owners = Owners::default();
+        let (ann, bo) = (UserId(1), UserId(2));
+        // A dropped reservation frees its slot; a kept one holds it.
+        drop(owners.reserve_waiting(ann, Some(1)).unwrap());
+        assert_eq!(owners.waiting(ann), 0);
+        owners.reserve_waiting(ann, Some(1)).unwrap().keep();
+        assert_eq!(owners.reserve_waiting(ann, Some(1)).unwrap_err(), Refusal::Limit(1));
+        // Limits are per user; None is unlimited.
+        owners.reserve_waiting(bo, Some(1)).unwrap().keep();
+        owners.reserve_waiting(ann, None).unwrap().keep();
+        assert_eq!((owners.waiting(ann), owners.waiting(bo)), (2, 1));
+        owners.release_waiting(ann);
+        owners.release_waiting(ann);
+        owners.release_waiting(ann);
+        assert_eq!(owners.waiting(ann), 0, "never below zero");
+        owners.reserve_waiting(ann, Some(1)).unwrap().keep();
+        // A user being deleted gets no slot, even without a limit.
+        owners.mark_deleted(bo);
+        assert_eq!(owners.reserve_waiting(bo, None).unwrap_err(), Refusal::Deleted);
+        owners.unmark_deleted(bo);
+        assert!(owners.reserve_waiting(bo, None).is_ok());
+    }
+}

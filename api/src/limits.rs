@@ -94,3 +94,32 @@ impl Limits {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use corral_core::{Groups, Role};
+
+    use super::*;
+
+    fn caller(id: i64, role: Role) -> Caller {
+        Caller { id: UserId(id), name: format!("u{id}"), role, groups: Groups::default() }
+    }
+
+    #[test]
+    fn a_slot_is_held_until_dropped_and_admins_are_not_counted() {
+        let limit = PerUserLimit::new("long-polls", 2);
+        let (ann, bo, admin) = (caller(1, Role::User), caller(2, Role::User), caller(3, Role::Admin));
+        let first = limit.acquire(&ann).unwrap();
+        let second = limit.acquire(&ann).unwrap();
+        let refused = limit.acquire(&ann).unwrap_err();
+        assert_eq!((refused.status.as_u16(), refused.retry_after), (429, Some(RETRY_AFTER)));
+        assert!(limit.acquire(&bo).is_ok(), "per user");
+        let admin_slots: Vec<Slot> = (0..5).map(|_| limit.acquire(&admin).unwrap()).collect();
+        assert_eq!(limit.held(admin.id), 0);
+        drop(first);
+        assert_eq!(limit.held(ann.id), 1);
+        let third = limit.acquire(&ann).unwrap();
+        drop((second, third, admin_slots));
+        assert_eq!(limit.held(ann.id), 0);
+    }
+}
