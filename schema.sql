@@ -200,3 +200,29 @@ CREATE TABLE IF NOT EXISTS settings (
     key         TEXT PRIMARY KEY,
     value       TEXT NOT NULL
 );
+
+-- Identities that are not names (issue 13). A user deleted and created
+-- again under the same name is another user: requests belong to their
+-- owner's id, agent sessions and workers to their principal's id. Rows
+-- from before these columns are backfilled once by name; a request whose
+-- owner was already gone gets owner_id 0, which no user has, so a later
+-- user of that name never inherits it. A worker without a principal (it
+-- had no live session at the upgrade) is bound to the first agent
+-- principal that registers it.
+-- (A named sequence rather than BIGSERIAL: ADD COLUMN IF NOT EXISTS with
+-- a serial type made a new sequence at every start on some versions.)
+CREATE SEQUENCE IF NOT EXISTS users_id_seq;
+ALTER TABLE users ADD COLUMN IF NOT EXISTS id BIGINT NOT NULL DEFAULT nextval('users_id_seq');
+CREATE UNIQUE INDEX IF NOT EXISTS users_by_id ON users (id);
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS owner_id BIGINT;
+UPDATE requests SET owner_id = COALESCE((SELECT u.id FROM users u WHERE u.name = requests.owner), 0)
+    WHERE owner_id IS NULL;
+CREATE INDEX IF NOT EXISTS requests_by_owner_id ON requests (owner_id, id);
+ALTER TABLE sessions ADD COLUMN IF NOT EXISTS principal_id BIGINT;
+UPDATE sessions SET principal_id = COALESCE((SELECT u.id FROM users u WHERE u.name = sessions.principal), 0)
+    WHERE principal_id IS NULL;
+-- The agent principal (users.id) that registered the worker: another
+-- agent token cannot claim it (an admin hands it over).
+ALTER TABLE workers ADD COLUMN IF NOT EXISTS principal BIGINT;
+UPDATE workers SET principal = (SELECT s.principal_id FROM sessions s WHERE s.id = workers.session)
+    WHERE principal IS NULL AND session IS NOT NULL;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use corral_core::caps::CapsError;
 use corral_core::{Caps, FencingToken, Groups, Role, SessionId, WorkerId};
-use corral_db::WorkerUpsert;
+use corral_db::{ClaimRefusal, WorkerUpsert};
 use corral_proto::agent::{
     Action, Command, CommandBatch, CommandResult, Heartbeat, HeartbeatAck, OpenSession, RegisteredWorker, SessionOpened,
 };
@@ -216,7 +216,7 @@ impl Corral {
             .dir
             .session(session)
             .ok_or_else(|| ActorError::NotFound(format!("session {session} is not alive; open a new one")))?;
-        if entry.principal != caller.name {
+        if entry.principal != caller.id {
             return Err(ActorError::NotFound(format!("session {session} is not alive; open a new one")));
         }
         Ok(entry)
@@ -229,28 +229,31 @@ impl Corral {
         }
         validate(&open)?;
         let shared = self.shared();
-        for worker in &open.workers {
-            if let Some(view) = shared.dir.view(worker.uuid)
-                && view.worker.agent != open.agent
-            {
-                return Err(ActorError::Conflict(format!(
-                    "worker {} is registered by agent {:?}",
-                    worker.uuid, view.worker.agent
+        // Workers and agent names are bound to the agent user that
+        // registered them: another agent token changes nothing.
+        let claimed: Vec<WorkerId> = open.workers.iter().map(|w| w.uuid).collect();
+        match shared.db.agent_claim_refusal(&open.agent, caller.id, &claimed).await? {
+            Some(ClaimRefusal::OtherPrincipal(what)) => {
+                tracing::warn!(agent = %open.agent, principal = %caller.name, refused = %what, "agent session refused");
+                return Err(ActorError::Forbidden(format!(
+                    "{what}; an admin can hand a worker over (PUT /v1/workers/UUID/agent)"
                 )));
             }
+            Some(ClaimRefusal::OtherAgent(what)) => return Err(ActorError::Conflict(what)),
+            None => {}
         }
         let id = SessionId::random();
         let timeout = shared.settings.session_timeout;
-        shared.db.open_session(id, "agent", &open.agent, &caller.name, timeout, shared.clock.db_now()).await?;
+        let now = shared.clock.db_now();
+        shared.db.open_session_as(id, "agent", &open.agent, &caller.name, Some(caller.id), timeout, now).await?;
         let session_shared = shared.clone();
         let agent_name = open.agent.clone();
         let addr = AgentSession::start_in_arbiter(shared.arbiter(), move |_| {
             AgentSession::new(session_shared, id, agent_name)
         });
-        shared.dir.add_session(
-            id,
-            SessionEntry { addr: addr.clone(), agent: open.agent.clone(), principal: caller.name.clone() },
-        );
+        shared
+            .dir
+            .add_session(id, SessionEntry { addr: addr.clone(), agent: open.agent.clone(), principal: caller.id });
         tracing::info!(session = %id, agent = %open.agent, workers = open.workers.len(), "agent session opened");
 
         let initial = shared.settings.new_worker_state;
@@ -260,6 +263,7 @@ impl Corral {
             let upsert = WorkerUpsert {
                 uuid: worker.uuid,
                 agent: open.agent.clone(),
+                principal: caller.id,
                 session: id,
                 caps: worker.caps,
                 groups: worker.groups,
@@ -281,7 +285,10 @@ impl Corral {
                     actor
                 }
             };
-            tell(&actor, WorkerMsg::Attach { record, agent: addr.clone(), agent_name: open.agent.clone() });
+            tell(
+                &actor,
+                WorkerMsg::Attach { record: Box::new(record), agent: addr.clone(), agent_name: open.agent.clone() },
+            );
         }
         Ok(SessionOpened {
             session: id,
@@ -289,6 +296,53 @@ impl Corral {
             session_timeout: timeout,
             workers: registered,
         })
+    }
+
+    /// An admin hands a worker (in maintenance or failed) over to the agent
+    /// user `principal`, and to the agent host name `agent` if given: only
+    /// that user's agents may claim it from now on. The session that held
+    /// it lets it go.
+    pub async fn hand_over_worker(
+        &self,
+        caller: &Caller,
+        worker: WorkerId,
+        principal: &str,
+        agent: Option<&str>,
+    ) -> Result<corral_proto::workers::Worker, ActorError> {
+        if !caller.is_admin() {
+            return Err(ActorError::Forbidden("this needs an admin token".to_string()));
+        }
+        if let Some(agent) = agent
+            && !corral_core::user::valid_user_name(agent)
+        {
+            return Err(ActorError::BadRequest(format!(
+                "agent name {agent:?} must be 1-64 characters of letters, digits, '.', '_' or '-'"
+            )));
+        }
+        let shared = self.shared();
+        let user = shared.db.user_by_name(principal).await?.filter(|u| u.role == Role::Agent).ok_or_else(|| {
+            ActorError::Unprocessable(format!("there is no agent user named {principal:?} to hand the worker to"))
+        })?;
+        let reason = match agent {
+            Some(agent) => format!("handed over to agent user {} (agent {agent})", user.name),
+            None => format!("handed over to agent user {}", user.name),
+        };
+        let at = shared.clock.now();
+        let (record, previous) =
+            shared.db.hand_over_worker(worker, user.id, agent, &caller.actor(), &reason, at).await.map_err(
+                |e| match e {
+                    corral_db::DbError::NotFound { .. } => ActorError::NotFound(format!("worker {worker} not found")),
+                    other => other.into(),
+                },
+            )?;
+        tracing::info!(worker = %worker, principal = %user.name, agent = %record.agent, "worker handed over");
+        if let Some(addr) = shared.dir.worker(worker) {
+            if let Some(session) = previous {
+                tell(&addr, WorkerMsg::AgentLost { session, reason: reason.clone() });
+            }
+            tell(&addr, WorkerMsg::Resync);
+        }
+        Ok(crate::worker::WorkerActor::view(&record, None).worker)
     }
 
     /// Keeps a session alive and passes on what the agent observed.

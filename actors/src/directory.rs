@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::RwLock;
 
 use actix::Addr;
-use corral_core::{RequestId, SessionId, WorkerId};
+use corral_core::{RequestId, SessionId, UserId, WorkerId};
 use corral_proto::workers::Worker;
 
 use crate::agent::AgentSession;
@@ -26,7 +26,8 @@ pub struct WorkerView {
 pub struct SessionEntry {
     pub addr: Addr<AgentSession>,
     pub agent: String,
-    pub principal: String,
+    /// The agent user whose token opened it; only that user may use it.
+    pub principal: UserId,
 }
 
 #[derive(Debug, Default)]

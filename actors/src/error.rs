@@ -17,6 +17,9 @@ pub enum ActorError {
     BadRequest(String),
     #[error("{0}")]
     Forbidden(String),
+    /// A per-user limit is reached; retry later.
+    #[error("{0}")]
+    TooManyRequests(String),
     /// The database or an actor is unavailable; retry later.
     #[error("{0}")]
     Unavailable(String),

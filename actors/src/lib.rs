@@ -25,14 +25,17 @@ pub mod agent;
 pub mod clock;
 pub mod directory;
 pub mod error;
+pub mod explain;
 pub mod keys;
 pub mod matcher;
+pub mod owners;
 pub mod reaper;
 mod rebuild;
 pub mod request;
 pub mod settings;
 pub mod timekeeper;
 pub mod tunnel;
+mod users;
 pub mod worker;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -40,7 +43,7 @@ use std::sync::{Arc, OnceLock};
 
 use actix::dev::ToEnvelope;
 use actix::{Actor, Addr, Arbiter, ArbiterHandle, Handler, Message};
-use corral_core::{Groups, Role};
+use corral_core::{Groups, Role, UserId};
 use corral_db::Db;
 
 pub use clock::Clock;
@@ -58,6 +61,8 @@ pub type Reply<T> = tokio::sync::oneshot::Sender<T>;
 /// Who is asking.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Caller {
+    /// The user's identity; ownership checks compare it, never the name.
+    pub id: UserId,
     pub name: String,
     pub role: Role,
     pub groups: Groups,
@@ -66,6 +71,11 @@ pub struct Caller {
 impl Caller {
     pub fn is_admin(&self) -> bool {
         self.role == Role::Admin
+    }
+
+    /// Whether this caller owns `record` (by identity, not by name).
+    pub fn owns(&self, record: &corral_db::RequestRecord) -> bool {
+        record.owner_id == self.id
     }
 
     /// How this caller is named in history rows.
@@ -83,6 +93,8 @@ pub struct Shared {
     pub clock: Clock,
     pub settings: Settings,
     pub dir: Directory,
+    /// Per-user waiting counts and deletions in progress.
+    pub owners: owners::Owners,
     pub tunnels: Tunnels,
     /// Changes at every start; agents learn that command sequence numbers
     /// restarted.
@@ -172,6 +184,7 @@ impl Corral {
             clock,
             settings,
             dir: Directory::default(),
+            owners: owners::Owners::default(),
             incarnation: uuid::Uuid::new_v4().simple().to_string(),
             leader,
             matcher: OnceLock::new(),

@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use crate::keys::{self, LeaseKey};
 use crate::matcher::{MatcherMsg, announce_binding};
+use crate::owners::Refusal;
 use crate::settings::KeyKind;
 use crate::timekeeper::{TimerKey, TimerMsg};
 use crate::worker::{LeaseEnd, WorkerMsg};
@@ -62,6 +63,13 @@ pub enum RequestMsg {
         caller: Caller,
         reply: Reply<Result<RequestRecord, ActorError>>,
     },
+    /// The owner is being deleted: cancel (waiting) or end (in progress)
+    /// the request, whoever asks, with this actor and reason in history.
+    OwnerDeleted {
+        actor: String,
+        reason: String,
+        reply: Reply<Result<RequestRecord, ActorError>>,
+    },
     Acquire {
         caller: Caller,
         reply: Reply<Result<Acquired, ActorError>>,
@@ -99,6 +107,14 @@ pub enum RequestMsg {
     Requeue,
 }
 
+/// A close waiting for the binding in progress: who closed the request,
+/// why, and whom to answer.
+struct ParkedClose {
+    actor: String,
+    reason: String,
+    reply: Reply<Result<RequestRecord, ActorError>>,
+}
+
 #[derive(Debug)]
 struct Binding {
     worker: WorkerId,
@@ -117,7 +133,9 @@ pub struct RequestActor {
     binding: Option<Binding>,
     waiters: Vec<Reply<Result<AccessDetails, ActorError>>>,
     /// Closes that arrived while the matcher was binding the request.
-    parked_closes: Vec<(Caller, Reply<Result<RequestRecord, ActorError>>)>,
+    parked_closes: Vec<ParkedClose>,
+    /// It holds one of its owner's waiting slots ([`crate::owners`]).
+    counts_waiting: bool,
 }
 
 type Step = ResponseActFuture<RequestActor, ()>;
@@ -131,8 +149,17 @@ fn not_found(id: RequestId) -> ActorError {
 }
 
 impl RequestActor {
+    /// A submitted request; it takes over the waiting slot its submission
+    /// reserved.
     pub(crate) fn new(shared: Arc<Shared>, record: RequestRecord) -> RequestActor {
-        RequestActor { shared, record, binding: None, waiters: Vec::new(), parked_closes: Vec::new() }
+        RequestActor {
+            shared,
+            record,
+            binding: None,
+            waiters: Vec::new(),
+            parked_closes: Vec::new(),
+            counts_waiting: true,
+        }
     }
 
     /// Rebuilt after a restart with its lease, if it has one.
@@ -155,7 +182,18 @@ impl RequestActor {
             tunnel_port: lease.tunnel_port,
             access,
         });
-        RequestActor { shared, record, binding, waiters: Vec::new(), parked_closes: Vec::new() }
+        let counts_waiting = record.state == RequestState::Waiting;
+        if counts_waiting {
+            shared.owners.count_waiting(record.owner_id);
+        }
+        RequestActor { shared, record, binding, waiters: Vec::new(), parked_closes: Vec::new(), counts_waiting }
+    }
+
+    /// The request no longer waits: its owner's slot is free.
+    fn leave_waiting(&mut self) {
+        if std::mem::take(&mut self.counts_waiting) {
+            self.shared.owners.release_waiting(self.record.owner_id);
+        }
     }
 
     pub(crate) fn spec(record: &RequestRecord) -> RequestSpec {
@@ -174,7 +212,7 @@ impl RequestActor {
     }
 
     fn may_act(&self, caller: &Caller) -> bool {
-        caller.is_admin() || caller.name == self.record.owner
+        caller.is_admin() || caller.owns(&self.record)
     }
 
     fn access_details(&self) -> Option<AccessDetails> {
@@ -208,6 +246,7 @@ impl RequestActor {
     fn finish(&mut self, record: RequestRecord, ctx: &mut Context<Self>) {
         tracing::info!(request = %record.id, state = %record.state, reason = record.reason.as_deref().unwrap_or(""), "request ended");
         self.record = record;
+        self.leave_waiting();
         if let Some(binding) = &self.binding {
             self.shared.tunnels.close(self.record.id);
             if binding.started {
@@ -218,7 +257,7 @@ impl RequestActor {
             let _ =
                 waiter.send(Err(ActorError::Conflict(format!("request {} is {}", self.record.id, self.record.state))));
         }
-        for (_, reply) in self.parked_closes.drain(..) {
+        for ParkedClose { reply, .. } in self.parked_closes.drain(..) {
             let _ = reply.send(Ok(self.record.clone()));
         }
         self.shared.dir.remove_request(self.record.id);
@@ -234,18 +273,22 @@ impl RequestActor {
 
     // ----- waiting, unbound ----------------------------------------------
 
-    fn close_unbound(&mut self, caller: Caller, reply: Reply<Result<RequestRecord, ActorError>>) -> Step {
+    fn close_unbound(
+        &mut self,
+        actor: String,
+        reason: String,
+        reply: Reply<Result<RequestRecord, ActorError>>,
+    ) -> Step {
         let (db, matcher, now, id) =
             (self.shared.db.clone(), self.shared.matcher().clone(), self.shared.clock.now(), self.id());
         let spec = Self::spec(&self.record);
-        let actor = caller.actor();
+        let (actor_later, reason_later) = (actor.clone(), reason.clone());
         let work = async move {
             let (tx, rx) = tokio::sync::oneshot::channel();
             matcher.send(MatcherMsg::Withdraw { request: id, reply: tx }).await?;
             if !rx.await? {
                 return Ok(None);
             }
-            let reason = format!("closed by {actor}");
             match db.request_transition(id, RequestState::Waiting, RequestState::Cancelled, now, &actor, &reason).await
             {
                 Ok(record) => Ok(Some(record)),
@@ -261,7 +304,7 @@ impl RequestActor {
                 act.finish(record, ctx);
             }
             // Being bound right now: close when the binding arrives.
-            Ok(None) => act.parked_closes.push((caller, reply)),
+            Ok(None) => act.parked_closes.push(ParkedClose { actor: actor_later, reason: reason_later, reply }),
             Err(err) => {
                 let _ = reply.send(Err(err));
             }
@@ -358,13 +401,8 @@ impl RequestActor {
             tunnel_port: None,
             access: None,
         });
-        if let Some((caller, reply)) = self.parked_closes.pop() {
-            return self.end_bound(
-                RequestState::Cancelled,
-                caller.actor(),
-                format!("closed by {}", caller.actor()),
-                Some(reply),
-            );
+        if let Some(ParkedClose { actor, reason, reply }) = self.parked_closes.pop() {
+            return self.end_bound(RequestState::Cancelled, actor, reason, Some(reply));
         }
         self.make_key_and_install()
     }
@@ -457,6 +495,7 @@ impl RequestActor {
             Ok((record, port)) => {
                 tracing::info!(request = %record.id, port, "lease started");
                 act.record = record;
+                act.leave_waiting();
                 if let Some(binding) = act.binding.as_mut() {
                     binding.started = true;
                     binding.tunnel_port = Some(port);
@@ -522,6 +561,20 @@ impl RequestActor {
                 }
             }
         }))
+    }
+
+    /// Waiting → cancelled, in progress → done (the lease ends), on behalf
+    /// of `actor` for `reason`.
+    fn close(&mut self, actor: String, reason: String, reply: Reply<Result<RequestRecord, ActorError>>) -> Step {
+        match (self.record.state, self.binding.is_some()) {
+            (RequestState::Waiting, false) => self.close_unbound(actor, reason, reply),
+            (RequestState::Waiting, true) => self.end_bound(RequestState::Cancelled, actor, reason, Some(reply)),
+            (RequestState::InProgress, _) => self.end_bound(RequestState::Done, actor, reason, Some(reply)),
+            (state, _) => {
+                let _ = reply.send(Err(ActorError::Conflict(format!("request {} is already {state}", self.id()))));
+                done()
+            }
+        }
     }
 
     fn lease_lost(&mut self, fence: FencingToken, reason: String) -> Step {
@@ -614,6 +667,10 @@ impl RequestActor {
 impl Actor for RequestActor {
     type Context = Context<Self>;
 
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.leave_waiting();
+    }
+
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(64);
         let Some(binding) = &self.binding else { return };
@@ -672,28 +729,11 @@ impl RequestActor {
                     let _ = reply.send(Err(not_found(self.id())));
                     return done();
                 }
-                match (self.record.state, self.binding.is_some()) {
-                    (RequestState::Waiting, false) => self.close_unbound(caller, reply),
-                    (RequestState::Waiting, true) => {
-                        let actor = caller.actor();
-                        self.end_bound(
-                            RequestState::Cancelled,
-                            actor.clone(),
-                            format!("closed by {actor}"),
-                            Some(reply),
-                        )
-                    }
-                    (RequestState::InProgress, _) => {
-                        let actor = caller.actor();
-                        self.end_bound(RequestState::Done, actor.clone(), format!("closed by {actor}"), Some(reply))
-                    }
-                    (state, _) => {
-                        let _ =
-                            reply.send(Err(ActorError::Conflict(format!("request {} is already {state}", self.id()))));
-                        done()
-                    }
-                }
+                let actor = caller.actor();
+                let reason = format!("closed by {actor}");
+                self.close(actor, reason, reply)
             }
+            RequestMsg::OwnerDeleted { actor, reason, reply } => self.close(actor, reason, reply),
             RequestMsg::Acquire { caller, reply } => {
                 if !self.may_act(&caller) {
                     let _ = reply.send(Err(not_found(self.id())));
@@ -777,6 +817,14 @@ impl Corral {
     /// re-reads its row and the request queues as usual.
     pub async fn submit(&self, caller: &Caller, submission: Submission) -> Result<RequestRecord, ActorError> {
         let shared = self.shared();
+        let limit = (!caller.is_admin()).then_some(shared.settings.max_waiting_requests_per_user);
+        let slot = shared.owners.reserve_waiting(caller.id, limit).map_err(|refusal| match refusal {
+            Refusal::Limit(limit) => ActorError::TooManyRequests(format!(
+                "{} already has {limit} waiting requests, the most allowed; close some or wait until they are leased",
+                caller.name
+            )),
+            Refusal::Deleted => ActorError::Forbidden(format!("user {} is being deleted", caller.name)),
+        })?;
         let matcher = shared.matcher();
         let now = shared.clock.now();
         let spec = RequestSpec {
@@ -798,6 +846,7 @@ impl Corral {
         }
         let new = corral_db::NewRequestRecord {
             owner: caller.name.clone(),
+            owner_id: caller.id,
             owner_groups: caller.groups.clone(),
             priority: submission.priority,
             caps: submission.caps,
@@ -829,6 +878,7 @@ impl Corral {
             }
         };
         tracing::info!(request = %record.id, owner = %record.owner, caps = %record.caps, priority = %record.priority, "request submitted");
+        slot.keep();
         self.spawn_request(record.clone());
         match (admission.worker, fence) {
             (Some(worker), Some(fence)) => announce_binding(shared, record.id, worker, fence),
@@ -839,6 +889,16 @@ impl Corral {
                 }
                 tell(matcher, MatcherMsg::AddRequest(RequestActor::spec(&record)));
             }
+        }
+        if shared.owners.is_deleted(caller.id) {
+            // The owner's deletion started while this was being inserted
+            // and may have missed it: end it here.
+            if let Some(addr) = self.live(record.id) {
+                let (tx, _) = tokio::sync::oneshot::channel();
+                let reason = format!("owner {} was deleted", caller.name);
+                tell(&addr, RequestMsg::OwnerDeleted { actor: "server".to_string(), reason, reply: tx });
+            }
+            return Err(ActorError::Forbidden(format!("user {} is being deleted", caller.name)));
         }
         Ok(record)
     }
@@ -858,7 +918,7 @@ impl Corral {
     /// The request as the caller may see it (404 for others' requests).
     pub async fn request(&self, caller: &Caller, id: RequestId) -> Result<RequestRecord, ActorError> {
         let record = self.shared().db.get_request(id).await?.ok_or_else(|| not_found(id))?;
-        if caller.is_admin() || record.owner == caller.name { Ok(record) } else { Err(not_found(id)) }
+        if caller.is_admin() || caller.owns(&record) { Ok(record) } else { Err(not_found(id)) }
     }
 
     /// Answer for a request that has no live actor: it is terminal (409)

@@ -37,6 +37,8 @@ pub struct Settings {
     pub tick: Duration,
     /// Threads for request and worker actors.
     pub actor_threads: usize,
+    /// Most waiting requests one user (not an admin) may have.
+    pub max_waiting_requests_per_user: usize,
 }
 
 impl Default for Settings {
@@ -57,6 +59,7 @@ impl Default for Settings {
             backoff_cap: Duration::from_secs(600),
             tick: Duration::from_millis(100),
             actor_threads: default_threads(),
+            max_waiting_requests_per_user: 1000,
         }
     }
 }

@@ -44,7 +44,7 @@ pub enum WorkerMsg {
     },
     /// Its agent (re)registered it; `record` is the refreshed row.
     Attach {
-        record: WorkerRecord,
+        record: Box<WorkerRecord>,
         agent: Addr<AgentSession>,
         agent_name: String,
     },
@@ -661,7 +661,7 @@ impl WorkerActor {
             WorkerMsg::SetState { caller, change, reply } => self.set_state(caller, change, reply),
             WorkerMsg::SetGroups { caller, groups, reply } => self.set_groups(caller, groups, reply),
             WorkerMsg::Deregister { caller, reply } => self.deregister(caller, reply),
-            WorkerMsg::Attach { record, agent, agent_name } => self.attach(record, agent, agent_name),
+            WorkerMsg::Attach { record, agent, agent_name } => self.attach(*record, agent, agent_name),
             WorkerMsg::Result { action, result, agent_name } => self.command_result(action, result, agent_name),
             WorkerMsg::Observed { facts } => self.observed(facts),
             WorkerMsg::AgentLost { session, reason } => self.agent_lost(session, reason),

@@ -43,9 +43,9 @@ impl AuthCache {
         entries.insert(hash, (caller, Instant::now()));
     }
 
-    pub fn forget_user(&self, name: &str) {
+    pub fn forget_user(&self, id: corral_core::UserId) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.retain(|_, (c, _)| c.name != name);
+        entries.retain(|_, (c, _)| c.id != id);
     }
 }
 
@@ -103,7 +103,7 @@ impl FromRequest for Auth {
             }
             let user = state.corral.db().user_by_token(&token).await.map_err(ApiError::from)?;
             let user = user.ok_or_else(|| ApiError::unauthorized("unknown token"))?;
-            let caller = Caller { name: user.name, role: user.role, groups: user.groups };
+            let caller = Caller { id: user.id, name: user.name, role: user.role, groups: user.groups };
             state.auth.put(hash, caller.clone());
             Ok(Auth(caller))
         })

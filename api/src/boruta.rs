@@ -307,6 +307,10 @@ impl ResponseError for BorutaError {
             StatusCode::SERVICE_UNAVAILABLE => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
             }
+            StatusCode::TOO_MANY_REQUESTS => {
+                let seconds = crate::error::WAITING_LIMIT_RETRY_AFTER;
+                response.insert_header((header::RETRY_AFTER, HeaderValue::from(seconds)));
+            }
             StatusCode::UNAUTHORIZED => {
                 response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
             }
@@ -370,7 +374,7 @@ async fn caller(req: &HttpRequest, state: &AppState) -> Result<Caller, BorutaErr
     if user.role == Role::Agent {
         return Err(BorutaError::forbidden("boruta_user names an agent identity, which may only use the agent API"));
     }
-    Ok(Caller { name: user.name, role: user.role, groups: user.groups })
+    Ok(Caller { id: user.id, name: user.name, role: user.role, groups: user.groups })
 }
 
 fn require_admin(caller: &Caller) -> Result<(), BorutaError> {

@@ -87,6 +87,15 @@ pub struct Config {
     /// and role (Boruta's clients cannot send a token). Unset: such calls
     /// get 401.
     pub boruta_user: Option<String>,
+    /// Most waiting requests one user may have (admins are exempt); over
+    /// it, submissions get 429.
+    pub max_waiting_requests_per_user: usize,
+    /// Most concurrent long-polls (`acquire?wait=`) of one user (admins are
+    /// exempt); over it, 429.
+    pub max_long_polls_per_user: usize,
+    /// Most concurrent event streams of one user (admins are exempt); over
+    /// it, 429.
+    pub max_streams_per_user: usize,
 }
 
 impl Default for Config {
@@ -118,6 +127,9 @@ impl Default for Config {
             actor_threads: corral_actors::settings::default_threads(),
             tick: Duration::from_millis(100),
             boruta_user: None,
+            max_waiting_requests_per_user: 1000,
+            max_long_polls_per_user: 16,
+            max_streams_per_user: 4,
         }
     }
 }
@@ -190,6 +202,12 @@ impl Config {
                 "heartbeat_interval must be positive and shorter than session_timeout".to_string(),
             ));
         }
+        if self.max_waiting_requests_per_user == 0
+            || self.max_long_polls_per_user == 0
+            || self.max_streams_per_user == 0
+        {
+            return Err(ConfigError::Invalid("per-user limits must be at least 1".to_string()));
+        }
         if !matches!(self.log_format.as_str(), "plain" | "json") {
             return Err(ConfigError::Invalid(format!("log_format must be plain or json, got {:?}", self.log_format)));
         }
@@ -225,6 +243,7 @@ impl Config {
             backoff_cap: Duration::from_secs(600),
             tick: self.tick,
             actor_threads: self.actor_threads.max(1),
+            max_waiting_requests_per_user: self.max_waiting_requests_per_user,
         })
     }
 }
@@ -251,6 +270,8 @@ mod tests {
         assert_eq!(settings.tunnel_idle_timeout, Duration::from_secs(900));
         assert_eq!((config.tls_cert.as_ref(), config.tls_key.as_ref()), (None, None));
         assert_eq!(config.boruta_user, None);
+        assert_eq!(settings.max_waiting_requests_per_user, 1000);
+        assert_eq!((config.max_long_polls_per_user, config.max_streams_per_user), (16, 4));
         assert_eq!(toml::from_str::<Config>("boruta_user = \"weles\"").unwrap().boruta_user.as_deref(), Some("weles"));
     }
 

@@ -14,12 +14,19 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: ErrorCode,
     pub message: String,
+    /// Seconds for the `Retry-After` header (503 and 429 answers).
+    pub retry_after: Option<u32>,
 }
+
+/// `Retry-After` of a 429 for too many waiting requests: a slot frees
+/// only when one of them is leased or ends.
+pub const WAITING_LIMIT_RETRY_AFTER: u32 = 10;
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
         let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        ApiError { status, code, message: message.into() }
+        let retry_after = (code == ErrorCode::Unavailable).then_some(1);
+        ApiError { status, code, message: message.into(), retry_after }
     }
 
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -42,6 +49,11 @@ impl ApiError {
         ApiError::new(ErrorCode::Conflict, message)
     }
 
+    /// A per-user limit is reached: 429, retry after `retry_after` seconds.
+    pub fn too_many_requests(message: impl Into<String>, retry_after: u32) -> ApiError {
+        ApiError { retry_after: Some(retry_after), ..ApiError::new(ErrorCode::TooManyRequests, message) }
+    }
+
     /// A method the endpoint does not answer: 405, with the `bad_request`
     /// code.
     pub fn method_not_allowed(method: &actix_web::http::Method, path: &str) -> ApiError {
@@ -49,6 +61,7 @@ impl ApiError {
             status: StatusCode::METHOD_NOT_ALLOWED,
             code: ErrorCode::BadRequest,
             message: format!("{path} does not accept {method}"),
+            retry_after: None,
         }
     }
 
@@ -58,6 +71,7 @@ impl ApiError {
             status: StatusCode::PAYLOAD_TOO_LARGE,
             code: ErrorCode::BadRequest,
             message: format!("the request body is larger than the limit of {limit} bytes"),
+            retry_after: None,
         }
     }
 
@@ -79,8 +93,8 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status);
-        if self.code == ErrorCode::Unavailable {
-            response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+        if let Some(seconds) = self.retry_after {
+            response.insert_header((header::RETRY_AFTER, HeaderValue::from(seconds)));
         }
         if self.code == ErrorCode::Unauthorized {
             response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
@@ -97,6 +111,7 @@ impl From<ActorError> for ApiError {
             ActorError::Unprocessable(m) => ApiError::new(ErrorCode::Unprocessable, m),
             ActorError::BadRequest(m) => ApiError::new(ErrorCode::BadRequest, m),
             ActorError::Forbidden(m) => ApiError::new(ErrorCode::Forbidden, m),
+            ActorError::TooManyRequests(m) => ApiError::too_many_requests(m, WAITING_LIMIT_RETRY_AFTER),
             ActorError::Unavailable(m) => ApiError::unavailable(&m),
             ActorError::Internal(m) => ApiError::internal(&m),
         }

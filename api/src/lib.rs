@@ -15,6 +15,7 @@ pub mod config;
 pub mod error;
 mod health;
 mod leadership;
+pub mod limits;
 mod query;
 pub mod requests;
 pub mod serve;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub corral: Corral,
     pub config: Config,
     pub auth: AuthCache,
+    /// Per-user limits on concurrent long-polls and streams.
+    pub limits: limits::Limits,
 }
 
 /// A resource whose methods are the routes added to it; any other method

@@ -7,12 +7,10 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use corral_actors::request::{RequestChanges, Submission};
 use corral_core::request::Schedule;
-use corral_core::{Caps, Priority, RequestId, RequestState, WorkerState};
+use corral_core::{Caps, Priority, RequestId, RequestState};
 use corral_db::{RequestFilter, RequestRecord};
 use corral_proto::Page;
-use corral_proto::requests::{
-    Explanation, HistoryEntry, NewRequest, Prolong, Prolonged, Request, RequestPatch, WorkerObstacle,
-};
+use corral_proto::requests::{HistoryEntry, NewRequest, Prolong, Prolonged, Request, RequestPatch};
 
 use crate::auth::Auth;
 use crate::error::ApiError;
@@ -110,12 +108,12 @@ async fn list(state: web::Data<AppState>, auth: Auth, req: HttpRequest) -> Resul
     }
     filter.owner = query.one("owner")?.map(str::to_string);
     if !caller.is_admin() {
-        match &filter.owner {
-            Some(owner) if *owner != caller.name => {
-                return Err(ApiError::forbidden("only admins may list other users' requests"));
-            }
-            _ => filter.owner = Some(caller.name.clone()),
+        if filter.owner.as_ref().is_some_and(|owner| *owner != caller.name) {
+            return Err(ApiError::forbidden("only admins may list other users' requests"));
         }
+        // By identity: a deleted user's requests are not a later namesake's.
+        filter.owner = None;
+        filter.owner_id = Some(caller.id);
     }
     if let Some(cursor) = query.one("cursor")? {
         filter.before = Some(decode_cursor(cursor)?);
@@ -207,6 +205,8 @@ async fn acquire(
             corral_core::time::format_duration(state.config.max_wait)
         )));
     }
+    // A long-poll holds one of the caller's slots until it answers.
+    let _slot = if wait.is_zero() { None } else { Some(state.limits.long_polls.acquire(caller)?) };
     Ok(HttpResponse::Ok().json(state.corral.acquire(caller, id, wait).await?))
 }
 
@@ -238,101 +238,5 @@ async fn prolong(
 async fn explain(state: web::Data<AppState>, auth: Auth, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let caller = auth.require_person()?;
     let id = request_id(&path)?;
-    let corral = &state.corral;
-    let record = corral.request(caller, id).await?;
-    if record.state != RequestState::Waiting {
-        let summary = match (record.state, record.worker) {
-            (RequestState::InProgress, Some(w)) => format!("not waiting: it holds worker {w}"),
-            (state, _) => format!("not waiting: it is {state}"),
-        };
-        return Ok(HttpResponse::Ok().json(Explanation {
-            request_id: id,
-            state: record.state,
-            summary,
-            position: None,
-            competing: None,
-            workers: Vec::new(),
-        }));
-    }
-    if let Some(worker) = record.worker {
-        return Ok(HttpResponse::Ok().json(Explanation {
-            request_id: id,
-            state: record.state,
-            summary: format!("matched to worker {worker}; waiting for its agent to install the lease key"),
-            position: Some(0),
-            competing: None,
-            workers: Vec::new(),
-        }));
-    }
-    let found = corral.explain(id).await?;
-    let Some(found) = found else {
-        return Ok(HttpResponse::Ok().json(Explanation {
-            request_id: id,
-            state: record.state,
-            summary: "being matched right now".to_string(),
-            position: Some(0),
-            competing: None,
-            workers: Vec::new(),
-        }));
-    };
-    let now = corral.clock().now();
-    let mut workers = Vec::new();
-    for uuid in &found.candidates {
-        let Some(view) = corral.shared().dir.view(*uuid) else { continue };
-        let w = &view.worker;
-        let why = match w.state {
-            WorkerState::Running => {
-                let until = match w.request {
-                    Some(holder) => corral
-                        .db()
-                        .get_request(holder)
-                        .await?
-                        .and_then(|r| r.lease_expires_at)
-                        .map(|t| format!(" until {}", corral_core::time::format_rfc3339(t)))
-                        .unwrap_or_default(),
-                    None => String::new(),
-                };
-                format!("running request {}{until}", w.request.map(|r| r.to_string()).unwrap_or_else(|| "?".into()))
-            }
-            WorkerState::Maintenance => format!("in maintenance: {}", w.reason.as_deref().unwrap_or("no reason given")),
-            WorkerState::Busy => format!("going to maintenance: {}", w.reason.as_deref().unwrap_or("no reason given")),
-            WorkerState::Failed => format!("failed: {}", w.reason.as_deref().unwrap_or("no reason given")),
-            WorkerState::Prepare => "being prepared for the next lease".to_string(),
-            WorkerState::Idle => "idle; requests ahead of this one take it first".to_string(),
-        };
-        workers.push(WorkerObstacle { uuid: *uuid, state: w.state, why });
-    }
-    for uuid in &found.group_mismatch {
-        let Some(view) = corral.shared().dir.view(*uuid) else { continue };
-        let groups: Vec<&str> = view.worker.groups.iter().collect();
-        workers.push(WorkerObstacle {
-            uuid: *uuid,
-            state: view.worker.state,
-            why: format!("group mismatch: the worker serves groups [{}] only", groups.join(", ")),
-        });
-    }
-    let summary = if !found.visible {
-        format!("not eligible before valid_after {}", corral_core::time::format_rfc3339(record.valid_after))
-    } else if found.candidates.is_empty() && found.group_mismatch.is_empty() {
-        "no registered worker has these caps".to_string()
-    } else if found.candidates.is_empty() {
-        "every worker with these caps belongs to groups the owner is not in".to_string()
-    } else if record.valid_after > now {
-        "waiting for valid_after".to_string()
-    } else {
-        format!(
-            "position {} of {} waiting for the same workers; none of its {} matching workers is idle",
-            found.position,
-            found.competing,
-            found.candidates.len()
-        )
-    };
-    Ok(HttpResponse::Ok().json(Explanation {
-        request_id: id,
-        state: record.state,
-        summary,
-        position: Some(found.position),
-        competing: Some(found.competing),
-        workers,
-    }))
+    Ok(HttpResponse::Ok().json(state.corral.explain_request(caller, id).await?))
 }

@@ -257,7 +257,12 @@ pub async fn serve(config: Config, clock: Clock) -> anyhow::Result<Running> {
     let heartbeat = settings.heartbeat_interval;
     let corral = Corral::start(db.clone(), settings, clock, session).await.context("rebuilding the live system")?;
 
-    let state = web::Data::new(AppState { corral: corral.clone(), config: config.clone(), auth: AuthCache::default() });
+    let state = web::Data::new(AppState {
+        corral: corral.clone(),
+        config: config.clone(),
+        auth: AuthCache::default(),
+        limits: crate::limits::Limits::from_config(&config),
+    });
     let max_body = config.max_body;
     let server = HttpServer::new(move || {
         App::new()

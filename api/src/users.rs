@@ -1,5 +1,6 @@
 //! `/v1/users`: admins create users (the token is shown once), list and
-//! delete them.
+//! delete them (deleting ends the user's requests and leases; see
+//! `Corral::delete_user`).
 
 use actix_web::{HttpResponse, web};
 use corral_core::Role;
@@ -53,13 +54,7 @@ async fn list(state: web::Data<AppState>, auth: Auth) -> Result<HttpResponse, Ap
 async fn delete(state: web::Data<AppState>, auth: Auth, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let caller = auth.require_admin()?;
     let name = path.into_inner();
-    if name == caller.name {
-        return Err(ApiError::conflict("admins cannot delete themselves"));
-    }
-    if !state.corral.db().delete_user(&name).await? {
-        return Err(ApiError::not_found(format!("user {name:?} not found")));
-    }
-    state.auth.forget_user(&name);
-    tracing::info!(user = %name, "user deleted");
+    let user = state.corral.delete_user(caller, &name).await?;
+    state.auth.forget_user(user.id);
     Ok(HttpResponse::NoContent().finish())
 }

@@ -1,8 +1,8 @@
 //! `/v1/workers`: list and read (what the caller may use), and the admin
-//! actions: state, groups, deregister.
+//! actions: state, groups, deregister, hand-over to another agent user.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use corral_core::{Groups, Role, WorkerId, WorkerState};
+use corral_core::{Groups, WorkerId, WorkerState};
 use corral_proto::Page;
 use corral_proto::workers::{StateChange, Worker};
 
@@ -17,7 +17,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .service(endpoint("").route(web::get().to(list)))
             .service(endpoint("/{uuid}").route(web::get().to(get)).route(web::delete().to(deregister)))
             .service(endpoint("/{uuid}/state").route(web::put().to(set_state)))
-            .service(endpoint("/{uuid}/groups").route(web::put().to(set_groups))),
+            .service(endpoint("/{uuid}/groups").route(web::put().to(set_groups)))
+            .service(endpoint("/{uuid}/agent").route(web::put().to(hand_over))),
     );
 }
 
@@ -26,7 +27,7 @@ fn worker_id(path: &str) -> Result<WorkerId, ApiError> {
 }
 
 fn visible(caller: &corral_actors::Caller, worker: &Worker) -> bool {
-    caller.role == Role::Admin || caller.groups.may_use(&worker.groups)
+    corral_actors::explain::may_see(caller, worker)
 }
 
 async fn list(state: web::Data<AppState>, auth: Auth, req: HttpRequest) -> Result<HttpResponse, ApiError> {
@@ -110,4 +111,32 @@ async fn deregister(state: web::Data<AppState>, auth: Auth, path: web::Path<Stri
     let id = worker_id(&path)?;
     state.corral.deregister_worker(caller, id).await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// Body of `PUT /v1/workers/{uuid}/agent`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HandOver {
+    /// The agent user (its name) whose agents may claim the worker.
+    principal: String,
+    /// The agent host name to register it under; unset: unchanged.
+    #[serde(default)]
+    agent: Option<String>,
+}
+
+/// An admin hands a worker in maintenance or failed over to another agent
+/// user: 200 with the worker; 409 in another state; 422 if `principal` is
+/// not an agent user.
+#[tracing::instrument(skip_all, fields(worker = %path.as_str()))]
+async fn hand_over(
+    state: web::Data<AppState>,
+    auth: Auth,
+    path: web::Path<String>,
+    body: web::Json<HandOver>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = auth.require_admin()?;
+    let id = worker_id(&path)?;
+    let body = body.into_inner();
+    let worker = state.corral.hand_over_worker(caller, id, &body.principal, body.agent.as_deref()).await?;
+    Ok(HttpResponse::Ok().json(worker))
 }

@@ -171,6 +171,7 @@ async fn a_binding_at_submission_needs_an_idle_worker_and_the_leader() {
     let now = std::time::SystemTime::now();
     let new = NewRequestRecord {
         owner: "gina".to_string(),
+        owner_id: corral_core::UserId(0),
         owner_groups: Default::default(),
         priority: Priority::default(),
         caps: caps(&[("device_type", "g")]),

@@ -110,6 +110,9 @@ async fn groups_decide_who_may_lease_and_see_a_worker() {
     assert_eq!(leased["worker"], public.to_string());
     let b = outsider.submit(json!({"caps": {"device_type": "x"}})).await;
     let (_, why) = outsider.get(&format!("/v1/requests/{b}/explain")).await;
+    // Explain shows the outsider nothing of the group's worker (issue 13).
+    assert!(!why.to_string().contains(&private.to_string()), "{why}");
+    let (_, why) = admin.get(&format!("/v1/requests/{b}/explain")).await;
     assert!(
         why["workers"].as_array().unwrap().iter().any(|w| w["why"].as_str().unwrap().contains("group mismatch")),
         "{why}"

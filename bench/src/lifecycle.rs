@@ -172,8 +172,13 @@ async fn wait_all_idle(admin: &ApiClient, p: usize, timeout: Duration, what: &st
 async fn run_size(size: Size, duration: Duration) -> Result<Line> {
     eprintln!("lifecycle P={} K={} C={} for {duration:?}: starting corral serve", size.p, size.k, size.c);
     let dir = ServerProcess::fresh_dir("lifecycle")?;
-    let mut server =
-        ServerProcess::start(&dir, "new_workers = \"idle\"\npool_size = 48\ntunnel_ports = \"21000-21999\"\n")?;
+    // All C clients are one user, each in a long-poll acquire: lift the
+    // per-user limit of concurrent long-polls (default 16) for large C.
+    let mut server = ServerProcess::start(
+        &dir,
+        "new_workers = \"idle\"\npool_size = 48\ntunnel_ports = \"21000-21999\"\n\
+            max_long_polls_per_user = 4096\n",
+    )?;
     server.wait_ready(Duration::from_secs(120)).await?;
     let admin = ApiClient::new(&server.url, &server.token("admin.token")?);
     let (agent_stop, agent) = spawn_agent(server.url.clone(), server.token("agent.token")?, size);

@@ -360,6 +360,10 @@ async fn the_cli_drives_a_real_server_and_agent() {
         (text(&shown, "state") == "maintenance").then_some(())
     })
     .await;
+    // Issue 13: an admin hands a worker over to an agent user.
+    let handed =
+        cli.json(&admin(&["worker", "hand-over", target, "--principal", "agent", "--agent", "host-x", "--json"])).await;
+    assert_eq!(text(&handed, "agent"), "host-x", "{handed}");
     let gone = cli.ok(&admin(&["worker", "deregister", target])).await;
     assert!(gone.contains("deregistered"), "{gone}");
     let missing = cli.fails(&admin(&["worker", "show", target])).await;

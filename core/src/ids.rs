@@ -49,6 +49,18 @@ impl FromStr for RequestId {
     }
 }
 
+/// A user's identity. Names can be reused after a deletion; ids never are,
+/// so ownership (of requests, of workers by agents) is always by id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct UserId(pub i64);
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// Generation number of a worker, raised every time the worker is leased.
 /// Every command sent to an agent carries one; the agent refuses a command
 /// whose token is older than one it has already seen, and the server ignores

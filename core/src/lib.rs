@@ -21,7 +21,7 @@ pub mod user;
 pub mod worker;
 
 pub use caps::{Caps, Groups};
-pub use ids::{FencingToken, RequestId, SessionId, WorkerId};
+pub use ids::{FencingToken, RequestId, SessionId, UserId, WorkerId};
 pub use priority::Priority;
 pub use request::RequestState;
 pub use user::Role;

@@ -98,9 +98,11 @@ impl Db {
                     let row = tx
                         .query_one(
                             "WITH r AS (
-                                INSERT INTO requests (owner, owner_groups, state, priority, caps, created_at,
+                                INSERT INTO requests (owner, owner_id, owner_groups, state, priority, caps, created_at,
                                     valid_after, deadline, lease_ms, key_type, updated_at)
-                                SELECT owners[1 + i % cardinality(owners)], '{}', 'waiting', 1 + (7 * i) % 16,
+                                SELECT owners[1 + i % cardinality(owners)],
+                                    (SELECT id FROM users WHERE name = owners[1 + i % cardinality(owners)]),
+                                    '{}', 'waiting', 1 + (7 * i) % 16,
                                     jsonb_build_object('device_type', 't' || (i % $2)),
                                     at, at, $3::timestamptz + interval '7 days', 3600000, 'ed25519', at
                                 FROM generate_series(0::bigint, $4::bigint - 1) AS i,
@@ -177,6 +179,8 @@ mod tests {
 
         let requests = db.load_live_requests().await.unwrap();
         assert_eq!(requests.len(), 50);
+        let u1 = db.user_by_name("u1").await.unwrap().unwrap().id;
+        assert!(requests.iter().all(|r| (r.owner == "u1") == (r.owner_id == u1)), "owned by id too");
         for r in &requests {
             let i = r.id.0 - loaded.first_request.0;
             assert_eq!(r.state, RequestState::Waiting);

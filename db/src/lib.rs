@@ -33,7 +33,7 @@ pub use records::*;
 pub use requests::{BindOutcome, NewRequestRecord, RequestFilter, StartLease};
 pub use sessions::ExpiredSession;
 pub use users::{hash_token, new_token};
-pub use workers::{WorkerTransition, WorkerUpsert};
+pub use workers::{ClaimRefusal, WorkerTransition, WorkerUpsert};
 
 /// The schema, applied at every start.
 pub const SCHEMA: &str = include_str!("../../schema.sql");

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use corral_core::lease::KeyKind;
 use corral_core::{
-    Caps, FencingToken, Groups, Priority, RequestId, RequestState, Role, SessionId, WorkerId, WorkerState,
+    Caps, FencingToken, Groups, Priority, RequestId, RequestState, Role, SessionId, UserId, WorkerId, WorkerState,
 };
 use tokio_postgres::Row;
 
@@ -14,6 +14,8 @@ use crate::{DatabaseOperation, DbError};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UserRecord {
+    /// Never reused: a later user of the same name is another user.
+    pub id: UserId,
     pub name: String,
     pub role: Role,
     pub groups: Groups,
@@ -26,6 +28,8 @@ pub struct SessionRecord {
     pub component: String,
     pub name: String,
     pub principal: String,
+    /// The id of the user whose token opened it.
+    pub principal_id: UserId,
     pub deadline: SystemTime,
     pub timeout: Duration,
 }
@@ -34,6 +38,9 @@ pub struct SessionRecord {
 pub struct WorkerRecord {
     pub uuid: WorkerId,
     pub agent: String,
+    /// The agent user that registered it (None: unclaimed, from before
+    /// principals were recorded).
+    pub principal: Option<UserId>,
     pub session: Option<SessionId>,
     pub state: WorkerState,
     pub caps: Caps,
@@ -54,6 +61,8 @@ pub struct WorkerRecord {
 pub struct RequestRecord {
     pub id: RequestId,
     pub owner: String,
+    /// The owner's identity; ownership checks compare this, never the name.
+    pub owner_id: UserId,
     pub owner_groups: Groups,
     pub state: RequestState,
     pub priority: Priority,
@@ -142,6 +151,7 @@ pub(crate) fn from_millis(ms: i64) -> Duration {
 impl UserRecord {
     pub(crate) fn from_row(op: DatabaseOperation, row: &Row) -> Result<UserRecord, DbError> {
         Ok(UserRecord {
+            id: UserId(row.try_get("id").map_err(|e| DbError::internal(op, e.to_string()))?),
             name: row.try_get("name").map_err(|e| DbError::internal(op, e.to_string()))?,
             role: parse(op, row.try_get::<_, &str>("role").map_err(|e| DbError::internal(op, e.to_string()))?)?,
             groups: groups_from(row.try_get("groups").map_err(|e| DbError::internal(op, e.to_string()))?),
@@ -158,6 +168,7 @@ impl SessionRecord {
             component: row.try_get("component").map_err(get)?,
             name: row.try_get("name").map_err(get)?,
             principal: row.try_get("principal").map_err(get)?,
+            principal_id: UserId(row.try_get::<_, Option<i64>>("principal_id").map_err(get)?.unwrap_or(0)),
             deadline: row.try_get("deadline").map_err(get)?,
             timeout: from_millis(row.try_get("timeout_ms").map_err(get)?),
         })
@@ -171,6 +182,7 @@ impl WorkerRecord {
         Ok(WorkerRecord {
             uuid: WorkerId(row.try_get("uuid").map_err(get)?),
             agent: row.try_get("agent").map_err(get)?,
+            principal: row.try_get::<_, Option<i64>>("principal").map_err(get)?.map(UserId),
             session: row.try_get::<_, Option<uuid::Uuid>>("session").map_err(get)?.map(SessionId),
             state: parse(op, row.try_get::<_, &str>("state").map_err(get)?)?,
             caps: caps_from_json(op, row.try_get("caps").map_err(get)?)?,
@@ -199,6 +211,7 @@ impl RequestRecord {
         Ok(RequestRecord {
             id: RequestId(row.try_get("id").map_err(get)?),
             owner: row.try_get("owner").map_err(get)?,
+            owner_id: UserId(row.try_get::<_, Option<i64>>("owner_id").map_err(get)?.unwrap_or(0)),
             owner_groups: groups_from(row.try_get("owner_groups").map_err(get)?),
             state: parse(op, row.try_get::<_, &str>("state").map_err(get)?)?,
             priority: Priority::try_from(i64::from(priority)).map_err(|e| DbError::internal(op, e.to_string()))?,

@@ -4,12 +4,12 @@
 use std::sync::LazyLock;
 use std::time::{Duration, SystemTime};
 
-use corral_core::{Caps, FencingToken, Groups, Priority, RequestId, RequestState, WorkerId};
+use corral_core::{Caps, FencingToken, Groups, Priority, RequestId, RequestState, UserId, WorkerId};
 
 use crate::records::{HistoryRecord, LeaseRecord, RequestRecord, caps_to_json, groups_to, millis};
 use crate::{DatabaseOperation, Db, DbError};
 
-const REQUEST_COLUMNS: &str = "id, owner, owner_groups, state, priority, caps, created_at, valid_after, deadline, \
+const REQUEST_COLUMNS: &str = "id, owner, owner_id, owner_groups, state, priority, caps, created_at, valid_after, deadline, \
      lease_ms, ssh_public_key, key_type, worker, lease_expires_at, reason, updated_at";
 const LEASE_COLUMNS: &str =
     "request, worker, fence, bound_at, started_at, tunnel_port, key_type, public_key, private_key";
@@ -54,18 +54,18 @@ static INSERT_REQUESTS: LazyLock<String> = LazyLock::new(|| {
             FROM unnest((SELECT $1::text[]), (SELECT $2::jsonb[]), (SELECT $3::smallint[]), (SELECT $4::jsonb[]),
                 (SELECT $5::timestamptz[]), (SELECT $6::timestamptz[]), (SELECT $7::timestamptz[]),
                 (SELECT $8::bigint[]), (SELECT $9::text[]), (SELECT $10::text[]), (SELECT $11::text[]),
-                (SELECT $12::uuid[]), (SELECT $13::uuid[])) WITH ORDINALITY
+                (SELECT $12::uuid[]), (SELECT $13::uuid[]), (SELECT $14::bigint[])) WITH ORDINALITY
                 AS p(owner, groups, priority, caps, at, valid_after, deadline, lease_ms, public_key, actor, kind,
-                    worker, leader, call)),
+                    worker, leader, owner_id, call)),
          w AS (
             UPDATE workers SET {leased}
             FROM p WHERE workers.uuid = p.worker AND workers.uuid = ANY ((SELECT $12::uuid[])::uuid[])
                 AND workers.state = 'idle' AND EXISTS (SELECT 1 FROM leader WHERE id = 1 AND session = p.leader)
             RETURNING workers.uuid, workers.fence, workers.session, p.id AS request, p.at),
          r AS (
-            INSERT INTO requests (id, owner, owner_groups, state, priority, caps, created_at, valid_after,
+            INSERT INTO requests (id, owner, owner_id, owner_groups, state, priority, caps, created_at, valid_after,
                 deadline, lease_ms, ssh_public_key, key_type, updated_at, worker)
-            SELECT p.id, p.owner, ARRAY (SELECT jsonb_array_elements_text(p.groups)), 'waiting', p.priority,
+            SELECT p.id, p.owner, p.owner_id, ARRAY (SELECT jsonb_array_elements_text(p.groups)), 'waiting', p.priority,
                 p.caps, p.at, p.valid_after, p.deadline, p.lease_ms, p.public_key, p.kind, p.at, w.uuid
             FROM p LEFT JOIN w ON w.request = p.id
             RETURNING {REQUEST_COLUMNS}),
@@ -310,6 +310,7 @@ impl crate::batch::Batched for InsertRequest {
             Box::new(batch.iter().map(|i| i.new.key_kind.as_str()).collect::<Vec<&'static str>>()),
             Box::new(batch.iter().map(|i| i.bind.map(|(w, _)| w.0)).collect::<Vec<Option<uuid::Uuid>>>()),
             Box::new(batch.iter().map(|i| i.bind.map(|(_, s)| s.0)).collect::<Vec<Option<uuid::Uuid>>>()),
+            Box::new(batch.iter().map(|i| i.new.owner_id.0).collect::<Vec<i64>>()),
         ];
         let rows = crate::batch::query(db, op, &INSERT_REQUESTS, columns).await?;
         let mut inserted: Vec<Option<Self::Output>> = vec![None; batch.len()];
@@ -331,6 +332,7 @@ impl crate::batch::Batched for InsertRequest {
 #[derive(Clone, Debug)]
 pub struct NewRequestRecord {
     pub owner: String,
+    pub owner_id: UserId,
     pub owner_groups: Groups,
     pub priority: Priority,
     pub caps: Caps,
@@ -345,7 +347,10 @@ pub struct NewRequestRecord {
 /// Filters of `GET /v1/requests`; newest first.
 #[derive(Clone, Debug, Default)]
 pub struct RequestFilter {
+    /// By name (what admins filter on).
     pub owner: Option<String>,
+    /// By identity (what a user's own listing uses).
+    pub owner_id: Option<UserId>,
     pub states: Vec<RequestState>,
     pub priority: Option<Priority>,
     /// Only ids below this one (the cursor).
@@ -452,6 +457,7 @@ impl Db {
                            AND (cardinality($2::text[]) = 0 OR state = ANY($2))
                            AND ($3::smallint IS NULL OR priority = $3)
                            AND ($4::bigint IS NULL OR id < $4)
+                           AND ($6::bigint IS NULL OR owner_id = $6)
                          ORDER BY id DESC LIMIT $5"
                     ))
                     .await?;
@@ -464,6 +470,7 @@ impl Db {
                             &f.priority.map(|p| i16::from(p.get())),
                             &f.before.map(|b| b.0),
                             &i64::from(f.limit),
+                            &f.owner_id.map(|o| o.0),
                         ],
                     )
                     .await?;
@@ -545,6 +552,47 @@ impl Db {
                     .await?;
                 let row = client.query_opt(&stmt, &[&id.0, &from.as_str(), &to.as_str(), &at, &actor, &reason]).await?;
                 one_request(op, row, format!("request {id} is not {from} and unbound"))
+            })
+        })
+        .await
+    }
+
+    /// The live (waiting or in-progress) requests of one owner.
+    pub async fn live_requests_of(&self, owner: UserId) -> Result<Vec<RequestId>, DbError> {
+        self.run(DatabaseOperation::ListRequests, move |client| {
+            Box::pin(async move {
+                let rows = client
+                    .query(
+                        "SELECT id FROM requests WHERE owner_id = $1 AND state IN ('waiting', 'in_progress') ORDER BY id",
+                        &[&owner.0],
+                    )
+                    .await?;
+                Ok(rows.iter().map(|r| RequestId(r.get(0))).collect())
+            })
+        })
+        .await
+    }
+
+    /// Owner and lease expiry of each of `ids` that exists, in one query
+    /// (`explain` names who holds the workers a request waits for).
+    pub async fn lease_holders(
+        &self,
+        ids: &[RequestId],
+    ) -> Result<std::collections::HashMap<RequestId, (UserId, Option<SystemTime>)>, DbError> {
+        let ids: Vec<i64> = ids.iter().map(|r| r.0).collect();
+        self.run(DatabaseOperation::ListRequests, move |client| {
+            let ids = ids.clone();
+            Box::pin(async move {
+                let rows = client
+                    .query("SELECT id, owner_id, lease_expires_at FROM requests WHERE id = ANY($1)", &[&ids])
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| {
+                        let owner: Option<i64> = r.get(1);
+                        (RequestId(r.get(0)), (UserId(owner.unwrap_or(0)), r.get(2)))
+                    })
+                    .collect())
             })
         })
         .await

@@ -5,12 +5,12 @@
 
 use std::time::{Duration, SystemTime};
 
-use corral_core::{SessionId, WorkerId};
+use corral_core::{SessionId, UserId, WorkerId};
 
 use crate::records::{SessionRecord, millis};
 use crate::{DatabaseOperation, Db, DbError, DbNow};
 
-const SESSION_COLUMNS: &str = "id, component, name, principal, deadline, timeout_ms";
+const SESSION_COLUMNS: &str = "id, component, name, principal, principal_id, deadline, timeout_ms";
 
 /// A session the reaper expired, with the workers it held.
 #[derive(Clone, Debug)]
@@ -34,6 +34,8 @@ async fn release_work_locks(
 }
 
 impl Db {
+    /// Opens a session whose principal has no user id (server replicas,
+    /// tools). Agents open theirs with [`Db::open_session_as`].
     pub async fn open_session(
         &self,
         id: SessionId,
@@ -43,7 +45,24 @@ impl Db {
         timeout: Duration,
         now: DbNow,
     ) -> Result<SessionRecord, DbError> {
+        self.open_session_as(id, component, name, principal, None, timeout, now).await
+    }
+
+    /// Opens a session for the user `principal` (name, and id when it is a
+    /// user: the id is what the session is bound to).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn open_session_as(
+        &self,
+        id: SessionId,
+        component: &str,
+        name: &str,
+        principal: &str,
+        principal_id: Option<UserId>,
+        timeout: Duration,
+        now: DbNow,
+    ) -> Result<SessionRecord, DbError> {
         let op = DatabaseOperation::OpenSession;
+        let principal_id = principal_id.map(|p| p.0);
         let (component, name, principal) = (component.to_string(), name.to_string(), principal.to_string());
         let timeout_ms = millis(timeout);
         self.run(op, move |client| {
@@ -53,14 +72,14 @@ impl Db {
                     .query_one(
                         &format!(
                             "WITH s AS (
-                                INSERT INTO sessions (id, component, name, principal, created_at, timeout_ms, deadline)
-                                VALUES ($1, $2, $3, $4, COALESCE($6, now()), $5::bigint, COALESCE($6, now()) + $5::bigint * interval '1 millisecond')
+                                INSERT INTO sessions (id, component, name, principal, principal_id, created_at, timeout_ms, deadline)
+                                VALUES ($1, $2, $3, $4, $7, COALESCE($6, now()), $5::bigint, COALESCE($6, now()) + $5::bigint * interval '1 millisecond')
                                 RETURNING *),
                              h AS (INSERT INTO session_history (session, component, name, at, event, reason)
                                 SELECT id, component, name, created_at, 'opened', 'opened by ' || principal FROM s)
                              SELECT {SESSION_COLUMNS} FROM s"
                         ),
-                        &[&id.0, &component, &name, &principal, &timeout_ms, &now],
+                        &[&id.0, &component, &name, &principal, &timeout_ms, &now, &principal_id],
                     )
                     .await?;
                 Ok(SessionRecord::from_row(op, &row)?)

@@ -1,7 +1,7 @@
 //! Users, roles and bearer tokens. Tokens are random (256 bits) and only
 //! their SHA-256 is stored.
 
-use corral_core::{Groups, Role};
+use corral_core::{Groups, Role, UserId};
 use rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
 
@@ -69,7 +69,7 @@ impl Db {
                 let row = client
                     .query_opt(
                         "INSERT INTO users (name, role, groups, token_hash) VALUES ($1, $2, $3, $4)
-                         ON CONFLICT (name) DO NOTHING RETURNING name, role, groups, created_at",
+                         ON CONFLICT (name) DO NOTHING RETURNING id, name, role, groups, created_at",
                         &[&name, &role.as_str(), &groups, &hash],
                     )
                     .await?;
@@ -82,11 +82,43 @@ impl Db {
         .await
     }
 
-    pub async fn delete_user(&self, name: &str) -> Result<bool, DbError> {
-        let name = name.to_string();
+    /// Deletes the user `id` (not a later user of the same name).
+    pub async fn delete_user(&self, id: UserId) -> Result<bool, DbError> {
         self.run(DatabaseOperation::DeleteUser, move |client| {
+            Box::pin(async move { Ok(client.execute("DELETE FROM users WHERE id = $1", &[&id.0]).await? == 1) })
+        })
+        .await
+    }
+
+    pub async fn user_by_name(&self, name: &str) -> Result<Option<UserRecord>, DbError> {
+        let op = DatabaseOperation::ListUsers;
+        let name = name.to_string();
+        self.run(op, move |client| {
             let name = name.clone();
-            Box::pin(async move { Ok(client.execute("DELETE FROM users WHERE name = $1", &[&name]).await? == 1) })
+            Box::pin(async move {
+                let row = client
+                    .query_opt("SELECT id, name, role, groups, created_at FROM users WHERE name = $1", &[&name])
+                    .await?;
+                Ok(row.map(|r| UserRecord::from_row(op, &r)).transpose()?)
+            })
+        })
+        .await
+    }
+
+    /// What still ties an agent user to the lab: its live sessions and the
+    /// workers bound to it.
+    pub async fn agent_holdings(&self, id: UserId) -> Result<(i64, i64), DbError> {
+        self.run(DatabaseOperation::ListUsers, move |client| {
+            Box::pin(async move {
+                let row = client
+                    .query_one(
+                        "SELECT (SELECT count(*) FROM sessions WHERE component = 'agent' AND principal_id = $1),
+                                (SELECT count(*) FROM workers WHERE principal = $1)",
+                        &[&id.0],
+                    )
+                    .await?;
+                Ok((row.get(0), row.get(1)))
+            })
         })
         .await
     }
@@ -95,7 +127,8 @@ impl Db {
         let op = DatabaseOperation::ListUsers;
         self.run(op, move |client| {
             Box::pin(async move {
-                let rows = client.query("SELECT name, role, groups, created_at FROM users ORDER BY name", &[]).await?;
+                let rows =
+                    client.query("SELECT id, name, role, groups, created_at FROM users ORDER BY name", &[]).await?;
                 Ok(rows.iter().map(|r| UserRecord::from_row(op, r)).collect::<Result<_, _>>()?)
             })
         })
@@ -109,7 +142,7 @@ impl Db {
             let hash = hash.clone();
             Box::pin(async move {
                 let stmt = client
-                    .prepare_cached("SELECT name, role, groups, created_at FROM users WHERE token_hash = $1")
+                    .prepare_cached("SELECT id, name, role, groups, created_at FROM users WHERE token_hash = $1")
                     .await?;
                 let row = client.query_opt(&stmt, &[&hash]).await?;
                 Ok(row.map(|r| UserRecord::from_row(op, &r)).transpose()?)

@@ -5,12 +5,12 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::{Duration, SystemTime};
 
-use corral_core::{Caps, Groups, SessionId, WorkerId, WorkerState};
+use corral_core::{Caps, Groups, SessionId, UserId, WorkerId, WorkerState};
 
 use crate::records::{HistoryRecord, WorkerRecord, caps_to_json, groups_to};
 use crate::{DatabaseOperation, Db, DbError};
 
-const WORKER_COLUMNS: &str = "uuid, agent, session, state, caps, groups, ssh_addr, ssh_user, host_key, reason, \
+const WORKER_COLUMNS: &str = "uuid, agent, principal, session, state, caps, groups, ssh_addr, ssh_user, host_key, reason, \
      state_since, last_seen, last_used, fence, drain, drain_reason";
 
 /// An agent's description of a worker.
@@ -18,6 +18,8 @@ const WORKER_COLUMNS: &str = "uuid, agent, session, state, caps, groups, ssh_add
 pub struct WorkerUpsert {
     pub uuid: WorkerId,
     pub agent: String,
+    /// The agent user registering it; the worker is bound to it.
+    pub principal: UserId,
     pub session: SessionId,
     pub caps: Caps,
     /// Used only when the worker is new.
@@ -25,6 +27,15 @@ pub struct WorkerUpsert {
     pub ssh_addr: String,
     pub ssh_user: String,
     pub host_key: Option<String>,
+}
+
+/// Why an agent session may not claim what it claims.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClaimRefusal {
+    /// A worker or the agent name is bound to another agent user.
+    OtherPrincipal(String),
+    /// A worker is registered by another agent host of the same user.
+    OtherAgent(String),
 }
 
 /// One state change of a worker, committed with its history row and its
@@ -138,11 +149,20 @@ impl Db {
             let w = worker.clone();
             Box::pin(async move {
                 let tx = client.transaction().await?;
-                let existing = tx.query_opt("SELECT agent FROM workers WHERE uuid = $1 FOR UPDATE", &[&w.uuid.0]).await?;
+                let existing =
+                    tx.query_opt("SELECT agent, principal FROM workers WHERE uuid = $1 FOR UPDATE", &[&w.uuid.0]).await?;
                 let caps = caps_to_json(&w.caps);
                 let created = match existing {
                     Some(row) => {
                         let agent: String = row.get(0);
+                        let principal: Option<i64> = row.get(1);
+                        if principal.is_some_and(|p| p != w.principal.0) {
+                            return Err(DbError::conflict(
+                                op,
+                                format!("worker {} is bound to another agent token", w.uuid),
+                            )
+                            .into());
+                        }
                         if agent != w.agent {
                             return Err(DbError::conflict(
                                 op,
@@ -152,8 +172,8 @@ impl Db {
                         }
                         tx.execute(
                             "UPDATE workers SET caps = $2, ssh_addr = $3, ssh_user = $4, host_key = $5, session = $6,
-                             last_seen = $7 WHERE uuid = $1",
-                            &[&w.uuid.0, &caps, &w.ssh_addr, &w.ssh_user, &w.host_key, &w.session.0, &at],
+                             last_seen = $7, principal = $8 WHERE uuid = $1",
+                            &[&w.uuid.0, &caps, &w.ssh_addr, &w.ssh_user, &w.host_key, &w.session.0, &at, &w.principal.0],
                         )
                         .await?;
                         false
@@ -161,8 +181,8 @@ impl Db {
                     None => {
                         tx.execute(
                             "INSERT INTO workers (uuid, agent, session, state, caps, groups, ssh_addr, ssh_user, host_key,
-                             reason, state_since, last_seen)
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)",
+                             reason, state_since, last_seen, principal)
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12)",
                             &[
                                 &w.uuid.0,
                                 &w.agent,
@@ -175,6 +195,7 @@ impl Db {
                                 &w.host_key,
                                 &(initial == WorkerState::Maintenance).then_some("new worker"),
                                 &at,
+                                &w.principal.0,
                             ],
                         )
                         .await?;
@@ -191,6 +212,106 @@ impl Db {
                     tx.query_one(&format!("SELECT {WORKER_COLUMNS} FROM workers WHERE uuid = $1"), &[&w.uuid.0]).await?;
                 tx.commit().await?;
                 Ok((WorkerRecord::from_row(op, &row)?, created))
+            })
+        })
+        .await
+    }
+
+    /// Why the agent user `principal` may not open a session as `agent`
+    /// claiming `workers`, if it may not: one of them, or the agent name,
+    /// is bound to another agent user (by a live session or a registered
+    /// worker), or a worker is registered by another agent host of the
+    /// same user. Read in one query, before anything changes.
+    pub async fn agent_claim_refusal(
+        &self,
+        agent: &str,
+        principal: UserId,
+        workers: &[WorkerId],
+    ) -> Result<Option<ClaimRefusal>, DbError> {
+        let agent = agent.to_string();
+        let workers: Vec<uuid::Uuid> = workers.iter().map(|w| w.0).collect();
+        self.run(DatabaseOperation::UpsertWorker, move |client| {
+            let (agent, workers) = (agent.clone(), workers.clone());
+            Box::pin(async move {
+                let row = client
+                    .query_opt(
+                        "SELECT other_principal, what FROM (
+                            SELECT true AS other_principal, 'worker ' || uuid || ' is bound to another agent token' AS what
+                            FROM workers WHERE uuid = ANY($3) AND principal IS NOT NULL AND principal <> $2
+                            UNION ALL
+                            SELECT true, 'agent name ' || $1 || ' is in use by another agent token' FROM sessions
+                            WHERE component = 'agent' AND name = $1 AND principal_id IS DISTINCT FROM $2
+                            UNION ALL
+                            SELECT true, 'agent name ' || $1 || ' is in use by another agent token' FROM workers
+                            WHERE agent = $1 AND principal IS NOT NULL AND principal <> $2
+                            UNION ALL
+                            SELECT false, 'worker ' || uuid || ' is registered by agent ' || agent FROM workers
+                            WHERE uuid = ANY($3) AND agent <> $1) c
+                         ORDER BY other_principal DESC LIMIT 1",
+                        &[&agent, &principal.0, &workers],
+                    )
+                    .await?;
+                Ok(row.map(|r| {
+                    let what: String = r.get(1);
+                    if r.get(0) { ClaimRefusal::OtherPrincipal(what) } else { ClaimRefusal::OtherAgent(what) }
+                }))
+            })
+        })
+        .await
+    }
+
+    /// An admin hands a worker in maintenance or failed over to the agent
+    /// user `principal` (and, when given, to its agent host name): that
+    /// principal's next session may claim it, and no other may. The
+    /// worker leaves the session that held it, which comes back second.
+    pub async fn hand_over_worker(
+        &self,
+        uuid: WorkerId,
+        principal: UserId,
+        agent: Option<&str>,
+        actor: &str,
+        reason: &str,
+        at: SystemTime,
+    ) -> Result<(WorkerRecord, Option<SessionId>), DbError> {
+        let op = DatabaseOperation::SetWorkerGroups;
+        let (agent, actor, reason) = (agent.map(str::to_string), actor.to_string(), reason.to_string());
+        self.run(op, move |client| {
+            let (agent, actor, reason) = (agent.clone(), actor.clone(), reason.clone());
+            Box::pin(async move {
+                let row = client
+                    .query_opt(
+                        &format!(
+                            "WITH w AS (UPDATE workers SET principal = $2, agent = COALESCE($3, workers.agent),
+                                    session = NULL
+                                FROM (SELECT uuid, session FROM workers WHERE uuid = $1) old
+                                WHERE workers.uuid = $1 AND old.uuid = $1 AND workers.state IN ('maintenance', 'failed')
+                                RETURNING {columns}, old.session AS previous_session),
+                             h AS (INSERT INTO worker_history (worker, at, from_state, to_state, actor, reason)
+                                SELECT uuid, $5, state, state, $4, $6 FROM w)
+                             SELECT * FROM w",
+                            columns = crate::qualified("workers", WORKER_COLUMNS),
+                        ),
+                        &[&uuid.0, &principal.0, &agent, &actor, &at, &reason],
+                    )
+                    .await?;
+                match row {
+                    Some(row) => {
+                        let previous: Option<uuid::Uuid> =
+                            row.try_get("previous_session").map_err(|e| DbError::internal(op, e.to_string()))?;
+                        Ok((WorkerRecord::from_row(op, &row)?, previous.map(SessionId)))
+                    }
+                    None => {
+                        let exists = client.query_opt("SELECT 1 FROM workers WHERE uuid = $1", &[&uuid.0]).await?;
+                        match exists {
+                            Some(_) => Err(DbError::conflict(
+                                op,
+                                format!("worker {uuid} must be in maintenance or failed to be handed over"),
+                            )
+                            .into()),
+                            None => Err(DbError::NotFound { op: op.as_str() }.into()),
+                        }
+                    }
+                }
             })
         })
         .await

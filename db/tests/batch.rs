@@ -36,6 +36,7 @@ async fn bound_requests(db: &Db, now: SystemTime) -> (SessionId, Vec<(WorkerId, 
     for _ in 0..LEASES {
         let upsert = WorkerUpsert {
             uuid: WorkerId::random(),
+            principal: corral_core::UserId(0),
             agent: "host-a".to_string(),
             session: agent,
             caps: Caps::new(),
@@ -55,6 +56,7 @@ async fn bound_requests(db: &Db, now: SystemTime) -> (SessionId, Vec<(WorkerId, 
 fn new_request(owner: &str, now: SystemTime) -> NewRequestRecord {
     NewRequestRecord {
         owner: owner.to_string(),
+        owner_id: corral_core::UserId(0),
         owner_groups: [format!("{owner}-team"), "lab".to_string()].into_iter().collect(),
         priority: Priority::default(),
         caps: Caps::new(),

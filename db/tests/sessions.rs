@@ -22,6 +22,7 @@ async fn database() -> (Db, TestDb) {
 async fn register(db: &Db, name: &str, session: SessionId, state: WorkerState, now: SystemTime) -> WorkerId {
     let upsert = WorkerUpsert {
         uuid: WorkerId::random(),
+        principal: corral_core::UserId(0),
         agent: name.to_string(),
         session,
         caps: Default::default(),

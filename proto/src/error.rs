@@ -11,6 +11,8 @@ pub enum ErrorCode {
     NotFound,
     Conflict,
     Unprocessable,
+    /// A per-user limit is reached (429, with `Retry-After`).
+    TooManyRequests,
     Unavailable,
     Internal,
 }
@@ -25,6 +27,7 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::Conflict => 409,
             ErrorCode::Unprocessable => 422,
+            ErrorCode::TooManyRequests => 429,
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
         }

@@ -157,5 +157,10 @@ pub struct Explanation {
     /// workers; null when not waiting.
     pub position: Option<usize>,
     pub competing: Option<usize>,
+    /// The first matching workers the caller may see (at most 100).
     pub workers: Vec<WorkerObstacle>,
+    /// How many matching workers the caller may see; `workers` lists the
+    /// first of them.
+    #[serde(default)]
+    pub workers_total: usize,
 }

@@ -302,7 +302,7 @@ fn compare(item: SortItem, order: SortOrder, a: &RequestRecord, b: &RequestRecor
 }
 
 fn visible(caller: &Caller, r: &RequestRecord) -> bool {
-    caller.is_admin() || r.owner == caller.name
+    caller.is_admin() || caller.owns(r)
 }
 
 /// The requests the filter can match, read from the database.
@@ -324,7 +324,8 @@ async fn candidates(state: &AppState, caller: &Caller, filter: &Filter) -> Resul
             _ => None,
         };
         let query = RequestFilter {
-            owner: (!caller.is_admin()).then(|| caller.name.clone()),
+            owner: None,
+            owner_id: (!caller.is_admin()).then_some(caller.id),
             states: filter.states.clone(),
             priority: single_priority,
             before: None,

@@ -65,6 +65,7 @@ pub async fn run(pg: &EmbeddedPostgres, clients: usize, duration: Duration) -> R
         let upsert = WorkerUpsert {
             uuid: WorkerId::random(),
             agent: "floor".to_string(),
+            principal: corral_core::UserId(0),
             session: agent,
             caps: caps.clone(),
             groups: Groups::default(),
@@ -120,6 +121,7 @@ async fn cycle(db: &Db, caps: &Caps, worker: WorkerId, leader: SessionId, port: 
     let now = SystemTime::now();
     let new = NewRequestRecord {
         owner: "floor".to_string(),
+        owner_id: corral_core::UserId(0),
         owner_groups: Groups::default(),
         priority: Priority::default(),
         caps: caps.clone(),

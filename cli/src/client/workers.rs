@@ -1,4 +1,4 @@
-//! `corral worker list|show|idle|maintenance|groups|deregister`.
+//! `corral worker list|show|idle|maintenance|groups|hand-over|deregister`.
 
 use std::time::SystemTime;
 
@@ -24,8 +24,25 @@ pub enum WorkerCommand {
     Maintenance(MaintenanceArgs),
     /// Set the groups that may use a worker (admin); no groups: everyone.
     Groups(GroupsArgs),
+    /// Hand a worker in maintenance or failed over to another agent user
+    /// (admin): only that user's agents may claim it from then on.
+    HandOver(HandOverArgs),
     /// Forget a worker in maintenance or failed (admin).
     Deregister(UuidArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct HandOverArgs {
+    /// Worker UUID.
+    uuid: WorkerId,
+    /// The agent user (name) whose agents may claim it.
+    #[arg(long)]
+    principal: String,
+    /// The agent host name to register it under [default: unchanged].
+    #[arg(long)]
+    agent: Option<String>,
+    #[command(flatten)]
+    common: CommonArgs,
 }
 
 #[derive(Args, Debug)]
@@ -120,6 +137,12 @@ pub fn run(command: WorkerCommand) -> anyhow::Result<()> {
             WorkerCommand::Groups(args) => {
                 let api = args.common.api()?;
                 let answer = api.send(Method::PUT, &path(args.uuid, "/groups"), &args.groups).await?;
+                print_worker(&args.common, &answer)
+            }
+            WorkerCommand::HandOver(args) => {
+                let api = args.common.api()?;
+                let body = json!({"principal": args.principal, "agent": args.agent});
+                let answer = api.send(Method::PUT, &path(args.uuid, "/agent"), &body).await?;
                 print_worker(&args.common, &answer)
             }
             WorkerCommand::Deregister(args) => {
