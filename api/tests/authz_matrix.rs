@@ -286,10 +286,10 @@ async fn call(lab: &Lab, caller: Caller, method: &str, path: &str, body: Option<
 /// worker outside the caller's groups or alice's name (an error may echo the id the caller sent itself).
 fn leaks(lab: &Lab, caller: Caller, status: StatusCode, body: &Value) -> Option<String> {
     let text = body.to_string();
-    if !matches!(caller, Caller::Owner | Caller::Admin) {
-        if let Some(marker) = PRIVATE_KEY_MARKERS.iter().find(|marker| text.contains(*marker)) {
-            return Some(format!("shows a private key ({marker})"));
-        }
+    if !matches!(caller, Caller::Owner | Caller::Admin)
+        && let Some(marker) = PRIVATE_KEY_MARKERS.iter().find(|marker| text.contains(*marker))
+    {
+        return Some(format!("shows a private key ({marker})"));
     }
     if !status.is_success() {
         return None;
