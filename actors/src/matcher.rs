@@ -161,27 +161,27 @@ impl MatcherActor {
         let db = self.shared.db.clone();
         let now = self.shared.clock.now();
         let leader = self.shared.leader;
-        let commit = async move { db.bind_leases(&pairs, now, leader).await };
-        ctx.spawn(commit.into_actor(self).map(move |result, act, ctx| {
+        let commit = async move { bind_each(&db, &pairs, now, leader).await };
+        ctx.spawn(commit.into_actor(self).map(move |outcomes, act, ctx| {
             act.committing -= 1;
-            match result {
-                Ok(outcomes) => {
-                    act.retry_delay = Duration::from_millis(50);
-                    for (assignment, outcome) in batch.into_iter().zip(outcomes) {
-                        act.announce(assignment, outcome);
-                    }
-                    act.commit_next(ctx);
-                }
-                Err(err) => {
-                    // Nothing was committed: keep the decisions and retry.
-                    tracing::error!(cause = %err, decisions = batch.len(), "committing matches failed; retrying");
-                    for assignment in batch.into_iter().rev() {
+            let mut unavailable = false;
+            for (assignment, outcome) in batch.into_iter().zip(outcomes).rev() {
+                match outcome {
+                    Some(outcome) => act.announce(assignment, outcome),
+                    // Nothing of this pair was committed: keep it and retry.
+                    None => {
+                        unavailable = true;
                         act.pending.push_front(assignment);
                     }
-                    let delay = act.retry_delay;
-                    act.retry_delay = (act.retry_delay * 2).min(Duration::from_secs(5));
-                    ctx.run_later(delay, |act, ctx| act.commit_next(ctx));
                 }
+            }
+            if unavailable {
+                let delay = act.retry_delay;
+                act.retry_delay = (act.retry_delay * 2).min(Duration::from_secs(5));
+                ctx.run_later(delay, |act, ctx| act.commit_next(ctx));
+            } else {
+                act.retry_delay = Duration::from_millis(50);
+                act.commit_next(ctx);
             }
         }));
     }
@@ -212,6 +212,58 @@ impl MatcherActor {
             }
         }
         self.schedule(ctx);
+    }
+}
+
+/// Commits `pairs` and gives each its own outcome: bound, refused, or
+/// `None` when the database could not be reached (nothing of the pair was
+/// committed: retry it). A statement that fails for another reason (a row
+/// breaking a rule the guards missed) is run again one pair at a time, and
+/// a pair that fails alone is refused: it is set aside and repaired, never
+/// retried as is, so one bad row cannot block the others.
+async fn bind_each(
+    db: &corral_db::Db,
+    pairs: &[(RequestId, WorkerId)],
+    at: SystemTime,
+    leader: corral_core::SessionId,
+) -> Vec<Option<BindOutcome>> {
+    let failed = match db.bind_leases(pairs, at, leader).await {
+        Ok(outcomes) => return outcomes.into_iter().map(Some).collect(),
+        Err(err) if err.is_unavailable() => {
+            tracing::error!(cause = %err, decisions = pairs.len(), "committing matches failed; retrying");
+            return pairs.iter().map(|_| None).collect();
+        }
+        Err(err) => err,
+    };
+    if pairs.len() > 1 {
+        tracing::warn!(cause = %failed, size = pairs.len(), "binding batch failed; binding its pairs one by one");
+    }
+    let mut outcomes = Vec::with_capacity(pairs.len());
+    for pair in pairs {
+        let alone = if pairs.len() == 1 { Err(failed.to_string()) } else { bind_one(db, *pair, at, leader).await };
+        outcomes.push(match alone {
+            Ok(outcome) => outcome,
+            Err(cause) => {
+                let (request, worker) = pair;
+                tracing::warn!(request = %request, worker = %worker, cause = %cause, "binding failed; set aside");
+                Some(BindOutcome::Refused(format!("binding failed: {cause}")))
+            }
+        });
+    }
+    outcomes
+}
+
+/// One pair bound alone: its outcome (`None`: retry), or why it failed.
+async fn bind_one(
+    db: &corral_db::Db,
+    pair: (RequestId, WorkerId),
+    at: SystemTime,
+    leader: corral_core::SessionId,
+) -> Result<Option<BindOutcome>, String> {
+    match db.bind_leases(&[pair], at, leader).await {
+        Ok(mut outcomes) => Ok(outcomes.pop()),
+        Err(err) if err.is_unavailable() => Ok(None),
+        Err(err) => Err(err.to_string()),
     }
 }
 

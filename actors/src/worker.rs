@@ -630,11 +630,37 @@ impl WorkerActor {
         }
     }
 
+    /// Re-reads the worker's row after memory and database disagreed (a
+    /// binding was refused), repairing first what a crashed actor may have
+    /// left: a live lease row on an idle worker is ended (its request is
+    /// over) or handed to its request as lost.
     fn resync(&mut self) -> Step {
-        let (db, id) = (self.shared.db.clone(), self.id());
-        let work = async move { db.load_worker(id).await };
+        let (db, id, now) = (self.shared.db.clone(), self.id(), self.shared.clock.now());
+        let work = async move {
+            let reason = "the worker was idle: a lease left by a crashed actor";
+            let stale = db.end_stale_leases(id, now, "reconciler", reason).await?;
+            Ok::<_, corral_db::DbError>((stale, db.load_worker(id).await?))
+        };
         Box::pin(work.into_actor(self).map(move |result, act, ctx| match result {
-            Ok(Some(record)) => {
+            Ok((stale, record)) => {
+                for (request, fence, ended) in stale {
+                    tracing::warn!(worker = %id, request = %request, fence = %fence, ended, "repaired a stale live lease");
+                    if !ended && let Some(addr) = act.shared.dir.request(request) {
+                        let reason = format!("worker {id} was idle while the lease was live");
+                        tell(&addr, RequestMsg::LeaseLost { fence, reason });
+                    }
+                }
+                act.resynced(record, ctx);
+            }
+            Err(err) => tracing::error!(worker = %id, cause = %err, "could not re-read worker"),
+        }))
+    }
+
+    fn resynced(&mut self, record: Option<WorkerRecord>, ctx: &mut Context<Self>) {
+        let id = self.id();
+        let act = self;
+        match record {
+            Some(record) => {
                 let was = act.record.state;
                 act.record = record;
                 match act.record.state {
@@ -651,9 +677,8 @@ impl WorkerActor {
                 }
                 act.publish();
             }
-            Ok(None) => tracing::warn!(worker = %id, "worker row gone"),
-            Err(err) => tracing::error!(worker = %id, cause = %err, "could not re-read worker"),
-        }))
+            None => tracing::warn!(worker = %id, "worker row gone"),
+        }
     }
 
     fn step(&mut self, msg: WorkerMsg) -> Step {

@@ -95,9 +95,12 @@ static BIND_LEASES: LazyLock<String> = LazyLock::new(|| {
             FROM unnest((SELECT $1::bigint[]), (SELECT $2::uuid[])) AS p(request, worker)
             JOIN LATERAL (SELECT state, worker FROM requests WHERE id = p.request OFFSET 0) r
                 ON r.state = 'waiting' AND r.worker IS NULL
-            JOIN LATERAL (SELECT state FROM workers WHERE uuid = p.worker OFFSET 0) w
+            JOIN LATERAL (SELECT state, fence FROM workers WHERE uuid = p.worker OFFSET 0) w
                 ON w.state = 'idle'
-            WHERE EXISTS (SELECT 1 FROM leader WHERE id = 1 AND session = $4)),
+            WHERE EXISTS (SELECT 1 FROM leader WHERE id = 1 AND session = $4)
+                AND NOT EXISTS (SELECT 1 FROM leases WHERE leases.request = p.request)
+                AND NOT EXISTS (SELECT 1 FROM leases WHERE leases.worker = p.worker
+                    AND (leases.ended_at IS NULL OR leases.fence = w.fence + 1))),
          w AS (
             UPDATE workers SET {leased}
             FROM ok WHERE workers.uuid = ok.worker AND workers.uuid = ANY ((SELECT $2::uuid[])::uuid[])
@@ -626,6 +629,13 @@ impl Db {
     /// `leader` is the binding server's session: if it no longer leads
     /// (another replica took over), nothing is bound.
     ///
+    /// The guards include every rule the lease row must keep (the request
+    /// has no lease row, the worker no live lease and no lease with its
+    /// next fencing token), so a pair whose rows disagree with each other
+    /// (an idle worker holding a live lease, left by a crashed actor) is
+    /// refused like any other, instead of failing the whole statement; the
+    /// refusal hands the worker to repair ([`Db::end_stale_leases`]).
+    ///
     /// Each pair's rows are read by primary key only (`LATERAL ... OFFSET
     /// 0`): left free, the planner took a generic plan made while the table
     /// was small and scanned every `waiting` entry of a state index, dead
@@ -669,6 +679,52 @@ impl Db {
                 )),
             })
             .collect())
+    }
+
+    /// Repair of a worker that is idle in the database yet holds a live
+    /// lease row (left by an actor that died between the two changes).
+    /// A stale lease whose request is over is ended here with `reason`,
+    /// its private key erased, and the worker's history records it
+    /// (`actor`); one whose request is still live is left to that
+    /// request, which must be told it lost its lease. Does nothing unless
+    /// the worker is idle. Answers each stale lease's request and fence,
+    /// and whether it was ended here.
+    pub async fn end_stale_leases(
+        &self,
+        worker: WorkerId,
+        at: SystemTime,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Vec<(RequestId, FencingToken, bool)>, DbError> {
+        let op = DatabaseOperation::EndStaleLeases;
+        let (actor, reason) = (actor.to_string(), reason.to_string());
+        let rows = self
+            .run(op, move |client| {
+                let (actor, reason) = (actor.clone(), reason.clone());
+                Box::pin(async move {
+                    Ok(client
+                        .query(
+                            "WITH stale AS (
+                                SELECT leases.request, leases.fence, r.state IN ('waiting', 'in_progress') AS live
+                                FROM leases JOIN requests r ON r.id = leases.request
+                                WHERE leases.worker = $1 AND leases.ended_at IS NULL
+                                    AND (SELECT state FROM workers WHERE uuid = $1) = 'idle'),
+                             l AS (
+                                UPDATE leases SET ended_at = $2, end_reason = $4, private_key = NULL
+                                FROM stale WHERE leases.request = stale.request AND NOT stale.live
+                                RETURNING leases.request),
+                             h AS (
+                                INSERT INTO worker_history (worker, at, from_state, to_state, actor, reason)
+                                SELECT $1, $2, 'idle', 'idle', $3,
+                                    'ended stale lease of request ' || request || ': ' || $4 FROM l)
+                             SELECT request, fence, NOT live FROM stale",
+                            &[&worker.0, &at, &actor, &reason],
+                        )
+                        .await?)
+                })
+            })
+            .await?;
+        Ok(rows.iter().map(|r| (RequestId(r.get(0)), FencingToken(r.get(1)), r.get(2))).collect())
     }
 
     /// The key is installed: the request goes in_progress. Calls made at
