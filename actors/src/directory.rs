@@ -71,6 +71,12 @@ impl Directory {
         write(&self.workers).insert(id, addr);
     }
 
+    /// Takes a stopped worker actor out, keeping the worker's last view
+    /// (its row still exists; see [`crate::supervise`]).
+    pub fn remove_worker_actor(&self, id: WorkerId) {
+        write(&self.workers).remove(&id);
+    }
+
     pub fn remove_worker(&self, id: WorkerId) {
         write(&self.workers).remove(&id);
         write(&self.board).remove(&id);

@@ -33,6 +33,7 @@ pub mod reaper;
 mod rebuild;
 pub mod request;
 pub mod settings;
+pub mod supervise;
 pub mod timekeeper;
 pub mod tunnel;
 mod users;
@@ -95,6 +96,8 @@ pub struct Shared {
     pub dir: Directory,
     /// Per-user waiting counts and deletions in progress.
     pub owners: owners::Owners,
+    /// Recent restarts of crashed actors ([`supervise`]).
+    pub restarts: supervise::Restarts,
     pub tunnels: Tunnels,
     /// Changes at every start; agents learn that command sequence numbers
     /// restarted.
@@ -185,6 +188,7 @@ impl Corral {
             settings,
             dir: Directory::default(),
             owners: owners::Owners::default(),
+            restarts: supervise::Restarts::default(),
             incarnation: uuid::Uuid::new_v4().simple().to_string(),
             leader,
             matcher: OnceLock::new(),

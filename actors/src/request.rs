@@ -54,6 +54,9 @@ pub struct RequestChanges {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub enum RequestMsg {
+    /// Test-only fault injection: the handler panics.
+    #[cfg(feature = "fault-injection")]
+    Panic,
     Patch {
         caller: Caller,
         changes: RequestChanges,
@@ -706,8 +709,9 @@ impl Actor for RequestActor {
 impl Handler<RequestMsg> for RequestActor {
     type Result = AtomicResponse<Self, ()>;
 
-    fn handle(&mut self, msg: RequestMsg, _: &mut Self::Context) -> Self::Result {
-        AtomicResponse::new(self.step(msg))
+    fn handle(&mut self, msg: RequestMsg, ctx: &mut Self::Context) -> Self::Result {
+        let (shared, entity) = (self.shared.clone(), crate::supervise::Entity::Request(self.id()));
+        AtomicResponse::new(crate::supervise::guarded(&shared, entity, ctx, || self.step(msg)).unwrap_or_else(done))
     }
 }
 
@@ -717,6 +721,8 @@ impl RequestActor {
         let span = tracing::debug_span!("request_actor", request = %self.id());
         let _guard = span.enter();
         match msg {
+            #[cfg(feature = "fault-injection")]
+            RequestMsg::Panic => panic!("fault injection: request {} panics", self.id()),
             RequestMsg::Patch { caller, changes, reply } => {
                 if !self.may_act(&caller) {
                     let _ = reply.send(Err(not_found(self.id())));

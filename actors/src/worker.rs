@@ -28,6 +28,9 @@ type Answer = Reply<Result<WorkerRecord, ActorError>>;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub enum WorkerMsg {
+    /// Test-only fault injection: the handler panics.
+    #[cfg(feature = "fault-injection")]
+    Panic,
     SetState {
         caller: Caller,
         change: StateChange,
@@ -683,6 +686,8 @@ impl WorkerActor {
 
     fn step(&mut self, msg: WorkerMsg) -> Step {
         match msg {
+            #[cfg(feature = "fault-injection")]
+            WorkerMsg::Panic => panic!("fault injection: worker {} panics", self.id()),
             WorkerMsg::SetState { caller, change, reply } => self.set_state(caller, change, reply),
             WorkerMsg::SetGroups { caller, groups, reply } => self.set_groups(caller, groups, reply),
             WorkerMsg::Deregister { caller, reply } => self.deregister(caller, reply),
@@ -771,10 +776,11 @@ impl Actor for WorkerActor {
 impl Handler<WorkerMsg> for WorkerActor {
     type Result = AtomicResponse<Self, ()>;
 
-    fn handle(&mut self, msg: WorkerMsg, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: WorkerMsg, ctx: &mut Self::Context) -> Self::Result {
         let span = tracing::debug_span!("worker_actor", worker = %self.id());
         let _guard = span.enter();
-        AtomicResponse::new(self.step(msg))
+        let (shared, entity) = (self.shared.clone(), crate::supervise::Entity::Worker(self.id()));
+        AtomicResponse::new(crate::supervise::guarded(&shared, entity, ctx, || self.step(msg)).unwrap_or_else(done))
     }
 }
 
@@ -782,7 +788,12 @@ impl Handler<WorkerMsg> for WorkerActor {
 
 impl Corral {
     fn worker_addr(&self, id: WorkerId) -> Result<Addr<WorkerActor>, ActorError> {
-        self.shared().dir.worker(id).ok_or_else(|| ActorError::NotFound(format!("worker {id} not found")))
+        let shared = self.shared();
+        shared.dir.worker(id).ok_or_else(|| match shared.dir.view(id) {
+            // Its actor crashed too often (see `supervise`).
+            Some(_) => ActorError::Unavailable(format!("worker {id} is stopped after repeated crashes")),
+            None => ActorError::NotFound(format!("worker {id} not found")),
+        })
     }
 
     pub async fn set_worker_state(
