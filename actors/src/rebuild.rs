@@ -17,6 +17,7 @@ use std::time::SystemTime;
 
 use actix::prelude::*;
 use corral_core::{RequestState, WorkerState};
+use corral_db::{LeaseRecord, RequestRecord, WorkerRecord};
 
 use crate::agent::AgentSession;
 use crate::directory::SessionEntry;
@@ -70,16 +71,9 @@ pub(crate) async fn rebuild(shared: &Arc<Shared>) -> Result<(), ActorError> {
             idle.push((record.uuid, record.last_used.unwrap_or(SystemTime::UNIX_EPOCH)));
         }
         let agent = record.session.and_then(|s| agents.get(&s).cloned());
-        let lease = lease_by_worker
-            .get(&record.uuid)
-            .filter(|_| record.state == WorkerState::Running)
-            .map(|l| (l.request, l.fence, l.started_at.is_some()));
+        let lease = lease_by_worker.get(&record.uuid);
         let retry = backoffs.get(&record.uuid).copied();
-        let (worker_shared, id) = (shared.clone(), record.uuid);
-        let addr = WorkerActor::start_in_arbiter(shared.arbiter(), move |_| {
-            WorkerActor::new(worker_shared, record, agent, lease, retry)
-        });
-        shared.dir.add_worker(id, addr);
+        restore_worker(shared, record, agent, lease, retry);
     }
 
     let mut waiting = Vec::new();
@@ -100,16 +94,8 @@ pub(crate) async fn rebuild(shared: &Arc<Shared>) -> Result<(), ActorError> {
                 ));
             }
         }
-        let access = lease.as_ref().and_then(|l| worker_by_id.get(&l.worker)).map(|w| WorkerAccess {
-            ssh_addr: w.ssh_addr.clone(),
-            ssh_user: w.ssh_user.clone(),
-            host_key: w.host_key.clone(),
-        });
-        let (request_shared, id) = (shared.clone(), record.id);
-        let addr = RequestActor::start_in_arbiter(shared.arbiter(), move |_| {
-            RequestActor::restore(request_shared, record, lease, access)
-        });
-        shared.dir.add_request(id, addr);
+        let worker = lease.as_ref().and_then(|l| worker_by_id.get(&l.worker));
+        restore_request(shared, record, lease, worker);
     }
 
     shared.matcher().send(MatcherMsg::Rebuild { workers: specs, idle, requests: waiting }).await?;
@@ -119,4 +105,45 @@ pub(crate) async fn rebuild(shared: &Arc<Shared>) -> Result<(), ActorError> {
         }
     }
     Ok(())
+}
+
+/// Starts the actor of one worker from its row, its live lease (kept only
+/// while the worker runs it), agent session and prepare backoff, and puts
+/// it in the directory (replacing a crashed one). Used at every start and
+/// by [`crate::supervise`].
+pub(crate) fn restore_worker(
+    shared: &Arc<Shared>,
+    record: WorkerRecord,
+    agent: Option<Addr<AgentSession>>,
+    lease: Option<&LeaseRecord>,
+    retry: Option<SystemTime>,
+) {
+    let lease =
+        lease.filter(|_| record.state == WorkerState::Running).map(|l| (l.request, l.fence, l.started_at.is_some()));
+    let (worker_shared, id) = (shared.clone(), record.uuid);
+    let addr = WorkerActor::start_in_arbiter(shared.arbiter(), move |_| {
+        WorkerActor::new(worker_shared, record, agent, lease, retry)
+    });
+    shared.dir.add_worker(id, addr);
+}
+
+/// Starts the actor of one live request from its row, its lease and the
+/// leased worker's row, and puts it in the directory (replacing a crashed
+/// one). Used at every start and by [`crate::supervise`].
+pub(crate) fn restore_request(
+    shared: &Arc<Shared>,
+    record: RequestRecord,
+    lease: Option<LeaseRecord>,
+    worker: Option<&WorkerRecord>,
+) {
+    let access = worker.map(|w| WorkerAccess {
+        ssh_addr: w.ssh_addr.clone(),
+        ssh_user: w.ssh_user.clone(),
+        host_key: w.host_key.clone(),
+    });
+    let (request_shared, id) = (shared.clone(), record.id);
+    let addr = RequestActor::start_in_arbiter(shared.arbiter(), move |_| {
+        RequestActor::restore(request_shared, record, lease, access)
+    });
+    shared.dir.add_request(id, addr);
 }

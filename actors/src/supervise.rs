@@ -20,9 +20,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use corral_core::{RequestId, WorkerId};
 
-use crate::request::{RequestActor, WorkerAccess};
-use crate::worker::WorkerActor;
-use crate::{ActorError, Shared};
+use crate::{ActorError, Shared, rebuild};
 
 /// Most restarts of one entity within [`RESTART_WINDOW`].
 pub const MAX_RESTARTS: usize = 3;
@@ -121,7 +119,8 @@ fn remove(shared: &Shared, entity: Entity) {
     }
 }
 
-/// A new actor for a live request, from its row and lease.
+/// A new actor for a live request, from its row and lease
+/// ([`rebuild::restore_request`]).
 async fn restore_request(shared: &Arc<Shared>, id: RequestId) -> Result<(), ActorError> {
     let record = shared.db.get_request(id).await?.filter(|r| !r.state.is_terminal());
     let Some(record) = record else {
@@ -129,46 +128,28 @@ async fn restore_request(shared: &Arc<Shared>, id: RequestId) -> Result<(), Acto
         return Ok(());
     };
     let lease = shared.db.load_live_leases().await?.into_iter().find(|l| l.request == id);
-    let access = match &lease {
-        Some(lease) => shared.db.load_worker(lease.worker).await?.map(|w| WorkerAccess {
-            ssh_addr: w.ssh_addr,
-            ssh_user: w.ssh_user,
-            host_key: w.host_key,
-        }),
+    let worker = match &lease {
+        Some(lease) => shared.db.load_worker(lease.worker).await?,
         None => None,
     };
-    let actor_shared = shared.clone();
-    let addr = RequestActor::start_in_arbiter(shared.arbiter(), move |_| {
-        RequestActor::restore(actor_shared, record, lease, access)
-    });
-    shared.dir.add_request(id, addr);
+    rebuild::restore_request(shared, record, lease, worker.as_ref());
     Ok(())
 }
 
 /// A new actor for a worker, from its row, lease, agent session and
-/// backoff; an idle worker is offered to the matcher again.
+/// backoff ([`rebuild::restore_worker`]); an idle worker is offered to the
+/// matcher again.
 async fn restore_worker(shared: &Arc<Shared>, id: WorkerId) -> Result<(), ActorError> {
     let Some(record) = shared.db.load_worker(id).await? else {
         shared.dir.remove_worker(id);
         return Ok(());
     };
-    let lease = shared
-        .db
-        .load_live_leases()
-        .await?
-        .into_iter()
-        .find(|l| l.worker == id)
-        .filter(|_| record.state == corral_core::WorkerState::Running)
-        .map(|l| (l.request, l.fence, l.started_at.is_some()));
+    let lease = shared.db.load_live_leases().await?.into_iter().find(|l| l.worker == id);
     let retry = shared.db.load_backoffs("prepare").await?.get(&id).copied();
     let agent = record.session.and_then(|s| shared.dir.session(s)).map(|s| s.addr);
     let idle = (record.state == corral_core::WorkerState::Idle)
         .then(|| record.last_used.unwrap_or(std::time::SystemTime::UNIX_EPOCH));
-    let actor_shared = shared.clone();
-    let addr = WorkerActor::start_in_arbiter(shared.arbiter(), move |_| {
-        WorkerActor::new(actor_shared, record, agent, lease, retry)
-    });
-    shared.dir.add_worker(id, addr);
+    rebuild::restore_worker(shared, record, agent, lease.as_ref(), retry);
     if let Some(last_used) = idle {
         crate::tell(shared.matcher(), crate::matcher::MatcherMsg::WorkerIdle { worker: id, last_used });
     }
