@@ -125,3 +125,26 @@ async fn a_worker_with_a_stale_live_lease_is_repaired() {
     assert_eq!(history.len(), 1, "one history row records the repair");
     agent.kill();
 }
+
+/// Sent: a submission while the only idle worker holds a stale live lease
+/// row. Must happen: the submission is accepted (201, not a conflict
+/// caused by the worker's row), the worker is repaired, and the request
+/// is then served by it.
+#[actix_rt::test]
+async fn a_submission_meeting_a_stale_live_lease_is_accepted_and_served_after_repair() {
+    let server = TestServer::start(Clock::System).await;
+    let db = sql(&server.db_url).await;
+    let agent = server.agent("host-t", 1, &caps(&[("device_type", "x")]));
+    let bad = agent.uuids[0];
+    let stale = leave_a_stale_live_lease(&server, &db, bad).await;
+    let admin = server.admin();
+    admin.put(&format!("/v1/workers/{bad}/state"), json!({"state": "idle"})).await;
+    wait_for_worker(&admin, bad, |w| w["state"] == "idle").await;
+
+    let id = admin.submit(json!({"caps": {"device_type": "x"}})).await;
+    let leased = wait_for_request(&admin, id, |r| r["state"] == "in_progress").await;
+    assert_eq!(leased["worker"], bad.to_string());
+    let row = db.query_one("SELECT ended_at IS NOT NULL FROM leases WHERE request = $1", &[&stale]).await.unwrap();
+    assert!(row.get::<_, bool>(0), "the stale lease is ended");
+    agent.kill();
+}

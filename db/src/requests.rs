@@ -45,7 +45,8 @@ fn worker_leased(at: &str) -> String {
 /// [`Db::insert_request`]'s statement over a batch, built once. Each
 /// request gets its id first (`p`), so that its binding, lease and history
 /// rows can name it; a request whose binding's guards fail (the worker not
-/// idle, the session not leading) is inserted unbound. Owner groups come as
+/// idle or holding a live lease row, the session not leading) is inserted
+/// unbound. Owner groups come as
 /// a JSON array per request (an array of arrays must be rectangular).
 static INSERT_REQUESTS: LazyLock<String> = LazyLock::new(|| {
     format!(
@@ -61,6 +62,8 @@ static INSERT_REQUESTS: LazyLock<String> = LazyLock::new(|| {
             UPDATE workers SET {leased}
             FROM p WHERE workers.uuid = p.worker AND workers.uuid = ANY ((SELECT $12::uuid[])::uuid[])
                 AND workers.state = 'idle' AND EXISTS (SELECT 1 FROM leader WHERE id = 1 AND session = p.leader)
+                AND NOT EXISTS (SELECT 1 FROM leases WHERE leases.worker = workers.uuid
+                    AND (leases.ended_at IS NULL OR leases.fence = workers.fence + 1))
             RETURNING workers.uuid, workers.fence, workers.session, p.id AS request, p.at),
          r AS (
             INSERT INTO requests (id, owner, owner_id, owner_groups, state, priority, caps, created_at, valid_after,
