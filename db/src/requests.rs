@@ -318,9 +318,14 @@ impl crate::batch::Batched for InsertRequest {
             Box::new(batch.iter().map(|i| i.bind.map(|(_, s)| s.0)).collect::<Vec<Option<uuid::Uuid>>>()),
             Box::new(batch.iter().map(|i| i.new.owner_id.0).collect::<Vec<i64>>()),
             Box::new(batch.iter().map(|i| i.token).collect::<Vec<uuid::Uuid>>()),
-            Box::new(batch.iter().map(|i| i.idempotency.as_ref().map(|k| k.key.clone())).collect::<Vec<Option<String>>>()),
             Box::new(
-                batch.iter().map(|i| i.idempotency.as_ref().map(|k| k.digest.to_vec())).collect::<Vec<Option<Vec<u8>>>>(),
+                batch.iter().map(|i| i.idempotency.as_ref().map(|k| k.key.clone())).collect::<Vec<Option<String>>>(),
+            ),
+            Box::new(
+                batch
+                    .iter()
+                    .map(|i| i.idempotency.as_ref().map(|k| k.digest.to_vec()))
+                    .collect::<Vec<Option<Vec<u8>>>>(),
             ),
         ];
         let rows = crate::batch::query(db, op, &INSERT_REQUESTS, columns).await?;
@@ -355,10 +360,7 @@ impl Idempotency {
     /// `canonical`: equal submissions must give equal values.
     pub fn new(key: &str, canonical: &serde_json::Value) -> Result<Idempotency, String> {
         if key.is_empty() || key.len() > Self::MAX_LEN || !key.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-            return Err(format!(
-                "Idempotency-Key must be 1 to {} printable ASCII characters",
-                Self::MAX_LEN
-            ));
+            return Err(format!("Idempotency-Key must be 1 to {} printable ASCII characters", Self::MAX_LEN));
         }
         use sha2::Digest;
         // serde_json's maps are sorted by key: one text per value.
@@ -525,8 +527,13 @@ impl Db {
             return key.replay(found);
         }
         let token = uuid::Uuid::new_v4();
-        let insert =
-            InsertRequest { new: new.clone(), actor: actor.to_string(), bind, token, idempotency: idempotency.cloned() };
+        let insert = InsertRequest {
+            new: new.clone(),
+            actor: actor.to_string(),
+            bind,
+            token,
+            idempotency: idempotency.cloned(),
+        };
         let mut attempt = 0;
         loop {
             attempt += 1;

@@ -109,7 +109,9 @@ impl Db {
                 let mut workers = Vec::with_capacity(r.workers.len());
                 for worker in &r.workers {
                     if worker.session != r.session {
-                        return Err(DbError::internal(op, format!("worker {} names another session", worker.uuid)).into());
+                        return Err(
+                            DbError::internal(op, format!("worker {} names another session", worker.uuid)).into()
+                        );
                     }
                     workers.push(upsert_worker_in(&tx, worker, r.initial, r.at).await?);
                 }

@@ -439,67 +439,58 @@ pub(crate) async fn upsert_worker_in(
     at: SystemTime,
 ) -> crate::OpResult<(WorkerRecord, bool)> {
     let op = DatabaseOperation::UpsertWorker;
-        let existing =
-            tx.query_opt("SELECT agent, principal FROM workers WHERE uuid = $1 FOR UPDATE", &[&w.uuid.0]).await?;
-        let caps = caps_to_json(&w.caps);
-        let created = match existing {
-            Some(row) => {
-                let agent: String = row.get(0);
-                let principal: Option<i64> = row.get(1);
-                if principal.is_some_and(|p| p != w.principal.0) {
-                    return Err(DbError::conflict(
-                        op,
-                        format!("worker {} is bound to another agent token", w.uuid),
-                    )
-                    .into());
-                }
-                if agent != w.agent {
-                    return Err(DbError::conflict(
-                        op,
-                        format!("worker {} is registered by agent {agent:?}", w.uuid),
-                    )
-                    .into());
-                }
-                tx.execute(
-                    "UPDATE workers SET caps = $2, ssh_addr = $3, ssh_user = $4, host_key = $5, session = $6,
-                     last_seen = $7, principal = $8 WHERE uuid = $1",
-                    &[&w.uuid.0, &caps, &w.ssh_addr, &w.ssh_user, &w.host_key, &w.session.0, &at, &w.principal.0],
-                )
-                .await?;
-                false
+    let existing =
+        tx.query_opt("SELECT agent, principal FROM workers WHERE uuid = $1 FOR UPDATE", &[&w.uuid.0]).await?;
+    let caps = caps_to_json(&w.caps);
+    let created = match existing {
+        Some(row) => {
+            let agent: String = row.get(0);
+            let principal: Option<i64> = row.get(1);
+            if principal.is_some_and(|p| p != w.principal.0) {
+                return Err(DbError::conflict(op, format!("worker {} is bound to another agent token", w.uuid)).into());
             }
-            None => {
-                tx.execute(
-                    "INSERT INTO workers (uuid, agent, session, state, caps, groups, ssh_addr, ssh_user, host_key,
+            if agent != w.agent {
+                return Err(DbError::conflict(op, format!("worker {} is registered by agent {agent:?}", w.uuid)).into());
+            }
+            tx.execute(
+                "UPDATE workers SET caps = $2, ssh_addr = $3, ssh_user = $4, host_key = $5, session = $6,
+                     last_seen = $7, principal = $8 WHERE uuid = $1",
+                &[&w.uuid.0, &caps, &w.ssh_addr, &w.ssh_user, &w.host_key, &w.session.0, &at, &w.principal.0],
+            )
+            .await?;
+            false
+        }
+        None => {
+            tx.execute(
+                "INSERT INTO workers (uuid, agent, session, state, caps, groups, ssh_addr, ssh_user, host_key,
                      reason, state_since, last_seen, principal)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12)",
-                    &[
-                        &w.uuid.0,
-                        &w.agent,
-                        &w.session.0,
-                        &initial.as_str(),
-                        &caps,
-                        &groups_to(&w.groups),
-                        &w.ssh_addr,
-                        &w.ssh_user,
-                        &w.host_key,
-                        &(initial == WorkerState::Maintenance).then_some("new worker"),
-                        &at,
-                        &w.principal.0,
-                    ],
-                )
-                .await?;
-                tx.execute(
-                    "INSERT INTO worker_history (worker, at, from_state, to_state, actor, reason)
+                &[
+                    &w.uuid.0,
+                    &w.agent,
+                    &w.session.0,
+                    &initial.as_str(),
+                    &caps,
+                    &groups_to(&w.groups),
+                    &w.ssh_addr,
+                    &w.ssh_user,
+                    &w.host_key,
+                    &(initial == WorkerState::Maintenance).then_some("new worker"),
+                    &at,
+                    &w.principal.0,
+                ],
+            )
+            .await?;
+            tx.execute(
+                "INSERT INTO worker_history (worker, at, from_state, to_state, actor, reason)
                      VALUES ($1, $2, NULL, $3, $4, 'registered')",
-                    &[&w.uuid.0, &at, &initial.as_str(), &format!("agent:{}", w.agent)],
-                )
-                .await?;
-                true
-            }
-        };
-        let row =
-            tx.query_one(&format!("SELECT {WORKER_COLUMNS} FROM workers WHERE uuid = $1"), &[&w.uuid.0]).await?;
+                &[&w.uuid.0, &at, &initial.as_str(), &format!("agent:{}", w.agent)],
+            )
+            .await?;
+            true
+        }
+    };
+    let row = tx.query_one(&format!("SELECT {WORKER_COLUMNS} FROM workers WHERE uuid = $1"), &[&w.uuid.0]).await?;
     Ok((WorkerRecord::from_row(op, &row)?, created))
 }
 
