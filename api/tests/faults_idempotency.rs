@@ -160,8 +160,8 @@ async fn boruta_create_honours_idempotency_key() {
     let other = post_with_key(&server, &ann, "/api/v1/reqs/", Some("b-1"), &body(5)).await;
     assert_eq!(other.status, StatusCode::BAD_REQUEST, "{}", other.body);
     assert!(other.body["message"].as_str().is_some_and(|m| m.contains("Idempotency-Key")), "{}", other.body);
-    // A key with a control character: 400, nothing created.
-    let bad = post_with_key(&server, &ann, "/api/v1/reqs/", Some("b\u{7f}"), &body(4)).await;
+    // A key with a control character (a tab): 400, nothing created.
+    let bad = post_with_key(&server, &ann, "/api/v1/reqs/", Some("b\tc"), &body(4)).await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.body);
     assert_eq!(all_request_ids(&server).await, vec![first.body["ReqID"].as_i64().unwrap()]);
     agent.stop().await;
