@@ -50,7 +50,9 @@ pub const SCHEMA: &str = include_str!("../../schema.sql");
 /// again: reads, the schema, and writes that leave the same rows and give
 /// the same answer when applied twice (a heartbeat's deadline, `last_seen`,
 /// taking the lead with `ON CONFLICT DO NOTHING`, deleting orphan locks or
-/// a backoff). Every other write (inserts, guarded state transitions whose
+/// a backoff), or that change nothing when re-applied and whose second
+/// answer is harmless (closing a session: a second run deletes nothing and
+/// answers not found, which a closing caller ignores). Every other write (inserts, guarded state transitions whose
 /// second run would be refused or would write a second history row,
 /// session and worker registration) fails with [`DbError::UnknownOutcome`]
 /// instead; a submission settles it by reading its row back by its
@@ -164,6 +166,7 @@ impl DatabaseOperation {
                 | O::LoadLiveLeases
                 | O::Ping
                 | O::ReleaseOrphanLocks
+                | O::CloseSession
         )
     }
 }
