@@ -190,3 +190,78 @@ async fn registration_refused_by_a_claim_changes_nothing() {
     assert!(db.load_worker(c).await.expect("reads").is_none());
     assert_eq!(db.load_worker(a).await.expect("reads").expect("A exists").session, Some(first));
 }
+
+/// A TCP proxy in front of the test database's socket. While `cut` is
+/// set, the next answer the server sends on any connection is dropped and
+/// that connection closed: the statement ran (and committed) but its
+/// caller never hears so.
+async fn cutting_proxy(test: &TestDb, cut: std::sync::Arc<std::sync::atomic::AtomicBool>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = test.config();
+    let socket = match &config.get_hosts()[0] {
+        tokio_postgres::config::Host::Unix(dir) => dir.join(format!(".s.PGSQL.{}", config.get_ports()[0])),
+        tokio_postgres::config::Host::Tcp(host) => panic!("the test cluster listens on a socket, not {host}"),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
+    let port = listener.local_addr().expect("an address").port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::UnixStream::connect(&socket).await.expect("the database socket");
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+            });
+            let cut = cut.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match server_read.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if cut.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                        // Drops the answer and closes the client's side.
+                        return;
+                    }
+                    if client_write.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    format!(
+        "host=127.0.0.1 port={port} user={} dbname={}",
+        config.get_user().expect("a user"),
+        config.get_dbname().expect("a database")
+    )
+}
+
+#[tokio::test]
+async fn unknown_outcome_of_a_committed_submission_is_settled_by_reading() {
+    let test = corral_testkit::test_database().await;
+    let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let url = cutting_proxy(&test, cut.clone()).await;
+    let db = Db::connect(&url, &PoolSettings::default()).await.expect("the database answers through the proxy");
+    db.apply_schema().await.expect("the schema applies");
+    let side = side_connection(&test.url).await;
+    let now = SystemTime::now();
+    // A first submission opens the batch writer's connection and prepares
+    // its statement.
+    let first =
+        db.submit_request(&new_request("gina", now), "user:gina", None, None).await.expect("the first submission");
+    // The second one's INSERT commits, but its answer is lost on the way:
+    // the call reads its row back by its token and answers it, and does
+    // not insert it a second time.
+    cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    let submitted =
+        db.submit_request(&new_request("gina", now), "user:gina", None, None).await.expect("settled by reading");
+    assert!(!cut.load(std::sync::atomic::Ordering::SeqCst), "an answer was cut");
+    assert_eq!(count_requests(&side).await, 2, "two submissions, two requests: no duplicate");
+    let newest: i64 = side.query_one("SELECT max(id) FROM requests", &[]).await.expect("reads").get(0);
+    assert_eq!(submitted.record.id.0, newest);
+    // The id that the cut statement drew: a second run would have drawn
+    // the next one (sequences do not roll back).
+    assert_eq!(submitted.record.id.0, first.record.id.0 + 1, "read back, not run again");
+}
