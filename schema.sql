@@ -226,3 +226,17 @@ UPDATE sessions SET principal_id = COALESCE((SELECT u.id FROM users u WHERE u.na
 ALTER TABLE workers ADD COLUMN IF NOT EXISTS principal BIGINT;
 UPDATE workers SET principal = (SELECT s.principal_id FROM sessions s WHERE s.id = workers.session)
     WHERE principal IS NULL AND session IS NOT NULL;
+
+-- Idempotent submissions (issue 14). A submission may carry the client's
+-- Idempotency-Key, unique per owner, with the SHA-256 of what it asked
+-- for: a retry with the same key and body gets the first request back,
+-- another body gets 409. Every submission also stores a token made for
+-- the call, so that one whose answer was lost (the connection dropped
+-- after the INSERT was sent) is settled by reading it back, and a second
+-- run of it can never make a second row.
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS idempotency_key TEXT;
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS request_digest BYTEA;
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS submission_token UUID;
+CREATE UNIQUE INDEX IF NOT EXISTS requests_by_idempotency_key ON requests (owner_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS requests_by_submission_token ON requests (submission_token);

@@ -10,7 +10,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use corral_core::caps::CapsError;
 use corral_core::{Caps, FencingToken, Groups, Role, SessionId, WorkerId};
-use corral_db::{ClaimRefusal, WorkerUpsert};
+use corral_db::{AgentRegistration, ClaimRefusal, WorkerUpsert};
 use corral_proto::agent::{
     Action, Command, CommandBatch, CommandResult, Heartbeat, HeartbeatAck, OpenSession, RegisteredWorker, SessionOpened,
 };
@@ -230,37 +230,15 @@ impl Corral {
         validate(&open)?;
         let shared = self.shared();
         // Workers and agent names are bound to the agent user that
-        // registered them: another agent token changes nothing.
-        let claimed: Vec<WorkerId> = open.workers.iter().map(|w| w.uuid).collect();
-        match shared.db.agent_claim_refusal(&open.agent, caller.id, &claimed).await? {
-            Some(ClaimRefusal::OtherPrincipal(what)) => {
-                tracing::warn!(agent = %open.agent, principal = %caller.name, refused = %what, "agent session refused");
-                return Err(ActorError::Forbidden(format!(
-                    "{what}; an admin can hand a worker over (PUT /v1/workers/UUID/agent)"
-                )));
-            }
-            Some(ClaimRefusal::OtherAgent(what)) => return Err(ActorError::Conflict(what)),
-            None => {}
-        }
+        // registered them: another agent token changes nothing. The claim
+        // checks, the session and every worker commit in one transaction:
+        // a failure midway leaves no session and no worker changed.
         let id = SessionId::random();
         let timeout = shared.settings.session_timeout;
-        let now = shared.clock.db_now();
-        shared.db.open_session_as(id, "agent", &open.agent, &caller.name, Some(caller.id), timeout, now).await?;
-        let session_shared = shared.clone();
-        let agent_name = open.agent.clone();
-        let addr = AgentSession::start_in_arbiter(shared.arbiter(), move |_| {
-            AgentSession::new(session_shared, id, agent_name)
-        });
-        shared
-            .dir
-            .add_session(id, SessionEntry { addr: addr.clone(), agent: open.agent.clone(), principal: caller.id });
-        tracing::info!(session = %id, agent = %open.agent, workers = open.workers.len(), "agent session opened");
-
-        let initial = shared.settings.new_worker_state;
-        let now = shared.clock.now();
-        let mut registered = Vec::with_capacity(open.workers.len());
-        for worker in open.workers {
-            let upsert = WorkerUpsert {
+        let workers = open
+            .workers
+            .into_iter()
+            .map(|worker| WorkerUpsert {
                 uuid: worker.uuid,
                 agent: open.agent.clone(),
                 principal: caller.id,
@@ -270,8 +248,41 @@ impl Corral {
                 ssh_addr: worker.ssh_addr,
                 ssh_user: worker.user,
                 host_key: worker.host_key,
-            };
-            let (record, created) = shared.db.upsert_worker(&upsert, initial, now).await?;
+            })
+            .collect();
+        let registration = AgentRegistration {
+            session: id,
+            agent: open.agent.clone(),
+            principal: caller.name.clone(),
+            principal_id: caller.id,
+            timeout,
+            now: shared.clock.db_now(),
+            workers,
+            initial: shared.settings.new_worker_state,
+            at: shared.clock.now(),
+        };
+        let upserted = match shared.db.register_agent(&registration).await? {
+            Ok((_, upserted)) => upserted,
+            Err(ClaimRefusal::OtherPrincipal(what)) => {
+                tracing::warn!(agent = %open.agent, principal = %caller.name, refused = %what, "agent session refused");
+                return Err(ActorError::Forbidden(format!(
+                    "{what}; an admin can hand a worker over (PUT /v1/workers/UUID/agent)"
+                )));
+            }
+            Err(ClaimRefusal::OtherAgent(what)) => return Err(ActorError::Conflict(what)),
+        };
+        let session_shared = shared.clone();
+        let agent_name = open.agent.clone();
+        let addr = AgentSession::start_in_arbiter(shared.arbiter(), move |_| {
+            AgentSession::new(session_shared, id, agent_name)
+        });
+        shared
+            .dir
+            .add_session(id, SessionEntry { addr: addr.clone(), agent: open.agent.clone(), principal: caller.id });
+        tracing::info!(session = %id, agent = %open.agent, workers = upserted.len(), "agent session opened");
+
+        let mut registered = Vec::with_capacity(upserted.len());
+        for (record, created) in upserted {
             registered.push(RegisteredWorker { uuid: record.uuid, state: record.state, fence: record.fence });
             let actor = match shared.dir.worker(record.uuid).filter(|_| !created) {
                 Some(actor) => actor,

@@ -31,7 +31,7 @@ pub enum ActorError {
 impl From<DbError> for ActorError {
     fn from(err: DbError) -> Self {
         match err {
-            DbError::Unavailable { .. } => ActorError::Unavailable(err.to_string()),
+            DbError::Unavailable { .. } | DbError::UnknownOutcome { .. } => ActorError::Unavailable(err.to_string()),
             DbError::Conflict { .. } => ActorError::Conflict(err.to_string()),
             DbError::NotFound { .. } => ActorError::NotFound(err.to_string()),
             DbError::Internal { .. } => ActorError::Internal(err.to_string()),

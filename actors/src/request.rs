@@ -802,6 +802,8 @@ pub struct Submission {
     pub allow_unsatisfiable: bool,
     /// Kind of key pair to make; None: the server's setting.
     pub key_kind: Option<KeyKind>,
+    /// The client's `Idempotency-Key`: a retry gets the first request.
+    pub idempotency: Option<corral_db::Idempotency>,
 }
 
 async fn ask<T>(
@@ -866,7 +868,7 @@ impl Corral {
         let bind = admission.worker.map(|worker| (worker, shared.leader));
         let inserted = shared
             .db
-            .insert_request(&new, &caller.actor(), bind)
+            .submit_request(&new, &caller.actor(), bind, submission.idempotency.as_ref())
             .instrument(tracing::debug_span!("insert_request"))
             .await;
         let give_back = |worker: WorkerId| {
@@ -875,7 +877,15 @@ impl Corral {
             }
         };
         let (record, fence) = match inserted {
-            Ok(inserted) => inserted,
+            Ok(submitted) if submitted.replayed => {
+                // A retry: the first call stored the request and started
+                // its actor; nothing was inserted now.
+                if let Some(worker) = admission.worker {
+                    give_back(worker);
+                }
+                return Ok(submitted.record);
+            }
+            Ok(submitted) => (submitted.record, submitted.fence),
             Err(err) => {
                 if let Some(worker) = admission.worker {
                     give_back(worker);

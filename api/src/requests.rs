@@ -8,7 +8,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use corral_actors::request::{RequestChanges, Submission};
 use corral_core::request::Schedule;
 use corral_core::{Caps, Priority, RequestId, RequestState};
-use corral_db::{RequestFilter, RequestRecord};
+use corral_db::{Idempotency, RequestFilter, RequestRecord};
 use corral_proto::Page;
 use corral_proto::requests::{HistoryEntry, NewRequest, Prolong, Prolonged, Request, RequestPatch};
 
@@ -56,10 +56,34 @@ fn request_id(path: &str) -> Result<RequestId, ApiError> {
         .ok_or_else(|| ApiError::bad_request(format!("request id must be a positive integer, got {path:?}")))
 }
 
+/// The header that makes a submission safe to retry.
+pub(crate) const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The submission's `Idempotency-Key`, if it has one, with the digest of
+/// `canonical` (what the submission asked for, as sent, so that a retry
+/// later gives the same digest). `Err` says what is wrong with the header.
+pub(crate) fn idempotency(req: &HttpRequest, canonical: &serde_json::Value) -> Result<Option<Idempotency>, String> {
+    let mut values = req.headers().get_all(IDEMPOTENCY_KEY);
+    let Some(value) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err("send one Idempotency-Key header".to_string());
+    }
+    let bad = || format!("Idempotency-Key must be 1 to {} printable ASCII characters", Idempotency::MAX_LEN);
+    let key = value.to_str().map_err(|_| bad())?;
+    Idempotency::new(key, canonical).map(Some)
+}
+
 #[tracing::instrument(skip_all, fields(owner = %auth.0.name))]
-async fn submit(state: web::Data<AppState>, auth: Auth, body: web::Json<NewRequest>) -> Result<HttpResponse, ApiError> {
+async fn submit(
+    state: web::Data<AppState>,
+    auth: Auth,
+    req: HttpRequest,
+    body: web::Json<NewRequest>,
+) -> Result<HttpResponse, ApiError> {
     let caller = auth.require_person()?;
     let body = body.into_inner();
+    let canonical = serde_json::to_value(&body).map_err(|e| ApiError::bad_request(format!("invalid body: {e}")))?;
+    let idempotency = idempotency(&req, &canonical).map_err(ApiError::bad_request)?;
     let caps = Caps::validated(body.caps.to_map()).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let corral = &state.corral;
     let schedule = Schedule::for_submission(
@@ -85,6 +109,7 @@ async fn submit(state: web::Data<AppState>, auth: Auth, body: web::Json<NewReque
         ssh_public_key,
         allow_unsatisfiable: body.allow_unsatisfiable,
         key_kind: None,
+        idempotency,
     };
     let record = corral.submit(caller, submission).await?;
     Ok(HttpResponse::Created()

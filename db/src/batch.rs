@@ -14,7 +14,9 @@
 //! guards row by row and return the rows they changed. An error that fails
 //! the whole statement (a uniqueness rule broken by one row, say) does not
 //! fail its neighbours: the batch is then run again one call at a time, and
-//! each call gets the error or result it would have had alone.
+//! each call gets the error or result it would have had alone. A batch
+//! whose outcome is unknown (its connection dropped after it was sent) is
+//! never run again here: each call gets [`DbError::UnknownOutcome`].
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -124,6 +126,12 @@ async fn feed<T: Batched>(db: Db, mut jobs: mpsc::UnboundedReceiver<Job<T>>, cou
         let outcomes = match T::run(&db, &items).await {
             Ok(outcomes) => outcomes,
             Err(err) if items.len() == 1 => vec![Err(err)],
+            // The statement may have committed: running its calls again
+            // could apply them twice. Each caller settles it (a submission
+            // reads its row back by its token).
+            Err(DbError::UnknownOutcome { op, cause }) => {
+                items.iter().map(|_| Err(DbError::UnknownOutcome { op, cause: cause.clone() })).collect()
+            }
             Err(err) => {
                 tracing::debug!(op = T::OP.as_str(), size = items.len(), cause = %err, "batch failed; running its calls one by one");
                 let mut outcomes = Vec::with_capacity(items.len());

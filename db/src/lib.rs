@@ -30,8 +30,8 @@ use tokio_postgres::error::SqlState;
 
 pub use fixtures::{ScaleFixture, ScaleFixtureLoaded};
 pub use records::*;
-pub use requests::{BindOutcome, NewRequestRecord, RequestFilter, StartLease};
-pub use sessions::ExpiredSession;
+pub use requests::{BindOutcome, Idempotency, NewRequestRecord, RequestFilter, StartLease, Submitted};
+pub use sessions::{AgentRegistration, ExpiredSession};
 pub use users::{hash_token, new_token};
 pub use workers::{ClaimRefusal, WorkerTransition, WorkerUpsert};
 
@@ -39,6 +39,24 @@ pub use workers::{ClaimRefusal, WorkerTransition, WorkerUpsert};
 pub const SCHEMA: &str = include_str!("../../schema.sql");
 
 /// Every operation the server performs on the database.
+///
+/// # Which operations are re-run after a dropped connection
+///
+/// [`Db::run`] takes another connection and runs an operation again when
+/// its connection was already closed before the operation started (nothing
+/// was sent). When the connection drops *after* the statements were sent,
+/// the outcome is unknown: the transaction may have committed. Then only
+/// the operations that [`DatabaseOperation::is_idempotent`] names are run
+/// again: reads, the schema, and writes that leave the same rows and give
+/// the same answer when applied twice (a heartbeat's deadline, `last_seen`,
+/// taking the lead with `ON CONFLICT DO NOTHING`, deleting orphan locks or
+/// a backoff), or that change nothing when re-applied and whose second
+/// answer is harmless (closing a session: a second run deletes nothing and
+/// answers not found, which a closing caller ignores). Every other write (inserts, guarded state transitions whose
+/// second run would be refused or would write a second history row,
+/// session and worker registration) fails with [`DbError::UnknownOutcome`]
+/// instead; a submission settles it by reading its row back by its
+/// per-call token ([`Db::submit_request`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DatabaseOperation {
     ApplySchema,
@@ -125,6 +143,34 @@ impl DatabaseOperation {
             O::Ping => "ping",
         }
     }
+
+    /// Whether running the operation a second time after a first run that
+    /// may have committed changes nothing and answers the same (see the
+    /// enum's docs).
+    pub fn is_idempotent(self) -> bool {
+        use DatabaseOperation as O;
+        matches!(
+            self,
+            O::ApplySchema
+                | O::ListUsers
+                | O::UserByToken
+                | O::Heartbeat
+                | O::LiveSessions
+                | O::Lead
+                | O::LoadWorkers
+                | O::TouchWorkers
+                | O::ClearBackoff
+                | O::GetRequest
+                | O::ListRequests
+                | O::RequestHistory
+                | O::WorkerHistory
+                | O::LoadLiveRequests
+                | O::LoadLiveLeases
+                | O::Ping
+                | O::ReleaseOrphanLocks
+                | O::CloseSession
+        )
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +182,10 @@ pub enum DbError {
     /// uniqueness rule would be broken.
     #[error("conflict during {op}: {what}")]
     Conflict { op: &'static str, what: String },
+    /// The connection dropped after a write that is not idempotent was
+    /// sent: it may or may not have committed, and it was not run again.
+    #[error("outcome unknown of {op}: the database connection dropped after it was sent: {cause}")]
+    UnknownOutcome { op: &'static str, cause: String },
     #[error("not found during {op}")]
     NotFound { op: &'static str },
     /// Anything else: a bug or corrupt data.
@@ -355,7 +405,10 @@ impl Db {
     }
 
     /// Runs `f` with a pooled connection, retrying serialization failures
-    /// and deadlocks with a growing delay, and maps errors.
+    /// and deadlocks with a growing delay, and maps errors. A connection
+    /// found closed before `f` starts is replaced; one that drops while `f`
+    /// runs is retried only for an idempotent `op`, and is otherwise
+    /// [`DbError::UnknownOutcome`] (see [`DatabaseOperation`]).
     pub(crate) async fn run<T, F>(&self, op: DatabaseOperation, mut f: F) -> Result<T, DbError>
     where
         F: for<'c> FnMut(&'c mut Object) -> std::pin::Pin<Box<dyn Future<Output = OpResult<T>> + Send + 'c>>,
@@ -368,16 +421,28 @@ impl Db {
                 Ok(client) => client,
                 Err(e) => break Err(DbError::Unavailable { op: op.as_str(), cause: e.to_string() }),
             };
+            if client.is_closed() && attempt < MAX_ATTEMPTS {
+                // A pooled connection that died while idle (its server or
+                // the runtime driving it went away): nothing was sent on
+                // it, take another one.
+                tracing::debug!(op = op.as_str(), attempt, "pooled connection closed; taking another");
+                drop(client);
+                continue;
+            }
             match f(&mut client).await {
                 Ok(value) => break Ok(value),
                 Err(OpError::Db(e)) => break Err(e),
                 Err(OpError::Pg(e)) => {
-                    if e.is_closed() && attempt < MAX_ATTEMPTS {
-                        // A pooled connection that died (its server or the
-                        // runtime driving it went away): take another one.
-                        tracing::debug!(op = op.as_str(), attempt, "connection closed; retrying on another");
-                        drop(client);
-                        continue;
+                    if connection_lost(&e) {
+                        if !op.is_idempotent() {
+                            tracing::warn!(op = op.as_str(), cause = %e, "connection lost with a write in flight; not re-running it");
+                            break Err(DbError::UnknownOutcome { op: op.as_str(), cause: format!("{e:#}") });
+                        }
+                        if attempt < MAX_ATTEMPTS {
+                            tracing::debug!(op = op.as_str(), attempt, "connection closed; retrying on another");
+                            drop(client);
+                            continue;
+                        }
                     }
                     let retryable = e.code().is_some_and(|c| {
                         *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
@@ -396,6 +461,16 @@ impl Db {
         }
         result
     }
+}
+
+/// Whether `err` says the connection failed while an operation was under
+/// way (closed, reset, or the server ended the session), so that what was
+/// sent may or may not have committed.
+fn connection_lost(err: &tokio_postgres::Error) -> bool {
+    if let Some(code) = err.code() {
+        return code.code().starts_with("08") || *code == SqlState::ADMIN_SHUTDOWN || *code == SqlState::CRASH_SHUTDOWN;
+    }
+    err.is_closed() || std::error::Error::source(err).is_some_and(|s| s.is::<std::io::Error>())
 }
 
 fn build_pool(config: tokio_postgres::Config, max_size: usize, settings: &PoolSettings) -> Result<Pool, DbError> {

@@ -55,9 +55,10 @@ static INSERT_REQUESTS: LazyLock<String> = LazyLock::new(|| {
             FROM unnest((SELECT $1::text[]), (SELECT $2::jsonb[]), (SELECT $3::smallint[]), (SELECT $4::jsonb[]),
                 (SELECT $5::timestamptz[]), (SELECT $6::timestamptz[]), (SELECT $7::timestamptz[]),
                 (SELECT $8::bigint[]), (SELECT $9::text[]), (SELECT $10::text[]), (SELECT $11::text[]),
-                (SELECT $12::uuid[]), (SELECT $13::uuid[]), (SELECT $14::bigint[])) WITH ORDINALITY
+                (SELECT $12::uuid[]), (SELECT $13::uuid[]), (SELECT $14::bigint[]), (SELECT $15::uuid[]),
+                (SELECT $16::text[]), (SELECT $17::bytea[])) WITH ORDINALITY
                 AS p(owner, groups, priority, caps, at, valid_after, deadline, lease_ms, public_key, actor, kind,
-                    worker, leader, owner_id, call)),
+                    worker, leader, owner_id, token, idempotency_key, digest, call)),
          w AS (
             UPDATE workers SET {leased}
             FROM p WHERE workers.uuid = p.worker AND workers.uuid = ANY ((SELECT $12::uuid[])::uuid[])
@@ -67,9 +68,11 @@ static INSERT_REQUESTS: LazyLock<String> = LazyLock::new(|| {
             RETURNING workers.uuid, workers.fence, workers.session, p.id AS request, p.at),
          r AS (
             INSERT INTO requests (id, owner, owner_id, owner_groups, state, priority, caps, created_at, valid_after,
-                deadline, lease_ms, ssh_public_key, key_type, updated_at, worker)
+                deadline, lease_ms, ssh_public_key, key_type, updated_at, worker, submission_token, idempotency_key,
+                request_digest)
             SELECT p.id, p.owner, p.owner_id, ARRAY (SELECT jsonb_array_elements_text(p.groups)), 'waiting', p.priority,
-                p.caps, p.at, p.valid_after, p.deadline, p.lease_ms, p.public_key, p.kind, p.at, w.uuid
+                p.caps, p.at, p.valid_after, p.deadline, p.lease_ms, p.public_key, p.kind, p.at, w.uuid, p.token,
+                p.idempotency_key, p.digest
             FROM p LEFT JOIN w ON w.request = p.id
             RETURNING {REQUEST_COLUMNS}),
          l AS (
@@ -289,6 +292,9 @@ pub(crate) struct InsertRequest {
     new: NewRequestRecord,
     actor: String,
     bind: Option<(WorkerId, corral_core::SessionId)>,
+    /// Made for the call: its row is found again by it.
+    token: uuid::Uuid,
+    idempotency: Option<Idempotency>,
 }
 
 impl crate::batch::Batched for InsertRequest {
@@ -317,6 +323,16 @@ impl crate::batch::Batched for InsertRequest {
             Box::new(batch.iter().map(|i| i.bind.map(|(w, _)| w.0)).collect::<Vec<Option<uuid::Uuid>>>()),
             Box::new(batch.iter().map(|i| i.bind.map(|(_, s)| s.0)).collect::<Vec<Option<uuid::Uuid>>>()),
             Box::new(batch.iter().map(|i| i.new.owner_id.0).collect::<Vec<i64>>()),
+            Box::new(batch.iter().map(|i| i.token).collect::<Vec<uuid::Uuid>>()),
+            Box::new(
+                batch.iter().map(|i| i.idempotency.as_ref().map(|k| k.key.clone())).collect::<Vec<Option<String>>>(),
+            ),
+            Box::new(
+                batch
+                    .iter()
+                    .map(|i| i.idempotency.as_ref().map(|k| k.digest.to_vec()))
+                    .collect::<Vec<Option<Vec<u8>>>>(),
+            ),
         ];
         let rows = crate::batch::query(db, op, &INSERT_REQUESTS, columns).await?;
         let mut inserted: Vec<Option<Self::Output>> = vec![None; batch.len()];
@@ -332,6 +348,61 @@ impl crate::batch::Batched for InsertRequest {
             .map(|outcome| outcome.ok_or_else(|| DbError::internal(op, "a request of the batch was not inserted")))
             .collect())
     }
+}
+
+/// A submission's `Idempotency-Key` and the SHA-256 of what it asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Idempotency {
+    key: String,
+    digest: [u8; 32],
+}
+
+impl Idempotency {
+    /// The longest key accepted.
+    pub const MAX_LEN: usize = 255;
+
+    /// `key` (1 to [`Idempotency::MAX_LEN`] printable ASCII characters,
+    /// else an error saying so) for a submission whose canonical form is
+    /// `canonical`: equal submissions must give equal values.
+    pub fn new(key: &str, canonical: &serde_json::Value) -> Result<Idempotency, String> {
+        if key.is_empty() || key.len() > Self::MAX_LEN || !key.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            return Err(format!("Idempotency-Key must be 1 to {} printable ASCII characters", Self::MAX_LEN));
+        }
+        use sha2::Digest;
+        // serde_json's maps are sorted by key: one text per value.
+        let digest = sha2::Sha256::digest(canonical.to_string().as_bytes()).into();
+        Ok(Idempotency { key: key.to_string(), digest })
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The answer to a retry that found `found` stored under this key.
+    fn replay(&self, found: (RequestRecord, Option<FencingToken>, Vec<u8>)) -> Result<Submitted, DbError> {
+        let (record, fence, digest) = found;
+        if digest != self.digest {
+            return Err(DbError::conflict(
+                DatabaseOperation::InsertRequest,
+                format!(
+                    "Idempotency-Key {:?} was used for request {} with another body; use a new key for a new request",
+                    self.key, record.id
+                ),
+            ));
+        }
+        Ok(Submitted { record, fence, replayed: true })
+    }
+}
+
+/// What [`Db::submit_request`] stored or found.
+#[derive(Clone, Debug)]
+pub struct Submitted {
+    pub record: RequestRecord,
+    /// The fencing token when the request is bound to a worker.
+    pub fence: Option<FencingToken>,
+    /// The request was stored by an earlier call with the same
+    /// idempotency key: nothing was inserted now.
+    pub replayed: bool,
 }
 
 /// A request to insert.
@@ -432,8 +503,138 @@ impl Db {
         actor: &str,
         bind: Option<(WorkerId, corral_core::SessionId)>,
     ) -> Result<(RequestRecord, Option<FencingToken>), DbError> {
-        let insert = InsertRequest { new: new.clone(), actor: actor.to_string(), bind };
-        self.batched(|b| &b.insert_request, insert).await
+        let submitted = self.submit_request(new, actor, bind, None).await?;
+        Ok((submitted.record, submitted.fence))
+    }
+
+    /// [`Db::insert_request`], safe to retry.
+    ///
+    /// With `idempotency`, the owner's request stored under the same key
+    /// answers instead (`replayed`), if its digest is the same; another
+    /// digest is a conflict and changes nothing. Two calls with one key at
+    /// the same time make one request: the unique index refuses the second
+    /// row, which then reads the first. Without a key no query is added.
+    ///
+    /// A statement whose connection dropped after it was sent
+    /// ([`DbError::UnknownOutcome`]) is settled by reading the call's row
+    /// back by its token: found, the call succeeded; absent, it runs again
+    /// (the token's unique index refuses a row the first run might still
+    /// commit).
+    pub async fn submit_request(
+        &self,
+        new: &NewRequestRecord,
+        actor: &str,
+        bind: Option<(WorkerId, corral_core::SessionId)>,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Submitted, DbError> {
+        if let Some(key) = idempotency
+            && let Some(found) = self.request_by_key(new.owner_id, key).await?
+        {
+            return key.replay(found);
+        }
+        let token = uuid::Uuid::new_v4();
+        let insert = InsertRequest {
+            new: new.clone(),
+            actor: actor.to_string(),
+            bind,
+            token,
+            idempotency: idempotency.cloned(),
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let err = match self.batched(|b| &b.insert_request, insert.clone()).await {
+                Ok((record, fence)) => return Ok(Submitted { record, fence, replayed: false }),
+                Err(err) => err,
+            };
+            match err {
+                DbError::UnknownOutcome { .. } => {
+                    if let Some((record, fence)) = self.request_by_token(token).await? {
+                        tracing::info!(request = %record.id, "submission's outcome was unknown; it had committed");
+                        return Ok(Submitted { record, fence, replayed: false });
+                    }
+                    if attempt >= 3 {
+                        return Err(err);
+                    }
+                    tracing::info!(attempt, "submission's outcome was unknown; it had not committed, running it again");
+                }
+                DbError::Conflict { .. } => {
+                    // A retry that raced this one may hold the key, or a
+                    // first run whose outcome was unknown the token.
+                    if let Some(key) = idempotency
+                        && let Some(found) = self.request_by_key(new.owner_id, key).await?
+                    {
+                        return key.replay(found);
+                    }
+                    if attempt > 1
+                        && let Some((record, fence)) = self.request_by_token(token).await?
+                    {
+                        return Ok(Submitted { record, fence, replayed: false });
+                    }
+                    return Err(err);
+                }
+                err => return Err(err),
+            }
+        }
+    }
+
+    /// The owner's request stored under `key`, with its digest and the
+    /// fencing token of its live lease.
+    async fn request_by_key(
+        &self,
+        owner: UserId,
+        key: &Idempotency,
+    ) -> Result<Option<(RequestRecord, Option<FencingToken>, Vec<u8>)>, DbError> {
+        let op = DatabaseOperation::GetRequest;
+        let name = key.key.clone();
+        self.run(op, move |client| {
+            let name = name.clone();
+            Box::pin(async move {
+                let stmt = client
+                    .prepare_cached(&format!(
+                        "SELECT {REQUEST_COLUMNS}, request_digest,
+                            (SELECT fence FROM leases WHERE request = requests.id AND ended_at IS NULL) AS bound_fence
+                         FROM requests WHERE owner_id = $1 AND idempotency_key = $2"
+                    ))
+                    .await?;
+                let Some(row) = client.query_opt(&stmt, &[&owner.0, &name]).await? else {
+                    return Ok(None);
+                };
+                let digest: Option<Vec<u8>> =
+                    row.try_get("request_digest").map_err(|e| DbError::internal(op, e.to_string()))?;
+                let fence: Option<i64> =
+                    row.try_get("bound_fence").map_err(|e| DbError::internal(op, e.to_string()))?;
+                Ok(Some((RequestRecord::from_row(op, &row)?, fence.map(FencingToken), digest.unwrap_or_default())))
+            })
+        })
+        .await
+    }
+
+    /// The request a submission call stored, by the call's token.
+    async fn request_by_token(
+        &self,
+        token: uuid::Uuid,
+    ) -> Result<Option<(RequestRecord, Option<FencingToken>)>, DbError> {
+        let op = DatabaseOperation::GetRequest;
+        self.run(op, move |client| {
+            Box::pin(async move {
+                let row = client
+                    .query_opt(
+                        &format!(
+                            "SELECT {REQUEST_COLUMNS},
+                                (SELECT fence FROM leases WHERE request = requests.id AND ended_at IS NULL) AS bound_fence
+                             FROM requests WHERE submission_token = $1"
+                        ),
+                        &[&token],
+                    )
+                    .await?;
+                let Some(row) = row else { return Ok(None) };
+                let fence: Option<i64> =
+                    row.try_get("bound_fence").map_err(|e| DbError::internal(op, e.to_string()))?;
+                Ok(Some((RequestRecord::from_row(op, &row)?, fence.map(FencingToken))))
+            })
+        })
+        .await
     }
 
     pub async fn get_request(&self, id: RequestId) -> Result<Option<RequestRecord>, DbError> {

@@ -5,9 +5,10 @@
 
 use std::time::{Duration, SystemTime};
 
-use corral_core::{SessionId, UserId, WorkerId};
+use corral_core::{SessionId, UserId, WorkerId, WorkerState};
 
-use crate::records::{SessionRecord, millis};
+use crate::records::{SessionRecord, WorkerRecord, millis};
+use crate::workers::{CLAIM_REFUSAL, ClaimRefusal, WorkerUpsert, claim_refusal, upsert_worker_in};
 use crate::{DatabaseOperation, Db, DbError, DbNow};
 
 const SESSION_COLUMNS: &str = "id, component, name, principal, principal_id, deadline, timeout_ms";
@@ -33,7 +34,94 @@ async fn release_work_locks(
     tx.execute("DELETE FROM work_locks WHERE session = ANY($1)", &[&sessions]).await
 }
 
+/// Inserts a session row and its `opened` history row, returning the row:
+/// `$1` id, `$2` component, `$3` name, `$4` principal, `$5` timeout in
+/// milliseconds, `$6` the time (`NULL`: the database clock), `$7` the
+/// principal's user id.
+fn open_session_sql() -> String {
+    format!(
+        "WITH s AS (
+            INSERT INTO sessions (id, component, name, principal, principal_id, created_at, timeout_ms, deadline)
+            VALUES ($1, $2, $3, $4, $7, COALESCE($6, now()), $5::bigint, COALESCE($6, now()) + $5::bigint * interval '1 millisecond')
+            RETURNING *),
+         h AS (INSERT INTO session_history (session, component, name, at, event, reason)
+            SELECT id, component, name, created_at, 'opened', 'opened by ' || principal FROM s)
+         SELECT {SESSION_COLUMNS} FROM s"
+    )
+}
+
+/// An agent's registration: its session and its workers.
+#[derive(Clone, Debug)]
+pub struct AgentRegistration {
+    pub session: SessionId,
+    /// The agent's host name.
+    pub agent: String,
+    /// The agent user registering, by name and id.
+    pub principal: String,
+    pub principal_id: UserId,
+    pub timeout: Duration,
+    /// The session's clock ([`DbNow`]).
+    pub now: DbNow,
+    /// Every worker's `session` is [`AgentRegistration::session`].
+    pub workers: Vec<WorkerUpsert>,
+    /// The state of a worker seen for the first time.
+    pub initial: WorkerState,
+    /// When the workers are registered (the server's clock).
+    pub at: SystemTime,
+}
+
 impl Db {
+    /// Opens an agent session and registers its workers in one
+    /// transaction: the claim checks ([`Db::agent_claim_refusal`]), the
+    /// session row and every worker's upsert commit together, or nothing
+    /// does. `Ok(Err(refusal))` when a claim is refused; then nothing
+    /// changed. Returns each worker's row and whether it is new.
+    pub async fn register_agent(
+        &self,
+        registration: &AgentRegistration,
+    ) -> Result<Result<(SessionRecord, Vec<(WorkerRecord, bool)>), ClaimRefusal>, DbError> {
+        let op = DatabaseOperation::OpenSession;
+        let r = std::sync::Arc::new(registration.clone());
+        self.run(op, move |client| {
+            let r = r.clone();
+            Box::pin(async move {
+                let tx = client.transaction().await?;
+                let claimed: Vec<uuid::Uuid> = r.workers.iter().map(|w| w.uuid.0).collect();
+                let refusal = tx.query_opt(CLAIM_REFUSAL, &[&r.agent, &r.principal_id.0, &claimed]).await?;
+                if let Some(row) = refusal {
+                    return Ok(Err(claim_refusal(row)));
+                }
+                let row = tx
+                    .query_one(
+                        &open_session_sql(),
+                        &[
+                            &r.session.0,
+                            &"agent",
+                            &r.agent,
+                            &r.principal,
+                            &millis(r.timeout),
+                            &r.now,
+                            &Some(r.principal_id.0),
+                        ],
+                    )
+                    .await?;
+                let session = SessionRecord::from_row(op, &row)?;
+                let mut workers = Vec::with_capacity(r.workers.len());
+                for worker in &r.workers {
+                    if worker.session != r.session {
+                        return Err(
+                            DbError::internal(op, format!("worker {} names another session", worker.uuid)).into()
+                        );
+                    }
+                    workers.push(upsert_worker_in(&tx, worker, r.initial, r.at).await?);
+                }
+                tx.commit().await?;
+                Ok(Ok((session, workers)))
+            })
+        })
+        .await
+    }
+
     /// Opens a session whose principal has no user id (server replicas,
     /// tools). Agents open theirs with [`Db::open_session_as`].
     pub async fn open_session(
@@ -70,15 +158,7 @@ impl Db {
             Box::pin(async move {
                 let row = client
                     .query_one(
-                        &format!(
-                            "WITH s AS (
-                                INSERT INTO sessions (id, component, name, principal, principal_id, created_at, timeout_ms, deadline)
-                                VALUES ($1, $2, $3, $4, $7, COALESCE($6, now()), $5::bigint, COALESCE($6, now()) + $5::bigint * interval '1 millisecond')
-                                RETURNING *),
-                             h AS (INSERT INTO session_history (session, component, name, at, event, reason)
-                                SELECT id, component, name, created_at, 'opened', 'opened by ' || principal FROM s)
-                             SELECT {SESSION_COLUMNS} FROM s"
-                        ),
+                        &open_session_sql(),
                         &[&id.0, &component, &name, &principal, &timeout_ms, &now, &principal_id],
                     )
                     .await?;

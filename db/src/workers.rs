@@ -149,69 +149,9 @@ impl Db {
             let w = worker.clone();
             Box::pin(async move {
                 let tx = client.transaction().await?;
-                let existing =
-                    tx.query_opt("SELECT agent, principal FROM workers WHERE uuid = $1 FOR UPDATE", &[&w.uuid.0]).await?;
-                let caps = caps_to_json(&w.caps);
-                let created = match existing {
-                    Some(row) => {
-                        let agent: String = row.get(0);
-                        let principal: Option<i64> = row.get(1);
-                        if principal.is_some_and(|p| p != w.principal.0) {
-                            return Err(DbError::conflict(
-                                op,
-                                format!("worker {} is bound to another agent token", w.uuid),
-                            )
-                            .into());
-                        }
-                        if agent != w.agent {
-                            return Err(DbError::conflict(
-                                op,
-                                format!("worker {} is registered by agent {agent:?}", w.uuid),
-                            )
-                            .into());
-                        }
-                        tx.execute(
-                            "UPDATE workers SET caps = $2, ssh_addr = $3, ssh_user = $4, host_key = $5, session = $6,
-                             last_seen = $7, principal = $8 WHERE uuid = $1",
-                            &[&w.uuid.0, &caps, &w.ssh_addr, &w.ssh_user, &w.host_key, &w.session.0, &at, &w.principal.0],
-                        )
-                        .await?;
-                        false
-                    }
-                    None => {
-                        tx.execute(
-                            "INSERT INTO workers (uuid, agent, session, state, caps, groups, ssh_addr, ssh_user, host_key,
-                             reason, state_since, last_seen, principal)
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12)",
-                            &[
-                                &w.uuid.0,
-                                &w.agent,
-                                &w.session.0,
-                                &initial.as_str(),
-                                &caps,
-                                &groups_to(&w.groups),
-                                &w.ssh_addr,
-                                &w.ssh_user,
-                                &w.host_key,
-                                &(initial == WorkerState::Maintenance).then_some("new worker"),
-                                &at,
-                                &w.principal.0,
-                            ],
-                        )
-                        .await?;
-                        tx.execute(
-                            "INSERT INTO worker_history (worker, at, from_state, to_state, actor, reason)
-                             VALUES ($1, $2, NULL, $3, $4, 'registered')",
-                            &[&w.uuid.0, &at, &initial.as_str(), &format!("agent:{}", w.agent)],
-                        )
-                        .await?;
-                        true
-                    }
-                };
-                let row =
-                    tx.query_one(&format!("SELECT {WORKER_COLUMNS} FROM workers WHERE uuid = $1"), &[&w.uuid.0]).await?;
+                let upserted = upsert_worker_in(&tx, &w, initial, at).await?;
                 tx.commit().await?;
-                Ok((WorkerRecord::from_row(op, &row)?, created))
+                Ok(upserted)
             })
         })
         .await
@@ -233,28 +173,8 @@ impl Db {
         self.run(DatabaseOperation::UpsertWorker, move |client| {
             let (agent, workers) = (agent.clone(), workers.clone());
             Box::pin(async move {
-                let row = client
-                    .query_opt(
-                        "SELECT other_principal, what FROM (
-                            SELECT true AS other_principal, 'worker ' || uuid || ' is bound to another agent token' AS what
-                            FROM workers WHERE uuid = ANY($3) AND principal IS NOT NULL AND principal <> $2
-                            UNION ALL
-                            SELECT true, 'agent name ' || $1 || ' is in use by another agent token' FROM sessions
-                            WHERE component = 'agent' AND name = $1 AND principal_id IS DISTINCT FROM $2
-                            UNION ALL
-                            SELECT true, 'agent name ' || $1 || ' is in use by another agent token' FROM workers
-                            WHERE agent = $1 AND principal IS NOT NULL AND principal <> $2
-                            UNION ALL
-                            SELECT false, 'worker ' || uuid || ' is registered by agent ' || agent FROM workers
-                            WHERE uuid = ANY($3) AND agent <> $1) c
-                         ORDER BY other_principal DESC LIMIT 1",
-                        &[&agent, &principal.0, &workers],
-                    )
-                    .await?;
-                Ok(row.map(|r| {
-                    let what: String = r.get(1);
-                    if r.get(0) { ClaimRefusal::OtherPrincipal(what) } else { ClaimRefusal::OtherAgent(what) }
-                }))
+                let row = client.query_opt(CLAIM_REFUSAL, &[&agent, &principal.0, &workers]).await?;
+                Ok(row.map(claim_refusal))
             })
         })
         .await
@@ -507,4 +427,91 @@ impl Db {
         })
         .await
     }
+}
+
+/// Registers or updates one worker of an agent session in `tx`
+/// ([`Db::upsert_worker`], and every worker of an agent session's
+/// registration). Returns the row and whether it is new.
+pub(crate) async fn upsert_worker_in(
+    tx: &tokio_postgres::Transaction<'_>,
+    w: &WorkerUpsert,
+    initial: WorkerState,
+    at: SystemTime,
+) -> crate::OpResult<(WorkerRecord, bool)> {
+    let op = DatabaseOperation::UpsertWorker;
+    let existing =
+        tx.query_opt("SELECT agent, principal FROM workers WHERE uuid = $1 FOR UPDATE", &[&w.uuid.0]).await?;
+    let caps = caps_to_json(&w.caps);
+    let created = match existing {
+        Some(row) => {
+            let agent: String = row.get(0);
+            let principal: Option<i64> = row.get(1);
+            if principal.is_some_and(|p| p != w.principal.0) {
+                return Err(DbError::conflict(op, format!("worker {} is bound to another agent token", w.uuid)).into());
+            }
+            if agent != w.agent {
+                return Err(DbError::conflict(op, format!("worker {} is registered by agent {agent:?}", w.uuid)).into());
+            }
+            tx.execute(
+                "UPDATE workers SET caps = $2, ssh_addr = $3, ssh_user = $4, host_key = $5, session = $6,
+                     last_seen = $7, principal = $8 WHERE uuid = $1",
+                &[&w.uuid.0, &caps, &w.ssh_addr, &w.ssh_user, &w.host_key, &w.session.0, &at, &w.principal.0],
+            )
+            .await?;
+            false
+        }
+        None => {
+            tx.execute(
+                "INSERT INTO workers (uuid, agent, session, state, caps, groups, ssh_addr, ssh_user, host_key,
+                     reason, state_since, last_seen, principal)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12)",
+                &[
+                    &w.uuid.0,
+                    &w.agent,
+                    &w.session.0,
+                    &initial.as_str(),
+                    &caps,
+                    &groups_to(&w.groups),
+                    &w.ssh_addr,
+                    &w.ssh_user,
+                    &w.host_key,
+                    &(initial == WorkerState::Maintenance).then_some("new worker"),
+                    &at,
+                    &w.principal.0,
+                ],
+            )
+            .await?;
+            tx.execute(
+                "INSERT INTO worker_history (worker, at, from_state, to_state, actor, reason)
+                     VALUES ($1, $2, NULL, $3, $4, 'registered')",
+                &[&w.uuid.0, &at, &initial.as_str(), &format!("agent:{}", w.agent)],
+            )
+            .await?;
+            true
+        }
+    };
+    let row = tx.query_one(&format!("SELECT {WORKER_COLUMNS} FROM workers WHERE uuid = $1"), &[&w.uuid.0]).await?;
+    Ok((WorkerRecord::from_row(op, &row)?, created))
+}
+
+/// Why an agent user (`$2`) may not open a session as agent `$1` claiming
+/// workers `$3`: one row read by [`claim_refusal`], or none.
+pub(crate) const CLAIM_REFUSAL: &str = "SELECT other_principal, what FROM (
+        SELECT true AS other_principal, 'worker ' || uuid || ' is bound to another agent token' AS what
+        FROM workers WHERE uuid = ANY($3) AND principal IS NOT NULL AND principal <> $2
+        UNION ALL
+        SELECT true, 'agent name ' || $1 || ' is in use by another agent token' FROM sessions
+        WHERE component = 'agent' AND name = $1 AND principal_id IS DISTINCT FROM $2
+        UNION ALL
+        SELECT true, 'agent name ' || $1 || ' is in use by another agent token' FROM workers
+        WHERE agent = $1 AND principal IS NOT NULL AND principal <> $2
+        UNION ALL
+        SELECT false, 'worker ' || uuid || ' is registered by agent ' || agent FROM workers
+        WHERE uuid = ANY($3) AND agent <> $1) c
+     ORDER BY other_principal DESC LIMIT 1";
+
+/// A row of [`CLAIM_REFUSAL`].
+pub(crate) fn claim_refusal(row: tokio_postgres::Row) -> ClaimRefusal {
+    let what: String = row.get(1);
+    if row.get(0) { ClaimRefusal::OtherPrincipal(what) } else { ClaimRefusal::OtherAgent(what) }
 }

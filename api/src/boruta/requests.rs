@@ -81,6 +81,15 @@ pub async fn create(
 ) -> Result<HttpResponse, BorutaError> {
     let caller = caller(&req, &state).await?;
     let body = body.into_inner();
+    // What the submission asked for, as sent (the fields read below).
+    let canonical = serde_json::json!({
+        "boruta": true,
+        "priority": body.priority,
+        "caps": body.caps,
+        "deadline": body.deadline.instant(),
+        "valid_after": body.valid_after.instant(),
+    });
+    let idempotency = crate::requests::idempotency(&req, &canonical).map_err(BorutaError::invalid)?;
     let priority = match body.priority {
         Some(value) => boruta_priority(value)?,
         None => Priority::default(),
@@ -102,6 +111,7 @@ pub async fn create(
         ssh_public_key: None,
         allow_unsatisfiable: false,
         key_kind: Some(KeyKind::Rsa),
+        idempotency,
     };
     let record = corral.submit(&caller, submission).await?;
     Ok(HttpResponse::Created()
