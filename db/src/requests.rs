@@ -42,6 +42,19 @@ fn worker_leased(at: &str) -> String {
     format!("state = 'running', fence = workers.fence + 1, state_since = {at}, reason = NULL, last_used = {at}")
 }
 
+/// The guard of a binding: worker `worker`, whose fencing token is now
+/// `fence`, holds no live lease row and no row with the token the binding
+/// will give it (both left behind when an actor died before ending them).
+/// Two probes, one per index (`leases_one_live_per_worker` and `UNIQUE
+/// (worker, fence)`): written as one `OR`, PostgreSQL walks every lease the
+/// worker ever had, and binding slows down as history grows.
+fn worker_free(worker: &str, fence: &str) -> String {
+    format!(
+        "NOT EXISTS (SELECT 1 FROM leases WHERE leases.worker = {worker} AND leases.ended_at IS NULL)
+         AND NOT EXISTS (SELECT 1 FROM leases WHERE leases.worker = {worker} AND leases.fence = {fence} + 1)"
+    )
+}
+
 /// [`Db::insert_request`]'s statement over a batch, built once. Each
 /// request gets its id first (`p`), so that its binding, lease and history
 /// rows can name it; a request whose binding's guards fail (the worker not
@@ -63,8 +76,7 @@ static INSERT_REQUESTS: LazyLock<String> = LazyLock::new(|| {
             UPDATE workers SET {leased}
             FROM p WHERE workers.uuid = p.worker AND workers.uuid = ANY ((SELECT $12::uuid[])::uuid[])
                 AND workers.state = 'idle' AND EXISTS (SELECT 1 FROM leader WHERE id = 1 AND session = p.leader)
-                AND NOT EXISTS (SELECT 1 FROM leases WHERE leases.worker = workers.uuid
-                    AND (leases.ended_at IS NULL OR leases.fence = workers.fence + 1))
+                AND {free}
             RETURNING workers.uuid, workers.fence, workers.session, p.id AS request, p.at),
          r AS (
             INSERT INTO requests (id, owner, owner_id, owner_groups, state, priority, caps, created_at, valid_after,
@@ -88,6 +100,7 @@ static INSERT_REQUESTS: LazyLock<String> = LazyLock::new(|| {
          SELECT r.*, l.fence AS bound_fence, p.call FROM r JOIN p ON p.id = r.id
             LEFT JOIN l ON l.request = r.id",
         leased = worker_leased("p.at"),
+        free = worker_free("workers.uuid", "workers.fence"),
         records = binding_records("w.at", "w.request", "w"),
         matched = MATCHED_REASON,
     )
@@ -105,8 +118,7 @@ static BIND_LEASES: LazyLock<String> = LazyLock::new(|| {
                 ON w.state = 'idle'
             WHERE EXISTS (SELECT 1 FROM leader WHERE id = 1 AND session = $4)
                 AND NOT EXISTS (SELECT 1 FROM leases WHERE leases.request = p.request)
-                AND NOT EXISTS (SELECT 1 FROM leases WHERE leases.worker = p.worker
-                    AND (leases.ended_at IS NULL OR leases.fence = w.fence + 1))),
+                AND {free}),
          w AS (
             UPDATE workers SET {leased}
             FROM ok WHERE workers.uuid = ok.worker AND workers.uuid = ANY ((SELECT $2::uuid[])::uuid[])
@@ -124,6 +136,7 @@ static BIND_LEASES: LazyLock<String> = LazyLock::new(|| {
             SELECT request, $3, 'waiting', 'waiting', 'matcher', {matched} FROM w)
          SELECT request, fence FROM l",
         leased = worker_leased("$3"),
+        free = worker_free("p.worker", "w.fence"),
         records = binding_records("$3", "w.request", "w"),
         matched = MATCHED_REASON,
     )
