@@ -826,13 +826,25 @@ impl Corral {
     pub async fn submit(&self, caller: &Caller, submission: Submission) -> Result<RequestRecord, ActorError> {
         let shared = self.shared();
         let limit = (!caller.is_admin()).then_some(shared.settings.max_waiting_requests_per_user);
-        let slot = shared.owners.reserve_waiting(caller.id, limit).map_err(|refusal| match refusal {
-            Refusal::Limit(limit) => ActorError::TooManyRequests(format!(
-                "{} already has {limit} waiting requests, the most allowed; close some or wait until they are leased",
-                caller.name
-            )),
-            Refusal::Deleted => ActorError::Forbidden(format!("user {} is being deleted", caller.name)),
-        })?;
+        let slot = match shared.owners.reserve_waiting(caller.id, limit) {
+            Ok(slot) => slot,
+            Err(Refusal::Limit(limit)) => {
+                // A retry of a submission that was stored counts towards
+                // the limit itself: it gets the first answer, not a 429.
+                if let Some(key) = submission.idempotency.as_ref()
+                    && let Some(stored) = shared.db.stored_submission(caller.id, key).await?
+                {
+                    return Ok(stored.record);
+                }
+                return Err(ActorError::TooManyRequests(format!(
+                    "{} already has {limit} waiting requests, the most allowed; close some or wait until they are leased",
+                    caller.name
+                )));
+            }
+            Err(Refusal::Deleted) => {
+                return Err(ActorError::Forbidden(format!("user {} is being deleted", caller.name)));
+            }
+        };
         let matcher = shared.matcher();
         let now = shared.clock.now();
         let spec = RequestSpec {

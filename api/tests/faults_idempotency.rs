@@ -166,3 +166,28 @@ async fn boruta_create_honours_idempotency_key() {
     assert_eq!(all_request_ids(&server).await, vec![first.body["ReqID"].as_i64().unwrap()]);
     agent.stop().await;
 }
+
+#[actix_rt::test]
+async fn idempotency_retry_at_the_waiting_limit_gets_the_first_answer() {
+    let server = TestServer::start_with(Clock::manual(), |c| c.max_waiting_requests_per_user = 2).await;
+    let ann = server.user("ann", &["lab"]).await;
+    // Two keyed submissions fill ann's limit of 2 waiting requests.
+    let first = post_with_key(&server, &ann, "/v1/requests", Some("k-1"), &submission("x")).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+    let second = post_with_key(&server, &ann, "/v1/requests", Some("k-2"), &submission("x")).await;
+    assert_eq!(second.status, StatusCode::CREATED, "{}", second.body);
+    // A retry of the first (same key, same body) counts towards the limit
+    // itself: it gets the first answer, not a 429, and stores nothing.
+    let retry = post_with_key(&server, &ann, "/v1/requests", Some("k-1"), &submission("x")).await;
+    assert_eq!(retry.status, StatusCode::CREATED, "{}", retry.body);
+    assert_eq!(retry.body["id"], first.body["id"]);
+    // The same key with another body is still a conflict.
+    let other = post_with_key(&server, &ann, "/v1/requests", Some("k-1"), &submission("y")).await;
+    assert_eq!(other.status, StatusCode::CONFLICT, "{}", other.body);
+    // A new key at the limit is 429, and nothing was stored by any of these.
+    let new = post_with_key(&server, &ann, "/v1/requests", Some("k-3"), &submission("x")).await;
+    assert_eq!(new.status, StatusCode::TOO_MANY_REQUESTS, "{}", new.body);
+    let mut ids = all_request_ids(&server).await;
+    ids.sort_unstable();
+    assert_eq!(ids, vec![first.body["id"].as_i64().unwrap(), second.body["id"].as_i64().unwrap()]);
+}

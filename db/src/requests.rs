@@ -541,9 +541,9 @@ impl Db {
         idempotency: Option<&Idempotency>,
     ) -> Result<Submitted, DbError> {
         if let Some(key) = idempotency
-            && let Some(found) = self.request_by_key(new.owner_id, key).await?
+            && let Some(found) = self.stored_submission(new.owner_id, key).await?
         {
-            return key.replay(found);
+            return Ok(found);
         }
         // Time-ordered, so that the token's unique index grows at its
         // right edge instead of touching a random page per submission.
@@ -590,6 +590,18 @@ impl Db {
                 }
                 err => return Err(err),
             }
+        }
+    }
+
+    /// The answer to a retry of a submission stored under `key` by
+    /// `owner`, if there is one (`replayed`); a conflict if it was stored
+    /// with another body. [`Db::submit_request`] looks first too; callers
+    /// ask before it when a retry must not meet checks that the first call
+    /// passed (a limit it now counts towards).
+    pub async fn stored_submission(&self, owner: UserId, key: &Idempotency) -> Result<Option<Submitted>, DbError> {
+        match self.request_by_key(owner, key).await? {
+            Some(found) => key.replay(found).map(Some),
+            None => Ok(None),
         }
     }
 
