@@ -12,7 +12,9 @@ use corral_core::request::ScheduleLimits;
 use corral_core::time::duration;
 use serde::Deserialize;
 
-#[derive(Clone, Debug, Deserialize)]
+/// Not `Debug`: `database_url` may carry a password, and nothing should
+/// print the whole configuration by accident.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Address of the HTTP API.
