@@ -27,6 +27,7 @@
 //! | `POST /workers/{uuid}/setgroups` | admin: list of groups (or null) → 204 |
 //! | `POST /workers/{uuid}/deregister` | admin: 204 |
 //! | `GET, HEAD /version` (also `//version`) | 200 `{Server, API_Version, API_State}` / 204 |
+//! | any method, `/api/PATH` without the version | 308, `Location: /api/v1/PATH` (query kept) |
 //!
 //! # Mapping decisions
 //!
@@ -46,8 +47,9 @@
 //!   get an RSA lease key, because `acquire_worker` must hand out an RSA
 //!   key. The answer is Boruta's `{"ReqID": N}` with 201, plus `Location`
 //!   and `Boruta-Request-State` (additions a Go client ignores). Caps no
-//!   registered worker can serve are refused (400), where Boruta queued the
-//!   request until its deadline: the caller learns at once.
+//!   registered worker can serve are accepted and wait, as in Boruta (a
+//!   device type may register later); `/v1` refuses them with 422 unless
+//!   told `allow_unsatisfiable`.
 //! - **Updating** (`POST /reqs/{id}`) reads `Priority`, `ValidAfter`,
 //!   `Deadline`; zero values mean "unchanged" (Boruta's rule), an `ID`
 //!   other than 0 or the path's is refused. Only waiting requests change.
@@ -66,7 +68,9 @@
 //!   lease length (the request's) from now; if it already ends later,
 //!   nothing changes. Calling it repeatedly does not accumulate.
 //! - **`setstate`** accepts `IDLE` and `MAINTENANCE` (any case), as
-//!   Boruta; anything else is 400. Maintenance is immediate (no drain),
+//!   Boruta; anything else is 400. The state the worker is in already
+//!   (`MAINTENANCE` also while `busy`) is a no-op with 204, as in Boruta;
+//!   `/v1` answers such a call with its usual conflict. Maintenance is immediate (no drain),
 //!   with the reason "set through the Boruta API". It answers 204, not
 //!   Boruta's server's 202: Boruta's client treats any 2xx but 204 as a
 //!   body to decode into nothing and reports an error.
@@ -205,6 +209,19 @@ pub fn routes(cfg: &mut web::ServiceConfig, max_body: usize) {
             .service(version().default_service(web::to(method_not_allowed)))
             .default_service(web::to(not_found)),
     );
+    // Festral calls `/api/reqs/` and `/api/workers`: Boruta's server sends
+    // such paths on to the versioned API with 308, which keeps the method
+    // and the body.
+    cfg.service(web::resource("/api/{tail:.*}").to(unversioned));
+}
+
+async fn unversioned(req: HttpRequest, tail: web::Path<String>) -> HttpResponse {
+    let mut location = format!("/api/v1/{}", tail.into_inner());
+    if !req.query_string().is_empty() {
+        location.push('?');
+        location.push_str(req.query_string());
+    }
+    HttpResponse::PermanentRedirect().insert_header((header::LOCATION, location)).finish()
 }
 
 fn post_only<F, Args>(path: &str, handler: F) -> actix_web::Resource

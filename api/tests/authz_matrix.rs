@@ -109,13 +109,12 @@ const ROUTES: &[Route] = &[
         [401, 401, 403, 403, 403, 201, 201, 403],
     ),
     // ---- /api/v1 (Boruta): the same rules in Boruta's codes. `{RB}` is alice's request made here (an RSA
-    // lease key), in progress. Caps no worker offers to the caller get 400 today (Boruta would queue them:
-    // issue 16).
+    // lease key), in progress. Caps no worker offers to the caller are queued, as Boruta does (SPEC §5).
     route(
         "POST",
         "/api/v1/reqs/",
         Some(r#"{"Priority": 4, "Caps": {"device_type": "x"}}"#),
-        [401, 401, 201, 201, 400, 403, 403, 400],
+        [401, 401, 201, 201, 201, 403, 403, 201],
     ),
     route("POST", "/api/v1/reqs/list", Some("{}"), [401, 401, 200, 200, 200, 403, 403, 200]),
     route("GET", "/api/v1/reqs/{RB}", None, [401, 401, 200, 404, 404, 403, 403, 200]),

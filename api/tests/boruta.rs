@@ -452,7 +452,6 @@ async fn bad_input_gets_borutas_errors_and_changes_nothing() {
         (go_req_info(4, x.clone(), zero, "2001-01-01T00:00:00Z"), "deadline"),
         (go_req_info(4, x.clone(), "2100-01-02T00:00:00Z", "2100-01-01T00:00:00Z"), "valid_after"),
         (go_req_info(4, x.clone(), "yesterday", zero), "RFC 3339"),
-        (go_req_info(4, json!({"device_type": "z80"}), zero, zero), "no registered worker"),
     ] {
         frank.post("/reqs/", &body).await.assert_error(StatusCode::BAD_REQUEST, text);
     }
@@ -548,6 +547,94 @@ async fn clients_without_a_token_act_as_the_configured_boruta_user() {
 
     // A wrong token is refused even though anonymous calls are allowed.
     Boruta::new(&server, Some("crl_wrong")).get("/reqs/").await.assert_error(StatusCode::UNAUTHORIZED, "unknown token");
+    agent.stop().await;
+    server.stop().await;
+}
+
+/// SPEC §5: Boruta queues a request for caps no registered worker offers
+/// (Weles asks for device types before their dryads register). Sent: a
+/// create for `device_type=z80` with no such worker. Must happen: 201, the
+/// request is WAITING in Boruta's listing, and it is leased once a z80
+/// worker registers and is made idle.
+#[actix_rt::test]
+async fn boruta_queues_requests_for_caps_no_worker_offers_yet() {
+    let server = TestServer::start(Clock::System).await;
+    let token = server.user("weles", &[]).await;
+    let weles = Boruta::new(&server, Some(&token));
+    let id = weles.new_request(4, json!({"device_type": "z80"})).await;
+    let (items, _) = weles.list("/reqs/list", json!({"Filter": {"States": ["WAITING"]}})).await;
+    assert_eq!(ids(&items), vec![id], "the request waits");
+
+    let agent = server.agent("host-z80", 1, &caps(&[("device_type", "z80")]));
+    let admin = server.admin();
+    wait_for_worker(&admin, agent.uuids[0], |w| w["state"] == "maintenance").await;
+    let (status, body) = admin.put(&format!("/v1/workers/{}/state", agent.uuids[0]), json!({"state": "idle"})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    corral_testkit::wait_until("the z80 request is IN PROGRESS", Duration::from_secs(20), || async {
+        (weles.get(&format!("/reqs/{id}")).await.body["State"] == "IN PROGRESS").then_some(())
+    })
+    .await;
+    let reply = weles.get(&format!("/reqs/{id}")).await;
+    assert_eq!(reply.body["Job"]["WorkerUUID"], json!(agent.uuids[0].to_string()), "{}", reply.body);
+    agent.stop().await;
+    server.stop().await;
+}
+
+/// SPEC §5: Festral calls the API without its version. Sent: POST
+/// `/api/reqs/`, GET `/api/workers?x=1`, DELETE `/api/reqs/1`. Must
+/// happen: 308 with `Location` on `/api/v1/...` (query kept), nothing
+/// created; following the redirect works.
+#[actix_rt::test]
+async fn boruta_unversioned_paths_redirect_with_308() {
+    let server = TestServer::start(Clock::System).await;
+    let token = server.user("festral", &[]).await;
+    let http = awc::Client::builder().disable_redirects().timeout(Duration::from_secs(30)).finish();
+    let body = go_req_info(4, json!({"device_type": "x"}), "0001-01-01T00:00:00Z", "0001-01-01T00:00:00Z");
+    for (method, path, location) in [
+        (Method::POST, "/api/reqs/", "/api/v1/reqs/"),
+        (Method::GET, "/api/workers?x=1", "/api/v1/workers?x=1"),
+        (Method::DELETE, "/api/reqs/1", "/api/v1/reqs/1"),
+    ] {
+        let response = http
+            .request(method.clone(), format!("{}{path}", server.url))
+            .insert_header(("Authorization", format!("Bearer {token}")))
+            .send_body(body.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(response.status(), StatusCode::PERMANENT_REDIRECT, "{method} {path}");
+        let got = response.headers().get("location").and_then(|v| v.to_str().ok());
+        assert_eq!(got, Some(location), "{method} {path}");
+    }
+    assert_eq!(request_count(&server).await, 0, "a redirect creates nothing");
+    // The versioned path still answers itself.
+    let festral = Boruta::new(&server, Some(&token));
+    assert_eq!(festral.get("/workers/").await.status, StatusCode::OK);
+    server.stop().await;
+}
+
+/// SPEC §5: setting a worker to the state it is in already succeeds, as in
+/// Boruta. Sent: MAINTENANCE twice, then IDLE twice. Must happen: 204 each
+/// time; the worker ends idle with one maintenance→prepare move in its
+/// history, and a bad state is still 400.
+#[actix_rt::test]
+async fn boruta_setstate_to_the_current_state_is_204() {
+    let server = TestServer::start(Clock::System).await;
+    let agent = server.agent("host-same", 1, &caps(&[("device_type", "x")]));
+    let admin = Boruta::new(&server, Some(&server.admin));
+    let w = agent.uuids[0];
+    wait_for_worker(&server.admin(), w, |w| w["state"] == "maintenance").await;
+    for _ in 0..2 {
+        let reply = admin.post(&format!("/workers/{w}/setstate"), r#"{"WorkerState": "MAINTENANCE"}"#).await;
+        assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.body);
+    }
+    let reply = admin.post(&format!("/workers/{w}/setstate"), r#"{"WorkerState": "IDLE"}"#).await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.body);
+    wait_for_worker(&server.admin(), w, |w| w["state"] == "idle").await;
+    let reply = admin.post(&format!("/workers/{w}/setstate"), r#"{"WorkerState": "IDLE"}"#).await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.body);
+    assert_eq!(admin.get(&format!("/workers/{w}")).await.body["State"], "IDLE");
+    let reply = admin.post(&format!("/workers/{w}/setstate"), r#"{"WorkerState": "RUNNING"}"#).await;
+    reply.assert_error(StatusCode::BAD_REQUEST, "Only state changes to IDLE and MAINTENANCE are allowed");
     agent.stop().await;
     server.stop().await;
 }

@@ -109,7 +109,9 @@ pub async fn create(
         priority,
         schedule,
         ssh_public_key: None,
-        allow_unsatisfiable: false,
+        // Boruta queues a request for caps no worker offers yet (Weles
+        // asks for device types before their dryads register).
+        allow_unsatisfiable: true,
         key_kind: Some(KeyKind::Rsa),
         idempotency,
     };

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use actix_web::{HttpRequest, HttpResponse, web};
 use corral_actors::Caller;
 use corral_core::caps::UUID_CAP;
-use corral_core::{Groups, WorkerId};
+use corral_core::{Groups, WorkerId, WorkerState};
 use corral_proto::boruta::{
     BorutaWorkerState, SortInfo, SortOrder, WorkerInfo, WorkerStatePack, WorkersFilter, WorkersListSpec, headers,
 };
@@ -218,6 +218,16 @@ pub async fn set_state(
         Some(BorutaWorkerState::Maintenance) => AdminState::Maintenance,
         _ => return Err(BorutaError::invalid("Only state changes to IDLE and MAINTENANCE are allowed")),
     };
+    // Boruta accepts a worker's own state as a no-op (MAINTENANCE also while
+    // it is on its way there, `busy`).
+    let current = visible_worker(&state, &caller, id)?.state;
+    let already = match admin_state {
+        AdminState::Idle => current == WorkerState::Idle,
+        AdminState::Maintenance => matches!(current, WorkerState::Maintenance | WorkerState::Busy),
+    };
+    if already {
+        return Ok(no_content());
+    }
     let change = StateChange {
         state: admin_state,
         reason: (admin_state == AdminState::Maintenance).then(|| "set through the Boruta API".to_string()),
