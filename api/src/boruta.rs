@@ -127,8 +127,6 @@
 //!   handful of CI clients, not for heavy traffic.
 //! - Boruta's `Owner` in a `ReqInfo` carries the owner's groups; its user
 //!   name has no place in Boruta's format and is not sent.
-//! - Boruta redirected `/api/...` without a version to `/api/v1/...`; corral
-//!   does not (its clients all name `v1`).
 
 mod paging;
 mod requests;
