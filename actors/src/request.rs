@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
-use corral_core::lease::ProlongError;
+use corral_core::lease::{ProlongError, TotalLeaseLimit};
 use corral_core::matcher::RequestSpec;
 use corral_core::request::Schedule;
 use corral_core::ssh::shell_quote;
@@ -125,7 +125,9 @@ struct Binding {
     key: Option<LeaseKey>,
     /// The expiry the key was sent with (its `expiry-time` on the worker).
     key_expires_at: Option<SystemTime>,
-    started: bool,
+    /// When the lease started (the agent installed the key); `None` while
+    /// the key is being installed.
+    started_at: Option<SystemTime>,
     tunnel_port: Option<u16>,
     access: Option<WorkerAccess>,
 }
@@ -181,7 +183,7 @@ impl RequestActor {
                 private_openssh: lease.private_key,
             }),
             key_expires_at: None,
-            started: lease.started_at.is_some(),
+            started_at: lease.started_at,
             tunnel_port: lease.tunnel_port,
             access,
         });
@@ -220,7 +222,7 @@ impl RequestActor {
 
     fn access_details(&self) -> Option<AccessDetails> {
         let binding = self.binding.as_ref()?;
-        if !binding.started {
+        if binding.started_at.is_none() {
             return None;
         }
         let access = binding.access.as_ref()?;
@@ -252,7 +254,7 @@ impl RequestActor {
         self.leave_waiting();
         if let Some(binding) = &self.binding {
             self.shared.tunnels.close(self.record.id);
-            if binding.started {
+            if binding.started_at.is_some() {
                 tell(self.shared.timekeeper(), TimerMsg::Unwatch { key: TimerKey::LeaseExpiry(self.record.id) });
             }
         }
@@ -400,7 +402,7 @@ impl RequestActor {
             fence,
             key: None,
             key_expires_at: None,
-            started: false,
+            started_at: None,
             tunnel_port: None,
             access: None,
         });
@@ -460,7 +462,7 @@ impl RequestActor {
     }
 
     fn key_installed(&mut self, fence: FencingToken, access: WorkerAccess, actor: String) -> Step {
-        let Some(binding) = self.binding.as_ref().filter(|b| b.fence == fence && !b.started) else {
+        let Some(binding) = self.binding.as_ref().filter(|b| b.fence == fence && b.started_at.is_none()) else {
             return done();
         };
         let Some(key) = binding.key.clone() else {
@@ -500,7 +502,7 @@ impl RequestActor {
                 act.record = record;
                 act.leave_waiting();
                 if let Some(binding) = act.binding.as_mut() {
-                    binding.started = true;
+                    binding.started_at = Some(now);
                     binding.tunnel_port = Some(port);
                     binding.access = Some(access);
                     // The key was sent before the lease started: give it the
@@ -583,7 +585,7 @@ impl RequestActor {
     fn lease_lost(&mut self, fence: FencingToken, reason: String) -> Step {
         let Some(binding) = self.binding.as_ref().filter(|b| b.fence == fence) else { return done() };
         let (db, now, id) = (self.shared.db.clone(), self.shared.clock.now(), self.id());
-        if binding.started {
+        if binding.started_at.is_some() {
             let work = async move {
                 db.end_lease(id, fence, RequestState::InProgress, RequestState::Failed, now, "server", &reason).await
             };
@@ -622,9 +624,19 @@ impl RequestActor {
         };
         let now = self.shared.clock.now();
         let by = by.unwrap_or(self.record.lease);
-        let new_expiry = match corral_core::lease::prolonged(now, expires, by, self.shared.settings.limits.max_lease) {
+        let limits = &self.shared.settings;
+        let total = self.binding.as_ref().and_then(|b| {
+            let groups = self.shared.dir.view(b.worker).map(|v| v.worker.groups).unwrap_or_default();
+            b.started_at.map(|started| (started, limits.total_lease.for_worker(&groups)))
+        });
+        let new_expiry =
+            corral_core::lease::prolonged(now, expires, by, limits.limits.max_lease).and_then(|at| match total {
+                Some((started, limit)) => TotalLeaseLimit::check(limit, started, at).map(|()| at),
+                None => Ok(at),
+            });
+        let new_expiry = match new_expiry {
             Ok(at) => at,
-            Err(err @ ProlongError::PastCap { .. }) => {
+            Err(err @ (ProlongError::PastCap { .. } | ProlongError::PastTotal { .. })) => {
                 let _ = reply.send(Err(ActorError::Conflict(err.to_string())));
                 return done();
             }
@@ -677,7 +689,7 @@ impl Actor for RequestActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(64);
         let Some(binding) = &self.binding else { return };
-        if binding.started {
+        if binding.started_at.is_some() {
             // Restored after a restart: the tunnel comes back on its port.
             let (shared, id, port) = (self.shared.clone(), self.id(), binding.tunnel_port);
             let target = binding.access.as_ref().map(|a| a.ssh_addr.clone());

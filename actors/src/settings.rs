@@ -7,11 +7,13 @@ use std::time::Duration;
 use corral_core::WorkerState;
 use corral_core::request::ScheduleLimits;
 
-pub use corral_core::lease::KeyKind;
+pub use corral_core::lease::{KeyKind, TotalLeaseLimit};
 
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub limits: ScheduleLimits,
+    /// How long a lease may last from its start, prolongs included.
+    pub total_lease: TotalLeaseLimit,
     pub session_timeout: Duration,
     pub heartbeat_interval: Duration,
     pub prepare_timeout: Duration,
@@ -45,6 +47,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             limits: ScheduleLimits::default(),
+            total_lease: TotalLeaseLimit::default(),
             session_timeout: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(10),
             prepare_timeout: Duration::from_secs(120),

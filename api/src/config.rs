@@ -35,6 +35,13 @@ pub struct Config {
     /// Longest lease, and how far a prolonged lease may reach from now.
     #[serde(with = "duration")]
     pub max_lease: Duration,
+    /// How long a lease may last from its start, prolongs included.
+    #[serde(with = "duration")]
+    pub max_total_lease: Duration,
+    /// `max_total_lease` for the workers of some groups (a table of group
+    /// names to durations); a worker in several takes the longest.
+    #[serde(with = "corral_core::time::duration_map")]
+    pub max_total_lease_by_group: std::collections::BTreeMap<String, Duration>,
     /// How long a request may wait when it gives no deadline.
     #[serde(with = "duration")]
     pub default_deadline: Duration,
@@ -109,6 +116,8 @@ impl Default for Config {
             public_host: None,
             default_lease: Duration::from_secs(3600),
             max_lease: Duration::from_secs(24 * 3600),
+            max_total_lease: Duration::from_secs(7 * 24 * 3600),
+            max_total_lease_by_group: Default::default(),
             default_deadline: Duration::from_secs(7 * 24 * 3600),
             session_timeout: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(10),
@@ -199,6 +208,11 @@ impl Config {
         if self.default_lease.is_zero() || self.default_lease > self.max_lease {
             return Err(ConfigError::Invalid("default_lease must be positive and at most max_lease".to_string()));
         }
+        if self.max_total_lease.is_zero() || self.max_total_lease_by_group.values().any(Duration::is_zero) {
+            return Err(ConfigError::Invalid(
+                "max_total_lease and max_total_lease_by_group values must be larger than zero".to_string(),
+            ));
+        }
         if self.heartbeat_interval.is_zero() || self.heartbeat_interval >= self.session_timeout {
             return Err(ConfigError::Invalid(
                 "heartbeat_interval must be positive and shorter than session_timeout".to_string(),
@@ -230,6 +244,10 @@ impl Config {
                 default_lease: self.default_lease,
                 max_lease: self.max_lease,
                 default_deadline: self.default_deadline,
+            },
+            total_lease: corral_actors::settings::TotalLeaseLimit {
+                default: self.max_total_lease,
+                by_group: self.max_total_lease_by_group.clone(),
             },
             session_timeout: self.session_timeout,
             heartbeat_interval: self.heartbeat_interval,
@@ -289,6 +307,19 @@ mod tests {
         assert!(half_tls.settings().is_err());
         let no_tunnel: Config = toml::from_str("tunnel_max_connections = 0").unwrap();
         assert!(no_tunnel.settings().is_err());
+        let zero_total: Config = toml::from_str("[max_total_lease_by_group]\nsoak = \"0s\"").unwrap();
+        assert!(zero_total.settings().is_err());
+        assert!(toml::from_str::<Config>("[max_total_lease_by_group]\nsoak = \"forever\"").is_err());
+        assert!(toml::from_str::<Config>("[max_total_lease_by_group]\nsoak = \"1000years\"").is_err());
+    }
+
+    #[test]
+    fn total_lease_limits_per_group_are_a_table_of_durations() {
+        let config: Config =
+            toml::from_str("max_total_lease = \"3days\"\n[max_total_lease_by_group]\nsoak = \"30days\"").unwrap();
+        let settings = config.settings().unwrap();
+        assert_eq!(settings.total_lease.default, Duration::from_secs(3 * 86400));
+        assert_eq!(settings.total_lease.by_group["soak"], Duration::from_secs(30 * 86400));
     }
 
     #[test]

@@ -206,3 +206,50 @@ async fn a_binding_at_submission_needs_an_idle_worker_and_the_leader() {
     agent.stop().await;
     server.stop().await;
 }
+
+/// Issue 16: a lease may not be prolonged past `max_total_lease` from its
+/// start (here 15m), whatever each prolong asks; the workers of a group
+/// with an override (`soak`: 1h) may go further. Sent: a 10m lease
+/// prolonged by 4m (ends 14m after its start), then by 2m (would end 16m
+/// after). Must happen: 200, then 409 naming the limit, and the lease's
+/// expiry is the one of the first prolong; on the soak worker both are 200.
+#[actix_rt::test]
+async fn a_lease_is_not_prolonged_past_max_total_lease_from_its_start() {
+    let server = TestServer::start_with(Clock::System, |c| {
+        c.max_total_lease = Duration::from_secs(15 * 60);
+        c.max_total_lease_by_group = [("soak".to_string(), Duration::from_secs(3600))].into_iter().collect();
+    })
+    .await;
+    let plain = server.agent("host-plain", 1, &caps(&[("device_type", "plain")]));
+    let soak = server.agent("host-soak", 1, &caps(&[("device_type", "soaky")]));
+    let admin = server.admin();
+    wait_for_worker(&admin, soak.uuids[0], |w| w["state"] == "maintenance").await;
+    let (status, body) = admin.put(&format!("/v1/workers/{}/groups", soak.uuids[0]), json!(["soak"])).await;
+    assert!(status.is_success(), "{body}");
+    server.make_idle(&plain.uuids).await;
+    server.make_idle(&soak.uuids).await;
+    let alice = server.api(&server.user("alice", &["soak"]).await);
+
+    for (device, limited) in [("plain", true), ("soaky", false)] {
+        let id = alice.submit(json!({"caps": {"device_type": device}, "lease": "10m"})).await;
+        wait_for_request(&alice, id, |r| r["state"] == "in_progress").await;
+        let (status, first) = alice.post(&format!("/v1/requests/{id}/prolong"), json!({"by": "4m"})).await;
+        assert_eq!(status, StatusCode::OK, "{device}: {first}");
+        let (status, second) = alice.post(&format!("/v1/requests/{id}/prolong"), json!({"by": "2m"})).await;
+        let (_, now) = alice.get(&format!("/v1/requests/{id}")).await;
+        if limited {
+            assert_eq!(status, StatusCode::CONFLICT, "{device}: {second}");
+            let message = second["message"].as_str().unwrap_or_default();
+            assert!(message.contains("at most 15m from its start"), "{message}");
+            assert_eq!(now["lease_expires_at"], first["lease_expires_at"], "the refused prolong changed nothing");
+        } else {
+            assert_eq!(status, StatusCode::OK, "{device}: {second}");
+            assert_eq!(now["lease_expires_at"], second["lease_expires_at"]);
+        }
+        let (status, _) = alice.post_empty(&format!("/v1/requests/{id}/close")).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    plain.stop().await;
+    soak.stop().await;
+    server.stop().await;
+}

@@ -1,10 +1,12 @@
 //! Lease arithmetic: when a lease expires and how far it may be prolonged.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
-use crate::time::Timestamp;
+use crate::caps::Groups;
+use crate::time::{Timestamp, format_duration, format_rfc3339};
 
 /// The kind of key pair made for a lease.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -45,6 +47,11 @@ impl FromStr for KeyKind {
 pub enum ProlongError {
     #[error("the lease may not end more than {max} from now; asked for {asked} from now")]
     PastCap { max: String, asked: String },
+    #[error(
+        "a lease on this worker may last at most {max} from its start ({started}), so it may not end after {limit}; \
+         this prolong would end it at {asked}"
+    )]
+    PastTotal { max: String, started: String, limit: String, asked: String },
     #[error(transparent)]
     OutOfRange(#[from] crate::time::TimeError),
 }
@@ -79,9 +86,74 @@ pub fn prolonged(
     Ok(base.checked_add(by)?.get())
 }
 
+/// How long a lease may last in all, from its start, prolongs included
+/// (`max_total_lease`): one limit, and optionally another for the workers
+/// of some groups.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TotalLeaseLimit {
+    pub default: Duration,
+    pub by_group: BTreeMap<String, Duration>,
+}
+
+impl Default for TotalLeaseLimit {
+    fn default() -> Self {
+        TotalLeaseLimit { default: Duration::from_secs(7 * 24 * 3600), by_group: BTreeMap::new() }
+    }
+}
+
+impl TotalLeaseLimit {
+    /// The limit on a worker in `groups`: the longest override among its
+    /// groups (an override exists to allow long work on some hardware), or
+    /// the default when none of its groups has one.
+    pub fn for_worker(&self, groups: &Groups) -> Duration {
+        groups.iter().filter_map(|g| self.by_group.get(g).copied()).max().unwrap_or(self.default)
+    }
+
+    /// Refuses `new_expiry` for a lease that started at `started` when it
+    /// passes `limit` from the start.
+    pub fn check(limit: Duration, started: SystemTime, new_expiry: SystemTime) -> Result<(), ProlongError> {
+        let end = Timestamp::new(started)?.checked_add(limit).map(SystemTime::from).unwrap_or(new_expiry);
+        if new_expiry <= end {
+            return Ok(());
+        }
+        Err(ProlongError::PastTotal {
+            max: format_duration(limit),
+            started: format_rfc3339(started),
+            limit: format_rfc3339(end),
+            asked: format_rfc3339(new_expiry),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn total_limit_counts_from_the_start_and_takes_the_longest_group_override() {
+        let limit = TotalLeaseLimit {
+            default: Duration::from_secs(7 * 86400),
+            by_group: [
+                ("soak".to_string(), Duration::from_secs(30 * 86400)),
+                ("x".to_string(), Duration::from_secs(86400)),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        let none = Groups::default();
+        let soak: Groups = ["soak", "x"].into_iter().collect();
+        let short: Groups = ["x"].into_iter().collect();
+        assert_eq!(limit.for_worker(&none), Duration::from_secs(7 * 86400));
+        assert_eq!(limit.for_worker(&soak), Duration::from_secs(30 * 86400));
+        assert_eq!(limit.for_worker(&short), Duration::from_secs(86400));
+        let week = Duration::from_secs(7 * 86400);
+        assert!(TotalLeaseLimit::check(week, t(0), t(7 * 86400)).is_ok(), "exactly the limit");
+        let err = TotalLeaseLimit::check(week, t(0), t(7 * 86400 + 1)).unwrap_err();
+        assert!(err.to_string().contains("at most 7days"), "{err}");
+        // A start so late that start + limit passes 9999 limits nothing.
+        let late = SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_000);
+        assert!(TotalLeaseLimit::check(week, late, late).is_ok());
+    }
 
     fn t(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)

@@ -269,6 +269,26 @@ pub mod duration {
     }
 }
 
+/// `#[serde(with = "corral_core::time::duration_map")]`: a table of
+/// names to durations, each at most [`MAX_DURATION`].
+pub mod duration_map {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(map: &BTreeMap<String, Duration>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(map.iter().map(|(k, d)| (k, format_duration(*d))))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Duration>, D::Error> {
+        BTreeMap::<String, String>::deserialize(d)?
+            .into_iter()
+            .map(|(k, text)| bounded_duration(&text).map(|d| (k, d)).map_err(serde::de::Error::custom))
+            .collect()
+    }
+}
+
 /// `#[serde(default, with = "corral_core::time::opt_duration")]`
 pub mod opt_duration {
     use super::*;
