@@ -63,6 +63,10 @@ impl Directory {
         read(&self.requests).len()
     }
 
+    pub fn session_count(&self) -> usize {
+        read(&self.sessions).len()
+    }
+
     pub fn worker(&self, id: WorkerId) -> Option<Addr<WorkerActor>> {
         read(&self.workers).get(&id).cloned()
     }
@@ -100,6 +104,12 @@ impl Directory {
 
     pub fn view(&self, id: WorkerId) -> Option<WorkerView> {
         read(&self.board).get(&id).cloned()
+    }
+
+    /// Calls `visit` with every worker view, under the read lock, cloning
+    /// nothing (counts for metrics).
+    pub fn visit_workers(&self, mut visit: impl FnMut(&WorkerView)) {
+        read(&self.board).values().for_each(|v| visit(v));
     }
 
     /// All worker views matching `keep`, ordered by UUID.

@@ -33,6 +33,7 @@ pub mod reaper;
 mod rebuild;
 pub mod request;
 pub mod settings;
+pub mod summary;
 pub mod supervise;
 pub mod timekeeper;
 pub mod tunnel;
