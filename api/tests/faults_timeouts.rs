@@ -297,6 +297,39 @@ async fn timeout_prepare_failing_every_time_fails_the_worker_then_it_heals() {
     server.stop().await;
 }
 
+/// Done: a failed worker's health check fails every time (its power cycle
+/// passes). Must happen: the health check is tried three times, then the
+/// worker simply stays failed (no transition), with the health check's
+/// backoff row in the database.
+#[actix_rt::test]
+async fn timeout_health_check_failing_every_time_leaves_the_worker_failed() {
+    let clock = Clock::manual();
+    let server = long_sessions(&clock).await;
+    let db = sql(&server.db_url).await;
+    let faults = SimFaults::default();
+    faults.fail(ActionKind::Prepare, Times::Next(3));
+    faults.fail(ActionKind::HealthCheck, Times::Always);
+    let agent = faulty_agent(&server, "t-health-fail", &faults);
+    let worker = agent.uuids[0];
+    wait_for_worker(&server.admin(), worker, |w| w["state"] == "maintenance").await;
+    set_state(&server, worker, json!({"state": "idle"})).await;
+    retry_after_failure(&server, &db, worker, ActionKind::Prepare, 1).await;
+    retry_after_failure(&server, &db, worker, ActionKind::Prepare, 2).await;
+    wait_for_worker(&server.admin(), worker, |w| w["state"] == "failed").await;
+    let before = history(&server, worker).await;
+
+    retry_after_failure(&server, &db, worker, ActionKind::Prepare, 3).await;
+    retry_after_failure(&server, &db, worker, ActionKind::HealthCheck, 1).await;
+    retry_after_failure(&server, &db, worker, ActionKind::HealthCheck, 2).await;
+    let error = wait_for_backoff(&db, worker, ActionKind::HealthCheck, 3).await;
+    assert_eq!(error, "the health check: failed: simulated failure of health_check");
+    assert_eq!((faults.executed(ActionKind::HealthCheck), faults.executed(ActionKind::PowerCycle)), (3, 1));
+    assert_eq!(server.admin().get(&format!("/v1/workers/{worker}")).await.1["state"], "failed");
+    assert_eq!(history(&server, worker).await, before, "giving up on a failed worker changes nothing");
+    agent.stop().await;
+    server.stop().await;
+}
+
 /// Done: installing the lease key fails every time. Must happen: after the
 /// retries the worker is failed naming the command, and the request, whose
 /// lease never started, goes back to waiting.
@@ -389,6 +422,53 @@ async fn timeout_maintenance_hook_failing_every_time_does_not_leave_the_worker_b
     assert_eq!(backoff(&db, worker, ActionKind::Maintenance).await.unwrap().0, 3);
     agent.stop().await;
     server.stop().await;
+}
+
+/// Done: every preparation fails; after two failures the server is
+/// stopped and a new one started on the same database, and the agent
+/// registers with it. Must happen: the new server keeps the count from the
+/// database: the next failure is the third, and the worker is failed.
+#[actix_rt::test]
+async fn timeout_a_server_restart_keeps_the_failure_count() {
+    let clock = Clock::manual();
+    let first = long_sessions(&clock).await;
+    let db = sql(&first.db_url).await;
+    let faults = SimFaults::default();
+    faults.fail(ActionKind::Prepare, Times::Always);
+    let agent = faulty_agent(&first, "t-restart", &faults);
+    let worker = agent.uuids[0];
+    wait_for_worker(&first.admin(), worker, |w| w["state"] == "maintenance").await;
+    set_state(&first, worker, json!({"state": "idle"})).await;
+    retry_after_failure(&first, &db, worker, ActionKind::Prepare, 1).await;
+    wait_for_backoff(&db, worker, ActionKind::Prepare, 2).await;
+    agent.kill();
+    first.halt().await;
+
+    let mut config = common::test_config(&first.db_url);
+    config.session_timeout = Duration::from_secs(7 * 24 * 3600);
+    config.command_retries = RETRIES;
+    let data_dir = config.data_dir.clone();
+    let second = corral_api::serve(config, clock.clone()).await.expect("the server restarts");
+    let url = format!("http://{}", second.addr);
+    let handle = second.handle();
+    actix_rt::spawn(async move {
+        let _ = second.wait().await;
+    });
+    let admin = first.admin().at(&url);
+    let mut options = AgentOptions::new(url.clone(), first.agent_token.clone());
+    options.poll_wait = Duration::from_secs(5);
+    options.max_backoff = Duration::from_millis(300);
+    let sim = Simulated::new("t-restart", 1, &caps(&[("device_type", "t-restart")]), "127.0.0.1:9", "lab");
+    let again = first.agent_with_options(sim.with_faults(faults.clone()), options);
+    wait_for_worker(&admin, worker, |w| w["state"] == "prepare").await;
+
+    clock.advance(past_backoff(2));
+    let failed = wait_for_worker(&admin, worker, |w| w["state"] == "failed").await;
+    assert!(failed["reason"].as_str().unwrap().ends_with("(command prepare, gave up after 3 attempts)"), "{failed}");
+    assert_eq!(backoff(&db, worker, ActionKind::Prepare).await.unwrap().0, 3);
+    again.kill();
+    handle.stop(false).await;
+    let _ = std::fs::remove_dir_all(&data_dir);
 }
 
 // ----- an admin takes a worker out of busy ----------------------------------
