@@ -118,6 +118,43 @@ impl SimFaults {
         self.state().executed.get(&kind).copied().unwrap_or(0)
     }
 
+    /// Faults from a spec such as
+    /// `fail=prepare:3,lose=start_lease,slow=maintenance:5s,fail-every=10,no-heartbeats`
+    /// (comma-separated; `KIND` as on the wire; `:N` = the next N
+    /// commands, else every one; durations in humantime form).
+    pub fn parse(spec: &str) -> Result<SimFaults, String> {
+        let faults = SimFaults::default();
+        let times = |count: Option<&str>| match count {
+            None => Ok(Times::Always),
+            Some(n) => n.parse().map(Times::Next).map_err(|_| format!("{n:?} is not a count")),
+        };
+        for item in spec.split(',').map(str::trim).filter(|item| !item.is_empty()) {
+            let (name, value) = item.split_once('=').map_or((item, None), |(name, value)| (name, Some(value)));
+            let (kind, rest) = match value {
+                Some(value) => value.split_once(':').map_or((value, None), |(kind, rest)| (kind, Some(rest))),
+                None => ("", None),
+            };
+            match (name, value) {
+                ("fail", Some(_)) => faults.fail(kind.parse()?, times(rest)?),
+                ("lose", Some(_)) => faults.lose_results(kind.parse()?, times(rest)?),
+                ("slow", Some(_)) => {
+                    let delay = rest.ok_or_else(|| format!("{item:?}: give slow=KIND:DURATION"))?;
+                    let delay = humantime::parse_duration(delay).map_err(|e| format!("{item:?}: {e}"))?;
+                    faults.slow(kind.parse()?, delay);
+                }
+                ("fail-every", Some(n)) => faults.fail_every(n.parse().map_err(|_| format!("{n:?} is not a count"))?),
+                ("no-heartbeats", None) => faults.stop_heartbeats(true),
+                _ => {
+                    return Err(format!(
+                        "unknown fault {item:?}; use fail=KIND[:N], lose=KIND[:N], slow=KIND:DURATION, \
+                         fail-every=N or no-heartbeats"
+                    ));
+                }
+            }
+        }
+        Ok(faults)
+    }
+
     fn heartbeats_stopped(&self) -> bool {
         self.state().heartbeats_stopped
     }
@@ -261,6 +298,23 @@ mod tests {
         assert!(sim.heartbeats());
         faults.stop_heartbeats(true);
         assert!(!sim.heartbeats());
+    }
+
+    #[actix_rt::test]
+    async fn fault_specs_parse_into_the_same_faults() {
+        let faults =
+            SimFaults::parse("fail=prepare:1, lose=maintenance, slow=health_check:1ms, no-heartbeats").unwrap();
+        let sim = Simulated::new("p", 1, &Caps::default(), "127.0.0.1:9", "lab").with_faults(faults);
+        let worker = sim.uuids()[0];
+        assert!(!sim.execute(worker, &Action::Prepare).await.ok);
+        assert!(sim.execute(worker, &Action::Prepare).await.ok, "only the next one fails");
+        assert!(sim.execute(worker, &Action::Maintenance).await.lost);
+        assert!(sim.execute(worker, &Action::HealthCheck).await.ok);
+        assert!(!sim.heartbeats());
+        assert!(SimFaults::parse("fail-every=3").is_ok());
+        for bad in ["fail=reboot", "fail=prepare:x", "slow=prepare", "slow=prepare:soon", "explode", "fail-every=-1"] {
+            assert!(SimFaults::parse(bad).is_err(), "{bad}");
+        }
     }
 
     async fn health_checks(sim: &Simulated, worker: WorkerId, n: usize) -> Vec<bool> {
