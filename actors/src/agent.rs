@@ -28,11 +28,13 @@ const MAX_BATCH: usize = 256;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub enum AgentMsg {
-    /// Queue a command for the agent.
+    /// Queue a command for the agent. `tag` names this send for the
+    /// worker actor, which ignores results of sends it no longer waits for.
     Send {
         worker: WorkerId,
         fence: FencingToken,
         action: Action,
+        tag: u64,
     },
     /// Long-poll: commands after `after`, waiting up to `wait` for one.
     Poll {
@@ -57,7 +59,7 @@ pub struct AgentSession {
     id: SessionId,
     agent: String,
     outbox: VecDeque<Command>,
-    sent: HashMap<u64, (WorkerId, Action)>,
+    sent: HashMap<u64, (WorkerId, Action, u64)>,
     next_seq: u64,
     parked: Option<Parked>,
     polls: u64,
@@ -115,11 +117,11 @@ impl Handler<AgentMsg> for AgentSession {
 
     fn handle(&mut self, msg: AgentMsg, ctx: &mut Self::Context) {
         match msg {
-            AgentMsg::Send { worker, fence, action } => {
+            AgentMsg::Send { worker, fence, action, tag } => {
                 let seq = self.next_seq;
                 self.next_seq += 1;
                 tracing::debug!(session = %self.id, worker = %worker, seq, ?action, "command queued");
-                self.sent.insert(seq, (worker, action.clone()));
+                self.sent.insert(seq, (worker, action.clone(), tag));
                 if self.sent.len() > MAX_REMEMBERED
                     && let Some(oldest) = self.sent.keys().min().copied()
                 {
@@ -153,7 +155,7 @@ impl Handler<AgentMsg> for AgentSession {
             }
             AgentMsg::Results { results } => {
                 for result in results {
-                    let Some((worker, action)) = self.sent.remove(&result.seq) else {
+                    let Some((worker, action, tag)) = self.sent.remove(&result.seq) else {
                         tracing::debug!(session = %self.id, seq = result.seq, "result for an unknown command ignored");
                         continue;
                     };
@@ -166,7 +168,7 @@ impl Handler<AgentMsg> for AgentSession {
                         continue;
                     }
                     if let Some(addr) = self.shared.dir.worker(worker) {
-                        tell(&addr, WorkerMsg::Result { action, result, agent_name: self.agent.clone() });
+                        tell(&addr, WorkerMsg::Result { action, result, tag, agent_name: self.agent.clone() });
                     }
                 }
             }

@@ -9,7 +9,8 @@
 //!   commands the agent long-polls;
 //! - the [`matcher::MatcherActor`]: the in-memory matcher of the core,
 //!   committing each batch of decisions in one transaction;
-//! - the [`timekeeper::Timekeeper`]: lease expiry and prepare timeouts;
+//! - the [`timekeeper::Timekeeper`]: lease expiry, and the timeouts and
+//!   retries of every command sent to an agent;
 //! - the [`reaper::Reaper`]: expires agent sessions whose heartbeats
 //!   stopped.
 //!
@@ -23,6 +24,7 @@
 
 pub mod agent;
 pub mod clock;
+mod command;
 pub mod directory;
 pub mod error;
 pub mod explain;

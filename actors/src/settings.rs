@@ -16,7 +16,14 @@ pub struct Settings {
     pub total_lease: TotalLeaseLimit,
     pub session_timeout: Duration,
     pub heartbeat_interval: Duration,
+    /// A preparation unanswered for this long counts as a failed attempt.
     pub prepare_timeout: Duration,
+    /// Any other command to an agent unanswered for this long counts as a
+    /// failed attempt.
+    pub command_timeout: Duration,
+    /// Retries of a command that timed out or failed, each after its
+    /// backoff; then the worker fails (or, busy, is assumed in maintenance).
+    pub command_retries: u32,
     /// State of a worker registered for the first time.
     pub new_worker_state: WorkerState,
     /// Address the tunnels listen on.
@@ -31,7 +38,8 @@ pub struct Settings {
     /// Key pair made for leases of the native API (the Boruta API always
     /// asks for RSA).
     pub lease_key: KeyKind,
-    /// First delay after a failed preparation; doubles per failure.
+    /// First delay after a failed command; doubles per failure of the same
+    /// command on the same worker.
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
     /// How often timers (deadlines, lease expiry, session reaper) look at
@@ -51,6 +59,8 @@ impl Default for Settings {
             session_timeout: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(10),
             prepare_timeout: Duration::from_secs(120),
+            command_timeout: Duration::from_secs(60),
+            command_retries: 3,
             new_worker_state: WorkerState::Maintenance,
             tunnel_bind: IpAddr::from([127, 0, 0, 1]),
             tunnel_ports: 20000..=20999,

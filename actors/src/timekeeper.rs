@@ -1,5 +1,6 @@
-//! Timers that outlive any one message: lease expiry and preparation
-//! timeouts. They are checked against the server's [`crate::Clock`] on every
+//! Timers that outlive any one message: lease expiry, the timeouts and
+//! retries of commands sent to agents, and the end of a failed worker's
+//! backoff. They are checked against the server's [`crate::Clock`] on every
 //! tick, so a test moves a manual clock instead of sleeping.
 
 use std::collections::{BTreeSet, HashMap};
@@ -8,6 +9,7 @@ use std::time::SystemTime;
 
 use actix::prelude::*;
 use corral_core::{RequestId, WorkerId};
+use corral_proto::agent::ActionKind;
 
 use crate::request::RequestMsg;
 use crate::worker::WorkerMsg;
@@ -17,9 +19,13 @@ use crate::{Shared, tell};
 pub enum TimerKey {
     /// The lease of this request ends.
     LeaseExpiry(RequestId),
-    /// This worker has been preparing for too long.
-    PrepareTimeout(WorkerId),
-    /// This worker's preparation backoff is over.
+    /// The command of this kind sent for this worker is unanswered for
+    /// too long.
+    CommandTimeout(WorkerId, ActionKind),
+    /// The backoff after a failed attempt of this command is over: send it
+    /// again.
+    CommandRetry(WorkerId, ActionKind),
+    /// This failed worker's backoff is over: try to heal it.
     BackoffOver(WorkerId),
 }
 
@@ -67,9 +73,14 @@ impl Timekeeper {
                         tell(&addr, RequestMsg::LeaseExpired);
                     }
                 }
-                TimerKey::PrepareTimeout(worker) => {
+                TimerKey::CommandTimeout(worker, kind) => {
                     if let Some(addr) = self.shared.dir.worker(worker) {
-                        tell(&addr, WorkerMsg::PrepareTimedOut);
+                        tell(&addr, WorkerMsg::CommandTimedOut { kind });
+                    }
+                }
+                TimerKey::CommandRetry(worker, kind) => {
+                    if let Some(addr) = self.shared.dir.worker(worker) {
+                        tell(&addr, WorkerMsg::RetryCommand { kind });
                     }
                 }
                 TimerKey::BackoffOver(worker) => {

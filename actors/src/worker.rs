@@ -1,10 +1,13 @@
 //! The worker actor: one per registered worker. It is the only writer of
 //! its worker's row after registration; it turns agent reports, admin
 //! requests, matcher bindings and lease ends into state transitions (SPEC
-//! §2), and sends its agent the commands each state needs.
+//! §2), and sends its agent the commands each state needs. Every command
+//! is watched ([`crate::command`]): unanswered past its timeout, or
+//! failed, it is retried after a backoff, then given up: the worker fails
+//! (a busy one is assumed in maintenance) with a reason naming the command.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
 use corral_core::health::{self, Verdict};
@@ -12,11 +15,12 @@ use corral_core::matcher::WorkerSpec;
 use corral_core::worker::WorkerEvent;
 use corral_core::{FencingToken, Groups, RequestId, SessionId, WorkerId, WorkerState};
 use corral_db::{WorkerRecord, WorkerTransition};
-use corral_proto::agent::{Action, CommandResult};
+use corral_proto::agent::{Action, ActionKind, CommandResult};
 use corral_proto::workers::{AdminState, StateChange, Worker};
 use serde_json::{Map, Value};
 
 use crate::agent::{AgentMsg, AgentSession};
+use crate::command::{self, Commands};
 use crate::directory::WorkerView;
 use crate::matcher::MatcherMsg;
 use crate::request::{RequestMsg, WorkerAccess};
@@ -51,10 +55,12 @@ pub enum WorkerMsg {
         agent: Addr<AgentSession>,
         agent_name: String,
     },
-    /// The agent's result of a command sent to this worker.
+    /// The agent's result of a command sent to this worker (`tag`: which
+    /// send it answers).
     Result {
         action: Action,
         result: CommandResult,
+        tag: u64,
         agent_name: String,
     },
     /// Facts from a heartbeat.
@@ -92,7 +98,15 @@ pub enum WorkerMsg {
         fence: FencingToken,
         ended: LeaseEnd,
     },
-    PrepareTimedOut,
+    /// The command of this kind is unanswered for too long.
+    CommandTimedOut {
+        kind: ActionKind,
+    },
+    /// The backoff after a failed attempt of this command is over.
+    RetryCommand {
+        kind: ActionKind,
+    },
+    /// A failed worker's backoff is over: try to heal it.
     BackoffOver,
     /// The matcher's binding was refused: re-read the row.
     Resync,
@@ -125,6 +139,8 @@ pub struct WorkerActor {
     failed_by_facts: bool,
     /// Preparation must not be tried before this (failure backoff).
     prepare_retry_after: Option<SystemTime>,
+    /// Commands sent to the agent and not settled yet.
+    commands: Commands,
     /// A key to install that arrived before the lease it belongs to (only
     /// when a full mailbox reordered the two messages).
     early_key: Option<(RequestId, FencingToken, String, SystemTime)>,
@@ -150,6 +166,7 @@ impl WorkerActor {
             agent,
             lease: lease.map(|(request, fence, started)| Lease { request, fence, public_key: None, started }),
             failed_by_facts: false,
+            commands: Commands::new(prepare_retry_after.is_some()),
             prepare_retry_after,
             early_key: None,
         }
@@ -186,13 +203,68 @@ impl WorkerActor {
         self.shared.dir.publish(Self::view(&self.record, self.lease.as_ref().map(|l| l.request)));
     }
 
-    fn send(&self, action: Action) {
+    /// Sends `action` to the agent as a first attempt and watches it.
+    fn send(&mut self, action: Action) {
+        self.attempt(action, 1);
+    }
+
+    /// Sends attempt `attempt` of `action` and watches it: unanswered
+    /// within its timeout, it is a failed attempt ([`Self::command_failed`]).
+    /// Without an agent session nothing is sent, and the timeout settles it.
+    fn attempt(&mut self, action: Action, attempt: u32) {
+        let (id, kind, now) = (self.id(), action.kind(), self.shared.clock.now());
+        let tag = self.commands.sent(action.clone(), attempt, now);
         match &self.agent {
-            Some(agent) => {
-                tell(agent, AgentMsg::Send { worker: self.id(), fence: self.record.fence, action });
-            }
-            None => tracing::debug!(worker = %self.id(), ?action, "no agent session; command not sent"),
+            Some(agent) => tell(agent, AgentMsg::Send { worker: id, fence: self.record.fence, action, tag }),
+            None => tracing::debug!(worker = %id, ?action, "no agent session; command not sent"),
         }
+        let at = now + self.timeout(kind);
+        tell(self.shared.timekeeper(), TimerMsg::Watch { key: TimerKey::CommandTimeout(id, kind), at });
+    }
+
+    fn timeout(&self, kind: ActionKind) -> Duration {
+        match kind {
+            ActionKind::Prepare => self.shared.settings.prepare_timeout,
+            _ => self.shared.settings.command_timeout,
+        }
+    }
+
+    /// Forgets every unsettled command and cancels its timer: the worker's
+    /// state moved on, their answers no longer matter.
+    fn forget_commands(&mut self) {
+        if self.commands.is_empty() {
+            return;
+        }
+        let id = self.id();
+        for (kind, awaited) in self.commands.forget_all() {
+            let key = if awaited { TimerKey::CommandTimeout(id, kind) } else { TimerKey::CommandRetry(id, kind) };
+            tell(self.shared.timekeeper(), TimerMsg::Unwatch { key });
+        }
+    }
+
+    /// The command of `kind` was answered with success: it is settled, and
+    /// its backoff row (if any) goes.
+    fn command_succeeded(&mut self, kind: ActionKind) {
+        let id = self.id();
+        self.commands.settled(kind);
+        tell(self.shared.timekeeper(), TimerMsg::Unwatch { key: TimerKey::CommandTimeout(id, kind) });
+        if self.commands.take_backoff_row(kind) {
+            self.clear_backoff_rows(vec![kind]);
+        }
+    }
+
+    fn clear_backoff_rows(&self, kinds: Vec<ActionKind>) {
+        if kinds.is_empty() {
+            return;
+        }
+        let (db, id) = (self.shared.db.clone(), self.id());
+        actix::spawn(async move {
+            for kind in kinds {
+                if let Err(err) = db.clear_backoff(id, kind.as_str()).await {
+                    tracing::warn!(worker = %id, command = %kind, cause = %err, "could not clear backoff");
+                }
+            }
+        });
     }
 
     fn tell_request(&self, request: RequestId, msg: RequestMsg) {
@@ -264,9 +336,7 @@ impl WorkerActor {
     /// Side effects of entering `state`, after the commit.
     fn enter(&mut self, state: WorkerState, reason: &str, ctx: &mut Context<Self>) {
         let id = self.id();
-        if state != WorkerState::Prepare {
-            tell(self.shared.timekeeper(), TimerMsg::Unwatch { key: TimerKey::PrepareTimeout(id) });
-        }
+        self.forget_commands();
         match state {
             WorkerState::Prepare => {
                 self.lease = None;
@@ -274,15 +344,10 @@ impl WorkerActor {
             }
             WorkerState::Idle => {
                 self.failed_by_facts = false;
-                // A successful preparation ends the backoff of failed ones.
-                if self.prepare_retry_after.take().is_some() {
-                    let db = self.shared.db.clone();
-                    actix::spawn(async move {
-                        if let Err(err) = db.clear_backoff(id, "prepare").await {
-                            tracing::warn!(worker = %id, cause = %err, "could not clear backoff");
-                        }
-                    });
-                }
+                // A healthy worker starts every command's count afresh.
+                self.prepare_retry_after = None;
+                let rows = self.commands.take_backoff_rows();
+                self.clear_backoff_rows(rows);
                 let last_used = self.record.last_used.unwrap_or(SystemTime::UNIX_EPOCH);
                 tell(self.shared.matcher(), MatcherMsg::WorkerIdle { worker: id, last_used });
             }
@@ -316,104 +381,123 @@ impl WorkerActor {
     fn send_prepare(&mut self) {
         let now = self.shared.clock.now();
         if let Some(until) = self.prepare_retry_after.filter(|until| *until > now) {
-            tell(self.shared.timekeeper(), TimerMsg::Watch { key: TimerKey::BackoffOver(self.id()), at: until });
+            self.commands.waiting(Action::Prepare);
+            let key = TimerKey::CommandRetry(self.id(), ActionKind::Prepare);
+            tell(self.shared.timekeeper(), TimerMsg::Watch { key, at: until });
             return;
         }
         self.send(Action::Prepare);
-        let at = now + self.shared.settings.prepare_timeout;
-        tell(self.shared.timekeeper(), TimerMsg::Watch { key: TimerKey::PrepareTimeout(self.id()), at });
     }
 
-    fn prepare_failed(&mut self, reason: String) -> Step {
-        let (db, id, now) = (self.shared.db.clone(), self.id(), self.shared.clock.now());
+    /// An attempt of the command of `kind` failed (`what`: it timed out, or
+    /// the agent's error). The failure goes into the worker's backoff row
+    /// for that command (in the database: a restart keeps the count); the
+    /// command is sent again when the backoff is over, or given up after
+    /// `command_retries` retries.
+    fn command_failed(&mut self, kind: ActionKind, what: String) -> Step {
+        let id = self.id();
+        if !command::wanted(kind, self.record.state) {
+            self.commands.settled(kind);
+            return done();
+        }
+        let Some(attempts) = self.commands.failed(kind) else { return done() };
+        tell(self.shared.timekeeper(), TimerMsg::Unwatch { key: TimerKey::CommandTimeout(id, kind) });
+        let (db, now) = (self.shared.db.clone(), self.shared.clock.now());
         let (base, cap) = (self.shared.settings.backoff_base, self.shared.settings.backoff_cap);
-        let error = reason.clone();
-        let step = self.go(WorkerEvent::PrepareFailed, "server".to_string(), reason, None);
-        let backoff = async move { db.record_backoff(id, "prepare", &error, now, base, cap).await };
-        Box::pin(step.then(move |_, act, _| {
-            backoff.into_actor(act).map(move |result, act, _| match result {
-                Ok(until) => {
-                    act.prepare_retry_after = Some(until);
-                    tell(act.shared.timekeeper(), TimerMsg::Watch { key: TimerKey::BackoffOver(id), at: until });
+        let error = format!("{}: {what}", command::describe(kind));
+        let backoff = async move { db.record_backoff(id, kind.as_str(), &error, now, base, cap).await };
+        Box::pin(backoff.into_actor(self).then(move |result, act, _| {
+            let (until, failures) = match result {
+                Ok(recorded) => recorded,
+                Err(err) => {
+                    tracing::warn!(worker = %id, command = %kind, cause = %err, "could not record backoff");
+                    (now + base, attempts)
                 }
-                Err(err) => tracing::warn!(worker = %id, cause = %err, "could not record backoff"),
-            })
+            };
+            if kind == ActionKind::Prepare {
+                act.prepare_retry_after = Some(until);
+            }
+            if failures > act.shared.settings.command_retries {
+                return act.give_up(kind, what, failures, until);
+            }
+            tracing::info!(worker = %id, command = %kind, failures, what = %what, "command failed; retrying after backoff");
+            tell(act.shared.timekeeper(), TimerMsg::Watch { key: TimerKey::CommandRetry(id, kind), at: until });
+            done()
         }))
     }
 
-    fn command_result(&mut self, action: Action, result: CommandResult, agent_name: String) -> Step {
+    /// The command of `kind` failed `failures` times in a row: the worker
+    /// fails with a reason naming it (and tries to heal once `until` is
+    /// past); a busy worker is assumed in maintenance instead (SPEC §2 has
+    /// no busy → failed); a failed one stays failed.
+    fn give_up(&mut self, kind: ActionKind, what: String, failures: u32, until: SystemTime) -> Step {
+        self.commands.settled(kind);
+        let reason = format!("{} {what} (command {kind}, gave up after {failures} attempts)", command::describe(kind));
+        tracing::warn!(worker = %self.id(), command = %kind, reason = %reason, "command given up");
+        let heal = TimerMsg::Watch { key: TimerKey::BackoffOver(self.id()), at: until };
+        match self.record.state {
+            WorkerState::Busy => {
+                let asked = self.record.reason.clone().unwrap_or_else(|| "maintenance".to_string());
+                let reason = format!("{asked} (the agent did not confirm: {reason}; maintenance assumed)");
+                self.go(WorkerEvent::MaintenanceConfirmed, "server".to_string(), reason, None)
+            }
+            WorkerState::Prepare if kind == ActionKind::Prepare => {
+                tell(self.shared.timekeeper(), heal);
+                self.go(WorkerEvent::PrepareFailed, "server".to_string(), reason, None)
+            }
+            WorkerState::Prepare | WorkerState::Idle | WorkerState::Running => {
+                tell(self.shared.timekeeper(), heal);
+                self.go(WorkerEvent::Fail, "server".to_string(), reason, None)
+            }
+            WorkerState::Failed | WorkerState::Maintenance => done(),
+        }
+    }
+
+    fn command_result(&mut self, action: Action, result: CommandResult, tag: u64, agent_name: String) -> Step {
+        let kind = action.kind();
+        if !self.commands.awaits(kind, tag) {
+            tracing::debug!(worker = %self.id(), command = %kind, "result of a command no longer awaited ignored");
+            return done();
+        }
         if result.fence != self.record.fence {
             tracing::debug!(worker = %self.id(), fence = %result.fence, current = %self.record.fence, "stale result ignored");
             return done();
         }
+        if !result.ok {
+            tracing::warn!(worker = %self.id(), command = %kind, message = %result.message, "command failed");
+            return self.command_failed(kind, format!("failed: {}", result.message));
+        }
+        self.command_succeeded(kind);
         let actor = format!("agent:{agent_name}");
         let state = self.record.state;
         match action {
             Action::Prepare if state == WorkerState::Prepare => {
-                if result.ok {
-                    self.go(WorkerEvent::Prepared, actor, "preparation confirmed by the agent".to_string(), None)
-                } else {
-                    self.prepare_failed(format!("preparation failed: {}", result.message))
-                }
+                self.go(WorkerEvent::Prepared, actor, "preparation confirmed by the agent".to_string(), None)
             }
             Action::StartLease { request, .. } => {
                 let Some(lease) = self.lease.as_mut().filter(|l| l.request == request && state == WorkerState::Running)
                 else {
                     return done();
                 };
-                if result.ok {
-                    lease.started = true;
-                    let (fence, request) = (lease.fence, lease.request);
-                    if let Some(key) = result.host_key.clone() {
-                        self.record.host_key = Some(key);
-                    }
-                    let access = WorkerAccess {
-                        ssh_addr: self.record.ssh_addr.clone(),
-                        ssh_user: self.record.ssh_user.clone(),
-                        host_key: self.record.host_key.clone(),
-                    };
-                    self.tell_request(request, RequestMsg::KeyInstalled { fence, access, actor });
-                    done()
-                } else {
-                    self.go(
-                        WorkerEvent::Fail,
-                        actor,
-                        format!("could not install the lease key: {}", result.message),
-                        None,
-                    )
+                lease.started = true;
+                let (fence, request) = (lease.fence, lease.request);
+                if let Some(key) = result.host_key.clone() {
+                    self.record.host_key = Some(key);
                 }
+                let access = WorkerAccess {
+                    ssh_addr: self.record.ssh_addr.clone(),
+                    ssh_user: self.record.ssh_user.clone(),
+                    host_key: self.record.host_key.clone(),
+                };
+                self.tell_request(request, RequestMsg::KeyInstalled { fence, access, actor });
+                done()
             }
             Action::Maintenance if state == WorkerState::Busy => {
-                if result.ok {
-                    let reason = self.record.reason.clone().unwrap_or_else(|| "maintenance".to_string());
-                    self.go(WorkerEvent::MaintenanceConfirmed, actor, reason, None)
-                } else {
-                    tracing::warn!(worker = %self.id(), message = %result.message, "maintenance hook failed");
-                    done()
-                }
+                let reason = self.record.reason.clone().unwrap_or_else(|| "maintenance".to_string());
+                self.go(WorkerEvent::MaintenanceConfirmed, actor, reason, None)
             }
-            Action::HealthCheck => match (result.ok, state) {
-                (true, WorkerState::Failed) => {
-                    self.go(WorkerEvent::Recover, actor, "health check passed".to_string(), None)
-                }
-                (false, WorkerState::Idle | WorkerState::Prepare | WorkerState::Running) => {
-                    self.go(WorkerEvent::Fail, actor, format!("health check failed: {}", result.message), None)
-                }
-                _ => done(),
-            },
-            Action::PowerCycle => {
-                if !result.ok {
-                    tracing::warn!(worker = %self.id(), message = %result.message, "power cycle failed");
-                }
-                done()
-            }
-            Action::ExtendLease { request, .. } => {
-                if !result.ok {
-                    // The key's expiry-time may end the lease holder's
-                    // access before the lease itself.
-                    tracing::warn!(worker = %self.id(), request = %request, message = %result.message, "could not renew the lease key's expiry");
-                }
-                done()
+            Action::HealthCheck if state == WorkerState::Failed => {
+                self.go(WorkerEvent::Recover, actor, "health check passed".to_string(), None)
             }
             _ => done(),
         }
@@ -444,6 +528,11 @@ impl WorkerActor {
                         }
                     }));
                 }
+                // Out of busy: the admin stops waiting for the agent.
+                let reason = match self.record.state {
+                    WorkerState::Busy => format!("{reason} (set by an admin; the agent did not confirm maintenance)"),
+                    _ => reason,
+                };
                 self.go(WorkerEvent::AdminMaintenance, actor, reason, Some(reply))
             }
         }
@@ -513,8 +602,12 @@ impl WorkerActor {
                 if let Some(lease) = &self.lease
                     && let Some((public_key, expires_at)) = &lease.public_key
                 {
-                    let (public_key, expires_at) = (public_key.clone(), *expires_at);
-                    self.send(Action::StartLease { request: lease.request, public_key, expires_at });
+                    let action = Action::StartLease {
+                        request: lease.request,
+                        public_key: public_key.clone(),
+                        expires_at: *expires_at,
+                    };
+                    self.send(action);
                 }
                 done()
             }
@@ -562,6 +655,7 @@ impl WorkerActor {
                 None,
             ),
             WorkerState::Failed | WorkerState::Maintenance => {
+                self.forget_commands();
                 self.publish();
                 done()
             }
@@ -571,6 +665,7 @@ impl WorkerActor {
     fn leased(&mut self, request: RequestId, fence: FencingToken) -> Step {
         // The row already says running (the matcher committed it).
         let from = self.record.state;
+        self.forget_commands();
         self.record.state = WorkerState::Running;
         self.record.fence = fence;
         self.record.reason = None;
@@ -666,6 +761,9 @@ impl WorkerActor {
             Some(record) => {
                 let was = act.record.state;
                 act.record = record;
+                if act.record.state != was {
+                    act.forget_commands();
+                }
                 match act.record.state {
                     WorkerState::Idle => {
                         let last_used = act.record.last_used.unwrap_or(SystemTime::UNIX_EPOCH);
@@ -692,7 +790,9 @@ impl WorkerActor {
             WorkerMsg::SetGroups { caller, groups, reply } => self.set_groups(caller, groups, reply),
             WorkerMsg::Deregister { caller, reply } => self.deregister(caller, reply),
             WorkerMsg::Attach { record, agent, agent_name } => self.attach(*record, agent, agent_name),
-            WorkerMsg::Result { action, result, agent_name } => self.command_result(action, result, agent_name),
+            WorkerMsg::Result { action, result, tag, agent_name } => {
+                self.command_result(action, result, tag, agent_name)
+            }
             WorkerMsg::Observed { facts } => self.observed(facts),
             WorkerMsg::AgentLost { session, reason } => self.agent_lost(session, reason),
             WorkerMsg::Leased { request, fence } => self.leased(request, fence),
@@ -723,24 +823,30 @@ impl WorkerActor {
                 done()
             }
             WorkerMsg::LeaseEnded { request, fence, ended } => self.lease_ended(request, fence, ended),
-            WorkerMsg::PrepareTimedOut => {
-                if self.record.state == WorkerState::Prepare {
-                    let after = corral_core::time::format_duration(self.shared.settings.prepare_timeout);
-                    self.prepare_failed(format!("preparation timed out after {after}"))
+            WorkerMsg::CommandTimedOut { kind } => {
+                let timeout = self.timeout(kind);
+                if self.commands.timed_out(kind, self.shared.clock.now(), timeout) {
+                    let after = corral_core::time::format_duration(timeout);
+                    self.command_failed(kind, format!("got no answer within {after}"))
                 } else {
                     done()
                 }
             }
+            WorkerMsg::RetryCommand { kind } => {
+                if !command::wanted(kind, self.record.state) {
+                    self.commands.settled(kind);
+                } else if let Some((action, attempt)) = self.commands.due(kind) {
+                    tracing::info!(worker = %self.id(), command = %kind, attempt, "sending a command again");
+                    self.attempt(action, attempt);
+                }
+                done()
+            }
             WorkerMsg::BackoffOver => {
-                match self.record.state {
-                    WorkerState::Prepare => self.send_prepare(),
-                    // Try to heal: power cycle, then a health check whose
-                    // success brings the worker back through preparation.
-                    WorkerState::Failed if self.agent.is_some() => {
-                        self.send(Action::PowerCycle);
-                        self.send(Action::HealthCheck);
-                    }
-                    _ => {}
+                // Try to heal: power cycle, then a health check whose
+                // success brings the worker back through preparation.
+                if self.record.state == WorkerState::Failed && self.agent.is_some() {
+                    self.send(Action::PowerCycle);
+                    self.send(Action::HealthCheck);
                 }
                 done()
             }
@@ -767,7 +873,16 @@ impl Actor for WorkerActor {
                 ctx.wait(step);
             }
             WorkerState::Prepare => self.send_prepare(),
-            WorkerState::Busy if self.agent.is_some() => self.send(Action::Maintenance),
+            // Without an agent the maintenance command times out, and the
+            // worker is assumed in maintenance after its retries.
+            WorkerState::Busy => self.send(Action::Maintenance),
+            // Resume healing once the backoff of the failed preparation
+            // is over.
+            WorkerState::Failed => {
+                if let Some(at) = self.prepare_retry_after {
+                    tell(self.shared.timekeeper(), TimerMsg::Watch { key: TimerKey::BackoffOver(self.id()), at });
+                }
+            }
             _ => {}
         }
     }

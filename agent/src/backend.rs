@@ -13,6 +13,8 @@ pub struct Outcome {
     pub message: String,
     /// For `start_lease`: the worker host's SSH host key, read now.
     pub host_key: Option<String>,
+    /// The result is never sent (a simulated fault: lost results).
+    pub lost: bool,
 }
 
 impl Outcome {
@@ -21,7 +23,7 @@ impl Outcome {
     }
 
     pub fn failed(message: impl Into<String>) -> Outcome {
-        Outcome { ok: false, message: message.into(), host_key: None }
+        Outcome { ok: false, message: message.into(), host_key: None, lost: false }
     }
 }
 
@@ -40,4 +42,9 @@ pub trait Backend {
 
     /// What the agent sees of a worker now (the `interrogate` hook).
     fn observe(&self, worker: WorkerId) -> impl Future<Output = Map<String, Value>>;
+
+    /// Whether heartbeats go out now (a simulated fault stops them).
+    fn heartbeats(&self) -> bool {
+        true
+    }
 }

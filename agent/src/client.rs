@@ -1,4 +1,6 @@
-//! HTTP client of the agent protocol.
+//! HTTP client of the agent protocol. With the `fault-injection` feature
+//! it has a seam for tests ([`crate::faults`]): calls fail, lose their
+//! answer or wait, as a test queued.
 
 use std::time::Duration;
 
@@ -39,6 +41,8 @@ impl ClientError {
 pub struct AgentClient {
     http: awc::Client,
     base: String,
+    #[cfg(feature = "fault-injection")]
+    faults: crate::faults::ClientFaults,
 }
 
 /// Longest call, long-polls included (each call sets its own, shorter).
@@ -51,14 +55,31 @@ impl AgentClient {
             .timeout(CLIENT_TIMEOUT)
             .add_default_header(("Authorization", format!("Bearer {token}")))
             .finish();
-        AgentClient { http, base: server.trim_end_matches('/').to_string() }
+        AgentClient {
+            http,
+            base: server.trim_end_matches('/').to_string(),
+            #[cfg(feature = "fault-injection")]
+            faults: Default::default(),
+        }
     }
 
     /// A client of an `http://` or `https://` server, trusting what `tls`
     /// says.
     pub fn connect(server: &str, token: &str, tls: &ClientTls) -> Result<AgentClient, TlsError> {
         let http = tls.http_client(server, token, CLIENT_TIMEOUT)?;
-        Ok(AgentClient { http, base: server.trim_end_matches('/').to_string() })
+        Ok(AgentClient {
+            http,
+            base: server.trim_end_matches('/').to_string(),
+            #[cfg(feature = "fault-injection")]
+            faults: Default::default(),
+        })
+    }
+
+    /// This client meets the faults queued in `faults`.
+    #[cfg(feature = "fault-injection")]
+    pub fn with_faults(mut self, faults: crate::faults::ClientFaults) -> AgentClient {
+        self.faults = faults;
+        self
     }
 
     async fn call<B: Serialize, T: DeserializeOwned>(
@@ -68,6 +89,16 @@ impl AgentClient {
         body: Option<&B>,
         timeout: Duration,
     ) -> Result<Option<T>, ClientError> {
+        #[cfg(feature = "fault-injection")]
+        let fault = self.faults.take(crate::faults::Call::of(&method, path));
+        #[cfg(feature = "fault-injection")]
+        match fault {
+            Some(crate::faults::ClientFault::FailRequest) => {
+                return Err(ClientError::Unreachable("fault injection: the request failed".to_string()));
+            }
+            Some(crate::faults::ClientFault::Latency(delay)) => tokio::time::sleep(delay).await,
+            _ => {}
+        }
         let request = self.http.request(method, format!("{}{path}", self.base)).timeout(timeout);
         let sent = match body {
             Some(body) => request.send_json(body).await,
@@ -77,6 +108,10 @@ impl AgentClient {
         let status = response.status();
         let bytes =
             response.body().limit(64 * 1024 * 1024).await.map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        #[cfg(feature = "fault-injection")]
+        if fault == Some(crate::faults::ClientFault::DropAnswer) {
+            return Err(ClientError::Unreachable("fault injection: the answer was dropped".to_string()));
+        }
         if status == StatusCode::NO_CONTENT {
             return Ok(None);
         }

@@ -181,6 +181,7 @@ impl Host {
                 ok: true,
                 message: format!("key of request {request} installed in {}", path.display()),
                 host_key: Some(host_key),
+                lost: false,
             },
             Ok(None) => Outcome::failed(format!("the lab user {} does not exist", worker.user)),
             Err(err) => Outcome::failed(err),
@@ -340,7 +341,7 @@ async fn run_hook_for(worker: &WorkerConfig, kind: HookKind) -> Outcome {
     let run = run_hook(command, &hook_env(worker, kind), timeout).await;
     if run.succeeded() {
         let output = if run.stdout.is_empty() { &run.stderr } else { &run.stdout };
-        Outcome { ok: true, message: tail(output, MESSAGE_TAIL), host_key: None }
+        Outcome { ok: true, message: tail(output, MESSAGE_TAIL), host_key: None, lost: false }
     } else {
         Outcome::failed(format!("{} hook {}", kind.name(), run.failure()))
     }

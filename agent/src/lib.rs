@@ -11,6 +11,8 @@
 pub mod backend;
 pub mod client;
 pub mod config;
+#[cfg(feature = "fault-injection")]
+pub mod faults;
 pub mod host;
 pub mod runtime;
 pub mod simulated;
@@ -21,5 +23,5 @@ pub use client::{AgentClient, ClientError};
 pub use config::{AgentConfig, ConfigError};
 pub use host::Host;
 pub use runtime::{AgentOptions, run};
-pub use simulated::Simulated;
+pub use simulated::{SimFaults, Simulated, Times};
 pub use tls::{ClientTls, TlsError};

@@ -22,8 +22,12 @@ pub struct AgentOptions {
     pub tls: ClientTls,
     /// How long one long-poll waits for commands.
     pub poll_wait: Duration,
-    /// Longest delay between reconnection attempts.
+    /// Longest delay between reconnection attempts (and between attempts
+    /// to post results).
     pub max_backoff: Duration,
+    /// Faults the HTTP client meets (tests only; see [`crate::faults`]).
+    #[cfg(feature = "fault-injection")]
+    pub faults: crate::faults::ClientFaults,
 }
 
 impl AgentOptions {
@@ -34,6 +38,8 @@ impl AgentOptions {
             tls: ClientTls::default(),
             poll_wait: Duration::from_secs(25),
             max_backoff: Duration::from_secs(10),
+            #[cfg(feature = "fault-injection")]
+            faults: Default::default(),
         }
     }
 }
@@ -83,7 +89,10 @@ pub async fn run<B: Backend + 'static>(
     options: AgentOptions,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let client = Rc::new(AgentClient::connect(&options.server, &options.token, &options.tls)?);
+    let client = AgentClient::connect(&options.server, &options.token, &options.tls)?;
+    #[cfg(feature = "fault-injection")]
+    let client = client.with_faults(options.faults.clone());
+    let client = Rc::new(client);
     let mut backoff = Backoff::new(options.max_backoff);
     loop {
         if *shutdown.borrow() {
@@ -174,7 +183,7 @@ async fn run_session<B: Backend + 'static>(
         session,
         opened.heartbeat_interval,
     ));
-    let sender = actix_rt::spawn(result_loop(client.clone(), shared.clone(), session, results_rx));
+    let sender = actix_rt::spawn(result_loop(client.clone(), shared.clone(), session, results_rx, options.max_backoff));
     let ended = poll_loop(client, backend, options, &shared, session, results_tx, shutdown).await;
     heartbeats.abort();
     // Let queued results reach the server before the session closes.
@@ -259,6 +268,10 @@ fn dispatch<B: Backend + 'static>(
         if !outcome.ok {
             tracing::warn!(worker = %command.worker, action = ?command.action, message = %outcome.message, "command failed");
         }
+        if outcome.lost {
+            tracing::warn!(worker = %command.worker, seq = command.seq, "result lost (simulated fault)");
+            return;
+        }
         let _ = results.send(CommandResult {
             seq: command.seq,
             worker: command.worker,
@@ -277,6 +290,7 @@ async fn result_loop(
     shared: Rc<Shared>,
     session: SessionId,
     mut results: mpsc::UnboundedReceiver<CommandResult>,
+    max_delay: Duration,
 ) {
     while let Some(first) = results.recv().await {
         let mut batch = vec![first];
@@ -294,7 +308,7 @@ async fn result_loop(
                 Err(err) if attempts < 5 => {
                     attempts += 1;
                     tracing::warn!(cause = %err, attempts, "could not post results; retrying");
-                    tokio::time::sleep(Duration::from_millis(200 << attempts)).await;
+                    tokio::time::sleep(Duration::from_millis(200 << attempts).min(max_delay)).await;
                 }
                 Err(err) => {
                     tracing::error!(cause = %err, "results lost; the server will resend what it still needs");
@@ -316,6 +330,9 @@ async fn heartbeat_loop<B: Backend>(
     ticker.tick().await;
     loop {
         ticker.tick().await;
+        if !backend.heartbeats() {
+            continue;
+        }
         let workers: Vec<WorkerId> = shared.fences.borrow().keys().copied().collect();
         let mut observations = Vec::with_capacity(workers.len());
         for uuid in workers {

@@ -1,11 +1,18 @@
 //! A simulated host for demos, tests and benchmarks: N workers with the
 //! given caps whose preparation and key installation succeed at once.
 //! Leases tunnel to `ssh_addr` (a real SSH server, if one is given).
+//!
+//! Its fault mode ([`SimFaults`]) makes it misbehave on purpose, counted
+//! rather than random so that tests are deterministic: commands of chosen
+//! kinds fail (or every n-th command does), hooks are slow, results are
+//! lost (never sent), heartbeats stop.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use corral_core::{Caps, Groups, WorkerId};
-use corral_proto::agent::{Action, WorkerRegistration};
+use corral_proto::agent::{Action, ActionKind, WorkerRegistration};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -15,6 +22,152 @@ use crate::backend::{Backend, Outcome};
 pub struct Simulated {
     name: String,
     workers: Vec<WorkerRegistration>,
+    faults: SimFaults,
+}
+
+/// How many times a fault applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Times {
+    Always,
+    /// The next n commands of the kind.
+    Next(usize),
+}
+
+impl Times {
+    /// Uses up one time; whether the fault applies to this command.
+    fn consume(&mut self) -> bool {
+        match self {
+            Times::Always => true,
+            Times::Next(0) => false,
+            Times::Next(n) => {
+                *n -= 1;
+                true
+            }
+        }
+    }
+}
+
+/// The faults a simulated host plays. Clones share them: a test or a
+/// benchmark keeps a handle and changes them while the agent runs.
+#[derive(Clone, Debug, Default)]
+pub struct SimFaults(Arc<Mutex<FaultState>>);
+
+#[derive(Debug, Default)]
+struct FaultState {
+    fail: HashMap<ActionKind, Times>,
+    lose: HashMap<ActionKind, Times>,
+    slow: HashMap<ActionKind, Duration>,
+    /// Every n-th command (of any kind) fails; 0: none.
+    fail_every: u64,
+    commands: u64,
+    executed: HashMap<ActionKind, usize>,
+    heartbeats_stopped: bool,
+}
+
+/// What happens to one command.
+struct Plan {
+    delay: Option<Duration>,
+    fail: bool,
+    lose: bool,
+}
+
+impl SimFaults {
+    fn state(&self) -> std::sync::MutexGuard<'_, FaultState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Commands of `kind` fail (`times` of them, from the next one).
+    pub fn fail(&self, kind: ActionKind, times: Times) {
+        self.state().fail.insert(kind, times);
+    }
+
+    /// Every `n`-th command, of any kind, fails (a failure rate of 1/n
+    /// that does not depend on chance); 0 turns it off.
+    pub fn fail_every(&self, n: u64) {
+        self.state().fail_every = n;
+    }
+
+    /// Commands of `kind` run, but their results are never sent.
+    pub fn lose_results(&self, kind: ActionKind, times: Times) {
+        self.state().lose.insert(kind, times);
+    }
+
+    /// Commands of `kind` take `delay` (a slow hook; the worker's later
+    /// commands wait behind it, as on a real host).
+    pub fn slow(&self, kind: ActionKind, delay: Duration) {
+        self.state().slow.insert(kind, delay);
+    }
+
+    /// Heartbeats stop (true) or go on (false); commands still flow.
+    pub fn stop_heartbeats(&self, stopped: bool) {
+        self.state().heartbeats_stopped = stopped;
+    }
+
+    /// Ends every fault (the counts of executed commands stay).
+    pub fn clear(&self) {
+        let mut state = self.state();
+        state.fail.clear();
+        state.lose.clear();
+        state.slow.clear();
+        state.fail_every = 0;
+        state.heartbeats_stopped = false;
+    }
+
+    /// Commands of `kind` this host started to execute so far.
+    pub fn executed(&self, kind: ActionKind) -> usize {
+        self.state().executed.get(&kind).copied().unwrap_or(0)
+    }
+
+    /// Faults from a spec such as
+    /// `fail=prepare:3,lose=start_lease,slow=maintenance:5s,fail-every=10,no-heartbeats`
+    /// (comma-separated; `KIND` as on the wire; `:N` = the next N
+    /// commands, else every one; durations in humantime form).
+    pub fn parse(spec: &str) -> Result<SimFaults, String> {
+        let faults = SimFaults::default();
+        let times = |count: Option<&str>| match count {
+            None => Ok(Times::Always),
+            Some(n) => n.parse().map(Times::Next).map_err(|_| format!("{n:?} is not a count")),
+        };
+        for item in spec.split(',').map(str::trim).filter(|item| !item.is_empty()) {
+            let (name, value) = item.split_once('=').map_or((item, None), |(name, value)| (name, Some(value)));
+            let (kind, rest) = match value {
+                Some(value) => value.split_once(':').map_or((value, None), |(kind, rest)| (kind, Some(rest))),
+                None => ("", None),
+            };
+            match (name, value) {
+                ("fail", Some(_)) => faults.fail(kind.parse()?, times(rest)?),
+                ("lose", Some(_)) => faults.lose_results(kind.parse()?, times(rest)?),
+                ("slow", Some(_)) => {
+                    let delay = rest.ok_or_else(|| format!("{item:?}: give slow=KIND:DURATION"))?;
+                    let delay = humantime::parse_duration(delay).map_err(|e| format!("{item:?}: {e}"))?;
+                    faults.slow(kind.parse()?, delay);
+                }
+                ("fail-every", Some(n)) => faults.fail_every(n.parse().map_err(|_| format!("{n:?} is not a count"))?),
+                ("no-heartbeats", None) => faults.stop_heartbeats(true),
+                _ => {
+                    return Err(format!(
+                        "unknown fault {item:?}; use fail=KIND[:N], lose=KIND[:N], slow=KIND:DURATION, \
+                         fail-every=N or no-heartbeats"
+                    ));
+                }
+            }
+        }
+        Ok(faults)
+    }
+
+    fn heartbeats_stopped(&self) -> bool {
+        self.state().heartbeats_stopped
+    }
+
+    fn plan(&self, kind: ActionKind) -> Plan {
+        let mut state = self.state();
+        state.commands += 1;
+        *state.executed.entry(kind).or_default() += 1;
+        let every = state.fail_every > 0 && state.commands.is_multiple_of(state.fail_every);
+        let fail = state.fail.get_mut(&kind).is_some_and(Times::consume) || every;
+        let lose = state.lose.get_mut(&kind).is_some_and(Times::consume);
+        Plan { delay: state.slow.get(&kind).copied(), fail, lose }
+    }
 }
 
 /// A stable UUID for worker `index` of agent `name` (FNV-1a, 128 bits), so
@@ -54,7 +207,18 @@ impl Simulated {
                 host_key: None,
             })
             .collect();
-        Simulated { name: name.to_string(), workers }
+        Simulated { name: name.to_string(), workers, faults: SimFaults::default() }
+    }
+
+    /// This host plays the faults of `faults` (a handle the caller keeps).
+    pub fn with_faults(mut self, faults: SimFaults) -> Simulated {
+        self.faults = faults;
+        self
+    }
+
+    /// A handle on this host's faults.
+    pub fn faults(&self) -> SimFaults {
+        self.faults.clone()
     }
 
     pub fn uuids(&self) -> Vec<WorkerId> {
@@ -71,12 +235,24 @@ impl Backend for Simulated {
         self.workers.clone()
     }
 
-    async fn execute(&self, _worker: WorkerId, _action: &Action) -> Outcome {
-        Outcome::ok()
+    async fn execute(&self, _worker: WorkerId, action: &Action) -> Outcome {
+        let kind = action.kind();
+        let plan = self.faults.plan(kind);
+        if let Some(delay) = plan.delay {
+            tokio::time::sleep(delay).await;
+        }
+        let mut outcome =
+            if plan.fail { Outcome::failed(format!("simulated failure of {kind}")) } else { Outcome::ok() };
+        outcome.lost = plan.lose;
+        outcome
     }
 
     async fn observe(&self, _worker: WorkerId) -> Map<String, Value> {
         Map::new()
+    }
+
+    fn heartbeats(&self) -> bool {
+        !self.faults.heartbeats_stopped()
     }
 }
 
@@ -100,5 +276,52 @@ mod tests {
         assert_ne!(simulated_uuid("a", 0), simulated_uuid("a", 1));
         assert_ne!(simulated_uuid("a", 0), simulated_uuid("b", 0));
         assert_eq!(simulated_uuid("a", 3).0.get_version_num(), 4);
+    }
+
+    #[actix_rt::test]
+    async fn faults_apply_as_many_times_as_asked() {
+        let sim = Simulated::new("f", 1, &Caps::default(), "127.0.0.1:9", "lab");
+        let faults = sim.faults();
+        let worker = sim.uuids()[0];
+        faults.fail(ActionKind::Prepare, Times::Next(2));
+        faults.lose_results(ActionKind::Maintenance, Times::Always);
+        assert!(!sim.execute(worker, &Action::Prepare).await.ok);
+        assert!(!sim.execute(worker, &Action::Prepare).await.ok);
+        assert!(sim.execute(worker, &Action::Prepare).await.ok, "two failures were asked");
+        assert!(sim.execute(worker, &Action::Maintenance).await.lost);
+        assert!(sim.execute(worker, &Action::Maintenance).await.lost);
+        assert_eq!((faults.executed(ActionKind::Prepare), faults.executed(ActionKind::HealthCheck)), (3, 0));
+        faults.clear();
+        faults.fail_every(2);
+        let outcomes: Vec<bool> = health_checks(&sim, worker, 4).await;
+        assert_eq!(outcomes, vec![false, true, false, true], "commands 6 and 8 fail");
+        assert!(sim.heartbeats());
+        faults.stop_heartbeats(true);
+        assert!(!sim.heartbeats());
+    }
+
+    #[actix_rt::test]
+    async fn fault_specs_parse_into_the_same_faults() {
+        let faults =
+            SimFaults::parse("fail=prepare:1, lose=maintenance, slow=health_check:1ms, no-heartbeats").unwrap();
+        let sim = Simulated::new("p", 1, &Caps::default(), "127.0.0.1:9", "lab").with_faults(faults);
+        let worker = sim.uuids()[0];
+        assert!(!sim.execute(worker, &Action::Prepare).await.ok);
+        assert!(sim.execute(worker, &Action::Prepare).await.ok, "only the next one fails");
+        assert!(sim.execute(worker, &Action::Maintenance).await.lost);
+        assert!(sim.execute(worker, &Action::HealthCheck).await.ok);
+        assert!(!sim.heartbeats());
+        assert!(SimFaults::parse("fail-every=3").is_ok());
+        for bad in ["fail=reboot", "fail=prepare:x", "slow=prepare", "slow=prepare:soon", "explode", "fail-every=-1"] {
+            assert!(SimFaults::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    async fn health_checks(sim: &Simulated, worker: WorkerId, n: usize) -> Vec<bool> {
+        let mut oks = Vec::new();
+        for _ in 0..n {
+            oks.push(sim.execute(worker, &Action::HealthCheck).await.ok);
+        }
+        oks
     }
 }

@@ -68,8 +68,9 @@
 //!   lease length (the request's) from now; if it already ends later,
 //!   nothing changes. Calling it repeatedly does not accumulate.
 //! - **`setstate`** accepts `IDLE` and `MAINTENANCE` (any case), as
-//!   Boruta; anything else is 400. The state the worker is in already
-//!   (`MAINTENANCE` also while `busy`) is a no-op with 204, as in Boruta;
+//!   Boruta; anything else is 400. The state the worker is in already is
+//!   a no-op with 204, as in Boruta (`MAINTENANCE` on a `BUSY` worker puts
+//!   it in maintenance without waiting for its agent);
 //!   `/v1` answers such a call with its usual conflict. Maintenance is immediate (no drain),
 //!   with the reason "set through the Boruta API". It answers 204, not
 //!   Boruta's server's 202: Boruta's client treats any 2xx but 204 as a

@@ -51,9 +51,19 @@ pub struct Config {
     /// How often agents are told to heartbeat.
     #[serde(with = "duration")]
     pub heartbeat_interval: Duration,
-    /// A worker preparing for longer than this fails.
+    /// A preparation unanswered for this long is a failed attempt; after
+    /// `command_retries` retries the worker fails.
     #[serde(with = "duration")]
     pub prepare_timeout: Duration,
+    /// Any other command to an agent (start or extend a lease, maintenance,
+    /// health check, power cycle) unanswered for this long is a failed
+    /// attempt. Between 1 s and 1 day, like `prepare_timeout`.
+    #[serde(with = "duration")]
+    pub command_timeout: Duration,
+    /// Retries of a command that timed out or failed (at most 100), each
+    /// after a backoff that doubles per failure; then the worker fails with
+    /// the reason (a busy worker is assumed in maintenance).
+    pub command_retries: u32,
     /// Port range of lease tunnels, `FIRST-LAST`.
     pub tunnel_ports: String,
     /// Address the tunnels listen on.
@@ -122,6 +132,8 @@ impl Default for Config {
             session_timeout: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(10),
             prepare_timeout: Duration::from_secs(120),
+            command_timeout: Duration::from_secs(60),
+            command_retries: 3,
             tunnel_ports: "20000-20999".to_string(),
             tunnel_bind: IpAddr::from([127, 0, 0, 1]),
             tunnel_max_connections: 8,
@@ -218,6 +230,15 @@ impl Config {
                 "heartbeat_interval must be positive and shorter than session_timeout".to_string(),
             ));
         }
+        let (shortest, longest) = (Duration::from_secs(1), Duration::from_secs(24 * 3600));
+        for (name, timeout) in [("prepare_timeout", self.prepare_timeout), ("command_timeout", self.command_timeout)] {
+            if timeout < shortest || timeout > longest {
+                return Err(ConfigError::Invalid(format!("{name} must be between 1s and 1day")));
+            }
+        }
+        if self.command_retries > 100 {
+            return Err(ConfigError::Invalid("command_retries must be at most 100".to_string()));
+        }
         if self.max_waiting_requests_per_user == 0
             || self.max_long_polls_per_user == 0
             || self.max_streams_per_user == 0
@@ -252,6 +273,8 @@ impl Config {
             session_timeout: self.session_timeout,
             heartbeat_interval: self.heartbeat_interval,
             prepare_timeout: self.prepare_timeout,
+            command_timeout: self.command_timeout,
+            command_retries: self.command_retries,
             new_worker_state,
             tunnel_bind: self.tunnel_bind,
             tunnel_ports: self.tunnel_range()?,
@@ -283,6 +306,7 @@ mod tests {
         assert_eq!(settings.session_timeout, Duration::from_secs(30));
         assert_eq!(settings.heartbeat_interval, Duration::from_secs(10));
         assert_eq!(settings.prepare_timeout, Duration::from_secs(120));
+        assert_eq!((settings.command_timeout, settings.command_retries), (Duration::from_secs(60), 3));
         assert_eq!(settings.tunnel_ports, 20000..=20999);
         assert_eq!(settings.new_worker_state, WorkerState::Maintenance);
         assert_eq!(settings.public_host, "127.0.0.1");
@@ -311,6 +335,10 @@ mod tests {
         assert!(zero_total.settings().is_err());
         assert!(toml::from_str::<Config>("[max_total_lease_by_group]\nsoak = \"forever\"").is_err());
         assert!(toml::from_str::<Config>("[max_total_lease_by_group]\nsoak = \"1000years\"").is_err());
+        for bad in ["command_timeout = \"0s\"", "prepare_timeout = \"2days\"", "command_retries = 101"] {
+            let config: Config = toml::from_str(bad).unwrap();
+            assert!(config.settings().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -96,6 +96,10 @@ struct AgentArgs {
     /// seeds their UUIDs, so a restarted agent registers the same workers.
     #[arg(long)]
     name: Option<String>,
+    /// Faults simulated workers play, e.g.
+    /// `fail=prepare:3,lose=start_lease,slow=maintenance:5s,fail-every=10,no-heartbeats`.
+    #[arg(long, value_name = "SPEC", requires = "simulate")]
+    faults: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -223,7 +227,8 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
             nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "agent".to_string())
         }
     };
-    let backend = corral_agent::Simulated::new(&name, count, &caps, &args.ssh_addr, &args.user);
+    let faults = corral_agent::SimFaults::parse(args.faults.as_deref().unwrap_or("")).map_err(anyhow::Error::msg)?;
+    let backend = corral_agent::Simulated::new(&name, count, &caps, &args.ssh_addr, &args.user).with_faults(faults);
     let mut options = corral_agent::AgentOptions::new(server, token);
     options.tls = corral_agent::ClientTls::with_ca_file(args.ca_file);
     run_until_stopped(backend, options)

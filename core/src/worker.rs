@@ -60,6 +60,8 @@ impl WorkerState {
             (S::Prepare | S::Idle | S::Running, E::Fail) => S::Failed,
             (S::Prepare | S::Idle | S::Running | S::Failed, E::AdminMaintenance) => S::Busy,
             (S::Busy, E::MaintenanceConfirmed) => S::Maintenance,
+            // The admin stops waiting for the agent's confirmation.
+            (S::Busy, E::AdminMaintenance) => S::Maintenance,
             (S::Failed, E::Recover) => S::Prepare,
             _ => return Err(IllegalWorkerTransition { from: self, event }),
         };
@@ -99,7 +101,8 @@ pub enum WorkerEvent {
     /// The agent reported failure, a health check failed, or the agent's
     /// session expired.
     Fail,
-    /// An admin asked for maintenance.
+    /// An admin asked for maintenance (of a busy worker: without waiting
+    /// for the agent any longer).
     AdminMaintenance,
     /// The agent confirmed it is in maintenance.
     MaintenanceConfirmed,
@@ -136,6 +139,7 @@ mod tests {
             (S::Running, E::AdminMaintenance, S::Busy),
             (S::Failed, E::AdminMaintenance, S::Busy),
             (S::Busy, E::MaintenanceConfirmed, S::Maintenance),
+            (S::Busy, E::AdminMaintenance, S::Maintenance),
             (S::Failed, E::Recover, S::Prepare),
         ];
         let events = [

@@ -344,7 +344,8 @@ impl Db {
     }
 
     /// Records a failure of `process` on a worker; returns when it may be
-    /// tried again: `base` doubled per consecutive failure, at most `cap`.
+    /// tried again (`base` doubled per consecutive failure, at most `cap`)
+    /// and how many consecutive failures there were, this one included.
     pub async fn record_backoff(
         &self,
         uuid: WorkerId,
@@ -353,7 +354,7 @@ impl Db {
         at: SystemTime,
         base: Duration,
         cap: Duration,
-    ) -> Result<SystemTime, DbError> {
+    ) -> Result<(SystemTime, u32), DbError> {
         let op = DatabaseOperation::RecordBackoff;
         let (process, error) = (process.to_string(), error.to_string());
         let (base_ms, cap_ms) = (crate::records::millis(base), crate::records::millis(cap));
@@ -363,16 +364,17 @@ impl Db {
                 let row = client
                     .query_one(
                         "INSERT INTO work_backoff AS b (worker, process, failures, retry_after, last_error)
-                         VALUES ($1, $2, 1, $4 + $5::bigint * interval '1 millisecond', $3)
+                         VALUES ($1, $2, 1, $4::timestamptz + $5::bigint * interval '1 millisecond', $3)
                          ON CONFLICT (worker, process) DO UPDATE SET
                             failures = b.failures + 1,
-                            retry_after = $4 + LEAST($6::bigint, $5::bigint * power(2, LEAST(b.failures, 30))::bigint) * interval '1 millisecond',
+                            retry_after = $4::timestamptz + LEAST($6::bigint, $5::bigint * power(2, LEAST(b.failures, 30))::bigint) * interval '1 millisecond',
                             last_error = $3
-                         RETURNING retry_after",
+                         RETURNING retry_after, failures",
                         &[&uuid.0, &process, &error, &at, &base_ms, &cap_ms],
                     )
                     .await?;
-                Ok(row.get::<_, SystemTime>(0))
+                let failures = u32::try_from(row.get::<_, i32>(1)).unwrap_or(0);
+                Ok((row.get::<_, SystemTime>(0), failures))
             })
         })
         .await

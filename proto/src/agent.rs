@@ -128,6 +128,72 @@ pub enum Action {
     PowerCycle,
 }
 
+impl Action {
+    pub fn kind(&self) -> ActionKind {
+        match self {
+            Action::Prepare => ActionKind::Prepare,
+            Action::StartLease { .. } => ActionKind::StartLease,
+            Action::ExtendLease { .. } => ActionKind::ExtendLease,
+            Action::Revoke { .. } => ActionKind::Revoke,
+            Action::Maintenance => ActionKind::Maintenance,
+            Action::HealthCheck => ActionKind::HealthCheck,
+            Action::PowerCycle => ActionKind::PowerCycle,
+        }
+    }
+}
+
+/// The kinds of [`Action`], named as on the wire (`kind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ActionKind {
+    Prepare,
+    StartLease,
+    ExtendLease,
+    Revoke,
+    Maintenance,
+    HealthCheck,
+    PowerCycle,
+}
+
+impl ActionKind {
+    pub const ALL: [ActionKind; 7] = [
+        ActionKind::Prepare,
+        ActionKind::StartLease,
+        ActionKind::ExtendLease,
+        ActionKind::Revoke,
+        ActionKind::Maintenance,
+        ActionKind::HealthCheck,
+        ActionKind::PowerCycle,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionKind::Prepare => "prepare",
+            ActionKind::StartLease => "start_lease",
+            ActionKind::ExtendLease => "extend_lease",
+            ActionKind::Revoke => "revoke",
+            ActionKind::Maintenance => "maintenance",
+            ActionKind::HealthCheck => "health_check",
+            ActionKind::PowerCycle => "power_cycle",
+        }
+    }
+}
+
+impl std::fmt::Display for ActionKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ActionKind {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        ActionKind::ALL.into_iter().find(|k| k.as_str() == text).ok_or_else(|| {
+            let names: Vec<&str> = ActionKind::ALL.iter().map(|k| k.as_str()).collect();
+            format!("unknown command kind {text:?}; one of {}", names.join(", "))
+        })
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Command {
     /// Increases within a server incarnation.
@@ -164,4 +230,29 @@ pub struct CommandResult {
     /// The agent refused the command as older than one it has seen.
     #[serde(default)]
     pub stale: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn action_kinds_are_named_as_on_the_wire() {
+        let at = SystemTime::UNIX_EPOCH;
+        let actions = [
+            Action::Prepare,
+            Action::StartLease { request: RequestId(1), public_key: String::new(), expires_at: at },
+            Action::ExtendLease { request: RequestId(1), expires_at: at },
+            Action::Revoke { request: RequestId(1) },
+            Action::Maintenance,
+            Action::HealthCheck,
+            Action::PowerCycle,
+        ];
+        for action in actions {
+            let wire = serde_json::to_value(&action).unwrap();
+            assert_eq!(wire["kind"], action.kind().as_str());
+            assert_eq!(action.kind().as_str().parse::<ActionKind>(), Ok(action.kind()));
+        }
+        assert!("reboot".parse::<ActionKind>().is_err());
+    }
 }

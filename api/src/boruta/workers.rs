@@ -218,12 +218,12 @@ pub async fn set_state(
         Some(BorutaWorkerState::Maintenance) => AdminState::Maintenance,
         _ => return Err(BorutaError::invalid("Only state changes to IDLE and MAINTENANCE are allowed")),
     };
-    // Boruta accepts a worker's own state as a no-op (MAINTENANCE also while
-    // it is on its way there, `busy`).
+    // Boruta accepts a worker's own state as a no-op. (MAINTENANCE on a
+    // BUSY worker is a change: it stops waiting for the agent.)
     let current = visible_worker(&state, &caller, id)?.state;
     let already = match admin_state {
         AdminState::Idle => current == WorkerState::Idle,
-        AdminState::Maintenance => matches!(current, WorkerState::Maintenance | WorkerState::Busy),
+        AdminState::Maintenance => current == WorkerState::Maintenance,
     };
     if already {
         return Ok(no_content());

@@ -114,10 +114,14 @@ impl TestServer {
     }
 
     pub fn agent_with(&self, backend: Simulated) -> AgentHandle {
-        let uuids = backend.uuids();
         let mut options = AgentOptions::new(self.url.clone(), self.agent_token.clone());
         options.poll_wait = Duration::from_secs(5);
         options.max_backoff = Duration::from_millis(500);
+        self.agent_with_options(backend, options)
+    }
+
+    pub fn agent_with_options(&self, backend: Simulated, options: AgentOptions) -> AgentHandle {
+        let uuids = backend.uuids();
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let task = actix_rt::spawn(async move {
             let _ = corral_agent::run(Rc::new(backend), options, stopped).await;

@@ -20,7 +20,8 @@ pub enum WorkerCommand {
     Show(UuidArgs),
     /// Put a worker back into service (admin): it prepares, then becomes idle.
     Idle(IdleArgs),
-    /// Take a worker out of service (admin).
+    /// Take a worker out of service (admin). On a busy worker (its agent
+    /// has not confirmed maintenance), stop waiting for the agent.
     Maintenance(MaintenanceArgs),
     /// Set the groups that may use a worker (admin); no groups: everyone.
     Groups(GroupsArgs),
