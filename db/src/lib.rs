@@ -1,6 +1,7 @@
 //! All SQL of corral lives in this crate: the schema (`schema.sql` at the
-//! repository root), every persistence operation, and the launcher of the
-//! embedded PostgreSQL cluster.
+//! repository root) and every persistence operation. The embedded
+//! PostgreSQL cluster is launched by the `corral-embedded-pg` crate, which
+//! knows no corral table.
 //!
 //! Architecture invariant: no other crate writes SQL. Every operation is
 //! named by a [`DatabaseOperation`] (for logs and metrics), runs through
@@ -13,7 +14,6 @@
 //! (`now()`) unless a test clock passes a time explicitly.
 
 mod batch;
-pub mod embedded;
 mod fixtures;
 mod records;
 mod requests;
