@@ -242,7 +242,7 @@ pub async fn serve(config: Config, clock: Clock) -> anyhow::Result<Running> {
         connect_timeout: Duration::from_secs(5),
     };
     let db = Db::connect(&url, &pool).await.context("connecting to the database")?;
-    db.apply_schema().await.context("applying schema.sql")?;
+    db.apply_schema().await.context("bringing the database schema up to date")?;
     let tokens = ensure_tokens(&db, &config.data_dir).await?;
     // Hold the address before leading: it proves no other live process of
     // this replica runs (see leadership::lead).
