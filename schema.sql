@@ -1,6 +1,10 @@
--- The corral schema. Applied at every start-up; every statement is
--- idempotent (CREATE ... IF NOT EXISTS), so applying it again changes
--- nothing. It stays within what CockroachDB also runs: no LISTEN/NOTIFY, no
+-- The corral schema: what a fresh (empty) database is given, in one
+-- transaction, at its first start; it is then stamped with the newest
+-- migration's version. An existing database is brought to this same shape
+-- by the numbered migrations in db/migrations/ instead (db/src/migrate.rs;
+-- db/tests/migrations.rs compares the two catalogs). So a change here is
+-- always made together with a new migration that makes the same change.
+-- It stays within what CockroachDB also runs: no LISTEN/NOTIFY, no
 -- advisory locks, no triggers.
 --
 -- Safety lives here, not only in the actors:
@@ -9,20 +13,24 @@
 --   * a tunnel port serves at most one live lease (leases_one_live_per_port)
 --   * every lease carries the worker's fencing token, unique per worker.
 
-CREATE TABLE IF NOT EXISTS users (
+CREATE TABLE users (
     name        TEXT PRIMARY KEY,
     role        TEXT NOT NULL CHECK (role IN ('user', 'admin', 'agent')),
     groups      TEXT[] NOT NULL DEFAULT '{}',
     -- SHA-256 of the bearer token; the token itself is never stored.
     token_hash  BYTEA NOT NULL UNIQUE,
-    created_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+    created_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+    -- The user's identity (see "Identities" below); its name may be reused
+    -- by another user later.
+    id          BIGSERIAL
 );
+CREATE UNIQUE INDEX users_by_id ON users (id);
 
 -- BMDB-style liveness: a component is alive while its session's deadline,
 -- set from the database clock and pushed forward by heartbeats, is in the
 -- future. The reaper deletes expired sessions; their work locks go in the
 -- same transaction.
-CREATE TABLE IF NOT EXISTS sessions (
+CREATE TABLE sessions (
     id          UUID PRIMARY KEY,
     component   TEXT NOT NULL CHECK (component IN ('agent', 'server')),
     -- agent host name, or server replica name
@@ -31,11 +39,13 @@ CREATE TABLE IF NOT EXISTS sessions (
     principal   TEXT NOT NULL,
     created_at  TIMESTAMPTZ NOT NULL,
     timeout_ms  BIGINT NOT NULL CHECK (timeout_ms > 0),
-    deadline    TIMESTAMPTZ NOT NULL
+    deadline    TIMESTAMPTZ NOT NULL,
+    -- users.id of the principal (0: it was gone before ids existed)
+    principal_id BIGINT
 );
 
 -- What happened to sessions: opened, heartbeat lost (expired), closed.
-CREATE TABLE IF NOT EXISTS session_history (
+CREATE TABLE session_history (
     id          BIGSERIAL PRIMARY KEY,
     session     UUID NOT NULL,
     component   TEXT NOT NULL,
@@ -45,7 +55,7 @@ CREATE TABLE IF NOT EXISTS session_history (
     reason      TEXT NOT NULL
 );
 
-CREATE TABLE IF NOT EXISTS workers (
+CREATE TABLE workers (
     uuid        UUID PRIMARY KEY,
     -- host name of the agent that registered it; another agent cannot
     -- claim it while it is registered.
@@ -65,10 +75,13 @@ CREATE TABLE IF NOT EXISTS workers (
     fence       BIGINT NOT NULL DEFAULT 0,
     -- an admin asked for maintenance after the running lease ends
     drain       BOOLEAN NOT NULL DEFAULT false,
-    drain_reason TEXT
+    drain_reason TEXT,
+    -- The agent principal (users.id) that registered the worker: another
+    -- agent token cannot claim it (an admin hands it over).
+    principal   BIGINT
 );
 
-CREATE TABLE IF NOT EXISTS worker_history (
+CREATE TABLE worker_history (
     id          BIGSERIAL PRIMARY KEY,
     worker      UUID NOT NULL,
     at          TIMESTAMPTZ NOT NULL,
@@ -77,9 +90,9 @@ CREATE TABLE IF NOT EXISTS worker_history (
     actor       TEXT NOT NULL,
     reason      TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS worker_history_by_worker ON worker_history (worker, id);
+CREATE INDEX worker_history_by_worker ON worker_history (worker, id);
 
-CREATE TABLE IF NOT EXISTS requests (
+CREATE TABLE requests (
     id               BIGSERIAL PRIMARY KEY,
     owner            TEXT NOT NULL,
     -- the owner's groups when it was submitted (matching uses them)
@@ -99,31 +112,44 @@ CREATE TABLE IF NOT EXISTS requests (
     lease_expires_at TIMESTAMPTZ,
     reason           TEXT,
     updated_at       TIMESTAMPTZ NOT NULL,
+    -- users.id of the owner (0: the owner was gone before ids existed)
+    owner_id         BIGINT,
+    -- Idempotent submissions (issue 14): the client's Idempotency-Key,
+    -- unique per owner, with the SHA-256 of what it asked for (a retry
+    -- with the same key and body gets the first request back, another body
+    -- gets 409); and a token made for every call, so that a submission
+    -- whose answer was lost is settled by reading it back, and a second
+    -- run of it can never make a second row.
+    idempotency_key  TEXT,
+    request_digest   BYTEA,
+    submission_token UUID,
     CHECK (valid_after < deadline),
     CHECK (state <> 'in_progress' OR (worker IS NOT NULL AND lease_expires_at IS NOT NULL))
 );
 -- Every time a user sends is between 1970 and 9999 and a lease is at most
 -- 100 years (SPEC §12; corral_core::time). The server checks first; this
--- is the last line. NOT VALID: new and updated rows are checked, rows an
--- older server stored are kept (formatting them clamps into the range).
--- Dropped and added again at every start so that applying the schema
--- twice ends in the same state, without a DO block.
-ALTER TABLE requests DROP CONSTRAINT IF EXISTS requests_times_in_range;
+-- is the last line. NOT VALID, also in a fresh database, so that it is the
+-- same as an upgraded one: there, rows an older server stored are kept
+-- (formatting them clamps into the range). New and updated rows are
+-- checked either way.
 ALTER TABLE requests ADD CONSTRAINT requests_times_in_range CHECK (
     valid_after >= TIMESTAMPTZ '1970-01-01 00:00:00+00'
     AND deadline < TIMESTAMPTZ '10000-01-01 00:00:00+00'
     AND (lease_expires_at IS NULL OR lease_expires_at < TIMESTAMPTZ '10000-01-01 00:00:00+00')
     AND lease_ms <= 3155760000000
 ) NOT VALID;
-CREATE INDEX IF NOT EXISTS requests_live ON requests (id) WHERE state IN ('waiting', 'in_progress');
-CREATE INDEX IF NOT EXISTS requests_by_owner ON requests (owner, id);
+CREATE INDEX requests_live ON requests (id) WHERE state IN ('waiting', 'in_progress');
+CREATE INDEX requests_by_owner ON requests (owner, id);
+CREATE INDEX requests_by_owner_id ON requests (owner_id, id);
+CREATE UNIQUE INDEX requests_by_idempotency_key ON requests (owner_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE UNIQUE INDEX requests_by_submission_token ON requests (submission_token);
 -- No index on state alone: every transition would update it (no HOT
 -- update), and generic plans of the per-lease statements chose it and read
 -- thousands of dead entries per call. Listing by state walks the primary
 -- key backwards.
-DROP INDEX IF EXISTS requests_by_state;
 
-CREATE TABLE IF NOT EXISTS request_history (
+CREATE TABLE request_history (
     id          BIGSERIAL PRIMARY KEY,
     request     BIGINT NOT NULL,
     at          TIMESTAMPTZ NOT NULL,
@@ -132,12 +158,12 @@ CREATE TABLE IF NOT EXISTS request_history (
     actor       TEXT NOT NULL,
     reason      TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS request_history_by_request ON request_history (request, id);
+CREATE INDEX request_history_by_request ON request_history (request, id);
 
 -- The binding of a request to a worker. Created by the matcher (the key is
 -- being installed), confirmed when the agent installed it (the request is
 -- then in_progress), ended when the lease ends for any reason.
-CREATE TABLE IF NOT EXISTS leases (
+CREATE TABLE leases (
     request      BIGINT PRIMARY KEY REFERENCES requests (id),
     worker       UUID NOT NULL,
     fence        BIGINT NOT NULL,
@@ -153,8 +179,8 @@ CREATE TABLE IF NOT EXISTS leases (
     UNIQUE (worker, fence),
     CHECK (ended_at IS NULL OR private_key IS NULL)
 );
-CREATE UNIQUE INDEX IF NOT EXISTS leases_one_live_per_worker ON leases (worker) WHERE ended_at IS NULL;
-CREATE UNIQUE INDEX IF NOT EXISTS leases_one_live_per_port ON leases (tunnel_port) WHERE ended_at IS NULL;
+CREATE UNIQUE INDEX leases_one_live_per_worker ON leases (worker) WHERE ended_at IS NULL;
+CREATE UNIQUE INDEX leases_one_live_per_port ON leases (tunnel_port) WHERE ended_at IS NULL;
 
 -- "Session S is doing process P on worker W". At most one per (worker,
 -- process); removed with the session. A lock always takes its session from
@@ -165,19 +191,17 @@ CREATE UNIQUE INDEX IF NOT EXISTS leases_one_live_per_port ON leases (tunnel_por
 -- `session` needs no foreign key: its check took a shared lock on the
 -- agent's one session row at every lease and every prepare, and all of an
 -- agent's backends queued on that row (multixacts).
-CREATE TABLE IF NOT EXISTS work_locks (
+CREATE TABLE work_locks (
     worker      UUID NOT NULL,
     process     TEXT NOT NULL CHECK (process IN ('prepare', 'lease', 'maintenance', 'health_check', 'power_cycle')),
     session     UUID NOT NULL,
     acquired_at TIMESTAMPTZ NOT NULL,
     PRIMARY KEY (worker, process)
 );
--- Databases created before the foreign key was dropped.
-ALTER TABLE work_locks DROP CONSTRAINT IF EXISTS work_locks_session_fkey;
 
 -- Failure backoff for repeated work on a worker: after a failure the same
 -- process is not retried before retry_after; the delay doubles per failure.
-CREATE TABLE IF NOT EXISTS work_backoff (
+CREATE TABLE work_backoff (
     worker      UUID NOT NULL,
     process     TEXT NOT NULL,
     failures    INTEGER NOT NULL,
@@ -189,54 +213,24 @@ CREATE TABLE IF NOT EXISTS work_backoff (
 -- The one server replica that leads scheduling, by its session: the row
 -- goes with the session, so a standby takes over when the leader's session
 -- expires. Bindings check it (fencing against a deposed leader).
-CREATE TABLE IF NOT EXISTS leader (
+CREATE TABLE leader (
     id          SMALLINT PRIMARY KEY CHECK (id = 1),
     session     UUID NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
     since       TIMESTAMPTZ NOT NULL
 );
 
 -- Server-wide facts that must survive restarts (first-start bootstrap done).
-CREATE TABLE IF NOT EXISTS settings (
+CREATE TABLE settings (
     key         TEXT PRIMARY KEY,
     value       TEXT NOT NULL
 );
 
 -- Identities that are not names (issue 13). A user deleted and created
 -- again under the same name is another user: requests belong to their
--- owner's id, agent sessions and workers to their principal's id. Rows
--- from before these columns are backfilled once by name; a request whose
--- owner was already gone gets owner_id 0, which no user has, so a later
--- user of that name never inherits it. A worker without a principal (it
--- had no live session at the upgrade) is bound to the first agent
+-- owner's id (requests.owner_id), agent sessions and workers to their
+-- principal's id (sessions.principal_id, workers.principal). Rows from
+-- before these columns were backfilled by name (migration 0001); a request
+-- whose owner was already gone got owner_id 0, which no user has, so a
+-- later user of that name never inherits it. A worker without a principal
+-- (it had no live session at the upgrade) is bound to the first agent
 -- principal that registers it.
--- (A named sequence rather than BIGSERIAL: ADD COLUMN IF NOT EXISTS with
--- a serial type made a new sequence at every start on some versions.)
-CREATE SEQUENCE IF NOT EXISTS users_id_seq;
-ALTER TABLE users ADD COLUMN IF NOT EXISTS id BIGINT NOT NULL DEFAULT nextval('users_id_seq');
-CREATE UNIQUE INDEX IF NOT EXISTS users_by_id ON users (id);
-ALTER TABLE requests ADD COLUMN IF NOT EXISTS owner_id BIGINT;
-UPDATE requests SET owner_id = COALESCE((SELECT u.id FROM users u WHERE u.name = requests.owner), 0)
-    WHERE owner_id IS NULL;
-CREATE INDEX IF NOT EXISTS requests_by_owner_id ON requests (owner_id, id);
-ALTER TABLE sessions ADD COLUMN IF NOT EXISTS principal_id BIGINT;
-UPDATE sessions SET principal_id = COALESCE((SELECT u.id FROM users u WHERE u.name = sessions.principal), 0)
-    WHERE principal_id IS NULL;
--- The agent principal (users.id) that registered the worker: another
--- agent token cannot claim it (an admin hands it over).
-ALTER TABLE workers ADD COLUMN IF NOT EXISTS principal BIGINT;
-UPDATE workers SET principal = (SELECT s.principal_id FROM sessions s WHERE s.id = workers.session)
-    WHERE principal IS NULL AND session IS NOT NULL;
-
--- Idempotent submissions (issue 14). A submission may carry the client's
--- Idempotency-Key, unique per owner, with the SHA-256 of what it asked
--- for: a retry with the same key and body gets the first request back,
--- another body gets 409. Every submission also stores a token made for
--- the call, so that one whose answer was lost (the connection dropped
--- after the INSERT was sent) is settled by reading it back, and a second
--- run of it can never make a second row.
-ALTER TABLE requests ADD COLUMN IF NOT EXISTS idempotency_key TEXT;
-ALTER TABLE requests ADD COLUMN IF NOT EXISTS request_digest BYTEA;
-ALTER TABLE requests ADD COLUMN IF NOT EXISTS submission_token UUID;
-CREATE UNIQUE INDEX IF NOT EXISTS requests_by_idempotency_key ON requests (owner_id, idempotency_key)
-    WHERE idempotency_key IS NOT NULL;
-CREATE UNIQUE INDEX IF NOT EXISTS requests_by_submission_token ON requests (submission_token);

@@ -12,8 +12,8 @@ use std::time::Duration;
 use actix_web::{App, HttpServer, web};
 use anyhow::{Context, bail};
 use corral_actors::{Clock, Corral};
-use corral_db::embedded::EmbeddedPostgres;
 use corral_db::{Db, PoolSettings};
+use corral_embedded_pg::EmbeddedPostgres;
 use tracing_actix_web::TracingLogger;
 
 use crate::auth::AuthCache;
@@ -233,7 +233,7 @@ pub async fn serve(config: Config, clock: Clock) -> anyhow::Result<Running> {
         Some(url) => (url.clone(), None),
         None => {
             let pg = EmbeddedPostgres::start(&config.data_dir).await.context("starting the embedded PostgreSQL")?;
-            (pg.connection_string(corral_db::embedded::CORRAL_DATABASE), Some(Arc::new(pg)))
+            (pg.connection_string(corral_embedded_pg::CORRAL_DATABASE), Some(Arc::new(pg)))
         }
     };
     let pool = PoolSettings {
@@ -242,7 +242,7 @@ pub async fn serve(config: Config, clock: Clock) -> anyhow::Result<Running> {
         connect_timeout: Duration::from_secs(5),
     };
     let db = Db::connect(&url, &pool).await.context("connecting to the database")?;
-    db.apply_schema().await.context("applying schema.sql")?;
+    db.apply_schema().await.context("bringing the database schema up to date")?;
     let tokens = ensure_tokens(&db, &config.data_dir).await?;
     // Hold the address before leading: it proves no other live process of
     // this replica runs (see leadership::lead).

@@ -45,8 +45,8 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail, ensure};
-use corral_db::embedded::{CORRAL_DATABASE, EmbeddedPostgres};
 use corral_db::{Db, PoolSettings, ScaleFixture};
+use corral_embedded_pg::{CORRAL_DATABASE, EmbeddedPostgres};
 use serde::Serialize;
 use serde_json::Value;
 

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use corral_db::embedded::EmbeddedPostgres;
+use corral_embedded_pg::EmbeddedPostgres;
 
 /// The `corral` binary: `CORRAL_BIN`, else this process (`corral bench`).
 pub fn corral_binary() -> Result<PathBuf> {
@@ -338,7 +338,7 @@ pub fn pgbench_tps(pg: &EmbeddedPostgres, clients: usize, seconds: u64) -> Resul
     let mut init = Command::new(&pgbench);
     init.args(["-i", "-q", "-s", "1"]);
     common(&mut init);
-    let out = init.arg(corral_db::embedded::CORRAL_DATABASE).output().context("running pgbench -i")?;
+    let out = init.arg(corral_embedded_pg::CORRAL_DATABASE).output().context("running pgbench -i")?;
     if !out.status.success() {
         bail!("pgbench -i failed: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -350,7 +350,7 @@ pub fn pgbench_tps(pg: &EmbeddedPostgres, clients: usize, seconds: u64) -> Resul
     let mut run = Command::new(&pgbench);
     run.args(["-n", "-c", &clients.to_string(), "-j", "2", "-T", &seconds.to_string(), "-f"]).arg(&script);
     common(&mut run);
-    let out = run.arg(corral_db::embedded::CORRAL_DATABASE).output().context("running pgbench")?;
+    let out = run.arg(corral_embedded_pg::CORRAL_DATABASE).output().context("running pgbench")?;
     let _ = std::fs::remove_file(&script);
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {

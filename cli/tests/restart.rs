@@ -223,7 +223,7 @@ async fn kill_9_and_restart_loses_nothing_acknowledged() {
     assert_eq!(status, 200, "the next request gets the freed worker after the restart: {access}");
 
     drop(children);
-    if let Ok(pg) = corral_db::embedded::EmbeddedPostgres::start(&dir).await {
+    if let Ok(pg) = corral_embedded_pg::EmbeddedPostgres::start(&dir).await {
         let _ = pg.stop().await;
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -268,7 +268,7 @@ async fn the_server_restarts_its_embedded_database_when_it_dies() {
     assert!(names.contains(&"before") && names.contains(&"after"), "{names:?}");
 
     drop(children);
-    if let Ok(pg) = corral_db::embedded::EmbeddedPostgres::start(&dir).await {
+    if let Ok(pg) = corral_embedded_pg::EmbeddedPostgres::start(&dir).await {
         let _ = pg.stop().await;
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -1,6 +1,8 @@
 //! All SQL of corral lives in this crate: the schema (`schema.sql` at the
-//! repository root), every persistence operation, and the launcher of the
-//! embedded PostgreSQL cluster.
+//! repository root for a fresh database, the numbered migrations in
+//! `db/migrations/` for an existing one, see [`migrate`]) and every
+//! persistence operation. The embedded PostgreSQL cluster is launched by
+//! the `corral-embedded-pg` crate, which knows no corral table.
 //!
 //! Architecture invariant: no other crate writes SQL. Every operation is
 //! named by a [`DatabaseOperation`] (for logs and metrics), runs through
@@ -13,8 +15,8 @@
 //! (`now()`) unless a test clock passes a time explicitly.
 
 mod batch;
-pub mod embedded;
 mod fixtures;
+pub mod migrate;
 mod records;
 mod requests;
 mod sessions;
@@ -29,14 +31,12 @@ use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
 pub use fixtures::{ScaleFixture, ScaleFixtureLoaded};
+pub use migrate::{MigrationError, SCHEMA};
 pub use records::*;
 pub use requests::{BindOutcome, Idempotency, NewRequestRecord, RequestFilter, StartLease, Submitted};
 pub use sessions::{AgentRegistration, ExpiredSession};
 pub use users::{hash_token, new_token};
 pub use workers::{ClaimRefusal, WorkerTransition, WorkerUpsert};
-
-/// The schema, applied at every start.
-pub const SCHEMA: &str = include_str!("../../schema.sql");
 
 /// Every operation the server performs on the database.
 ///
@@ -380,17 +380,6 @@ impl Db {
     pub fn with_observer(mut self, observer: std::sync::Arc<dyn OperationObserver>) -> Db {
         self.observer = Some(observer);
         self
-    }
-
-    /// Applies `schema.sql` (idempotent).
-    pub async fn apply_schema(&self) -> Result<(), DbError> {
-        self.run(DatabaseOperation::ApplySchema, |client| {
-            Box::pin(async move {
-                client.batch_execute(SCHEMA).await?;
-                Ok(())
-            })
-        })
-        .await
     }
 
     /// Readiness: one round trip.

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use corral_db::embedded::EmbeddedPostgres;
+use corral_embedded_pg::EmbeddedPostgres;
 use tokio_postgres::{Client, NoTls};
 
 /// Environment variable naming an external PostgreSQL server to create the test databases on.

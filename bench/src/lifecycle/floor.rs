@@ -16,8 +16,8 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result, bail};
 use corral_core::lease::KeyKind;
 use corral_core::{Caps, Groups, Priority, RequestState, SessionId, WorkerId, WorkerState};
-use corral_db::embedded::EmbeddedPostgres;
 use corral_db::{Db, NewRequestRecord, PoolSettings, StartLease, WorkerTransition, WorkerUpsert};
+use corral_embedded_pg::EmbeddedPostgres;
 
 use crate::report::percentile;
 use crate::server::{cpu_seconds, postgres_cpu_seconds};

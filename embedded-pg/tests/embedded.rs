@@ -1,11 +1,11 @@
 //! The embedded PostgreSQL launcher against the real server binaries: initialise, start, connect, stop, and
-//! start again on the same data directory; and the testkit's one-database-per-test helper.
+//! start again on the same data directory.
 //!
 //! Run as root (as CI does), this exercises the switch to the `postgres` user.
 
 use std::path::{Path, PathBuf};
 
-use corral_db::embedded::EmbeddedPostgres;
+use corral_embedded_pg::EmbeddedPostgres;
 use tokio_postgres::NoTls;
 
 /// A fresh, short directory under the system temp dir, removed when dropped.
@@ -91,21 +91,6 @@ async fn embedded_cluster_with_a_long_data_dir_puts_its_socket_in_tmp() {
     assert_eq!(select_one(&pg.connection_string("corral")).await, 1);
     pg.stop().await.unwrap();
     std::fs::remove_dir_all(socket_dir).unwrap();
-}
-
-#[tokio::test]
-async fn test_databases_are_distinct_and_accept_connections() {
-    let first = corral_testkit::test_database().await;
-    let second = corral_testkit::test_database().await;
-    assert_ne!(first.name, second.name);
-    assert_ne!(first.url, second.url);
-    for db in [&first, &second] {
-        let (client, connection) = db.config().connect(NoTls).await.unwrap();
-        tokio::spawn(connection);
-        let name: String = client.query_one("SELECT current_database()", &[]).await.unwrap().get(0);
-        assert_eq!(name, db.name);
-        assert_eq!(select_one(&db.url).await, 1);
-    }
 }
 
 #[tokio::test]
