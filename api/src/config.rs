@@ -35,6 +35,8 @@ pub struct Config {
     /// Longest lease, and how far a prolonged lease may reach from now.
     #[serde(with = "duration")]
     pub max_lease: Duration,
+    /// Who may read `/metrics`: `anyone` or `admin` (an admin token).
+    pub metrics_access: String,
     /// How long a lease may last from its start, prolongs included.
     #[serde(with = "duration")]
     pub max_total_lease: Duration,
@@ -127,6 +129,7 @@ impl Default for Config {
             default_lease: Duration::from_secs(3600),
             max_lease: Duration::from_secs(24 * 3600),
             max_total_lease: Duration::from_secs(7 * 24 * 3600),
+            metrics_access: "anyone".to_string(),
             max_total_lease_by_group: Default::default(),
             default_deadline: Duration::from_secs(7 * 24 * 3600),
             session_timeout: Duration::from_secs(30),
@@ -204,7 +207,12 @@ impl Config {
     }
 
     /// What the actors need, checked.
+    pub fn metrics_access(&self) -> Result<crate::metrics::MetricsAccess, ConfigError> {
+        self.metrics_access.parse().map_err(ConfigError::Invalid)
+    }
+
     pub fn settings(&self) -> Result<Settings, ConfigError> {
+        self.metrics_access()?;
         let new_worker_state = match self.new_workers.as_str() {
             "maintenance" => WorkerState::Maintenance,
             "idle" => WorkerState::Prepare,

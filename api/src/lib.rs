@@ -16,6 +16,7 @@ pub mod error;
 mod health;
 mod leadership;
 pub mod limits;
+pub mod metrics;
 mod query;
 pub mod requests;
 pub mod serve;
@@ -38,6 +39,9 @@ pub struct AppState {
     pub auth: AuthCache,
     /// Per-user limits on concurrent long-polls and streams.
     pub limits: limits::Limits,
+    /// What `/metrics` observed so far, and who may read it.
+    pub metrics: std::sync::Arc<metrics::Metrics>,
+    pub metrics_access: metrics::MetricsAccess,
 }
 
 /// A resource whose methods are the routes added to it; any other method
@@ -68,6 +72,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
     .app_data(web::QueryConfig::default().error_handler(|err, _| ApiError::bad_request(err.to_string()).into()))
     .app_data(web::PathConfig::default().error_handler(|err, _| ApiError::bad_request(err.to_string()).into()))
     .configure(health::routes)
+    .configure(metrics::routes)
     .configure(requests::routes)
     .configure(workers::routes)
     .configure(users::routes)

@@ -241,7 +241,8 @@ pub async fn serve(config: Config, clock: Clock) -> anyhow::Result<Running> {
         wait_timeout: Duration::from_secs(5),
         connect_timeout: Duration::from_secs(5),
     };
-    let db = Db::connect(&url, &pool).await.context("connecting to the database")?;
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
+    let db = Db::connect(&url, &pool).await.context("connecting to the database")?.with_observer(metrics.clone());
     db.apply_schema().await.context("bringing the database schema up to date")?;
     let tokens = ensure_tokens(&db, &config.data_dir).await?;
     // Hold the address before leading: it proves no other live process of
@@ -262,6 +263,8 @@ pub async fn serve(config: Config, clock: Clock) -> anyhow::Result<Running> {
         config: config.clone(),
         auth: AuthCache::default(),
         limits: crate::limits::Limits::from_config(&config),
+        metrics,
+        metrics_access: config.metrics_access()?,
     });
     let max_body = config.max_body;
     let server = HttpServer::new(move || {
