@@ -11,7 +11,9 @@
 //!   committing each batch of decisions in one transaction;
 //! - the [`timekeeper::Timekeeper`]: lease expiry and prepare timeouts;
 //! - the [`reaper::Reaper`]: expires agent sessions whose heartbeats
-//!   stopped.
+//!   stopped;
+//! - the [`reconciler::Reconciler`]: compares the database with the live
+//!   actors and repairs what a failed commit left behind.
 //!
 //! [`Corral`] is the handle the HTTP API uses; its methods are grouped by
 //! use case in the module of the actor they drive.
@@ -31,6 +33,7 @@ pub mod matcher;
 pub mod owners;
 pub mod reaper;
 mod rebuild;
+pub mod reconciler;
 pub mod request;
 pub mod settings;
 pub mod supervise;
@@ -107,6 +110,7 @@ pub struct Shared {
     pub leader: corral_core::SessionId,
     matcher: OnceLock<Addr<MatcherActor>>,
     timekeeper: OnceLock<Addr<Timekeeper>>,
+    reconciler: OnceLock<Addr<reconciler::Reconciler>>,
     arbiters: Vec<ArbiterHandle>,
     next_arbiter: AtomicUsize,
 }
@@ -193,6 +197,7 @@ impl Corral {
             leader,
             matcher: OnceLock::new(),
             timekeeper: OnceLock::new(),
+            reconciler: OnceLock::new(),
             arbiters,
             next_arbiter: AtomicUsize::new(0),
         });
@@ -202,6 +207,11 @@ impl Corral {
         let timer_shared = shared.clone();
         let timekeeper = Timekeeper::start_in_arbiter(&shared.arbiters[0], move |_| Timekeeper::new(timer_shared));
         let _ = shared.timekeeper.set(timekeeper);
+        let reconciler_shared = shared.clone();
+        let reconciler = reconciler::Reconciler::start_in_arbiter(&shared.arbiters[0], move |_| {
+            reconciler::Reconciler::new(reconciler_shared)
+        });
+        let _ = shared.reconciler.set(reconciler);
         rebuild::rebuild(&shared).await?;
         let reaper_shared = shared.clone();
         reaper::Reaper::start_in_arbiter(&shared.arbiters[0], move |_| reaper::Reaper::new(reaper_shared));
