@@ -33,14 +33,14 @@
 //!
 //! Rows and actors move all the time, and a pass can catch them between
 //! two steps of a legitimate change. So a mismatch is repaired only when
-//! it is seen again by a pass that starts at least [`Reconciler::confirm`]
-//! after the pass that first saw it; a pass that leaves suspects behind
-//! schedules that second look.
+//! it is seen again by a pass that starts at least the confirmation delay
+//! (ten ticks, 0.1 s to 2 s) after the pass that first saw it; a pass that
+//! leaves suspects behind schedules that second look.
 //!
 //! Passes run every `reconcile_interval` of the server's clock (a test
 //! moves a manual clock), and at once when something asks ([`ask`]): every
 //! actor whose commit failed does. One pass runs at a time; what asks
-//! meanwhile is served by one more pass after it.
+//! meanwhile is served by one more pass, the confirmation delay after it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -299,8 +299,15 @@ impl Reconciler {
                 };
                 let _ = reply.send(copy);
             }
-            if let Some(queued) = act.queued.take() {
-                act.start(queued, ctx);
+            if act.queued.is_some() {
+                // Back-to-back passes (commits failing one after another)
+                // leave the database a breath: the next one starts after a
+                // gap, serving every ask that came meanwhile.
+                act.running = true;
+                ctx.run_later(act.confirm(), |act, ctx| {
+                    let queued = act.queued.take().unwrap_or_default();
+                    act.start(queued, ctx);
+                });
             } else if !act.suspects.is_empty() && !act.follow_up {
                 act.follow_up = true;
                 ctx.run_later(act.confirm(), |act, ctx| {

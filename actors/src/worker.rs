@@ -250,7 +250,9 @@ impl WorkerActor {
             }
             Err(err) => {
                 tracing::warn!(worker = %id, cause = %err, from = %from, to = %to, "worker transition not committed");
-                crate::reconciler::ask(&act.shared);
+                if !matches!(err, corral_db::DbError::Conflict { .. }) {
+                    crate::reconciler::ask(&act.shared);
+                }
                 // Another writer moved the row (a binding, or the end of a
                 // lease that also prepared the worker): re-read it; an idle
                 // worker goes back to the matcher.

@@ -369,3 +369,39 @@ async fn fault_drop_before_send_and_latency_still_store_each_submission_once() {
     assert_ne!(first, second);
     assert_eq!(request_count(&db).await, 2);
 }
+
+/// Sent: an idle worker's row set to `running` directly, then the manual
+/// clock moved by `reconcile_interval`, with no one asking for a pass.
+/// Must happen: the periodic pass (and its second look) repairs it.
+#[actix_rt::test]
+async fn reconcile_runs_every_interval_of_the_servers_clock() {
+    let clock = Clock::manual();
+    let server = TestServer::start(clock.clone()).await;
+    let db = sql(&server.db_url).await;
+    let agent = server.agent("host-i", 1, &caps(&[("device_type", "x")]));
+    let worker = agent.uuids[0];
+    server.make_idle(&[worker]).await;
+    db.execute("UPDATE workers SET state = 'running' WHERE uuid = $1", &[&worker.0]).await.unwrap();
+
+    clock.advance(server.corral.settings().reconcile_interval);
+    corral_testkit::wait_until("the periodic pass repairs the worker", Duration::from_secs(20), || async {
+        (!worker_history_by(&db, worker, "reconciler").await.is_empty()).then_some(())
+    })
+    .await;
+    wait_for_worker(&server.admin(), worker, |w| w["state"] == "idle").await;
+    agent.kill();
+}
+
+/// Sent: the snapshot read for a session that does not lead, and for the
+/// one that does. Must happen: nothing for the first (a replica that does
+/// not lead repairs nothing), the rows for the second.
+#[actix_rt::test]
+async fn reconcile_reads_nothing_unless_this_replica_leads() {
+    let server = TestServer::start(Clock::manual()).await;
+    let id = server.admin().submit(json!({"caps": {"device_type": "x"}, "allow_unsatisfiable": true})).await;
+    let db = server.corral.db();
+    let other = corral_core::SessionId::random();
+    assert!(db.reconcile_snapshot(other, &[]).await.unwrap().is_none());
+    let snapshot = db.reconcile_snapshot(server.corral.shared().leader, &[]).await.unwrap().expect("it leads");
+    assert_eq!(snapshot.requests.iter().map(|r| r.id.0).collect::<Vec<_>>(), [id]);
+}
