@@ -209,7 +209,9 @@ async fn reconcile_prepares_a_worker_running_with_no_live_lease() {
     })
     .await;
     let history = worker_history_by(&db, worker, "reconciler").await;
-    assert_eq!(history, [("prepare".to_string(), "running with no live lease; preparing it again".to_string())]);
+    // Its actor may also be seen behind its row while it prepares: the
+    // first repair is the one that matters.
+    assert_eq!(history[0], ("prepare".to_string(), "running with no live lease; preparing it again".to_string()));
     wait_for_worker(&server.admin(), worker, |w| w["state"] == "idle").await;
     assert_eq!(worker_state(&db, worker).await, "idle");
     agent.kill();
