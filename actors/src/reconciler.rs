@@ -26,8 +26,10 @@
 //! - a worker idle, preparing or running whose agent session ended: it
 //!   fails; a work lock whose session ended is released; a session actor
 //!   whose session row is gone is stopped;
-//! - a request actor whose row is over (or gone): it is stopped; a worker
-//!   actor that shows another state than its row: it re-reads the row;
+//! - a request actor whose row is over (or gone): it is stopped; one that
+//!   believes another state or lease than its row (a commit it took for
+//!   failed went through): it is restarted from its row; a worker actor
+//!   that shows another state than its row: it re-reads the row;
 //! - a request waiting, unbound, well past its deadline (its timeout
 //!   failed to commit): it times out.
 //!
@@ -51,7 +53,7 @@ use corral_core::{FencingToken, RequestId, RequestState, SessionId, WorkerId, Wo
 use corral_db::{ReconcileSnapshot, RequestRecord, WorkerTransition};
 
 use crate::matcher::MatcherMsg;
-use crate::request::RequestActor;
+use crate::request::{RequestActor, RequestMsg, RequestView};
 use crate::timekeeper::{TimerKey, TimerMsg};
 use crate::worker::WorkerMsg;
 use crate::{ActorError, Corral, Reply, Shared, tell};
@@ -63,6 +65,9 @@ pub const RECONCILER: &str = "reconciler";
 /// reconciler times it out (the matcher does it within a tick; this is for
 /// a timeout that failed to commit).
 pub const OVERDUE: Duration = Duration::from_secs(5);
+
+/// How long a pass waits for a request actor to say what it believes.
+const INSPECT_WAIT: Duration = Duration::from_secs(2);
 
 /// The kinds of mismatch a pass repairs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -210,6 +215,11 @@ enum Finding {
         request: RequestId,
         deadline: SystemTime,
     },
+    RequestActorOutOfStep {
+        request: RequestId,
+        actor: RequestView,
+        row: RequestView,
+    },
 }
 
 impl Finding {
@@ -224,6 +234,7 @@ impl Finding {
             Finding::RequestActorBehindRow { .. } => RepairKind::RequestActorBehindRow,
             Finding::WorkerActorBehindRow { .. } => RepairKind::WorkerActorBehindRow,
             Finding::WaitingPastDeadline { .. } => RepairKind::WaitingPastDeadline,
+            Finding::RequestActorOutOfStep { .. } => RepairKind::RequestActorBehindRow,
         }
     }
 }
@@ -355,6 +366,7 @@ async fn pass(
     confirm: Duration,
 ) -> (Result<Repairs, ActorError>, HashMap<Finding, Instant>) {
     let actors = shared.dir.request_ids();
+    let views = inspect(&shared, &actors).await;
     let snapshot = match shared.db.reconcile_snapshot(shared.leader, &actors).await {
         Ok(Some(snapshot)) => snapshot,
         Ok(None) => {
@@ -371,7 +383,7 @@ async fn pass(
     let mut left = HashMap::new();
     let mut repairs = Repairs::default();
     let mut notes = Notes::default();
-    for finding in find(&shared, &snapshot, &actors, now) {
+    for finding in find(&shared, &snapshot, &actors, &views, now) {
         let first = suspects.get(&finding).copied().unwrap_or(seen);
         if seen.duration_since(first) < confirm {
             left.insert(finding, first);
@@ -403,7 +415,13 @@ async fn pass(
 }
 
 /// Every mismatch between `snapshot` and the live actors.
-fn find(shared: &Shared, snapshot: &ReconcileSnapshot, actors: &[RequestId], now: SystemTime) -> Vec<Finding> {
+fn find(
+    shared: &Shared,
+    snapshot: &ReconcileSnapshot,
+    actors: &[RequestId],
+    views: &HashMap<RequestId, RequestView>,
+    now: SystemTime,
+) -> Vec<Finding> {
     let workers: HashMap<WorkerId, _> = snapshot.workers.iter().map(|w| (w.uuid, w)).collect();
     let requests: HashMap<RequestId, _> = snapshot.requests.iter().map(|r| (r.id, r)).collect();
     let prepare_timeout = shared.settings.prepare_timeout;
@@ -470,7 +488,13 @@ fn find(shared: &Shared, snapshot: &ReconcileSnapshot, actors: &[RequestId], now
             Some(row) if row.state.is_terminal() => {
                 found.push(Finding::RequestActorBehindRow { request: *id, state: Some(row.state) })
             }
-            Some(_) => {}
+            Some(row) => {
+                let lease = snapshot.leases.iter().find(|l| l.request == *id).map(|l| (l.fence, l.started));
+                let row = RequestView { state: row.state, lease };
+                if let Some(actor) = views.get(id).filter(|actor| **actor != row) {
+                    found.push(Finding::RequestActorOutOfStep { request: *id, actor: *actor, row });
+                }
+            }
         }
     }
 
@@ -560,6 +584,20 @@ async fn repair(shared: &Arc<Shared>, finding: &Finding, now: SystemTime, notes:
                 notes.requests.push((request, format!("stopped its actor, which still ran while the row was {state}")));
             }
         }
+        Finding::RequestActorOutOfStep { request, actor, row } => {
+            restart_request(shared, request).await?;
+            let lease = |view: RequestView| match view.lease {
+                Some((fence, true)) => format!("{} with lease {fence} started", view.state),
+                Some((fence, false)) => format!("{} with lease {fence} not started", view.state),
+                None => format!("{} without a lease", view.state),
+            };
+            let why = format!(
+                "restarted its actor from its row: the actor had it {} while the row is {}",
+                lease(actor),
+                lease(row)
+            );
+            notes.requests.push((request, why));
+        }
         Finding::WorkerActorBehindRow { worker, actor, row } => {
             resync_worker(shared, worker);
             notes
@@ -615,6 +653,45 @@ fn requeue_request(shared: &Arc<Shared>, record: RequestRecord) {
     if waiting {
         tell(shared.matcher(), MatcherMsg::AddRequest(spec));
     }
+}
+
+/// A live request's actor, replaced by one restored from its row, its
+/// lease and its worker (as after a restart); a request waiting unbound is
+/// queued again.
+async fn restart_request(shared: &Arc<Shared>, id: RequestId) -> Result<(), ActorError> {
+    let Some(record) = shared.db.get_request(id).await?.filter(|r| !r.state.is_terminal()) else {
+        retire_request(shared, id);
+        return Ok(());
+    };
+    let lease = shared.db.load_live_leases().await?.into_iter().find(|l| l.request == id);
+    let worker = match &lease {
+        Some(lease) => shared.db.load_worker(lease.worker).await?,
+        None => None,
+    };
+    let queue = (lease.is_none() && record.state == RequestState::Waiting).then(|| RequestActor::spec(&record));
+    crate::rebuild::restore_request(shared, record, lease, worker.as_ref());
+    if let Some(spec) = queue {
+        tell(shared.matcher(), MatcherMsg::AddRequest(spec));
+    }
+    Ok(())
+}
+
+/// What each request actor believes, asked without waiting on any of them
+/// for long: an actor busy past [`INSPECT_WAIT`] is left out of this pass.
+async fn inspect(shared: &Shared, ids: &[RequestId]) -> HashMap<RequestId, RequestView> {
+    let mut asked = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(addr) = shared.dir.request(*id) {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            tell(&addr, RequestMsg::Inspect { reply });
+            asked.push(async move { (*id, tokio::time::timeout(INSPECT_WAIT, answer).await) });
+        }
+    }
+    futures_util::future::join_all(asked)
+        .await
+        .into_iter()
+        .filter_map(|(id, answer)| Some((id, answer.ok()?.ok()?)))
+        .collect()
 }
 
 /// The worker's actor re-reads its row (and acts on the state it finds).

@@ -108,6 +108,18 @@ pub enum RequestMsg {
     },
     /// The matcher's binding was refused: re-read the row and queue again.
     Requeue,
+    /// The reconciler compares what the actor believes with the row.
+    Inspect {
+        reply: Reply<RequestView>,
+    },
+}
+
+/// What a request actor believes of its request ([`RequestMsg::Inspect`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RequestView {
+    pub state: RequestState,
+    /// Its lease's fencing token and whether the lease started.
+    pub lease: Option<(FencingToken, bool)>,
 }
 
 /// A close waiting for the binding in progress: who closed the request,
@@ -805,6 +817,11 @@ impl RequestActor {
             ),
             RequestMsg::Invalidated { reason } => self.end_unbound(RequestState::Invalid, "server", reason),
             RequestMsg::Requeue => self.requeue(),
+            RequestMsg::Inspect { reply } => {
+                let lease = self.binding.as_ref().map(|b| (b.fence, b.started));
+                let _ = reply.send(RequestView { state: self.record.state, lease });
+                done()
+            }
         }
     }
 }

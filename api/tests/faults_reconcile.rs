@@ -212,8 +212,12 @@ async fn reconcile_prepares_a_worker_running_with_no_live_lease() {
     // Its actor may also be seen behind its row while it prepares: the
     // first repair is the one that matters.
     assert_eq!(history[0], ("prepare".to_string(), "running with no live lease; preparing it again".to_string()));
+    // Prepared by its agent: idle in the row, then in the API.
+    corral_testkit::wait_until("the worker's row is idle again", Duration::from_secs(10), || async {
+        (worker_state(&db, worker).await == "idle").then_some(())
+    })
+    .await;
     wait_for_worker(&server.admin(), worker, |w| w["state"] == "idle").await;
-    assert_eq!(worker_state(&db, worker).await, "idle");
     agent.kill();
 }
 
@@ -390,7 +394,10 @@ async fn reconcile_runs_every_interval_of_the_servers_clock() {
         (!worker_history_by(&db, worker, "reconciler").await.is_empty()).then_some(())
     })
     .await;
-    wait_for_worker(&server.admin(), worker, |w| w["state"] == "idle").await;
+    corral_testkit::wait_until("the worker's row is idle again", Duration::from_secs(10), || async {
+        (worker_state(&db, worker).await == "idle").then_some(())
+    })
+    .await;
     agent.kill();
 }
 
@@ -406,4 +413,38 @@ async fn reconcile_reads_nothing_unless_this_replica_leads() {
     assert!(db.reconcile_snapshot(other, &[]).await.unwrap().is_none());
     let snapshot = db.reconcile_snapshot(server.corral.shared().leader, &[]).await.unwrap().expect("it leads");
     assert_eq!(snapshot.requests.iter().map(|r| r.id.0).collect::<Vec<_>>(), [id]);
+}
+
+/// Sent: a lease whose start commits but whose connection drops before the
+/// answer (DropAfterCommit): the request actor takes it for failed and
+/// closes the tunnel, while the row is in progress. Must happen: the
+/// reconciler restarts the actor from its row (a history row by
+/// `reconciler`), which opens the tunnel again, so acquire answers the
+/// access details.
+#[actix_rt::test]
+async fn reconcile_restarts_a_request_actor_that_missed_its_lease_start() {
+    let server = TestServer::start(Clock::System).await;
+    let db = sql(&server.db_url).await;
+    let agent = server.agent("host-s", 1, &caps(&[("device_type", "x")]));
+    let worker = agent.uuids[0];
+    server.make_idle(&[worker]).await;
+    server.corral.db().faults().inject(Op::StartLease, Fault::DropAfterCommit);
+    let admin = server.admin();
+    let id = admin.submit(json!({"caps": {"device_type": "x"}})).await;
+    fired(&server, Op::StartLease, 1).await;
+
+    reconcile_until(&server, "the request's actor follows its row", || async {
+        !request_history_by(&db, id, "reconciler").await.is_empty()
+    })
+    .await;
+    assert_eq!(request_row(&db, id).await, ("in_progress".to_string(), Some(worker.0)));
+    let history = request_history_by(&db, id, "reconciler").await;
+    assert_eq!(history[0].0, "in_progress");
+    assert!(history[0].1.contains("while the row is in_progress with lease"), "{history:?}");
+    let (status, access) = admin.post_empty(&format!("/v1/requests/{id}/acquire")).await;
+    assert_eq!(status, 200, "{access}");
+    assert!(access["port"].as_u64().is_some_and(|p| p > 0), "{access}");
+    let port = access["port"].as_u64().unwrap() as u16;
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(), "the tunnel listens again");
+    agent.kill();
 }
