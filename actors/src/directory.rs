@@ -59,6 +59,11 @@ impl Directory {
         write(&self.requests).remove(&id);
     }
 
+    /// The requests that have an actor.
+    pub fn request_ids(&self) -> Vec<RequestId> {
+        read(&self.requests).keys().copied().collect()
+    }
+
     pub fn live_request_count(&self) -> usize {
         read(&self.requests).len()
     }
@@ -92,6 +97,11 @@ impl Directory {
 
     pub fn add_session(&self, id: SessionId, entry: SessionEntry) {
         write(&self.sessions).insert(id, entry);
+    }
+
+    /// The agent sessions that have an actor.
+    pub fn session_ids(&self) -> Vec<SessionId> {
+        read(&self.sessions).keys().copied().collect()
     }
 
     pub fn remove_session(&self, id: SessionId) -> Option<SessionEntry> {

@@ -12,7 +12,9 @@
 //! - the [`timekeeper::Timekeeper`]: lease expiry, and the timeouts and
 //!   retries of every command sent to an agent;
 //! - the [`reaper::Reaper`]: expires agent sessions whose heartbeats
-//!   stopped.
+//!   stopped;
+//! - the [`reconciler::Reconciler`]: compares the database with the live
+//!   actors and repairs what a failed commit left behind.
 //!
 //! [`Corral`] is the handle the HTTP API uses; its methods are grouped by
 //! use case in the module of the actor they drive.
@@ -33,6 +35,7 @@ pub mod matcher;
 pub mod owners;
 pub mod reaper;
 mod rebuild;
+pub mod reconciler;
 pub mod request;
 pub mod settings;
 pub mod summary;
@@ -110,6 +113,7 @@ pub struct Shared {
     pub leader: corral_core::SessionId,
     matcher: OnceLock<Addr<MatcherActor>>,
     timekeeper: OnceLock<Addr<Timekeeper>>,
+    reconciler: OnceLock<Addr<reconciler::Reconciler>>,
     arbiters: Vec<ArbiterHandle>,
     next_arbiter: AtomicUsize,
 }
@@ -196,6 +200,7 @@ impl Corral {
             leader,
             matcher: OnceLock::new(),
             timekeeper: OnceLock::new(),
+            reconciler: OnceLock::new(),
             arbiters,
             next_arbiter: AtomicUsize::new(0),
         });
@@ -205,6 +210,11 @@ impl Corral {
         let timer_shared = shared.clone();
         let timekeeper = Timekeeper::start_in_arbiter(&shared.arbiters[0], move |_| Timekeeper::new(timer_shared));
         let _ = shared.timekeeper.set(timekeeper);
+        let reconciler_shared = shared.clone();
+        let reconciler = reconciler::Reconciler::start_in_arbiter(&shared.arbiters[0], move |_| {
+            reconciler::Reconciler::new(reconciler_shared)
+        });
+        let _ = shared.reconciler.set(reconciler);
         rebuild::rebuild(&shared).await?;
         let reaper_shared = shared.clone();
         reaper::Reaper::start_in_arbiter(&shared.arbiters[0], move |_| reaper::Reaper::new(reaper_shared));

@@ -29,9 +29,9 @@ use crate::{ActorError, Shared, tell};
 pub(crate) async fn rebuild(shared: &Arc<Shared>) -> Result<(), ActorError> {
     let db = &shared.db;
     let graced = db.grace_sessions(shared.clock.db_now()).await?;
-    let orphans = db.release_orphan_work_locks().await?;
-    if orphans > 0 {
-        tracing::warn!(orphans, "released work locks whose session no longer exists");
+    let orphans = db.release_orphan_work_locks(shared.clock.now(), "server").await?;
+    if !orphans.is_empty() {
+        tracing::warn!(orphans = orphans.len(), "released work locks whose session no longer exists");
     }
     let sessions = db.live_sessions().await?;
     let workers = db.load_workers().await?;

@@ -108,6 +108,18 @@ pub enum RequestMsg {
     },
     /// The matcher's binding was refused: re-read the row and queue again.
     Requeue,
+    /// The reconciler compares what the actor believes with the row.
+    Inspect {
+        reply: Reply<RequestView>,
+    },
+}
+
+/// What a request actor believes of its request ([`RequestMsg::Inspect`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RequestView {
+    pub state: RequestState,
+    /// Its lease's fencing token and whether the lease started.
+    pub lease: Option<(FencingToken, bool)>,
 }
 
 /// A close waiting for the binding in progress: who closed the request,
@@ -311,6 +323,7 @@ impl RequestActor {
             // Being bound right now: close when the binding arrives.
             Ok(None) => act.parked_closes.push(ParkedClose { actor: actor_later, reason: reason_later, reply }),
             Err(err) => {
+                crate::reconciler::ask(&act.shared);
                 let _ = reply.send(Err(err));
             }
         }))
@@ -385,7 +398,10 @@ impl RequestActor {
         let work = async move { db.request_transition(id, RequestState::Waiting, to, now, &actor, &reason).await };
         Box::pin(work.into_actor(self).map(move |result, act, ctx| match result {
             Ok(record) => act.finish(record, ctx),
-            Err(err) => tracing::error!(request = %act.id(), cause = %err, to = %to, "could not end request"),
+            Err(err) => {
+                tracing::error!(request = %act.id(), cause = %err, to = %to, "could not end request");
+                crate::reconciler::ask(&act.shared);
+            }
         }))
     }
 
@@ -447,6 +463,7 @@ impl RequestActor {
             }
             Err(err) => {
                 tracing::error!(request = %id, cause = %err, "no lease key; giving the worker back");
+                crate::reconciler::ask(&act.shared);
                 tell(&act.shared.matcher().clone(), MatcherMsg::AddRequest(Self::spec(&act.record)));
             }
         }))
@@ -527,6 +544,7 @@ impl RequestActor {
                 // The worker stays running with the key installed; a later
                 // KeyInstalled (the agent resends) or the close retries.
                 tracing::error!(request = %act.id(), cause = %err, "could not start the lease");
+                crate::reconciler::ask(&act.shared);
             }
         }))
     }
@@ -556,6 +574,7 @@ impl RequestActor {
             }
             Err(err) => {
                 tracing::error!(request = %id, cause = %err, "could not end the lease");
+                crate::reconciler::ask(&act.shared);
                 if to == RequestState::Done && reply.is_none() {
                     // Expiry: try again shortly.
                     let at = act.shared.clock.now() + Duration::from_secs(1);
@@ -592,7 +611,10 @@ impl RequestActor {
             // The worker failed or went busy: the statement leaves it alone.
             return Box::pin(work.into_actor(self).map(move |result, act, ctx| match result {
                 Ok((record, _)) => act.finish(record, ctx),
-                Err(err) => tracing::error!(request = %id, cause = %err, "could not fail the lease"),
+                Err(err) => {
+                    tracing::error!(request = %id, cause = %err, "could not fail the lease");
+                    crate::reconciler::ask(&act.shared);
+                }
             }));
         }
         // Not started yet: the request never had its lease; back in line.
@@ -604,7 +626,10 @@ impl RequestActor {
                 act.binding = None;
                 tell(act.shared.matcher(), MatcherMsg::AddRequest(Self::spec(&act.record)));
             }
-            Err(err) => tracing::error!(request = %id, cause = %err, "could not put the request back in the queue"),
+            Err(err) => {
+                tracing::error!(request = %id, cause = %err, "could not put the request back in the queue");
+                crate::reconciler::ask(&act.shared);
+            }
         }))
     }
 
@@ -673,8 +698,14 @@ impl RequestActor {
                 tell(act.shared.matcher(), MatcherMsg::AddRequest(Self::spec(&act.record)));
             }
             Ok(Some(record)) if record.state.is_terminal() => act.finish(record, ctx),
-            Ok(other) => tracing::error!(request = %id, row = ?other.map(|r| r.state), "cannot requeue"),
-            Err(err) => tracing::error!(request = %id, cause = %err, "cannot re-read request"),
+            Ok(other) => {
+                tracing::error!(request = %id, row = ?other.map(|r| r.state), "cannot requeue");
+                crate::reconciler::ask(&act.shared);
+            }
+            Err(err) => {
+                tracing::error!(request = %id, cause = %err, "cannot re-read request");
+                crate::reconciler::ask(&act.shared);
+            }
         }))
     }
 }
@@ -798,6 +829,11 @@ impl RequestActor {
             ),
             RequestMsg::Invalidated { reason } => self.end_unbound(RequestState::Invalid, "server", reason),
             RequestMsg::Requeue => self.requeue(),
+            RequestMsg::Inspect { reply } => {
+                let lease = self.binding.as_ref().map(|b| (b.fence, b.started));
+                let _ = reply.send(RequestView { state: self.record.state, lease });
+                done()
+            }
         }
     }
 }

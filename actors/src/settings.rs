@@ -49,6 +49,9 @@ pub struct Settings {
     pub actor_threads: usize,
     /// Most waiting requests one user (not an admin) may have.
     pub max_waiting_requests_per_user: usize,
+    /// How often the reconciler compares the database with the live
+    /// actors when no failed commit asks it to ([`crate::reconciler`]).
+    pub reconcile_interval: Duration,
 }
 
 impl Default for Settings {
@@ -73,6 +76,7 @@ impl Default for Settings {
             tick: Duration::from_millis(100),
             actor_threads: default_threads(),
             max_waiting_requests_per_user: 1000,
+            reconcile_interval: Duration::from_secs(30),
         }
     }
 }

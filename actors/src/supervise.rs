@@ -102,6 +102,7 @@ fn crashed(shared: &Arc<Shared>, entity: Entity) {
         };
         if let Err(err) = restored {
             tracing::error!(%entity, cause = %err, "could not restore a crashed actor; left stopped");
+            crate::reconciler::ask(&shared);
             remove(&shared, entity);
         }
     });

@@ -322,6 +322,9 @@ impl WorkerActor {
             }
             Err(err) => {
                 tracing::warn!(worker = %id, cause = %err, from = %from, to = %to, "worker transition not committed");
+                if !matches!(err, corral_db::DbError::Conflict { .. }) {
+                    crate::reconciler::ask(&act.shared);
+                }
                 // Another writer moved the row (a binding, or the end of a
                 // lease that also prepared the worker): re-read it; an idle
                 // worker goes back to the matcher.
@@ -750,7 +753,10 @@ impl WorkerActor {
                 }
                 act.resynced(record, ctx);
             }
-            Err(err) => tracing::error!(worker = %id, cause = %err, "could not re-read worker"),
+            Err(err) => {
+                tracing::error!(worker = %id, cause = %err, "could not re-read worker");
+                crate::reconciler::ask(&act.shared);
+            }
         }))
     }
 

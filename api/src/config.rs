@@ -117,6 +117,11 @@ pub struct Config {
     /// Most concurrent event streams of one user (admins are exempt); over
     /// it, 429.
     pub max_streams_per_user: usize,
+    /// How often the reconciler compares the database with the live system
+    /// and repairs what a failed commit left behind (a failed commit also
+    /// runs it at once).
+    #[serde(with = "duration")]
+    pub reconcile_interval: Duration,
 }
 
 impl Default for Config {
@@ -156,6 +161,7 @@ impl Default for Config {
             max_waiting_requests_per_user: 1000,
             max_long_polls_per_user: 16,
             max_streams_per_user: 4,
+            reconcile_interval: Duration::from_secs(30),
         }
     }
 }
@@ -264,6 +270,9 @@ impl Config {
                 "tunnel_max_connections and tunnel_idle_timeout must be larger than zero".to_string(),
             ));
         }
+        if self.reconcile_interval.is_zero() {
+            return Err(ConfigError::Invalid("reconcile_interval must be larger than zero".to_string()));
+        }
         let public_host = self.public_host();
         if public_host.parse::<IpAddr>().is_ok_and(|ip| ip.is_unspecified()) {
             return Err(ConfigError::Invalid("public_host must not be a wildcard address".to_string()));
@@ -295,6 +304,7 @@ impl Config {
             tick: self.tick,
             actor_threads: self.actor_threads.max(1),
             max_waiting_requests_per_user: self.max_waiting_requests_per_user,
+            reconcile_interval: self.reconcile_interval,
         })
     }
 }
@@ -324,6 +334,7 @@ mod tests {
         assert_eq!(config.boruta_user, None);
         assert_eq!(settings.max_waiting_requests_per_user, 1000);
         assert_eq!((config.max_long_polls_per_user, config.max_streams_per_user), (16, 4));
+        assert_eq!(settings.reconcile_interval, Duration::from_secs(30));
         assert_eq!(toml::from_str::<Config>("boruta_user = \"weles\"").unwrap().boruta_user.as_deref(), Some("weles"));
     }
 
@@ -346,7 +357,10 @@ mod tests {
         for bad in ["command_timeout = \"0s\"", "prepare_timeout = \"2days\"", "command_retries = 101"] {
             let config: Config = toml::from_str(bad).unwrap();
             assert!(config.settings().is_err(), "{bad}");
-        }
+            let never_reconcile: Config = toml::from_str("reconcile_interval = \"0s\"").unwrap();
+        assert!(never_reconcile.settings().is_err());
+        assert!(toml::from_str::<Config>("reconcile_interval = \"99999999999 years\"").is_err());
+    }
     }
 
     #[test]

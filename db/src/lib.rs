@@ -15,8 +15,11 @@
 //! (`now()`) unless a test clock passes a time explicitly.
 
 mod batch;
+#[cfg(feature = "fault-injection")]
+pub mod faults;
 mod fixtures;
 pub mod migrate;
+mod reconcile;
 mod records;
 mod requests;
 mod sessions;
@@ -32,6 +35,7 @@ use tokio_postgres::error::SqlState;
 
 pub use fixtures::{ScaleFixture, ScaleFixtureLoaded};
 pub use migrate::{MigrationError, SCHEMA};
+pub use reconcile::{LeaseRow, ReconcileSnapshot, RequestRow, WorkerRow};
 pub use records::*;
 pub use requests::{BindOutcome, Idempotency, NewRequestRecord, RequestFilter, StartLease, Submitted};
 pub use sessions::{AgentRegistration, ExpiredSession};
@@ -96,6 +100,8 @@ pub enum DatabaseOperation {
     Unbind,
     Prolong,
     LoadLiveLeases,
+    ReconcileSnapshot,
+    RecordRepairs,
     Ping,
 }
 
@@ -140,6 +146,8 @@ impl DatabaseOperation {
             O::Unbind => "unbind",
             O::Prolong => "prolong",
             O::LoadLiveLeases => "load_live_leases",
+            O::ReconcileSnapshot => "reconcile_snapshot",
+            O::RecordRepairs => "record_repairs",
             O::Ping => "ping",
         }
     }
@@ -166,6 +174,7 @@ impl DatabaseOperation {
                 | O::WorkerHistory
                 | O::LoadLiveRequests
                 | O::LoadLiveLeases
+                | O::ReconcileSnapshot
                 | O::Ping
                 | O::ReleaseOrphanLocks
                 | O::CloseSession
@@ -292,6 +301,9 @@ pub struct Db {
     /// The batch writers of the hot lease statements ([`batch`]); `None`
     /// in the handle they run with, where each call is a batch of one.
     batches: Option<std::sync::Arc<Batches>>,
+    /// Faults tests inject ([`faults`]); shared with the batch writers.
+    #[cfg(feature = "fault-injection")]
+    faults: std::sync::Arc<faults::Faults>,
 }
 
 /// What [`Db::batch_stats`] reports.
@@ -329,7 +341,13 @@ impl Db {
             config.application_name("corral");
         }
         let pool = build_pool(config.clone(), settings.max_size, settings)?;
-        let main = Db { pool, observer: None, batches: None };
+        let main = Db {
+            pool,
+            observer: None,
+            batches: None,
+            #[cfg(feature = "fault-injection")]
+            faults: Default::default(),
+        };
         main.ping().await?;
         // The batch writers' own connections, one each and a spare. Their
         // statements read and write rows by key only, and a plan cached
@@ -340,7 +358,13 @@ impl Db {
         // index lookups of the batch's keys, whatever the table's size.
         let options = config.get_options().map(|o| format!("{o} ")).unwrap_or_default();
         config.options(format!("{options}-c enable_seqscan=off"));
-        let writers = Db { pool: build_pool(config, 5, settings)?, observer: None, batches: None };
+        let writers = Db {
+            pool: build_pool(config, 5, settings)?,
+            observer: None,
+            batches: None,
+            #[cfg(feature = "fault-injection")]
+            faults: main.faults.clone(),
+        };
         let batches = Batches {
             insert_request: batch::Batcher::start(writers.clone()),
             start_lease: batch::Batcher::start(writers.clone()),
@@ -377,6 +401,13 @@ impl Db {
         stats
     }
 
+    /// The faults injected into this handle's operations (and its batch
+    /// writers').
+    #[cfg(feature = "fault-injection")]
+    pub fn faults(&self) -> &faults::Faults {
+        &self.faults
+    }
+
     pub fn with_observer(mut self, observer: std::sync::Arc<dyn OperationObserver>) -> Db {
         self.observer = Some(observer);
         self
@@ -410,6 +441,10 @@ impl Db {
                 Ok(client) => client,
                 Err(e) => break Err(DbError::Unavailable { op: op.as_str(), cause: e.to_string() }),
             };
+            #[cfg(feature = "fault-injection")]
+            let fault = self.faults.take(op);
+            #[cfg(feature = "fault-injection")]
+            let injected = faults::before(fault, &mut client).await;
             if client.is_closed() && attempt < MAX_ATTEMPTS {
                 // A pooled connection that died while idle (its server or
                 // the runtime driving it went away): nothing was sent on
@@ -418,7 +453,17 @@ impl Db {
                 drop(client);
                 continue;
             }
-            match f(&mut client).await {
+            #[cfg(feature = "fault-injection")]
+            let outcome = match injected {
+                Some(err) => Err(OpError::Pg(err)),
+                None => {
+                    let outcome = f(&mut client).await;
+                    faults::after(fault, &mut client, outcome).await
+                }
+            };
+            #[cfg(not(feature = "fault-injection"))]
+            let outcome = f(&mut client).await;
+            match outcome {
                 Ok(value) => break Ok(value),
                 Err(OpError::Db(e)) => break Err(e),
                 Err(OpError::Pg(e)) => {

@@ -136,7 +136,7 @@ pub(crate) fn groups_to(groups: &Groups) -> Vec<String> {
     groups.iter().map(str::to_string).collect()
 }
 
-fn parse<T: std::str::FromStr<Err = String>>(op: DatabaseOperation, text: &str) -> Result<T, DbError> {
+pub(crate) fn parse<T: std::str::FromStr<Err = String>>(op: DatabaseOperation, text: &str) -> Result<T, DbError> {
     text.parse().map_err(|e: String| DbError::internal(op, e))
 }
 

@@ -291,21 +291,38 @@ impl Db {
         .await
     }
 
-    /// Deletes work locks whose session no longer exists and returns how
-    /// many there were. Ending a session releases its locks in the same
-    /// transaction, so there should be none; run at start-up, this puts
-    /// the invariant back if something (a database from before that rule,
-    /// a hand edit) left some behind. A lock is read with its session on
-    /// one snapshot, so one whose session still exists is never taken.
-    pub async fn release_orphan_work_locks(&self) -> Result<u64, DbError> {
+    /// Deletes work locks whose session no longer exists and returns the
+    /// worker and process of each, recording each in the worker's history
+    /// (by `actor`, at `at`). Ending a session releases its locks in the
+    /// same transaction, so there should be none; run at start-up and by
+    /// the reconciler, this puts the invariant back if something (a
+    /// database from before that rule, a hand edit) left some behind. A
+    /// lock is read with its session on one snapshot, so one whose session
+    /// still exists is never taken.
+    pub async fn release_orphan_work_locks(
+        &self,
+        at: SystemTime,
+        actor: &str,
+    ) -> Result<Vec<(WorkerId, String)>, DbError> {
+        let actor = actor.to_string();
         self.run(DatabaseOperation::ReleaseOrphanLocks, move |client| {
+            let actor = actor.clone();
             Box::pin(async move {
-                Ok(client
-                    .execute(
-                        "DELETE FROM work_locks l WHERE NOT EXISTS (SELECT 1 FROM sessions s WHERE s.id = l.session)",
-                        &[],
+                let rows = client
+                    .query(
+                        "WITH d AS (
+                            DELETE FROM work_locks l WHERE NOT EXISTS (SELECT 1 FROM sessions s WHERE s.id = l.session)
+                            RETURNING worker, process, session),
+                         h AS (
+                            INSERT INTO worker_history (worker, at, from_state, to_state, actor, reason)
+                            SELECT d.worker, $1::timestamptz, w.state, w.state, $2::text,
+                                'released work lock ' || d.process || ' of ended session ' || d.session
+                            FROM d JOIN workers w ON w.uuid = d.worker)
+                         SELECT worker, process FROM d ORDER BY worker, process",
+                        &[&at, &actor],
                     )
-                    .await?)
+                    .await?;
+                Ok(rows.iter().map(|r| (WorkerId(r.get(0)), r.get(1))).collect())
             })
         })
         .await
