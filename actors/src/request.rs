@@ -830,7 +830,7 @@ impl RequestActor {
             RequestMsg::Invalidated { reason } => self.end_unbound(RequestState::Invalid, "server", reason),
             RequestMsg::Requeue => self.requeue(),
             RequestMsg::Inspect { reply } => {
-                let lease = self.binding.as_ref().map(|b| (b.fence, b.started));
+                let lease = self.binding.as_ref().map(|b| (b.fence, b.started_at.is_some()));
                 let _ = reply.send(RequestView { state: self.record.state, lease });
                 done()
             }
