@@ -118,8 +118,8 @@ impl Directory {
 
     /// Calls `visit` with every worker view, under the read lock, cloning
     /// nothing (counts for metrics).
-    pub fn visit_workers(&self, mut visit: impl FnMut(&WorkerView)) {
-        read(&self.board).values().for_each(|v| visit(v));
+    pub fn visit_workers(&self, visit: impl FnMut(&WorkerView)) {
+        read(&self.board).values().for_each(visit);
     }
 
     /// All worker views matching `keep`, ordered by UUID.

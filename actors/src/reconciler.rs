@@ -49,6 +49,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
+use corral_core::request::RequestEvent;
+use corral_core::worker::WorkerEvent;
 use corral_core::{FencingToken, RequestId, RequestState, SessionId, WorkerId, WorkerState};
 use corral_db::{ReconcileSnapshot, RequestRecord, WorkerTransition};
 
@@ -527,7 +529,8 @@ async fn repair(shared: &Arc<Shared>, finding: &Finding, now: SystemTime, notes:
             if started {
                 let reason = format!("lease lost: {found}");
                 let from = RequestState::InProgress;
-                db.end_lease(request, fence, from, RequestState::Failed, now, RECONCILER, &reason).await?;
+                let to = from.apply(RequestEvent::Fail).map_err(|e| ActorError::Conflict(e.to_string()))?;
+                db.end_lease(request, fence, from, to, now, RECONCILER, &reason).await?;
                 retire_request(shared, request);
             } else {
                 let record = db.unbind(request, fence, now, RECONCILER, &found).await?;
@@ -552,7 +555,7 @@ async fn repair(shared: &Arc<Shared>, finding: &Finding, now: SystemTime, notes:
                 shared,
                 worker,
                 WorkerState::Running,
-                WorkerState::Prepare,
+                WorkerEvent::LeaseEnded,
                 now,
                 format!("{found}; revoking the key"),
             )
@@ -562,7 +565,7 @@ async fn repair(shared: &Arc<Shared>, finding: &Finding, now: SystemTime, notes:
         }
         Finding::RunningWithoutLease { worker, .. } => {
             let reason = "running with no live lease; preparing it again".to_string();
-            move_worker(shared, worker, WorkerState::Running, WorkerState::Prepare, now, reason).await?;
+            move_worker(shared, worker, WorkerState::Running, WorkerEvent::LeaseEnded, now, reason).await?;
             resync_worker(shared, worker);
         }
         Finding::WorkerOfEndedSession { worker, state } => {
@@ -571,7 +574,7 @@ async fn repair(shared: &Arc<Shared>, finding: &Finding, now: SystemTime, notes:
                 let (reply, _) = tokio::sync::oneshot::channel();
                 tell(shared.matcher(), MatcherMsg::WithdrawWorker { worker, reply });
             }
-            let moved = move_worker(shared, worker, state, WorkerState::Failed, now, reason).await;
+            let moved = move_worker(shared, worker, state, WorkerEvent::Fail, now, reason).await;
             resync_worker(shared, worker);
             moved?;
         }
@@ -609,8 +612,9 @@ async fn repair(shared: &Arc<Shared>, finding: &Finding, now: SystemTime, notes:
                 "deadline {} passed before a lease started (its timeout had not been committed)",
                 corral_core::time::format_rfc3339(deadline)
             );
-            db.request_transition(request, RequestState::Waiting, RequestState::Timeout, now, RECONCILER, &reason)
-                .await?;
+            let from = RequestState::Waiting;
+            let to = from.apply(RequestEvent::Timeout).map_err(|e| ActorError::Conflict(e.to_string()))?;
+            db.request_transition(request, from, to, now, RECONCILER, &reason).await?;
             retire_request(shared, request);
         }
     }
@@ -622,10 +626,11 @@ async fn move_worker(
     shared: &Shared,
     worker: WorkerId,
     from: WorkerState,
-    to: WorkerState,
+    event: WorkerEvent,
     at: SystemTime,
     reason: String,
 ) -> Result<(), ActorError> {
+    let to = from.apply(event).map_err(|e| ActorError::Conflict(e.to_string()))?;
     let transition =
         WorkerTransition { uuid: worker, from, to, at, actor: RECONCILER.to_string(), reason, clear_drain: false };
     shared.db.worker_transition(&transition).await?;

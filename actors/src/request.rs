@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use actix::prelude::*;
 use corral_core::lease::{ProlongError, TotalLeaseLimit};
 use corral_core::matcher::RequestSpec;
-use corral_core::request::Schedule;
+use corral_core::request::{RequestEvent, Schedule};
 use corral_core::ssh::shell_quote;
 use corral_core::{FencingToken, Priority, RequestId, RequestState, WorkerId};
 use corral_db::{LeaseRecord, RequestRecord, StartLease};
@@ -234,9 +234,7 @@ impl RequestActor {
 
     fn access_details(&self) -> Option<AccessDetails> {
         let binding = self.binding.as_ref()?;
-        if binding.started_at.is_none() {
-            return None;
-        }
+        binding.started_at?;
         let access = binding.access.as_ref()?;
         let port = binding.tunnel_port?;
         let host = self.shared.settings.public_host.clone();
@@ -296,6 +294,13 @@ impl RequestActor {
         reason: String,
         reply: Reply<Result<RequestRecord, ActorError>>,
     ) -> Step {
+        let to = match self.record.state.apply(RequestEvent::Cancel) {
+            Ok(to) => to,
+            Err(illegal) => {
+                let _ = reply.send(Err(ActorError::Conflict(illegal.to_string())));
+                return done();
+            }
+        };
         let (db, matcher, now, id) =
             (self.shared.db.clone(), self.shared.matcher().clone(), self.shared.clock.now(), self.id());
         let spec = Self::spec(&self.record);
@@ -306,8 +311,7 @@ impl RequestActor {
             if !rx.await? {
                 return Ok(None);
             }
-            match db.request_transition(id, RequestState::Waiting, RequestState::Cancelled, now, &actor, &reason).await
-            {
+            match db.request_transition(id, RequestState::Waiting, to, now, &actor, &reason).await {
                 Ok(record) => Ok(Some(record)),
                 Err(err) => {
                     tell(&matcher, MatcherMsg::AddRequest(spec));
@@ -389,11 +393,12 @@ impl RequestActor {
         }))
     }
 
-    /// Cancel, timeout or invalid while waiting unbound.
-    fn end_unbound(&mut self, to: RequestState, actor: &str, reason: String) -> Step {
-        if self.record.state != RequestState::Waiting || self.binding.is_some() {
+    /// Timeout or invalid while waiting unbound.
+    fn end_unbound(&mut self, event: RequestEvent, actor: &str, reason: String) -> Step {
+        if self.binding.is_some() {
             return done();
         }
+        let Ok(to) = self.record.state.apply(event) else { return done() };
         let (db, now, id, actor) = (self.shared.db.clone(), self.shared.clock.now(), self.id(), actor.to_string());
         let work = async move { db.request_transition(id, RequestState::Waiting, to, now, &actor, &reason).await };
         Box::pin(work.into_actor(self).map(move |result, act, ctx| match result {
@@ -423,7 +428,7 @@ impl RequestActor {
             access: None,
         });
         if let Some(ParkedClose { actor, reason, reply }) = self.parked_closes.pop() {
-            return self.end_bound(RequestState::Cancelled, actor, reason, Some(reply));
+            return self.end_bound(RequestEvent::Cancel, actor, reason, Some(reply));
         }
         self.make_key_and_install()
     }
@@ -482,6 +487,9 @@ impl RequestActor {
         let Some(binding) = self.binding.as_ref().filter(|b| b.fence == fence && b.started_at.is_none()) else {
             return done();
         };
+        if self.record.state.apply(RequestEvent::Start).is_err() {
+            return done();
+        }
         let Some(key) = binding.key.clone() else {
             tracing::error!(request = %self.id(), "key installed but no key known");
             return done();
@@ -549,17 +557,26 @@ impl RequestActor {
         }))
     }
 
-    /// Ends a bound lease (close, expiry): the request moves to `to`, the
-    /// tunnel closes and the worker is told to prepare again.
+    /// Ends a bound lease (close, expiry): the request moves where `event`
+    /// takes it, the tunnel closes and the worker is told to prepare again.
     fn end_bound(
         &mut self,
-        to: RequestState,
+        event: RequestEvent,
         actor: String,
         reason: String,
         reply: Option<Reply<Result<RequestRecord, ActorError>>>,
     ) -> Step {
         let Some(binding) = &self.binding else { return done() };
         let (worker, fence, id, from) = (binding.worker, binding.fence, self.id(), self.record.state);
+        let to = match from.apply(event) {
+            Ok(to) => to,
+            Err(illegal) => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(ActorError::Conflict(illegal.to_string())));
+                }
+                return done();
+            }
+        };
         let (db, now) = (self.shared.db.clone(), self.shared.clock.now());
         let ending_reason = reason.clone();
         let work = async move { db.end_lease(id, fence, from, to, now, &actor, &reason).await };
@@ -575,7 +592,7 @@ impl RequestActor {
             Err(err) => {
                 tracing::error!(request = %id, cause = %err, "could not end the lease");
                 crate::reconciler::ask(&act.shared);
-                if to == RequestState::Done && reply.is_none() {
+                if event == RequestEvent::Finish && reply.is_none() {
                     // Expiry: try again shortly.
                     let at = act.shared.clock.now() + Duration::from_secs(1);
                     tell(act.shared.timekeeper(), TimerMsg::Watch { key: TimerKey::LeaseExpiry(id), at });
@@ -592,8 +609,8 @@ impl RequestActor {
     fn close(&mut self, actor: String, reason: String, reply: Reply<Result<RequestRecord, ActorError>>) -> Step {
         match (self.record.state, self.binding.is_some()) {
             (RequestState::Waiting, false) => self.close_unbound(actor, reason, reply),
-            (RequestState::Waiting, true) => self.end_bound(RequestState::Cancelled, actor, reason, Some(reply)),
-            (RequestState::InProgress, _) => self.end_bound(RequestState::Done, actor, reason, Some(reply)),
+            (RequestState::Waiting, true) => self.end_bound(RequestEvent::Cancel, actor, reason, Some(reply)),
+            (RequestState::InProgress, _) => self.end_bound(RequestEvent::Finish, actor, reason, Some(reply)),
             (state, _) => {
                 let _ = reply.send(Err(ActorError::Conflict(format!("request {} is already {state}", self.id()))));
                 done()
@@ -605,9 +622,9 @@ impl RequestActor {
         let Some(binding) = self.binding.as_ref().filter(|b| b.fence == fence) else { return done() };
         let (db, now, id) = (self.shared.db.clone(), self.shared.clock.now(), self.id());
         if binding.started_at.is_some() {
-            let work = async move {
-                db.end_lease(id, fence, RequestState::InProgress, RequestState::Failed, now, "server", &reason).await
-            };
+            let from = self.record.state;
+            let Ok(to) = from.apply(RequestEvent::Fail) else { return done() };
+            let work = async move { db.end_lease(id, fence, from, to, now, "server", &reason).await };
             // The worker failed or went busy: the statement leaves it alone.
             return Box::pin(work.into_actor(self).map(move |result, act, ctx| match result {
                 Ok((record, _)) => act.finish(record, ctx),
@@ -810,7 +827,7 @@ impl RequestActor {
                 let now = self.shared.clock.now();
                 match self.record.lease_expires_at {
                     Some(at) if self.record.state == RequestState::InProgress && at <= now => {
-                        self.end_bound(RequestState::Done, "server".to_string(), "lease expired".to_string(), None)
+                        self.end_bound(RequestEvent::Finish, "server".to_string(), "lease expired".to_string(), None)
                     }
                     Some(at) if self.record.state == RequestState::InProgress => {
                         tell(self.shared.timekeeper(), TimerMsg::Watch { key: TimerKey::LeaseExpiry(self.id()), at });
@@ -820,14 +837,14 @@ impl RequestActor {
                 }
             }
             RequestMsg::TimedOut => self.end_unbound(
-                RequestState::Timeout,
+                RequestEvent::Timeout,
                 "server",
                 format!(
                     "deadline {} passed before a lease started",
                     corral_core::time::format_rfc3339(self.record.deadline)
                 ),
             ),
-            RequestMsg::Invalidated { reason } => self.end_unbound(RequestState::Invalid, "server", reason),
+            RequestMsg::Invalidated { reason } => self.end_unbound(RequestEvent::Invalidate, "server", reason),
             RequestMsg::Requeue => self.requeue(),
             RequestMsg::Inspect { reply } => {
                 let lease = self.binding.as_ref().map(|b| (b.fence, b.started_at.is_some()));

@@ -358,9 +358,9 @@ mod tests {
             let config: Config = toml::from_str(bad).unwrap();
             assert!(config.settings().is_err(), "{bad}");
             let never_reconcile: Config = toml::from_str("reconcile_interval = \"0s\"").unwrap();
-        assert!(never_reconcile.settings().is_err());
-        assert!(toml::from_str::<Config>("reconcile_interval = \"99999999999 years\"").is_err());
-    }
+            assert!(never_reconcile.settings().is_err());
+            assert!(toml::from_str::<Config>("reconcile_interval = \"99999999999 years\"").is_err());
+        }
     }
 
     #[test]
