@@ -908,6 +908,25 @@ impl Handler<WorkerMsg> for WorkerActor {
 // ----- use cases driven through the worker actors --------------------------
 
 impl Corral {
+    /// One page of a worker's history, newest first, for a caller who may
+    /// see the worker (the rule of `GET /v1/workers`); any other caller is
+    /// told it does not exist.
+    pub async fn worker_history(
+        &self,
+        caller: &Caller,
+        id: WorkerId,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<(i64, corral_db::HistoryRecord)>, ActorError> {
+        let shared = self.shared();
+        match shared.dir.view(id) {
+            Some(view) if crate::explain::may_see(caller, &view.worker) => {
+                Ok(shared.db.worker_history_page(id, before, limit).await?)
+            }
+            _ => Err(ActorError::NotFound(format!("worker {id} not found"))),
+        }
+    }
+
     fn worker_addr(&self, id: WorkerId) -> Result<Addr<WorkerActor>, ActorError> {
         let shared = self.shared();
         shared.dir.worker(id).ok_or_else(|| match shared.dir.view(id) {

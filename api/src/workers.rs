@@ -1,9 +1,10 @@
-//! `/v1/workers`: list and read (what the caller may use), and the admin
-//! actions: state, groups, deregister, hand-over to another agent user.
+//! `/v1/workers`: list, read and history (what the caller may use), and the
+//! admin actions: state, groups, deregister, hand-over to another agent user.
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use corral_core::{Groups, WorkerId, WorkerState};
 use corral_proto::Page;
+use corral_proto::requests::HistoryEntry;
 use corral_proto::workers::{StateChange, Worker};
 
 use crate::auth::Auth;
@@ -16,6 +17,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::scope("/v1/workers")
             .service(endpoint("").route(web::get().to(list)))
             .service(endpoint("/{uuid}").route(web::get().to(get)).route(web::delete().to(deregister)))
+            .service(endpoint("/{uuid}/history").route(web::get().to(history)))
             .service(endpoint("/{uuid}/state").route(web::put().to(set_state)))
             .service(endpoint("/{uuid}/groups").route(web::put().to(set_groups)))
             .service(endpoint("/{uuid}/agent").route(web::put().to(hand_over))),
@@ -67,6 +69,43 @@ async fn get(state: web::Data<AppState>, auth: Auth, path: web::Path<String>) ->
         Some(view) if visible(caller, &view.worker) => Ok(HttpResponse::Ok().json(view.worker)),
         _ => Err(ApiError::not_found(format!("worker {id} not found"))),
     }
+}
+
+/// `GET /v1/workers/{uuid}/history?limit=N&cursor=C`: every transition,
+/// newest first, paged like the lists (`next_cursor`).
+async fn history(
+    state: web::Data<AppState>,
+    auth: Auth,
+    path: web::Path<String>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let caller = auth.require_person()?;
+    let id = worker_id(&path)?;
+    let query = Query::parse(&req)?;
+    query.only(&["limit", "cursor"])?;
+    let limit = parse_limit(&query)?;
+    let before = match query.one("cursor")? {
+        None => None,
+        Some(cursor) => Some(
+            cursor
+                .strip_prefix('h')
+                .and_then(|hex| i64::from_str_radix(hex, 16).ok())
+                .filter(|id| *id > 0)
+                .ok_or_else(|| ApiError::bad_request("invalid cursor; pass back the next_cursor of a previous page"))?,
+        ),
+    };
+    let mut rows = state.corral.worker_history(caller, id, before, limit + 1).await?;
+    let next_cursor = if rows.len() > limit as usize {
+        rows.truncate(limit as usize);
+        rows.last().map(|(id, _)| format!("h{id:x}"))
+    } else {
+        None
+    };
+    let items: Vec<HistoryEntry> = rows
+        .into_iter()
+        .map(|(_, h)| HistoryEntry { at: h.at, from: h.from, to: h.to, actor: h.actor, reason: h.reason })
+        .collect();
+    Ok(HttpResponse::Ok().json(Page { items, next_cursor }))
 }
 
 fn current(state: &AppState, id: WorkerId) -> Result<Worker, ApiError> {

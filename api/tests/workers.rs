@@ -135,3 +135,74 @@ async fn groups_decide_who_may_lease_and_see_a_worker() {
     agent.stop().await;
     server.stop().await;
 }
+
+/// Issue 16 (BMDB): `GET /v1/workers/{uuid}/history`, newest first, paged,
+/// scoped like the worker. Sent: the history of a worker that was made
+/// idle, leased and given back, page by page with limit=2; then as a user
+/// outside its group, with a bad cursor, a bad limit and an agent token.
+/// Must happen: every transition once, in order, with actor and reason;
+/// 404 for the outsider, 400 for the bad cursor and limit, 403 for the
+/// agent; nothing changes.
+#[actix_rt::test]
+async fn worker_history_is_paged_newest_first_and_scoped_like_the_worker() {
+    let server = TestServer::start(Clock::System).await;
+    let agent = server.agent("host-wh", 1, &caps(&[("device_type", "x")]));
+    let w = agent.uuids[0];
+    let admin = server.admin();
+    wait_for_worker(&admin, w, |v| v["state"] == "maintenance").await;
+    let (status, _) = admin.put(&format!("/v1/workers/{w}/groups"), json!(["lab"])).await;
+    assert!(status.is_success());
+    server.make_idle(&agent.uuids).await;
+    let ann = server.api(&server.user("ann", &["lab"]).await);
+    let id = ann.submit(json!({"caps": {"device_type": "x"}})).await;
+    wait_for_request(&ann, id, |r| r["state"] == "in_progress").await;
+    let (status, _) = ann.post_empty(&format!("/v1/requests/{id}/close")).await;
+    assert_eq!(status, StatusCode::OK);
+    wait_for_worker(&admin, w, |v| v["state"] == "idle" && v["request"].is_null()).await;
+
+    // Every page of 2, following next_cursor, as a member of the group.
+    let mut steps = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..20 {
+        let query = cursor.as_ref().map(|c| format!("&cursor={c}")).unwrap_or_default();
+        let (status, page) = ann.get(&format!("/v1/workers/{w}/history?limit=2{query}")).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= 2);
+        for item in items {
+            assert!(item["actor"].is_string() && item["reason"].is_string(), "{item}");
+            steps.push((item["from"].as_str().unwrap_or("-").to_string(), item["to"].as_str().unwrap().to_string()));
+        }
+        cursor = page["next_cursor"].as_str().map(str::to_string);
+        if cursor.is_none() {
+            break;
+        }
+    }
+    steps.reverse();
+    let moves: Vec<String> = steps.iter().map(|(from, to)| format!("{from}>{to}")).collect();
+    let expected = ["maintenance>prepare", "prepare>idle", "idle>running", "running>prepare", "prepare>idle"];
+    assert!(moves.ends_with(&expected.map(String::from)), "{moves:?}");
+    assert_eq!(moves.first().map(String::as_str), Some("->maintenance"), "registration first: {moves:?}");
+
+    // The whole history in one page is the same, and a page past the end is empty.
+    let (_, all) = ann.get(&format!("/v1/workers/{w}/history?limit=1000")).await;
+    assert_eq!(all["items"].as_array().unwrap().len(), steps.len());
+    assert!(all["next_cursor"].is_null());
+
+    // Outsider: 404 (the worker is not theirs to see). Bad input: 400.
+    let bob = server.api(&server.user("bob", &[]).await);
+    let (status, body) = bob.get(&format!("/v1/workers/{w}/history")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    for bad in ["cursor=zz", "cursor=h-1", "limit=0", "limit=5000", "colour=red"] {
+        let (status, body) = ann.get(&format!("/v1/workers/{w}/history?{bad}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+    }
+    let (status, _) = ann.get("/v1/workers/not-a-uuid/history").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = server.api(&server.agent_token).get(&format!("/v1/workers/{w}/history")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (_, again) = ann.get(&format!("/v1/workers/{w}/history?limit=1000")).await;
+    assert_eq!(again["items"], all["items"], "reading changed nothing");
+    agent.stop().await;
+    server.stop().await;
+}

@@ -412,6 +412,35 @@ impl Db {
 
 impl Db {
     /// A worker's transitions, oldest first.
+    /// One page of a worker's history, newest first: at most `limit` rows
+    /// with ids below `before` (all when `None`), each with its id (the
+    /// cursor of the next page).
+    pub async fn worker_history_page(
+        &self,
+        uuid: WorkerId,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<(i64, HistoryRecord)>, DbError> {
+        let op = DatabaseOperation::WorkerHistory;
+        self.run(op, move |client| {
+            Box::pin(async move {
+                let stmt = client
+                    .prepare_cached(
+                        "SELECT id, at, from_state, to_state, actor, reason FROM worker_history
+                         WHERE worker = $1 AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
+                    )
+                    .await?;
+                let rows = client.query(&stmt, &[&uuid.0, &before, &i64::from(limit)]).await?;
+                let get = |e: tokio_postgres::Error| DbError::internal(op, e.to_string());
+                Ok(rows
+                    .iter()
+                    .map(|r| Ok((r.try_get::<_, i64>("id").map_err(get)?, HistoryRecord::from_row(op, r)?)))
+                    .collect::<Result<_, DbError>>()?)
+            })
+        })
+        .await
+    }
+
     pub async fn worker_history(&self, uuid: WorkerId) -> Result<Vec<HistoryRecord>, DbError> {
         let query = "SELECT at, from_state, to_state, actor, reason FROM worker_history WHERE worker = $1 ORDER BY id";
         self.history(DatabaseOperation::WorkerHistory, query, uuid.0).await

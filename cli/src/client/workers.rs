@@ -1,4 +1,4 @@
-//! `corral worker list|show|idle|maintenance|groups|hand-over|deregister`.
+//! `corral worker list|show|history|idle|maintenance|groups|hand-over|deregister`.
 
 use std::time::SystemTime;
 
@@ -18,6 +18,9 @@ pub enum WorkerCommand {
     List(ListArgs),
     /// Show one worker.
     Show(UuidArgs),
+    /// A worker's transitions, newest first: when, from, to, who or what
+    /// caused it, and why.
+    History(HistoryArgs),
     /// Put a worker back into service (admin): it prepares, then becomes idle.
     Idle(IdleArgs),
     /// Take a worker out of service (admin). On a busy worker (its agent
@@ -30,6 +33,23 @@ pub enum WorkerCommand {
     HandOver(HandOverArgs),
     /// Forget a worker in maintenance or failed (admin).
     Deregister(UuidArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct HistoryArgs {
+    /// Worker UUID.
+    uuid: WorkerId,
+    /// Page size (1-1000).
+    #[arg(long)]
+    limit: Option<u32>,
+    /// Continue after a previous page.
+    #[arg(long)]
+    cursor: Option<String>,
+    /// Every page.
+    #[arg(long)]
+    all: bool,
+    #[command(flatten)]
+    common: CommonArgs,
 }
 
 #[derive(Args, Debug)]
@@ -127,6 +147,7 @@ pub fn run(command: WorkerCommand) -> anyhow::Result<()> {
                 let answer = api.get(&path(args.uuid, ""), &[]).await?;
                 print_worker(&args.common, &answer)
             }
+            WorkerCommand::History(args) => history(args).await,
             WorkerCommand::Idle(args) => {
                 let change = StateChange { state: AdminState::Idle, reason: args.reason, drain: false };
                 set_state(&args.common, args.uuid, &change).await
@@ -194,6 +215,31 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
     }
     if let Some(cursor) = next_cursor {
         eprintln!("more workers: give --all, or --cursor {cursor}");
+    }
+    Ok(())
+}
+
+async fn history(args: HistoryArgs) -> anyhow::Result<()> {
+    let api = args.common.api()?;
+    let query: Vec<(&str, String)> = args.limit.map(|n| ("limit", n.to_string())).into_iter().collect();
+    let (items, next_cursor) = http::pages(&api, &path(args.uuid, "/history"), &query, args.cursor, args.all).await?;
+    if args.common.json {
+        return output::json(&json!({ "items": items, "next_cursor": next_cursor }));
+    }
+    let mut table = Table::new(&["AT", "FROM", "TO", "ACTOR", "REASON"]);
+    for item in items {
+        let entry: corral_proto::requests::HistoryEntry = serde_json::from_value(item)?;
+        table.row(vec![
+            output::time(entry.at),
+            output::or_dash(entry.from),
+            entry.to,
+            entry.actor,
+            output::or_dash(Some(entry.reason)),
+        ]);
+    }
+    table.print()?;
+    if let Some(cursor) = next_cursor {
+        eprintln!("more history: give --all, or --cursor {cursor}");
     }
     Ok(())
 }
