@@ -80,9 +80,10 @@ async fn server_still_serves(server: &TestServer, other: &str) {
     assert_eq!(health.0, StatusCode::OK, "{}", health.1);
     let other = server.api(other);
     let id = tokio::time::timeout(NO_HANG, other.submit(waits_for_ever())).await.expect("a submission hangs");
-    let (status, body) = tokio::time::timeout(NO_HANG, other.post_empty(&format!("/v1/requests/{id}/acquire?wait=1ms")))
-        .await
-        .expect("another user's long-poll hangs");
+    let (status, body) =
+        tokio::time::timeout(NO_HANG, other.post_empty(&format!("/v1/requests/{id}/acquire?wait=1ms")))
+            .await
+            .expect("another user's long-poll hangs");
     assert_eq!(status, StatusCode::CONFLICT, "another user's long-poll is not refused: {body}");
     let (status, _) = other.post_empty(&format!("/v1/requests/{id}/close")).await;
     assert_eq!(status, StatusCode::OK);
@@ -205,9 +206,9 @@ async fn a_submission_flood_gets_429_at_the_waiting_limit_and_nothing_beyond_it_
     let http = many_connections();
     let answers: Vec<Answer> = futures_util::future::join_all((0..400).map(|_| {
         let (http, url, token) = (http.clone(), server.url.clone(), flood_token.clone());
-        actix_rt::spawn(async move {
-            call(&http, &url, &token, Method::POST, "/v1/requests", Some(waits_for_ever())).await
-        })
+        actix_rt::spawn(
+            async move { call(&http, &url, &token, Method::POST, "/v1/requests", Some(waits_for_ever())).await },
+        )
     }))
     .await
     .into_iter()
@@ -233,11 +234,8 @@ async fn a_submission_flood_gets_429_at_the_waiting_limit_and_nothing_beyond_it_
         }
     };
     assert_eq!(count("waiting").await, 100, "nothing beyond the limit is stored");
-    let all: i64 = db
-        .query_one("SELECT count(*) FROM requests WHERE owner = 'flood'", &[])
-        .await
-        .expect("count")
-        .get(0);
+    let all: i64 =
+        db.query_one("SELECT count(*) FROM requests WHERE owner = 'flood'", &[]).await.expect("count").get(0);
     assert_eq!(all, 100);
 
     // The server keeps serving others; the flooder gets 429 until one of

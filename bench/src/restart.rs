@@ -108,6 +108,9 @@ struct Line {
     device_types: usize,
     ready_s: f64,
     first_binding_s: f64,
+    /// The same, signed: negative when the first lease was bound before
+    /// `/readyz` answered (the scheduler resumes before HTTP is ready).
+    first_binding_from_ready_s: f64,
     first_start_s: Option<f64>,
     bound_in_10s: i64,
     ready_target_s: f64,
@@ -216,6 +219,7 @@ async fn measure(config: &Config) -> Result<Line> {
         device_types: config.device_types,
         ready_s: round_to(ready, 3),
         first_binding_s: round_to(first_binding_s, 3),
+        first_binding_from_ready_s: round_to(first - ready_at, 3),
         first_start_s,
         bound_in_10s,
         ready_target_s: READY_TARGET_S,

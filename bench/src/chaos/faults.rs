@@ -246,7 +246,7 @@ impl Target<'_> {
         *n += 1;
         let load = self.load;
         let sent = Instant::now();
-        let (op, answer) = if *n % 2 == 0 {
+        let (op, answer) = if n.is_multiple_of(2) {
             let url = format!("{}/readyz", load.url);
             ("readyz", call(http, awc::http::Method::GET, &url, None, None, None, SERVER_TIMEOUT).await)
         } else {

@@ -30,7 +30,11 @@ const MAX_ATTEMPTS: usize = 600;
 /// One answer, or how the call failed.
 #[derive(Debug)]
 pub(crate) enum Answer {
-    Http { status: u16, body: Value, retry_after: Option<u64> },
+    Http {
+        status: u16,
+        body: Value,
+        retry_after: Option<u64>,
+    },
     /// No answer within the timeout: a hang.
     Timeout,
     /// The server could not be reached (e.g. it was killed).
@@ -80,11 +84,8 @@ pub(crate) async fn call(
             Err(_) => return Answer::Broken,
         };
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let retry_after =
+            response.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         match response.body().limit(1 << 20).await {
             Ok(bytes) => {
                 let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
@@ -148,16 +149,9 @@ impl Load {
             if self.stopping.get() && attempt >= 20 {
                 break;
             }
-            let answer = call(
-                http,
-                awc::http::Method::POST,
-                &url,
-                Some(&self.token),
-                Some(key),
-                Some(body),
-                SERVER_TIMEOUT,
-            )
-            .await;
+            let answer =
+                call(http, awc::http::Method::POST, &url, Some(&self.token), Some(key), Some(body), SERVER_TIMEOUT)
+                    .await;
             match &answer {
                 Answer::Http { status: 201, body, .. } => {
                     let id = body["id"].as_i64()?;
@@ -191,16 +185,9 @@ impl Load {
             if self.stopping.get() && attempt >= 3 {
                 return false;
             }
-            let answer = call(
-                http,
-                awc::http::Method::POST,
-                &url,
-                Some(&self.token),
-                None,
-                None,
-                ACQUIRE_WAIT + SERVER_TIMEOUT,
-            )
-            .await;
+            let answer =
+                call(http, awc::http::Method::POST, &url, Some(&self.token), None, None, ACQUIRE_WAIT + SERVER_TIMEOUT)
+                    .await;
             match &answer {
                 Answer::Http { status: 200, body, .. } if body["worker"].is_string() => return true,
                 Answer::Http { status: 409, .. } => {
@@ -239,8 +226,7 @@ impl Load {
     async fn close(&self, http: &awc::Client, id: i64) -> Option<String> {
         let url = format!("{}/v1/requests/{id}/close", self.url);
         for _ in 0..50 {
-            let answer =
-                call(http, awc::http::Method::POST, &url, Some(&self.token), None, None, SERVER_TIMEOUT).await;
+            let answer = call(http, awc::http::Method::POST, &url, Some(&self.token), None, None, SERVER_TIMEOUT).await;
             match &answer {
                 Answer::Http { status: 200, body, .. } => return body["state"].as_str().map(str::to_string),
                 Answer::Http { status: 409, .. } => return Some("ended".to_string()),

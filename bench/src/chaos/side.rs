@@ -37,8 +37,7 @@ impl SideDb {
 
     /// A fresh connection of its own (for a lock held across other calls).
     pub(crate) async fn connect(&self) -> Result<Client> {
-        let (client, connection) =
-            self.config.connect(NoTls).await.context("connecting to the server's PostgreSQL")?;
+        let (client, connection) = self.config.connect(NoTls).await.context("connecting to the server's PostgreSQL")?;
         actix_rt::spawn(async move {
             let _ = connection.await;
         });
@@ -135,8 +134,7 @@ impl SideDb {
 
     /// Leases bound at or after `since`.
     pub(crate) async fn bindings_since(&mut self, since: f64) -> Result<i64> {
-        let row =
-            self.query_one("SELECT count(*) FROM leases WHERE bound_at >= to_timestamp($1)", &[&since]).await?;
+        let row = self.query_one("SELECT count(*) FROM leases WHERE bound_at >= to_timestamp($1)", &[&since]).await?;
         Ok(row.get(0))
     }
 
@@ -186,9 +184,8 @@ impl SideDb {
 
     /// Rows of (idempotency key, id) among `keys`.
     pub(crate) async fn ids_by_key(&mut self, keys: &[String]) -> Result<Vec<(String, i64)>> {
-        let rows = self
-            .query("SELECT idempotency_key, id FROM requests WHERE idempotency_key = ANY($1)", &[&keys])
-            .await?;
+        let rows =
+            self.query("SELECT idempotency_key, id FROM requests WHERE idempotency_key = ANY($1)", &[&keys]).await?;
         Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
     }
 

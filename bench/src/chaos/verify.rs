@@ -113,8 +113,7 @@ pub(crate) async fn check(
     let keys: Vec<String> = acknowledged.iter().map(|(key, _)| key.clone()).collect();
     let in_db: HashSet<i64> = side.existing_ids(&ids).await?.into_iter().collect();
     let by_key: HashMap<String, i64> = side.ids_by_key(&keys).await?.into_iter().collect();
-    let in_api: HashSet<i64> =
-        user.all("/v1/requests").await?.iter().filter_map(|r| r["id"].as_i64()).collect();
+    let in_api: HashSet<i64> = user.all("/v1/requests").await?.iter().filter_map(|r| r["id"].as_i64()).collect();
     let mut lost = 0;
     for (key, id) in acknowledged {
         let missing_in_db = !in_db.contains(id) || by_key.get(key) != Some(id);
