@@ -182,6 +182,36 @@ impl SideDb {
         Ok(self.query_one(query, params).await?.get(0))
     }
 
+    /// Pairs of leases of one worker that overlap in time: in `bound_at`
+    /// order, each lease must start after every earlier one ended (a lease
+    /// not ended yet never ends).
+    pub(crate) async fn double_leases(&mut self) -> Result<i64> {
+        self.count(
+            "SELECT count(*) FROM (
+                SELECT bound_at, max(COALESCE(ended_at, 'infinity')) OVER (
+                    PARTITION BY worker ORDER BY bound_at, request
+                    ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS earlier_end
+                FROM leases) l
+             WHERE earlier_end > bound_at",
+            &[],
+        )
+        .await
+    }
+
+    /// Requests that entered `in_progress` more than once (from their
+    /// history), plus leases whose worker is not their request's.
+    pub(crate) async fn double_bindings(&mut self) -> Result<i64> {
+        self.count(
+            "SELECT (SELECT count(*) FROM (
+                        SELECT request FROM request_history WHERE to_state = 'in_progress'
+                        GROUP BY request HAVING count(*) > 1) twice)
+                  + (SELECT count(*) FROM leases l JOIN requests r ON r.id = l.request
+                     WHERE r.worker IS DISTINCT FROM l.worker)",
+            &[],
+        )
+        .await
+    }
+
     /// Rows of (idempotency key, id) among `keys`.
     pub(crate) async fn ids_by_key(&mut self, keys: &[String]) -> Result<Vec<(String, i64)>> {
         let rows =
@@ -244,4 +274,89 @@ pub(crate) async fn stop_postmaster_immediately(cluster_dir: &Path) -> Result<()
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     bail!("the postmaster {pid} did not exit within 30 s of SIGQUIT")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use corral_db::{Db, PoolSettings, ScaleFixture};
+    use uuid::Uuid;
+
+    use super::*;
+
+    /// The verifier finds what it must: run on a database holding two
+    /// overlapping leases of one worker and a request bound twice, it
+    /// counts them; on the same leases made sequential, it counts none.
+    #[actix_rt::test]
+    async fn the_verifier_counts_overlapping_leases_and_double_bindings() {
+        let test_db = corral_testkit::test_database().await;
+        let db = Db::connect(&test_db.url, &PoolSettings::default()).await.unwrap();
+        db.apply_schema().await.unwrap();
+        let fixture = ScaleFixture {
+            users: vec![("u".to_string(), corral_db::hash_token("t"))],
+            workers: 0,
+            requests: 3,
+            device_types: 1,
+            agent: "a".to_string(),
+            now: SystemTime::now(),
+        };
+        let loaded = db.load_scale_fixture(&fixture).await.unwrap();
+        let (r1, r2, r3) = (loaded.first_request.0, loaded.first_request.0 + 1, loaded.first_request.0 + 2);
+        let mut side = SideDb::new(test_db.url.parse().unwrap());
+        let sql = side.connect().await.unwrap();
+        let (worker, other) = (Uuid::new_v4(), Uuid::new_v4());
+        // r1 on `worker` 10:00-10:05, r2 on `worker` from 10:03 (overlap),
+        // r3 on `other`; each request names its lease's worker.
+        sql.execute(
+            "INSERT INTO leases (request, worker, fence, bound_at, ended_at) VALUES
+                ($1, $4, 1, '2026-01-01 10:00Z', '2026-01-01 10:05Z'),
+                ($2, $4, 2, '2026-01-01 10:03Z', NULL),
+                ($3, $5, 1, '2026-01-01 10:00Z', NULL)",
+            &[&r1, &r2, &r3, &worker, &other],
+        )
+        .await
+        .unwrap();
+        sql.execute("UPDATE requests SET worker = l.worker FROM leases l WHERE l.request = requests.id", &[])
+            .await
+            .unwrap();
+        assert_eq!(side.double_leases().await.unwrap(), 1);
+        assert_eq!(side.double_bindings().await.unwrap(), 0);
+
+        // Sequential leases are fine, also back to back.
+        sql.execute(
+            "UPDATE leases SET bound_at = '2026-01-01 10:05Z', ended_at = '2026-01-01 10:06Z' WHERE request = $1",
+            &[&r2],
+        )
+        .await
+        .unwrap();
+        assert_eq!(side.double_leases().await.unwrap(), 0);
+        // A lease that outlives a later one is caught even when a third
+        // lies between them.
+        sql.execute(
+            "UPDATE leases SET worker = $2, fence = 3, bound_at = '2026-01-01 10:06Z', ended_at = '2026-01-01 10:07Z'
+             WHERE request = $1",
+            &[&r3, &worker],
+        )
+        .await
+        .unwrap();
+        assert_eq!(side.double_leases().await.unwrap(), 0);
+        sql.execute("UPDATE leases SET ended_at = '2026-01-01 10:08Z' WHERE request = $1", &[&r1]).await.unwrap();
+        assert_eq!(side.double_leases().await.unwrap(), 2);
+        sql.execute("UPDATE leases SET ended_at = '2026-01-01 10:05Z' WHERE request = $1", &[&r1]).await.unwrap();
+        assert_eq!(side.double_leases().await.unwrap(), 0);
+
+        // r3's lease is now on `worker` but the request still names
+        // `other`; r1 entered in_progress twice.
+        assert_eq!(side.double_bindings().await.unwrap(), 1);
+        sql.execute(
+            "INSERT INTO request_history (request, at, from_state, to_state, actor, reason) VALUES
+                ($1, now(), 'waiting', 'in_progress', 'test', 'bound'),
+                ($1, now(), 'waiting', 'in_progress', 'test', 'bound again')",
+            &[&r1],
+        )
+        .await
+        .unwrap();
+        assert_eq!(side.double_bindings().await.unwrap(), 2);
+    }
 }

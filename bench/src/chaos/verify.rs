@@ -124,29 +124,8 @@ pub(crate) async fn check(
     }
     verdict.lost = lost;
 
-    // Leases of one worker in bound_at order: each must start after every
-    // earlier one ended (an open lease never ends).
-    verdict.double_leases = side
-        .count(
-            "SELECT count(*) FROM (
-                SELECT bound_at, max(COALESCE(ended_at, 'infinity')) OVER (
-                    PARTITION BY worker ORDER BY bound_at, request
-                    ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS earlier_end
-                FROM leases) l
-             WHERE earlier_end > bound_at",
-            &[],
-        )
-        .await?;
-    verdict.double_bindings = side
-        .count(
-            "SELECT (SELECT count(*) FROM (
-                        SELECT request FROM request_history WHERE to_state = 'in_progress'
-                        GROUP BY request HAVING count(*) > 1) twice)
-                  + (SELECT count(*) FROM leases l JOIN requests r ON r.id = l.request
-                     WHERE r.worker IS DISTINCT FROM l.worker)",
-            &[],
-        )
-        .await?;
+    verdict.double_leases = side.double_leases().await?;
+    verdict.double_bindings = side.double_bindings().await?;
     verdict.requests_in_db = side.count("SELECT count(*) FROM requests", &[]).await?;
     verdict.leases_in_db = side.count("SELECT count(*) FROM leases", &[]).await?;
     Ok(())
