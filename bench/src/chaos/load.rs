@@ -200,6 +200,12 @@ impl Load {
                         }
                     }
                 }
+                // Not found, not allowed: retrying will not help (a 404
+                // of an acknowledged id also shows in the final checks).
+                Answer::Http { status: 400..=408 | 410..=428, .. } => {
+                    self.tally.borrow_mut().count("acquire", &answer);
+                    return false;
+                }
                 _ => {
                     self.tally.borrow_mut().count("acquire", &answer);
                     tokio::time::sleep(RETRY_PAUSE).await;
