@@ -14,12 +14,18 @@
 //! `corral serve`, with pgbench as the baseline), `heartbeats` (the server's
 //! CPU and heartbeat latency under 10,000 workers' agents, and no worker
 //! wrongly failed) and `scale` (start-up time, memory, listing and explain
-//! latency on a database of 100,000 waiting requests and 10,000 workers).
+//! latency on a database of 100,000 waiting requests and 10,000 workers),
+//! `chaos` (the lifecycle load under server kills, a database outage, agent
+//! crashes and cut connections, then checks that nothing acknowledged was
+//! lost and nothing leased twice) and `restart` (ready and first binding
+//! after a `kill -9` with 10,000 requests waiting).
 
+mod chaos;
 mod heartbeats;
 mod lifecycle;
 mod matcher;
 mod report;
+mod restart;
 mod rng;
 mod scale;
 mod server;
@@ -37,6 +43,11 @@ scenarios:
                server CPU share, heartbeat latency, workers wrongly failed
   scale        corral serve on 100,000 waiting requests and 10,000 workers:
                time to ready, RSS, list and explain latency
+  chaos        lifecycle load while the server is killed -9, PostgreSQL stopped,
+               the agent crashed and connections cut; checks nothing acknowledged
+               is lost, nothing leased twice, no worker stuck
+  restart      kill -9 with 10,000 requests waiting: time to ready and to the first
+               binding after the restart
                (corral bench SCENARIO --help for each one's options)
 
 Progress goes to stderr; stdout gets one JSON line per size, the default size last.";
@@ -51,6 +62,8 @@ pub fn run(args: &[String]) -> Result<()> {
         "lifecycle" => lifecycle::run(rest),
         "heartbeats" => heartbeats::run(rest),
         "scale" => scale::run(rest),
+        "chaos" => chaos::run(rest),
+        "restart" => restart::run(rest),
         "-h" | "--help" | "help" => {
             eprintln!("{USAGE}");
             Ok(())
@@ -69,7 +82,7 @@ mod tests {
 
     #[test]
     fn scenarios_are_dispatched_and_unknown_ones_are_errors() {
-        for scenario in ["heartbeats", "scale"] {
+        for scenario in ["heartbeats", "scale", "chaos", "restart"] {
             run(&args(&[scenario, "--help"])).unwrap();
             let err = run(&args(&[scenario, "--bogus"])).unwrap_err();
             assert!(err.to_string().contains("unexpected argument \"--bogus\""), "{scenario}: {err}");

@@ -94,6 +94,22 @@ impl ServerProcess {
         self.spawn(log)
     }
 
+    /// `kill -9` of the server (its embedded PostgreSQL, a daemon, keeps
+    /// running); waits until the process is gone. [`ServerProcess::restart`]
+    /// then starts it again.
+    pub fn kill(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else { return Ok(()) };
+        child.kill().context("killing corral serve")?;
+        child.wait().context("reaping corral serve")?;
+        Ok(())
+    }
+
+    /// Whether the server process has exited (it was started and not
+    /// stopped or killed by us).
+    pub fn has_exited(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|child| child.try_wait().ok().flatten().is_some())
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }

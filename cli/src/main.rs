@@ -45,7 +45,7 @@ enum Command {
     /// Manage users (admin).
     #[command(subcommand)]
     User(client::UserCommand),
-    /// Run a benchmark scenario: matcher, lifecycle, heartbeats, scale.
+    /// Run a benchmark scenario: matcher, lifecycle, heartbeats, scale, chaos, restart.
     Bench(BenchArgs),
 }
 
