@@ -94,6 +94,20 @@ impl Caller {
     }
 }
 
+/// What one [`Corral::tick`] set off.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TickReport {
+    /// Agent sessions expired (their workers fail).
+    pub sessions_expired: usize,
+    /// Timers fired: lease expiries, command timeouts and retries,
+    /// backoffs.
+    pub timers_fired: usize,
+    /// Waiting requests whose deadline passed.
+    pub timed_out: usize,
+    /// Request-worker pairs the matcher decided.
+    pub decisions: u64,
+}
+
 /// State shared by every actor.
 pub struct Shared {
     pub db: Db,
@@ -114,6 +128,7 @@ pub struct Shared {
     matcher: OnceLock<Addr<MatcherActor>>,
     timekeeper: OnceLock<Addr<Timekeeper>>,
     reconciler: OnceLock<Addr<reconciler::Reconciler>>,
+    reaper: OnceLock<Addr<reaper::Reaper>>,
     arbiters: Vec<ArbiterHandle>,
     next_arbiter: AtomicUsize,
 }
@@ -201,6 +216,7 @@ impl Corral {
             matcher: OnceLock::new(),
             timekeeper: OnceLock::new(),
             reconciler: OnceLock::new(),
+            reaper: OnceLock::new(),
             arbiters,
             next_arbiter: AtomicUsize::new(0),
         });
@@ -217,8 +233,31 @@ impl Corral {
         let _ = shared.reconciler.set(reconciler);
         rebuild::rebuild(&shared).await?;
         let reaper_shared = shared.clone();
-        reaper::Reaper::start_in_arbiter(&shared.arbiters[0], move |_| reaper::Reaper::new(reaper_shared));
+        let reaper = reaper::Reaper::start_in_arbiter(&shared.arbiters[0], move |_| reaper::Reaper::new(reaper_shared));
+        let _ = shared.reaper.set(reaper);
         Ok(Corral { shared })
+    }
+
+    /// One pass of every clock-driven check at the clock's current time,
+    /// answered once it was processed: agent sessions past their deadline,
+    /// timers (lease expiry, command timeouts and retries, backoffs), then
+    /// the matcher (valid_after, deadlines, decisions). The report says
+    /// what the pass set off. Tests that move a manual clock assert on it
+    /// instead of sleeping to show that nothing was due; the messages it
+    /// sent are handled after it answers.
+    pub async fn tick(&self) -> Result<TickReport, ActorError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if let Some(reaper) = self.shared.reaper.get() {
+            reaper.send(reaper::Sweep(tx)).await?;
+        }
+        let sessions_expired = rx.await.unwrap_or(0);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.shared.timekeeper().send(timekeeper::TimerMsg::Tick { reply: tx }).await?;
+        let timers_fired = rx.await?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.shared.matcher().send(matcher::MatcherMsg::Tick { reply: tx }).await?;
+        let matcher::MatcherTick { timed_out, decisions } = rx.await?;
+        Ok(TickReport { sessions_expired, timers_fired, timed_out, decisions })
     }
 
     pub fn shared(&self) -> &Arc<Shared> {

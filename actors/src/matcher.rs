@@ -74,6 +74,19 @@ pub enum MatcherMsg {
     Stats {
         reply: Reply<MatcherStats>,
     },
+    /// Run one tick now and answer what it did ([`crate::Corral::tick`]).
+    Tick {
+        reply: Reply<MatcherTick>,
+    },
+}
+
+/// What one matcher tick did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MatcherTick {
+    /// Waiting requests whose deadline passed.
+    pub timed_out: usize,
+    /// Request-worker pairs decided (their bindings are being committed).
+    pub decisions: u64,
 }
 
 /// The matcher's answer to [`MatcherMsg::Admit`].
@@ -132,8 +145,9 @@ impl MatcherActor {
         }
     }
 
-    /// Makes every decision possible now and starts committing them.
-    fn schedule(&mut self, ctx: &mut Context<Self>) {
+    /// Makes every decision possible now and starts committing them;
+    /// answers how many it made.
+    fn schedule(&mut self, ctx: &mut Context<Self>) -> u64 {
         let started = Instant::now();
         let mut made = 0u64;
         while let Some(assignment) = self.core.next_match() {
@@ -145,6 +159,7 @@ impl MatcherActor {
             tracing::trace!(decisions = made, elapsed_us = started.elapsed().as_micros() as u64, "matched");
         }
         self.commit_next(ctx);
+        made
     }
 
     fn commit_next(&mut self, ctx: &mut Context<Self>) {
@@ -204,14 +219,16 @@ impl MatcherActor {
         }
     }
 
-    fn tick(&mut self, ctx: &mut Context<Self>) {
+    fn tick(&mut self, ctx: &mut Context<Self>) -> MatcherTick {
         let now = self.shared.clock.now();
-        for request in self.core.tick(now) {
+        let expired = self.core.tick(now);
+        let timed_out = expired.len();
+        for request in expired {
             if let Some(addr) = self.shared.dir.request(request) {
                 tell(&addr, RequestMsg::TimedOut);
             }
         }
-        self.schedule(ctx);
+        MatcherTick { timed_out, decisions: self.schedule(ctx) }
     }
 }
 
@@ -287,7 +304,9 @@ impl Actor for MatcherActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(4096);
-        ctx.run_interval(self.shared.settings.tick, |act, ctx| act.tick(ctx));
+        ctx.run_interval(self.shared.settings.tick, |act, ctx| {
+            act.tick(ctx);
+        });
     }
 }
 
@@ -364,6 +383,9 @@ impl Handler<MatcherMsg> for MatcherActor {
                     pending_commits: self.pending.len() + self.committing,
                     sizes: self.core.sizes(),
                 });
+            }
+            MatcherMsg::Tick { reply } => {
+                let _ = reply.send(self.tick(ctx));
             }
         }
     }

@@ -6,20 +6,26 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use crate::Shared;
+use crate::{Reply, Shared};
 use crate::agent::session_gone;
 
 pub struct Reaper {
     shared: Arc<Shared>,
     busy: bool,
+    /// Barriers waiting for the next sweep's answer.
+    waiting: Vec<Reply<usize>>,
 }
 
 impl Reaper {
     pub(crate) fn new(shared: Arc<Shared>) -> Reaper {
-        Reaper { shared, busy: false }
+        Reaper { shared, busy: false, waiting: Vec::new() }
     }
 
-    fn sweep(&mut self, ctx: &mut Context<Self>) {
+    /// Expires what is due; `reply` (a [`Sweep`] barrier) learns how many
+    /// sessions it expired once their workers were told. A sweep already
+    /// running answers for both.
+    fn sweep(&mut self, ctx: &mut Context<Self>, reply: Option<Reply<usize>>) {
+        self.waiting.extend(reply);
         if self.busy {
             return;
         }
@@ -28,10 +34,13 @@ impl Reaper {
         // Agent sessions only: server sessions follow the database clock
         // and are expired by standby replicas waiting to lead.
         let work = async move { shared.db.expire_sessions_of(Some("agent"), shared.clock.db_now()).await };
-        ctx.spawn(work.into_actor(self).map(|result, act, _| {
+        let answering = std::mem::take(&mut self.waiting);
+        ctx.spawn(work.into_actor(self).map(move |result, act, ctx| {
             act.busy = false;
+            let mut count = 0;
             match result {
                 Ok(expired) => {
+                    count = expired.len();
                     for gone in expired {
                         tracing::warn!(session = %gone.session.id, agent = %gone.session.name, reason = %gone.reason, "session expired");
                         session_gone(&act.shared, gone.session.id, &gone.workers, &gone.reason);
@@ -39,7 +48,29 @@ impl Reaper {
                 }
                 Err(err) => tracing::error!(cause = %err, "session reaper could not run"),
             }
+            for reply in answering {
+                let _ = reply.send(count);
+            }
+            // A barrier that arrived while this sweep ran may have moved
+            // the clock after it read it: sweep again for it.
+            if !act.waiting.is_empty() {
+                act.sweep(ctx, None);
+            }
         }));
+    }
+}
+
+/// Expire what is due now and answer how many sessions expired
+/// ([`crate::Corral::tick`]).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Sweep(pub Reply<usize>);
+
+impl Handler<Sweep> for Reaper {
+    type Result = ();
+
+    fn handle(&mut self, Sweep(reply): Sweep, ctx: &mut Self::Context) {
+        self.sweep(ctx, Some(reply));
     }
 }
 
@@ -48,6 +79,6 @@ impl Actor for Reaper {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let every = self.shared.settings.tick.max(Duration::from_millis(20)).min(Duration::from_secs(1));
-        ctx.run_interval(every, |act, ctx| act.sweep(ctx));
+        ctx.run_interval(every, |act, ctx| act.sweep(ctx, None));
     }
 }

@@ -40,6 +40,11 @@ pub enum TimerMsg {
     Unwatch {
         key: TimerKey,
     },
+    /// Run one tick now and answer how many timers fired
+    /// ([`crate::Corral::tick`]).
+    Tick {
+        reply: crate::Reply<usize>,
+    },
 }
 
 pub struct Timekeeper {
@@ -59,14 +64,17 @@ impl Timekeeper {
         }
     }
 
-    fn tick(&mut self) {
+    /// Fires every timer that is due; answers how many.
+    fn tick(&mut self) -> usize {
         let now = self.shared.clock.now();
+        let mut fired = 0;
         while let Some(&(at, key)) = self.due.first() {
             if at > now {
                 break;
             }
             self.due.pop_first();
             self.by_key.remove(&key);
+            fired += 1;
             match key {
                 TimerKey::LeaseExpiry(request) => {
                     if let Some(addr) = self.shared.dir.request(request) {
@@ -90,6 +98,7 @@ impl Timekeeper {
                 }
             }
         }
+        fired
     }
 }
 
@@ -98,7 +107,9 @@ impl Actor for Timekeeper {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(4096);
-        ctx.run_interval(self.shared.settings.tick, |act, _| act.tick());
+        ctx.run_interval(self.shared.settings.tick, |act, _| {
+            act.tick();
+        });
     }
 }
 
@@ -113,6 +124,9 @@ impl Handler<TimerMsg> for Timekeeper {
                 self.due.insert((at, key));
             }
             TimerMsg::Unwatch { key } => self.unwatch(key),
+            TimerMsg::Tick { reply } => {
+                let _ = reply.send(self.tick());
+            }
         }
     }
 }

@@ -7,19 +7,11 @@ mod common;
 
 use std::time::SystemTime;
 
-use common::{TestServer, caps, wait_for_request, wait_for_worker};
+use common::{TestServer, caps, sql, wait_for_request, wait_for_worker};
 use corral_actors::Clock;
 use corral_core::{RequestId, WorkerId};
 use corral_db::BindOutcome;
 use serde_json::json;
-
-async fn sql(db_url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(db_url, tokio_postgres::NoTls).await.expect("connect");
-    actix_rt::spawn(async move {
-        let _ = connection.await;
-    });
-    client
-}
 
 /// Runs one lease on `worker` to its end, then brings its lease row back
 /// to life while the worker stays idle, and puts the worker in

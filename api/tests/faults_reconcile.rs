@@ -9,20 +9,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, caps, wait_for_request, wait_for_worker};
+use common::{TestServer, caps, sql, wait_for_request, wait_for_worker};
 use corral_actors::Clock;
 use corral_core::{RequestId, WorkerId};
 use corral_db::DatabaseOperation as Op;
 use corral_db::faults::Fault;
 use serde_json::json;
-
-async fn sql(db_url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(db_url, tokio_postgres::NoTls).await.expect("connect");
-    actix_rt::spawn(async move {
-        let _ = connection.await;
-    });
-    client
-}
 
 /// Runs reconciler passes until `repaired` holds (each pass is awaited;
 /// a mismatch is repaired by the pass that sees it a second time).

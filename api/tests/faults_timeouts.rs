@@ -17,7 +17,7 @@ mod common;
 use std::time::Duration;
 
 use awc::http::StatusCode;
-use common::{AgentHandle, TestServer, caps, wait_for_request, wait_for_worker};
+use common::{AgentHandle, TestServer, caps, sql, wait_for_request, wait_for_worker};
 use corral_actors::Clock;
 use corral_agent::faults::{Call, ClientFault, ClientFaults};
 use corral_agent::{AgentOptions, SimFaults, Simulated, Times};
@@ -50,14 +50,6 @@ fn faulty_agent(server: &TestServer, name: &str, faults: &SimFaults) -> AgentHan
     let sim =
         Simulated::new(name, 1, &caps(&[("device_type", name)]), "127.0.0.1:9", "lab").with_faults(faults.clone());
     server.agent_with(sim)
-}
-
-async fn sql(db_url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(db_url, tokio_postgres::NoTls).await.expect("connect");
-    actix_rt::spawn(async move {
-        let _ = connection.await;
-    });
-    client
 }
 
 /// The worker's backoff row of `kind`: consecutive failures and last error.

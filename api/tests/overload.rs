@@ -219,10 +219,7 @@ async fn a_submission_flood_gets_429_at_the_waiting_limit_and_nothing_beyond_it_
     for answer in answers.iter().filter(|a| a.status != StatusCode::CREATED) {
         assert!(answer.is_too_many_with_retry_after(), "{answer:?}");
     }
-    let (db, connection) = tokio_postgres::connect(&server.db_url, tokio_postgres::NoTls).await.expect("connect");
-    actix_rt::spawn(async move {
-        let _ = connection.await;
-    });
+    let db = common::sql(&server.db_url).await;
     let count = |state: &'static str| {
         let db = &db;
         async move {

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::{TestServer, caps, test_config, wait_for_request};
+use common::{TestServer, caps, sql, test_config, wait_for_request};
 use corral_actors::Clock;
 use corral_core::RequestId;
 use corral_db::BindOutcome;
@@ -26,7 +26,26 @@ async fn a_standby_takes_over_when_the_leader_stops_and_a_deposed_leader_binds_n
     let config = test_config(&first.db_url);
     let data_dir = config.data_dir.clone();
     let standby = actix_rt::spawn(corral_api::serve(config, Clock::System));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The standby heartbeats its own session only after a try to lead
+    // failed: once it has, it has seen the leader and is waiting.
+    let db_sql = sql(&first.db_url).await;
+    let mut waited = 0;
+    loop {
+        let row = db_sql
+            .query_one(
+                "SELECT count(*) FROM sessions WHERE component = 'server' AND id <> $1 \
+                 AND deadline > created_at + timeout_ms * interval '1 millisecond'",
+                &[&first.corral.shared().leader.0],
+            )
+            .await
+            .unwrap();
+        if row.get::<_, i64>(0) > 0 {
+            break;
+        }
+        waited += 1;
+        assert!(waited < 200, "the standby never tried to lead");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(!standby.is_finished(), "the second replica must not start while the first leads");
 
     // The leader stops; the standby takes over at once (the leader closed

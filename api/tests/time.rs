@@ -1,6 +1,8 @@
 //! Time-driven behaviour with a clock the test moves: lease expiry,
-//! deadlines, valid_after and agent session expiry. Nothing here sleeps
-//! for the durations involved.
+//! deadlines, valid_after and agent session expiry. Nothing here sleeps:
+//! to show that something did not happen yet, a test moves the clock, runs
+//! one tick of every timer through `Corral::tick` (it answers once the tick
+//! was processed) and asserts that the tick set nothing off.
 
 mod common;
 
@@ -32,7 +34,8 @@ async fn an_expired_lease_ends_done_and_the_worker_is_prepared_again() {
     wait_for_request(&erin, id, |r| r["state"] == "in_progress").await;
 
     clock.advance(Duration::from_secs(9 * 60));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let tick = server.corral.tick().await.unwrap();
+    assert_eq!(tick.timers_fired, 0, "nine minutes into a ten-minute lease, no timer is due: {tick:?}");
     let (_, still) = erin.get(&format!("/v1/requests/{id}")).await;
     assert_eq!(still["state"], "in_progress", "nine minutes into a ten-minute lease");
 
@@ -55,9 +58,12 @@ async fn a_deadline_passed_while_waiting_is_a_timeout() {
     let id = frank.submit(json!({"caps": {"device_type": "x"}, "deadline": deadline})).await;
 
     clock.advance(Duration::from_secs(599));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let tick = server.corral.tick().await.unwrap();
+    assert_eq!(tick.timed_out, 0, "one second before the deadline: {tick:?}");
     assert_eq!(frank.get(&format!("/v1/requests/{id}")).await.1["state"], "waiting");
     clock.advance(Duration::from_secs(2));
+    let tick = server.corral.tick().await.unwrap();
+    assert_eq!(tick.timed_out, 1, "the deadline passed: {tick:?}");
     let timed_out = wait_for_request(&frank, id, |r| r["state"] == "timeout").await;
     assert!(timed_out["reason"].as_str().unwrap().contains("deadline"), "{timed_out}");
     let (status, _) = frank.post_empty(&format!("/v1/requests/{id}/close")).await;
@@ -76,7 +82,11 @@ async fn valid_after_hides_a_request_from_the_matcher_until_then() {
     let later = rfc3339(&clock, Duration::from_secs(3600));
     let id = gina.submit(json!({"caps": {"device_type": "x"}, "valid_after": later})).await;
 
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Two ticks: the first could still be committing the submission's
+    // own admission pass; the second shows the matcher deciding nothing.
+    server.corral.tick().await.unwrap();
+    let tick = server.corral.tick().await.unwrap();
+    assert_eq!(tick.decisions, 0, "the worker is idle but it is too early: {tick:?}");
     assert_eq!(
         gina.get(&format!("/v1/requests/{id}")).await.1["state"],
         "waiting",
@@ -86,6 +96,8 @@ async fn valid_after_hides_a_request_from_the_matcher_until_then() {
     assert!(why["summary"].as_str().unwrap().contains("valid_after"), "{why}");
 
     clock.advance(Duration::from_secs(3600));
+    let tick = server.corral.tick().await.unwrap();
+    assert_eq!(tick.decisions, 1, "valid_after passed and the worker is idle: {tick:?}");
     wait_for_request(&gina, id, |r| r["state"] == "in_progress").await;
     agent.stop().await;
     server.stop().await;
@@ -106,10 +118,13 @@ async fn an_agent_whose_session_expires_fails_its_workers_and_leases_then_comes_
     // timeout (30 s) fails nothing.
     agent.kill();
     clock.advance(Duration::from_secs(29));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let tick = server.corral.tick().await.unwrap();
+    assert_eq!(tick.sessions_expired, 0, "29 s of silence is within the 30 s timeout: {tick:?}");
     assert_eq!(hank.get(&format!("/v1/requests/{id}")).await.1["state"], "in_progress");
 
     clock.advance(Duration::from_secs(2));
+    let tick = server.corral.tick().await.unwrap();
+    assert_eq!(tick.sessions_expired, 1, "31 s of silence: {tick:?}");
     let failed = wait_for_request(&hank, id, |r| r["state"] == "failed").await;
     assert!(failed["reason"].as_str().unwrap().contains("agent lost"), "{failed}");
     let admin = server.admin();

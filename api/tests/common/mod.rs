@@ -42,6 +42,16 @@ pub fn test_config(db_url: &str) -> Config {
     }
 }
 
+/// A plain SQL connection to the test database, for tests that read or
+/// damage rows behind the server's back.
+pub async fn sql(db_url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(db_url, tokio_postgres::NoTls).await.expect("connect");
+    actix_rt::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
 pub fn caps(pairs: &[(&str, &str)]) -> Caps {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
