@@ -171,7 +171,7 @@ mod tests {
         };
         assert_eq!(
             describe(&event),
-            "2026-01-02T03:04:05Z request 12 waiting -> in_progress by matcher: lease started"
+            "2026-01-02T03:04:05.000000Z request 12 waiting -> in_progress by matcher: lease started"
         );
         assert!(describe(&Event::Reload { reason: "r".into() }).starts_with("reload: r"));
     }
