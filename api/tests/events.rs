@@ -495,3 +495,42 @@ async fn a_subscriber_that_does_not_read_is_told_to_reload_and_dropped() {
     assert!(sent < 800, "it was dropped before getting all 800 events ({sent})");
     server.stop().await;
 }
+
+/// A history row whose id was taken before a later row's but that commits
+/// after it is not lost: the stream holds the later row back until the
+/// earlier one commits, then sends both in id order.
+#[actix_rt::test]
+async fn a_row_that_commits_after_a_later_id_is_sent_first_and_once() {
+    let server = TestServer::start(Clock::System).await;
+    let admin = server.admin();
+    let mut stream = open_ok(&server.url, &server.admin, None).await;
+    let unsatisfiable = json!({"caps": {"device_type": "none"}, "allow_unsatisfiable": true});
+    let subject = admin.submit(unsatisfiable.clone()).await;
+    stream.until("the subject request", |e| is_request(e, subject, "waiting")).await;
+
+    // Another connection takes the next history id and keeps its
+    // transaction open (as a slow commit would).
+    let (client, connection) = tokio_postgres::connect(&server.db_url, tokio_postgres::NoTls).await.expect("connect");
+    actix_rt::spawn(connection);
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .execute(
+            "INSERT INTO request_history (request, at, from_state, to_state, actor, reason)
+             VALUES ($1, now(), 'waiting', 'waiting', 'test', 'committed late')",
+            &[&subject],
+        )
+        .await
+        .unwrap();
+    // A later id, committed at once.
+    let later = admin.submit(unsatisfiable.clone()).await;
+    // Well within the hub's 2 s grace, the early row commits.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client.batch_execute("COMMIT").await.unwrap();
+
+    let events = stream.until("the later request", |e| is_request(e, later, "waiting")).await;
+    let reasons: Vec<Value> = events.iter().map(|(_, e)| e["reason"].clone()).collect();
+    assert_eq!(events.len(), 2, "{events:#?}");
+    assert_eq!(reasons[0], "committed late", "the earlier id goes first: {events:#?}");
+    assert_positions_grow(&events);
+    server.stop().await;
+}
