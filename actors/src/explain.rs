@@ -10,7 +10,7 @@
 
 use std::time::SystemTime;
 
-use corral_core::{RequestId, RequestState, Role, WorkerState};
+use corral_core::{RequestId, RequestState, WorkerState};
 use corral_proto::requests::{Explanation, WorkerObstacle};
 use corral_proto::workers::Worker;
 
@@ -21,7 +21,7 @@ pub const MAX_EXPLAINED_WORKERS: usize = 100;
 
 /// Whether `caller` may see `worker` (as `GET /v1/workers` decides).
 pub fn may_see(caller: &Caller, worker: &Worker) -> bool {
-    caller.role == Role::Admin || caller.groups.may_use(&worker.groups)
+    caller.may_see_worker(&worker.groups)
 }
 
 fn reason_or_none(reason: &Option<String>) -> &str {

@@ -29,6 +29,7 @@ pub mod clock;
 mod command;
 pub mod directory;
 pub mod error;
+pub mod events;
 pub mod explain;
 pub mod keys;
 pub mod matcher;
@@ -85,6 +86,20 @@ impl Caller {
         record.owner_id == self.id
     }
 
+    /// The one rule of who may read and act on a request: its owner (by
+    /// identity) and admins. Request reads, request actions and the event
+    /// stream all ask this.
+    pub fn may_read_request_of(&self, owner: UserId) -> bool {
+        self.is_admin() || owner == self.id
+    }
+
+    /// The one rule of which workers a caller may see (`GET /v1/workers`,
+    /// explanations, the event stream): admins all; others the public ones
+    /// (no groups) and those sharing a group with them.
+    pub fn may_see_worker(&self, worker_groups: &Groups) -> bool {
+        self.is_admin() || self.groups.may_use(worker_groups)
+    }
+
     /// How this caller is named in history rows.
     pub fn actor(&self) -> String {
         match self.role {
@@ -125,6 +140,8 @@ pub struct Shared {
     /// This replica's server session, which holds scheduling leadership;
     /// every binding checks it.
     pub leader: corral_core::SessionId,
+    /// The event stream's reader and broadcast ([`events`]).
+    pub events: events::EventHub,
     matcher: OnceLock<Addr<MatcherActor>>,
     timekeeper: OnceLock<Addr<Timekeeper>>,
     reconciler: OnceLock<Addr<reconciler::Reconciler>>,
@@ -195,7 +212,15 @@ impl Corral {
         clock: Clock,
         leader: corral_core::SessionId,
     ) -> Result<Corral, ActorError> {
-        let arbiters = (0..settings.actor_threads.max(1)).map(|_| Arbiter::new().handle()).collect();
+        let arbiters: Vec<ArbiterHandle> =
+            (0..settings.actor_threads.max(1)).map(|_| Arbiter::new().handle()).collect();
+        // The event stream starts after the rows committed so far; what the
+        // rebuild below writes is its first news.
+        let (request_head, worker_head) = db.history_heads().await?;
+        let events = events::EventHub::new(
+            corral_proto::events::EventId { request: request_head, worker: worker_head },
+            settings.events_buffer,
+        );
         let shared = Arc::new(Shared {
             tunnels: Tunnels::new(
                 settings.tunnel_bind,
@@ -213,6 +238,7 @@ impl Corral {
             restarts: supervise::Restarts::default(),
             incarnation: uuid::Uuid::new_v4().simple().to_string(),
             leader,
+            events,
             matcher: OnceLock::new(),
             timekeeper: OnceLock::new(),
             reconciler: OnceLock::new(),
@@ -220,6 +246,7 @@ impl Corral {
             arbiters,
             next_arbiter: AtomicUsize::new(0),
         });
+        shared.arbiters[0].spawn(events::run_hub(shared.clone()));
         let matcher_shared = shared.clone();
         let matcher = MatcherActor::start_in_arbiter(&shared.arbiters[0], move |_| MatcherActor::new(matcher_shared));
         let _ = shared.matcher.set(matcher);

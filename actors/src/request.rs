@@ -229,7 +229,7 @@ impl RequestActor {
     }
 
     fn may_act(&self, caller: &Caller) -> bool {
-        caller.is_admin() || caller.owns(&self.record)
+        caller.may_read_request_of(self.record.owner_id)
     }
 
     fn access_details(&self) -> Option<AccessDetails> {
@@ -1011,7 +1011,7 @@ impl Corral {
     /// The request as the caller may see it (404 for others' requests).
     pub async fn request(&self, caller: &Caller, id: RequestId) -> Result<RequestRecord, ActorError> {
         let record = self.shared().db.get_request(id).await?.ok_or_else(|| not_found(id))?;
-        if caller.is_admin() || caller.owns(&record) { Ok(record) } else { Err(not_found(id)) }
+        if caller.may_read_request_of(record.owner_id) { Ok(record) } else { Err(not_found(id)) }
     }
 
     /// Answer for a request that has no live actor: it is terminal (409)

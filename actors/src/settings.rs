@@ -52,6 +52,12 @@ pub struct Settings {
     /// How often the reconciler compares the database with the live
     /// actors when no failed commit asks it to ([`crate::reconciler`]).
     pub reconcile_interval: Duration,
+    /// Most history rows of either table an event stream resumes over
+    /// (`Last-Event-ID`); further behind, the client is told to reload.
+    pub events_resume_limit: u32,
+    /// Events the broadcast keeps for event streams that are behind; one
+    /// further behind is told to reload and ended.
+    pub events_buffer: usize,
 }
 
 impl Default for Settings {
@@ -77,6 +83,8 @@ impl Default for Settings {
             actor_threads: default_threads(),
             max_waiting_requests_per_user: 1000,
             reconcile_interval: Duration::from_secs(30),
+            events_resume_limit: crate::events::RESUME_LIMIT,
+            events_buffer: crate::events::CHANNEL,
         }
     }
 }

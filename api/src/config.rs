@@ -117,6 +117,17 @@ pub struct Config {
     /// Most concurrent event streams of one user (admins are exempt); over
     /// it, 429.
     pub max_streams_per_user: usize,
+    /// How often an event stream (`GET /v1/events`) without events sends a
+    /// keep-alive comment line (`: keep-alive`).
+    #[serde(with = "duration")]
+    pub events_keep_alive: Duration,
+    /// Most changes of requests, and most of workers, that a reconnecting
+    /// event stream (`Last-Event-ID`) is sent from the history; a client
+    /// further behind gets a `reload` event instead.
+    pub events_resume_limit: u32,
+    /// Events kept for event streams whose clients read slowly; a stream
+    /// further behind gets a `reload` event and is ended.
+    pub events_buffer: usize,
     /// How often the reconciler compares the database with the live system
     /// and repairs what a failed commit left behind (a failed commit also
     /// runs it at once).
@@ -161,6 +172,9 @@ impl Default for Config {
             max_waiting_requests_per_user: 1000,
             max_long_polls_per_user: 16,
             max_streams_per_user: 4,
+            events_keep_alive: Duration::from_secs(15),
+            events_resume_limit: corral_actors::events::RESUME_LIMIT,
+            events_buffer: corral_actors::events::CHANNEL,
             reconcile_interval: Duration::from_secs(30),
         }
     }
@@ -270,6 +284,15 @@ impl Config {
                 "tunnel_max_connections and tunnel_idle_timeout must be larger than zero".to_string(),
             ));
         }
+        if self.events_keep_alive < Duration::from_millis(10) || self.events_keep_alive > Duration::from_secs(3600) {
+            return Err(ConfigError::Invalid("events_keep_alive must be between 10ms and 1h".to_string()));
+        }
+        if self.events_buffer == 0 || self.events_buffer > 1_000_000 {
+            return Err(ConfigError::Invalid("events_buffer must be between 1 and 1000000".to_string()));
+        }
+        if self.events_resume_limit == 0 || self.events_resume_limit > 1_000_000 {
+            return Err(ConfigError::Invalid("events_resume_limit must be between 1 and 1000000".to_string()));
+        }
         if self.reconcile_interval.is_zero() {
             return Err(ConfigError::Invalid("reconcile_interval must be larger than zero".to_string()));
         }
@@ -305,6 +328,8 @@ impl Config {
             actor_threads: self.actor_threads.max(1),
             max_waiting_requests_per_user: self.max_waiting_requests_per_user,
             reconcile_interval: self.reconcile_interval,
+            events_resume_limit: self.events_resume_limit,
+            events_buffer: self.events_buffer,
         })
     }
 }
@@ -335,6 +360,7 @@ mod tests {
         assert_eq!(settings.max_waiting_requests_per_user, 1000);
         assert_eq!((config.max_long_polls_per_user, config.max_streams_per_user), (16, 4));
         assert_eq!(settings.reconcile_interval, Duration::from_secs(30));
+        assert_eq!(config.events_keep_alive, Duration::from_secs(15));
         assert_eq!(toml::from_str::<Config>("boruta_user = \"weles\"").unwrap().boruta_user.as_deref(), Some("weles"));
     }
 
@@ -348,6 +374,8 @@ mod tests {
         assert!(wildcard.settings().is_err());
         let half_tls: Config = toml::from_str("tls_cert = \"/etc/corral/cert.pem\"").unwrap();
         assert!(half_tls.settings().is_err());
+        let no_keep_alive: Config = toml::from_str("events_keep_alive = \"0s\"").unwrap();
+        assert!(no_keep_alive.settings().is_err());
         let no_tunnel: Config = toml::from_str("tunnel_max_connections = 0").unwrap();
         assert!(no_tunnel.settings().is_err());
         let zero_total: Config = toml::from_str("[max_total_lease_by_group]\nsoak = \"0s\"").unwrap();

@@ -13,6 +13,7 @@ pub mod auth;
 pub mod boruta;
 pub mod config;
 pub mod error;
+pub mod events;
 mod health;
 mod leadership;
 pub mod limits;
@@ -76,6 +77,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
     .configure(requests::routes)
     .configure(workers::routes)
     .configure(users::routes)
+    .configure(events::routes)
     .configure(agent::routes)
     .configure(|cfg| boruta::routes(cfg, max_body))
     .default_service(web::to(|| async {

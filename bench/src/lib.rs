@@ -18,9 +18,11 @@
 //! `chaos` (the lifecycle load under server kills, a database outage, agent
 //! crashes and cut connections, then checks that nothing acknowledged was
 //! lost and nothing leased twice) and `restart` (ready and first binding
-//! after a `kill -9` with 10,000 requests waiting).
+//! after a `kill -9` with 10,000 requests waiting), `events` (commit to
+//! delivery latency of `GET /v1/events` with 1,000 subscribers).
 
 mod chaos;
+mod events;
 mod heartbeats;
 mod lifecycle;
 mod matcher;
@@ -48,6 +50,8 @@ scenarios:
                is lost, nothing leased twice, no worker stuck
   restart      kill -9 with 10,000 requests waiting: time to ready and to the first
                binding after the restart
+  events       1,000 subscribers on GET /v1/events while requests change: commit to
+               delivery latency, every change delivered to every subscriber
                (corral bench SCENARIO --help for each one's options)
 
 Progress goes to stderr; stdout gets one JSON line per size, the default size last.";
@@ -64,6 +68,7 @@ pub fn run(args: &[String]) -> Result<()> {
         "scale" => scale::run(rest),
         "chaos" => chaos::run(rest),
         "restart" => restart::run(rest),
+        "events" => events::run(rest),
         "-h" | "--help" | "help" => {
             eprintln!("{USAGE}");
             Ok(())
@@ -82,7 +87,7 @@ mod tests {
 
     #[test]
     fn scenarios_are_dispatched_and_unknown_ones_are_errors() {
-        for scenario in ["heartbeats", "scale", "chaos", "restart"] {
+        for scenario in ["heartbeats", "scale", "chaos", "restart", "events"] {
             run(&args(&[scenario, "--help"])).unwrap();
             let err = run(&args(&[scenario, "--bogus"])).unwrap_err();
             assert!(err.to_string().contains("unexpected argument \"--bogus\""), "{scenario}: {err}");

@@ -45,7 +45,12 @@ enum Command {
     /// Manage users (admin).
     #[command(subcommand)]
     User(client::UserCommand),
-    /// Run a benchmark scenario: matcher, lifecycle, heartbeats, scale, chaos, restart.
+    /// Follow the changes you may see (requests, workers) as they happen;
+    /// reconnects by itself without missing any.
+    Events(client::EventsArgs),
+    /// Print a shell completion script: `corral completions bash > /etc/bash_completion.d/corral`.
+    Completions(CompletionsArgs),
+    /// Run a benchmark scenario: matcher, lifecycle, heartbeats, scale, chaos, restart, events.
     Bench(BenchArgs),
 }
 
@@ -100,6 +105,19 @@ struct AgentArgs {
     /// `fail=prepare:3,lose=start_lease,slow=maintenance:5s,fail-every=10,no-heartbeats`.
     #[arg(long, value_name = "SPEC", requires = "simulate")]
     faults: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct CompletionsArgs {
+    /// The shell: bash, zsh or fish.
+    shell: CompletionShell,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Args, Debug)]
@@ -165,6 +183,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Request(command) => client::request(command),
         Command::Worker(command) => client::worker(command),
         Command::User(command) => client::user(command),
+        Command::Events(args) => client::events(args),
+        Command::Completions(args) => {
+            use clap::CommandFactory;
+            let shell = match args.shell {
+                CompletionShell::Bash => clap_complete::Shell::Bash,
+                CompletionShell::Zsh => clap_complete::Shell::Zsh,
+                CompletionShell::Fish => clap_complete::Shell::Fish,
+            };
+            clap_complete::generate(shell, &mut Cli::command(), "corral", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Bench(args) => {
             init_logs(cli.log_format.as_deref().unwrap_or("plain"));
             corral_bench::run(&args.args)

@@ -15,6 +15,7 @@
 //! (`now()`) unless a test clock passes a time explicitly.
 
 mod batch;
+mod events;
 #[cfg(feature = "fault-injection")]
 pub mod faults;
 mod fixtures;
@@ -33,6 +34,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, QueueMode, Recycli
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
+pub use events::{HistoryRange, HistoryRow, HistorySubject};
 pub use fixtures::{ScaleFixture, ScaleFixtureLoaded};
 pub use migrate::{MigrationError, SCHEMA};
 pub use reconcile::{LeaseRow, ReconcileSnapshot, RequestRow, WorkerRow};
@@ -102,6 +104,8 @@ pub enum DatabaseOperation {
     LoadLiveLeases,
     ReconcileSnapshot,
     RecordRepairs,
+    HistoryAfter,
+    HistoryHeads,
     Ping,
 }
 
@@ -148,6 +152,8 @@ impl DatabaseOperation {
             O::LoadLiveLeases => "load_live_leases",
             O::ReconcileSnapshot => "reconcile_snapshot",
             O::RecordRepairs => "record_repairs",
+            O::HistoryAfter => "history_after",
+            O::HistoryHeads => "history_heads",
             O::Ping => "ping",
         }
     }
@@ -155,6 +161,29 @@ impl DatabaseOperation {
     /// Whether running the operation a second time after a first run that
     /// may have committed changes nothing and answers the same (see the
     /// enum's docs).
+    /// Whether the operation only reads: its commit cannot add a history
+    /// row, so it does not wake the event hub ([`Db::commits`]).
+    pub fn is_read_only(self) -> bool {
+        use DatabaseOperation as O;
+        matches!(
+            self,
+            O::ListUsers
+                | O::UserByToken
+                | O::LiveSessions
+                | O::LoadWorkers
+                | O::GetRequest
+                | O::ListRequests
+                | O::RequestHistory
+                | O::WorkerHistory
+                | O::LoadLiveRequests
+                | O::LoadLiveLeases
+                | O::ReconcileSnapshot
+                | O::HistoryAfter
+                | O::HistoryHeads
+                | O::Ping
+        )
+    }
+
     pub fn is_idempotent(self) -> bool {
         use DatabaseOperation as O;
         matches!(
@@ -175,6 +204,8 @@ impl DatabaseOperation {
                 | O::LoadLiveRequests
                 | O::LoadLiveLeases
                 | O::ReconcileSnapshot
+                | O::HistoryAfter
+                | O::HistoryHeads
                 | O::Ping
                 | O::ReleaseOrphanLocks
                 | O::CloseSession
@@ -304,6 +335,9 @@ pub struct Db {
     /// Faults tests inject ([`faults`]); shared with the batch writers.
     #[cfg(feature = "fault-injection")]
     faults: std::sync::Arc<faults::Faults>,
+    /// Notified after a write committed ([`Db::commits`]); shared with the
+    /// batch writers.
+    commits: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// What [`Db::batch_stats`] reports.
@@ -347,6 +381,7 @@ impl Db {
             batches: None,
             #[cfg(feature = "fault-injection")]
             faults: Default::default(),
+            commits: Default::default(),
         };
         main.ping().await?;
         // The batch writers' own connections, one each and a spare. Their
@@ -364,6 +399,7 @@ impl Db {
             batches: None,
             #[cfg(feature = "fault-injection")]
             faults: main.faults.clone(),
+            commits: main.commits.clone(),
         };
         let batches = Batches {
             insert_request: batch::Batcher::start(writers.clone()),
@@ -492,6 +528,11 @@ impl Db {
         };
         if let Some(observer) = &self.observer {
             observer.observe(op, started.elapsed(), result.as_ref().err());
+        }
+        if !op.is_read_only() {
+            // Also after an error: a write whose outcome is unknown may
+            // have committed, and a spurious wake-up costs one read.
+            self.commits.notify_one();
         }
         result
     }

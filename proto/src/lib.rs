@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod boruta;
 pub mod error;
+pub mod events;
 pub mod requests;
 pub mod users;
 pub mod workers;

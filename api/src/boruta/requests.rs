@@ -314,7 +314,7 @@ fn compare(item: SortItem, order: SortOrder, a: &RequestRecord, b: &RequestRecor
 }
 
 fn visible(caller: &Caller, r: &RequestRecord) -> bool {
-    caller.is_admin() || caller.owns(r)
+    caller.may_read_request_of(r.owner_id)
 }
 
 /// The requests the filter can match, read from the database.

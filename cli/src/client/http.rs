@@ -147,6 +147,40 @@ impl Api {
     }
 }
 
+impl Api {
+    /// Opens a streamed GET (Server-Sent Events), with `Last-Event-ID` when
+    /// given: the body's chunks once the headers are in (within
+    /// [`CALL_TIMEOUT`]; the body has no deadline), or the server's refusal
+    /// as [`Refused`].
+    pub async fn open_stream(
+        &self,
+        path: &str,
+        last_event_id: Option<String>,
+    ) -> anyhow::Result<futures_util::stream::LocalBoxStream<'static, Result<Vec<u8>, String>>> {
+        let mut request = self.http.get(format!("{}{path}", self.base)).insert_header(("Accept", "text/event-stream"));
+        if let Some(id) = last_event_id {
+            request = request.insert_header(("Last-Event-ID", id));
+        }
+        let mut response = request.send().await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach the corral server at {}: {e} (is it running? give --server or set CORRAL_URL)",
+                self.base
+            )
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            use futures_util::StreamExt;
+            return Ok(response.map(|chunk| chunk.map(|b| b.to_vec()).map_err(|e| e.to_string())).boxed_local());
+        }
+        let bytes = response.body().limit(64 * 1024).await.unwrap_or_default();
+        let refused = match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(body) => Refused { status, code: Some(error_code_name(&body)), message: body.message },
+            Err(_) => Refused { status, code: None, message: String::from_utf8_lossy(&bytes).trim().to_string() },
+        };
+        Err(refused.into())
+    }
+}
+
 /// `conflict`, `not_found`, ... as on the wire.
 fn error_code_name(body: &ErrorBody) -> String {
     match serde_json::to_value(body.error) {

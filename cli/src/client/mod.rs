@@ -15,6 +15,7 @@
 
 mod acquire;
 mod connection;
+mod events;
 mod http;
 mod output;
 mod requests;
@@ -27,6 +28,7 @@ use std::time::SystemTime;
 
 use clap::Args;
 
+pub use events::EventsArgs;
 pub use requests::RequestCommand;
 pub use users::UserCommand;
 pub use workers::WorkerCommand;
@@ -42,6 +44,11 @@ pub fn request(command: RequestCommand) -> anyhow::Result<()> {
 /// `corral worker ...`
 pub fn worker(command: WorkerCommand) -> anyhow::Result<()> {
     workers::run(command)
+}
+
+/// `corral events`
+pub fn events(args: EventsArgs) -> anyhow::Result<()> {
+    events::run(args)
 }
 
 /// `corral user ...`
