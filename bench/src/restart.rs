@@ -38,8 +38,8 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail, ensure};
 use corral_core::Caps;
-use corral_embedded_pg::CORRAL_DATABASE;
 use corral_db::{Db, PoolSettings, ScaleFixture};
+use corral_embedded_pg::CORRAL_DATABASE;
 use serde::Serialize;
 
 use crate::chaos::AgentThread;
