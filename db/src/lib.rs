@@ -14,6 +14,7 @@
 //! (the server's clock). Session deadlines come from the database clock
 //! (`now()`) unless a test clock passes a time explicitly.
 
+mod audit;
 mod batch;
 #[cfg(feature = "fault-injection")]
 pub mod faults;
@@ -33,6 +34,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, QueueMode, Recycli
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
+pub use audit::{AuditIntent, AuditOutcome, AuditRecord};
 pub use fixtures::{ScaleFixture, ScaleFixtureLoaded};
 pub use migrate::{MigrationError, SCHEMA};
 pub use reconcile::{LeaseRow, ReconcileSnapshot, RequestRow, WorkerRow};
@@ -80,6 +82,8 @@ pub enum DatabaseOperation {
     WorkerTransition,
     SetWorkerGroups,
     SetWorkerDrain,
+    SetWorkerFacts,
+    SetWorkerNote,
     DeleteWorker,
     LoadWorkers,
     TouchWorkers,
@@ -102,6 +106,9 @@ pub enum DatabaseOperation {
     LoadLiveLeases,
     ReconcileSnapshot,
     RecordRepairs,
+    AuditBegin,
+    AuditEnd,
+    AuditPage,
     Ping,
 }
 
@@ -126,6 +133,8 @@ impl DatabaseOperation {
             O::WorkerTransition => "worker_transition",
             O::SetWorkerGroups => "set_worker_groups",
             O::SetWorkerDrain => "set_worker_drain",
+            O::SetWorkerFacts => "set_worker_facts",
+            O::SetWorkerNote => "set_worker_note",
             O::DeleteWorker => "delete_worker",
             O::LoadWorkers => "load_workers",
             O::TouchWorkers => "touch_workers",
@@ -148,6 +157,9 @@ impl DatabaseOperation {
             O::LoadLiveLeases => "load_live_leases",
             O::ReconcileSnapshot => "reconcile_snapshot",
             O::RecordRepairs => "record_repairs",
+            O::AuditBegin => "audit_begin",
+            O::AuditEnd => "audit_end",
+            O::AuditPage => "audit_page",
             O::Ping => "ping",
         }
     }
@@ -175,6 +187,8 @@ impl DatabaseOperation {
                 | O::LoadLiveRequests
                 | O::LoadLiveLeases
                 | O::ReconcileSnapshot
+                | O::AuditEnd
+                | O::AuditPage
                 | O::Ping
                 | O::ReleaseOrphanLocks
                 | O::CloseSession

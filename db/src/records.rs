@@ -55,6 +55,15 @@ pub struct WorkerRecord {
     pub fence: FencingToken,
     /// Maintenance asked for after the running lease: its reason.
     pub drain: Option<String>,
+    /// The latest facts stored for it and when.
+    pub facts: serde_json::Map<String, serde_json::Value>,
+    pub facts_at: Option<SystemTime>,
+    /// The facts its agent marks as dimensions.
+    pub dimensions: Caps,
+    /// An admin's note, who wrote it (`user:NAME`) and when.
+    pub note: Option<String>,
+    pub note_by: Option<String>,
+    pub note_at: Option<SystemTime>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -200,6 +209,15 @@ impl WorkerRecord {
             } else {
                 None
             },
+            facts: match row.try_get::<_, serde_json::Value>("facts").map_err(get)? {
+                serde_json::Value::Object(facts) => facts,
+                _ => serde_json::Map::new(),
+            },
+            facts_at: row.try_get("facts_at").map_err(get)?,
+            dimensions: caps_from_json(op, row.try_get("dimensions").map_err(get)?)?,
+            note: row.try_get("note").map_err(get)?,
+            note_by: row.try_get("note_by").map_err(get)?,
+            note_at: row.try_get("note_at").map_err(get)?,
         })
     }
 }
