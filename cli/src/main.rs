@@ -45,6 +45,8 @@ enum Command {
     /// Manage users (admin).
     #[command(subcommand)]
     User(client::UserCommand),
+    /// The audit log of admin actions, newest first (admin).
+    Audit(client::AuditArgs),
     /// Run a benchmark scenario: matcher, lifecycle, heartbeats, scale, chaos, restart.
     Bench(BenchArgs),
 }
@@ -165,6 +167,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Request(command) => client::request(command),
         Command::Worker(command) => client::worker(command),
         Command::User(command) => client::user(command),
+        Command::Audit(args) => client::audit(args),
         Command::Bench(args) => {
             init_logs(cli.log_format.as_deref().unwrap_or("plain"));
             corral_bench::run(&args.args)

@@ -1,11 +1,11 @@
-//! `corral worker list|show|history|idle|maintenance|groups|hand-over|deregister`.
+//! `corral worker list|show|history|idle|maintenance|groups|hand-over|note|deregister`.
 
 use std::time::SystemTime;
 
 use awc::http::Method;
 use clap::{Args, Subcommand};
 use corral_core::WorkerId;
-use corral_proto::workers::{AdminState, StateChange, Worker};
+use corral_proto::workers::{AdminState, NoteChange, StateChange, Worker};
 use serde_json::{Value, json};
 
 use super::http::{self, decode};
@@ -31,8 +31,25 @@ pub enum WorkerCommand {
     /// Hand a worker in maintenance or failed over to another agent user
     /// (admin): only that user's agents may claim it from then on.
     HandOver(HandOverArgs),
+    /// Set or clear an admin's note on a worker (admin), shown with its
+    /// author and time beside the system's own reason.
+    Note(NoteArgs),
     /// Forget a worker in maintenance or failed (admin).
     Deregister(UuidArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct NoteArgs {
+    /// Worker UUID.
+    uuid: WorkerId,
+    /// The note (at most 1024 bytes; newlines allowed).
+    #[arg(value_name = "TEXT", required_unless_present = "clear", conflicts_with = "clear")]
+    text: Option<String>,
+    /// Remove the note.
+    #[arg(long)]
+    clear: bool,
+    #[command(flatten)]
+    common: CommonArgs,
 }
 
 #[derive(Args, Debug)]
@@ -167,6 +184,12 @@ pub fn run(command: WorkerCommand) -> anyhow::Result<()> {
                 let answer = api.send(Method::PUT, &path(args.uuid, "/agent"), &body).await?;
                 print_worker(&args.common, &answer)
             }
+            WorkerCommand::Note(args) => {
+                let api = args.common.api()?;
+                let body = NoteChange { note: if args.clear { None } else { args.text } };
+                let answer = api.send(Method::PUT, &path(args.uuid, "/note"), &body).await?;
+                print_worker(&args.common, &answer)
+            }
             WorkerCommand::Deregister(args) => {
                 let api = args.common.api()?;
                 api.delete(&path(args.uuid, "")).await?;
@@ -200,7 +223,7 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
     if workers.is_empty() {
         output::emit("no workers\n")?;
     } else {
-        let mut table = Table::new(&["UUID", "STATE", "AGENT", "REQUEST", "GROUPS", "CAPS"]);
+        let mut table = Table::new(&["UUID", "STATE", "AGENT", "REQUEST", "GROUPS", "CAPS", "REASON", "NOTE"]);
         for w in &workers {
             table.row(vec![
                 w.uuid.to_string(),
@@ -209,6 +232,8 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
                 output::or_dash(w.request),
                 output::list(w.groups.iter()),
                 output::or_dash(Some(&w.caps)),
+                output::or_dash(w.reason.as_deref()),
+                output::or_dash(w.note.as_deref().map(|n| n.lines().next().unwrap_or_default())),
             ]);
         }
         table.print()?;
@@ -266,6 +291,20 @@ fn print_worker(common: &CommonArgs, answer: &Value) -> anyhow::Result<()> {
         ("ssh_addr", w.ssh_addr.clone()),
         ("groups", output::list(w.groups.iter())),
         ("caps", output::or_dash(Some(&w.caps))),
+        ("dimensions", if w.dimensions.is_empty() { "-".to_string() } else { w.dimensions.to_string() }),
         ("last_seen", output::or_dash(w.last_seen.map(|t| output::time_and_distance(t, now)))),
+        (
+            "facts",
+            if w.facts.is_empty() { "-".to_string() } else { serde_json::Value::Object(w.facts.clone()).to_string() },
+        ),
+        ("facts_at", output::or_dash(w.facts_at.map(|t| output::time_and_distance(t, now)))),
+        ("note", output::or_dash(w.note.as_deref())),
+        (
+            "note_by",
+            output::or_dash(w.note_by.as_ref().map(|by| match w.note_at {
+                Some(at) => format!("{by}, {}", output::time_and_distance(at, now)),
+                None => by.clone(),
+            })),
+        ),
     ]))
 }
