@@ -684,7 +684,8 @@ impl WorkerActor {
             self.record.facts = facts.clone();
             self.record.facts_at = Some(now);
         }
-        if !dimensions_changed && !(facts_changed && due) {
+        let write = dimensions_changed || (facts_changed && due);
+        if !write {
             return self.judge(facts);
         }
         let before = std::mem::replace(&mut self.record.dimensions, dimensions.clone());
