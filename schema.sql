@@ -90,7 +90,16 @@ CREATE TABLE workers (
     -- An admin's note on the worker, who wrote it and when.
     note        TEXT,
     note_by     TEXT,
-    note_at     TIMESTAMPTZ
+    note_at     TIMESTAMPTZ,
+    -- Holds that keep an idle worker out of matching, each with its reason
+    -- and time: quarantine (an admin, or too many failed preparations in a
+    -- row; only an admin clears it) and recovery (set and cleared from the
+    -- facts, e.g. a battery charging).
+    quarantine  TEXT,
+    quarantine_by TEXT,
+    quarantine_at TIMESTAMPTZ,
+    recovery    TEXT,
+    recovery_at TIMESTAMPTZ
 );
 
 CREATE TABLE worker_history (

@@ -14,7 +14,7 @@ use corral_core::health::{self, Verdict};
 use corral_core::matcher::WorkerSpec;
 use corral_core::worker::WorkerEvent;
 use corral_core::{Caps, FencingToken, Groups, RequestId, SessionId, WorkerId, WorkerState};
-use corral_db::{WorkerRecord, WorkerTransition};
+use corral_db::{Hold, WorkerRecord, WorkerTransition};
 use corral_proto::agent::{Action, ActionKind, CommandResult};
 use corral_proto::workers::{AdminState, StateChange, Worker};
 use serde_json::{Map, Value};
@@ -68,6 +68,13 @@ pub enum WorkerMsg {
     Observed {
         facts: Map<String, Value>,
         dimensions: Caps,
+    },
+    /// An admin quarantines the worker (Some(reason)) or lifts its
+    /// quarantine (None).
+    SetQuarantine {
+        caller: Caller,
+        reason: Option<String>,
+        reply: Answer,
     },
     /// An admin sets (Some) or clears (None) the worker's note.
     SetNote {
@@ -222,6 +229,11 @@ impl WorkerActor {
                 note: record.note.clone(),
                 note_by: record.note_by.clone(),
                 note_at: record.note_at,
+                quarantine: record.quarantine.clone(),
+                quarantine_by: record.quarantine_by.clone(),
+                quarantine_at: record.quarantine_at,
+                recovery: record.recovery.clone(),
+                recovery_at: record.recovery_at,
             },
             session: record.session,
             drain: record.drain.clone(),
@@ -380,8 +392,7 @@ impl WorkerActor {
                 self.prepare_retry_after = None;
                 let rows = self.commands.take_backoff_rows();
                 self.clear_backoff_rows(rows);
-                let last_used = self.record.last_used.unwrap_or(SystemTime::UNIX_EPOCH);
-                tell(self.shared.matcher(), MatcherMsg::WorkerIdle { worker: id, last_used });
+                self.offer_if_idle();
             }
             WorkerState::Failed | WorkerState::Busy => {
                 if let Some(lease) = self.lease.take() {
@@ -449,12 +460,68 @@ impl WorkerActor {
             if kind == ActionKind::Prepare {
                 act.prepare_retry_after = Some(until);
             }
-            if failures > act.shared.settings.command_retries {
-                return act.give_up(kind, what, failures, until);
+            let after = act.shared.settings.quarantine_after;
+            let quarantine = kind == ActionKind::Prepare
+                && after > 0
+                && failures >= after
+                && act.record.quarantine.is_none();
+            let next = if failures > act.shared.settings.command_retries {
+                act.give_up(kind, what, failures, until)
+            } else {
+                tracing::info!(worker = %id, command = %kind, failures, what = %what, "command failed; retrying after backoff");
+                tell(act.shared.timekeeper(), TimerMsg::Watch { key: TimerKey::CommandRetry(id, kind), at: until });
+                done()
+            };
+            if quarantine {
+                let reason = match failures {
+                    1 => "a failed preparation".to_string(),
+                    n => format!("{n} failed preparations in a row"),
+                };
+                let hold = act.set_hold(Hold::Quarantine, Some(reason), "server".to_string(), None);
+                let chained: Step = Box::pin(hold.then(move |(), _, _| next));
+                return chained;
             }
-            tracing::info!(worker = %id, command = %kind, failures, what = %what, "command failed; retrying after backoff");
-            tell(act.shared.timekeeper(), TimerMsg::Watch { key: TimerKey::CommandRetry(id, kind), at: until });
-            done()
+            next
+        }))
+    }
+
+    /// Offers the worker to the matcher if it is idle and not held.
+    fn offer_if_idle(&self) {
+        if self.record.state == WorkerState::Idle && !self.record.held() {
+            let last_used = self.record.last_used.unwrap_or(SystemTime::UNIX_EPOCH);
+            tell(self.shared.matcher(), MatcherMsg::WorkerIdle { worker: self.id(), last_used });
+        }
+    }
+
+    /// Sets (Some) or lifts (None) a hold: committed with a history row,
+    /// then the matcher stops (held) or starts again (idle, no hold left)
+    /// offering the worker.
+    fn set_hold(&mut self, hold: Hold, reason: Option<String>, actor: String, reply: Option<Answer>) -> Step {
+        let (db, id, now) = (self.shared.db.clone(), self.id(), self.shared.clock.now());
+        let work = async move { db.set_worker_hold(id, hold, reason.as_deref(), &actor, now).await };
+        Box::pin(work.into_actor(self).map(move |result, act, _| match result {
+            Ok(record) => {
+                tracing::info!(worker = %id, ?hold, quarantine = ?record.quarantine, recovery = ?record.recovery, "worker hold");
+                (act.record.quarantine, act.record.quarantine_by, act.record.quarantine_at) =
+                    (record.quarantine, record.quarantine_by, record.quarantine_at);
+                (act.record.recovery, act.record.recovery_at) = (record.recovery, record.recovery_at);
+                if act.record.held() {
+                    let (tx, _) = tokio::sync::oneshot::channel();
+                    tell(act.shared.matcher(), MatcherMsg::WithdrawWorker { worker: id, reply: tx });
+                } else {
+                    act.offer_if_idle();
+                }
+                act.publish();
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(act.record.clone()));
+                }
+            }
+            Err(err) => {
+                tracing::warn!(worker = %id, cause = %err, ?hold, "could not change a hold");
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(err.into()));
+                }
+            }
         }))
     }
 
@@ -717,8 +784,21 @@ impl WorkerActor {
         }))
     }
 
-    /// Applies the health rules to a heartbeat's facts.
+    /// Applies the recovery rule (a hold set and lifted by the facts) and
+    /// the health rules to a heartbeat's facts.
     fn judge(&mut self, facts: Map<String, Value>) -> Step {
+        let recovery = corral_core::facts::recovery_reason(&facts);
+        if recovery.is_some() != self.record.recovery.is_some() {
+            let actor = format!("agent:{}", self.record.agent);
+            let hold = self.set_hold(Hold::Recovery, recovery, actor, None);
+            let chained: Step = Box::pin(hold.then(move |(), act: &mut WorkerActor, _| act.health(facts)));
+            return chained;
+        }
+        self.health(facts)
+    }
+
+    /// Applies the health rules to a heartbeat's facts.
+    fn health(&mut self, facts: Map<String, Value>) -> Step {
         let verdict = health::evaluate(&facts);
         let state = self.record.state;
         match verdict {
@@ -870,10 +950,7 @@ impl WorkerActor {
                     act.forget_commands();
                 }
                 match act.record.state {
-                    WorkerState::Idle => {
-                        let last_used = act.record.last_used.unwrap_or(SystemTime::UNIX_EPOCH);
-                        tell(act.shared.matcher(), MatcherMsg::WorkerIdle { worker: id, last_used });
-                    }
+                    WorkerState::Idle => act.offer_if_idle(),
                     // The end of its lease moved it (our own transition lost
                     // the race): prepare it, as entering the state would.
                     WorkerState::Prepare if was != WorkerState::Prepare => {
@@ -900,6 +977,9 @@ impl WorkerActor {
             }
             WorkerMsg::Observed { facts, dimensions } => self.observed(facts, dimensions),
             WorkerMsg::SetNote { caller, note, reply } => self.set_note(caller, note, reply),
+            WorkerMsg::SetQuarantine { caller, reason, reply } => {
+                self.set_hold(Hold::Quarantine, reason, caller.actor(), Some(reply))
+            }
             WorkerMsg::AgentLost { session, reason } => self.agent_lost(session, reason),
             WorkerMsg::Leased { request, fence } => self.leased(request, fence),
             WorkerMsg::StartLease { request, fence, public_key, expires_at } => {
@@ -1076,6 +1156,36 @@ impl Corral {
         let addr = self.worker_addr(id)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         addr.send(WorkerMsg::SetNote { caller: caller.clone(), note, reply: tx }).await?;
+        rx.await??;
+        self.shared()
+            .dir
+            .view(id)
+            .map(|v| v.worker)
+            .ok_or_else(|| ActorError::NotFound(format!("worker {id} not found")))
+    }
+
+    /// An admin quarantines a worker (`Some(reason)`, 1 to 1024 bytes
+    /// without control characters) or lifts its quarantine (`None`).
+    pub async fn set_worker_quarantine(
+        &self,
+        caller: &Caller,
+        id: WorkerId,
+        reason: Option<&str>,
+    ) -> Result<corral_proto::workers::Worker, ActorError> {
+        if !caller.is_admin() {
+            return Err(ActorError::Forbidden("this needs an admin token".to_string()));
+        }
+        let reason = match reason {
+            None => None,
+            Some(text) => {
+                let checked = corral_core::facts::checked_note(Some(text))
+                    .map_err(|e| ActorError::BadRequest(format!("quarantine reason: {e}")))?;
+                Some(checked.ok_or_else(|| ActorError::BadRequest("a quarantine needs a reason".to_string()))?)
+            }
+        };
+        let addr = self.worker_addr(id)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        addr.send(WorkerMsg::SetQuarantine { caller: caller.clone(), reason, reply: tx }).await?;
         rx.await??;
         self.shared()
             .dir

@@ -6,7 +6,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use corral_core::{Groups, WorkerId, WorkerState};
 use corral_proto::Page;
 use corral_proto::requests::HistoryEntry;
-use corral_proto::workers::{NoteChange, StateChange, Worker};
+use corral_proto::workers::{NoteChange, QuarantineChange, StateChange, Worker};
 
 use crate::audit::audited;
 use crate::auth::Auth;
@@ -23,7 +23,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .service(endpoint("/{uuid}/state").route(web::put().to(set_state)))
             .service(endpoint("/{uuid}/groups").route(web::put().to(set_groups)))
             .service(endpoint("/{uuid}/agent").route(web::put().to(hand_over)))
-            .service(endpoint("/{uuid}/note").route(web::put().to(set_note))),
+            .service(endpoint("/{uuid}/note").route(web::put().to(set_note)))
+            .service(
+                endpoint("/{uuid}/quarantine")
+                    .route(web::put().to(quarantine))
+                    .route(web::delete().to(lift_quarantine)),
+            ),
     );
 }
 
@@ -38,7 +43,11 @@ fn visible(caller: &corral_actors::Caller, worker: &Worker) -> bool {
 async fn list(state: web::Data<AppState>, auth: Auth, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let caller = auth.require_person()?;
     let query = Query::parse(&req)?;
-    query.only(&["state", "group", "cap", "limit", "cursor"])?;
+    query.only(&["state", "group", "cap", "hold", "limit", "cursor"])?;
+    let hold = query.one("hold")?;
+    if hold.is_some_and(|h| !["quarantine", "recovery", "any", "none"].contains(&h)) {
+        return Err(ApiError::bad_request("hold must be quarantine, recovery, any or none"));
+    }
     let limit = parse_limit(&query)? as usize;
     let mut states = Vec::new();
     for text in query.all("state") {
@@ -59,6 +68,13 @@ async fn list(state: web::Data<AppState>, auth: Auth, req: HttpRequest) -> Resul
             && group.as_deref().is_none_or(|g| w.groups.contains(g))
             && caps.iter().all(|(k, val)| w.caps.get(k) == Some(val.as_str()))
             && after.is_none_or(|a| w.uuid > a)
+            && match hold {
+                Some("quarantine") => w.quarantine.is_some(),
+                Some("recovery") => w.recovery.is_some(),
+                Some("any") => w.quarantine.is_some() || w.recovery.is_some(),
+                Some("none") => w.quarantine.is_none() && w.recovery.is_none(),
+                _ => true,
+            }
     });
     let next_cursor = (views.len() > limit).then(|| views[limit - 1].worker.uuid.to_string());
     let items: Vec<Worker> = views.into_iter().take(limit).map(|v| v.worker).collect();
@@ -218,6 +234,46 @@ async fn set_note(
     audited(&state, &req, caller, "worker.note", path.as_str(), detail, async {
         let id = worker_id(&path)?;
         let worker = state.corral.set_worker_note(caller, id, body.note.as_deref()).await?;
+        Ok(HttpResponse::Ok().json(worker))
+    })
+    .await
+}
+
+/// `PUT /v1/workers/{uuid}/quarantine` with `{"reason": TEXT}`: an admin
+/// holds the worker out of matching until an admin lifts it (a running
+/// lease goes on); 200 with the worker.
+#[tracing::instrument(skip_all, fields(worker = %path.as_str()))]
+async fn quarantine(
+    state: web::Data<AppState>,
+    auth: Auth,
+    path: web::Path<String>,
+    body: web::Json<QuarantineChange>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let caller = auth.require_admin()?;
+    let body = body.into_inner();
+    audited(&state, &req, caller, "worker.quarantine", path.as_str(), body.reason.clone(), async {
+        let id = worker_id(&path)?;
+        let worker = state.corral.set_worker_quarantine(caller, id, Some(&body.reason)).await?;
+        Ok(HttpResponse::Ok().json(worker))
+    })
+    .await
+}
+
+/// `DELETE /v1/workers/{uuid}/quarantine`: an admin lifts the quarantine;
+/// 200 with the worker (offered to the matcher again if idle and not in
+/// recovery).
+#[tracing::instrument(skip_all, fields(worker = %path.as_str()))]
+async fn lift_quarantine(
+    state: web::Data<AppState>,
+    auth: Auth,
+    path: web::Path<String>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let caller = auth.require_admin()?;
+    audited(&state, &req, caller, "worker.unquarantine", path.as_str(), "", async {
+        let id = worker_id(&path)?;
+        let worker = state.corral.set_worker_quarantine(caller, id, None).await?;
         Ok(HttpResponse::Ok().json(worker))
     })
     .await

@@ -341,3 +341,116 @@ async fn admin_actions_are_audited_with_actor_target_address_and_outcome() {
     agent.kill();
     server.stop().await;
 }
+
+/// Issue 16 item 3: holds. Sent: a simulated host whose hook reports
+/// battery 80, then 12, then 80 again, while a request for its caps is
+/// submitted; then an admin quarantine (as a user: 403; without a reason:
+/// 400), a second request, battery changes, and the admin lifting it.
+/// Must happen: battery 12 puts the worker in recovery ("battery charging:
+/// 12%", with its time) and the request waits; `hold=` filters list it;
+/// battery 80 lifts the recovery and the request is bound at once. The
+/// quarantine (reason, by, at) keeps the second request waiting whatever
+/// the facts say, until the admin lifts it; then it is bound. Each hold
+/// and lift is in the worker's history.
+#[actix_rt::test]
+async fn recovery_from_facts_and_an_admin_quarantine_keep_a_worker_out_of_matching() {
+    let server = server().await;
+    let admin = server.admin();
+    let backend = Simulated::new("host-holds", 1, &caps(&[("device_type", "hold")]), "127.0.0.1:9", "lab");
+    let hook = backend.faults();
+    let battery = |level: u32| json!({"battery": level}).as_object().unwrap().clone();
+    hook.set_facts(battery(80));
+    let agent = server.agent_with(backend);
+    let worker = agent.uuids[0];
+    server.make_idle(&agent.uuids).await;
+
+    hook.set_facts(battery(12));
+    let held = wait_for_worker(&admin, worker, |w| w["recovery"].is_string()).await;
+    assert_eq!(held["recovery"], "battery charging: 12%", "{held}");
+    assert!(held["recovery_at"].is_string() && held["state"] == "idle", "{held}");
+    let yan = server.api(&server.user("yan", &[]).await);
+    let first = yan.submit(json!({"caps": {"device_type": "hold"}})).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(yan.get(&format!("/v1/requests/{first}")).await.1["state"], "waiting");
+    let (_, in_recovery) = admin.get("/v1/workers?hold=recovery").await;
+    assert_eq!(in_recovery["items"].as_array().unwrap().len(), 1, "{in_recovery}");
+    let (_, unheld) = admin.get("/v1/workers?hold=none").await;
+    assert_eq!(unheld["items"].as_array().unwrap().len(), 0, "{unheld}");
+    assert_eq!(admin.get("/v1/workers?hold=maybe").await.0, StatusCode::BAD_REQUEST);
+
+    hook.set_facts(battery(80));
+    let leased = wait_for_request(&yan, first, |r| r["state"] == "in_progress").await;
+    assert_eq!(leased["worker"], worker.to_string());
+    let (_, shown) = admin.get(&format!("/v1/workers/{worker}")).await;
+    assert!(shown["recovery"].is_null() && shown["recovery_at"].is_null(), "{shown}");
+    yan.post_empty(&format!("/v1/requests/{first}/close")).await;
+    wait_for_worker(&admin, worker, |w| w["state"] == "idle" && w["request"].is_null()).await;
+
+    let path = format!("/v1/workers/{worker}/quarantine");
+    assert_eq!(yan.put(&path, json!({"reason": "mine"})).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(admin.put(&path, json!({"reason": " "})).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(admin.put(&path, json!({})).await.0, StatusCode::BAD_REQUEST);
+    let (status, body) = admin.put(&path, json!({"reason": "flaky USB"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["quarantine"], "flaky USB");
+    assert!(body["quarantine_by"].as_str().unwrap().starts_with("user:") && body["quarantine_at"].is_string());
+    let second = yan.submit(json!({"caps": {"device_type": "hold"}})).await;
+    hook.set_facts(battery(90));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(yan.get(&format!("/v1/requests/{second}")).await.1["state"], "waiting", "facts do not lift it");
+    assert_eq!(yan.delete(&path).await.0, StatusCode::FORBIDDEN);
+    let (status, body) = admin.delete(&path).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["quarantine"].is_null(), "{body}");
+    wait_for_request(&yan, second, |r| r["state"] == "in_progress").await;
+
+    let reasons = history_reasons(&admin, &worker.to_string()).await;
+    for wanted in ["in recovery: battery charging: 12%", "recovered", "quarantined: flaky USB", "quarantine lifted"] {
+        assert!(reasons.iter().any(|r| r == wanted), "{wanted}: {reasons:?}");
+    }
+    agent.stop().await;
+    server.stop().await;
+}
+
+/// Sent: a server with `quarantine_after = 1` and a host whose
+/// preparation fails; an admin sets the worker idle; then the fault goes
+/// away (the retry after the 5 s backoff succeeds). Must happen: at the
+/// failed preparation the worker is quarantined by "server" with reason "a
+/// failed preparation"; once prepared and idle it is still not leased
+/// (a request waits) until an admin lifts the quarantine.
+#[actix_rt::test]
+async fn failed_preparations_in_a_row_quarantine_a_worker_until_an_admin_lifts_it() {
+    let server = TestServer::start_with(Clock::System, |config| {
+        config.heartbeat_interval = Duration::from_millis(200);
+        config.quarantine_after = 1;
+    })
+    .await;
+    let admin = server.admin();
+    let backend = Simulated::new("host-quar", 1, &caps(&[("device_type", "q")]), "127.0.0.1:9", "lab");
+    let faults = backend.faults();
+    faults.fail(corral_proto::agent::ActionKind::Prepare, corral_agent::Times::Always);
+    let agent = server.agent_with(backend);
+    let worker = agent.uuids[0];
+    wait_for_worker(&admin, worker, |w| w["state"] == "maintenance").await;
+    let (status, _) = admin.put(&format!("/v1/workers/{worker}/state"), json!({"state": "idle"})).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let held = wait_for_worker(&admin, worker, |w| w["quarantine"].is_string()).await;
+    assert_eq!(held["quarantine"], "a failed preparation", "{held}");
+    assert_eq!(held["quarantine_by"], "server", "{held}");
+
+    faults.clear();
+    corral_testkit::wait_until("the retried preparation makes it idle", Duration::from_secs(20), || async {
+        let (_, w) = admin.get(&format!("/v1/workers/{worker}")).await;
+        (w["state"] == "idle").then_some(())
+    })
+    .await;
+    let zoe = server.api(&server.user("zoe", &[]).await);
+    let id = zoe.submit(json!({"caps": {"device_type": "q"}})).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(zoe.get(&format!("/v1/requests/{id}")).await.1["state"], "waiting");
+    let (status, _) = admin.delete(&format!("/v1/workers/{worker}/quarantine")).await;
+    assert_eq!(status, StatusCode::OK);
+    wait_for_request(&zoe, id, |r| r["state"] == "in_progress").await;
+    agent.stop().await;
+    server.stop().await;
+}

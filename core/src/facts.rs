@@ -96,6 +96,34 @@ pub fn merged_caps(configured: &Caps, dimensions: &Caps) -> Caps {
     merged
 }
 
+/// Battery below this (percent) puts a worker in recovery (charging).
+pub const RECOVERY_BATTERY_PERCENT: f64 = 20.0;
+/// Temperature above this (degrees Celsius) puts a worker in recovery
+/// (cooling down).
+pub const RECOVERY_TEMPERATURE_C: f64 = 60.0;
+
+/// Why the facts keep a worker in recovery (out of matching until they
+/// change), if they do: the agent's own `recovery` text, a battery under
+/// [`RECOVERY_BATTERY_PERCENT`], a temperature over
+/// [`RECOVERY_TEMPERATURE_C`]. Worse values fail the worker instead
+/// ([`crate::health`]); facts of the wrong type are ignored.
+pub fn recovery_reason(facts: &Map<String, Value>) -> Option<String> {
+    if let Some(text) = facts.get("recovery").and_then(Value::as_str).filter(|t| !t.trim().is_empty()) {
+        return Some(text.to_string());
+    }
+    if let Some(battery) = facts.get("battery").and_then(Value::as_f64)
+        && battery < RECOVERY_BATTERY_PERCENT
+    {
+        return Some(format!("battery charging: {battery}%"));
+    }
+    if let Some(temperature) = facts.get("temperature").and_then(Value::as_f64)
+        && temperature > RECOVERY_TEMPERATURE_C
+    {
+        return Some(format!("cooling down: {temperature}°C"));
+    }
+    None
+}
+
 /// A note as stored: `None` for an empty (or all-whitespace) note, which
 /// clears it; an error past the bounds.
 pub fn checked_note(note: Option<&str>) -> Result<Option<String>, FactsError> {
@@ -171,6 +199,16 @@ mod tests {
             caps(&[("android_version", "13"), ("device_model", "p7"), ("device_type", "pixel")])
         );
         assert_eq!(merged_caps(&configured, &Caps::new()), configured);
+    }
+
+    #[test]
+    fn recovery_comes_from_the_facts() {
+        let reason = |v: Value| recovery_reason(v.as_object().unwrap());
+        assert_eq!(reason(json!({"battery": 80, "temperature": 40})), None);
+        assert_eq!(reason(json!({"battery": 12})), Some("battery charging: 12%".to_string()));
+        assert_eq!(reason(json!({"temperature": 70})), Some("cooling down: 70°C".to_string()));
+        assert_eq!(reason(json!({"recovery": "rebooting", "battery": 12})), Some("rebooting".to_string()));
+        assert_eq!(reason(json!({"recovery": " ", "battery": "low"})), None);
     }
 
     #[test]

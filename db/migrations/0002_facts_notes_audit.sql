@@ -10,6 +10,14 @@ ALTER TABLE workers ADD COLUMN note TEXT;
 ALTER TABLE workers ADD COLUMN note_by TEXT;
 ALTER TABLE workers ADD COLUMN note_at TIMESTAMPTZ;
 
+-- Holds that keep an idle worker out of matching: quarantine (admin, or
+-- failed preparations in a row) and recovery (from the facts).
+ALTER TABLE workers ADD COLUMN quarantine TEXT;
+ALTER TABLE workers ADD COLUMN quarantine_by TEXT;
+ALTER TABLE workers ADD COLUMN quarantine_at TIMESTAMPTZ;
+ALTER TABLE workers ADD COLUMN recovery TEXT;
+ALTER TABLE workers ADD COLUMN recovery_at TIMESTAMPTZ;
+
 -- Every admin action, written before it runs and given its outcome after.
 CREATE TABLE audit (
     id          BIGSERIAL PRIMARY KEY,

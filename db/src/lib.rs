@@ -42,7 +42,7 @@ pub use records::*;
 pub use requests::{BindOutcome, Idempotency, NewRequestRecord, RequestFilter, StartLease, Submitted};
 pub use sessions::{AgentRegistration, ExpiredSession};
 pub use users::{hash_token, new_token};
-pub use workers::{ClaimRefusal, WorkerTransition, WorkerUpsert};
+pub use workers::{ClaimRefusal, Hold, WorkerTransition, WorkerUpsert};
 
 /// Every operation the server performs on the database.
 ///
@@ -84,6 +84,7 @@ pub enum DatabaseOperation {
     SetWorkerDrain,
     SetWorkerFacts,
     SetWorkerNote,
+    SetWorkerHold,
     DeleteWorker,
     LoadWorkers,
     TouchWorkers,
@@ -135,6 +136,7 @@ impl DatabaseOperation {
             O::SetWorkerDrain => "set_worker_drain",
             O::SetWorkerFacts => "set_worker_facts",
             O::SetWorkerNote => "set_worker_note",
+            O::SetWorkerHold => "set_worker_hold",
             O::DeleteWorker => "delete_worker",
             O::LoadWorkers => "load_workers",
             O::TouchWorkers => "touch_workers",

@@ -64,6 +64,21 @@ pub struct WorkerRecord {
     pub note: Option<String>,
     pub note_by: Option<String>,
     pub note_at: Option<SystemTime>,
+    /// Held out of matching by an admin (or failed preparations): why,
+    /// by whom, since when.
+    pub quarantine: Option<String>,
+    pub quarantine_by: Option<String>,
+    pub quarantine_at: Option<SystemTime>,
+    /// Held out of matching by its facts: why, since when.
+    pub recovery: Option<String>,
+    pub recovery_at: Option<SystemTime>,
+}
+
+impl WorkerRecord {
+    /// Whether a hold keeps it out of matching.
+    pub fn held(&self) -> bool {
+        self.quarantine.is_some() || self.recovery.is_some()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -218,6 +233,11 @@ impl WorkerRecord {
             note: row.try_get("note").map_err(get)?,
             note_by: row.try_get("note_by").map_err(get)?,
             note_at: row.try_get("note_at").map_err(get)?,
+            quarantine: row.try_get("quarantine").map_err(get)?,
+            quarantine_by: row.try_get("quarantine_by").map_err(get)?,
+            quarantine_at: row.try_get("quarantine_at").map_err(get)?,
+            recovery: row.try_get("recovery").map_err(get)?,
+            recovery_at: row.try_get("recovery_at").map_err(get)?,
         })
     }
 }

@@ -41,6 +41,29 @@ pub struct Worker {
     pub note_by: Option<String>,
     #[serde(default, with = "opt_rfc3339")]
     pub note_at: Option<SystemTime>,
+    /// A hold by an admin (or after failed preparations in a row): why,
+    /// by whom, since when. Keeps the worker out of matching until an
+    /// admin lifts it.
+    #[serde(default)]
+    pub quarantine: Option<String>,
+    #[serde(default)]
+    pub quarantine_by: Option<String>,
+    #[serde(default, with = "opt_rfc3339")]
+    pub quarantine_at: Option<SystemTime>,
+    /// A hold from the facts (e.g. a battery charging): why, since when.
+    /// Keeps the worker out of matching until the facts change.
+    #[serde(default)]
+    pub recovery: Option<String>,
+    #[serde(default, with = "opt_rfc3339")]
+    pub recovery_at: Option<SystemTime>,
+}
+
+/// Body of `PUT /v1/workers/{uuid}/quarantine`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuarantineChange {
+    /// Why (shown on the worker); required.
+    pub reason: String,
 }
 
 /// Body of `PUT /v1/workers/{uuid}/note`: the note, or null or empty to
