@@ -78,7 +78,28 @@ CREATE TABLE workers (
     drain_reason TEXT,
     -- The agent principal (users.id) that registered the worker: another
     -- agent token cannot claim it (an admin hands it over).
-    principal   BIGINT
+    principal   BIGINT,
+    -- The latest facts its agent observed (the interrogate hook's JSON
+    -- object, bounded like caps) and when; written when they change, at
+    -- most once a minute unless the dimensions changed (migration 0002).
+    facts       JSONB NOT NULL DEFAULT '{}',
+    facts_at    TIMESTAMPTZ,
+    -- The facts the agent marks as dimensions (string -> string): merged
+    -- under the configured caps into the caps requests match on.
+    dimensions  JSONB NOT NULL DEFAULT '{}',
+    -- An admin's note on the worker, who wrote it and when.
+    note        TEXT,
+    note_by     TEXT,
+    note_at     TIMESTAMPTZ,
+    -- Holds that keep an idle worker out of matching, each with its reason
+    -- and time: quarantine (an admin, or too many failed preparations in a
+    -- row; only an admin clears it) and recovery (set and cleared from the
+    -- facts, e.g. a battery charging).
+    quarantine  TEXT,
+    quarantine_by TEXT,
+    quarantine_at TIMESTAMPTZ,
+    recovery    TEXT,
+    recovery_at TIMESTAMPTZ
 );
 
 CREATE TABLE worker_history (
@@ -234,3 +255,26 @@ CREATE TABLE settings (
 -- later user of that name never inherits it. A worker without a principal
 -- (it had no live session at the upgrade) is bound to the first agent
 -- principal that registers it.
+
+-- Every admin action (migration 0002): who, what, on what, from which
+-- address, when, and how it ended. The row is written before the action
+-- runs (outcome 'pending') and given its outcome after it: 'done', or
+-- 'refused' (a 4xx answer: nothing changed), or 'failed' (a 5xx answer).
+-- A row left 'pending' is an action whose outcome the server never saw (it
+-- stopped meanwhile).
+CREATE TABLE audit (
+    id          BIGSERIAL PRIMARY KEY,
+    at          TIMESTAMPTZ NOT NULL,
+    -- the admin's name and users.id
+    actor       TEXT NOT NULL,
+    actor_id    BIGINT NOT NULL,
+    -- what was done (worker.state, user.create, ...) and to what
+    action      TEXT NOT NULL,
+    target      TEXT NOT NULL,
+    -- the peer address of the HTTP request
+    address     TEXT,
+    -- what was asked (the body's relevant fields), then the outcome's message
+    detail      TEXT NOT NULL,
+    outcome     TEXT NOT NULL CHECK (outcome IN ('pending', 'done', 'refused', 'failed')),
+    message     TEXT
+);

@@ -366,6 +366,16 @@ impl Corral {
         beat: Heartbeat,
     ) -> Result<HeartbeatAck, ActorError> {
         let entry = self.agent_session(caller, session)?;
+        // Facts past their bounds refuse the whole heartbeat before
+        // anything changes (the session's deadline included).
+        for observation in &beat.workers {
+            corral_core::facts::check_facts(&observation.facts)
+                .and_then(|()| corral_core::facts::check_dimensions(&observation.dimensions))
+                .map_err(|e| ActorError::BadRequest(format!("worker {}: {e}", observation.uuid)))?;
+        }
+        if beat.workers.len() > 10_000 {
+            return Err(ActorError::BadRequest("at most 10000 workers per heartbeat".to_string()));
+        }
         let shared = self.shared();
         let deadline = shared
             .db
@@ -378,7 +388,7 @@ impl Corral {
                 continue;
             }
             if let Some(addr) = shared.dir.worker(observation.uuid) {
-                tell(&addr, WorkerMsg::Observed { facts: observation.facts });
+                tell(&addr, WorkerMsg::Observed { facts: observation.facts, dimensions: observation.dimensions });
             }
         }
         Ok(HeartbeatAck { deadline })

@@ -25,6 +25,7 @@
 //! messages that could form a cycle are sent without waiting.
 
 pub mod agent;
+pub mod audit;
 pub mod clock;
 mod command;
 pub mod directory;

@@ -40,6 +40,12 @@ pub enum MatcherMsg {
     },
     /// A worker appeared or its caps or groups changed.
     RegisterWorker(WorkerSpec),
+    /// A worker's caps changed because its agent reported other
+    /// dimensions. Unlike [`MatcherMsg::RegisterWorker`], waiting requests
+    /// no worker can serve any more are not invalidated: dimensions come
+    /// and go with the device (an upgrade, a re-attached phone), so they
+    /// keep waiting, as unsatisfiable requests queued on purpose do.
+    UpdateWorkerCaps(WorkerSpec),
     DeregisterWorker(WorkerId),
     /// The worker may be leased.
     WorkerIdle {
@@ -328,6 +334,16 @@ impl Handler<MatcherMsg> for MatcherActor {
             MatcherMsg::RegisterWorker(spec) => {
                 let lost = self.core.register_worker(&spec);
                 self.invalidate(lost, "no registered worker can serve its caps and groups any more");
+                self.schedule(ctx);
+            }
+            MatcherMsg::UpdateWorkerCaps(spec) => {
+                for request in self.core.register_worker(&spec) {
+                    // Taken out of the queue: it comes back as one no
+                    // registered worker serves now, and keeps waiting.
+                    if let Some(addr) = self.shared.dir.request(request) {
+                        tell(&addr, RequestMsg::Requeue);
+                    }
+                }
                 self.schedule(ctx);
             }
             MatcherMsg::DeregisterWorker(worker) => {

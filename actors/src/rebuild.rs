@@ -67,7 +67,7 @@ pub(crate) async fn rebuild(shared: &Arc<Shared>) -> Result<(), ActorError> {
     let mut idle = Vec::new();
     for record in workers {
         specs.push(WorkerActor::spec(&record));
-        if record.state == WorkerState::Idle {
+        if record.state == WorkerState::Idle && !record.held() {
             idle.push((record.uuid, record.last_used.unwrap_or(SystemTime::UNIX_EPOCH)));
         }
         let agent = record.session.and_then(|s| agents.get(&s).cloned());

@@ -24,6 +24,9 @@ pub struct Settings {
     /// Retries of a command that timed out or failed, each after its
     /// backoff; then the worker fails (or, busy, is assumed in maintenance).
     pub command_retries: u32,
+    /// Quarantine a worker after this many failed preparations in a row
+    /// (0: never).
+    pub quarantine_after: u32,
     /// State of a worker registered for the first time.
     pub new_worker_state: WorkerState,
     /// Address the tunnels listen on.
@@ -70,6 +73,7 @@ impl Default for Settings {
             prepare_timeout: Duration::from_secs(120),
             command_timeout: Duration::from_secs(60),
             command_retries: 3,
+            quarantine_after: 0,
             new_worker_state: WorkerState::Maintenance,
             tunnel_bind: IpAddr::from([127, 0, 0, 1]),
             tunnel_ports: 20000..=20999,

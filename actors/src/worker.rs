@@ -13,8 +13,8 @@ use actix::prelude::*;
 use corral_core::health::{self, Verdict};
 use corral_core::matcher::WorkerSpec;
 use corral_core::worker::WorkerEvent;
-use corral_core::{FencingToken, Groups, RequestId, SessionId, WorkerId, WorkerState};
-use corral_db::{WorkerRecord, WorkerTransition};
+use corral_core::{Caps, FencingToken, Groups, RequestId, SessionId, WorkerId, WorkerState};
+use corral_db::{Hold, WorkerRecord, WorkerTransition};
 use corral_proto::agent::{Action, ActionKind, CommandResult};
 use corral_proto::workers::{AdminState, StateChange, Worker};
 use serde_json::{Map, Value};
@@ -63,9 +63,24 @@ pub enum WorkerMsg {
         tag: u64,
         agent_name: String,
     },
-    /// Facts from a heartbeat.
+    /// Facts from a heartbeat (already checked against their bounds), and
+    /// the ones the agent marks as dimensions.
     Observed {
         facts: Map<String, Value>,
+        dimensions: Caps,
+    },
+    /// An admin quarantines the worker (Some(reason)) or lifts its
+    /// quarantine (None).
+    SetQuarantine {
+        caller: Caller,
+        reason: Option<String>,
+        reply: Answer,
+    },
+    /// An admin sets (Some) or clears (None) the worker's note.
+    SetNote {
+        caller: Caller,
+        note: Option<String>,
+        reply: Answer,
     },
     /// The agent session holding the worker expired or was closed.
     AgentLost {
@@ -144,7 +159,16 @@ pub struct WorkerActor {
     /// A key to install that arrived before the lease it belongs to (only
     /// when a full mailbox reordered the two messages).
     early_key: Option<(RequestId, FencingToken, String, SystemTime)>,
+    /// When the facts were last written to the row (they are written when
+    /// they change, at most every [`FACTS_WRITE_INTERVAL`], or at once when
+    /// the dimensions change).
+    facts_written_at: Option<SystemTime>,
 }
+
+/// Facts that change at every heartbeat (uptime, battery) are written to
+/// the worker's row at most this often; the worker object shows the latest
+/// ones at once (from memory).
+pub const FACTS_WRITE_INTERVAL: Duration = Duration::from_secs(60);
 
 type Step = ResponseActFuture<WorkerActor, ()>;
 
@@ -161,6 +185,7 @@ impl WorkerActor {
         prepare_retry_after: Option<SystemTime>,
     ) -> WorkerActor {
         WorkerActor {
+            facts_written_at: record.facts_at,
             shared,
             record,
             agent,
@@ -173,7 +198,12 @@ impl WorkerActor {
     }
 
     pub(crate) fn spec(record: &WorkerRecord) -> WorkerSpec {
-        WorkerSpec { id: record.uuid, caps: record.caps.clone(), groups: record.groups.clone() }
+        WorkerSpec { id: record.uuid, caps: Self::caps(record), groups: record.groups.clone() }
+    }
+
+    /// The caps requests match on: the configured ones over the dimensions.
+    pub(crate) fn caps(record: &WorkerRecord) -> Caps {
+        corral_core::facts::merged_caps(&record.caps, &record.dimensions)
     }
 
     fn id(&self) -> WorkerId {
@@ -185,7 +215,7 @@ impl WorkerActor {
             worker: Worker {
                 uuid: record.uuid,
                 state: record.state,
-                caps: record.caps.clone(),
+                caps: Self::caps(record),
                 groups: record.groups.clone(),
                 agent: record.agent.clone(),
                 ssh_addr: record.ssh_addr.clone(),
@@ -193,6 +223,17 @@ impl WorkerActor {
                 state_since: record.state_since,
                 last_seen: record.last_seen,
                 request,
+                facts: record.facts.clone(),
+                facts_at: record.facts_at,
+                dimensions: record.dimensions.clone(),
+                note: record.note.clone(),
+                note_by: record.note_by.clone(),
+                note_at: record.note_at,
+                quarantine: record.quarantine.clone(),
+                quarantine_by: record.quarantine_by.clone(),
+                quarantine_at: record.quarantine_at,
+                recovery: record.recovery.clone(),
+                recovery_at: record.recovery_at,
             },
             session: record.session,
             drain: record.drain.clone(),
@@ -351,8 +392,7 @@ impl WorkerActor {
                 self.prepare_retry_after = None;
                 let rows = self.commands.take_backoff_rows();
                 self.clear_backoff_rows(rows);
-                let last_used = self.record.last_used.unwrap_or(SystemTime::UNIX_EPOCH);
-                tell(self.shared.matcher(), MatcherMsg::WorkerIdle { worker: id, last_used });
+                self.offer_if_idle();
             }
             WorkerState::Failed | WorkerState::Busy => {
                 if let Some(lease) = self.lease.take() {
@@ -420,12 +460,68 @@ impl WorkerActor {
             if kind == ActionKind::Prepare {
                 act.prepare_retry_after = Some(until);
             }
-            if failures > act.shared.settings.command_retries {
-                return act.give_up(kind, what, failures, until);
+            let after = act.shared.settings.quarantine_after;
+            let quarantine = kind == ActionKind::Prepare
+                && after > 0
+                && failures >= after
+                && act.record.quarantine.is_none();
+            let next = if failures > act.shared.settings.command_retries {
+                act.give_up(kind, what, failures, until)
+            } else {
+                tracing::info!(worker = %id, command = %kind, failures, what = %what, "command failed; retrying after backoff");
+                tell(act.shared.timekeeper(), TimerMsg::Watch { key: TimerKey::CommandRetry(id, kind), at: until });
+                done()
+            };
+            if quarantine {
+                let reason = match failures {
+                    1 => "a failed preparation".to_string(),
+                    n => format!("{n} failed preparations in a row"),
+                };
+                let hold = act.set_hold(Hold::Quarantine, Some(reason), "server".to_string(), None);
+                let chained: Step = Box::pin(hold.then(move |(), _, _| next));
+                return chained;
             }
-            tracing::info!(worker = %id, command = %kind, failures, what = %what, "command failed; retrying after backoff");
-            tell(act.shared.timekeeper(), TimerMsg::Watch { key: TimerKey::CommandRetry(id, kind), at: until });
-            done()
+            next
+        }))
+    }
+
+    /// Offers the worker to the matcher if it is idle and not held.
+    fn offer_if_idle(&self) {
+        if self.record.state == WorkerState::Idle && !self.record.held() {
+            let last_used = self.record.last_used.unwrap_or(SystemTime::UNIX_EPOCH);
+            tell(self.shared.matcher(), MatcherMsg::WorkerIdle { worker: self.id(), last_used });
+        }
+    }
+
+    /// Sets (Some) or lifts (None) a hold: committed with a history row,
+    /// then the matcher stops (held) or starts again (idle, no hold left)
+    /// offering the worker.
+    fn set_hold(&mut self, hold: Hold, reason: Option<String>, actor: String, reply: Option<Answer>) -> Step {
+        let (db, id, now) = (self.shared.db.clone(), self.id(), self.shared.clock.now());
+        let work = async move { db.set_worker_hold(id, hold, reason.as_deref(), &actor, now).await };
+        Box::pin(work.into_actor(self).map(move |result, act, _| match result {
+            Ok(record) => {
+                tracing::info!(worker = %id, ?hold, quarantine = ?record.quarantine, recovery = ?record.recovery, "worker hold");
+                (act.record.quarantine, act.record.quarantine_by, act.record.quarantine_at) =
+                    (record.quarantine, record.quarantine_by, record.quarantine_at);
+                (act.record.recovery, act.record.recovery_at) = (record.recovery, record.recovery_at);
+                if act.record.held() {
+                    let (tx, _) = tokio::sync::oneshot::channel();
+                    tell(act.shared.matcher(), MatcherMsg::WithdrawWorker { worker: id, reply: tx });
+                } else {
+                    act.offer_if_idle();
+                }
+                act.publish();
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(act.record.clone()));
+                }
+            }
+            Err(err) => {
+                tracing::warn!(worker = %id, cause = %err, ?hold, "could not change a hold");
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(err.into()));
+                }
+            }
         }))
     }
 
@@ -557,6 +653,22 @@ impl WorkerActor {
         }))
     }
 
+    fn set_note(&mut self, caller: Caller, note: Option<String>, reply: Answer) -> Step {
+        let (db, id, now, actor) = (self.shared.db.clone(), self.id(), self.shared.clock.now(), caller.actor());
+        let work = async move { db.set_worker_note(id, note.as_deref(), &actor, now).await };
+        Box::pin(work.into_actor(self).map(move |result, act, _| match result {
+            Ok(record) => {
+                (act.record.note, act.record.note_by, act.record.note_at) =
+                    (record.note, record.note_by, record.note_at);
+                act.publish();
+                let _ = reply.send(Ok(act.record.clone()));
+            }
+            Err(err) => {
+                let _ = reply.send(Err(err.into()));
+            }
+        }))
+    }
+
     fn deregister(&mut self, caller: Caller, reply: Reply<Result<(), ActorError>>) -> Step {
         if !self.record.state.can_deregister() {
             let _ = reply.send(Err(ActorError::Conflict(format!(
@@ -583,8 +695,13 @@ impl WorkerActor {
     }
 
     fn attach(&mut self, record: WorkerRecord, agent: Addr<AgentSession>, agent_name: String) -> Step {
-        let caps_changed = record.caps != self.record.caps;
+        let caps_changed = Self::caps(&record) != Self::caps(&self.record) || record.groups != self.record.groups;
+        // The row's facts are at most a minute old; memory has the latest.
+        let (facts, facts_at) = (std::mem::take(&mut self.record.facts), self.record.facts_at);
         self.record = record;
+        if facts_at > self.record.facts_at {
+            (self.record.facts, self.record.facts_at) = (facts, facts_at);
+        }
         self.agent = Some(agent);
         if caps_changed {
             tell(self.shared.matcher(), MatcherMsg::RegisterWorker(Self::spec(&self.record)));
@@ -618,8 +735,70 @@ impl WorkerActor {
         }
     }
 
-    fn observed(&mut self, facts: Map<String, Value>) -> Step {
-        self.record.last_seen = Some(self.shared.clock.now());
+    /// A heartbeat's facts: kept (in memory at once, in the row when they
+    /// changed and [`FACTS_WRITE_INTERVAL`] passed, or the dimensions
+    /// changed), then judged by the health rules. Changed dimensions are
+    /// committed with a history row and handed to the matcher, which serves
+    /// waiting requests that match the new caps at once.
+    fn observed(&mut self, facts: Map<String, Value>, dimensions: Caps) -> Step {
+        let now = self.shared.clock.now();
+        self.record.last_seen = Some(now);
+        let dimensions_changed = dimensions != self.record.dimensions;
+        let facts_changed = facts != self.record.facts;
+        let due =
+            self.facts_written_at.is_none_or(|at| now.duration_since(at).unwrap_or_default() >= FACTS_WRITE_INTERVAL);
+        if facts_changed || dimensions_changed {
+            self.record.facts = facts.clone();
+            self.record.facts_at = Some(now);
+        }
+        let write = dimensions_changed || (facts_changed && due);
+        if !write {
+            return self.judge(facts);
+        }
+        let before = std::mem::replace(&mut self.record.dimensions, dimensions.clone());
+        if dimensions_changed {
+            let change = corral_core::facts::describe_change(&before, &dimensions);
+            tracing::info!(worker = %self.id(), change = %change, "worker dimensions changed");
+            tell(self.shared.matcher(), MatcherMsg::UpdateWorkerCaps(Self::spec(&self.record)));
+        }
+        self.facts_written_at = Some(now);
+        let history = dimensions_changed.then(|| {
+            let agent = self.record.agent.clone();
+            (
+                format!("agent:{agent}"),
+                format!("dimensions: {}", corral_core::facts::describe_change(&before, &dimensions)),
+            )
+        });
+        let (db, id, stored) = (self.shared.db.clone(), self.id(), facts.clone());
+        let work = async move {
+            let history = history.as_ref().map(|(a, r)| (a.as_str(), r.as_str()));
+            db.set_worker_facts(id, &stored, &dimensions, now, history).await
+        };
+        Box::pin(work.into_actor(self).then(move |result, act, _| {
+            if let Err(err) = result {
+                // Memory has them; the next change or interval writes them again.
+                tracing::warn!(worker = %id, cause = %err, "could not store facts");
+                act.facts_written_at = None;
+            }
+            act.judge(facts)
+        }))
+    }
+
+    /// Applies the recovery rule (a hold set and lifted by the facts) and
+    /// the health rules to a heartbeat's facts.
+    fn judge(&mut self, facts: Map<String, Value>) -> Step {
+        let recovery = corral_core::facts::recovery_reason(&facts);
+        if recovery.is_some() != self.record.recovery.is_some() {
+            let actor = format!("agent:{}", self.record.agent);
+            let hold = self.set_hold(Hold::Recovery, recovery, actor, None);
+            let chained: Step = Box::pin(hold.then(move |(), act: &mut WorkerActor, _| act.health(facts)));
+            return chained;
+        }
+        self.health(facts)
+    }
+
+    /// Applies the health rules to a heartbeat's facts.
+    fn health(&mut self, facts: Map<String, Value>) -> Step {
         let verdict = health::evaluate(&facts);
         let state = self.record.state;
         match verdict {
@@ -771,10 +950,7 @@ impl WorkerActor {
                     act.forget_commands();
                 }
                 match act.record.state {
-                    WorkerState::Idle => {
-                        let last_used = act.record.last_used.unwrap_or(SystemTime::UNIX_EPOCH);
-                        tell(act.shared.matcher(), MatcherMsg::WorkerIdle { worker: id, last_used });
-                    }
+                    WorkerState::Idle => act.offer_if_idle(),
                     // The end of its lease moved it (our own transition lost
                     // the race): prepare it, as entering the state would.
                     WorkerState::Prepare if was != WorkerState::Prepare => {
@@ -799,7 +975,11 @@ impl WorkerActor {
             WorkerMsg::Result { action, result, tag, agent_name } => {
                 self.command_result(action, result, tag, agent_name)
             }
-            WorkerMsg::Observed { facts } => self.observed(facts),
+            WorkerMsg::Observed { facts, dimensions } => self.observed(facts, dimensions),
+            WorkerMsg::SetNote { caller, note, reply } => self.set_note(caller, note, reply),
+            WorkerMsg::SetQuarantine { caller, reason, reply } => {
+                self.set_hold(Hold::Quarantine, reason, caller.actor(), Some(reply))
+            }
             WorkerMsg::AgentLost { session, reason } => self.agent_lost(session, reason),
             WorkerMsg::Leased { request, fence } => self.leased(request, fence),
             WorkerMsg::StartLease { request, fence, public_key, expires_at } => {
@@ -958,6 +1138,60 @@ impl Corral {
         let (tx, rx) = tokio::sync::oneshot::channel();
         addr.send(WorkerMsg::SetGroups { caller: caller.clone(), groups, reply: tx }).await?;
         rx.await?
+    }
+
+    /// An admin sets (a non-empty note) or clears (None or blank) the
+    /// worker's note; a note past the bounds of `corral_core::facts` is a
+    /// bad request.
+    pub async fn set_worker_note(
+        &self,
+        caller: &Caller,
+        id: WorkerId,
+        note: Option<&str>,
+    ) -> Result<corral_proto::workers::Worker, ActorError> {
+        if !caller.is_admin() {
+            return Err(ActorError::Forbidden("this needs an admin token".to_string()));
+        }
+        let note = corral_core::facts::checked_note(note).map_err(|e| ActorError::BadRequest(e.to_string()))?;
+        let addr = self.worker_addr(id)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        addr.send(WorkerMsg::SetNote { caller: caller.clone(), note, reply: tx }).await?;
+        rx.await??;
+        self.shared()
+            .dir
+            .view(id)
+            .map(|v| v.worker)
+            .ok_or_else(|| ActorError::NotFound(format!("worker {id} not found")))
+    }
+
+    /// An admin quarantines a worker (`Some(reason)`, 1 to 1024 bytes
+    /// without control characters) or lifts its quarantine (`None`).
+    pub async fn set_worker_quarantine(
+        &self,
+        caller: &Caller,
+        id: WorkerId,
+        reason: Option<&str>,
+    ) -> Result<corral_proto::workers::Worker, ActorError> {
+        if !caller.is_admin() {
+            return Err(ActorError::Forbidden("this needs an admin token".to_string()));
+        }
+        let reason = match reason {
+            None => None,
+            Some(text) => {
+                let checked = corral_core::facts::checked_note(Some(text))
+                    .map_err(|e| ActorError::BadRequest(format!("quarantine reason: {e}")))?;
+                Some(checked.ok_or_else(|| ActorError::BadRequest("a quarantine needs a reason".to_string()))?)
+            }
+        };
+        let addr = self.worker_addr(id)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        addr.send(WorkerMsg::SetQuarantine { caller: caller.clone(), reason, reply: tx }).await?;
+        rx.await??;
+        self.shared()
+            .dir
+            .view(id)
+            .map(|v| v.worker)
+            .ok_or_else(|| ActorError::NotFound(format!("worker {id} not found")))
     }
 
     pub async fn deregister_worker(&self, caller: &Caller, id: WorkerId) -> Result<(), ActorError> {

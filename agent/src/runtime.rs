@@ -336,7 +336,7 @@ async fn heartbeat_loop<B: Backend>(
         let workers: Vec<WorkerId> = shared.fences.borrow().keys().copied().collect();
         let mut observations = Vec::with_capacity(workers.len());
         for uuid in workers {
-            observations.push(Observation { uuid, facts: backend.observe(uuid).await });
+            observations.push(Observation::from_hook_output(uuid, backend.observe(uuid).await));
         }
         match client.heartbeat(session, &Heartbeat { workers: observations }).await {
             Ok(_) => {}

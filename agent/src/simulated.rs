@@ -62,6 +62,8 @@ struct FaultState {
     commands: u64,
     executed: HashMap<ActionKind, usize>,
     heartbeats_stopped: bool,
+    /// What `interrogate` prints for every worker (empty: nothing).
+    facts: Map<String, Value>,
 }
 
 /// What happens to one command.
@@ -101,6 +103,12 @@ impl SimFaults {
     /// Heartbeats stop (true) or go on (false); commands still flow.
     pub fn stop_heartbeats(&self, stopped: bool) {
         self.state().heartbeats_stopped = stopped;
+    }
+
+    /// The output of every worker's `interrogate` hook from now on (a
+    /// `dimensions` member included), as a real host's hook would print it.
+    pub fn set_facts(&self, facts: Map<String, Value>) {
+        self.state().facts = facts;
     }
 
     /// Ends every fault (the counts of executed commands stay).
@@ -248,7 +256,7 @@ impl Backend for Simulated {
     }
 
     async fn observe(&self, _worker: WorkerId) -> Map<String, Value> {
-        Map::new()
+        self.faults.state().facts.clone()
     }
 
     fn heartbeats(&self) -> bool {

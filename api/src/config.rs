@@ -66,6 +66,9 @@ pub struct Config {
     /// after a backoff that doubles per failure; then the worker fails with
     /// the reason (a busy worker is assumed in maintenance).
     pub command_retries: u32,
+    /// Quarantine a worker after this many failed preparations in a row
+    /// (0, the default: never); only an admin lifts a quarantine.
+    pub quarantine_after: u32,
     /// Port range of lease tunnels, `FIRST-LAST`.
     pub tunnel_ports: String,
     /// Address the tunnels listen on.
@@ -153,6 +156,7 @@ impl Default for Config {
             prepare_timeout: Duration::from_secs(120),
             command_timeout: Duration::from_secs(60),
             command_retries: 3,
+            quarantine_after: 0,
             tunnel_ports: "20000-20999".to_string(),
             tunnel_bind: IpAddr::from([127, 0, 0, 1]),
             tunnel_max_connections: 8,
@@ -315,6 +319,7 @@ impl Config {
             prepare_timeout: self.prepare_timeout,
             command_timeout: self.command_timeout,
             command_retries: self.command_retries,
+            quarantine_after: self.quarantine_after,
             new_worker_state,
             tunnel_bind: self.tunnel_bind,
             tunnel_ports: self.tunnel_range()?,

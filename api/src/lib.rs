@@ -9,6 +9,7 @@
 //! [`error::ApiError`].
 
 pub mod agent;
+pub(crate) mod audit;
 pub mod auth;
 pub mod boruta;
 pub mod config;
@@ -78,6 +79,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
     .configure(workers::routes)
     .configure(users::routes)
     .configure(events::routes)
+    .configure(audit::routes)
     .configure(agent::routes)
     .configure(|cfg| boruta::routes(cfg, max_body))
     .default_service(web::to(|| async {

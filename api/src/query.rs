@@ -64,3 +64,23 @@ pub fn parse_limit(query: &Query) -> Result<u32, ApiError> {
             .ok_or_else(|| ApiError::bad_request(format!("limit must be an integer from 1 to {MAX_LIMIT}"))),
     }
 }
+
+/// The `cursor` of a listing paged by row id, newest first: `None` for the
+/// first page, else the id the next page stays below. Cursors are opaque
+/// to clients: `prefix` and the id in hex ([`id_cursor`] makes them).
+pub fn parse_id_cursor(query: &Query, prefix: char) -> Result<Option<i64>, ApiError> {
+    match query.one("cursor")? {
+        None => Ok(None),
+        Some(cursor) => cursor
+            .strip_prefix(prefix)
+            .and_then(|hex| i64::from_str_radix(hex, 16).ok())
+            .filter(|id| *id > 0)
+            .map(Some)
+            .ok_or_else(|| ApiError::bad_request("invalid cursor; pass back the next_cursor of a previous page")),
+    }
+}
+
+/// The cursor of the page after the one that ended with row `id`.
+pub fn id_cursor(prefix: char, id: i64) -> String {
+    format!("{prefix}{id:x}")
+}

@@ -2,11 +2,12 @@
 //! delete them (deleting ends the user's requests and leases; see
 //! `Corral::delete_user`).
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use corral_core::Role;
 use corral_db::UserRecord;
 use corral_proto::users::{CreatedUser, NewUser, User};
 
+use crate::audit::audited;
 use crate::auth::Auth;
 use crate::error::ApiError;
 use crate::{AppState, endpoint};
@@ -23,9 +24,24 @@ fn to_wire(u: UserRecord) -> User {
     User { admin: u.role == Role::Admin, name: u.name, groups: u.groups, role: u.role, created_at: u.created_at }
 }
 
-async fn create(state: web::Data<AppState>, auth: Auth, body: web::Json<NewUser>) -> Result<HttpResponse, ApiError> {
-    auth.require_admin()?;
+async fn create(
+    state: web::Data<AppState>,
+    auth: Auth,
+    body: web::Json<NewUser>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let caller = auth.require_admin()?;
     let new = body.into_inner();
+    let detail = format!(
+        "admin={} agent={} groups={}",
+        new.admin,
+        new.agent,
+        serde_json::to_string(&new.groups).unwrap_or_default()
+    );
+    audited(&state, &req, caller, "user.create", new.name.clone(), detail, create_user(&state, new)).await
+}
+
+async fn create_user(state: &AppState, new: NewUser) -> Result<HttpResponse, ApiError> {
     if !corral_core::user::valid_user_name(&new.name) {
         return Err(ApiError::bad_request("name must be 1-64 characters of letters, digits, '.', '_' or '-'"));
     }
@@ -51,10 +67,18 @@ async fn list(state: web::Data<AppState>, auth: Auth) -> Result<HttpResponse, Ap
     Ok(HttpResponse::Ok().json(users))
 }
 
-async fn delete(state: web::Data<AppState>, auth: Auth, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn delete(
+    state: web::Data<AppState>,
+    auth: Auth,
+    path: web::Path<String>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     let caller = auth.require_admin()?;
     let name = path.into_inner();
-    let user = state.corral.delete_user(caller, &name).await?;
-    state.auth.forget_user(user.id);
-    Ok(HttpResponse::NoContent().finish())
+    audited(&state, &req, caller, "user.delete", name.clone(), "", async {
+        let user = state.corral.delete_user(caller, &name).await?;
+        state.auth.forget_user(user.id);
+        Ok(HttpResponse::NoContent().finish())
+    })
+    .await
 }

@@ -85,6 +85,13 @@ const ROUTES: &[Route] = &[
     route("PUT", "/v1/workers/{W2}/state", Some(r#"{"state": "idle"}"#), [401, 401, 403, 403, 403, 403, 403, 202]),
     route("PUT", "/v1/workers/{W2}/groups", Some(r#"["g3"]"#), [401, 401, 403, 403, 403, 403, 403, 200]),
     route("DELETE", "/v1/workers/{W3}", None, [401, 401, 403, 403, 403, 403, 403, 204]),
+    route("PUT", "/v1/workers/{W2}/note", Some(r#"{"note": "n"}"#), [401, 401, 403, 403, 403, 403, 403, 200]),
+    // W4 (in maintenance) handed over to the agent user that holds it already ("agent").
+    route("PUT", "/v1/workers/{W4}/agent", Some(r#"{"principal": "agent"}"#), [401, 401, 403, 403, 403, 403, 403, 200]),
+    route("PUT", "/v1/workers/{W4}/quarantine", Some(r#"{"reason": "r"}"#), [401, 401, 403, 403, 403, 403, 403, 200]),
+    route("DELETE", "/v1/workers/{W4}/quarantine", None, [401, 401, 403, 403, 403, 403, 403, 200]),
+    // ---- /v1/audit
+    route("GET", "/v1/audit", None, [401, 401, 403, 403, 403, 403, 403, 200]),
     // ---- /v1/users
     route("POST", "/v1/users", Some(r#"{"name": "new-{N}"}"#), [401, 401, 403, 403, 403, 403, 403, 201]),
     route("GET", "/v1/users", None, [401, 401, 403, 403, 403, 403, 403, 200]),

@@ -598,7 +598,7 @@ impl SessionTask {
             workers: workers
                 .iter()
                 .zip(range.clone())
-                .map(|(w, i)| Observation { uuid: w.uuid, facts: healthy_facts(i) })
+                .map(|(w, i)| Observation { uuid: w.uuid, facts: healthy_facts(i), dimensions: Default::default() })
                 .collect(),
         };
         let opened = {

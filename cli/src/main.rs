@@ -50,6 +50,8 @@ enum Command {
     Events(client::EventsArgs),
     /// Print a shell completion script: `corral completions bash > /etc/bash_completion.d/corral`.
     Completions(CompletionsArgs),
+    /// The audit log of admin actions, newest first (admin).
+    Audit(client::AuditArgs),
     /// Run a benchmark scenario: matcher, lifecycle, heartbeats, scale, chaos, restart, events.
     Bench(BenchArgs),
 }
@@ -194,6 +196,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             clap_complete::generate(shell, &mut Cli::command(), "corral", &mut std::io::stdout());
             Ok(())
         }
+        Command::Audit(args) => client::audit(args),
         Command::Bench(args) => {
             init_logs(cli.log_format.as_deref().unwrap_or("plain"));
             corral_bench::run(&args.args)

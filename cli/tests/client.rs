@@ -364,8 +364,38 @@ async fn the_cli_drives_a_real_server_and_agent() {
     let handed =
         cli.json(&admin(&["worker", "hand-over", target, "--principal", "agent", "--agent", "host-x", "--json"])).await;
     assert_eq!(text(&handed, "agent"), "host-x", "{handed}");
+    // Issue 16: a note on the worker, shown and cleared; the audit log
+    // lists every admin action above, newest first.
+    let held = cli.json(&admin(&["worker", "quarantine", target, "--reason", "bad relay", "--json"])).await;
+    assert_eq!(text(&held, "quarantine"), "bad relay", "{held}");
+    let listed = cli.ok(&admin(&["worker", "list", "--hold", "quarantine"])).await;
+    assert!(listed.contains(target.as_str()) && listed.contains("quarantine"), "{listed}");
+    let lifted = cli.json(&admin(&["worker", "quarantine", target, "--clear", "--json"])).await;
+    assert!(lifted["quarantine"].is_null(), "{lifted}");
+    let noted = cli.json(&admin(&["worker", "note", target, "flaky USB", "--json"])).await;
+    assert_eq!(text(&noted, "note"), "flaky USB", "{noted}");
+    let shown = cli.ok(&admin(&["worker", "show", target])).await;
+    assert!(shown.contains("flaky USB") && shown.contains("user:admin"), "{shown}");
+    let unnoted = cli.json(&admin(&["worker", "note", target, "--clear", "--json"])).await;
+    assert!(unnoted["note"].is_null(), "{unnoted}");
     let gone = cli.ok(&admin(&["worker", "deregister", target])).await;
     assert!(gone.contains("deregistered"), "{gone}");
+    let audit = cli.json(&admin(&["audit", "--json"])).await;
+    let actions: Vec<&str> = audit["items"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(
+        actions[..6],
+        [
+            "worker.deregister",
+            "worker.note",
+            "worker.note",
+            "worker.unquarantine",
+            "worker.quarantine",
+            "worker.hand_over"
+        ],
+        "{audit}"
+    );
+    let table = cli.ok(&admin(&["audit", "--limit", "2"])).await;
+    assert!(table.contains("worker.deregister") && table.contains("127.0.0.1"), "{table}");
     let missing = cli.fails(&admin(&["worker", "show", target])).await;
     assert!(missing.contains("not_found"), "{missing}");
 

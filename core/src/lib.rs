@@ -9,6 +9,7 @@
 
 pub mod baseline;
 pub mod caps;
+pub mod facts;
 pub mod health;
 pub mod ids;
 pub mod lease;

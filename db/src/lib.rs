@@ -14,6 +14,7 @@
 //! (the server's clock). Session deadlines come from the database clock
 //! (`now()`) unless a test clock passes a time explicitly.
 
+mod audit;
 mod batch;
 mod events;
 #[cfg(feature = "fault-injection")]
@@ -35,6 +36,7 @@ use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
 pub use events::{HistoryRange, HistoryRow, HistorySubject};
+pub use audit::{AuditIntent, AuditOutcome, AuditRecord};
 pub use fixtures::{ScaleFixture, ScaleFixtureLoaded};
 pub use migrate::{MigrationError, SCHEMA};
 pub use reconcile::{LeaseRow, ReconcileSnapshot, RequestRow, WorkerRow};
@@ -42,7 +44,7 @@ pub use records::*;
 pub use requests::{BindOutcome, Idempotency, NewRequestRecord, RequestFilter, StartLease, Submitted};
 pub use sessions::{AgentRegistration, ExpiredSession};
 pub use users::{hash_token, new_token};
-pub use workers::{ClaimRefusal, WorkerTransition, WorkerUpsert};
+pub use workers::{ClaimRefusal, Hold, WorkerTransition, WorkerUpsert};
 
 /// Every operation the server performs on the database.
 ///
@@ -82,6 +84,9 @@ pub enum DatabaseOperation {
     WorkerTransition,
     SetWorkerGroups,
     SetWorkerDrain,
+    SetWorkerFacts,
+    SetWorkerNote,
+    SetWorkerHold,
     DeleteWorker,
     LoadWorkers,
     TouchWorkers,
@@ -106,6 +111,9 @@ pub enum DatabaseOperation {
     RecordRepairs,
     HistoryAfter,
     HistoryHeads,
+    AuditBegin,
+    AuditEnd,
+    AuditPage,
     Ping,
 }
 
@@ -130,6 +138,9 @@ impl DatabaseOperation {
             O::WorkerTransition => "worker_transition",
             O::SetWorkerGroups => "set_worker_groups",
             O::SetWorkerDrain => "set_worker_drain",
+            O::SetWorkerFacts => "set_worker_facts",
+            O::SetWorkerNote => "set_worker_note",
+            O::SetWorkerHold => "set_worker_hold",
             O::DeleteWorker => "delete_worker",
             O::LoadWorkers => "load_workers",
             O::TouchWorkers => "touch_workers",
@@ -154,6 +165,9 @@ impl DatabaseOperation {
             O::RecordRepairs => "record_repairs",
             O::HistoryAfter => "history_after",
             O::HistoryHeads => "history_heads",
+            O::AuditBegin => "audit_begin",
+            O::AuditEnd => "audit_end",
+            O::AuditPage => "audit_page",
             O::Ping => "ping",
         }
     }
@@ -206,6 +220,8 @@ impl DatabaseOperation {
                 | O::ReconcileSnapshot
                 | O::HistoryAfter
                 | O::HistoryHeads
+                | O::AuditEnd
+                | O::AuditPage
                 | O::Ping
                 | O::ReleaseOrphanLocks
                 | O::CloseSession

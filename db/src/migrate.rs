@@ -59,7 +59,7 @@ macro_rules! migration {
 /// Every migration, oldest first. Adding one: write the file, add its line
 /// here, and make the same change in `schema.sql` (ARCHITECTURE.md,
 /// "Changing the schema").
-pub const MIGRATIONS: &[Migration] = &[migration!(1, "0001_pre_versioning")];
+pub const MIGRATIONS: &[Migration] = &[migration!(1, "0001_pre_versioning"), migration!(2, "0002_facts_notes_audit")];
 
 /// The key of the advisory lock every migration step holds: "corral" in
 /// ASCII.

@@ -55,6 +55,30 @@ pub struct WorkerRecord {
     pub fence: FencingToken,
     /// Maintenance asked for after the running lease: its reason.
     pub drain: Option<String>,
+    /// The latest facts stored for it and when.
+    pub facts: serde_json::Map<String, serde_json::Value>,
+    pub facts_at: Option<SystemTime>,
+    /// The facts its agent marks as dimensions.
+    pub dimensions: Caps,
+    /// An admin's note, who wrote it (`user:NAME`) and when.
+    pub note: Option<String>,
+    pub note_by: Option<String>,
+    pub note_at: Option<SystemTime>,
+    /// Held out of matching by an admin (or failed preparations): why,
+    /// by whom, since when.
+    pub quarantine: Option<String>,
+    pub quarantine_by: Option<String>,
+    pub quarantine_at: Option<SystemTime>,
+    /// Held out of matching by its facts: why, since when.
+    pub recovery: Option<String>,
+    pub recovery_at: Option<SystemTime>,
+}
+
+impl WorkerRecord {
+    /// Whether a hold keeps it out of matching.
+    pub fn held(&self) -> bool {
+        self.quarantine.is_some() || self.recovery.is_some()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -200,6 +224,20 @@ impl WorkerRecord {
             } else {
                 None
             },
+            facts: match row.try_get::<_, serde_json::Value>("facts").map_err(get)? {
+                serde_json::Value::Object(facts) => facts,
+                _ => serde_json::Map::new(),
+            },
+            facts_at: row.try_get("facts_at").map_err(get)?,
+            dimensions: caps_from_json(op, row.try_get("dimensions").map_err(get)?)?,
+            note: row.try_get("note").map_err(get)?,
+            note_by: row.try_get("note_by").map_err(get)?,
+            note_at: row.try_get("note_at").map_err(get)?,
+            quarantine: row.try_get("quarantine").map_err(get)?,
+            quarantine_by: row.try_get("quarantine_by").map_err(get)?,
+            quarantine_at: row.try_get("quarantine_at").map_err(get)?,
+            recovery: row.try_get("recovery").map_err(get)?,
+            recovery_at: row.try_get("recovery_at").map_err(get)?,
         })
     }
 }

@@ -11,7 +11,18 @@ use crate::records::{HistoryRecord, WorkerRecord, caps_to_json, groups_to};
 use crate::{DatabaseOperation, Db, DbError};
 
 const WORKER_COLUMNS: &str = "uuid, agent, principal, session, state, caps, groups, ssh_addr, ssh_user, host_key, reason, \
-     state_since, last_seen, last_used, fence, drain, drain_reason";
+     state_since, last_seen, last_used, fence, drain, drain_reason, facts, facts_at, dimensions, note, note_by, note_at, \
+     quarantine, quarantine_by, quarantine_at, recovery, recovery_at";
+
+/// A hold that keeps a worker out of matching.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hold {
+    /// By an admin, or after failed preparations in a row; only an admin
+    /// lifts it.
+    Quarantine,
+    /// From the facts (e.g. a battery charging); lifted by the facts.
+    Recovery,
+}
 
 /// An agent's description of a worker.
 #[derive(Clone, Debug)]
@@ -267,6 +278,130 @@ impl Db {
                         &[&uuid.0, &groups, &actor, &at],
                     )
                     .await?;
+                match row {
+                    Some(row) => Ok(WorkerRecord::from_row(op, &row)?),
+                    None => Err(DbError::NotFound { op: op.as_str() }.into()),
+                }
+            })
+        })
+        .await
+    }
+
+    /// Stores a worker's latest facts and dimensions, observed at `at`;
+    /// with `history` (actor, reason), a history row in the same statement
+    /// (the dimensions changed). The worker's state is not touched.
+    pub async fn set_worker_facts(
+        &self,
+        uuid: WorkerId,
+        facts: &serde_json::Map<String, serde_json::Value>,
+        dimensions: &Caps,
+        at: SystemTime,
+        history: Option<(&str, &str)>,
+    ) -> Result<(), DbError> {
+        let op = DatabaseOperation::SetWorkerFacts;
+        let facts = serde_json::Value::Object(facts.clone());
+        let dimensions = caps_to_json(dimensions);
+        let (actor, reason) = history.map(|(a, r)| (a.to_string(), r.to_string())).unzip();
+        self.run(op, move |client| {
+            let (facts, dimensions, actor, reason) = (facts.clone(), dimensions.clone(), actor.clone(), reason.clone());
+            Box::pin(async move {
+                let stmt = client
+                    .prepare_cached(
+                        "WITH w AS (UPDATE workers SET facts = $2, dimensions = $3, facts_at = $4 WHERE uuid = $1
+                                RETURNING uuid, state),
+                         h AS (INSERT INTO worker_history (worker, at, from_state, to_state, actor, reason)
+                                SELECT uuid, $4, state, state, $5, $6 FROM w WHERE $5::text IS NOT NULL)
+                         SELECT count(*) FROM w",
+                    )
+                    .await?;
+                let row = client.query_one(&stmt, &[&uuid.0, &facts, &dimensions, &at, &actor, &reason]).await?;
+                if row.get::<_, i64>(0) == 0 {
+                    return Err(DbError::NotFound { op: op.as_str() }.into());
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Sets (Some) or clears (None) the admin's note on a worker, with its
+    /// author and time and a history row, in one statement.
+    pub async fn set_worker_note(
+        &self,
+        uuid: WorkerId,
+        note: Option<&str>,
+        actor: &str,
+        at: SystemTime,
+    ) -> Result<WorkerRecord, DbError> {
+        let op = DatabaseOperation::SetWorkerNote;
+        let (note, actor) = (note.map(str::to_string), actor.to_string());
+        let reason = match &note {
+            Some(text) => format!("note: {}", text.chars().take(200).collect::<String>()),
+            None => "note cleared".to_string(),
+        };
+        self.run(op, move |client| {
+            let (note, actor, reason) = (note.clone(), actor.clone(), reason.clone());
+            Box::pin(async move {
+                let row = client
+                    .query_opt(
+                        &format!(
+                            "WITH w AS (UPDATE workers SET note = $2,
+                                    note_by = CASE WHEN $2::text IS NULL THEN NULL ELSE $3 END,
+                                    note_at = CASE WHEN $2::text IS NULL THEN NULL ELSE $4::timestamptz END
+                                WHERE uuid = $1 RETURNING {WORKER_COLUMNS}),
+                             h AS (INSERT INTO worker_history (worker, at, from_state, to_state, actor, reason)
+                                SELECT uuid, $4, state, state, $3, $5 FROM w)
+                             SELECT * FROM w"
+                        ),
+                        &[&uuid.0, &note, &actor, &at, &reason],
+                    )
+                    .await?;
+                match row {
+                    Some(row) => Ok(WorkerRecord::from_row(op, &row)?),
+                    None => Err(DbError::NotFound { op: op.as_str() }.into()),
+                }
+            })
+        })
+        .await
+    }
+
+    /// Sets (Some(reason)) or clears (None) a hold on a worker, with who
+    /// and when, and a history row, in one statement.
+    pub async fn set_worker_hold(
+        &self,
+        uuid: WorkerId,
+        hold: Hold,
+        reason: Option<&str>,
+        actor: &str,
+        at: SystemTime,
+    ) -> Result<WorkerRecord, DbError> {
+        let op = DatabaseOperation::SetWorkerHold;
+        let (reason, actor) = (reason.map(str::to_string), actor.to_string());
+        let why = match (&reason, hold) {
+            (Some(r), Hold::Quarantine) => format!("quarantined: {r}"),
+            (None, Hold::Quarantine) => "quarantine lifted".to_string(),
+            (Some(r), Hold::Recovery) => format!("in recovery: {r}"),
+            (None, Hold::Recovery) => "recovered".to_string(),
+        };
+        let set = match hold {
+            Hold::Quarantine => {
+                "quarantine = $2, quarantine_by = CASE WHEN $2::text IS NULL THEN NULL ELSE $3 END,
+                 quarantine_at = CASE WHEN $2::text IS NULL THEN NULL ELSE $4::timestamptz END"
+            }
+            Hold::Recovery => {
+                "recovery = $2, recovery_at = CASE WHEN $2::text IS NULL THEN NULL ELSE $4::timestamptz END"
+            }
+        };
+        let statement = format!(
+            "WITH w AS (UPDATE workers SET {set} WHERE uuid = $1 RETURNING {WORKER_COLUMNS}),
+             h AS (INSERT INTO worker_history (worker, at, from_state, to_state, actor, reason)
+                SELECT uuid, $4, state, state, $3, $5 FROM w)
+             SELECT * FROM w"
+        );
+        self.run(op, move |client| {
+            let (reason, actor, why, statement) = (reason.clone(), actor.clone(), why.clone(), statement.clone());
+            Box::pin(async move {
+                let row = client.query_opt(&statement, &[&uuid.0, &reason, &actor, &at, &why]).await?;
                 match row {
                     Some(row) => Ok(WorkerRecord::from_row(op, &row)?),
                     None => Err(DbError::NotFound { op: op.as_str() }.into()),

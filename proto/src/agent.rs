@@ -79,6 +79,54 @@ pub struct Observation {
     /// device_attached, healthy, error ...).
     #[serde(default)]
     pub facts: Map<String, Value>,
+    /// The facts the agent marks as dimensions (the hook's `dimensions`
+    /// object): merged into the caps requests match on, under the
+    /// configured caps. Absent (an older agent): none. Not sent when empty,
+    /// so an older server accepts a newer agent's heartbeats.
+    #[serde(default, skip_serializing_if = "Caps::is_empty")]
+    pub dimensions: Caps,
+}
+
+impl Observation {
+    /// What an agent reports of a worker from its `interrogate` hook's
+    /// JSON object: the object's `dimensions` member (an object; string,
+    /// number and boolean values, as text) become the dimensions, the
+    /// rest the facts. Output past the bounds the server enforces
+    /// (`corral_core::facts`) is reported as unhealthy facts naming why,
+    /// never sent as is (the server would refuse the heartbeat).
+    pub fn from_hook_output(uuid: WorkerId, mut facts: Map<String, Value>) -> Observation {
+        let mut dimensions = Caps::new();
+        let mut problem = None;
+        match facts.remove("dimensions") {
+            None => {}
+            Some(Value::Object(marked)) => {
+                for (key, value) in marked {
+                    match value {
+                        Value::String(text) => dimensions.insert(key, text),
+                        Value::Number(n) => dimensions.insert(key, n.to_string()),
+                        Value::Bool(b) => dimensions.insert(key, b.to_string()),
+                        _ => problem = Some(format!("dimension {key:?} is not a string, number or boolean")),
+                    }
+                }
+            }
+            Some(_) => problem = Some("dimensions is not a JSON object".to_string()),
+        }
+        if problem.is_none() {
+            problem = corral_core::facts::check_facts(&facts)
+                .and_then(|()| corral_core::facts::check_dimensions(&dimensions))
+                .err()
+                .map(|e| e.to_string());
+        }
+        match problem {
+            None => Observation { uuid, facts, dimensions },
+            Some(why) => {
+                let mut unhealthy = Map::new();
+                unhealthy.insert("healthy".to_string(), Value::Bool(false));
+                unhealthy.insert("error".to_string(), Value::String(format!("interrogate: {why}")));
+                Observation { uuid, facts: unhealthy, dimensions: Caps::new() }
+            }
+        }
+    }
 }
 
 /// Body of `POST /v1/agent/sessions/{id}/heartbeat`.
@@ -235,6 +283,29 @@ pub struct CommandResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hook_output_splits_into_facts_and_dimensions_within_bounds() {
+        let uuid = WorkerId::random();
+        let output = serde_json::json!({"battery": 80, "dimensions": {"android_version": 14, "device_model": "p7"}});
+        let seen = Observation::from_hook_output(uuid, output.as_object().unwrap().clone());
+        assert_eq!(Value::Object(seen.facts.clone()), serde_json::json!({"battery": 80}));
+        assert_eq!(seen.dimensions.get("android_version"), Some("14"));
+        assert_eq!(seen.dimensions.get("device_model"), Some("p7"));
+        // On the wire, no dimensions means no field (an older server accepts it).
+        let plain = Observation::from_hook_output(uuid, Map::new());
+        assert!(!serde_json::to_string(&plain).unwrap().contains("dimensions"));
+        for bad in [
+            serde_json::json!({"dimensions": [1]}),
+            serde_json::json!({"dimensions": {"UUID": "x"}}),
+            serde_json::json!({"dimensions": {"k": {"nested": 1}}}),
+            serde_json::json!({"note": "x".repeat(2000)}),
+        ] {
+            let seen = Observation::from_hook_output(uuid, bad.as_object().unwrap().clone());
+            assert_eq!(seen.facts["healthy"], Value::Bool(false), "{bad}");
+            assert!(seen.dimensions.is_empty(), "{bad}");
+        }
+    }
 
     #[test]
     fn action_kinds_are_named_as_on_the_wire() {

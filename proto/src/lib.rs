@@ -6,6 +6,7 @@
 //! and the CLI stay small.
 
 pub mod agent;
+pub mod audit;
 pub mod boruta;
 pub mod error;
 pub mod events;

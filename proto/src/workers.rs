@@ -5,6 +5,7 @@ use std::time::SystemTime;
 use corral_core::time::{opt_rfc3339, rfc3339};
 use corral_core::{Caps, Groups, RequestId, WorkerId, WorkerState};
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 /// The worker object.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -23,6 +24,55 @@ pub struct Worker {
     pub last_seen: Option<SystemTime>,
     /// The request holding it, if any.
     pub request: Option<RequestId>,
+    /// The latest facts its agent observed (the `interrogate` hook's
+    /// output), and when. Empty and null until its agent reports some.
+    #[serde(default)]
+    pub facts: Map<String, Value>,
+    #[serde(default, with = "opt_rfc3339")]
+    pub facts_at: Option<SystemTime>,
+    /// The facts its agent marks as dimensions; merged under the
+    /// configured caps into `caps` (the configured value wins).
+    #[serde(default)]
+    pub dimensions: Caps,
+    /// An admin's note, who wrote it and when (null: none).
+    #[serde(default)]
+    pub note: Option<String>,
+    #[serde(default)]
+    pub note_by: Option<String>,
+    #[serde(default, with = "opt_rfc3339")]
+    pub note_at: Option<SystemTime>,
+    /// A hold by an admin (or after failed preparations in a row): why,
+    /// by whom, since when. Keeps the worker out of matching until an
+    /// admin lifts it.
+    #[serde(default)]
+    pub quarantine: Option<String>,
+    #[serde(default)]
+    pub quarantine_by: Option<String>,
+    #[serde(default, with = "opt_rfc3339")]
+    pub quarantine_at: Option<SystemTime>,
+    /// A hold from the facts (e.g. a battery charging): why, since when.
+    /// Keeps the worker out of matching until the facts change.
+    #[serde(default)]
+    pub recovery: Option<String>,
+    #[serde(default, with = "opt_rfc3339")]
+    pub recovery_at: Option<SystemTime>,
+}
+
+/// Body of `PUT /v1/workers/{uuid}/quarantine`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuarantineChange {
+    /// Why (shown on the worker); required.
+    pub reason: String,
+}
+
+/// Body of `PUT /v1/workers/{uuid}/note`: the note, or null or empty to
+/// clear it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoteChange {
+    #[serde(default)]
+    pub note: Option<String>,
 }
 
 /// The states an admin may ask for.

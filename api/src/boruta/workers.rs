@@ -17,6 +17,7 @@ use corral_proto::workers::{AdminState, StateChange, Worker};
 use super::paging::{self, Page};
 use super::{BorutaError, answer, caller, no_content, read_body, require_admin};
 use crate::AppState;
+use crate::audit::audited;
 
 fn worker_id(path: &str) -> Result<WorkerId, BorutaError> {
     path.parse().map_err(|_| BorutaError::invalid("ID provided in URL isn't valid UUID"))
@@ -211,8 +212,20 @@ pub async fn set_state(
 ) -> Result<HttpResponse, BorutaError> {
     let caller = caller(&req, &state).await?;
     require_admin(&caller)?;
-    let id = worker_id(&path)?;
-    let wanted = body.into_inner().worker_state.as_deref().and_then(BorutaWorkerState::parse);
+    let asked = body.into_inner().worker_state;
+    let detail = format!("WorkerState={}", asked.as_deref().unwrap_or("null"));
+    audited(&state, &req, &caller, "worker.state", path.as_str(), detail, set_state_as(&state, &caller, &path, asked))
+        .await
+}
+
+async fn set_state_as(
+    state: &AppState,
+    caller: &Caller,
+    path: &str,
+    asked: Option<String>,
+) -> Result<HttpResponse, BorutaError> {
+    let (caller, id) = (caller.clone(), worker_id(path)?);
+    let wanted = asked.as_deref().and_then(BorutaWorkerState::parse);
     let admin_state = match wanted {
         Some(BorutaWorkerState::Idle) => AdminState::Idle,
         Some(BorutaWorkerState::Maintenance) => AdminState::Maintenance,
@@ -220,7 +233,7 @@ pub async fn set_state(
     };
     // Boruta accepts a worker's own state as a no-op. (MAINTENANCE on a
     // BUSY worker is a change: it stops waiting for the agent.)
-    let current = visible_worker(&state, &caller, id)?.state;
+    let current = visible_worker(state, &caller, id)?.state;
     let already = match admin_state {
         AdminState::Idle => current == WorkerState::Idle,
         AdminState::Maintenance => current == WorkerState::Maintenance,
@@ -246,11 +259,15 @@ pub async fn set_groups(
 ) -> Result<HttpResponse, BorutaError> {
     let caller = caller(&req, &state).await?;
     require_admin(&caller)?;
-    let id = worker_id(&path)?;
     let groups: BTreeSet<String> = body.into_inner().unwrap_or_default().into_iter().collect();
-    let groups = Groups::validated(groups).map_err(BorutaError::invalid)?;
-    state.corral.set_worker_groups(&caller, id, groups).await.map_err(|e| or_not_found(e.into()))?;
-    Ok(no_content())
+    let detail = serde_json::to_string(&groups).unwrap_or_default();
+    audited(&state, &req, &caller, "worker.groups", path.as_str(), detail, async {
+        let id = worker_id(&path)?;
+        let groups = Groups::validated(groups).map_err(BorutaError::invalid)?;
+        state.corral.set_worker_groups(&caller, id, groups).await.map_err(|e| or_not_found(e.into()))?;
+        Ok(no_content())
+    })
+    .await
 }
 
 #[tracing::instrument(skip_all, fields(worker = %path.as_str()))]
@@ -261,9 +278,12 @@ pub async fn deregister(
 ) -> Result<HttpResponse, BorutaError> {
     let caller = caller(&req, &state).await?;
     require_admin(&caller)?;
-    let id = worker_id(&path)?;
-    state.corral.deregister_worker(&caller, id).await.map_err(|e| or_not_found(e.into()))?;
-    Ok(no_content())
+    audited(&state, &req, &caller, "worker.deregister", path.as_str(), "", async {
+        let id = worker_id(&path)?;
+        state.corral.deregister_worker(&caller, id).await.map_err(|e| or_not_found(e.into()))?;
+        Ok(no_content())
+    })
+    .await
 }
 
 #[cfg(test)]

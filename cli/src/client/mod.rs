@@ -1,4 +1,4 @@
-//! Client commands (`request`, `worker`, `user`): they talk to a corral
+//! Client commands (`request`, `worker`, `user`, `audit`): they talk to a corral
 //! server over its `/v1` HTTP API (SPEC §4, §8).
 //!
 //! - [`connection`] finds the server and the token (flags, environment,
@@ -14,6 +14,7 @@
 //! `Send`) and fails with a non-zero exit status on any error.
 
 mod acquire;
+mod audit;
 mod connection;
 mod events;
 mod http;
@@ -29,6 +30,7 @@ use std::time::SystemTime;
 use clap::Args;
 
 pub use events::EventsArgs;
+pub use audit::AuditArgs;
 pub use requests::RequestCommand;
 pub use users::UserCommand;
 pub use workers::WorkerCommand;
@@ -49,6 +51,9 @@ pub fn worker(command: WorkerCommand) -> anyhow::Result<()> {
 /// `corral events`
 pub fn events(args: EventsArgs) -> anyhow::Result<()> {
     events::run(args)
+/// `corral audit`
+pub fn audit(args: AuditArgs) -> anyhow::Result<()> {
+    audit::run(args)
 }
 
 /// `corral user ...`

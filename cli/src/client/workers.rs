@@ -1,11 +1,11 @@
-//! `corral worker list|show|history|idle|maintenance|groups|hand-over|deregister`.
+//! `corral worker list|show|history|idle|maintenance|groups|hand-over|note|quarantine|deregister`.
 
 use std::time::SystemTime;
 
 use awc::http::Method;
 use clap::{Args, Subcommand};
 use corral_core::WorkerId;
-use corral_proto::workers::{AdminState, StateChange, Worker};
+use corral_proto::workers::{AdminState, NoteChange, StateChange, Worker};
 use serde_json::{Value, json};
 
 use super::http::{self, decode};
@@ -31,8 +31,42 @@ pub enum WorkerCommand {
     /// Hand a worker in maintenance or failed over to another agent user
     /// (admin): only that user's agents may claim it from then on.
     HandOver(HandOverArgs),
+    /// Set or clear an admin's note on a worker (admin), shown with its
+    /// author and time beside the system's own reason.
+    Note(NoteArgs),
+    /// Hold a worker out of matching until an admin lifts it (admin), or
+    /// lift its quarantine with --clear.
+    Quarantine(QuarantineArgs),
     /// Forget a worker in maintenance or failed (admin).
     Deregister(UuidArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct QuarantineArgs {
+    /// Worker UUID.
+    uuid: WorkerId,
+    /// Why (shown on the worker).
+    #[arg(long, required_unless_present = "clear", conflicts_with = "clear")]
+    reason: Option<String>,
+    /// Lift the quarantine.
+    #[arg(long)]
+    clear: bool,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct NoteArgs {
+    /// Worker UUID.
+    uuid: WorkerId,
+    /// The note (at most 1024 bytes; newlines allowed).
+    #[arg(value_name = "TEXT", required_unless_present = "clear", conflicts_with = "clear")]
+    text: Option<String>,
+    /// Remove the note.
+    #[arg(long)]
+    clear: bool,
+    #[command(flatten)]
+    common: CommonArgs,
 }
 
 #[derive(Args, Debug)]
@@ -75,6 +109,9 @@ pub struct ListArgs {
     /// Only workers of this group.
     #[arg(long)]
     group: Option<String>,
+    /// Only held workers: quarantine, recovery, any; or none (not held).
+    #[arg(long)]
+    hold: Option<String>,
     /// Only workers offering this cap, KEY=VALUE (repeatable).
     #[arg(long = "cap", visible_alias = "caps", value_name = "KEY=VALUE", value_parser = parse_cap)]
     caps: Vec<(String, String)>,
@@ -167,6 +204,22 @@ pub fn run(command: WorkerCommand) -> anyhow::Result<()> {
                 let answer = api.send(Method::PUT, &path(args.uuid, "/agent"), &body).await?;
                 print_worker(&args.common, &answer)
             }
+            WorkerCommand::Note(args) => {
+                let api = args.common.api()?;
+                let body = NoteChange { note: if args.clear { None } else { args.text } };
+                let answer = api.send(Method::PUT, &path(args.uuid, "/note"), &body).await?;
+                print_worker(&args.common, &answer)
+            }
+            WorkerCommand::Quarantine(args) => {
+                let api = args.common.api()?;
+                let answer = match args.reason {
+                    Some(reason) if !args.clear => {
+                        api.send(Method::PUT, &path(args.uuid, "/quarantine"), &json!({ "reason": reason })).await?
+                    }
+                    _ => api.send(Method::DELETE, &path(args.uuid, "/quarantine"), &json!({})).await?,
+                };
+                print_worker(&args.common, &answer)
+            }
             WorkerCommand::Deregister(args) => {
                 let api = args.common.api()?;
                 api.delete(&path(args.uuid, "")).await?;
@@ -186,6 +239,9 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
     if let Some(group) = &args.group {
         query.push(("group", group.clone()));
     }
+    if let Some(hold) = &args.hold {
+        query.push(("hold", hold.clone()));
+    }
     query.extend(args.caps.iter().map(|(k, v)| ("cap", format!("{k}={v}"))));
     match (args.limit, args.all) {
         (Some(limit), _) => query.push(("limit", limit.to_string())),
@@ -200,15 +256,18 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
     if workers.is_empty() {
         output::emit("no workers\n")?;
     } else {
-        let mut table = Table::new(&["UUID", "STATE", "AGENT", "REQUEST", "GROUPS", "CAPS"]);
+        let mut table = Table::new(&["UUID", "STATE", "HOLD", "AGENT", "REQUEST", "GROUPS", "CAPS", "REASON", "NOTE"]);
         for w in &workers {
             table.row(vec![
                 w.uuid.to_string(),
                 w.state.to_string(),
+                hold(w),
                 w.agent.clone(),
                 output::or_dash(w.request),
                 output::list(w.groups.iter()),
                 output::or_dash(Some(&w.caps)),
+                output::or_dash(w.reason.as_deref()),
+                output::or_dash(w.note.as_deref().map(|n| n.lines().next().unwrap_or_default())),
             ]);
         }
         table.print()?;
@@ -260,12 +319,53 @@ fn print_worker(common: &CommonArgs, answer: &Value) -> anyhow::Result<()> {
         ("uuid", w.uuid.to_string()),
         ("state", w.state.to_string()),
         ("reason", output::or_dash(w.reason.as_deref())),
+        (
+            "quarantine",
+            output::or_dash(w.quarantine.as_ref().map(|q| {
+                format!(
+                    "{q} (by {}, {})",
+                    w.quarantine_by.as_deref().unwrap_or("-"),
+                    w.quarantine_at.map(output::time).unwrap_or_default()
+                )
+            })),
+        ),
+        (
+            "recovery",
+            output::or_dash(
+                w.recovery
+                    .as_ref()
+                    .map(|r| format!("{r} (since {})", w.recovery_at.map(output::time).unwrap_or_default())),
+            ),
+        ),
         ("state_since", output::time_and_distance(w.state_since, now)),
         ("request", output::or_dash(w.request)),
         ("agent", w.agent.clone()),
         ("ssh_addr", w.ssh_addr.clone()),
         ("groups", output::list(w.groups.iter())),
         ("caps", output::or_dash(Some(&w.caps))),
+        ("dimensions", if w.dimensions.is_empty() { "-".to_string() } else { w.dimensions.to_string() }),
         ("last_seen", output::or_dash(w.last_seen.map(|t| output::time_and_distance(t, now)))),
+        (
+            "facts",
+            if w.facts.is_empty() { "-".to_string() } else { serde_json::Value::Object(w.facts.clone()).to_string() },
+        ),
+        ("facts_at", output::or_dash(w.facts_at.map(|t| output::time_and_distance(t, now)))),
+        ("note", output::or_dash(w.note.as_deref())),
+        (
+            "note_by",
+            output::or_dash(w.note_by.as_ref().map(|by| match w.note_at {
+                Some(at) => format!("{by}, {}", output::time_and_distance(at, now)),
+                None => by.clone(),
+            })),
+        ),
     ]))
+}
+
+/// The holds of a worker for a table cell: `quarantine`, `recovery`, both, or `-`.
+fn hold(w: &Worker) -> String {
+    let holds: Vec<&str> = [w.quarantine.as_ref().map(|_| "quarantine"), w.recovery.as_ref().map(|_| "recovery")]
+        .into_iter()
+        .flatten()
+        .collect();
+    if holds.is_empty() { "-".to_string() } else { holds.join(",") }
 }
