@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use crate::{Reply, Shared};
 use crate::agent::session_gone;
+use crate::{Reply, Shared};
 
 pub struct Reaper {
     shared: Arc<Shared>,

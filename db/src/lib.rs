@@ -35,8 +35,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, QueueMode, Recycli
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
-pub use events::{HistoryRange, HistoryRow, HistorySubject};
 pub use audit::{AuditIntent, AuditOutcome, AuditRecord};
+pub use events::{HistoryRange, HistoryRow, HistorySubject};
 pub use fixtures::{ScaleFixture, ScaleFixtureLoaded};
 pub use migrate::{MigrationError, SCHEMA};
 pub use reconcile::{LeaseRow, ReconcileSnapshot, RequestRow, WorkerRow};

@@ -29,8 +29,8 @@ use std::time::SystemTime;
 
 use clap::Args;
 
-pub use events::EventsArgs;
 pub use audit::AuditArgs;
+pub use events::EventsArgs;
 pub use requests::RequestCommand;
 pub use users::UserCommand;
 pub use workers::WorkerCommand;
@@ -51,6 +51,8 @@ pub fn worker(command: WorkerCommand) -> anyhow::Result<()> {
 /// `corral events`
 pub fn events(args: EventsArgs) -> anyhow::Result<()> {
     events::run(args)
+}
+
 /// `corral audit`
 pub fn audit(args: AuditArgs) -> anyhow::Result<()> {
     audit::run(args)
