@@ -7,6 +7,7 @@
 //! (`corral_actors::owners`), where requests leave the waiting state.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use corral_actors::Caller;
@@ -24,6 +25,8 @@ pub struct PerUserLimit {
     what: &'static str,
     max: usize,
     held: Arc<Mutex<HashMap<UserId, usize>>>,
+    /// Slots held now by everyone, admins included (a metric).
+    open: Arc<AtomicUsize>,
 }
 
 /// A held slot; dropping it frees the slot.
@@ -31,17 +34,18 @@ pub struct PerUserLimit {
 pub struct Slot {
     user: Option<UserId>,
     held: Arc<Mutex<HashMap<UserId, usize>>>,
+    open: Arc<AtomicUsize>,
 }
 
 impl PerUserLimit {
     pub fn new(what: &'static str, max: usize) -> PerUserLimit {
-        PerUserLimit { what, max, held: Arc::default() }
+        PerUserLimit { what, max, held: Arc::default(), open: Arc::default() }
     }
 
     /// Takes one of `caller`'s slots, or answers 429 with `Retry-After`.
     pub fn acquire(&self, caller: &Caller) -> Result<Slot, ApiError> {
         if caller.is_admin() {
-            return Ok(Slot { user: None, held: self.held.clone() });
+            return Ok(self.slot(None));
         }
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         let count = held.entry(caller.id).or_default();
@@ -55,7 +59,17 @@ impl PerUserLimit {
             ));
         }
         *count += 1;
-        Ok(Slot { user: Some(caller.id), held: self.held.clone() })
+        Ok(self.slot(Some(caller.id)))
+    }
+
+    fn slot(&self, user: Option<UserId>) -> Slot {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Slot { user, held: self.held.clone(), open: self.open.clone() }
+    }
+
+    /// How many slots everyone holds now, admins included.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
     }
 
     /// How many slots `user` holds now.
@@ -66,6 +80,7 @@ impl PerUserLimit {
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
         let Some(user) = self.user else { return };
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(count) = held.get_mut(&user) {
@@ -116,10 +131,12 @@ mod tests {
         assert!(limit.acquire(&bo).is_ok(), "per user");
         let admin_slots: Vec<Slot> = (0..5).map(|_| limit.acquire(&admin).unwrap()).collect();
         assert_eq!(limit.held(admin.id), 0);
+        assert_eq!(limit.open(), 7, "ann's two and the admin's five (bo's ended)");
         drop(first);
         assert_eq!(limit.held(ann.id), 1);
         let third = limit.acquire(&ann).unwrap();
         drop((second, third, admin_slots));
         assert_eq!(limit.held(ann.id), 0);
+        assert_eq!(limit.open(), 0);
     }
 }

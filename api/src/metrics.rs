@@ -100,11 +100,15 @@ async fn metrics(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpRes
         auth.require_admin()?;
     }
     let summary = state.corral.summary().await?;
-    let text = render(&state.metrics, &summary).map_err(|e| ApiError::internal(&e))?;
+    let text = render(&state.metrics, &summary, &state.limits).map_err(|e| ApiError::internal(&e))?;
     Ok(HttpResponse::Ok().content_type(prometheus_text::CONTENT_TYPE).body(text))
 }
 
-fn render(observed: &Metrics, s: &corral_actors::summary::Summary) -> Result<String, std::fmt::Error> {
+fn render(
+    observed: &Metrics,
+    s: &corral_actors::summary::Summary,
+    limits: &crate::limits::Limits,
+) -> Result<String, std::fmt::Error> {
     let mut root = Registry::default();
     let registry = root.sub_registry_with_prefix("corral");
     let workers = Family::<Label, Gauge>::default();
@@ -133,6 +137,12 @@ fn render(observed: &Metrics, s: &corral_actors::summary::Summary) -> Result<Str
         ConstGauge::new(gauge(s.matcher.pending_commits)),
     );
     registry.register("agent_sessions", "Live agent sessions", ConstGauge::new(gauge(s.agent_sessions)));
+    registry.register(
+        "long_polls_open",
+        "Calls of acquire?wait= waiting now",
+        ConstGauge::new(gauge(limits.long_polls.open())),
+    );
+    registry.register("event_streams_open", "Event streams open now", ConstGauge::new(gauge(limits.streams.open())));
     registry.register("tunnels_open", "Lease tunnels listening", ConstGauge::new(gauge(s.tunnels_open)));
     registry.register(
         "tunnel_connections",

@@ -142,7 +142,9 @@ async fn acquire_waits_for_the_lease_or_answers_conflict_when_the_wait_ends() {
     let acquire = carol.post_empty(&path);
     let admin = server.admin();
     let idle = async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The worker goes idle only once the acquire is parked: the
+        // server's gauge of open long-polls shows it.
+        server.wait_for_metric("corral_long_polls_open", 1.0).await;
         let (status, _) = admin.put(&format!("/v1/workers/{}/state", agent.uuids[0]), json!({"state": "idle"})).await;
         assert_eq!(status, StatusCode::ACCEPTED);
     };

@@ -72,6 +72,8 @@ async fn metrics_follow_the_lab_in_prometheus_text_format() {
     assert_eq!(gauge(&metrics, "corral_workers", Some(("state", "running"))), 1.0, "{text}");
     assert_eq!(gauge(&metrics, "corral_workers", Some(("state", "idle"))), 1.0, "{text}");
     assert_eq!(gauge(&metrics, "corral_workers", Some(("state", "failed"))), 0.0, "every state is listed");
+    assert_eq!(gauge(&metrics, "corral_long_polls_open", None), 0.0, "no acquire?wait= is parked: {text}");
+    assert_eq!(gauge(&metrics, "corral_event_streams_open", None), 0.0, "no event stream is open: {text}");
     assert_eq!(gauge(&metrics, "corral_requests_live", None), 1.0);
     assert_eq!(gauge(&metrics, "corral_requests_queued", None), 0.0);
     assert_eq!(gauge(&metrics, "corral_agent_sessions", None), 1.0);

@@ -57,6 +57,27 @@ pub fn caps(pairs: &[(&str, &str)]) -> Caps {
 }
 
 impl TestServer {
+    /// Waits (at most 10 s) until the unlabelled metric `name` reads
+    /// `value` at `/metrics`.
+    pub async fn wait_for_metric(&self, name: &str, value: f64) {
+        let http = awc::Client::default();
+        let mut last = String::new();
+        for _ in 0..200 {
+            let mut response = http.get(format!("{}/metrics", self.url)).send().await.expect("GET /metrics");
+            let body = response.body().await.expect("metrics body");
+            last = String::from_utf8_lossy(&body).into_owned();
+            let read = last
+                .lines()
+                .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+                .next();
+            if read == Some(value) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{name} never read {value}:\n{last}");
+    }
+
     pub async fn start(clock: Clock) -> TestServer {
         TestServer::start_with(clock, |_| {}).await
     }
