@@ -97,7 +97,7 @@ impl Drop for Slot {
 pub struct Limits {
     /// Concurrent `acquire?wait=` calls.
     pub long_polls: PerUserLimit,
-    /// Concurrent event streams (`GET /v1/events`, when it exists).
+    /// Concurrent event streams (`GET /v1/events`).
     pub streams: PerUserLimit,
 }
 
