@@ -1107,6 +1107,15 @@ impl Corral {
         }
     }
 
+    /// The worker as callers see it, from the directory.
+    fn worker_view(&self, id: WorkerId) -> Result<corral_proto::workers::Worker, ActorError> {
+        self.shared()
+            .dir
+            .view(id)
+            .map(|v| v.worker)
+            .ok_or_else(|| ActorError::NotFound(format!("worker {id} not found")))
+    }
+
     fn worker_addr(&self, id: WorkerId) -> Result<Addr<WorkerActor>, ActorError> {
         let shared = self.shared();
         shared.dir.worker(id).ok_or_else(|| match shared.dir.view(id) {
@@ -1157,11 +1166,7 @@ impl Corral {
         let (tx, rx) = tokio::sync::oneshot::channel();
         addr.send(WorkerMsg::SetNote { caller: caller.clone(), note, reply: tx }).await?;
         rx.await??;
-        self.shared()
-            .dir
-            .view(id)
-            .map(|v| v.worker)
-            .ok_or_else(|| ActorError::NotFound(format!("worker {id} not found")))
+        self.worker_view(id)
     }
 
     /// An admin quarantines a worker (`Some(reason)`, 1 to 1024 bytes
@@ -1187,11 +1192,7 @@ impl Corral {
         let (tx, rx) = tokio::sync::oneshot::channel();
         addr.send(WorkerMsg::SetQuarantine { caller: caller.clone(), reason, reply: tx }).await?;
         rx.await??;
-        self.shared()
-            .dir
-            .view(id)
-            .map(|v| v.worker)
-            .ok_or_else(|| ActorError::NotFound(format!("worker {id} not found")))
+        self.worker_view(id)
     }
 
     pub async fn deregister_worker(&self, caller: &Caller, id: WorkerId) -> Result<(), ActorError> {

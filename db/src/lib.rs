@@ -194,38 +194,25 @@ impl DatabaseOperation {
                 | O::ReconcileSnapshot
                 | O::HistoryAfter
                 | O::HistoryHeads
+                | O::AuditPage
                 | O::Ping
         )
     }
 
     pub fn is_idempotent(self) -> bool {
         use DatabaseOperation as O;
-        matches!(
-            self,
-            O::ApplySchema
-                | O::ListUsers
-                | O::UserByToken
-                | O::Heartbeat
-                | O::LiveSessions
-                | O::Lead
-                | O::LoadWorkers
-                | O::TouchWorkers
-                | O::ClearBackoff
-                | O::GetRequest
-                | O::ListRequests
-                | O::RequestHistory
-                | O::WorkerHistory
-                | O::LoadLiveRequests
-                | O::LoadLiveLeases
-                | O::ReconcileSnapshot
-                | O::HistoryAfter
-                | O::HistoryHeads
-                | O::AuditEnd
-                | O::AuditPage
-                | O::Ping
-                | O::ReleaseOrphanLocks
-                | O::CloseSession
-        )
+        self.is_read_only()
+            || matches!(
+                self,
+                O::ApplySchema
+                    | O::Heartbeat
+                    | O::Lead
+                    | O::TouchWorkers
+                    | O::ClearBackoff
+                    | O::AuditEnd
+                    | O::ReleaseOrphanLocks
+                    | O::CloseSession
+            )
     }
 }
 
