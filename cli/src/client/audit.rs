@@ -4,21 +4,13 @@ use clap::Args;
 use corral_proto::audit::AuditEntry;
 use serde_json::json;
 
-use super::http;
 use super::output::{self, Table};
-use super::{CommonArgs, block_on};
+use super::{CommonArgs, PageArgs, block_on};
 
 #[derive(Args, Debug)]
 pub struct AuditArgs {
-    /// Entries per page (1-1000) [server default: 100].
-    #[arg(long)]
-    limit: Option<u32>,
-    /// Continue after a previous page (its next_cursor).
-    #[arg(long)]
-    cursor: Option<String>,
-    /// Every page (at most 100).
-    #[arg(long)]
-    all: bool,
+    #[command(flatten)]
+    page: PageArgs,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -26,8 +18,7 @@ pub struct AuditArgs {
 pub fn run(args: AuditArgs) -> anyhow::Result<()> {
     block_on(async move {
         let api = args.common.api()?;
-        let query: Vec<(&str, String)> = args.limit.map(|n| ("limit", n.to_string())).into_iter().collect();
-        let (items, next_cursor) = http::pages(&api, "/v1/audit", &query, args.cursor, args.all).await?;
+        let (items, next_cursor) = args.page.fetch(&api, "/v1/audit", Vec::new()).await?;
         if args.common.json {
             return output::json(&json!({ "items": items, "next_cursor": next_cursor }));
         }

@@ -63,6 +63,39 @@ pub fn user(command: UserCommand) -> anyhow::Result<()> {
     users::run(command)
 }
 
+/// The paging flags of a list command.
+#[derive(Args, Debug, Clone)]
+pub struct PageArgs {
+    /// Entries per page (1 to 1000) [server default: 100].
+    #[arg(long)]
+    limit: Option<u32>,
+    /// Start at this page (the next_cursor of an earlier listing).
+    #[arg(long)]
+    cursor: Option<String>,
+    /// Follow next_cursor to the end (at most 100 pages).
+    #[arg(long)]
+    all: bool,
+}
+
+impl PageArgs {
+    /// The pages of `path` with `query` these flags ask for: their items
+    /// and the cursor after them. `--all` without `--limit` asks for the
+    /// largest pages.
+    async fn fetch(
+        &self,
+        api: &Api,
+        path: &str,
+        mut query: Vec<(&str, String)>,
+    ) -> anyhow::Result<(Vec<serde_json::Value>, Option<String>)> {
+        match (self.limit, self.all) {
+            (Some(limit), _) => query.push(("limit", limit.to_string())),
+            (None, true) => query.push(("limit", "1000".to_string())),
+            (None, false) => {}
+        }
+        http::pages(api, path, &query, self.cursor.clone(), self.all).await
+    }
+}
+
 /// Flags every client command takes.
 #[derive(Args, Debug, Clone)]
 pub struct CommonArgs {

@@ -11,9 +11,9 @@ use corral_proto::requests::{Explanation, HistoryEntry, NewRequest, Prolong, Pro
 use serde_json::{Value, json};
 
 use super::acquire::AcquireArgs;
-use super::http::{self, decode};
+use super::http::decode;
 use super::output::{self, Table};
-use super::{CommonArgs, block_on, parse_cap, parse_duration, parse_instant, parse_priority, ssh};
+use super::{CommonArgs, PageArgs, block_on, parse_cap, parse_duration, parse_instant, parse_priority, ssh};
 
 #[derive(Subcommand, Debug)]
 pub enum RequestCommand {
@@ -76,15 +76,8 @@ pub struct ListArgs {
     /// Only this priority.
     #[arg(long, value_parser = parse_priority)]
     priority: Option<Priority>,
-    /// Requests per page (1 to 1000) [server default: 100].
-    #[arg(long)]
-    limit: Option<u32>,
-    /// Start at this page (the next_cursor of an earlier listing).
-    #[arg(long)]
-    cursor: Option<String>,
-    /// Follow next_cursor to the end (at most 100 pages).
-    #[arg(long)]
-    all: bool,
+    #[command(flatten)]
+    page: PageArgs,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -180,12 +173,7 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
     if let Some(priority) = args.priority {
         query.push(("priority", priority.to_string()));
     }
-    match (args.limit, args.all) {
-        (Some(limit), _) => query.push(("limit", limit.to_string())),
-        (None, true) => query.push(("limit", "1000".to_string())),
-        (None, false) => {}
-    }
-    let (items, next_cursor) = http::pages(&api, "/v1/requests", &query, args.cursor.clone(), args.all).await?;
+    let (items, next_cursor) = args.page.fetch(&api, "/v1/requests", query).await?;
     if args.common.json {
         return output::json(&json!({ "items": items, "next_cursor": next_cursor }));
     }

@@ -8,9 +8,9 @@ use corral_core::WorkerId;
 use corral_proto::workers::{AdminState, NoteChange, StateChange, Worker};
 use serde_json::{Value, json};
 
-use super::http::{self, decode};
+use super::http::decode;
 use super::output::{self, Table};
-use super::{CommonArgs, block_on, parse_cap};
+use super::{CommonArgs, PageArgs, block_on, parse_cap};
 
 #[derive(Subcommand, Debug)]
 pub enum WorkerCommand {
@@ -73,15 +73,8 @@ pub struct NoteArgs {
 pub struct HistoryArgs {
     /// Worker UUID.
     uuid: WorkerId,
-    /// Page size (1-1000).
-    #[arg(long)]
-    limit: Option<u32>,
-    /// Continue after a previous page.
-    #[arg(long)]
-    cursor: Option<String>,
-    /// Every page.
-    #[arg(long)]
-    all: bool,
+    #[command(flatten)]
+    page: PageArgs,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -115,15 +108,8 @@ pub struct ListArgs {
     /// Only workers offering this cap, KEY=VALUE (repeatable).
     #[arg(long = "cap", visible_alias = "caps", value_name = "KEY=VALUE", value_parser = parse_cap)]
     caps: Vec<(String, String)>,
-    /// Workers per page (1 to 1000) [server default: 100].
-    #[arg(long)]
-    limit: Option<u32>,
-    /// Start at this page (the next_cursor of an earlier listing).
-    #[arg(long)]
-    cursor: Option<String>,
-    /// Follow next_cursor to the end (at most 100 pages).
-    #[arg(long)]
-    all: bool,
+    #[command(flatten)]
+    page: PageArgs,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -243,12 +229,7 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
         query.push(("hold", hold.clone()));
     }
     query.extend(args.caps.iter().map(|(k, v)| ("cap", format!("{k}={v}"))));
-    match (args.limit, args.all) {
-        (Some(limit), _) => query.push(("limit", limit.to_string())),
-        (None, true) => query.push(("limit", "1000".to_string())),
-        (None, false) => {}
-    }
-    let (items, next_cursor) = http::pages(&api, "/v1/workers", &query, args.cursor.clone(), args.all).await?;
+    let (items, next_cursor) = args.page.fetch(&api, "/v1/workers", query).await?;
     if args.common.json {
         return output::json(&json!({ "items": items, "next_cursor": next_cursor }));
     }
@@ -280,8 +261,7 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
 
 async fn history(args: HistoryArgs) -> anyhow::Result<()> {
     let api = args.common.api()?;
-    let query: Vec<(&str, String)> = args.limit.map(|n| ("limit", n.to_string())).into_iter().collect();
-    let (items, next_cursor) = http::pages(&api, &path(args.uuid, "/history"), &query, args.cursor, args.all).await?;
+    let (items, next_cursor) = args.page.fetch(&api, &path(args.uuid, "/history"), Vec::new()).await?;
     if args.common.json {
         return output::json(&json!({ "items": items, "next_cursor": next_cursor }));
     }
