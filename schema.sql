@@ -99,7 +99,15 @@ CREATE TABLE workers (
     quarantine_by TEXT,
     quarantine_at TIMESTAMPTZ,
     recovery    TEXT,
-    recovery_at TIMESTAMPTZ
+    recovery_at TIMESTAMPTZ,
+    -- The hooks its agent says it has (NULL: an older agent that does not
+    -- say), and the on-demand process running on it besides its state's
+    -- own (a power cycle): statements that would start a conflicting
+    -- process (a binding, entering prepare or busy, the end of a lease
+    -- moving it to prepare, deregistering) require it NULL on this row, so
+    -- the row lock orders them against the power cycle's start.
+    hooks       TEXT[],
+    work        TEXT CHECK (work IN ('power_cycle'))
 );
 
 CREATE TABLE worker_history (
@@ -217,7 +225,10 @@ CREATE TABLE work_locks (
     process     TEXT NOT NULL CHECK (process IN ('prepare', 'lease', 'maintenance', 'health_check', 'power_cycle')),
     session     UUID NOT NULL,
     acquired_at TIMESTAMPTZ NOT NULL,
-    PRIMARY KEY (worker, process)
+    PRIMARY KEY (worker, process),
+    -- Who holds it (`user:NAME` for a power cycle asked for on demand; NULL
+    -- for the locks of the worker's own states, held by its agent session).
+    holder      TEXT
 );
 
 -- Failure backoff for repeated work on a worker: after a failure the same

@@ -207,6 +207,15 @@ fn validate(open: &OpenSession) -> Result<(), ActorError> {
                 worker.uuid
             )));
         }
+        let hooks = worker.hooks.as_deref().unwrap_or_default();
+        let hook_name =
+            |h: &String| (1..=32).contains(&h.len()) && h.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+        if hooks.len() > 16 || !hooks.iter().all(hook_name) {
+            return Err(ActorError::BadRequest(format!(
+                "worker {}: hooks must be at most 16 names of lowercase letters and '_' (at most 32 each)",
+                worker.uuid
+            )));
+        }
     }
     Ok(())
 }
@@ -250,6 +259,7 @@ impl Corral {
                 ssh_addr: worker.ssh_addr,
                 ssh_user: worker.user,
                 host_key: worker.host_key,
+                hooks: worker.hooks,
             })
             .collect();
         let registration = AgentRegistration {
@@ -291,7 +301,7 @@ impl Corral {
                 None => {
                     let (worker_shared, initial_record) = (shared.clone(), record.clone());
                     let actor = WorkerActor::start_in_arbiter(shared.arbiter(), move |_| {
-                        WorkerActor::new(worker_shared, initial_record, None, None, None)
+                        WorkerActor::new(worker_shared, initial_record, None, None, Vec::new())
                     });
                     shared.dir.add_worker(record.uuid, actor.clone());
                     tell(shared.matcher(), MatcherMsg::RegisterWorker(WorkerActor::spec(&record)));
@@ -355,7 +365,7 @@ impl Corral {
             }
             tell(&addr, WorkerMsg::Resync);
         }
-        Ok(crate::worker::WorkerActor::view(&record, None).worker)
+        Ok(crate::worker::WorkerActor::view(&record, None, &[]).worker)
     }
 
     /// Keeps a session alive and passes on what the agent observed.

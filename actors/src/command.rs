@@ -40,13 +40,9 @@ pub(crate) struct Commands {
 }
 
 impl Commands {
-    /// `prepare_backoff`: the worker's preparation has a backoff row.
-    pub(crate) fn new(prepare_backoff: bool) -> Commands {
-        let mut commands = Commands::default();
-        if prepare_backoff {
-            commands.backoff_rows.insert(ActionKind::Prepare);
-        }
-        commands
+    /// `backoff_rows`: the kinds that have a backoff row (found at start).
+    pub(crate) fn new(backoff_rows: impl IntoIterator<Item = ActionKind>) -> Commands {
+        Commands { backoff_rows: backoff_rows.into_iter().collect(), ..Commands::default() }
     }
 
     /// Records attempt `attempt` of `action`, sent at `now`; returns the
@@ -105,11 +101,13 @@ impl Commands {
         self.backoff_rows.drain().collect()
     }
 
-    /// Forgets every command (the worker's state moved on); returns their
-    /// kinds, each with whether it was awaited (else it waited for a retry),
-    /// so that their timers can be cancelled.
-    pub(crate) fn forget_all(&mut self) -> Vec<(ActionKind, bool)> {
-        self.pending.drain().map(|(kind, p)| (kind, p.sent.is_some())).collect()
+    /// Forgets every command (the worker's state moved on) but the one of
+    /// `keep` (an on-demand power cycle goes on across states); returns
+    /// their kinds, each with whether it was awaited (else it waited for a
+    /// retry), so that their timers can be cancelled.
+    pub(crate) fn forget_all(&mut self, keep: Option<ActionKind>) -> Vec<(ActionKind, bool)> {
+        let forgotten: Vec<ActionKind> = self.pending.keys().copied().filter(|k| Some(*k) != keep).collect();
+        forgotten.into_iter().filter_map(|kind| self.pending.remove(&kind).map(|p| (kind, p.sent.is_some()))).collect()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -147,7 +145,7 @@ mod tests {
     #[test]
     fn only_the_latest_send_of_a_kind_is_awaited() {
         let now = SystemTime::UNIX_EPOCH;
-        let mut commands = Commands::new(false);
+        let mut commands = Commands::new([]);
         let first = commands.sent(Action::HealthCheck, 1, now);
         let second = commands.sent(Action::HealthCheck, 1, now);
         assert!(!commands.awaits(ActionKind::HealthCheck, first), "a replaced send's answer is ignored");
@@ -159,7 +157,7 @@ mod tests {
     fn a_failed_attempt_waits_then_is_due_with_the_next_number() {
         let now = SystemTime::UNIX_EPOCH;
         let timeout = Duration::from_secs(60);
-        let mut commands = Commands::new(false);
+        let mut commands = Commands::new([]);
         let tag = commands.sent(Action::Maintenance, 1, now);
         assert!(!commands.timed_out(ActionKind::Maintenance, now + timeout - Duration::from_secs(1), timeout));
         assert!(commands.timed_out(ActionKind::Maintenance, now + timeout, timeout));
@@ -176,12 +174,15 @@ mod tests {
     #[test]
     fn forgetting_reports_what_each_command_waited_for() {
         let now = SystemTime::UNIX_EPOCH;
-        let mut commands = Commands::new(true);
+        let mut commands = Commands::new([ActionKind::Prepare]);
         commands.sent(Action::PowerCycle, 1, now);
         commands.waiting(Action::Prepare);
-        let mut forgotten = commands.forget_all();
+        commands.sent(Action::HealthCheck, 1, now);
+        let mut forgotten = commands.forget_all(Some(ActionKind::HealthCheck));
         forgotten.sort();
         assert_eq!(forgotten, vec![(ActionKind::Prepare, false), (ActionKind::PowerCycle, true)]);
+        assert!(!commands.is_empty(), "the kept command stays");
+        assert_eq!(commands.forget_all(None), vec![(ActionKind::HealthCheck, true)]);
         assert!(commands.is_empty());
         assert!(commands.take_backoff_row(ActionKind::Prepare), "a backoff row found at start is noted");
     }

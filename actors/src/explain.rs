@@ -87,7 +87,19 @@ impl Corral {
         };
         let mut workers = Vec::with_capacity(candidates.len() + mismatched.len());
         for w in &candidates {
+            // A hold or a power cycle keeps an idle worker out of matching:
+            // that is why it is not taken (the state alone says idle).
+            let held = match (&w.quarantine, &w.recovery, &w.work) {
+                (Some(why), _, _) => Some(format!(
+                    "quarantined by {}: {why}; an admin must lift it",
+                    w.quarantine_by.as_deref().unwrap_or("an admin")
+                )),
+                (None, Some(why), _) => Some(format!("in recovery: {why}; it returns when its facts recover")),
+                (None, None, Some(work)) => Some(format!("held by an on-demand {}", work.replace('_', " "))),
+                _ => None,
+            };
             let why = match w.state {
+                WorkerState::Idle if held.is_some() => held.unwrap_or_default(),
                 WorkerState::Running => match w.request.and_then(|r| leases.get(&r).map(|l| (r, l))) {
                     Some((holder, (owner, expires))) if caller.is_admin() || *owner == caller.id => {
                         format!("running request {holder}{}", until(*expires))

@@ -17,7 +17,7 @@ use std::time::SystemTime;
 
 use actix::prelude::*;
 use corral_core::{RequestState, WorkerState};
-use corral_db::{LeaseRecord, RequestRecord, WorkerRecord};
+use corral_db::{BackoffRecord, LeaseRecord, RequestRecord, WorkerRecord};
 
 use crate::agent::AgentSession;
 use crate::directory::SessionEntry;
@@ -37,7 +37,7 @@ pub(crate) async fn rebuild(shared: &Arc<Shared>) -> Result<(), ActorError> {
     let workers = db.load_workers().await?;
     let requests = db.load_live_requests().await?;
     let leases = db.load_live_leases().await?;
-    let backoffs = db.load_backoffs("prepare").await?;
+    let mut backoffs = db.load_backoffs(None).await?;
     tracing::info!(
         sessions = sessions.len(),
         graced,
@@ -67,13 +67,13 @@ pub(crate) async fn rebuild(shared: &Arc<Shared>) -> Result<(), ActorError> {
     let mut idle = Vec::new();
     for record in workers {
         specs.push(WorkerActor::spec(&record));
-        if record.state == WorkerState::Idle && !record.held() {
+        if record.state == WorkerState::Idle && !record.held() && record.work.is_none() {
             idle.push((record.uuid, record.last_used.unwrap_or(SystemTime::UNIX_EPOCH)));
         }
         let agent = record.session.and_then(|s| agents.get(&s).cloned());
         let lease = lease_by_worker.get(&record.uuid);
-        let retry = backoffs.get(&record.uuid).copied();
-        restore_worker(shared, record, agent, lease, retry);
+        let backoff = backoffs.remove(&record.uuid).unwrap_or_default();
+        restore_worker(shared, record, agent, lease, backoff);
     }
 
     let mut waiting = Vec::new();
@@ -108,7 +108,7 @@ pub(crate) async fn rebuild(shared: &Arc<Shared>) -> Result<(), ActorError> {
 }
 
 /// Starts the actor of one worker from its row, its live lease (kept only
-/// while the worker runs it), agent session and prepare backoff, and puts
+/// while the worker runs it), agent session and backoff rows, and puts
 /// it in the directory (replacing a crashed one). Used at every start and
 /// by [`crate::supervise`].
 pub(crate) fn restore_worker(
@@ -116,13 +116,13 @@ pub(crate) fn restore_worker(
     record: WorkerRecord,
     agent: Option<Addr<AgentSession>>,
     lease: Option<&LeaseRecord>,
-    retry: Option<SystemTime>,
+    backoff: Vec<BackoffRecord>,
 ) {
     let lease =
         lease.filter(|_| record.state == WorkerState::Running).map(|l| (l.request, l.fence, l.started_at.is_some()));
     let (worker_shared, id) = (shared.clone(), record.uuid);
     let addr = WorkerActor::start_in_arbiter(shared.arbiter(), move |_| {
-        WorkerActor::new(worker_shared, record, agent, lease, retry)
+        WorkerActor::new(worker_shared, record, agent, lease, backoff)
     });
     shared.dir.add_worker(id, addr);
 }

@@ -146,11 +146,11 @@ async fn restore_worker(shared: &Arc<Shared>, id: WorkerId) -> Result<(), ActorE
         return Ok(());
     };
     let lease = shared.db.load_live_leases().await?.into_iter().find(|l| l.worker == id);
-    let retry = shared.db.load_backoffs("prepare").await?.get(&id).copied();
+    let backoff = shared.db.load_backoffs(Some(id)).await?.remove(&id).unwrap_or_default();
     let agent = record.session.and_then(|s| shared.dir.session(s)).map(|s| s.addr);
-    let idle = (record.state == corral_core::WorkerState::Idle)
+    let idle = (record.state == corral_core::WorkerState::Idle && !record.held() && record.work.is_none())
         .then(|| record.last_used.unwrap_or(std::time::SystemTime::UNIX_EPOCH));
-    rebuild::restore_worker(shared, record, agent, lease.as_ref(), retry);
+    rebuild::restore_worker(shared, record, agent, lease.as_ref(), backoff);
     if let Some(last_used) = idle {
         crate::tell(shared.matcher(), crate::matcher::MatcherMsg::WorkerIdle { worker: id, last_used });
     }

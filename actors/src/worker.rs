@@ -14,9 +14,9 @@ use corral_core::health::{self, Verdict};
 use corral_core::matcher::WorkerSpec;
 use corral_core::worker::WorkerEvent;
 use corral_core::{Caps, FencingToken, Groups, RequestId, SessionId, WorkerId, WorkerState};
-use corral_db::{Hold, WorkerRecord, WorkerTransition};
-use corral_proto::agent::{Action, ActionKind, CommandResult};
-use corral_proto::workers::{AdminState, StateChange, Worker};
+use corral_db::{BackoffRecord, Hold, WorkerRecord, WorkerTransition};
+use corral_proto::agent::{Action, ActionKind, CommandResult, POWER_CYCLE_HOOK};
+use corral_proto::workers::{AdminState, Backoff, StateChange, Worker};
 use serde_json::{Map, Value};
 
 use crate::agent::{AgentMsg, AgentSession};
@@ -74,6 +74,12 @@ pub enum WorkerMsg {
     SetQuarantine {
         caller: Caller,
         reason: Option<String>,
+        reply: Answer,
+    },
+    /// An admin, or the holder of the worker's lease, asks for a power
+    /// cycle (the agent's `power_cycle` hook).
+    PowerCycle {
+        caller: Caller,
         reply: Answer,
     },
     /// An admin sets (Some) or clears (None) the worker's note.
@@ -152,8 +158,15 @@ pub struct WorkerActor {
     lease: Option<Lease>,
     /// The worker failed because of observed facts (a healthy report heals it).
     failed_by_facts: bool,
-    /// Preparation must not be tried before this (failure backoff).
-    prepare_retry_after: Option<SystemTime>,
+    /// Its processes in failure backoff (the rows of `work_backoff`): a
+    /// command of such a kind is not sent before its `retry_after`.
+    backoff: Vec<BackoffRecord>,
+    /// Who asked for the on-demand power cycle that runs (`work`), for its
+    /// outcome's history row.
+    power_cycle_by: Option<String>,
+    /// A lease that ended while an on-demand power cycle ran: the worker
+    /// leaves `running` when the power cycle is over (its reason).
+    pending_lease_end: Option<String>,
     /// Commands sent to the agent and not settled yet.
     commands: Commands,
     /// A key to install that arrived before the lease it belongs to (only
@@ -182,7 +195,7 @@ impl WorkerActor {
         record: WorkerRecord,
         agent: Option<Addr<AgentSession>>,
         lease: Option<(RequestId, FencingToken, bool)>,
-        prepare_retry_after: Option<SystemTime>,
+        backoff: Vec<BackoffRecord>,
     ) -> WorkerActor {
         WorkerActor {
             facts_written_at: record.facts_at,
@@ -191,8 +204,10 @@ impl WorkerActor {
             agent,
             lease: lease.map(|(request, fence, started)| Lease { request, fence, public_key: None, started }),
             failed_by_facts: false,
-            commands: Commands::new(prepare_retry_after.is_some()),
-            prepare_retry_after,
+            commands: Commands::new(backoff.iter().filter_map(|b| b.process.parse().ok())),
+            backoff,
+            power_cycle_by: None,
+            pending_lease_end: None,
             early_key: None,
         }
     }
@@ -210,7 +225,7 @@ impl WorkerActor {
         self.record.uuid
     }
 
-    pub(crate) fn view(record: &WorkerRecord, request: Option<RequestId>) -> WorkerView {
+    pub(crate) fn view(record: &WorkerRecord, request: Option<RequestId>, backoff: &[BackoffRecord]) -> WorkerView {
         WorkerView {
             worker: Worker {
                 uuid: record.uuid,
@@ -234,6 +249,17 @@ impl WorkerActor {
                 quarantine_at: record.quarantine_at,
                 recovery: record.recovery.clone(),
                 recovery_at: record.recovery_at,
+                can_power_cycle: record.hooks.as_ref().map(|hooks| hooks.iter().any(|h| h == POWER_CYCLE_HOOK)),
+                work: record.work.clone(),
+                backoff: backoff
+                    .iter()
+                    .map(|b| Backoff {
+                        process: b.process.clone(),
+                        failures: b.failures,
+                        retry_after: b.retry_after,
+                        last_error: b.last_error.clone(),
+                    })
+                    .collect(),
             },
             session: record.session,
             drain: record.drain.clone(),
@@ -241,7 +267,7 @@ impl WorkerActor {
     }
 
     fn publish(&self) {
-        self.shared.dir.publish(Self::view(&self.record, self.lease.as_ref().map(|l| l.request)));
+        self.shared.dir.publish(Self::view(&self.record, self.lease.as_ref().map(|l| l.request), &self.backoff));
     }
 
     /// Sends `action` to the agent as a first attempt and watches it.
@@ -270,14 +296,22 @@ impl WorkerActor {
         }
     }
 
-    /// Forgets every unsettled command and cancels its timer: the worker's
-    /// state moved on, their answers no longer matter.
+    /// Whether a command of `kind` still matters: the state's own commands
+    /// ([`command::wanted`]), and an on-demand power cycle in any state.
+    fn wants(&self, kind: ActionKind) -> bool {
+        command::wanted(kind, self.record.state) || (kind == ActionKind::PowerCycle && self.record.work.is_some())
+    }
+
+    /// Forgets every unsettled command (but an on-demand power cycle) and
+    /// cancels its timer: the worker's state moved on, their answers no
+    /// longer matter.
     fn forget_commands(&mut self) {
         if self.commands.is_empty() {
             return;
         }
         let id = self.id();
-        for (kind, awaited) in self.commands.forget_all() {
+        let keep = self.record.work.is_some().then_some(ActionKind::PowerCycle);
+        for (kind, awaited) in self.commands.forget_all(keep) {
             let key = if awaited { TimerKey::CommandTimeout(id, kind) } else { TimerKey::CommandRetry(id, kind) };
             tell(self.shared.timekeeper(), TimerMsg::Unwatch { key });
         }
@@ -292,6 +326,17 @@ impl WorkerActor {
         if self.commands.take_backoff_row(kind) {
             self.clear_backoff_rows(vec![kind]);
         }
+        let before = self.backoff.len();
+        self.backoff.retain(|b| b.process != kind.as_str());
+        if self.backoff.len() != before {
+            self.publish();
+        }
+    }
+
+    /// When the command of `kind` may be tried again, if it is in backoff.
+    fn retry_after(&self, kind: ActionKind) -> Option<SystemTime> {
+        let now = self.shared.clock.now();
+        self.backoff.iter().find(|b| b.process == kind.as_str()).map(|b| b.retry_after).filter(|until| *until > now)
     }
 
     fn clear_backoff_rows(&self, kinds: Vec<ActionKind>) {
@@ -389,7 +434,7 @@ impl WorkerActor {
             WorkerState::Idle => {
                 self.failed_by_facts = false;
                 // A healthy worker starts every command's count afresh.
-                self.prepare_retry_after = None;
+                self.backoff.clear();
                 let rows = self.commands.take_backoff_rows();
                 self.clear_backoff_rows(rows);
                 self.offer_if_idle();
@@ -404,7 +449,7 @@ impl WorkerActor {
                 }
                 if state == WorkerState::Busy {
                     if self.agent.is_some() {
-                        self.send(Action::Maintenance);
+                        self.send_when_due(Action::Maintenance);
                     } else {
                         // Nobody can confirm: the worker is out of service anyway.
                         let step = self.go(
@@ -422,14 +467,21 @@ impl WorkerActor {
     }
 
     fn send_prepare(&mut self) {
-        let now = self.shared.clock.now();
-        if let Some(until) = self.prepare_retry_after.filter(|until| *until > now) {
-            self.commands.waiting(Action::Prepare);
-            let key = TimerKey::CommandRetry(self.id(), ActionKind::Prepare);
+        self.send_when_due(Action::Prepare);
+    }
+
+    /// Sends `action` now, or, while its kind is in failure backoff (a
+    /// restart keeps it: the rows are reloaded), when the backoff is over.
+    fn send_when_due(&mut self, action: Action) {
+        let kind = action.kind();
+        if let Some(until) = self.retry_after(kind) {
+            tracing::debug!(worker = %self.id(), command = %kind, "command waits out its backoff");
+            self.commands.waiting(action);
+            let key = TimerKey::CommandRetry(self.id(), kind);
             tell(self.shared.timekeeper(), TimerMsg::Watch { key, at: until });
             return;
         }
-        self.send(Action::Prepare);
+        self.send(action);
     }
 
     /// An attempt of the command of `kind` failed (`what`: it timed out, or
@@ -439,7 +491,7 @@ impl WorkerActor {
     /// `command_retries` retries.
     fn command_failed(&mut self, kind: ActionKind, what: String) -> Step {
         let id = self.id();
-        if !command::wanted(kind, self.record.state) {
+        if !self.wants(kind) {
             self.commands.settled(kind);
             return done();
         }
@@ -448,6 +500,7 @@ impl WorkerActor {
         let (db, now) = (self.shared.db.clone(), self.shared.clock.now());
         let (base, cap) = (self.shared.settings.backoff_base, self.shared.settings.backoff_cap);
         let error = format!("{}: {what}", command::describe(kind));
+        let last_error = error.clone();
         let backoff = async move { db.record_backoff(id, kind.as_str(), &error, now, base, cap).await };
         Box::pin(backoff.into_actor(self).then(move |result, act, _| {
             let (until, failures) = match result {
@@ -457,9 +510,15 @@ impl WorkerActor {
                     (now + base, attempts)
                 }
             };
-            if kind == ActionKind::Prepare {
-                act.prepare_retry_after = Some(until);
-            }
+            act.backoff.retain(|b| b.process != kind.as_str());
+            act.backoff.push(BackoffRecord {
+                process: kind.as_str().to_string(),
+                failures,
+                retry_after: until,
+                last_error,
+            });
+            act.backoff.sort_by(|a, b| a.process.cmp(&b.process));
+            act.publish();
             let after = act.shared.settings.quarantine_after;
             let quarantine = kind == ActionKind::Prepare
                 && after > 0
@@ -485,9 +544,10 @@ impl WorkerActor {
         }))
     }
 
-    /// Offers the worker to the matcher if it is idle and not held.
+    /// Offers the worker to the matcher if it is idle, not held, and not
+    /// being power-cycled.
     fn offer_if_idle(&self) {
-        if self.record.state == WorkerState::Idle && !self.record.held() {
+        if self.record.state == WorkerState::Idle && !self.record.held() && self.record.work.is_none() {
             let last_used = self.record.last_used.unwrap_or(SystemTime::UNIX_EPOCH);
             tell(self.shared.matcher(), MatcherMsg::WorkerIdle { worker: self.id(), last_used });
         }
@@ -533,6 +593,11 @@ impl WorkerActor {
         self.commands.settled(kind);
         let reason = format!("{} {what} (command {kind}, gave up after {failures} attempts)", command::describe(kind));
         tracing::warn!(worker = %self.id(), command = %kind, reason = %reason, "command given up");
+        if kind == ActionKind::PowerCycle && self.record.work.is_some() {
+            // On demand: the outcome goes to the history; the worker's state
+            // is not the power cycle's to change.
+            return self.end_power_cycle("server".to_string(), format!("failed: {reason}"));
+        }
         let heal = TimerMsg::Watch { key: TimerKey::BackoffOver(self.id()), at: until };
         match self.record.state {
             WorkerState::Busy => {
@@ -569,6 +634,9 @@ impl WorkerActor {
         self.command_succeeded(kind);
         let actor = format!("agent:{agent_name}");
         let state = self.record.state;
+        if kind == ActionKind::PowerCycle && self.record.work.is_some() {
+            return self.end_power_cycle(actor, "done".to_string());
+        }
         match action {
             Action::Prepare if state == WorkerState::Prepare => {
                 self.go(WorkerEvent::Prepared, actor, "preparation confirmed by the agent".to_string(), None)
@@ -605,6 +673,12 @@ impl WorkerActor {
     fn set_state(&mut self, caller: Caller, change: StateChange, reply: Answer) -> Step {
         let reason = change.reason.clone().filter(|r| !r.trim().is_empty());
         let actor = caller.actor();
+        let drains = change.drain && self.record.state == WorkerState::Running;
+        if self.record.work.is_some() && !drains {
+            // Work locks exclude: maintenance or preparation would cut the
+            // power cycle short.
+            return self.refuse_held(reply, "its state cannot change now".to_string());
+        }
         match change.state {
             AdminState::Idle => {
                 let reason = reason.unwrap_or_else(|| format!("set idle by {actor}"));
@@ -669,7 +743,160 @@ impl WorkerActor {
         }))
     }
 
+    /// An on-demand power cycle (SPEC §4, issue 16): refused (422) when
+    /// the agent says it has no `power_cycle` hook; refused (409, naming
+    /// what holds the worker) without an agent session, while the power
+    /// cycle is in failure backoff, or while a conflicting process holds
+    /// the worker (preparation, maintenance, another power cycle, the
+    /// lease of another user: [`corral_db::Db::start_power_cycle`] decides
+    /// on the row). Else it is committed (work lock, `work`, history row),
+    /// then sent through the command path (timeout, retries, backoff); its
+    /// outcome becomes a history row ([`Self::end_power_cycle`]).
+    fn power_cycle(&mut self, caller: Caller, reply: Answer) -> Step {
+        let (id, now) = (self.id(), self.shared.clock.now());
+        if self.record.hooks.as_ref().is_some_and(|hooks| !hooks.iter().any(|h| h == POWER_CYCLE_HOOK)) {
+            let why = format!("worker {id} cannot be power-cycled: its agent has no power_cycle hook for it");
+            let _ = reply.send(Err(ActorError::Unprocessable(why)));
+            return done();
+        }
+        if self.agent.is_none() {
+            let why = format!("worker {id} has no live agent session: nobody can power-cycle it now");
+            let _ = reply.send(Err(ActorError::Conflict(why)));
+            return done();
+        }
+        if let Some(until) = self.retry_after(ActionKind::PowerCycle) {
+            let last = self.backoff.iter().find(|b| b.process == ActionKind::PowerCycle.as_str());
+            let why = format!(
+                "the power cycle of worker {id} failed {} time(s) in a row ({}); it may be tried again after {}",
+                last.map_or(0, |b| b.failures),
+                last.map_or("", |b| b.last_error.as_str()),
+                corral_core::time::format_rfc3339(until),
+            );
+            let _ = reply.send(Err(ActorError::Conflict(why)));
+            return done();
+        }
+        let refusal = match self.record.state {
+            _ if self.record.work.is_some() => Some("it is already being power-cycled".to_string()),
+            WorkerState::Idle | WorkerState::Maintenance | WorkerState::Running => None,
+            WorkerState::Prepare => Some("it is being prepared".to_string()),
+            WorkerState::Busy => Some("it is going to maintenance".to_string()),
+            WorkerState::Failed => Some(
+                "it failed: the server heals it itself (a power cycle and a health check after its backoff); \
+                 put it in maintenance to power-cycle it by hand"
+                    .to_string(),
+            ),
+        };
+        if let Some(why) = refusal {
+            return self.refuse_held(reply, why);
+        }
+        let leaving_idle = self.record.state == WorkerState::Idle;
+        let (db, matcher, actor, holder_id) =
+            (self.shared.db.clone(), self.shared.matcher().clone(), caller.actor(), caller.id);
+        let holder = actor.clone();
+        let work = async move {
+            if leaving_idle {
+                // Keep the matcher from choosing it while we commit; a
+                // binding that wins the race makes the statement refuse.
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                if matcher.send(MatcherMsg::WithdrawWorker { worker: id, reply: tx }).await.is_ok() {
+                    let _ = rx.await;
+                }
+            }
+            db.start_power_cycle(id, holder_id, &holder, now).await
+        };
+        Box::pin(work.into_actor(self).then(move |result, act, _| match result {
+            Ok(record) => {
+                tracing::info!(worker = %id, by = %actor, "power cycle started");
+                act.record.work = record.work;
+                act.power_cycle_by = Some(actor);
+                act.send(Action::PowerCycle);
+                act.publish();
+                let _ = reply.send(Ok(act.record.clone()));
+                done()
+            }
+            Err(corral_db::DbError::Conflict { .. }) => {
+                act.offer_if_idle();
+                let why = match (&act.record.state, &act.lease) {
+                    (WorkerState::Running, Some(lease)) => {
+                        format!("it runs the lease of request {} of another user", lease.request)
+                    }
+                    _ => "another process holds it".to_string(),
+                };
+                act.refuse_held(reply, why)
+            }
+            Err(err) => {
+                act.offer_if_idle();
+                let _ = reply.send(Err(err.into()));
+                done()
+            }
+        }))
+    }
+
+    /// Answers a conflict: the worker is held (`why`), naming its work
+    /// locks as the database has them (process, holder, since when).
+    fn refuse_held(&mut self, reply: Answer, why: String) -> Step {
+        let (db, id) = (self.shared.db.clone(), self.id());
+        let work = async move { db.work_locks(id).await };
+        Box::pin(work.into_actor(self).map(move |locks, _, _| {
+            let held: Vec<String> = locks
+                .unwrap_or_default()
+                .into_iter()
+                .map(|l| {
+                    format!(
+                        "{} by {} since {}",
+                        l.process,
+                        l.holder.as_deref().unwrap_or("its agent"),
+                        corral_core::time::format_rfc3339(l.acquired_at)
+                    )
+                })
+                .collect();
+            let locks = if held.is_empty() { String::new() } else { format!(" (work locks: {})", held.join("; ")) };
+            let _ = reply.send(Err(ActorError::Conflict(format!("worker {id} is busy: {why}{locks}"))));
+        }))
+    }
+
+    /// The on-demand power cycle is over (`outcome`: "done", "failed: ..."):
+    /// its lock goes and a history row by `actor` says how it ended; the
+    /// worker goes back to the matcher if idle, and leaves `running` if its
+    /// lease ended meanwhile.
+    fn end_power_cycle(&mut self, actor: String, outcome: String) -> Step {
+        let (db, id, now) = (self.shared.db.clone(), self.id(), self.shared.clock.now());
+        let asked = match self.power_cycle_by.take() {
+            Some(by) => format!("power cycle asked by {by}"),
+            None => "power cycle".to_string(),
+        };
+        let reason = format!("{asked}: {outcome}");
+        tracing::info!(worker = %id, outcome = %reason, "power cycle over");
+        let work = async move { db.end_power_cycle(id, &actor, &reason, now).await };
+        Box::pin(work.into_actor(self).then(move |result, act, _| {
+            match result {
+                Ok(_) | Err(corral_db::DbError::NotFound { .. }) => {}
+                Err(err) => {
+                    // The lock stays in the row; the reconciler or the
+                    // session's end releases it.
+                    tracing::warn!(worker = %id, cause = %err, "could not record the end of a power cycle");
+                    crate::reconciler::ask(&act.shared);
+                }
+            }
+            act.record.work = None;
+            act.commands.settled(ActionKind::PowerCycle);
+            act.offer_if_idle();
+            act.publish();
+            match act.pending_lease_end.take() {
+                Some(reason) if act.record.state == WorkerState::Running => act.leave_running(reason),
+                _ => done(),
+            }
+        }))
+    }
+
     fn deregister(&mut self, caller: Caller, reply: Reply<Result<(), ActorError>>) -> Step {
+        if self.record.work.is_some() {
+            let _ = reply.send(Err(ActorError::Conflict(format!(
+                "worker {} is being power-cycled; deregister it when that is over",
+                self.id()
+            ))));
+            return done();
+        }
         if !self.record.state.can_deregister() {
             let _ = reply.send(Err(ActorError::Conflict(format!(
                 "worker {} is {}; only workers in maintenance or failed can be deregistered",
@@ -825,6 +1052,14 @@ impl WorkerActor {
         }
         self.agent = None;
         self.record.session = None;
+        if self.record.work.take().is_some() {
+            // Its lock went with the session (and `work` with it).
+            tracing::info!(worker = %self.id(), "power cycle abandoned: the agent session ended");
+            self.power_cycle_by = None;
+            self.commands.settled(ActionKind::PowerCycle);
+            let key = TimerKey::CommandTimeout(self.id(), ActionKind::PowerCycle);
+            tell(self.shared.timekeeper(), TimerMsg::Unwatch { key });
+        }
         let reason = format!("agent lost: {reason}");
         match self.record.state {
             WorkerState::Prepare | WorkerState::Idle | WorkerState::Running => {
@@ -888,6 +1123,14 @@ impl WorkerActor {
         }
         self.lease = None;
         let LeaseEnd { reason, at, worker_prepared } = ended;
+        if !worker_prepared && self.record.work.is_some() {
+            // The end of the lease left the worker running (`work` is
+            // set): it moves on when the power cycle is over.
+            let why = format!("lease of request {request} ended ({reason}); revoking the key");
+            self.pending_lease_end = Some(why);
+            self.publish();
+            return done();
+        }
         if worker_prepared {
             // The row already says prepare (committed with the lease's end).
             self.record.state = WorkerState::Prepare;
@@ -899,14 +1142,15 @@ impl WorkerActor {
                 act.publish();
             }));
         }
+        self.leave_running(format!("lease of request {request} ended ({reason}); revoking the key"))
+    }
+
+    /// After its lease ended and the worker is still running: maintenance
+    /// if it drains, else preparation.
+    fn leave_running(&mut self, reason: String) -> Step {
         match self.record.drain.clone() {
             Some(drain) => self.go(WorkerEvent::AdminMaintenance, "server".to_string(), drain, None),
-            None => self.go(
-                WorkerEvent::LeaseEnded,
-                "server".to_string(),
-                format!("lease of request {request} ended ({reason}); revoking the key"),
-                None,
-            ),
+            None => self.go(WorkerEvent::LeaseEnded, "server".to_string(), reason, None),
         }
     }
 
@@ -977,6 +1221,7 @@ impl WorkerActor {
             }
             WorkerMsg::Observed { facts, dimensions } => self.observed(facts, dimensions),
             WorkerMsg::SetNote { caller, note, reply } => self.set_note(caller, note, reply),
+            WorkerMsg::PowerCycle { caller, reply } => self.power_cycle(caller, reply),
             WorkerMsg::SetQuarantine { caller, reason, reply } => {
                 self.set_hold(Hold::Quarantine, reason, caller.actor(), Some(reply))
             }
@@ -1019,7 +1264,7 @@ impl WorkerActor {
                 }
             }
             WorkerMsg::RetryCommand { kind } => {
-                if !command::wanted(kind, self.record.state) {
+                if !self.wants(kind) {
                     self.commands.settled(kind);
                 } else if let Some((action, attempt)) = self.commands.due(kind) {
                     tracing::info!(worker = %self.id(), command = %kind, attempt, "sending a command again");
@@ -1047,6 +1292,15 @@ impl Actor for WorkerActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(64);
         self.publish();
+        if self.record.work.is_some() {
+            // Its answer went to the previous incarnation: say so, and let
+            // the worker go on.
+            let step = self.end_power_cycle(
+                "server".to_string(),
+                "outcome unknown: the server restarted while it ran".to_string(),
+            );
+            ctx.wait(step);
+        }
         // After a restart: resume what the state was waiting for.
         match self.record.state {
             WorkerState::Running if self.lease.is_none() => {
@@ -1061,11 +1315,10 @@ impl Actor for WorkerActor {
             WorkerState::Prepare => self.send_prepare(),
             // Without an agent the maintenance command times out, and the
             // worker is assumed in maintenance after its retries.
-            WorkerState::Busy => self.send(Action::Maintenance),
-            // Resume healing once the backoff of the failed preparation
-            // is over.
+            WorkerState::Busy => self.send_when_due(Action::Maintenance),
+            // Resume healing once the backoff of what failed is over.
             WorkerState::Failed => {
-                if let Some(at) = self.prepare_retry_after {
+                if let Some(at) = self.backoff.iter().map(|b| b.retry_after).max() {
                     tell(self.shared.timekeeper(), TimerMsg::Watch { key: TimerKey::BackoffOver(self.id()), at });
                 }
             }
@@ -1191,6 +1444,39 @@ impl Corral {
         let addr = self.worker_addr(id)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         addr.send(WorkerMsg::SetQuarantine { caller: caller.clone(), reason, reply: tx }).await?;
+        rx.await??;
+        self.worker_view(id)
+    }
+
+    /// `POST /v1/workers/{uuid}/power-cycle`: an admin, or the holder of
+    /// the worker's running lease, has its agent run the `power_cycle`
+    /// hook. A caller who may not see the worker is told it does not exist
+    /// (the rule of `GET /v1/workers`); one who may see it but neither is
+    /// an admin nor holds its lease is forbidden. The answer is the worker
+    /// with `work: power_cycle`; the outcome goes to its history.
+    pub async fn power_cycle_worker(
+        &self,
+        caller: &Caller,
+        id: WorkerId,
+    ) -> Result<corral_proto::workers::Worker, ActorError> {
+        let view = match self.shared().dir.view(id) {
+            Some(view) if crate::explain::may_see(caller, &view.worker) => view.worker,
+            _ => return Err(ActorError::NotFound(format!("worker {id} not found"))),
+        };
+        if !caller.is_admin() {
+            let holds = match view.request {
+                Some(request) => self.shared().db.get_request(request).await?.is_some_and(|r| caller.owns(&r)),
+                None => false,
+            };
+            if !holds {
+                return Err(ActorError::Forbidden(format!(
+                    "only an admin or the holder of its lease may power-cycle worker {id}"
+                )));
+            }
+        }
+        let addr = self.worker_addr(id)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        addr.send(WorkerMsg::PowerCycle { caller: caller.clone(), reply: tx }).await?;
         rx.await??;
         self.worker_view(id)
     }

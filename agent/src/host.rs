@@ -224,6 +224,19 @@ impl Backend for Host {
                 ssh_addr: w.config.ssh_addr.to_string(),
                 user: w.config.user.clone(),
                 host_key: keys.get(&w.config.ssh_addr).map(|(key, _)| key.clone()),
+                hooks: Some(
+                    [
+                        HookKind::Prepare,
+                        HookKind::HealthCheck,
+                        HookKind::PowerCycle,
+                        HookKind::Maintenance,
+                        HookKind::Interrogate,
+                    ]
+                    .into_iter()
+                    .filter(|kind| w.config.hooks.get(*kind).is_some())
+                    .map(|kind| kind.name().to_string())
+                    .collect(),
+                ),
             })
             .collect()
     }

@@ -178,6 +178,10 @@ impl SimFaults {
     }
 }
 
+/// The hooks a simulated worker has: all of them (each succeeds unless a
+/// fault says otherwise).
+pub const SIMULATED_HOOKS: &[&str] = &["prepare", "healthcheck", "power_cycle", "maintenance", "interrogate"];
+
 /// A stable UUID for worker `index` of agent `name` (FNV-1a, 128 bits), so
 /// a restarted simulated agent registers the same workers.
 pub fn simulated_uuid(name: &str, index: usize) -> WorkerId {
@@ -213,9 +217,19 @@ impl Simulated {
                 ssh_addr: ssh_addr.to_string(),
                 user: user.to_string(),
                 host_key: None,
+                hooks: Some(SIMULATED_HOOKS.iter().map(|h| h.to_string()).collect()),
             })
             .collect();
         Simulated { name: name.to_string(), workers, faults: SimFaults::default() }
+    }
+
+    /// The hooks its workers say they have (default: every hook; None: say
+    /// nothing, as an older agent).
+    pub fn with_hooks(mut self, hooks: Option<Vec<String>>) -> Simulated {
+        for worker in &mut self.workers {
+            worker.hooks = hooks.clone();
+        }
+        self
     }
 
     /// This host plays the faults of `faults` (a handle the caller keeps).

@@ -1,6 +1,7 @@
 //! `/v1/workers`: list, read and history (what the caller may use), and the
 //! admin actions: state, groups, deregister, hand-over to another agent user,
-//! note. Every admin action is audited ([`crate::audit::audited`]).
+//! note, quarantine; and a power cycle, by an admin or the holder of the
+//! worker's lease. Every admin action is audited ([`crate::audit::audited`]).
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use corral_core::{Groups, WorkerId, WorkerState};
@@ -24,6 +25,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .service(endpoint("/{uuid}/groups").route(web::put().to(set_groups)))
             .service(endpoint("/{uuid}/agent").route(web::put().to(hand_over)))
             .service(endpoint("/{uuid}/note").route(web::put().to(set_note)))
+            .service(endpoint("/{uuid}/power-cycle").route(web::post().to(power_cycle)))
             .service(
                 endpoint("/{uuid}/quarantine")
                     .route(web::put().to(quarantine))
@@ -277,4 +279,30 @@ async fn lift_quarantine(
         Ok(HttpResponse::Ok().json(worker))
     })
     .await
+}
+
+/// `POST /v1/workers/{uuid}/power-cycle`: an admin, or the holder of the
+/// worker's running lease, has its agent run the `power_cycle` hook; 202
+/// with the worker (`work: "power_cycle"`), the outcome goes to its history.
+/// 404 for a worker the caller may not see, 403 for one it may see but
+/// neither administers nor leases, 409 naming what holds the worker, 422
+/// when its agent has no `power_cycle` hook. Audited when an admin asks.
+#[tracing::instrument(skip_all, fields(worker = %path.as_str()))]
+async fn power_cycle(
+    state: web::Data<AppState>,
+    auth: Auth,
+    path: web::Path<String>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let caller = auth.require_person()?;
+    let run = async {
+        let id = worker_id(&path)?;
+        let worker = state.corral.power_cycle_worker(caller, id).await?;
+        Ok(HttpResponse::Accepted().json(worker))
+    };
+    if caller.is_admin() {
+        audited(&state, &req, caller, "worker.power_cycle", path.as_str(), "", run).await
+    } else {
+        run.await
+    }
 }

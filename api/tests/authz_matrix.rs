@@ -90,6 +90,12 @@ const ROUTES: &[Route] = &[
     route("PUT", "/v1/workers/{W4}/agent", Some(r#"{"principal": "agent"}"#), [401, 401, 403, 403, 403, 403, 403, 200]),
     route("PUT", "/v1/workers/{W4}/quarantine", Some(r#"{"reason": "r"}"#), [401, 401, 403, 403, 403, 403, 403, 200]),
     route("DELETE", "/v1/workers/{W4}/quarantine", None, [401, 401, 403, 403, 403, 403, 403, 200]),
+    // A power cycle: admins, and the holder of the worker's lease during it. W1 runs alice's lease: bob sees it
+    // but holds nothing (403), carol does not see it (404), an admin may not cut another user's lease short
+    // (409). W4 (public, in maintenance): only an admin, who is told that nobody can (409: the hand-over
+    // above took it from its agent session).
+    route("POST", "/v1/workers/{W1}/power-cycle", None, [401, 401, 202, 403, 404, 403, 403, 409]),
+    route("POST", "/v1/workers/{W4}/power-cycle", None, [401, 401, 403, 403, 403, 403, 403, 409]),
     // ---- /v1/audit
     route("GET", "/v1/audit", None, [401, 401, 403, 403, 403, 403, 403, 200]),
     // ---- /v1/users

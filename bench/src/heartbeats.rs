@@ -592,6 +592,7 @@ impl SessionTask {
                 ssh_addr: "127.0.0.1:22".to_string(),
                 user: "lab".to_string(),
                 host_key: None,
+                hooks: None,
             })
             .collect();
         let beat = Heartbeat {

@@ -44,7 +44,7 @@ pub use records::*;
 pub use requests::{BindOutcome, Idempotency, NewRequestRecord, RequestFilter, StartLease, Submitted};
 pub use sessions::{AgentRegistration, ExpiredSession};
 pub use users::{hash_token, new_token};
-pub use workers::{ClaimRefusal, Hold, WorkerTransition, WorkerUpsert};
+pub use workers::{BackoffRecord, ClaimRefusal, Hold, WorkLockRecord, WorkerTransition, WorkerUpsert};
 
 /// Every operation the server performs on the database.
 ///
@@ -87,6 +87,9 @@ pub enum DatabaseOperation {
     SetWorkerFacts,
     SetWorkerNote,
     SetWorkerHold,
+    StartWork,
+    EndWork,
+    WorkLocks,
     DeleteWorker,
     LoadWorkers,
     TouchWorkers,
@@ -141,6 +144,9 @@ impl DatabaseOperation {
             O::SetWorkerFacts => "set_worker_facts",
             O::SetWorkerNote => "set_worker_note",
             O::SetWorkerHold => "set_worker_hold",
+            O::StartWork => "start_work",
+            O::EndWork => "end_work",
+            O::WorkLocks => "work_locks",
             O::DeleteWorker => "delete_worker",
             O::LoadWorkers => "load_workers",
             O::TouchWorkers => "touch_workers",
@@ -185,6 +191,7 @@ impl DatabaseOperation {
                 | O::UserByToken
                 | O::LiveSessions
                 | O::LoadWorkers
+                | O::WorkLocks
                 | O::GetRequest
                 | O::ListRequests
                 | O::RequestHistory

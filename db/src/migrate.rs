@@ -59,7 +59,11 @@ macro_rules! migration {
 /// Every migration, oldest first. Adding one: write the file, add its line
 /// here, and make the same change in `schema.sql` (ARCHITECTURE.md,
 /// "Changing the schema").
-pub const MIGRATIONS: &[Migration] = &[migration!(1, "0001_pre_versioning"), migration!(2, "0002_facts_notes_audit")];
+pub const MIGRATIONS: &[Migration] = &[
+    migration!(1, "0001_pre_versioning"),
+    migration!(2, "0002_facts_notes_audit"),
+    migration!(3, "0003_power_cycle_work_locks"),
+];
 
 /// The key of the advisory lock every migration step holds: "corral" in
 /// ASCII.

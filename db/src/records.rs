@@ -72,6 +72,12 @@ pub struct WorkerRecord {
     /// Held out of matching by its facts: why, since when.
     pub recovery: Option<String>,
     pub recovery_at: Option<SystemTime>,
+    /// The hooks its agent says it has (None: an older agent that does
+    /// not say).
+    pub hooks: Option<Vec<String>>,
+    /// The on-demand process running on it besides its state's own
+    /// (`power_cycle`); its work lock says who holds it.
+    pub work: Option<String>,
 }
 
 impl WorkerRecord {
@@ -238,6 +244,8 @@ impl WorkerRecord {
             quarantine_at: row.try_get("quarantine_at").map_err(get)?,
             recovery: row.try_get("recovery").map_err(get)?,
             recovery_at: row.try_get("recovery_at").map_err(get)?,
+            hooks: row.try_get("hooks").map_err(get)?,
+            work: row.try_get("work").map_err(get)?,
         })
     }
 }

@@ -75,7 +75,8 @@ static INSERT_REQUESTS: LazyLock<String> = LazyLock::new(|| {
          w AS (
             UPDATE workers SET {leased}
             FROM p WHERE workers.uuid = p.worker AND workers.uuid = ANY ((SELECT $12::uuid[])::uuid[])
-                AND workers.state = 'idle' AND EXISTS (SELECT 1 FROM leader WHERE id = 1 AND session = p.leader)
+                AND workers.state = 'idle' AND workers.work IS NULL
+                AND EXISTS (SELECT 1 FROM leader WHERE id = 1 AND session = p.leader)
                 AND {free}
             RETURNING workers.uuid, workers.fence, workers.session, p.id AS request, p.at),
          r AS (
@@ -114,18 +115,19 @@ static BIND_LEASES: LazyLock<String> = LazyLock::new(|| {
             FROM unnest((SELECT $1::bigint[]), (SELECT $2::uuid[])) AS p(request, worker)
             JOIN LATERAL (SELECT state, worker FROM requests WHERE id = p.request OFFSET 0) r
                 ON r.state = 'waiting' AND r.worker IS NULL
-            JOIN LATERAL (SELECT state, fence FROM workers WHERE uuid = p.worker OFFSET 0) w
-                ON w.state = 'idle'
+            JOIN LATERAL (SELECT state, fence, work FROM workers WHERE uuid = p.worker OFFSET 0) w
+                ON w.state = 'idle' AND w.work IS NULL
             WHERE EXISTS (SELECT 1 FROM leader WHERE id = 1 AND session = $4)
                 AND NOT EXISTS (SELECT 1 FROM leases WHERE leases.request = p.request)
                 AND {free}),
          w AS (
             UPDATE workers SET {leased}
             FROM ok WHERE workers.uuid = ok.worker AND workers.uuid = ANY ((SELECT $2::uuid[])::uuid[])
+                AND workers.work IS NULL
             RETURNING workers.uuid, workers.fence, workers.session, ok.request),
          r AS (
-            UPDATE requests SET worker = ok.worker, updated_at = $3
-            FROM ok WHERE requests.id = ok.request AND requests.id = ANY ((SELECT $1::bigint[])::bigint[])),
+            UPDATE requests SET worker = w.uuid, updated_at = $3
+            FROM w WHERE requests.id = w.request AND requests.id = ANY ((SELECT $1::bigint[])::bigint[])),
          l AS (
             INSERT INTO leases (request, worker, fence, bound_at)
             SELECT request, uuid, fence, $3 FROM w
@@ -234,6 +236,7 @@ static END_LEASES: LazyLock<String> = LazyLock::new(|| {
             UPDATE workers SET state = 'prepare', state_since = ok.at, reason = NULL
             FROM ok WHERE workers.uuid = ok.worker AND workers.uuid = ANY (ARRAY (SELECT worker FROM ok))
                 AND workers.state = 'running' AND workers.fence = ok.fence AND NOT workers.drain
+                AND workers.work IS NULL
             RETURNING workers.uuid, workers.session, ok.request, ok.at, ok.why),
          wh AS (INSERT INTO worker_history (worker, at, from_state, to_state, actor, reason)
             SELECT uuid, at, 'running', 'prepare', 'server',

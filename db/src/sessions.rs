@@ -31,7 +31,12 @@ async fn release_work_locks(
     tx: &tokio_postgres::Transaction<'_>,
     sessions: &[uuid::Uuid],
 ) -> Result<u64, tokio_postgres::Error> {
-    tx.execute("DELETE FROM work_locks WHERE session = ANY($1)", &[&sessions]).await
+    tx.execute(
+        "WITH d AS (DELETE FROM work_locks WHERE session = ANY($1) RETURNING worker, process)
+         UPDATE workers SET work = NULL FROM d WHERE workers.uuid = d.worker AND workers.work = d.process",
+        &[&sessions],
+    )
+    .await
 }
 
 /// Inserts a session row and its `opened` history row, returning the row:
@@ -313,6 +318,7 @@ impl Db {
                         "WITH d AS (
                             DELETE FROM work_locks l WHERE NOT EXISTS (SELECT 1 FROM sessions s WHERE s.id = l.session)
                             RETURNING worker, process, session),
+                         u AS (UPDATE workers SET work = NULL FROM d WHERE workers.uuid = d.worker AND workers.work = d.process),
                          h AS (
                             INSERT INTO worker_history (worker, at, from_state, to_state, actor, reason)
                             SELECT d.worker, $1::timestamptz, w.state, w.state, $2::text,

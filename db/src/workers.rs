@@ -12,7 +12,7 @@ use crate::{DatabaseOperation, Db, DbError};
 
 const WORKER_COLUMNS: &str = "uuid, agent, principal, session, state, caps, groups, ssh_addr, ssh_user, host_key, reason, \
      state_since, last_seen, last_used, fence, drain, drain_reason, facts, facts_at, dimensions, note, note_by, note_at, \
-     quarantine, quarantine_by, quarantine_at, recovery, recovery_at";
+     quarantine, quarantine_by, quarantine_at, recovery, recovery_at, hooks, work";
 
 /// A hold that keeps a worker out of matching.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,6 +22,27 @@ pub enum Hold {
     Quarantine,
     /// From the facts (e.g. a battery charging); lifted by the facts.
     Recovery,
+}
+
+/// A work lock: "the worker is doing `process`" (SPEC §1), held by an
+/// agent session, since when, and (for an on-demand process) by whom.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkLockRecord {
+    pub process: String,
+    /// `user:NAME` for a power cycle asked for on demand; None for the
+    /// locks of the worker's own states.
+    pub holder: Option<String>,
+    pub acquired_at: SystemTime,
+}
+
+/// A process's failure backoff on one worker (`work_backoff`): after
+/// `failures` failures in a row it is not tried again before `retry_after`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackoffRecord {
+    pub process: String,
+    pub failures: u32,
+    pub retry_after: SystemTime,
+    pub last_error: String,
 }
 
 /// An agent's description of a worker.
@@ -38,6 +59,8 @@ pub struct WorkerUpsert {
     pub ssh_addr: String,
     pub ssh_user: String,
     pub host_key: Option<String>,
+    /// The hooks the agent says it has for it (None: it does not say).
+    pub hooks: Option<Vec<String>>,
 }
 
 /// Why an agent session may not claim what it claims.
@@ -86,7 +109,10 @@ impl WorkerTransition {
 
 /// [`WorkerTransition`]'s statement over a batch, built once: each worker
 /// changes state if it is still in its `from` state, with its history row
-/// and its work lock (the locks of other processes go).
+/// and its work lock (the locks of other states' processes go). Entering a
+/// state whose process excludes an on-demand power cycle (prepare, busy)
+/// is refused while `workers.work` says one runs: checked on the row the
+/// statement updates, so a power cycle that started meanwhile is seen.
 static WORKER_TRANSITIONS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH w AS (
@@ -99,11 +125,13 @@ static WORKER_TRANSITIONS: LazyLock<String> = LazyLock::new(|| {
                 AS p(worker, from_state, to_state, at, shown, actor, why, clear_drain, process)
             WHERE workers.uuid = p.worker AND workers.state = p.from_state
                 AND workers.uuid = ANY ((SELECT $1::uuid[])::uuid[])
+                AND (workers.work IS NULL OR p.process IS NULL)
             RETURNING {columns}, p.from_state, p.at, p.actor, p.why, p.process),
          h AS (INSERT INTO worker_history (worker, at, from_state, to_state, actor, reason)
             SELECT uuid, at, from_state, state, actor, why FROM w),
          d AS (DELETE FROM work_locks USING w
-            WHERE work_locks.worker = w.uuid AND work_locks.process IS DISTINCT FROM w.process),
+            WHERE work_locks.worker = w.uuid AND work_locks.process IS DISTINCT FROM w.process
+                AND work_locks.process <> 'power_cycle'),
          l AS (INSERT INTO work_locks (worker, process, session, acquired_at)
             SELECT uuid, process, session, at FROM w WHERE process IS NOT NULL AND session IS NOT NULL
             ON CONFLICT (worker, process) DO UPDATE SET session = EXCLUDED.session,
@@ -411,6 +439,109 @@ impl Db {
         .await
     }
 
+    /// Starts an on-demand power cycle, asked for by `holder` (`user:NAME`,
+    /// user id `holder_id`): marks the worker's row (`work`) and takes the
+    /// `power_cycle` work lock for its agent session, with a history row,
+    /// in one statement. Refused (a conflict; [`Db::work_locks`] says what
+    /// holds the worker) unless the worker has an agent session, no other
+    /// on-demand process, no `prepare` or `maintenance` lock, and is idle,
+    /// in maintenance, or running a live lease of `holder_id`. The checks
+    /// of its state are made on the row the statement updates, so a
+    /// binding or transition that committed meanwhile is seen (and they,
+    /// in turn, check `work` on the same row).
+    pub async fn start_power_cycle(
+        &self,
+        uuid: WorkerId,
+        holder_id: UserId,
+        holder: &str,
+        at: SystemTime,
+    ) -> Result<WorkerRecord, DbError> {
+        let op = DatabaseOperation::StartWork;
+        let holder = holder.to_string();
+        let statement = format!(
+            "WITH w AS (
+                UPDATE workers SET work = 'power_cycle'
+                WHERE uuid = $1 AND work IS NULL AND session IS NOT NULL
+                    AND (state IN ('idle', 'maintenance')
+                        OR (state = 'running' AND EXISTS (
+                            SELECT 1 FROM leases l JOIN requests r ON r.id = l.request
+                            WHERE l.worker = $1 AND l.ended_at IS NULL AND r.owner_id = $2)))
+                    AND NOT EXISTS (SELECT 1 FROM work_locks WHERE worker = $1
+                        AND process IN ('prepare', 'maintenance', 'power_cycle'))
+                RETURNING {WORKER_COLUMNS}),
+             l AS (INSERT INTO work_locks (worker, process, session, acquired_at, holder)
+                SELECT uuid, 'power_cycle', session, $4, $3 FROM w),
+             h AS (INSERT INTO worker_history (worker, at, from_state, to_state, actor, reason)
+                SELECT uuid, $4, state, state, $3, 'power cycle asked by ' || $3 FROM w)
+             SELECT * FROM w"
+        );
+        self.run(op, move |client| {
+            let (holder, statement) = (holder.clone(), statement.clone());
+            Box::pin(async move {
+                let row = client.query_opt(&statement, &[&uuid.0, &holder_id.0, &holder, &at]).await?;
+                match row {
+                    Some(row) => Ok(WorkerRecord::from_row(op, &row)?),
+                    None => Err(DbError::conflict(op, format!("worker {uuid} cannot be power-cycled now")).into()),
+                }
+            })
+        })
+        .await
+    }
+
+    /// Ends the on-demand power cycle of a worker: its lock goes, `work` is
+    /// cleared, and a history row by `actor` says how it ended (`outcome`),
+    /// in one statement. NotFound when none runs.
+    pub async fn end_power_cycle(
+        &self,
+        uuid: WorkerId,
+        actor: &str,
+        outcome: &str,
+        at: SystemTime,
+    ) -> Result<WorkerRecord, DbError> {
+        let op = DatabaseOperation::EndWork;
+        let (actor, outcome) = (actor.to_string(), outcome.to_string());
+        let statement = format!(
+            "WITH w AS (UPDATE workers SET work = NULL WHERE uuid = $1 AND work = 'power_cycle'
+                RETURNING {WORKER_COLUMNS}),
+             d AS (DELETE FROM work_locks USING w WHERE work_locks.worker = w.uuid
+                AND work_locks.process = 'power_cycle'),
+             h AS (INSERT INTO worker_history (worker, at, from_state, to_state, actor, reason)
+                SELECT uuid, $3, state, state, $2, $4 FROM w)
+             SELECT * FROM w"
+        );
+        self.run(op, move |client| {
+            let (actor, outcome, statement) = (actor.clone(), outcome.clone(), statement.clone());
+            Box::pin(async move {
+                let row = client.query_opt(&statement, &[&uuid.0, &actor, &at, &outcome]).await?;
+                match row {
+                    Some(row) => Ok(WorkerRecord::from_row(op, &row)?),
+                    None => Err(DbError::NotFound { op: op.as_str() }.into()),
+                }
+            })
+        })
+        .await
+    }
+
+    /// The work locks a worker holds, oldest first.
+    pub async fn work_locks(&self, uuid: WorkerId) -> Result<Vec<WorkLockRecord>, DbError> {
+        self.run(DatabaseOperation::WorkLocks, move |client| {
+            Box::pin(async move {
+                let rows = client
+                    .query(
+                        "SELECT process, holder, acquired_at FROM work_locks WHERE worker = $1
+                         ORDER BY acquired_at, process",
+                        &[&uuid.0],
+                    )
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| WorkLockRecord { process: r.get(0), holder: r.get(1), acquired_at: r.get(2) })
+                    .collect())
+            })
+        })
+        .await
+    }
+
     /// Asks for (Some(reason)) or cancels (None) maintenance after the
     /// running lease.
     pub async fn set_worker_drain(&self, uuid: WorkerId, drain: Option<&str>) -> Result<(), DbError> {
@@ -444,12 +575,17 @@ impl Db {
                 let tx = client.transaction().await?;
                 let row = tx
                     .query_opt(
-                        "DELETE FROM workers WHERE uuid = $1 AND state IN ('maintenance', 'failed') RETURNING state",
+                        "DELETE FROM workers WHERE uuid = $1 AND state IN ('maintenance', 'failed') AND work IS NULL
+                         RETURNING state",
                         &[&uuid.0],
                     )
                     .await?;
                 let Some(row) = row else {
-                    return Err(DbError::conflict(op, format!("worker {uuid} is not in maintenance or failed")).into());
+                    return Err(DbError::conflict(
+                        op,
+                        format!("worker {uuid} is not in maintenance or failed, or is being power-cycled"),
+                    )
+                    .into());
                 };
                 let state: String = row.get(0);
                 tx.execute(
@@ -529,16 +665,32 @@ impl Db {
         .await
     }
 
-    /// When each worker may next try `process`, for workers in backoff.
-    pub async fn load_backoffs(&self, process: &str) -> Result<HashMap<WorkerId, SystemTime>, DbError> {
-        let process = process.to_string();
+    /// Every worker's backoff rows, each worker's by process name (all
+    /// workers when `worker` is None).
+    pub async fn load_backoffs(
+        &self,
+        worker: Option<WorkerId>,
+    ) -> Result<HashMap<WorkerId, Vec<BackoffRecord>>, DbError> {
+        let worker = worker.map(|w| w.0);
         self.run(DatabaseOperation::LoadWorkers, move |client| {
-            let process = process.clone();
             Box::pin(async move {
                 let rows = client
-                    .query("SELECT worker, retry_after FROM work_backoff WHERE process = $1", &[&process])
+                    .query(
+                        "SELECT worker, process, failures, retry_after, last_error FROM work_backoff
+                         WHERE $1::uuid IS NULL OR worker = $1 ORDER BY worker, process",
+                        &[&worker],
+                    )
                     .await?;
-                Ok(rows.iter().map(|r| (WorkerId(r.get(0)), r.get(1))).collect())
+                let mut backoffs: HashMap<WorkerId, Vec<BackoffRecord>> = HashMap::new();
+                for r in &rows {
+                    backoffs.entry(WorkerId(r.get(0))).or_default().push(BackoffRecord {
+                        process: r.get(1),
+                        failures: u32::try_from(r.get::<_, i32>(2)).unwrap_or(0),
+                        retry_after: r.get(3),
+                        last_error: r.get(4),
+                    });
+                }
+                Ok(backoffs)
             })
         })
         .await
@@ -620,8 +772,8 @@ pub(crate) async fn upsert_worker_in(
             }
             tx.execute(
                 "UPDATE workers SET caps = $2, ssh_addr = $3, ssh_user = $4, host_key = $5, session = $6,
-                     last_seen = $7, principal = $8 WHERE uuid = $1",
-                &[&w.uuid.0, &caps, &w.ssh_addr, &w.ssh_user, &w.host_key, &w.session.0, &at, &w.principal.0],
+                     last_seen = $7, principal = $8, hooks = $9 WHERE uuid = $1",
+                &[&w.uuid.0, &caps, &w.ssh_addr, &w.ssh_user, &w.host_key, &w.session.0, &at, &w.principal.0, &w.hooks],
             )
             .await?;
             false
@@ -629,8 +781,8 @@ pub(crate) async fn upsert_worker_in(
         None => {
             tx.execute(
                 "INSERT INTO workers (uuid, agent, session, state, caps, groups, ssh_addr, ssh_user, host_key,
-                     reason, state_since, last_seen, principal)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12)",
+                     reason, state_since, last_seen, principal, hooks)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13)",
                 &[
                     &w.uuid.0,
                     &w.agent,
@@ -644,6 +796,7 @@ pub(crate) async fn upsert_worker_in(
                     &(initial == WorkerState::Maintenance).then_some("new worker"),
                     &at,
                     &w.principal.0,
+                    &w.hooks,
                 ],
             )
             .await?;

@@ -44,6 +44,7 @@ async fn bound_requests(db: &Db, now: SystemTime) -> (SessionId, Vec<(WorkerId, 
             ssh_addr: "127.0.0.1:22".to_string(),
             ssh_user: "lab".to_string(),
             host_key: None,
+            hooks: None,
         };
         let (worker, _) = db.upsert_worker(&upsert, WorkerState::Idle, now).await.unwrap();
         let (request, fence) =

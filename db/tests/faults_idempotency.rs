@@ -110,6 +110,7 @@ fn upsert(uuid: WorkerId, session: SessionId, ssh_addr: &str) -> WorkerUpsert {
         ssh_addr: ssh_addr.to_string(),
         ssh_user: "lab".to_string(),
         host_key: None,
+        hooks: None,
     }
 }
 

@@ -30,6 +30,7 @@ async fn register(db: &Db, name: &str, session: SessionId, state: WorkerState, n
         ssh_addr: "127.0.0.1:22".to_string(),
         ssh_user: "lab".to_string(),
         host_key: None,
+        hooks: None,
     };
     db.upsert_worker(&upsert, state, now).await.unwrap().0.uuid
 }

@@ -41,7 +41,17 @@ pub struct WorkerRegistration {
     /// SSH host key of `ssh_addr`, `TYPE BASE64` (as `ssh-keyscan` reads it).
     #[serde(default)]
     pub host_key: Option<String>,
+    /// The hooks the agent has for this worker, by their names in
+    /// `[worker.hooks]` (`power_cycle`, `prepare` ...): the server offers a
+    /// power cycle on demand only when `power_cycle` is among them. Absent
+    /// (an older agent): unknown. Not sent when unknown, so an older server
+    /// (which refuses unknown fields) accepts an agent that does not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<Vec<String>>,
 }
+
+/// The name of the power cycle hook in [`WorkerRegistration::hooks`].
+pub const POWER_CYCLE_HOOK: &str = "power_cycle";
 
 /// Body of `POST /v1/agent/sessions`.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -56,6 +56,32 @@ pub struct Worker {
     pub recovery: Option<String>,
     #[serde(default, with = "opt_rfc3339")]
     pub recovery_at: Option<SystemTime>,
+    /// Whether `POST /v1/workers/{uuid}/power-cycle` can work: true when
+    /// its agent has a `power_cycle` hook for it, false when it has none,
+    /// null when the agent does not say (an older agent; the call is tried).
+    #[serde(default)]
+    pub can_power_cycle: Option<bool>,
+    /// The on-demand process running on it besides its state's own
+    /// (`power_cycle`; its history says who asked for it).
+    #[serde(default)]
+    pub work: Option<String>,
+    /// The processes in failure backoff on it (prepare, power cycle,
+    /// health check, maintenance ...): each is not tried again before its
+    /// `retry_after`. Kept in the database, so a restart keeps them.
+    #[serde(default)]
+    pub backoff: Vec<Backoff>,
+}
+
+/// One process in failure backoff on a worker.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Backoff {
+    /// The process (`prepare`, `power_cycle`, `health_check`, ...).
+    pub process: String,
+    /// Failures in a row.
+    pub failures: u32,
+    #[serde(with = "rfc3339")]
+    pub retry_after: SystemTime,
+    pub last_error: String,
 }
 
 /// Body of `PUT /v1/workers/{uuid}/quarantine`.

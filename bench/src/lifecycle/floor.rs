@@ -72,6 +72,7 @@ pub async fn run(pg: &EmbeddedPostgres, clients: usize, duration: Duration) -> R
             ssh_addr: "127.0.0.1:22".to_string(),
             ssh_user: "lab".to_string(),
             host_key: None,
+            hooks: None,
         };
         let (worker, _) = db.upsert_worker(&upsert, WorkerState::Idle, SystemTime::now()).await?;
         workers.push(worker.uuid);

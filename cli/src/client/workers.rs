@@ -1,4 +1,4 @@
-//! `corral worker list|show|history|idle|maintenance|groups|hand-over|note|quarantine|deregister`.
+//! `corral worker list|show|history|idle|maintenance|groups|hand-over|note|quarantine|power-cycle|deregister`.
 
 use std::time::SystemTime;
 
@@ -37,6 +37,9 @@ pub enum WorkerCommand {
     /// Hold a worker out of matching until an admin lifts it (admin), or
     /// lift its quarantine with --clear.
     Quarantine(QuarantineArgs),
+    /// Have a worker's agent power-cycle it (admins, and the holder of its
+    /// lease during the lease). The outcome is in `corral worker history`.
+    PowerCycle(UuidArgs),
     /// Forget a worker in maintenance or failed (admin).
     Deregister(UuidArgs),
 }
@@ -206,6 +209,17 @@ pub fn run(command: WorkerCommand) -> anyhow::Result<()> {
                 };
                 print_worker(&args.common, &answer)
             }
+            WorkerCommand::PowerCycle(args) => {
+                let api = args.common.api()?;
+                let answer = api.send(Method::POST, &path(args.uuid, "/power-cycle"), &json!({})).await?;
+                if args.common.json {
+                    return output::json(&answer);
+                }
+                output::emit(&format!(
+                    "power cycle of worker {} asked; its outcome will be in `corral worker history {}`\n",
+                    args.uuid, args.uuid
+                ))
+            }
             WorkerCommand::Deregister(args) => {
                 let api = args.common.api()?;
                 api.delete(&path(args.uuid, "")).await?;
@@ -316,6 +330,35 @@ fn print_worker(common: &CommonArgs, answer: &Value) -> anyhow::Result<()> {
                     .as_ref()
                     .map(|r| format!("{r} (since {})", w.recovery_at.map(output::time).unwrap_or_default())),
             ),
+        ),
+        ("work", output::or_dash(w.work.as_deref())),
+        (
+            "power_cycle",
+            match w.can_power_cycle {
+                Some(true) => "available".to_string(),
+                Some(false) => "no power_cycle hook".to_string(),
+                None => "unknown (the agent does not say)".to_string(),
+            },
+        ),
+        (
+            "backoff",
+            if w.backoff.is_empty() {
+                "-".to_string()
+            } else {
+                w.backoff
+                    .iter()
+                    .map(|b| {
+                        format!(
+                            "{}: {} failure(s), retry after {} ({})",
+                            b.process,
+                            b.failures,
+                            output::time_and_distance(b.retry_after, now),
+                            b.last_error
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            },
         ),
         ("state_since", output::time_and_distance(w.state_since, now)),
         ("request", output::or_dash(w.request)),
