@@ -21,12 +21,16 @@ pub struct Settings {
     /// Any other command to an agent unanswered for this long counts as a
     /// failed attempt.
     pub command_timeout: Duration,
+    /// A power cycle unanswered for this long counts as a failed attempt.
+    pub power_cycle_timeout: Duration,
     /// Retries of a command that timed out or failed, each after its
     /// backoff; then the worker fails (or, busy, is assumed in maintenance).
     pub command_retries: u32,
     /// Quarantine a worker after this many failed preparations in a row
     /// (0: never).
     pub quarantine_after: u32,
+    /// The thresholds of the health and recovery rules applied to facts.
+    pub health: corral_core::health::Thresholds,
     /// State of a worker registered for the first time.
     pub new_worker_state: WorkerState,
     /// Address the tunnels listen on.
@@ -72,8 +76,10 @@ impl Default for Settings {
             heartbeat_interval: Duration::from_secs(10),
             prepare_timeout: Duration::from_secs(120),
             command_timeout: Duration::from_secs(60),
+            power_cycle_timeout: Duration::from_secs(330),
             command_retries: 3,
             quarantine_after: 0,
+            health: corral_core::health::Thresholds::default(),
             new_worker_state: WorkerState::Maintenance,
             tunnel_bind: IpAddr::from([127, 0, 0, 1]),
             tunnel_ports: 20000..=20999,

@@ -292,6 +292,7 @@ impl WorkerActor {
     fn timeout(&self, kind: ActionKind) -> Duration {
         match kind {
             ActionKind::Prepare => self.shared.settings.prepare_timeout,
+            ActionKind::PowerCycle => self.shared.settings.power_cycle_timeout,
             _ => self.shared.settings.command_timeout,
         }
     }
@@ -1014,7 +1015,7 @@ impl WorkerActor {
     /// Applies the recovery rule (a hold set and lifted by the facts) and
     /// the health rules to a heartbeat's facts.
     fn judge(&mut self, facts: Map<String, Value>) -> Step {
-        let recovery = corral_core::facts::recovery_reason(&facts);
+        let recovery = corral_core::facts::recovery_reason(&facts, &self.shared.settings.health);
         if recovery.is_some() != self.record.recovery.is_some() {
             let actor = format!("agent:{}", self.record.agent);
             let hold = self.set_hold(Hold::Recovery, recovery, actor, None);
@@ -1026,7 +1027,7 @@ impl WorkerActor {
 
     /// Applies the health rules to a heartbeat's facts.
     fn health(&mut self, facts: Map<String, Value>) -> Step {
-        let verdict = health::evaluate(&facts);
+        let verdict = health::evaluate(&facts, &self.shared.settings.health);
         let state = self.record.state;
         match verdict {
             Verdict::Failed(reason)

@@ -117,6 +117,62 @@
 //!   administer it). Without the setting they get 401. A bad token is 401
 //!   even when `boruta_user` is set.
 //!
+//! # Divergences from Boruta that corral keeps
+//!
+//! SPEC §5 asks that the Boruta API keep Boruta's behaviour; corral adopted
+//! it where Boruta's clients could notice (requests for caps no worker
+//! offers are queued, unversioned paths answer 308, setting the current
+//! state is a no-op). What remains, each with why, and the test in
+//! `api/tests/boruta.rs` (or the matrix) that pins what corral does:
+//!
+//! 1. **`setstate` answers 204, not 202.** Boruta's server answered 202,
+//!    but its Go client decodes any 2xx other than 204 as a body and fails
+//!    on the empty one: 204 is what works for the clients SPEC §5 names.
+//!    Pinned by `boruta_setstate_to_the_current_state_is_204`,
+//!    `workers_are_listed_read_and_administered_like_boruta`.
+//! 2. **`HEAD` answers 204, not 200.** Same reason: the client's
+//!    `GetRequestState`, `GetWorkerState`, `GetJobTimeout` and `Version`
+//!    accept only 204. Pinned by
+//!    `a_go_client_creates_acquires_prolongs_and_closes_a_request`.
+//! 3. **An unknown state name in a list filter is 400**, where Boruta
+//!    matched nothing: a typo must not look like an empty queue to a CI
+//!    system that polls it. Pinned by
+//!    `requests_are_filtered_sorted_paged_and_updated_like_boruta`.
+//! 4. **Users and visibility.** Boruta had no users: everyone saw and
+//!    could change everything. corral keeps its own rules (own requests,
+//!    workers of one's groups, admin-only worker actions) on this API too,
+//!    with 401 and 403, and `boruta_user` for clients that cannot send a
+//!    token: the native API's guarantees would mean nothing if this API
+//!    bypassed them. Pinned by the `/api/v1` rows of
+//!    `api/tests/authz_matrix.rs` and
+//!    `clients_without_a_token_act_as_the_configured_boruta_user`.
+//! 5. **Errors Boruta never sent**: 413 for a body over `max_body`, 503
+//!    with `Retry-After` while the database is unavailable, 500 with a
+//!    generic message. Boruta kept everything in memory and had no limits;
+//!    a client that retries on 5xx does the right thing. Pinned by
+//!    `bad_input_gets_borutas_errors_and_changes_nothing` (413).
+//! 6. **`acquire_worker` of a request made on `/v1`** with an Ed25519 key,
+//!    or with the requester's own public key, is 400 pointing at `/v1`:
+//!    there is no PKCS#1 RSA key to put in `AccessInfo` (requests made here
+//!    always get one). Pinned by
+//!    `boruta_divergences_that_corral_keeps_are_pinned`.
+//! 7. **`IN PROGRESS` starts when the lease key is installed**, not when
+//!    the worker is chosen: before that the request is `WAITING` with no
+//!    `Job`, so a client that sees `IN PROGRESS` can always reach the
+//!    worker. Boruta had no key to install. Pinned by
+//!    `boruta_divergences_that_corral_keeps_are_pinned`.
+//! 8. **Holds and power cycles are invisible here.** A quarantined or
+//!    recovering idle worker, or one being power-cycled, reads `IDLE`
+//!    (Boruta's states have no such thing, and showing it `MAINTENANCE`
+//!    would invite a `setstate IDLE` that cannot lift it); it is simply not
+//!    leased. Its `setstate` while a power cycle runs is 400 (corral's 409,
+//!    naming the power cycle). Pinned by
+//!    `boruta_divergences_that_corral_keeps_are_pinned`.
+//! 9. **Lists consider the newest 20,000 requests** without `IDs` (below,
+//!    "Approximations"): Boruta kept every request in memory; corral's
+//!    history grows without bound. Not pinned by a test (it would need
+//!    20,000 requests); `requests::LIST_SCAN_LIMIT` is the one constant.
+//!
 //! # Approximations
 //!
 //! - A request list without `IDs` considers the newest 20,000 requests

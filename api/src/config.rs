@@ -58,10 +58,16 @@ pub struct Config {
     #[serde(with = "duration")]
     pub prepare_timeout: Duration,
     /// Any other command to an agent (start or extend a lease, maintenance,
-    /// health check, power cycle) unanswered for this long is a failed
-    /// attempt. Between 1 s and 1 day, like `prepare_timeout`.
+    /// health check) unanswered for this long is a failed attempt. Between
+    /// 1 s and 1 day, like `prepare_timeout`.
     #[serde(with = "duration")]
     pub command_timeout: Duration,
+    /// A power cycle (on demand, or healing a failed worker) unanswered for
+    /// this long is a failed attempt: longer than the agent's own
+    /// `power_cycle_timeout` (5 min by default), so that a slow hook is not
+    /// counted failed while it runs. Between 1 s and 1 day.
+    #[serde(with = "duration")]
+    pub power_cycle_timeout: Duration,
     /// Retries of a command that timed out or failed (at most 100), each
     /// after a backoff that doubles per failure; then the worker fails with
     /// the reason (a busy worker is assumed in maintenance).
@@ -69,6 +75,21 @@ pub struct Config {
     /// Quarantine a worker after this many failed preparations in a row
     /// (0, the default: never); only an admin lifts a quarantine.
     pub quarantine_after: u32,
+    /// A reported `battery` (percent) under this fails the worker.
+    pub fail_battery_below: f64,
+    /// A reported `temperature` (degrees Celsius) over this fails the
+    /// worker.
+    pub fail_temperature_above: f64,
+    /// A `battery` under this (but not under `fail_battery_below`) holds
+    /// the worker in recovery (out of matching, a running lease goes on).
+    pub recovery_battery_below: f64,
+    /// A `temperature` over this (but not over `fail_temperature_above`)
+    /// holds the worker in recovery.
+    pub recovery_temperature_above: f64,
+    /// What a reported missing device (`device_attached: false` or
+    /// `device: "missing"`) does: `fail` the worker (the default) or hold it
+    /// in `recovery` until the device is back.
+    pub device_missing: String,
     /// Port range of lease tunnels, `FIRST-LAST`.
     pub tunnel_ports: String,
     /// Address the tunnels listen on.
@@ -155,8 +176,14 @@ impl Default for Config {
             heartbeat_interval: Duration::from_secs(10),
             prepare_timeout: Duration::from_secs(120),
             command_timeout: Duration::from_secs(60),
+            power_cycle_timeout: Duration::from_secs(330),
             command_retries: 3,
             quarantine_after: 0,
+            fail_battery_below: corral_core::health::MIN_BATTERY_PERCENT,
+            fail_temperature_above: corral_core::health::MAX_TEMPERATURE_C,
+            recovery_battery_below: corral_core::facts::RECOVERY_BATTERY_PERCENT,
+            recovery_temperature_above: corral_core::facts::RECOVERY_TEMPERATURE_C,
+            device_missing: "fail".to_string(),
             tunnel_ports: "20000-20999".to_string(),
             tunnel_bind: IpAddr::from([127, 0, 0, 1]),
             tunnel_max_connections: 8,
@@ -263,7 +290,11 @@ impl Config {
             ));
         }
         let (shortest, longest) = (Duration::from_secs(1), Duration::from_secs(24 * 3600));
-        for (name, timeout) in [("prepare_timeout", self.prepare_timeout), ("command_timeout", self.command_timeout)] {
+        for (name, timeout) in [
+            ("prepare_timeout", self.prepare_timeout),
+            ("command_timeout", self.command_timeout),
+            ("power_cycle_timeout", self.power_cycle_timeout),
+        ] {
             if timeout < shortest || timeout > longest {
                 return Err(ConfigError::Invalid(format!("{name} must be between 1s and 1day")));
             }
@@ -300,6 +331,21 @@ impl Config {
         if self.reconcile_interval.is_zero() {
             return Err(ConfigError::Invalid("reconcile_interval must be larger than zero".to_string()));
         }
+        let device_missing = match self.device_missing.as_str() {
+            "fail" => corral_core::health::DeviceMissing::Fail,
+            "recovery" => corral_core::health::DeviceMissing::Recovery,
+            other => {
+                return Err(ConfigError::Invalid(format!("device_missing must be fail or recovery, got {other:?}")));
+            }
+        };
+        let health = corral_core::health::Thresholds {
+            fail_battery_below: self.fail_battery_below,
+            fail_temperature_above: self.fail_temperature_above,
+            recovery_battery_below: self.recovery_battery_below,
+            recovery_temperature_above: self.recovery_temperature_above,
+            device_missing,
+        };
+        health.validate().map_err(ConfigError::Invalid)?;
         let public_host = self.public_host();
         if public_host.parse::<IpAddr>().is_ok_and(|ip| ip.is_unspecified()) {
             return Err(ConfigError::Invalid("public_host must not be a wildcard address".to_string()));
@@ -318,8 +364,10 @@ impl Config {
             heartbeat_interval: self.heartbeat_interval,
             prepare_timeout: self.prepare_timeout,
             command_timeout: self.command_timeout,
+            power_cycle_timeout: self.power_cycle_timeout,
             command_retries: self.command_retries,
             quarantine_after: self.quarantine_after,
+            health,
             new_worker_state,
             tunnel_bind: self.tunnel_bind,
             tunnel_ports: self.tunnel_range()?,
@@ -403,6 +451,31 @@ mod tests {
         let settings = config.settings().unwrap();
         assert_eq!(settings.total_lease.default, Duration::from_secs(3 * 86400));
         assert_eq!(settings.total_lease.by_group["soak"], Duration::from_secs(30 * 86400));
+    }
+
+    #[test]
+    fn health_thresholds_are_settings_checked_for_sense() {
+        let config: Config = toml::from_str(
+            "recovery_battery_below = 40.0\nfail_battery_below = 10.0\nrecovery_temperature_above = 50.0\n\
+             fail_temperature_above = 75.0\ndevice_missing = \"recovery\"\npower_cycle_timeout = \"10m\"",
+        )
+        .unwrap();
+        let settings = config.settings().unwrap();
+        assert_eq!((settings.health.recovery_battery_below, settings.health.fail_battery_below), (40.0, 10.0));
+        assert_eq!(settings.health.device_missing, corral_core::health::DeviceMissing::Recovery);
+        assert_eq!(settings.power_cycle_timeout, Duration::from_secs(600));
+        let defaults = Config::default().settings().unwrap();
+        assert_eq!(defaults.health, corral_core::health::Thresholds::default());
+        for bad in [
+            "device_missing = \"ignore\"",
+            "recovery_battery_below = 3.0",
+            "recovery_temperature_above = 95.0",
+            "fail_battery_below = -1.0",
+            "power_cycle_timeout = \"0s\"",
+        ] {
+            let config: Config = toml::from_str(bad).unwrap();
+            assert!(config.settings().is_err(), "{bad}");
+        }
     }
 
     #[test]

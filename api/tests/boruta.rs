@@ -638,3 +638,66 @@ async fn boruta_setstate_to_the_current_state_is_204() {
     agent.stop().await;
     server.stop().await;
 }
+
+/// The divergences from Boruta that `api/src/boruta.rs` lists under
+/// "Divergences" and keeps, each pinned here. Sent: (1) a request made on
+/// `/v1` (an Ed25519 lease key) acquired through `acquire_worker`; (2) a
+/// quarantined idle worker read through `/workers/{uuid}`; (3) a request
+/// bound to a worker whose agent never confirms the lease key, read
+/// through `/reqs/{id}`. Must happen: (1) 400 pointing at `/v1`, nothing
+/// changed (the lease goes on); (2) `IDLE` (Boruta has no holds), while
+/// `/v1` shows the quarantine, also while a power cycle runs on it, when
+/// `setstate MAINTENANCE` is 400 naming the power cycle; (3) `WAITING`
+/// with no `Job` until the key is in place (corral's IN PROGRESS means
+/// the worker can be reached).
+#[actix_rt::test]
+async fn boruta_divergences_that_corral_keeps_are_pinned() {
+    let server = TestServer::start(Clock::manual()).await;
+    let faults = corral_agent::SimFaults::default();
+    let sim = corral_agent::Simulated::new("host-div", 2, &caps(&[("device_type", "div")]), "127.0.0.1:9", "lab")
+        .with_faults(faults.clone());
+    let agent = server.agent_with(sim);
+    let (a, b) = (agent.uuids[0], agent.uuids[1]);
+    server.make_idle(&[a]).await;
+    let token = server.user("dora", &[]).await;
+    let dora = Boruta::new(&server, Some(&token));
+    let native = server.api(&token);
+
+    // (1) A /v1 request has an Ed25519 key: no PKCS#1 key to hand out.
+    let id = native.submit(json!({"caps": {"device_type": "div"}})).await;
+    common::wait_for_request(&native, id, |r| r["state"] == "in_progress").await;
+    dora.post_empty(&format!("/reqs/{id}/acquire_worker")).await.assert_error(StatusCode::BAD_REQUEST, "/v1");
+    assert_eq!(native.get(&format!("/v1/requests/{id}")).await.1["state"], "in_progress");
+
+    // (2) A held worker is IDLE to Boruta's clients.
+    let (status, body) = server.admin().put(&format!("/v1/workers/{a}/quarantine"), json!({"reason": "flaky"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    native.post_empty(&format!("/v1/requests/{id}/close")).await;
+    wait_for_worker(&server.admin(), a, |w| w["state"] == "idle").await;
+    let read = dora.get(&format!("/workers/{a}")).await;
+    assert_eq!((read.status, read.body["State"].as_str()), (StatusCode::OK, Some("IDLE")), "{}", read.body);
+    assert_eq!(server.admin().get(&format!("/v1/workers/{a}")).await.1["quarantine"], "flaky");
+    // ... also while a power cycle runs on it; setstate then is Boruta's 400 naming it.
+    faults.lose_results(corral_proto::agent::ActionKind::PowerCycle, corral_agent::Times::Always);
+    let (status, body) = server.admin().post_empty(&format!("/v1/workers/{a}/power-cycle")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(dora.get(&format!("/workers/{a}")).await.body["State"], "IDLE");
+    let admin = Boruta::new(&server, Some(&server.admin));
+    let reply = admin.post(&format!("/workers/{a}/setstate"), r#"{"WorkerState": "MAINTENANCE"}"#).await;
+    reply.assert_error(StatusCode::BAD_REQUEST, "power_cycle by user:admin");
+    assert_eq!(server.admin().get(&format!("/v1/workers/{a}")).await.1["state"], "idle", "nothing changed");
+
+    // (3) Bound, key not confirmed: WAITING, no Job.
+    faults.lose_results(corral_proto::agent::ActionKind::StartLease, corral_agent::Times::Always);
+    server.make_idle(&[b]).await;
+    let waiting = dora.new_request(4, json!({"device_type": "div"})).await;
+    corral_testkit::wait_until("the request is bound", Duration::from_secs(10), || async {
+        let (_, r) = native.get(&format!("/v1/requests/{waiting}")).await;
+        (r["worker"] == json!(b.to_string())).then_some(())
+    })
+    .await;
+    let read = dora.get(&format!("/reqs/{waiting}")).await;
+    assert_eq!((read.body["State"].as_str(), &read.body["Job"]), (Some("WAITING"), &Value::Null), "{}", read.body);
+    agent.kill();
+    server.stop().await;
+}

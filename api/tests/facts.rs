@@ -372,6 +372,13 @@ async fn recovery_from_facts_and_an_admin_quarantine_keep_a_worker_out_of_matchi
     let first = yan.submit(json!({"caps": {"device_type": "hold"}})).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(yan.get(&format!("/v1/requests/{first}")).await.1["state"], "waiting");
+    // Its explanation names the hold as the reason the idle worker is not taken.
+    let (_, explained) = yan.get(&format!("/v1/requests/{first}/explain")).await;
+    assert_eq!(explained["workers"][0]["state"], "idle", "{explained}");
+    assert_eq!(
+        explained["workers"][0]["why"], "in recovery: battery charging: 12%; it returns when its facts recover",
+        "{explained}"
+    );
     let (_, in_recovery) = admin.get("/v1/workers?hold=recovery").await;
     assert_eq!(in_recovery["items"].as_array().unwrap().len(), 1, "{in_recovery}");
     let (_, unheld) = admin.get("/v1/workers?hold=none").await;
@@ -398,6 +405,12 @@ async fn recovery_from_facts_and_an_admin_quarantine_keep_a_worker_out_of_matchi
     hook.set_facts(battery(90));
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(yan.get(&format!("/v1/requests/{second}")).await.1["state"], "waiting", "facts do not lift it");
+    let (_, explained) = yan.get(&format!("/v1/requests/{second}/explain")).await;
+    let why = explained["workers"][0]["why"].as_str().unwrap_or_default();
+    assert!(
+        why.starts_with("quarantined by user:") && why.ends_with(": flaky USB; an admin must lift it"),
+        "{explained}"
+    );
     assert_eq!(yan.delete(&path).await.0, StatusCode::FORBIDDEN);
     let (status, body) = admin.delete(&path).await;
     assert_eq!(status, StatusCode::OK, "{body}");

@@ -17,7 +17,7 @@ use corral_proto::agent::ActionKind;
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(10);
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+const POWER_CYCLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Retries before a command is given up (three attempts in all).
 const RETRIES: u32 = 2;
 
@@ -25,6 +25,7 @@ fn config(c: &mut corral_api::Config) {
     // Agent sessions outlive the clock jumps.
     c.session_timeout = Duration::from_secs(7 * 24 * 3600);
     c.command_retries = RETRIES;
+    c.power_cycle_timeout = POWER_CYCLE_TIMEOUT;
 }
 
 fn agent(server: &TestServer, name: &str, faults: &SimFaults) -> AgentHandle {
@@ -149,7 +150,7 @@ async fn a_lease_that_ends_during_its_power_cycle_leaves_the_worker_to_it_until_
         "the end of the lease did not prepare the worker under its power cycle"
     );
 
-    clock.advance(COMMAND_TIMEOUT + Duration::from_secs(1));
+    clock.advance(POWER_CYCLE_TIMEOUT + Duration::from_secs(1));
     wait_for_backoff(&db, worker, ActionKind::PowerCycle, 1).await;
     clock.advance(past_backoff(1));
     wait_for_worker(&server.admin(), worker, |w| w["state"] == "idle" && w["work"].is_null()).await;

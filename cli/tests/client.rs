@@ -360,6 +360,16 @@ async fn the_cli_drives_a_real_server_and_agent() {
         (text(&shown, "state") == "maintenance").then_some(())
     })
     .await;
+    // Issue 16: a power cycle on demand; its outcome lands in the history.
+    let cycled = cli.ok(&admin(&["worker", "power-cycle", target])).await;
+    assert!(cycled.contains("power cycle of worker") && cycled.contains("asked"), "{cycled}");
+    corral_testkit::wait_until("the power cycle is done", Duration::from_secs(30), || async {
+        let history = cli.ok(&admin(&["worker", "history", target])).await;
+        history.contains("power cycle asked by user:admin: done").then_some(())
+    })
+    .await;
+    let shown = cli.ok(&admin(&["worker", "show", target])).await;
+    assert!(shown.contains("power_cycle") && shown.contains("available"), "{shown}");
     // Issue 13: an admin hands a worker over to an agent user.
     let handed =
         cli.json(&admin(&["worker", "hand-over", target, "--principal", "agent", "--agent", "host-x", "--json"])).await;
@@ -383,14 +393,15 @@ async fn the_cli_drives_a_real_server_and_agent() {
     let audit = cli.json(&admin(&["audit", "--json"])).await;
     let actions: Vec<&str> = audit["items"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
     assert_eq!(
-        actions[..6],
+        actions[..7],
         [
             "worker.deregister",
             "worker.note",
             "worker.note",
             "worker.unquarantine",
             "worker.quarantine",
-            "worker.hand_over"
+            "worker.hand_over",
+            "worker.power_cycle"
         ],
         "{audit}"
     );

@@ -103,21 +103,26 @@ pub const RECOVERY_BATTERY_PERCENT: f64 = 20.0;
 pub const RECOVERY_TEMPERATURE_C: f64 = 60.0;
 
 /// Why the facts keep a worker in recovery (out of matching until they
-/// change), if they do: the agent's own `recovery` text, a battery under
-/// [`RECOVERY_BATTERY_PERCENT`], a temperature over
-/// [`RECOVERY_TEMPERATURE_C`]. Worse values fail the worker instead
-/// ([`crate::health`]); facts of the wrong type are ignored.
-pub fn recovery_reason(facts: &Map<String, Value>) -> Option<String> {
+/// change), if they do: the agent's own `recovery` text, a missing device
+/// (when the thresholds say so), a battery under `recovery_battery_below`
+/// (default [`RECOVERY_BATTERY_PERCENT`]), a temperature over
+/// `recovery_temperature_above` (default [`RECOVERY_TEMPERATURE_C`]).
+/// Worse values fail the worker instead ([`crate::health`]); facts of the
+/// wrong type are ignored.
+pub fn recovery_reason(facts: &Map<String, Value>, limits: &crate::health::Thresholds) -> Option<String> {
     if let Some(text) = facts.get("recovery").and_then(Value::as_str).filter(|t| !t.trim().is_empty()) {
         return Some(text.to_string());
     }
+    if limits.device_missing == crate::health::DeviceMissing::Recovery && crate::health::device_missing(facts) {
+        return Some("device missing".to_string());
+    }
     if let Some(battery) = facts.get("battery").and_then(Value::as_f64)
-        && battery < RECOVERY_BATTERY_PERCENT
+        && battery < limits.recovery_battery_below
     {
         return Some(format!("battery charging: {battery}%"));
     }
     if let Some(temperature) = facts.get("temperature").and_then(Value::as_f64)
-        && temperature > RECOVERY_TEMPERATURE_C
+        && temperature > limits.recovery_temperature_above
     {
         return Some(format!("cooling down: {temperature}°C"));
     }
@@ -203,7 +208,7 @@ mod tests {
 
     #[test]
     fn recovery_comes_from_the_facts() {
-        let reason = |v: Value| recovery_reason(v.as_object().unwrap());
+        let reason = |v: Value| recovery_reason(v.as_object().unwrap(), &crate::health::Thresholds::default());
         assert_eq!(reason(json!({"battery": 80, "temperature": 40})), None);
         assert_eq!(reason(json!({"battery": 12})), Some("battery charging: 12%".to_string()));
         assert_eq!(reason(json!({"temperature": 70})), Some("cooling down: 70°C".to_string()));
