@@ -110,6 +110,11 @@ impl Commands {
         forgotten.into_iter().filter_map(|kind| self.pending.remove(&kind).map(|p| (kind, p.sent.is_some()))).collect()
     }
 
+    /// Whether a command of `kind` is awaited or waits for its next attempt.
+    pub(crate) fn has(&self, kind: ActionKind) -> bool {
+        self.pending.contains_key(&kind)
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.pending.is_empty()
     }

@@ -1194,6 +1194,14 @@ impl WorkerActor {
                 if act.record.state != was {
                     act.forget_commands();
                 }
+                if act.record.work.is_some() && !act.commands.has(ActionKind::PowerCycle) {
+                    // A power cycle whose end did not commit (or that no
+                    // command of ours runs): end it now, or it would hold
+                    // the worker until its agent session ends.
+                    let step = act
+                        .end_power_cycle("server".to_string(), "outcome unknown: its end was not recorded".to_string());
+                    ctx.wait(step);
+                }
                 match act.record.state {
                     WorkerState::Idle => act.offer_if_idle(),
                     // The end of its lease moved it (our own transition lost

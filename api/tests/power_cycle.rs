@@ -352,3 +352,24 @@ async fn every_process_backs_off_and_the_worker_shows_it() {
     agent.stop().await;
     server.stop().await;
 }
+
+/// Done: an agent registers a worker claiming 17 hooks, and another one
+/// with a hook name that is not lowercase letters and `_`. Must happen:
+/// 400 each, and no worker is registered.
+#[actix_rt::test]
+async fn an_agent_that_lists_too_many_or_odd_hooks_is_refused() {
+    let server = TestServer::start_with(Clock::manual(), config).await;
+    let agent = server.api(&server.agent_token);
+    let many: Vec<String> = (0..17).map(|i| format!("hook_{}", char::from(b'a' + i))).collect();
+    for hooks in [json!(many), json!(["power-cycle"]), json!([""])] {
+        let worker = WorkerId::random();
+        let body = json!({"agent": "host-hooks", "workers": [{"uuid": worker, "caps": {"device_type": "h"},
+            "ssh_addr": "127.0.0.1:9", "user": "lab", "hooks": hooks}]});
+        let (status, answer) = agent.post("/v1/agent/sessions", body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{hooks}: {answer}");
+        assert!(answer["message"].as_str().unwrap().contains("hooks"), "{answer}");
+        let (status, _) = server.admin().get(&format!("/v1/workers/{worker}")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "nothing registered");
+    }
+    server.stop().await;
+}
