@@ -1319,6 +1319,19 @@ mod tests {
         (Host::new(&config).unwrap(), config.workers[0].uuid)
     }
 
+    /// Registration tells the server which hooks each worker has (the
+    /// server offers a power cycle only when `power_cycle` is one).
+    #[actix_rt::test]
+    async fn registration_lists_the_hooks_the_worker_has() {
+        let keys = std::env::temp_dir().join(format!("corral-hooks-{}", uuid::Uuid::new_v4().simple()));
+        let me = nix::unistd::User::from_uid(nix::unistd::geteuid()).unwrap().unwrap().name;
+        let (host, _) = host_for(&me, &keys, "power_cycle = 'true'\nprepare = 'true'\n");
+        let hooks = host.workers().await.remove(0).hooks;
+        assert_eq!(hooks, Some(vec!["prepare".to_string(), "power_cycle".to_string()]));
+        let (bare, _) = host_for(&me, &keys, "");
+        assert_eq!(bare.workers().await.remove(0).hooks, Some(Vec::new()), "no hooks: none listed");
+    }
+
     #[actix_rt::test]
     async fn commands_edit_only_the_workers_lines() {
         use authorized_keys::lease_line;
