@@ -298,6 +298,8 @@ async fn concurrent_power_cycles_and_maintenance_exclude_each_other() {
         }
     }
     assert!(cycles <= 1, "{answers:?}");
+    let accepted = answers.iter().filter(|(_, (status, _))| *status == StatusCode::ACCEPTED).count();
+    assert!(accepted >= 1 && accepted < answers.len(), "one worker: some win, some are refused: {answers:?}");
     let db = sql(&server.db_url).await;
     let locks: Vec<String> = db
         .query("SELECT process FROM work_locks WHERE worker = $1", &[&worker.0])
@@ -372,4 +374,41 @@ async fn an_agent_that_lists_too_many_or_odd_hooks_is_refused() {
         assert_eq!(status, StatusCode::NOT_FOUND, "nothing registered");
     }
     server.stop().await;
+}
+
+/// Done: a power cycle runs (its result is lost) when the server restarts.
+/// Must happen: the restarted server, which has no command of its own for
+/// it, ends it with "outcome unknown" in the history, so the worker is not
+/// held forever, and it can be power-cycled again.
+#[actix_rt::test]
+async fn a_power_cycle_running_across_a_restart_is_ended_as_unknown() {
+    let clock = Clock::manual();
+    let test = corral_testkit::test_database().await;
+    let mut cfg = common::test_config(&test.url);
+    config(&mut cfg);
+    let server = TestServer::start_on(clock.clone(), cfg.clone(), test.url.clone()).await;
+    let faults = SimFaults::default();
+    faults.lose_results(ActionKind::PowerCycle, Times::Always);
+    let agent = agent(&server, "pc-restart", &faults);
+    let worker = agent.uuids[0];
+    wait_for_worker(&server.admin(), worker, |w| w["state"] == "maintenance").await;
+    let (status, body) = server.admin().post_empty(&cycle_path(worker)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    wait_for_executed(&faults, ActionKind::PowerCycle, 1).await;
+
+    server.halt().await;
+    let first = server;
+    let server = TestServer::start_on(clock.clone(), cfg, test.url.clone()).await;
+    let shown = wait_for_worker(&server.admin(), worker, |w| w["work"].is_null()).await;
+    assert_eq!(shown["state"], "maintenance", "{shown}");
+    let last = history(&server, worker).await.pop().unwrap();
+    assert_eq!(
+        (last.1.as_str(), last.2.as_str()),
+        ("server", "power cycle: outcome unknown: the server restarted while it ran")
+    );
+    let (status, body) = server.admin().post_empty(&cycle_path(worker)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    agent.kill();
+    server.stop().await;
+    drop(first);
 }
