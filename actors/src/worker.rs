@@ -427,6 +427,9 @@ impl WorkerActor {
     fn enter(&mut self, state: WorkerState, reason: &str, ctx: &mut Context<Self>) {
         let id = self.id();
         self.forget_commands();
+        // The worker left `running` another way (it failed, went to
+        // maintenance): the deferred end of its lease no longer applies.
+        self.pending_lease_end = None;
         match state {
             WorkerState::Prepare => {
                 self.lease = None;
@@ -1084,6 +1087,7 @@ impl WorkerActor {
         // The row already says running (the matcher committed it).
         let from = self.record.state;
         self.forget_commands();
+        self.pending_lease_end = None;
         self.record.state = WorkerState::Running;
         self.record.fence = fence;
         self.record.reason = None;
@@ -1193,6 +1197,9 @@ impl WorkerActor {
                 act.record = record;
                 if act.record.state != was {
                     act.forget_commands();
+                }
+                if act.record.state != WorkerState::Running {
+                    act.pending_lease_end = None;
                 }
                 if act.record.work.is_some() && !act.commands.has(ActionKind::PowerCycle) {
                     // A power cycle whose end did not commit (or that no
