@@ -28,9 +28,9 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::AppState;
 use crate::auth::Auth;
 use crate::error::ApiError;
-use crate::{AppState, endpoint};
 
 type Label = [(&'static str, &'static str); 1];
 type Histograms = Family<Label, Histogram, fn() -> Histogram>;
@@ -90,10 +90,22 @@ impl std::str::FromStr for MetricsAccess {
     }
 }
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(endpoint("/metrics").route(web::get().to(metrics)));
-}
+pub(crate) const ROUTES: crate::routes::Family = crate::family! {
+    { "/metrics" => [get => metrics] }
+};
 
+/// The server's figures in the Prometheus text format (0.0.4). A token is
+/// needed only with the server setting `metrics_access = "admin"`.
+#[utoipa::path(
+    get, path = "/metrics", operation_id = "metrics", tag = "operations",
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The figures", content_type = "text/plain; version=0.0.4", body = String),
+        (status = 401, description = "`unauthorized` (with `metrics_access = \"admin\"`)", body = corral_proto::error::ErrorBody),
+        (status = 403, description = "`forbidden`: not an admin (with `metrics_access = \"admin\"`)", body = corral_proto::error::ErrorBody),
+        (status = 503, description = "`unavailable`", body = corral_proto::error::ErrorBody),
+    ),
+)]
 async fn metrics(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     if state.metrics_access == MetricsAccess::Admin {
         let auth = Auth::extract(&req).await.map_err(|e| ApiError::unauthorized(e.to_string()))?;
