@@ -182,3 +182,28 @@ async fn the_live_server_answers_exactly_what_the_document_says() {
     );
     server.stop().await;
 }
+
+/// What schemathesis found, kept: a NUL in an admin's input reached the
+/// audit row (PostgreSQL's text refuses NUL) and the call answered 500.
+#[actix_rt::test]
+async fn schemathesis_findings_nul_in_admin_input_is_a_4xx() {
+    let server = TestServer::start(Clock::System).await;
+    let admin = server.admin();
+    // Sent: a note with a NUL (on a worker that does not exist). Must
+    // happen: 400 for the note, not 500; the audit row records the refusal.
+    let (status, body) = admin
+        .put("/v1/workers/0b8f4a2e-5e0c-4a3e-9c35-1d8f0f6b9a10/note", serde_json::json!({"note": "a\u{0}b"}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    // Sent: DELETE of a user whose name holds an encoded NUL. Must happen: a
+    // 4xx, and no user is deleted.
+    let (status, body) = admin.delete("/v1/users/a%00b").await;
+    assert!(status.is_client_error(), "{status} {body}");
+    let (status, audit) = admin.get("/v1/audit").await;
+    assert_eq!(status, StatusCode::OK);
+    let items = audit["items"].as_array().expect("audit items");
+    assert_eq!(items.len(), 2, "{audit}");
+    assert!(items.iter().all(|i| i["outcome"] == "refused"), "{audit}");
+    assert_eq!(items[1]["detail"], "note: a\u{2400}b", "{audit}");
+    server.stop().await;
+}
