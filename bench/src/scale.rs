@@ -390,8 +390,8 @@ fn check_page(page: &Value, owner: Option<&str>, start: i64, step: i64) -> Resul
 
 /// Times `samples` explain calls of random waiting requests; returns the
 /// latencies in µs, sorted.
-/// Times `samples` scrapes of `/metrics` (µs each); each must answer 200
-/// and count every worker (all in maintenance in the fixture).
+/// Times `samples` scrapes of `/metrics` (µs each, sorted); each must
+/// answer 200 and count every worker (all in maintenance in the fixture).
 async fn time_metrics(admin: &ApiClient, config: &Config) -> Result<(Vec<u64>, usize)> {
     let expected = format!("corral_workers{{state=\"maintenance\"}} {}", config.workers);
     let mut samples = Vec::with_capacity(config.samples);
@@ -404,6 +404,7 @@ async fn time_metrics(admin: &ApiClient, config: &Config) -> Result<(Vec<u64>, u
         ensure!(text.lines().any(|l| l == expected), "GET /metrics lacks {expected:?}");
         bytes = text.len();
     }
+    samples.sort_unstable();
     Ok((samples, bytes))
 }
 
