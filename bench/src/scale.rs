@@ -31,6 +31,10 @@
 //!   users (the listing is then filtered by owner).
 //! - `explain_p50_ms`/`explain_p99_ms`: `GET /v1/requests/{id}/explain` as
 //!   admin of N waiting requests picked at random (seeded).
+//! - `metrics_p50_ms`/`metrics_p99_ms`/`metrics_max_ms`: N scrapes of
+//!   `GET /metrics` one after another (target: at most 20 ms with 10,000
+//!   workers); each must answer 200 and count all W workers in
+//!   maintenance. `metrics_bytes`: the size of the last one.
 //!
 //! # Checks (the run fails loudly when one does not hold)
 //!
