@@ -288,9 +288,15 @@ impl Corral {
         let addr = AgentSession::start_in_arbiter(shared.arbiter(), move |_| {
             AgentSession::new(session_shared, id, agent_name)
         });
-        shared
-            .dir
-            .add_session(id, SessionEntry { addr: addr.clone(), agent: open.agent.clone(), principal: caller.id });
+        shared.dir.add_session(
+            id,
+            SessionEntry {
+                addr: addr.clone(),
+                agent: open.agent.clone(),
+                principal: caller.id,
+                last_beat: Default::default(),
+            },
+        );
         tracing::info!(session = %id, agent = %open.agent, workers = upserted.len(), "agent session opened");
 
         let mut registered = Vec::with_capacity(upserted.len());
@@ -392,6 +398,12 @@ impl Corral {
             .heartbeat(session, shared.clock.db_now())
             .await?
             .ok_or_else(|| ActorError::NotFound(format!("session {session} expired; open a new one")))?;
+        let now = shared.clock.now();
+        let previous = entry.last_beat.lock().map(|mut last| last.replace(now)).unwrap_or(None);
+        if let Some(previous) = previous {
+            let gap = crate::observe::between(previous, now);
+            shared.observer.heartbeat_lag(gap.saturating_sub(shared.settings.heartbeat_interval));
+        }
         for observation in beat.workers {
             let Some(view) = shared.dir.view(observation.uuid) else { continue };
             if view.worker.agent != entry.agent || view.session != Some(session) {

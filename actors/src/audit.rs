@@ -29,6 +29,14 @@ pub struct AdminAction {
     pub detail: String,
 }
 
+/// What an admin sent, as a text column can keep it: at most `max`
+/// characters, a NUL (which PostgreSQL's text refuses; the action itself
+/// refuses it later with a 400) shown as `␀`. Found by schemathesis: a
+/// note with a NUL made the audit row, and so the call, fail with a 500.
+fn storable(text: &str, max: usize) -> String {
+    text.chars().take(max).map(|c| if c == '\0' { '\u{2400}' } else { c }).collect()
+}
+
 impl Corral {
     /// Writes the row of an admin action about to run; its id is passed
     /// to [`Corral::audit_end`]. Only admins act as admins.
@@ -41,9 +49,9 @@ impl Corral {
             actor: caller.name.clone(),
             actor_id: caller.id,
             action: action.action.to_string(),
-            target: action.target.chars().take(256).collect(),
+            target: storable(&action.target, 256),
             address: action.address,
-            detail: action.detail.chars().take(1024).collect(),
+            detail: storable(&action.detail, 1024),
         };
         Ok(self.db().audit_begin(&intent).await?)
     }
@@ -52,7 +60,8 @@ impl Corral {
     /// logged: the action already happened (or not), and its row says
     /// `pending`.
     pub async fn audit_end(&self, id: i64, outcome: AuditOutcome, message: Option<&str>) {
-        if let Err(err) = self.db().audit_end(id, outcome, message).await {
+        let message = message.map(|m| storable(m, 4096));
+        if let Err(err) = self.db().audit_end(id, outcome, message.as_deref()).await {
             tracing::error!(audit = id, outcome = outcome.as_str(), cause = %err, "could not record the outcome of an admin action");
         }
     }

@@ -28,6 +28,8 @@ pub struct SessionEntry {
     pub agent: String,
     /// The agent user whose token opened it; only that user may use it.
     pub principal: UserId,
+    /// When its last heartbeat came (for the heartbeat lag metric).
+    pub last_beat: std::sync::Arc<std::sync::Mutex<Option<std::time::SystemTime>>>,
 }
 
 #[derive(Debug, Default)]

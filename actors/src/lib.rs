@@ -34,6 +34,7 @@ pub mod events;
 pub mod explain;
 pub mod keys;
 pub mod matcher;
+pub mod observe;
 pub mod owners;
 pub mod reaper;
 mod rebuild;
@@ -143,6 +144,8 @@ pub struct Shared {
     pub leader: corral_core::SessionId,
     /// The event stream's reader and broadcast ([`events`]).
     pub events: events::EventHub,
+    /// Where the actors report what they time ([`observe`]).
+    pub observer: Arc<dyn observe::Observer>,
     matcher: OnceLock<Addr<MatcherActor>>,
     timekeeper: OnceLock<Addr<Timekeeper>>,
     reconciler: OnceLock<Addr<reconciler::Reconciler>>,
@@ -213,6 +216,17 @@ impl Corral {
         clock: Clock,
         leader: corral_core::SessionId,
     ) -> Result<Corral, ActorError> {
+        Corral::start_observed(db, settings, clock, leader, Arc::new(observe::Unobserved)).await
+    }
+
+    /// [`Corral::start`], reporting what the actors time to `observer`.
+    pub async fn start_observed(
+        db: Db,
+        settings: Settings,
+        clock: Clock,
+        leader: corral_core::SessionId,
+        observer: Arc<dyn observe::Observer>,
+    ) -> Result<Corral, ActorError> {
         let arbiters: Vec<ArbiterHandle> =
             (0..settings.actor_threads.max(1)).map(|_| Arbiter::new().handle()).collect();
         // The event stream starts after the rows committed so far; what the
@@ -240,6 +254,7 @@ impl Corral {
             incarnation: uuid::Uuid::new_v4().simple().to_string(),
             leader,
             events,
+            observer,
             matcher: OnceLock::new(),
             timekeeper: OnceLock::new(),
             reconciler: OnceLock::new(),

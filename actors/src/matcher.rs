@@ -162,6 +162,7 @@ impl MatcherActor {
         }
         if made > 0 {
             self.decisions += made;
+            self.shared.observer.matcher_pass(started.elapsed(), made);
             tracing::trace!(decisions = made, elapsed_us = started.elapsed().as_micros() as u64, "matched");
         }
         self.commit_next(ctx);
@@ -178,6 +179,7 @@ impl MatcherActor {
         self.committing += 1;
         let take = self.pending.len().min(MAX_BATCH);
         let batch: Vec<Assignment> = self.pending.drain(..take).collect();
+        self.shared.observer.matcher_batch(batch.len());
         let pairs: Vec<(RequestId, WorkerId)> = batch.iter().map(|a| (a.request, a.worker)).collect();
         let db = self.shared.db.clone();
         let now = self.shared.clock.now();
@@ -363,9 +365,11 @@ impl Handler<MatcherMsg> for MatcherActor {
                 // `match_new` wants no decision left to take: take them.
                 self.schedule(ctx);
                 let servable = self.core.can_ever_serve(&spec.caps, &spec.groups);
+                let started = Instant::now();
                 let worker = if servable { self.core.match_new(&spec, self.shared.clock.now()) } else { None };
                 if worker.is_some() {
                     self.decisions += 1;
+                    self.shared.observer.matcher_pass(started.elapsed(), 1);
                 }
                 let _ = reply.send(Admission { servable, worker });
                 // Decisions `match_new` met and held, if any.

@@ -54,7 +54,12 @@ pub(crate) async fn rebuild(shared: &Arc<Shared>) -> Result<(), ActorError> {
             AgentSession::start_in_arbiter(shared.arbiter(), move |_| AgentSession::new(session_shared, id, name));
         shared.dir.add_session(
             session.id,
-            SessionEntry { addr: addr.clone(), agent: session.name.clone(), principal: session.principal_id },
+            SessionEntry {
+                addr: addr.clone(),
+                agent: session.name.clone(),
+                principal: session.principal_id,
+                last_beat: Default::default(),
+            },
         );
         agents.insert(session.id, addr);
     }

@@ -262,9 +262,11 @@ impl RequestActor {
         tracing::info!(request = %record.id, state = %record.state, reason = record.reason.as_deref().unwrap_or(""), "request ended");
         self.record = record;
         self.leave_waiting();
+        self.shared.observer.request_ended(self.record.state);
         if let Some(binding) = &self.binding {
             self.shared.tunnels.close(self.record.id);
-            if binding.started_at.is_some() {
+            if let Some(started_at) = binding.started_at {
+                self.shared.observer.lease_length(crate::observe::between(started_at, self.shared.clock.now()));
                 tell(self.shared.timekeeper(), TimerMsg::Unwatch { key: TimerKey::LeaseExpiry(self.record.id) });
             }
         }
@@ -418,6 +420,8 @@ impl RequestActor {
             return done();
         }
         self.record.worker = Some(worker);
+        let queued_at = self.record.created_at.max(self.record.valid_after);
+        self.shared.observer.queue_wait(crate::observe::between(queued_at, self.shared.clock.now()));
         self.binding = Some(Binding {
             worker,
             fence,
@@ -524,6 +528,8 @@ impl RequestActor {
         Box::pin(work.into_actor(self).map(move |result, act, _| match result {
             Ok((record, port)) => {
                 tracing::info!(request = %record.id, port, "lease started");
+                let queued_at = record.created_at.max(record.valid_after);
+                act.shared.observer.time_to_lease(crate::observe::between(queued_at, now));
                 act.record = record;
                 act.leave_waiting();
                 if let Some(binding) = act.binding.as_mut() {

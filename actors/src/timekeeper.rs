@@ -82,6 +82,7 @@ impl Timekeeper {
                     }
                 }
                 TimerKey::CommandTimeout(worker, kind) => {
+                    self.shared.observer.command_timed_out(kind);
                     if let Some(addr) = self.shared.dir.worker(worker) {
                         tell(&addr, WorkerMsg::CommandTimedOut { kind });
                     }

@@ -21,6 +21,11 @@ impl Corral {
         if !caller.is_admin() {
             return Err(ActorError::Forbidden("this needs an admin token".to_string()));
         }
+        // No user can have such a name (and PostgreSQL's text refuses a
+        // NUL, which schemathesis sent): nothing to look up.
+        if !corral_core::user::valid_user_name(name) {
+            return Err(ActorError::NotFound(format!("no user {name:?}")));
+        }
         let shared = self.shared();
         let user = shared
             .db

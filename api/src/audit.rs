@@ -11,14 +11,15 @@ use corral_db::AuditOutcome;
 use corral_proto::Page;
 use corral_proto::audit::AuditEntry;
 
+use crate::AppState;
 use crate::auth::Auth;
 use crate::error::ApiError;
-use crate::query::{Query, id_cursor, parse_id_cursor, parse_limit};
-use crate::{AppState, endpoint};
+use crate::query::{PageParams, Query, id_cursor, parse_id_cursor, parse_limit};
+use crate::routes::Family;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::scope("/v1/audit").service(endpoint("").route(web::get().to(list))));
-}
+pub(crate) const ROUTES: Family = crate::family! {
+    scope "/v1/audit" { "" => [get => list] }
+};
 
 /// Runs an admin action with its audit row: written first (the action
 /// does not run if it cannot be), then given the outcome: `done`,
@@ -74,6 +75,11 @@ impl AuditedError for crate::boruta::BorutaError {
 }
 
 /// `GET /v1/audit?limit=N&cursor=C`: admin actions, newest first.
+#[utoipa::path(
+    get, path = "/v1/audit", operation_id = "audit_log", tag = "audit",
+    params(PageParams),
+    responses((status = 200, description = "One page of admin actions, newest first", body = Page<AuditEntry>)),
+)]
 async fn list(state: web::Data<AppState>, auth: Auth, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let caller = auth.require_admin().map_err(|_| ApiError::forbidden("the audit log is for admins"))?;
     let query = Query::parse(&req)?;

@@ -13,21 +13,23 @@ use std::time::Duration;
 use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, web};
 use corral_actors::events::Subscription;
+use corral_proto::error::ErrorBody;
 use corral_proto::events::EventId;
 
+use crate::AppState;
 use crate::auth::Auth;
 use crate::error::ApiError;
 use crate::limits::Slot;
 use crate::query::Query;
-use crate::{AppState, endpoint};
+use crate::routes::Family;
 
 /// How long a client waits before reconnecting after the stream drops
 /// (the SSE `retry:` field), in milliseconds.
 const RECONNECT_MS: u32 = 2000;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(endpoint("/v1/events").route(web::get().to(events)));
-}
+pub(crate) const ROUTES: Family = crate::family! {
+    { "/v1/events" => [get => events] }
+};
 
 /// The `Last-Event-ID` header: absent or empty (what `EventSource` sends
 /// after a reset) means "from now"; anything else must be an event id.
@@ -40,6 +42,17 @@ fn last_event_id(req: &HttpRequest) -> Result<Option<EventId>, ApiError> {
     text.parse().map(Some).map_err(|e| ApiError::bad_request(format!("bad Last-Event-ID: {e}")))
 }
 
+/// A Server-Sent Events stream of the changes the caller may see: each
+/// message has an `id:` (`R-W`) and one `Event` as JSON in `data:`.
+#[utoipa::path(
+    get, path = "/v1/events", operation_id = "events", tag = "events",
+    params(("Last-Event-ID" = Option<String>, Header, description = "The `id:` of the last event received: the stream resumes after it")),
+    responses(
+        (status = 200, description = "The stream (it does not end); `data:` lines hold an `Event`", content_type = "text/event-stream", body = String),
+        (status = 429, description = "`too_many_requests`: a per-user limit is reached", body = ErrorBody,
+         headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+    ),
+)]
 #[tracing::instrument(skip_all, fields(user = %auth.0.name))]
 async fn events(state: web::Data<AppState>, auth: Auth, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let caller = auth.require_person()?;

@@ -19,8 +19,10 @@ mod health;
 mod leadership;
 pub mod limits;
 pub mod metrics;
+pub mod openapi;
 mod query;
 pub mod requests;
+pub mod routes;
 pub mod serve;
 pub mod users;
 pub mod workers;
@@ -55,6 +57,20 @@ pub(crate) fn endpoint(path: &str) -> actix_web::Resource {
     }))
 }
 
+/// The families of routes [`configure`] registers (and
+/// [`routes::table`] lists): one per module.
+pub(crate) const FAMILIES: [routes::Family; 9] = [
+    health::ROUTES,
+    metrics::ROUTES,
+    openapi::ROUTES,
+    requests::ROUTES,
+    workers::ROUTES,
+    users::ROUTES,
+    events::ROUTES,
+    audit::ROUTES,
+    agent::ROUTES,
+];
+
 /// All routes, body limits and error shapes.
 ///
 /// Each family of routes sits in a scope with a static prefix: actix-web
@@ -73,14 +89,11 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
     .app_data(web::PayloadConfig::new(max_body))
     .app_data(web::QueryConfig::default().error_handler(|err, _| ApiError::bad_request(err.to_string()).into()))
     .app_data(web::PathConfig::default().error_handler(|err, _| ApiError::bad_request(err.to_string()).into()))
-    .configure(health::routes)
-    .configure(metrics::routes)
-    .configure(requests::routes)
-    .configure(workers::routes)
-    .configure(users::routes)
-    .configure(events::routes)
-    .configure(audit::routes)
-    .configure(agent::routes)
+    .configure(|cfg| {
+        for family in FAMILIES {
+            (family.configure)(cfg);
+        }
+    })
     .configure(|cfg| boruta::routes(cfg, max_body))
     .default_service(web::to(|| async {
         Err::<HttpResponse, _>(ApiError::not_found(

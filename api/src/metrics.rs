@@ -28,9 +28,9 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::AppState;
 use crate::auth::Auth;
 use crate::error::ApiError;
-use crate::{AppState, endpoint};
 
 type Label = [(&'static str, &'static str); 1];
 type Histograms = Family<Label, Histogram, fn() -> Histogram>;
@@ -40,11 +40,70 @@ type Histograms = Family<Label, Histogram, fn() -> Histogram>;
 pub struct Metrics {
     db_seconds: Histograms,
     db_errors: Family<[(&'static str, &'static str); 2], Counter>,
+    queue_wait: Histogram,
+    time_to_lease: Histogram,
+    lease_length: Histogram,
+    requests_ended: Family<Label, Counter>,
+    matcher_pass: Histogram,
+    matcher_batch: Histogram,
+    heartbeat_lag: Histogram,
+    command_timeouts: Family<Label, Counter>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics { db_seconds: Family::new_with_constructor(db_histogram), db_errors: Family::default() }
+        Metrics {
+            db_seconds: Family::new_with_constructor(db_histogram),
+            db_errors: Family::default(),
+            // 10 ms to about 12 hours.
+            queue_wait: Histogram::new(exponential_buckets(0.01, 4.0, 16)),
+            time_to_lease: Histogram::new(exponential_buckets(0.01, 4.0, 16)),
+            // 1 s to about 3 days.
+            lease_length: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
+            requests_ended: Family::default(),
+            // 1 µs to about 4 s.
+            matcher_pass: Histogram::new(exponential_buckets(0.000_001, 4.0, 12)),
+            // 1 to 512 decisions (the matcher's batches hold at most 256).
+            matcher_batch: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            // 10 ms to about 40 s.
+            heartbeat_lag: Histogram::new(exponential_buckets(0.01, 2.0, 13)),
+            command_timeouts: Family::default(),
+        }
+    }
+}
+
+/// The lifecycle figures the actors report (`corral_actors::observe`).
+impl corral_actors::observe::Observer for Metrics {
+    fn queue_wait(&self, waited: Duration) {
+        self.queue_wait.observe(waited.as_secs_f64());
+    }
+
+    fn time_to_lease(&self, elapsed: Duration) {
+        self.time_to_lease.observe(elapsed.as_secs_f64());
+    }
+
+    fn lease_length(&self, length: Duration) {
+        self.lease_length.observe(length.as_secs_f64());
+    }
+
+    fn request_ended(&self, state: corral_core::RequestState) {
+        self.requests_ended.get_or_create(&[("state", state.as_str())]).inc();
+    }
+
+    fn matcher_pass(&self, elapsed: Duration, _decisions: u64) {
+        self.matcher_pass.observe(elapsed.as_secs_f64());
+    }
+
+    fn matcher_batch(&self, size: usize) {
+        self.matcher_batch.observe(size as f64);
+    }
+
+    fn heartbeat_lag(&self, lag: Duration) {
+        self.heartbeat_lag.observe(lag.as_secs_f64());
+    }
+
+    fn command_timed_out(&self, kind: corral_proto::agent::ActionKind) {
+        self.command_timeouts.get_or_create(&[("kind", kind.as_str())]).inc();
     }
 }
 
@@ -90,10 +149,22 @@ impl std::str::FromStr for MetricsAccess {
     }
 }
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(endpoint("/metrics").route(web::get().to(metrics)));
-}
+pub(crate) const ROUTES: crate::routes::Family = crate::family! {
+    { "/metrics" => [get => metrics] }
+};
 
+/// The server's figures in the Prometheus text format (0.0.4). A token is
+/// needed only with the server setting `metrics_access = "admin"`.
+#[utoipa::path(
+    get, path = "/metrics", operation_id = "metrics", tag = "operations",
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The figures", content_type = "text/plain; version=0.0.4", body = String),
+        (status = 401, description = "`unauthorized` (with `metrics_access = \"admin\"`)", body = corral_proto::error::ErrorBody),
+        (status = 403, description = "`forbidden`: not an admin (with `metrics_access = \"admin\"`)", body = corral_proto::error::ErrorBody),
+        (status = 503, description = "`unavailable`", body = corral_proto::error::ErrorBody),
+    ),
+)]
 async fn metrics(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     if state.metrics_access == MetricsAccess::Admin {
         let auth = Auth::extract(&req).await.map_err(|e| ApiError::unauthorized(e.to_string()))?;
@@ -166,6 +237,51 @@ fn render(
         observed.db_seconds.clone(),
     );
     registry.register("database_operation_errors", "Failed database operations", observed.db_errors.clone());
+    registry.register_with_unit(
+        "request_queue_wait",
+        "Time requests waited in the queue until the matcher bound them (from submission or valid_after)",
+        Unit::Seconds,
+        observed.queue_wait.clone(),
+    );
+    registry.register_with_unit(
+        "request_time_to_lease",
+        "Time from entering the queue until the lease started (key installed on the worker)",
+        Unit::Seconds,
+        observed.time_to_lease.clone(),
+    );
+    registry.register_with_unit(
+        "lease_length",
+        "Length of the leases that ended, from their start",
+        Unit::Seconds,
+        observed.lease_length.clone(),
+    );
+    let ended = observed.requests_ended.clone();
+    for state in corral_core::RequestState::ALL.into_iter().filter(|s| s.is_terminal()) {
+        let _ = ended.get_or_create(&[("state", state.as_str())]);
+    }
+    registry.register("requests_ended", "Requests that reached a terminal state, by state", ended);
+    registry.register_with_unit(
+        "matcher_pass_duration",
+        "Time of one matcher pass that made decisions (every decision possible at that moment)",
+        Unit::Seconds,
+        observed.matcher_pass.clone(),
+    );
+    registry.register(
+        "matcher_batch_size",
+        "Decisions per batch the matcher commits in one transaction",
+        observed.matcher_batch.clone(),
+    );
+    registry.register_with_unit(
+        "agent_heartbeat_lag",
+        "How much later than the heartbeat interval each agent heartbeat came after the previous one",
+        Unit::Seconds,
+        observed.heartbeat_lag.clone(),
+    );
+    let timeouts = observed.command_timeouts.clone();
+    for kind in corral_proto::agent::ActionKind::ALL {
+        let _ = timeouts.get_or_create(&[("kind", kind.as_str())]);
+    }
+    registry.register("agent_command_timeouts", "Commands to agents not answered within their timeout", timeouts);
     registry.register("build", "The corral build", Info::new([("version", env!("CARGO_PKG_VERSION"))]));
     process_metrics(root.sub_registry_with_prefix("process"));
     let mut text = String::new();

@@ -84,3 +84,17 @@ pub fn parse_id_cursor(query: &Query, prefix: char) -> Result<Option<i64>, ApiEr
 pub fn id_cursor(prefix: char, id: i64) -> String {
     format!("{prefix}{id:x}")
 }
+
+/// The paging parameters of a list, as the document describes them (the
+/// handlers read them with [`Query`] and [`parse_limit`]; the test of the
+/// document checks that both name the same parameters).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(crate) struct PageParams {
+    /// At most this many items (1 to 1000; 100 by default).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+}

@@ -10,25 +10,28 @@ use corral_core::request::Schedule;
 use corral_core::{Caps, Priority, RequestId, RequestState};
 use corral_db::{Idempotency, RequestFilter, RequestRecord};
 use corral_proto::Page;
-use corral_proto::requests::{HistoryEntry, NewRequest, Prolong, Prolonged, Request, RequestPatch};
+use corral_proto::error::ErrorBody;
+use corral_proto::requests::{
+    AccessDetails, Explanation, HistoryEntry, NewRequest, Prolong, Prolonged, Request, RequestPatch,
+};
 
+use crate::AppState;
 use crate::auth::Auth;
 use crate::error::ApiError;
-use crate::query::{Query, parse_limit};
-use crate::{AppState, endpoint};
+use crate::query::{PageParams, Query, parse_limit};
+use crate::routes::Family;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::scope("/v1/requests")
-            .service(endpoint("").route(web::post().to(submit)).route(web::get().to(list)))
-            .service(endpoint("/{id}").route(web::get().to(get)).route(web::patch().to(patch)))
-            .service(endpoint("/{id}/acquire").route(web::post().to(acquire)))
-            .service(endpoint("/{id}/close").route(web::post().to(close)))
-            .service(endpoint("/{id}/history").route(web::get().to(history)))
-            .service(endpoint("/{id}/prolong").route(web::post().to(prolong)))
-            .service(endpoint("/{id}/explain").route(web::get().to(explain))),
-    );
-}
+pub(crate) const ROUTES: Family = crate::family! {
+    scope "/v1/requests" {
+        "" => [post => submit, get => list],
+        "/{id}" => [get => get, patch => patch],
+        "/{id}/acquire" => [post => acquire],
+        "/{id}/close" => [post => close],
+        "/{id}/history" => [get => history],
+        "/{id}/prolong" => [post => prolong],
+        "/{id}/explain" => [get => explain],
+    }
+};
 
 pub fn to_wire(r: RequestRecord) -> Request {
     Request {
@@ -46,6 +49,29 @@ pub fn to_wire(r: RequestRecord) -> Request {
         reason: r.reason,
         updated_at: r.updated_at,
     }
+}
+
+/// The filters of `GET /v1/requests`, as the document describes them.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct RequestListParams {
+    /// Only requests in these states (repeat it, or separate with commas).
+    state: Option<Vec<RequestState>>,
+    /// Only this user's requests (admins; others may name only themselves).
+    owner: Option<String>,
+    /// Only requests of this priority.
+    priority: Option<Priority>,
+}
+
+/// The query of `POST /v1/requests/{id}/acquire`.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct AcquireParams {
+    /// Wait up to this long for the lease to start (at most the server's
+    /// `max_wait`); without it, answer at once.
+    wait: Option<corral_core::schema::HumanDuration>,
 }
 
 fn request_id(path: &str) -> Result<RequestId, ApiError> {
@@ -73,6 +99,19 @@ pub(crate) fn idempotency(req: &HttpRequest, canonical: &serde_json::Value) -> R
     Idempotency::new(key, canonical).map(Some)
 }
 
+#[utoipa::path(
+    post, path = "/v1/requests", operation_id = "submit_request", tag = "requests",
+    request_body = NewRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retry of the submission return the first answer (1 to 255 printable ASCII characters)")),
+    responses(
+        (status = 201, description = "The request, waiting", body = Request,
+         headers(("Location" = String, description = "The request's URL"))),
+        (status = 409, description = "`conflict`: the Idempotency-Key was used for another submission", body = ErrorBody),
+        (status = 422, description = "`unprocessable`: no registered worker can ever serve these caps (send `allow_unsatisfiable`)", body = ErrorBody),
+        (status = 429, description = "`too_many_requests`: a per-user limit is reached", body = ErrorBody,
+         headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+    ),
+)]
 #[tracing::instrument(skip_all, fields(owner = %auth.0.name))]
 async fn submit(
     state: web::Data<AppState>,
@@ -117,6 +156,12 @@ async fn submit(
         .json(to_wire(record)))
 }
 
+/// The caller's requests (an admin's: everyone's), newest first.
+#[utoipa::path(
+    get, path = "/v1/requests", operation_id = "list_requests", tag = "requests",
+    params(RequestListParams, PageParams),
+    responses((status = 200, description = "One page of requests", body = Page<Request>)),
+)]
 async fn list(state: web::Data<AppState>, auth: Auth, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let caller = auth.require_person()?;
     let query = Query::parse(&req)?;
@@ -167,12 +212,23 @@ fn decode_cursor(cursor: &str) -> Result<RequestId, ApiError> {
         .ok_or_else(|| ApiError::bad_request("invalid cursor; pass back the next_cursor of a previous page"))
 }
 
+#[utoipa::path(
+    get, path = "/v1/requests/{id}", operation_id = "get_request", tag = "requests",
+    params(("id" = RequestId, Path, description = "The request's id")),
+    responses((status = 200, description = "The request", body = Request)),
+)]
 async fn get(state: web::Data<AppState>, auth: Auth, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let caller = auth.require_person()?;
     let id = request_id(&path)?;
     Ok(HttpResponse::Ok().json(to_wire(state.corral.request(caller, id).await?)))
 }
 
+/// The request's transitions, oldest first, with who caused each and why.
+#[utoipa::path(
+    get, path = "/v1/requests/{id}/history", operation_id = "request_history", tag = "requests",
+    params(("id" = RequestId, Path, description = "The request's id")),
+    responses((status = 200, description = "Its transitions", body = Vec<HistoryEntry>)),
+)]
 async fn history(state: web::Data<AppState>, auth: Auth, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let caller = auth.require_person()?;
     let id = request_id(&path)?;
@@ -185,6 +241,15 @@ async fn history(state: web::Data<AppState>, auth: Auth, path: web::Path<String>
     Ok(HttpResponse::Ok().json(entries))
 }
 
+/// Changes a waiting request's priority, valid_after or deadline.
+#[utoipa::path(
+    patch, path = "/v1/requests/{id}", operation_id = "update_request", tag = "requests",
+    params(("id" = RequestId, Path, description = "The request's id")), request_body = RequestPatch,
+    responses(
+        (status = 200, description = "The request", body = Request),
+        (status = 409, description = "`conflict`: the request is no longer waiting", body = ErrorBody),
+    ),
+)]
 #[tracing::instrument(skip_all, fields(request = %path.as_str()))]
 async fn patch(
     state: web::Data<AppState>,
@@ -202,6 +267,15 @@ async fn patch(
     Ok(HttpResponse::Ok().json(to_wire(state.corral.update(caller, id, changes).await?)))
 }
 
+/// Closes the request: waiting → cancelled, in_progress → done.
+#[utoipa::path(
+    post, path = "/v1/requests/{id}/close", operation_id = "close_request", tag = "requests",
+    params(("id" = RequestId, Path, description = "The request's id")),
+    responses(
+        (status = 200, description = "The request", body = Request),
+        (status = 409, description = "`conflict`: the request has already ended", body = ErrorBody),
+    ),
+)]
 #[tracing::instrument(skip_all, fields(request = %path.as_str()))]
 async fn close(state: web::Data<AppState>, auth: Auth, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let caller = auth.require_person()?;
@@ -209,6 +283,18 @@ async fn close(state: web::Data<AppState>, auth: Auth, path: web::Path<String>) 
     Ok(HttpResponse::Ok().json(to_wire(state.corral.close(caller, id).await?)))
 }
 
+/// The access details of the request's lease; with `wait`, waits up to
+/// that long for the lease to start.
+#[utoipa::path(
+    post, path = "/v1/requests/{id}/acquire", operation_id = "acquire_request", tag = "requests",
+    params(("id" = RequestId, Path, description = "The request's id"), AcquireParams),
+    responses(
+        (status = 200, description = "How to reach the leased worker", body = AccessDetails),
+        (status = 409, description = "`conflict`: the request is still waiting, or has ended", body = ErrorBody),
+        (status = 429, description = "`too_many_requests`: a per-user limit is reached", body = ErrorBody,
+         headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+    ),
+)]
 #[tracing::instrument(skip_all, fields(request = %path.as_str()))]
 async fn acquire(
     state: web::Data<AppState>,
@@ -235,6 +321,16 @@ async fn acquire(
     Ok(HttpResponse::Ok().json(state.corral.acquire(caller, id, wait).await?))
 }
 
+/// Extends the lease by `by` (default: the request's lease length), up to
+/// the server's `max_lease`. The body may be empty.
+#[utoipa::path(
+    post, path = "/v1/requests/{id}/prolong", operation_id = "prolong_request", tag = "requests",
+    params(("id" = RequestId, Path, description = "The request's id")), request_body(content = Option<Prolong>, description = "Optional; empty means the request's lease length"),
+    responses(
+        (status = 200, description = "The new expiry", body = Prolonged),
+        (status = 409, description = "`conflict`: not in progress, or past `max_lease`", body = ErrorBody),
+    ),
+)]
 #[tracing::instrument(skip_all, fields(request = %path.as_str()))]
 async fn prolong(
     state: web::Data<AppState>,
@@ -260,6 +356,13 @@ async fn prolong(
     Ok(HttpResponse::Ok().json(Prolonged { request_id: id, lease_expires_at }))
 }
 
+/// Why the request is still waiting: its queue position and, for each
+/// worker that matches its caps, why it is not free.
+#[utoipa::path(
+    get, path = "/v1/requests/{id}/explain", operation_id = "explain_request", tag = "requests",
+    params(("id" = RequestId, Path, description = "The request's id")),
+    responses((status = 200, description = "The explanation", body = Explanation)),
+)]
 async fn explain(state: web::Data<AppState>, auth: Auth, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let caller = auth.require_person()?;
     let id = request_id(&path)?;

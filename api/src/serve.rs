@@ -256,7 +256,9 @@ pub async fn serve(config: Config, clock: Clock) -> anyhow::Result<Running> {
         .await
         .context("taking the scheduling leadership")?;
     let heartbeat = settings.heartbeat_interval;
-    let corral = Corral::start(db.clone(), settings, clock, session).await.context("rebuilding the live system")?;
+    let corral = Corral::start_observed(db.clone(), settings, clock, session, metrics.clone())
+        .await
+        .context("rebuilding the live system")?;
 
     let state = web::Data::new(AppState {
         corral: corral.clone(),

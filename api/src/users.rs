@@ -5,25 +5,37 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use corral_core::Role;
 use corral_db::UserRecord;
+use corral_proto::error::ErrorBody;
 use corral_proto::users::{CreatedUser, NewUser, User};
 
+use crate::AppState;
 use crate::audit::audited;
 use crate::auth::Auth;
 use crate::error::ApiError;
-use crate::{AppState, endpoint};
+use crate::routes::Family;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::scope("/v1/users")
-            .service(endpoint("").route(web::post().to(create)).route(web::get().to(list)))
-            .service(endpoint("/{name}").route(web::delete().to(delete))),
-    );
-}
+pub(crate) const ROUTES: Family = crate::family! {
+    scope "/v1/users" {
+        "" => [post => create, get => list],
+        "/{name}" => [delete => delete],
+    }
+};
 
 fn to_wire(u: UserRecord) -> User {
     User { admin: u.role == Role::Admin, name: u.name, groups: u.groups, role: u.role, created_at: u.created_at }
 }
 
+/// An admin creates a user (or, with `agent`, an agent identity); the
+/// token is in this answer only.
+#[utoipa::path(
+    post, path = "/v1/users", operation_id = "create_user", tag = "users",
+    request_body = NewUser,
+    responses(
+        (status = 201, description = "The user and its token", body = CreatedUser,
+         headers(("Location" = String, description = "The user's URL"))),
+        (status = 409, description = "`conflict`: a user of that name exists", body = ErrorBody),
+    ),
+)]
 async fn create(
     state: web::Data<AppState>,
     auth: Auth,
@@ -61,12 +73,26 @@ async fn create_user(state: &AppState, new: NewUser) -> Result<HttpResponse, Api
         .json(CreatedUser { user: to_wire(user), token }))
 }
 
+#[utoipa::path(
+    get, path = "/v1/users", operation_id = "list_users", tag = "users",
+    responses((status = 200, description = "Every user", body = Vec<User>)),
+)]
 async fn list(state: web::Data<AppState>, auth: Auth) -> Result<HttpResponse, ApiError> {
     auth.require_admin()?;
     let users: Vec<User> = state.corral.db().list_users().await?.into_iter().map(to_wire).collect();
     Ok(HttpResponse::Ok().json(users))
 }
 
+/// An admin deletes a user: their waiting requests are cancelled and
+/// their leases end.
+#[utoipa::path(
+    delete, path = "/v1/users/{name}", operation_id = "delete_user", tag = "users",
+    params(("name" = String, Path, description = "The user's name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 409, description = "`conflict`: the user cannot be deleted (the caller itself)", body = ErrorBody),
+    ),
+)]
 async fn delete(
     state: web::Data<AppState>,
     auth: Auth,

@@ -6,32 +6,55 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use corral_core::{Groups, WorkerId, WorkerState};
 use corral_proto::Page;
+use corral_proto::error::ErrorBody;
 use corral_proto::requests::HistoryEntry;
 use corral_proto::workers::{NoteChange, QuarantineChange, StateChange, Worker};
 
+use crate::AppState;
 use crate::audit::audited;
 use crate::auth::Auth;
 use crate::error::ApiError;
-use crate::query::{Query, id_cursor, parse_id_cursor, parse_limit};
-use crate::{AppState, endpoint};
+use crate::query::{PageParams, Query, id_cursor, parse_id_cursor, parse_limit};
+use crate::routes::Family;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::scope("/v1/workers")
-            .service(endpoint("").route(web::get().to(list)))
-            .service(endpoint("/{uuid}").route(web::get().to(get)).route(web::delete().to(deregister)))
-            .service(endpoint("/{uuid}/history").route(web::get().to(history)))
-            .service(endpoint("/{uuid}/state").route(web::put().to(set_state)))
-            .service(endpoint("/{uuid}/groups").route(web::put().to(set_groups)))
-            .service(endpoint("/{uuid}/agent").route(web::put().to(hand_over)))
-            .service(endpoint("/{uuid}/note").route(web::put().to(set_note)))
-            .service(endpoint("/{uuid}/power-cycle").route(web::post().to(power_cycle)))
-            .service(
-                endpoint("/{uuid}/quarantine")
-                    .route(web::put().to(quarantine))
-                    .route(web::delete().to(lift_quarantine)),
-            ),
-    );
+pub(crate) const ROUTES: Family = crate::family! {
+    scope "/v1/workers" {
+        "" => [get => list],
+        "/{uuid}" => [get => get, delete => deregister],
+        "/{uuid}/history" => [get => history],
+        "/{uuid}/state" => [put => set_state],
+        "/{uuid}/groups" => [put => set_groups],
+        "/{uuid}/agent" => [put => hand_over],
+        "/{uuid}/note" => [put => set_note],
+        "/{uuid}/power-cycle" => [post => power_cycle],
+        "/{uuid}/quarantine" => [put => quarantine, delete => lift_quarantine],
+    }
+};
+
+/// The filters of `GET /v1/workers`, as the document describes them.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct WorkerListParams {
+    /// Only workers in these states (repeat it, or separate with commas).
+    state: Option<Vec<WorkerState>>,
+    /// Only workers in this group.
+    group: Option<String>,
+    /// Only workers with these caps, each `key=value` (repeat it).
+    cap: Option<Vec<String>>,
+    /// Only workers held out of matching: by `quarantine`, by `recovery`,
+    /// by `any` hold, or by `none`.
+    hold: Option<Hold>,
+}
+
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum Hold {
+    Quarantine,
+    Recovery,
+    Any,
+    None,
 }
 
 fn worker_id(path: &str) -> Result<WorkerId, ApiError> {
@@ -42,6 +65,12 @@ fn visible(caller: &corral_actors::Caller, worker: &Worker) -> bool {
     corral_actors::explain::may_see(caller, worker)
 }
 
+/// The workers the caller may see, by UUID.
+#[utoipa::path(
+    get, path = "/v1/workers", operation_id = "list_workers", tag = "workers",
+    params(WorkerListParams, PageParams),
+    responses((status = 200, description = "One page of workers", body = Page<Worker>)),
+)]
 async fn list(state: web::Data<AppState>, auth: Auth, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let caller = auth.require_person()?;
     let query = Query::parse(&req)?;
@@ -83,6 +112,12 @@ async fn list(state: web::Data<AppState>, auth: Auth, req: HttpRequest) -> Resul
     Ok(HttpResponse::Ok().json(Page { items, next_cursor }))
 }
 
+/// The worker (404 for one the caller may not see).
+#[utoipa::path(
+    get, path = "/v1/workers/{uuid}", operation_id = "get_worker", tag = "workers",
+    params(("uuid" = WorkerId, Path, description = "The worker's UUID")),
+    responses((status = 200, description = "The worker", body = Worker)),
+)]
 async fn get(state: web::Data<AppState>, auth: Auth, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let caller = auth.require_person()?;
     let id = worker_id(&path)?;
@@ -94,6 +129,11 @@ async fn get(state: web::Data<AppState>, auth: Auth, path: web::Path<String>) ->
 
 /// `GET /v1/workers/{uuid}/history?limit=N&cursor=C`: every transition,
 /// newest first, paged like the lists (`next_cursor`).
+#[utoipa::path(
+    get, path = "/v1/workers/{uuid}/history", operation_id = "worker_history", tag = "workers",
+    params(("uuid" = WorkerId, Path, description = "The worker's UUID"), PageParams),
+    responses((status = 200, description = "One page of its transitions, newest first", body = Page<HistoryEntry>)),
+)]
 async fn history(
     state: web::Data<AppState>,
     auth: Auth,
@@ -124,6 +164,16 @@ fn current(state: &AppState, id: WorkerId) -> Result<Worker, ApiError> {
     state.corral.shared().dir.view(id).map(|v| v.worker).ok_or_else(|| ApiError::internal(&"worker view missing"))
 }
 
+/// An admin sets a worker idle or in maintenance (`drain`: after the
+/// running lease).
+#[utoipa::path(
+    put, path = "/v1/workers/{uuid}/state", operation_id = "set_worker_state", tag = "workers",
+    params(("uuid" = WorkerId, Path, description = "The worker's UUID")), request_body = StateChange,
+    responses(
+        (status = 202, description = "Accepted; the worker as it is now", body = Worker),
+        (status = 409, description = "`conflict`: the worker's state does not allow it", body = ErrorBody),
+    ),
+)]
 #[tracing::instrument(skip_all, fields(worker = %path.as_str()))]
 async fn set_state(
     state: web::Data<AppState>,
@@ -146,6 +196,12 @@ async fn set_state(
     .await
 }
 
+/// An admin sets a worker's groups (the list replaces them).
+#[utoipa::path(
+    put, path = "/v1/workers/{uuid}/groups", operation_id = "set_worker_groups", tag = "workers",
+    params(("uuid" = WorkerId, Path, description = "The worker's UUID")), request_body = Groups,
+    responses((status = 200, description = "The worker", body = Worker)),
+)]
 #[tracing::instrument(skip_all, fields(worker = %path.as_str()))]
 async fn set_groups(
     state: web::Data<AppState>,
@@ -166,6 +222,15 @@ async fn set_groups(
     .await
 }
 
+/// An admin deregisters a worker in maintenance or failed.
+#[utoipa::path(
+    delete, path = "/v1/workers/{uuid}", operation_id = "deregister_worker", tag = "workers",
+    params(("uuid" = WorkerId, Path, description = "The worker's UUID")),
+    responses(
+        (status = 204, description = "Deregistered"),
+        (status = 409, description = "`conflict`: the worker is not in maintenance or failed", body = ErrorBody),
+    ),
+)]
 #[tracing::instrument(skip_all, fields(worker = %path.as_str()))]
 async fn deregister(
     state: web::Data<AppState>,
@@ -183,7 +248,7 @@ async fn deregister(
 }
 
 /// Body of `PUT /v1/workers/{uuid}/agent`.
-#[derive(Debug, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, serde::Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct HandOver {
     /// The agent user (its name) whose agents may claim the worker.
@@ -196,6 +261,15 @@ struct HandOver {
 /// An admin hands a worker in maintenance or failed over to another agent
 /// user: 200 with the worker; 409 in another state; 422 if `principal` is
 /// not an agent user.
+#[utoipa::path(
+    put, path = "/v1/workers/{uuid}/agent", operation_id = "hand_over_worker", tag = "workers",
+    params(("uuid" = WorkerId, Path, description = "The worker's UUID")), request_body = HandOver,
+    responses(
+        (status = 200, description = "The worker", body = Worker),
+        (status = 409, description = "`conflict`: the worker is not in maintenance or failed", body = ErrorBody),
+        (status = 422, description = "`unprocessable`: `principal` is not an agent user", body = ErrorBody),
+    ),
+)]
 #[tracing::instrument(skip_all, fields(worker = %path.as_str()))]
 async fn hand_over(
     state: web::Data<AppState>,
@@ -219,6 +293,11 @@ async fn hand_over(
 /// the worker, kept with its author and time (null or blank clears it);
 /// 200 with the worker; 400 for a note past its bounds
 /// (`corral_core::facts`).
+#[utoipa::path(
+    put, path = "/v1/workers/{uuid}/note", operation_id = "set_worker_note", tag = "workers",
+    params(("uuid" = WorkerId, Path, description = "The worker's UUID")), request_body = NoteChange,
+    responses((status = 200, description = "The worker", body = Worker)),
+)]
 #[tracing::instrument(skip_all, fields(worker = %path.as_str()))]
 async fn set_note(
     state: web::Data<AppState>,
@@ -244,6 +323,11 @@ async fn set_note(
 /// `PUT /v1/workers/{uuid}/quarantine` with `{"reason": TEXT}`: an admin
 /// holds the worker out of matching until an admin lifts it (a running
 /// lease goes on); 200 with the worker.
+#[utoipa::path(
+    put, path = "/v1/workers/{uuid}/quarantine", operation_id = "quarantine_worker", tag = "workers",
+    params(("uuid" = WorkerId, Path, description = "The worker's UUID")), request_body = QuarantineChange,
+    responses((status = 200, description = "The worker", body = Worker)),
+)]
 #[tracing::instrument(skip_all, fields(worker = %path.as_str()))]
 async fn quarantine(
     state: web::Data<AppState>,
@@ -265,6 +349,11 @@ async fn quarantine(
 /// `DELETE /v1/workers/{uuid}/quarantine`: an admin lifts the quarantine;
 /// 200 with the worker (offered to the matcher again if idle and not in
 /// recovery).
+#[utoipa::path(
+    delete, path = "/v1/workers/{uuid}/quarantine", operation_id = "lift_worker_quarantine", tag = "workers",
+    params(("uuid" = WorkerId, Path, description = "The worker's UUID")),
+    responses((status = 200, description = "The worker", body = Worker)),
+)]
 #[tracing::instrument(skip_all, fields(worker = %path.as_str()))]
 async fn lift_quarantine(
     state: web::Data<AppState>,
@@ -287,6 +376,16 @@ async fn lift_quarantine(
 /// 404 for a worker the caller may not see, 403 for one it may see but
 /// neither administers nor leases, 409 naming what holds the worker, 422
 /// when its agent has no `power_cycle` hook. Audited when an admin asks.
+#[utoipa::path(
+    post, path = "/v1/workers/{uuid}/power-cycle", operation_id = "power_cycle_worker", tag = "workers",
+    params(("uuid" = WorkerId, Path, description = "The worker's UUID")),
+    responses(
+        (status = 202, description = "Accepted; the worker with `work: power_cycle`", body = Worker),
+        (status = 403, description = "`forbidden`: neither an admin nor the holder of its lease", body = ErrorBody),
+        (status = 409, description = "`conflict`: names what holds the worker", body = ErrorBody),
+        (status = 422, description = "`unprocessable`: its agent has no `power_cycle` hook", body = ErrorBody),
+    ),
+)]
 #[tracing::instrument(skip_all, fields(worker = %path.as_str()))]
 async fn power_cycle(
     state: web::Data<AppState>,

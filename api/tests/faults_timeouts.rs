@@ -152,6 +152,11 @@ async fn timeout_prepare_result_lost_is_retried_and_the_worker_becomes_idle() {
     wait_for_no_backoff(&db, worker, ActionKind::Prepare).await;
     let to: Vec<String> = history(&server, worker).await.into_iter().map(|h| h.1).collect();
     assert_eq!(to, ["maintenance", "prepare", "idle"], "no failure on the way");
+    // The lost answer counts as one command timeout in /metrics.
+    let (status, text) = server.anonymous().get("/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    let text = text.as_str().expect("the metrics text").to_string();
+    assert!(text.lines().any(|l| l == "corral_agent_command_timeouts_total{kind=\"prepare\"} 1"), "{text}");
     agent.stop().await;
     server.stop().await;
 }

@@ -54,6 +54,19 @@ fn gauge(scrape: &Scrape, name: &str, label: Option<(&str, &str)>) -> f64 {
     }
 }
 
+/// How many observations the histogram `name` holds (its `+Inf` bucket).
+fn histogram_count(scrape: &Scrape, name: &str) -> f64 {
+    let sample = scrape.samples.iter().find(|s| s.metric == name).unwrap_or_else(|| panic!("no histogram {name}"));
+    match &sample.value {
+        Value::Histogram(buckets) => {
+            let inf = buckets.iter().find(|b| b.less_than.is_infinite()).expect("a +Inf bucket");
+            assert!(buckets.iter().all(|b| b.count <= inf.count), "buckets are cumulative: {buckets:?}");
+            inf.count
+        }
+        other => panic!("{name} is {other:?}"),
+    }
+}
+
 #[actix_rt::test]
 async fn metrics_follow_the_lab_in_prometheus_text_format() {
     let server = TestServer::start(Clock::System).await;
@@ -105,6 +118,18 @@ async fn metrics_follow_the_lab_in_prometheus_text_format() {
     let (_, _, text) = scrape(&server, None).await;
     let metrics = parse(&text);
     assert_eq!(gauge(&metrics, "corral_workers", Some(("state", "idle"))), 2.0, "{text}");
+    // One lease went through its life: queued, bound, started, ended.
+    assert_eq!(histogram_count(&metrics, "corral_request_queue_wait_seconds"), 1.0, "{text}");
+    assert_eq!(histogram_count(&metrics, "corral_request_time_to_lease_seconds"), 1.0, "{text}");
+    assert_eq!(histogram_count(&metrics, "corral_lease_length_seconds"), 1.0, "{text}");
+    assert_eq!(gauge(&metrics, "corral_requests_ended_total", Some(("state", "done"))), 1.0, "{text}");
+    assert_eq!(gauge(&metrics, "corral_requests_ended_total", Some(("state", "cancelled"))), 0.0, "{text}");
+    assert!(histogram_count(&metrics, "corral_matcher_pass_duration_seconds") >= 1.0, "{text}");
+    // The request was matched at admission and bound with its submission,
+    // not in one of the matcher's batches.
+    assert_eq!(histogram_count(&metrics, "corral_matcher_batch_size"), 0.0, "{text}");
+    assert_eq!(gauge(&metrics, "corral_agent_command_timeouts_total", Some(("kind", "prepare"))), 0.0, "{text}");
+    histogram_count(&metrics, "corral_agent_heartbeat_lag_seconds");
     assert_eq!(gauge(&metrics, "corral_requests_live", None), 0.0);
     assert_eq!(gauge(&metrics, "corral_tunnels_open", None), 0.0);
 

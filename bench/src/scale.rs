@@ -31,6 +31,10 @@
 //!   users (the listing is then filtered by owner).
 //! - `explain_p50_ms`/`explain_p99_ms`: `GET /v1/requests/{id}/explain` as
 //!   admin of N waiting requests picked at random (seeded).
+//! - `metrics_p50_ms`/`metrics_p99_ms`/`metrics_max_ms`: N scrapes of
+//!   `GET /metrics` one after another (target: at most 20 ms with 10,000
+//!   workers); each must answer 200 and count all W workers in
+//!   maintenance. `metrics_bytes`: the size of the last one.
 //!
 //! # Checks (the run fails loudly when one does not hold)
 //!
@@ -160,6 +164,11 @@ struct Line {
     explain_max_ms: f64,
     user_list_p50_ms: f64,
     user_list_p99_ms: f64,
+    /// `GET /metrics` with every worker registered (issue 15: at most 20 ms).
+    metrics_p50_ms: f64,
+    metrics_p99_ms: f64,
+    metrics_max_ms: f64,
+    metrics_bytes: usize,
     rss_after_mb: f64,
     startup_cpu_s: f64,
     /// Loading the fixture (one transaction, then ANALYZE).
@@ -238,6 +247,7 @@ async fn measure(config: &Config) -> Result<Line> {
     let user = ApiClient::new(&server.url, user_token);
     let user_list = time_listing(&user, Some(user_name), &loaded, config).await.context("user listing")?;
     let explain = time_explain(&admin, &loaded, config).await?;
+    let (metrics, metrics_bytes) = time_metrics(&admin, config).await?;
     let rss_after_mb = server.rss_mb()?;
     let load_avg_after = load_average()?;
 
@@ -263,6 +273,10 @@ async fn measure(config: &Config) -> Result<Line> {
         explain_max_ms: ms(&explain, 100.0),
         user_list_p50_ms: ms(&user_list, 50.0),
         user_list_p99_ms: ms(&user_list, 99.0),
+        metrics_p50_ms: ms(&metrics, 50.0),
+        metrics_p99_ms: ms(&metrics, 99.0),
+        metrics_max_ms: ms(&metrics, 100.0),
+        metrics_bytes,
         rss_after_mb: round_to(rss_after_mb, 1),
         startup_cpu_s: round_to(startup_cpu_s, 2),
         load_s: round_to(load_s, 3),
@@ -380,6 +394,24 @@ fn check_page(page: &Value, owner: Option<&str>, start: i64, step: i64) -> Resul
 
 /// Times `samples` explain calls of random waiting requests; returns the
 /// latencies in µs, sorted.
+/// Times `samples` scrapes of `/metrics` (µs each, sorted); each must
+/// answer 200 and count every worker (all in maintenance in the fixture).
+async fn time_metrics(admin: &ApiClient, config: &Config) -> Result<(Vec<u64>, usize)> {
+    let expected = format!("corral_workers{{state=\"maintenance\"}} {}", config.workers);
+    let mut samples = Vec::with_capacity(config.samples);
+    let mut bytes = 0;
+    for _ in 0..config.samples.max(1) {
+        let started = Instant::now();
+        let (status, text) = admin.get_text("/metrics").await?;
+        samples.push(started.elapsed().as_micros() as u64);
+        ensure!(status == 200, "GET /metrics answered {status}: {text}");
+        ensure!(text.lines().any(|l| l == expected), "GET /metrics lacks {expected:?}");
+        bytes = text.len();
+    }
+    samples.sort_unstable();
+    Ok((samples, bytes))
+}
+
 async fn time_explain(admin: &ApiClient, loaded: &Loaded, config: &Config) -> Result<Vec<u64>> {
     let mut rng = SplitMix64::new(config.seed);
     let mut samples = Vec::with_capacity(config.samples);

@@ -306,6 +306,19 @@ impl ApiClient {
         Ok((response.status().as_u16(), value))
     }
 
+    /// `GET path`: the status and the body as text (for `/metrics`).
+    pub async fn get_text(&self, path: &str) -> Result<(u16, String)> {
+        let mut response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .insert_header(("Authorization", format!("Bearer {}", self.token)))
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("GET {path}: {e}"))?;
+        let bytes = response.body().limit(64 << 20).await.map_err(|e| anyhow::anyhow!("GET {path}: {e}"))?;
+        Ok((response.status().as_u16(), String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
     /// `GET path`: the status and the JSON body (null when empty).
     pub async fn get(&self, path: &str) -> Result<(u16, serde_json::Value)> {
         self.call(awc::http::Method::GET, path, None).await

@@ -16,6 +16,7 @@ pub mod lease;
 pub mod matcher;
 pub mod priority;
 pub mod request;
+pub mod schema;
 pub mod ssh;
 pub mod time;
 pub mod user;

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::time::Timestamp;
 
 /// Where a request is in its life. Terminal states never change again.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RequestState {
     Waiting,

@@ -19,13 +19,14 @@
 
 use std::time::{Duration, SystemTime};
 
+use corral_core::schema::{HumanDuration, Rfc3339};
 use corral_core::time::{duration, rfc3339};
 use corral_core::{Caps, FencingToken, Groups, RequestId, SessionId, WorkerId, WorkerState};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// One worker as its agent describes it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerRegistration {
     pub uuid: WorkerId,
@@ -54,7 +55,7 @@ pub struct WorkerRegistration {
 pub const POWER_CYCLE_HOOK: &str = "power_cycle";
 
 /// Body of `POST /v1/agent/sessions`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpenSession {
     /// Host name of the agent.
@@ -62,7 +63,7 @@ pub struct OpenSession {
     pub workers: Vec<WorkerRegistration>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct RegisteredWorker {
     pub uuid: WorkerId,
     pub state: WorkerState,
@@ -70,24 +71,27 @@ pub struct RegisteredWorker {
 }
 
 /// Answer of `POST /v1/agent/sessions`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct SessionOpened {
     pub session: SessionId,
     #[serde(with = "duration")]
+    #[schema(value_type = HumanDuration)]
     pub heartbeat_interval: Duration,
     #[serde(with = "duration")]
+    #[schema(value_type = HumanDuration)]
     pub session_timeout: Duration,
     pub workers: Vec<RegisteredWorker>,
 }
 
 /// What the agent sees of one worker.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Observation {
     pub uuid: WorkerId,
     /// Output of the `interrogate` hook (battery, temperature,
     /// device_attached, healthy, error ...).
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub facts: Map<String, Value>,
     /// The facts the agent marks as dimensions (the hook's `dimensions`
     /// object): merged into the caps requests match on, under the
@@ -140,22 +144,23 @@ impl Observation {
 }
 
 /// Body of `POST /v1/agent/sessions/{id}/heartbeat`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Heartbeat {
     #[serde(default)]
     pub workers: Vec<Observation>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct HeartbeatAck {
     /// The session's new deadline (database clock).
     #[serde(with = "rfc3339")]
+    #[schema(value_type = Rfc3339)]
     pub deadline: SystemTime,
 }
 
 /// What the server asks an agent to do for one worker.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Action {
     /// Make the worker fresh: remove every key line the agent owns for it,
@@ -167,6 +172,7 @@ pub enum Action {
         request: RequestId,
         public_key: String,
         #[serde(with = "rfc3339")]
+        #[schema(value_type = Rfc3339)]
         expires_at: SystemTime,
     },
     /// The lease was prolonged: its key line now expires at `expires_at`.
@@ -174,6 +180,7 @@ pub enum Action {
     ExtendLease {
         request: RequestId,
         #[serde(with = "rfc3339")]
+        #[schema(value_type = Rfc3339)]
         expires_at: SystemTime,
     },
     /// Remove the key line of this lease.
@@ -252,7 +259,7 @@ impl std::str::FromStr for ActionKind {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Command {
     /// Increases within a server incarnation.
     pub seq: u64,
@@ -262,7 +269,7 @@ pub struct Command {
 }
 
 /// Answer of the long-poll.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct CommandBatch {
     /// Changes when the server restarts; then `seq` starts again and the
     /// agent must poll with `after=0`.
@@ -271,7 +278,7 @@ pub struct CommandBatch {
 }
 
 /// How a command went.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommandResult {
     pub seq: u64,

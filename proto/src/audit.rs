@@ -2,14 +2,16 @@
 
 use std::time::SystemTime;
 
+use corral_core::schema::Rfc3339;
 use corral_core::time::rfc3339;
 use serde::{Deserialize, Serialize};
 
 /// One admin action.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub id: i64,
     #[serde(with = "rfc3339")]
+    #[schema(value_type = Rfc3339)]
     pub at: SystemTime,
     /// The admin's user name.
     pub actor: String,

@@ -15,6 +15,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::SystemTime;
 
+use corral_core::schema::Rfc3339;
 use corral_core::time::rfc3339;
 use corral_core::{RequestId, WorkerId};
 use serde::{Deserialize, Serialize};
@@ -70,7 +71,7 @@ impl FromStr for EventId {
 }
 
 /// One committed change, as the `data:` of an SSE message.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(tag = "type")]
 pub enum Event {
     /// A request's transition (`from` is null when it was created).
@@ -83,6 +84,7 @@ pub enum Event {
         /// Who or what caused it: `user:NAME`, `matcher`, `agent:HOST`, ...
         actor: String,
         #[serde(with = "rfc3339")]
+        #[schema(value_type = Rfc3339)]
         at: SystemTime,
     },
     /// A worker's transition (`from` is null at its first registration;
@@ -95,6 +97,7 @@ pub enum Event {
         reason: String,
         actor: String,
         #[serde(with = "rfc3339")]
+        #[schema(value_type = Rfc3339)]
         at: SystemTime,
     },
     /// The stream cannot tell what the client missed: fetch the current

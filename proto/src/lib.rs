@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 /// One page of a listing. `next_cursor` is opaque; pass it back as
 /// `?cursor=` to get the next page. It is null on the last page.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,
     pub next_cursor: Option<String>,

@@ -8,12 +8,13 @@
 
 use std::time::{Duration, SystemTime};
 
+use corral_core::schema::{HumanDuration, Rfc3339};
 use corral_core::time::{duration, opt_duration, opt_rfc3339, rfc3339};
 use corral_core::{Caps, FencingToken, Priority, RequestId, RequestState, WorkerId};
 use serde::{Deserialize, Serialize};
 
 /// The request object.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Request {
     pub id: RequestId,
     pub owner: String,
@@ -21,34 +22,43 @@ pub struct Request {
     pub priority: Priority,
     pub caps: Caps,
     #[serde(with = "rfc3339")]
+    #[schema(value_type = Rfc3339)]
     pub created_at: SystemTime,
     #[serde(with = "rfc3339")]
+    #[schema(value_type = Rfc3339)]
     pub valid_after: SystemTime,
     #[serde(with = "rfc3339")]
+    #[schema(value_type = Rfc3339)]
     pub deadline: SystemTime,
     /// Requested lease length.
     #[serde(with = "duration")]
+    #[schema(value_type = HumanDuration)]
     pub lease: Duration,
     pub worker: Option<WorkerId>,
     #[serde(with = "opt_rfc3339")]
+    #[schema(value_type = Option<Rfc3339>)]
     pub lease_expires_at: Option<SystemTime>,
     pub reason: Option<String>,
     #[serde(with = "rfc3339")]
+    #[schema(value_type = Rfc3339)]
     pub updated_at: SystemTime,
 }
 
 /// Body of `POST /v1/requests`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewRequest {
     pub caps: Caps,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<Priority>,
     #[serde(default, with = "opt_rfc3339", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Rfc3339>)]
     pub valid_after: Option<SystemTime>,
     #[serde(default, with = "opt_rfc3339", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Rfc3339>)]
     pub deadline: Option<SystemTime>,
     #[serde(default, with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<HumanDuration>)]
     pub lease: Option<Duration>,
     /// OpenSSH public key to install instead of a generated key pair.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -59,37 +69,42 @@ pub struct NewRequest {
 }
 
 /// Body of `PATCH /v1/requests/{id}`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestPatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<Priority>,
     #[serde(default, with = "opt_rfc3339", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Rfc3339>)]
     pub valid_after: Option<SystemTime>,
     #[serde(default, with = "opt_rfc3339", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Rfc3339>)]
     pub deadline: Option<SystemTime>,
 }
 
 /// Body of `POST /v1/requests/{id}/prolong` (may be empty).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Prolong {
     #[serde(default, with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<HumanDuration>)]
     pub by: Option<Duration>,
 }
 
 /// Answer of `prolong`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Prolonged {
     pub request_id: RequestId,
     #[serde(with = "rfc3339")]
+    #[schema(value_type = Rfc3339)]
     pub lease_expires_at: SystemTime,
 }
 
 /// One transition in a request's history.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct HistoryEntry {
     #[serde(with = "rfc3339")]
+    #[schema(value_type = Rfc3339)]
     pub at: SystemTime,
     pub from: Option<String>,
     pub to: String,
@@ -100,7 +115,7 @@ pub struct HistoryEntry {
 
 /// Everything needed to log in to a leased worker. `Debug` never shows the
 /// private key.
-#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct AccessDetails {
     pub request_id: RequestId,
     pub worker: WorkerId,
@@ -115,6 +130,7 @@ pub struct AccessDetails {
     /// SSH host key of the worker's host, `TYPE BASE64`, for pinning.
     pub host_key: Option<String>,
     #[serde(with = "rfc3339")]
+    #[schema(value_type = Rfc3339)]
     pub expires_at: SystemTime,
     pub ssh_command: String,
     /// Fencing token of the lease.
@@ -139,7 +155,7 @@ impl std::fmt::Debug for AccessDetails {
 }
 
 /// Why one matching worker is not free for a request.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct WorkerObstacle {
     pub uuid: WorkerId,
     pub state: corral_core::WorkerState,
@@ -147,7 +163,7 @@ pub struct WorkerObstacle {
 }
 
 /// Answer of `GET /v1/requests/{id}/explain`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Explanation {
     pub request_id: RequestId,
     pub state: RequestState,

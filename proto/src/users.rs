@@ -4,11 +4,12 @@ use std::time::SystemTime;
 
 use corral_core::Groups;
 pub use corral_core::Role;
+use corral_core::schema::Rfc3339;
 use corral_core::time::rfc3339;
 use serde::{Deserialize, Serialize};
 
 /// Body of `POST /v1/users`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     pub name: String,
@@ -22,19 +23,20 @@ pub struct NewUser {
     pub agent: bool,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct User {
     pub name: String,
     pub groups: Groups,
     pub admin: bool,
     pub role: Role,
     #[serde(with = "rfc3339")]
+    #[schema(value_type = Rfc3339)]
     pub created_at: SystemTime,
 }
 
 /// Answer of `POST /v1/users`: the token is shown this once (and never by
 /// `Debug`).
-#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct CreatedUser {
     #[serde(flatten)]
     pub user: User,

@@ -2,13 +2,14 @@
 
 use std::time::SystemTime;
 
+use corral_core::schema::Rfc3339;
 use corral_core::time::{opt_rfc3339, rfc3339};
 use corral_core::{Caps, Groups, RequestId, WorkerId, WorkerState};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// The worker object.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Worker {
     pub uuid: WorkerId,
     pub state: WorkerState,
@@ -19,16 +20,20 @@ pub struct Worker {
     pub ssh_addr: String,
     pub reason: Option<String>,
     #[serde(with = "rfc3339")]
+    #[schema(value_type = Rfc3339)]
     pub state_since: SystemTime,
     #[serde(with = "opt_rfc3339")]
+    #[schema(value_type = Option<Rfc3339>)]
     pub last_seen: Option<SystemTime>,
     /// The request holding it, if any.
     pub request: Option<RequestId>,
     /// The latest facts its agent observed (the `interrogate` hook's
     /// output), and when. Empty and null until its agent reports some.
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub facts: Map<String, Value>,
     #[serde(default, with = "opt_rfc3339")]
+    #[schema(value_type = Option<Rfc3339>)]
     pub facts_at: Option<SystemTime>,
     /// The facts its agent marks as dimensions; merged under the
     /// configured caps into `caps` (the configured value wins).
@@ -40,6 +45,7 @@ pub struct Worker {
     #[serde(default)]
     pub note_by: Option<String>,
     #[serde(default, with = "opt_rfc3339")]
+    #[schema(value_type = Option<Rfc3339>)]
     pub note_at: Option<SystemTime>,
     /// A hold by an admin (or after failed preparations in a row): why,
     /// by whom, since when. Keeps the worker out of matching until an
@@ -49,12 +55,14 @@ pub struct Worker {
     #[serde(default)]
     pub quarantine_by: Option<String>,
     #[serde(default, with = "opt_rfc3339")]
+    #[schema(value_type = Option<Rfc3339>)]
     pub quarantine_at: Option<SystemTime>,
     /// A hold from the facts (e.g. a battery charging): why, since when.
     /// Keeps the worker out of matching until the facts change.
     #[serde(default)]
     pub recovery: Option<String>,
     #[serde(default, with = "opt_rfc3339")]
+    #[schema(value_type = Option<Rfc3339>)]
     pub recovery_at: Option<SystemTime>,
     /// Whether `POST /v1/workers/{uuid}/power-cycle` can work: true when
     /// its agent has a `power_cycle` hook for it, false when it has none,
@@ -85,7 +93,7 @@ pub struct Backoff {
 }
 
 /// Body of `PUT /v1/workers/{uuid}/quarantine`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuarantineChange {
     /// Why (shown on the worker); required.
@@ -94,7 +102,7 @@ pub struct QuarantineChange {
 
 /// Body of `PUT /v1/workers/{uuid}/note`: the note, or null or empty to
 /// clear it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NoteChange {
     #[serde(default)]
@@ -102,7 +110,7 @@ pub struct NoteChange {
 }
 
 /// The states an admin may ask for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AdminState {
     Idle,
@@ -110,7 +118,7 @@ pub enum AdminState {
 }
 
 /// Body of `PUT /v1/workers/{uuid}/state`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StateChange {
     pub state: AdminState,
