@@ -34,6 +34,7 @@ pub mod events;
 pub mod explain;
 pub mod keys;
 pub mod matcher;
+pub mod overview;
 pub mod owners;
 pub mod reaper;
 mod rebuild;

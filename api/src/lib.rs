@@ -13,12 +13,14 @@ pub(crate) mod audit;
 pub mod auth;
 pub mod boruta;
 pub mod config;
+mod dashboard;
 pub mod error;
 pub mod events;
 mod health;
 mod leadership;
 pub mod limits;
 pub mod metrics;
+mod overview;
 mod query;
 pub mod requests;
 pub mod serve;
@@ -73,12 +75,14 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
     .app_data(web::PayloadConfig::new(max_body))
     .app_data(web::QueryConfig::default().error_handler(|err, _| ApiError::bad_request(err.to_string()).into()))
     .app_data(web::PathConfig::default().error_handler(|err, _| ApiError::bad_request(err.to_string()).into()))
+    .configure(dashboard::routes)
     .configure(health::routes)
     .configure(metrics::routes)
     .configure(requests::routes)
     .configure(workers::routes)
     .configure(users::routes)
     .configure(events::routes)
+    .configure(overview::routes)
     .configure(audit::routes)
     .configure(agent::routes)
     .configure(|cfg| boruta::routes(cfg, max_body))

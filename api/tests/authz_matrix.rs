@@ -90,6 +90,10 @@ const ROUTES: &[Route] = &[
     route("PUT", "/v1/workers/{W4}/agent", Some(r#"{"principal": "agent"}"#), [401, 401, 403, 403, 403, 403, 403, 200]),
     route("PUT", "/v1/workers/{W4}/quarantine", Some(r#"{"reason": "r"}"#), [401, 401, 403, 403, 403, 403, 403, 200]),
     route("DELETE", "/v1/workers/{W4}/quarantine", None, [401, 401, 403, 403, 403, 403, 403, 200]),
+    // ---- what the dashboard reads: each caller's own view (a lease's owner named to alice and admins only)
+    route("GET", "/v1/me", None, [401, 401, 200, 200, 200, 403, 403, 200]),
+    route("GET", "/v1/queue", None, [401, 401, 200, 200, 200, 403, 403, 200]),
+    route("GET", "/v1/leases", None, [401, 401, 200, 200, 200, 403, 403, 200]),
     // ---- /v1/audit
     route("GET", "/v1/audit", None, [401, 401, 403, 403, 403, 403, 403, 200]),
     // ---- /v1/users
