@@ -314,7 +314,8 @@ function route() {
 function holderOf(worker) {
   const lease = app.leases.get(worker.uuid);
   if (lease) return { owner: lease.owner || 'another user', request: lease.request, expires: lease.expires_at };
-  if (worker.request) return { owner: 'another user', request: worker.request, expires: null };
+  // Not (yet) among the leases read: the request only.
+  if (worker.request) return { owner: null, request: worker.request, expires: null };
   return null;
 }
 
@@ -322,7 +323,7 @@ const SORTS = {
   state: (w) => WORKER_STATES.indexOf(w.state),
   uuid: (w) => w.uuid,
   agent: (w) => w.agent,
-  holder: (w) => (holderOf(w) ? holderOf(w).owner : '\uffff'),
+  holder: (w) => (holderOf(w) ? holderOf(w).owner || '' : '\uffff'),
   expires: (w) => (holderOf(w) && holderOf(w).expires) || '9999',
   last_seen: (w) => w.last_seen || '',
   state_since: (w) => w.state_since,
@@ -466,7 +467,7 @@ function workersView() {
       h('td', {}, open, h('small', { class: 'agent' }, w.agent)),
       h('td', {}, chips(pairs(w.caps), 3)),
       h('td', {}, w.groups.length ? chips(w.groups, 3) : h('span', { class: 'muted' }, 'public')),
-      h('td', {}, holder ? `${holder.owner} · #${holder.request}` : h('span', { class: 'muted' }, '—')),
+      h('td', {}, holder ? (holder.owner ? `${holder.owner} · #${holder.request}` : `#${holder.request}`) : h('span', { class: 'muted' }, '—')),
       h('td', {}, holder && holder.expires ? when(holder.expires) : h('span', { class: 'muted' }, '—')),
       h('td', {}, when(w.last_seen)),
       h('td', {}, chips(pairs(w.facts), 2)),
@@ -524,7 +525,7 @@ function workersView() {
       field('SSH address', h('span', { class: 'mono' }, w.ssh_addr)),
       field('Caps', chips(pairs(w.caps), 100)),
       field('Groups', w.groups.length ? chips(w.groups, 100) : 'public (no groups)'),
-      field('Holder', holder ? `${holder.owner}, request #${holder.request}` : '—'),
+      field('Holder', holder ? `${holder.owner || 'request'} #${holder.request}` : '—'),
       field('Lease until', holder && holder.expires ? when(holder.expires) : '—'),
       field('Last seen', when(w.last_seen)),
       field('Facts', facts.length ? chips(facts, 100) : '—', w.facts_at ? h('small', {}, ' reported ', when(w.facts_at)) : null),
@@ -631,10 +632,12 @@ function workersView() {
     dialog.opener = opener;
     const close = h('button', { type: 'button', class: 'close', onclick: () => dialog.close() }, 'Close');
     dialog.replaceChildren(
-      h('div', { class: 'dialog-head' }, h('h2', { id: 'worker-dialog-title' }, `Worker ${shortUuid(uuid)}`), close),
-      h('div', { id: 'worker-details' }, details(w)),
-      app.me.admin ? adminActions(w) : null,
-      historyTable(`/v1/workers/${uuid}/history`, true),
+      ...[
+        h('div', { class: 'dialog-head' }, h('h2', { id: 'worker-dialog-title' }, `Worker ${shortUuid(uuid)}`), close),
+        h('div', { id: 'worker-details' }, details(w)),
+        app.me.admin ? adminActions(w) : null,
+        historyTable(`/v1/workers/${uuid}/history`, true),
+      ].filter(Boolean),
     );
     if (!dialog.open) dialog.showModal();
     close.focus();
@@ -661,7 +664,7 @@ function explainRow(id, columns) {
     }
     const workers = answer.workers.map((o) => h('li', {}, h('span', { class: 'mono', title: o.uuid }, shortUuid(o.uuid)), ' ', stateBadge(o.state), ` ${o.why}`));
     const total = answer.workers_total > answer.workers.length ? h('p', {}, `${answer.workers.length} of ${answer.workers_total} matching workers listed.`) : null;
-    cell.replaceChildren(h('p', { class: 'summary-line' }, answer.summary), workers.length ? h('ul', { class: 'obstacles' }, workers) : null, total);
+    cell.replaceChildren(...[h('p', { class: 'summary-line' }, answer.summary), workers.length ? h('ul', { class: 'obstacles' }, workers) : null, total].filter(Boolean));
   });
   return h('tr', { class: 'explain-row', id: `explain-${id}` }, cell);
 }

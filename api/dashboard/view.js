@@ -75,8 +75,11 @@ export function chips(items, max = 4) {
   return h('span', { class: 'chips', title: items.join('\n') }, shown, more);
 }
 
+/** The start and end of a UUID (simulated workers of one agent share
+ *  their start). */
 export function shortUuid(uuid) {
-  return String(uuid).slice(0, 8);
+  const text = String(uuid);
+  return text.length > 16 ? `${text.slice(0, 8)}…${text.slice(-4)}` : text;
 }
 
 export function number(n) {

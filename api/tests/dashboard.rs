@@ -52,14 +52,19 @@ async fn wait_js(browser: &Client, what: &str, timeout: Duration, script: &str) 
     }
 }
 
+/// Clicks the element `css`; finds it again (at most 5 times) when the page
+/// drew it anew between finding and clicking (a stale element).
 async fn click(browser: &Client, css: &str) {
-    browser
-        .find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("no {css} on the page: {e}"))
-        .click()
-        .await
-        .unwrap_or_else(|e| panic!("clicking {css}: {e}"));
+    let mut last = String::new();
+    for _ in 0..5 {
+        let element = browser.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("no {css} on the page: {e}"));
+        match element.click().await {
+            Ok(()) => return,
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("clicking {css}: {last}");
 }
 
 async fn type_into(browser: &Client, css: &str, text: &str) {
@@ -134,8 +139,14 @@ async fn an_admin_signs_in_sees_changes_live_and_acts_from_the_page() {
         "return document.getElementById('live').dataset.state === 'live'",
     )
     .await;
-    let holder = js(page, &format!("return document.getElementById('worker-{held}').innerText")).await;
-    assert!(holder.as_str().unwrap().contains(&format!("ann · #{leased}")), "the holder shows: {holder}");
+    let holder = format!("ann · #{leased}");
+    wait_js(
+        page,
+        "the holder shows",
+        PAGE_TIMEOUT,
+        &format!("return document.getElementById('worker-{held}').innerText.includes('{holder}')"),
+    )
+    .await;
     assert_eq!(js(page, "return !!document.querySelector('nav a[href=\"#users\"]')").await, json!(true));
 
     // A change made through the API shows within a second, without a reload.
@@ -221,6 +232,8 @@ async fn an_admin_signs_in_sees_changes_live_and_acts_from_the_page() {
     )
     .await;
     assert!(explained.as_str().unwrap().contains("no registered worker"), "{explained}");
+    let explain_row = js(page, &format!("return document.getElementById('explain-{waiting}').innerText")).await;
+    assert!(!explain_row.as_str().unwrap().contains("null"), "nothing shows as null: {explain_row}");
     screenshot(page, "queue.png").await;
 
     // Close from "my requests": the admin's own request.
@@ -293,6 +306,8 @@ async fn a_user_sees_only_their_groups_workers_and_no_admin_action() {
     )
     .await;
     assert_eq!(admin_controls, json!(0), "a plain user gets no admin action");
+    let dialog = js(page, "return document.getElementById('worker-dialog').innerText").await;
+    assert!(!dialog.as_str().unwrap().contains("null"), "nothing shows as null: {dialog}");
     click(page, "#worker-dialog button.close").await;
 
     // A worker moved into bob's group appears without a reload.
