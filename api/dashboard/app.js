@@ -481,7 +481,15 @@ function workersView() {
     page = Math.min(page, pages - 1);
     const start = page * pageSize;
     const shown = list.slice(start, start + pageSize);
+    // A live update redraws the rows: keep the keyboard focus on the same
+    // worker's button.
+    const focused = tbody.contains(document.activeElement) ? document.activeElement.closest('tr') : null;
+    const focusedUuid = focused ? focused.dataset.uuid : null;
     tbody.replaceChildren(...shown.map(row));
+    if (focusedUuid) {
+      const again = tbody.querySelector(`tr[data-uuid="${focusedUuid}"] button.link`);
+      if (again) again.focus();
+    }
     if (!shown.length) {
       tbody.append(h('tr', {}, h('td', { colspan: columns.length, class: 'empty' }, app.workers.size ? 'No worker matches these filters.' : 'No workers to show.')));
     }

@@ -296,7 +296,37 @@ async fn a_user_sees_only_their_groups_workers_and_no_admin_action() {
         json!(false),
         "no users page"
     );
+    // Keyboard and labels: every field has a label; a worker's details open
+    // with Enter on its button and close with Escape, giving focus back.
+    let unlabelled = js(
+        page,
+        "return [...document.querySelectorAll('input, select')]
+           .filter(e => e.type !== 'hidden' && e.labels.length === 0 && !e.getAttribute('aria-label'))
+           .map(e => e.id)",
+    )
+    .await;
+    assert_eq!(unlabelled, json!([]), "fields without a label");
     let worker = lab.uuids[0];
+    js(page, &format!("document.querySelector('#worker-{worker} button.link').focus(); return null")).await;
+    page.active_element().await.expect("focused").send_keys("\u{E007}").await.expect("Enter");
+    wait_js(
+        page,
+        "Enter opens the worker dialog",
+        PAGE_TIMEOUT,
+        "return document.getElementById('worker-dialog').open",
+    )
+    .await;
+    page.active_element().await.expect("focused").send_keys("\u{E00C}").await.expect("Escape");
+    wait_js(
+        page,
+        "Escape closes the dialog and focus is back on the worker's button",
+        PAGE_TIMEOUT,
+        &format!(
+            "const a = document.activeElement; return !document.getElementById('worker-dialog').open
+               && !!a.closest('tr') && a.closest('tr').dataset.uuid === '{worker}'"
+        ),
+    )
+    .await;
     click(page, &format!("#worker-{worker} button.link")).await;
     wait_js(page, "the worker dialog opens", PAGE_TIMEOUT, "return document.getElementById('worker-dialog').open")
         .await;
