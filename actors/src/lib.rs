@@ -35,6 +35,7 @@ pub mod explain;
 pub mod keys;
 pub mod matcher;
 pub mod observe;
+pub mod overview;
 pub mod owners;
 pub mod reaper;
 mod rebuild;

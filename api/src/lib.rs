@@ -13,6 +13,7 @@ pub(crate) mod audit;
 pub mod auth;
 pub mod boruta;
 pub mod config;
+mod dashboard;
 pub mod error;
 pub mod events;
 mod health;
@@ -20,6 +21,7 @@ mod leadership;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;
+mod overview;
 mod query;
 pub mod requests;
 pub mod routes;
@@ -59,7 +61,7 @@ pub(crate) fn endpoint(path: &str) -> actix_web::Resource {
 
 /// The families of routes [`configure`] registers (and
 /// [`routes::table`] lists): one per module.
-pub(crate) const FAMILIES: [routes::Family; 9] = [
+pub(crate) const FAMILIES: [routes::Family; 10] = [
     health::ROUTES,
     metrics::ROUTES,
     openapi::ROUTES,
@@ -67,6 +69,7 @@ pub(crate) const FAMILIES: [routes::Family; 9] = [
     workers::ROUTES,
     users::ROUTES,
     events::ROUTES,
+    overview::ROUTES,
     audit::ROUTES,
     agent::ROUTES,
 ];
@@ -89,6 +92,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
     .app_data(web::PayloadConfig::new(max_body))
     .app_data(web::QueryConfig::default().error_handler(|err, _| ApiError::bad_request(err.to_string()).into()))
     .app_data(web::PathConfig::default().error_handler(|err, _| ApiError::bad_request(err.to_string()).into()))
+    .configure(dashboard::routes)
     .configure(|cfg| {
         for family in FAMILIES {
             (family.configure)(cfg);

@@ -96,6 +96,10 @@ const ROUTES: &[Route] = &[
     // above took it from its agent session).
     route("POST", "/v1/workers/{W1}/power-cycle", None, [401, 401, 202, 403, 404, 403, 403, 409]),
     route("POST", "/v1/workers/{W4}/power-cycle", None, [401, 401, 403, 403, 403, 403, 403, 409]),
+    // ---- what the dashboard reads: each caller's own view (a lease's owner named to alice and admins only)
+    route("GET", "/v1/me", None, [401, 401, 200, 200, 200, 403, 403, 200]),
+    route("GET", "/v1/queue", None, [401, 401, 200, 200, 200, 403, 403, 200]),
+    route("GET", "/v1/leases", None, [401, 401, 200, 200, 200, 403, 403, 200]),
     // ---- /v1/audit
     route("GET", "/v1/audit", None, [401, 401, 403, 403, 403, 403, 403, 200]),
     // ---- /v1/users

@@ -19,9 +19,12 @@
 //! crashes and cut connections, then checks that nothing acknowledged was
 //! lost and nothing leased twice) and `restart` (ready and first binding
 //! after a `kill -9` with 10,000 requests waiting), `events` (commit to
-//! delivery latency of `GET /v1/events` with 1,000 subscribers).
+//! delivery latency of `GET /v1/events` with 1,000 subscribers),
+//! `dashboard` (the web dashboard's first render with 10,000 workers in
+//! headless Chromium).
 
 mod chaos;
+mod dashboard;
 mod events;
 mod heartbeats;
 mod lifecycle;
@@ -52,6 +55,8 @@ scenarios:
                binding after the restart
   events       1,000 subscribers on GET /v1/events while requests change: commit to
                delivery latency, every change delivered to every subscriber
+  dashboard    the web dashboard in headless Chromium with 10,000 workers: time to
+               the first rows of the workers table, to all read, to a sort
                (corral bench SCENARIO --help for each one's options)
 
 Progress goes to stderr; stdout gets one JSON line per size, the default size last.";
@@ -69,6 +74,7 @@ pub fn run(args: &[String]) -> Result<()> {
         "chaos" => chaos::run(rest),
         "restart" => restart::run(rest),
         "events" => events::run(rest),
+        "dashboard" => dashboard::run(rest),
         "-h" | "--help" | "help" => {
             eprintln!("{USAGE}");
             Ok(())

@@ -41,7 +41,7 @@ pub use fixtures::{ScaleFixture, ScaleFixtureLoaded};
 pub use migrate::{MigrationError, SCHEMA};
 pub use reconcile::{LeaseRow, ReconcileSnapshot, RequestRow, WorkerRow};
 pub use records::*;
-pub use requests::{BindOutcome, Idempotency, NewRequestRecord, RequestFilter, StartLease, Submitted};
+pub use requests::{BindOutcome, Idempotency, LiveLease, NewRequestRecord, RequestFilter, StartLease, Submitted};
 pub use sessions::{AgentRegistration, ExpiredSession};
 pub use users::{hash_token, new_token};
 pub use workers::{BackoffRecord, ClaimRefusal, Hold, WorkLockRecord, WorkerTransition, WorkerUpsert};

@@ -451,6 +451,16 @@ pub struct RequestFilter {
     pub limit: u32,
 }
 
+/// A running lease as the dashboard lists it ([`Db::live_leases`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveLease {
+    pub request: RequestId,
+    pub worker: WorkerId,
+    pub owner: String,
+    pub owner_id: UserId,
+    pub expires_at: Option<SystemTime>,
+}
+
 /// How binding one request to one worker went.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BindOutcome {
@@ -805,6 +815,70 @@ impl Db {
                     )
                     .await?;
                 Ok(rows.iter().map(|r| RequestId(r.get(0))).collect())
+            })
+        })
+        .await
+    }
+
+    /// Waiting requests in the matcher's order (priority, then id), each
+    /// with its 1-based position among all waiting requests; only those of
+    /// `owner` when given; positions after `after`; at most `limit`.
+    pub async fn waiting_queue(
+        &self,
+        owner: Option<UserId>,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, RequestRecord)>, DbError> {
+        let op = DatabaseOperation::ListRequests;
+        self.run(op, move |client| {
+            Box::pin(async move {
+                let stmt = client
+                    .prepare_cached(&format!(
+                        "SELECT position, {REQUEST_COLUMNS} FROM (
+                           SELECT *, row_number() OVER (ORDER BY priority, id) AS position
+                           FROM requests WHERE state = 'waiting') AS queue
+                         WHERE ($1::bigint IS NULL OR owner_id = $1) AND position > $2
+                         ORDER BY position LIMIT $3"
+                    ))
+                    .await?;
+                let rows = client.query(&stmt, &[&owner.map(|o| o.0), &after, &i64::from(limit)]).await?;
+                rows.iter()
+                    .map(|row| {
+                        let position: i64 = row.try_get(0).map_err(|e| DbError::internal(op, e.to_string()))?;
+                        Ok((position, RequestRecord::from_row(op, row)?))
+                    })
+                    .collect()
+            })
+        })
+        .await
+    }
+
+    /// Every running lease: request, worker, owner (name and identity)
+    /// and expiry, in one query (the dashboard's holder column).
+    pub async fn live_leases(&self) -> Result<Vec<LiveLease>, DbError> {
+        let op = DatabaseOperation::ListRequests;
+        self.run(op, move |client| {
+            Box::pin(async move {
+                let rows = client
+                    .query(
+                        "SELECT id, worker, owner, owner_id, lease_expires_at FROM requests
+                         WHERE state = 'in_progress' AND worker IS NOT NULL ORDER BY id",
+                        &[],
+                    )
+                    .await?;
+                let get = |e: tokio_postgres::Error| DbError::internal(op, e.to_string());
+                rows.iter()
+                    .map(|r| {
+                        let owner_id: Option<i64> = r.try_get(3).map_err(get)?;
+                        Ok(LiveLease {
+                            request: RequestId(r.try_get(0).map_err(get)?),
+                            worker: WorkerId(r.try_get(1).map_err(get)?),
+                            owner: r.try_get(2).map_err(get)?,
+                            owner_id: UserId(owner_id.unwrap_or(0)),
+                            expires_at: r.try_get(4).map_err(get)?,
+                        })
+                    })
+                    .collect()
             })
         })
         .await

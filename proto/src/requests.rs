@@ -180,3 +180,29 @@ pub struct Explanation {
     #[serde(default)]
     pub workers_total: usize,
 }
+
+/// One waiting request of `GET /v1/queue`, with its place in the
+/// matcher's order.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct QueuedRequest {
+    /// 1-based position among all waiting requests, in the order the
+    /// matcher considers them (priority, then submission).
+    pub position: u64,
+    #[serde(flatten)]
+    #[schema(inline)]
+    pub request: Request,
+}
+
+/// One running lease of `GET /v1/leases`: who holds which worker, until
+/// when.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct LeaseSummary {
+    pub request: RequestId,
+    pub worker: WorkerId,
+    /// The owner's name; null when it is another user's lease and the
+    /// caller is not an admin.
+    pub owner: Option<String>,
+    #[serde(with = "opt_rfc3339")]
+    #[schema(value_type = Option<Rfc3339>)]
+    pub expires_at: Option<SystemTime>,
+}

@@ -48,3 +48,13 @@ impl std::fmt::Debug for CreatedUser {
         f.debug_struct("CreatedUser").field("user", &self.user).field("token", &"<redacted>").finish()
     }
 }
+
+/// Answer of `GET /v1/me`: who the token belongs to (the dashboard shows
+/// admin actions only when `admin`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct Me {
+    pub name: String,
+    pub admin: bool,
+    pub role: Role,
+    pub groups: Groups,
+}

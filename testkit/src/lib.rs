@@ -12,6 +12,8 @@
 //! - `CORRAL_TEST_PG_DIR`: where the shared cluster lives; default `<target dir>/test-pg`, where the target
 //!   directory is `CARGO_TARGET_DIR` or the workspace's `target`.
 
+pub mod browser;
+
 use std::future::Future;
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;
@@ -66,11 +68,16 @@ pub fn test_cluster_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os(TEST_PG_DIR_ENV) {
         return PathBuf::from(dir);
     }
-    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+    target_dir().join("test-pg")
+}
+
+/// The build's target directory: `CARGO_TARGET_DIR`, else the workspace's
+/// `target` (where tests leave what they make for people to look at).
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) => PathBuf::from(dir),
         None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("target"),
-    };
-    target.join("test-pg")
+    }
 }
 
 async fn database_on_embedded_cluster() -> anyhow::Result<TestDb> {
