@@ -246,7 +246,7 @@ impl DbError {
         let op = op.as_str();
         let Some(db) = err.as_db_error() else {
             // Connection and protocol errors carry no row contents.
-            return DbError::Unavailable { op, cause: format!("{err:#}") };
+            return DbError::Unavailable { op, cause: connection_failure(err) };
         };
         let mut names = String::new();
         for (what, name) in [("constraint", db.constraint()), ("table", db.table()), ("column", db.column())] {
@@ -266,10 +266,19 @@ impl DbError {
             }
             code if code.code().starts_with("08")
                 || *code == SqlState::ADMIN_SHUTDOWN
+                || *code == SqlState::CRASH_SHUTDOWN
                 || *code == SqlState::CANNOT_CONNECT_NOW =>
             {
                 DbError::Unavailable { op, cause: detail }
             }
+            // The connection reached a server that no longer (or not yet)
+            // accepts writes: a primary demoted by a failover, or a
+            // standby. The write did not happen; writes are possible again
+            // once a primary is elected.
+            code if *code == SqlState::READ_ONLY_SQL_TRANSACTION => DbError::Unavailable {
+                op,
+                cause: format!("the database server is read-only (a standby, or a primary failing over): {detail}"),
+            },
             _ => DbError::Internal { op, cause: detail },
         }
     }
@@ -478,7 +487,7 @@ impl Db {
             attempt += 1;
             let mut client = match self.pool.get().await {
                 Ok(client) => client,
-                Err(e) => break Err(DbError::Unavailable { op: op.as_str(), cause: e.to_string() }),
+                Err(e) => break Err(pool_error(op, e)),
             };
             #[cfg(feature = "fault-injection")]
             let fault = self.faults.take(op);
@@ -517,6 +526,19 @@ impl Db {
                             continue;
                         }
                     }
+                    if e.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION) {
+                        // The server this connection reached is read-only
+                        // now (a failover demoted it): nothing was written.
+                        // Drop the connection from the pool, so that the
+                        // next one goes to whichever host accepts writes
+                        // (`target_session_attrs=read-write`).
+                        tracing::warn!(op = op.as_str(), attempt, "the database server is read-only; reconnecting");
+                        drop(Object::take(client));
+                        if attempt < MAX_ATTEMPTS {
+                            continue;
+                        }
+                        break Err(DbError::from_pg(op, &e));
+                    }
                     let retryable = e.code().is_some_and(|c| {
                         *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
                     });
@@ -539,6 +561,44 @@ impl Db {
         }
         result
     }
+}
+
+/// What a connection failure (no SQLSTATE) says, in words an operator can
+/// act on: every host of the URL refused writes, or none could be reached.
+fn connection_failure(err: &tokio_postgres::Error) -> String {
+    let source = std::error::Error::source(err);
+    let io = source.and_then(|s| s.downcast_ref::<std::io::Error>());
+    // tokio-postgres does not print its cause: add it.
+    let err = match source {
+        Some(source) => format!("{err}: {source}"),
+        None => err.to_string(),
+    };
+    match io.map(std::io::Error::kind) {
+        // What tokio-postgres answers when `target_session_attrs=read-write`
+        // found only read-only servers.
+        Some(std::io::ErrorKind::PermissionDenied) => format!(
+            "no host of the database URL accepts writes: each one reached is a read-only standby (a failover \
+             may be under way, or the URL names no primary) ({err})"
+        ),
+        Some(std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::TimedOut) => {
+            format!("no host of the database URL could be reached ({err})")
+        }
+        _ => err,
+    }
+}
+
+/// An error taking a pooled connection.
+fn pool_error(op: DatabaseOperation, err: deadpool_postgres::PoolError) -> DbError {
+    use deadpool_postgres::{PoolError, TimeoutType};
+    let cause = match err {
+        PoolError::Backend(e) => return DbError::from_pg(op, &e),
+        PoolError::Timeout(TimeoutType::Create) => {
+            "no host of the database URL answered within the connect timeout".to_string()
+        }
+        PoolError::Timeout(TimeoutType::Wait) => "every pooled database connection stayed busy".to_string(),
+        other => other.to_string(),
+    };
+    DbError::Unavailable { op: op.as_str(), cause }
 }
 
 /// Whether `err` says the connection failed while an operation was under
