@@ -221,6 +221,92 @@ fn watch_embedded(pg: Arc<EmbeddedPostgres>, data_dir: PathBuf) -> actix_web::rt
     })
 }
 
+/// The longest wait between two tries to reach the database at start.
+const CONNECT_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// Connects to the database and brings its schema up to date. While no
+/// host of the URL is reachable, or none accepts writes (only standbys,
+/// a failover under way), it says so and tries again, for as long as it
+/// takes: a service manager starting corral before its database is not an
+/// error. A URL that does not parse, or any other error, ends the start.
+async fn connect_database(url: &str, pool: &PoolSettings) -> anyhow::Result<Db> {
+    let described = Db::describe_url(url).context("reading the database URL")?;
+    if described.hosts.len() > 1 && !described.read_write {
+        tracing::warn!(
+            hosts = %described.hosts.join(","),
+            "the database URL names several hosts without target_session_attrs=read-write: corral may reach a \
+             standby and be refused every write; add target_session_attrs=read-write"
+        );
+    }
+    let mut delay = Duration::from_millis(500);
+    loop {
+        let tried = match Db::connect(url, pool).await {
+            Ok(db) => match db.apply_schema().await {
+                Ok(()) => Ok(db),
+                Err(corral_db::MigrationError::Db(err)) => Err(err),
+                Err(err) => return Err(err).context("bringing the database schema up to date"),
+            },
+            Err(err) => Err(err),
+        };
+        match tried {
+            Ok(db) => return Ok(db),
+            Err(err) if err.is_unavailable() => {
+                tracing::error!(
+                    hosts = %described.hosts.join(","),
+                    cause = %err,
+                    retry_in = ?delay,
+                    "cannot use the database yet; retrying"
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(CONNECT_RETRY_MAX);
+            }
+            Err(err) => return Err(err).context("connecting to the database and applying the schema"),
+        }
+    }
+}
+
+/// What `corral serve --check-config` reports: one line per checked part.
+/// Everything `serve` would refuse at start is refused here too, without
+/// starting anything (no database, no listener).
+pub fn check_config(config: &Config) -> anyhow::Result<Vec<String>> {
+    let settings = config.settings()?;
+    let mut report = vec![format!(
+        "listen {} ({}); session_timeout {:?}, heartbeat_interval {:?}",
+        config.listen,
+        if config.tls_cert.is_some() { "https" } else { "http, no TLS" },
+        settings.session_timeout,
+        settings.heartbeat_interval
+    )];
+    if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+        server_tls(cert, key)?;
+        report.push(format!("tls_cert {} and tls_key {} load and match", cert.display(), key.display()));
+    } else if !config.listen.ip().is_loopback() {
+        report.push(format!(
+            "WARNING: no TLS on the non-loopback address {}: tokens and keys cross the network in clear",
+            config.listen
+        ));
+    }
+    match &config.database_url {
+        Some(url) => {
+            let described = Db::describe_url(url).context("reading the database URL")?;
+            if described.hosts.len() > 1 && !described.read_write {
+                bail!(
+                    "the database URL names several hosts ({}) without target_session_attrs=read-write: corral \
+                     could reach a standby; add target_session_attrs=read-write",
+                    described.hosts.join(",")
+                );
+            }
+            report.push(format!(
+                "database: external, hosts {}{}",
+                described.hosts.join(","),
+                if described.read_write { ", target_session_attrs=read-write" } else { "" }
+            ));
+        }
+        None => report.push(format!("database: embedded in {}", config.data_dir.display())),
+    }
+    Ok(report)
+}
+
 /// Starts everything. Must run inside an actix system.
 pub async fn serve(config: Config, clock: Clock) -> anyhow::Result<Running> {
     let settings = config.settings()?;
@@ -242,8 +328,7 @@ pub async fn serve(config: Config, clock: Clock) -> anyhow::Result<Running> {
         connect_timeout: Duration::from_secs(5),
     };
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
-    let db = Db::connect(&url, &pool).await.context("connecting to the database")?.with_observer(metrics.clone());
-    db.apply_schema().await.context("bringing the database schema up to date")?;
+    let db = connect_database(&url, &pool).await?.with_observer(metrics.clone());
     let tokens = ensure_tokens(&db, &config.data_dir).await?;
     // Hold the address before leading: it proves no other live process of
     // this replica runs (see leadership::lead).

@@ -352,6 +352,16 @@ pub struct Db {
     commits: std::sync::Arc<tokio::sync::Notify>,
 }
 
+/// What [`Db::describe_url`] found in a database URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatabaseUrl {
+    /// `host:port` of each host, in the order tried.
+    pub hosts: Vec<String>,
+    /// `target_session_attrs=read-write`: only a host that accepts writes
+    /// is used.
+    pub read_write: bool,
+}
+
 /// What [`Db::batch_stats`] reports.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BatchStats {
@@ -420,6 +430,32 @@ impl Db {
             worker_transition: batch::Batcher::start(writers),
         };
         Ok(Db { batches: Some(std::sync::Arc::new(batches)), ..main })
+    }
+
+    /// What `url` names, checked without connecting: its hosts
+    /// (`host:port`, comma-separated) and whether it asks for the host
+    /// that accepts writes (`target_session_attrs=read-write`), which a
+    /// URL of several hosts needs so as never to write to a standby.
+    pub fn describe_url(url: &str) -> Result<DatabaseUrl, DbError> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| DbError::internal(DatabaseOperation::Ping, format!("bad database URL: {e}")))?;
+        let ports = config.get_ports();
+        let hosts = config
+            .get_hosts()
+            .iter()
+            .enumerate()
+            .map(|(i, host)| {
+                let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+                match host {
+                    tokio_postgres::config::Host::Tcp(name) => format!("{name}:{port}"),
+                    tokio_postgres::config::Host::Unix(dir) => format!("{}:{port}", dir.display()),
+                }
+            })
+            .collect();
+        let read_write =
+            config.get_target_session_attrs() == tokio_postgres::config::TargetSessionAttrs::ReadWrite;
+        Ok(DatabaseUrl { hosts, read_write })
     }
 
     /// Runs `item` through its batch writer (`writer` picks it), or alone
