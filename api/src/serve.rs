@@ -337,9 +337,14 @@ pub async fn serve(config: Config, clock: Clock) -> anyhow::Result<Running> {
     let addr = listener.local_addr().context("reading the listen address")?;
     let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
     let name = format!("{host}/{addr}");
-    let session = crate::leadership::lead(&db, &name, settings.session_timeout, settings.heartbeat_interval)
-        .await
-        .context("taking the scheduling leadership")?;
+    // While this replica waits as a standby, its address answers 503 at
+    // once, so that agents and clients given several server URLs move on
+    // to the leader instead of waiting for a timeout.
+    let standby = crate::leadership::answer_as_standby(listener.try_clone().context("sharing the listener")?)?;
+    let led = crate::leadership::lead(&db, &name, settings.session_timeout, settings.heartbeat_interval).await;
+    standby.abort();
+    let _ = standby.await;
+    let session = led.context("taking the scheduling leadership")?;
     let heartbeat = settings.heartbeat_interval;
     let corral = Corral::start(db.clone(), settings, clock, session).await.context("rebuilding the live system")?;
 

@@ -94,7 +94,8 @@ fn serve_keeps_retrying_saying(url: &str, expected: &str) {
 #[test]
 fn serve_on_a_url_with_no_reachable_host_says_so_and_keeps_retrying() {
     let (a, b) = (corral_testkit::free_port(), corral_testkit::free_port());
-    let url = format!("host=127.0.0.1,127.0.0.1 port={a},{b} user=corral dbname=corral target_session_attrs=read-write");
+    let url =
+        format!("host=127.0.0.1,127.0.0.1 port={a},{b} user=corral dbname=corral target_session_attrs=read-write");
     serve_keeps_retrying_saying(&url, "no host of the database URL could be reached");
 }
 

@@ -437,9 +437,8 @@ impl Db {
     /// that accepts writes (`target_session_attrs=read-write`), which a
     /// URL of several hosts needs so as never to write to a standby.
     pub fn describe_url(url: &str) -> Result<DatabaseUrl, DbError> {
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| DbError::internal(DatabaseOperation::Ping, format!("bad database URL: {e}")))?;
+        let config: tokio_postgres::Config =
+            url.parse().map_err(|e| DbError::internal(DatabaseOperation::Ping, format!("bad database URL: {e}")))?;
         let ports = config.get_ports();
         let hosts = config
             .get_hosts()
@@ -453,8 +452,7 @@ impl Db {
                 }
             })
             .collect();
-        let read_write =
-            config.get_target_session_attrs() == tokio_postgres::config::TargetSessionAttrs::ReadWrite;
+        let read_write = config.get_target_session_attrs() == tokio_postgres::config::TargetSessionAttrs::ReadWrite;
         Ok(DatabaseUrl { hosts, read_write })
     }
 

@@ -85,10 +85,8 @@ async fn a_server_turning_read_only_makes_writes_unavailable_until_one_accepts_w
     .await
     .expect("ends corral's sessions");
     // Reads go on (a read retries on fresh connections, now read-only ones).
-    wait_until("a read succeeds on the read-only server", Duration::from_secs(10), || async {
-        db.ping().await.ok()
-    })
-    .await;
+    wait_until("a read succeeds on the read-only server", Duration::from_secs(10), || async { db.ping().await.ok() })
+        .await;
 
     let err = db
         .create_user("during", Role::User, &Groups::default(), "token-during")
