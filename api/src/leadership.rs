@@ -20,35 +20,59 @@ use std::time::Duration;
 use corral_core::SessionId;
 use corral_db::Db;
 
-/// Opens this replica's server session and waits until it leads.
+/// Opens this replica's server session and waits until it leads. While
+/// the database cannot be used (no host reachable, or only standbys: a
+/// failover) it says so and tries again, with a fresh session if its own
+/// expired meanwhile.
 ///
 /// `name` is `HOST/ADDRESS` of a listener this process already holds: a
 /// session of the same name can only be left by a dead predecessor (a live
 /// one would hold the address), so it is replaced at once instead of
 /// waiting for it to expire.
 pub(crate) async fn lead(db: &Db, name: &str, timeout: Duration, interval: Duration) -> anyhow::Result<SessionId> {
+    let mut announced = false;
+    loop {
+        match lead_with_one_session(db, name, timeout, interval, &mut announced).await {
+            Ok(Some(session)) => return Ok(session),
+            Ok(None) => tracing::warn!("this replica's own server session expired while waiting; opening another"),
+            Err(err) if err.is_unavailable() => {
+                tracing::error!(cause = %err, "standby: cannot use the database; retrying");
+            }
+            Err(err) => return Err(err.into()),
+        }
+        tokio::time::sleep(interval.min(Duration::from_secs(1))).await;
+    }
+}
+
+/// One session's wait: `Some` once it leads, `None` if it expired.
+async fn lead_with_one_session(
+    db: &Db,
+    name: &str,
+    timeout: Duration,
+    interval: Duration,
+    announced: &mut bool,
+) -> Result<Option<SessionId>, corral_db::DbError> {
     let session = SessionId::random();
     db.open_session(session, "server", name, "server", timeout, None).await?;
     let replaced = db.replace_sessions_named("server", name, session, "its replica restarted").await?;
     if replaced > 0 {
         tracing::info!(replica = %name, "replaced the session of this replica's previous run");
     }
-    let mut announced = false;
     loop {
         for gone in db.expire_sessions_of(Some("server"), None).await? {
             tracing::warn!(replica = %gone.session.name, reason = %gone.reason, "server session expired");
         }
         if db.try_lead(session, None).await? {
             tracing::info!(session = %session, replica = %name, "leading scheduling");
-            return Ok(session);
+            return Ok(Some(session));
         }
-        if !announced {
+        if !*announced {
             let leader = db.leader_name().await?.unwrap_or_else(|| "another replica".to_string());
             tracing::info!(leader = %leader, "standby: another replica leads; waiting to take over");
-            announced = true;
+            *announced = true;
         }
         if db.heartbeat(session, None).await?.is_none() {
-            anyhow::bail!("this replica's own server session expired while waiting");
+            return Ok(None);
         }
         tokio::time::sleep(interval.min(Duration::from_secs(1))).await;
     }

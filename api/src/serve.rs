@@ -45,6 +45,8 @@ pub struct Running {
     embedded: Option<Arc<EmbeddedPostgres>>,
     watchdog: Option<actix_web::rt::task::JoinHandle<()>>,
     leading: actix_web::rt::task::JoinHandle<()>,
+    /// Set when this replica found its leader session gone.
+    deposed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Running {
@@ -79,6 +81,14 @@ impl Running {
                 Ok(pg) => pg.stop().await.context("stopping the embedded PostgreSQL")?,
                 Err(_) => tracing::warn!("the embedded PostgreSQL is still in use; leaving it running"),
             }
+        }
+        if self.deposed.load(std::sync::atomic::Ordering::SeqCst) {
+            // A failure exit, so that the service manager starts it again
+            // (as a standby, or leading if nobody else does).
+            bail!(
+                "this replica lost the scheduling leadership (its session expired: the database was unreachable \
+                 for longer than session_timeout, or the process was paused); exiting to be restarted"
+            );
         }
         Ok(())
     }
@@ -373,8 +383,13 @@ pub async fn serve(config: Config, clock: Clock) -> anyhow::Result<Running> {
     .with_context(|| format!("listening on {addr}"))?;
     let server = server.run();
     let handle = server.handle();
-    let leading = crate::leadership::keep_leading(db, session, heartbeat, move || {
-        actix_web::rt::spawn(async move { handle.stop(false).await });
+    let deposed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let leading = crate::leadership::keep_leading(db, session, heartbeat, {
+        let deposed = deposed.clone();
+        move || {
+            deposed.store(true, std::sync::atomic::Ordering::SeqCst);
+            actix_web::rt::spawn(async move { handle.stop(false).await });
+        }
     });
     let scheme = if with_tls { "https" } else { "http" };
     if with_tls || addr.ip().is_loopback() {
@@ -388,5 +403,5 @@ pub async fn serve(config: Config, clock: Clock) -> anyhow::Result<Running> {
         );
     }
     let watchdog = embedded.as_ref().map(|pg| watch_embedded(pg.clone(), config.data_dir.clone()));
-    Ok(Running { addr, tls: with_tls, corral, tokens, server, embedded, watchdog, leading })
+    Ok(Running { addr, tls: with_tls, corral, tokens, server, embedded, watchdog, leading, deposed })
 }
