@@ -37,8 +37,12 @@ async fn a_database_that_turns_read_only_gets_503_with_retry_after_then_writes_r
     // A worker that could serve the submissions (none is ever idle).
     let agent = server.agent("host-ro", 1, &caps(&[("device_type", "x")]));
     let token = server.user("nina", &[]).await;
-    let (status, _, _) = post(&server, &token, "/v1/requests", json!({"caps": {"device_type": "x"}})).await;
-    assert_eq!(status, StatusCode::CREATED);
+    // 422 until the agent has registered its worker (nobody could serve).
+    corral_testkit::wait_until("a first submission is accepted", Duration::from_secs(30), || async {
+        let answer = post(&server, &token, "/v1/requests", json!({"caps": {"device_type": "x"}})).await;
+        (answer.0 == StatusCode::CREATED).then_some(())
+    })
+    .await;
 
     // The failover: corral's sessions end and the server it reaches next
     // is read-only (a standby, or the old primary rejoining as one).
