@@ -4,8 +4,9 @@
 -- by the numbered migrations in db/migrations/ instead (db/src/migrate.rs;
 -- db/tests/migrations.rs compares the two catalogs). So a change here is
 -- always made together with a new migration that makes the same change.
--- It stays within what CockroachDB also runs: no LISTEN/NOTIFY, no
--- advisory locks, no triggers.
+-- It aims to stay within the SQL subset CockroachDB also runs (untested:
+-- CockroachDB cannot be installed here): no LISTEN/NOTIFY, no advisory
+-- locks for correctness, no triggers.
 --
 -- Safety lives here, not only in the actors:
 --   * a worker is in at most one live lease   (leases_one_live_per_worker)

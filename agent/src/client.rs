@@ -37,12 +37,22 @@ impl ClientError {
     }
 }
 
-/// Talks to one server with one token.
+/// Talks to the server with one token. The server may be several
+/// replicas (URLs separated by commas): calls go to one until it is
+/// unreachable or answers 5xx (a standby answers 503), then to the next.
 pub struct AgentClient {
     http: awc::Client,
-    base: String,
+    bases: Vec<String>,
+    current: std::cell::Cell<usize>,
     #[cfg(feature = "fault-injection")]
     faults: crate::faults::ClientFaults,
+}
+
+/// The server URLs in `server` (one, or several separated by commas).
+fn bases_of(server: &str) -> Vec<String> {
+    let bases: Vec<String> =
+        server.split(',').map(|s| s.trim().trim_end_matches('/').to_string()).filter(|s| !s.is_empty()).collect();
+    if bases.is_empty() { vec![String::new()] } else { bases }
 }
 
 /// Longest call, long-polls included (each call sets its own, shorter).
@@ -57,7 +67,8 @@ impl AgentClient {
             .finish();
         AgentClient {
             http,
-            base: server.trim_end_matches('/').to_string(),
+            bases: bases_of(server),
+            current: Default::default(),
             #[cfg(feature = "fault-injection")]
             faults: Default::default(),
         }
@@ -69,7 +80,8 @@ impl AgentClient {
         let http = tls.http_client(server, token, CLIENT_TIMEOUT)?;
         Ok(AgentClient {
             http,
-            base: server.trim_end_matches('/').to_string(),
+            bases: bases_of(server),
+            current: Default::default(),
             #[cfg(feature = "fault-injection")]
             faults: Default::default(),
         })
@@ -89,6 +101,24 @@ impl AgentClient {
         body: Option<&B>,
         timeout: Duration,
     ) -> Result<Option<T>, ClientError> {
+        let at = self.current.get();
+        let outcome = self.call_at(at, method, path, body, timeout).await;
+        if outcome.as_ref().is_err_and(ClientError::is_transient) && self.bases.len() > 1 {
+            let next = (at + 1) % self.bases.len();
+            tracing::info!(server = %self.bases[next], "trying the next server URL");
+            self.current.set(next);
+        }
+        outcome
+    }
+
+    async fn call_at<B: Serialize, T: DeserializeOwned>(
+        &self,
+        at: usize,
+        method: awc::http::Method,
+        path: &str,
+        body: Option<&B>,
+        timeout: Duration,
+    ) -> Result<Option<T>, ClientError> {
         #[cfg(feature = "fault-injection")]
         let fault = self.faults.take(crate::faults::Call::of(&method, path));
         #[cfg(feature = "fault-injection")]
@@ -99,7 +129,7 @@ impl AgentClient {
             Some(crate::faults::ClientFault::Latency(delay)) => tokio::time::sleep(delay).await,
             _ => {}
         }
-        let request = self.http.request(method, format!("{}{path}", self.base)).timeout(timeout);
+        let request = self.http.request(method, format!("{}{path}", self.bases[at])).timeout(timeout);
         let sent = match body {
             Some(body) => request.send_json(body).await,
             None => request.send().await,

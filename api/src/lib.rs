@@ -33,7 +33,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use corral_actors::Corral;
 
 pub use config::Config;
-pub use serve::{Running, Tokens, serve};
+pub use serve::{Running, Tokens, check_config, serve};
 
 use crate::auth::AuthCache;
 use crate::error::ApiError;

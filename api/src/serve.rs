@@ -45,6 +45,8 @@ pub struct Running {
     embedded: Option<Arc<EmbeddedPostgres>>,
     watchdog: Option<actix_web::rt::task::JoinHandle<()>>,
     leading: actix_web::rt::task::JoinHandle<()>,
+    /// Set when this replica found its leader session gone.
+    deposed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Running {
@@ -79,6 +81,14 @@ impl Running {
                 Ok(pg) => pg.stop().await.context("stopping the embedded PostgreSQL")?,
                 Err(_) => tracing::warn!("the embedded PostgreSQL is still in use; leaving it running"),
             }
+        }
+        if self.deposed.load(std::sync::atomic::Ordering::SeqCst) {
+            // A failure exit, so that the service manager starts it again
+            // (as a standby, or leading if nobody else does).
+            bail!(
+                "this replica lost the scheduling leadership (its session expired: the database was unreachable \
+                 for longer than session_timeout, or the process was paused); exiting to be restarted"
+            );
         }
         Ok(())
     }
@@ -221,6 +231,92 @@ fn watch_embedded(pg: Arc<EmbeddedPostgres>, data_dir: PathBuf) -> actix_web::rt
     })
 }
 
+/// The longest wait between two tries to reach the database at start.
+const CONNECT_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// Connects to the database and brings its schema up to date. While no
+/// host of the URL is reachable, or none accepts writes (only standbys,
+/// a failover under way), it says so and tries again, for as long as it
+/// takes: a service manager starting corral before its database is not an
+/// error. A URL that does not parse, or any other error, ends the start.
+async fn connect_database(url: &str, pool: &PoolSettings) -> anyhow::Result<Db> {
+    let described = Db::describe_url(url).context("reading the database URL")?;
+    if described.hosts.len() > 1 && !described.read_write {
+        tracing::warn!(
+            hosts = %described.hosts.join(","),
+            "the database URL names several hosts without target_session_attrs=read-write: corral may reach a \
+             standby and be refused every write; add target_session_attrs=read-write"
+        );
+    }
+    let mut delay = Duration::from_millis(500);
+    loop {
+        let tried = match Db::connect(url, pool).await {
+            Ok(db) => match db.apply_schema().await {
+                Ok(()) => Ok(db),
+                Err(corral_db::MigrationError::Db(err)) => Err(err),
+                Err(err) => return Err(err).context("bringing the database schema up to date"),
+            },
+            Err(err) => Err(err),
+        };
+        match tried {
+            Ok(db) => return Ok(db),
+            Err(err) if err.is_unavailable() => {
+                tracing::error!(
+                    hosts = %described.hosts.join(","),
+                    cause = %err,
+                    retry_in = ?delay,
+                    "cannot use the database yet; retrying"
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(CONNECT_RETRY_MAX);
+            }
+            Err(err) => return Err(err).context("connecting to the database and applying the schema"),
+        }
+    }
+}
+
+/// What `corral serve --check-config` reports: one line per checked part.
+/// Everything `serve` would refuse at start is refused here too, without
+/// starting anything (no database, no listener).
+pub fn check_config(config: &Config) -> anyhow::Result<Vec<String>> {
+    let settings = config.settings()?;
+    let mut report = vec![format!(
+        "listen {} ({}); session_timeout {:?}, heartbeat_interval {:?}",
+        config.listen,
+        if config.tls_cert.is_some() { "https" } else { "http, no TLS" },
+        settings.session_timeout,
+        settings.heartbeat_interval
+    )];
+    if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+        server_tls(cert, key)?;
+        report.push(format!("tls_cert {} and tls_key {} load and match", cert.display(), key.display()));
+    } else if !config.listen.ip().is_loopback() {
+        report.push(format!(
+            "WARNING: no TLS on the non-loopback address {}: tokens and keys cross the network in clear",
+            config.listen
+        ));
+    }
+    match &config.database_url {
+        Some(url) => {
+            let described = Db::describe_url(url).context("reading the database URL")?;
+            if described.hosts.len() > 1 && !described.read_write {
+                bail!(
+                    "the database URL names several hosts ({}) without target_session_attrs=read-write: corral \
+                     could reach a standby; add target_session_attrs=read-write",
+                    described.hosts.join(",")
+                );
+            }
+            report.push(format!(
+                "database: external, hosts {}{}",
+                described.hosts.join(","),
+                if described.read_write { ", target_session_attrs=read-write" } else { "" }
+            ));
+        }
+        None => report.push(format!("database: embedded in {}", config.data_dir.display())),
+    }
+    Ok(report)
+}
+
 /// Starts everything. Must run inside an actix system.
 pub async fn serve(config: Config, clock: Clock) -> anyhow::Result<Running> {
     let settings = config.settings()?;
@@ -242,8 +338,7 @@ pub async fn serve(config: Config, clock: Clock) -> anyhow::Result<Running> {
         connect_timeout: Duration::from_secs(5),
     };
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
-    let db = Db::connect(&url, &pool).await.context("connecting to the database")?.with_observer(metrics.clone());
-    db.apply_schema().await.context("bringing the database schema up to date")?;
+    let db = connect_database(&url, &pool).await?.with_observer(metrics.clone());
     let tokens = ensure_tokens(&db, &config.data_dir).await?;
     // Hold the address before leading: it proves no other live process of
     // this replica runs (see leadership::lead).
@@ -252,9 +347,14 @@ pub async fn serve(config: Config, clock: Clock) -> anyhow::Result<Running> {
     let addr = listener.local_addr().context("reading the listen address")?;
     let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
     let name = format!("{host}/{addr}");
-    let session = crate::leadership::lead(&db, &name, settings.session_timeout, settings.heartbeat_interval)
-        .await
-        .context("taking the scheduling leadership")?;
+    // While this replica waits as a standby, its address answers 503 at
+    // once, so that agents and clients given several server URLs move on
+    // to the leader instead of waiting for a timeout.
+    let standby = crate::leadership::answer_as_standby(listener.try_clone().context("sharing the listener")?)?;
+    let led = crate::leadership::lead(&db, &name, settings.session_timeout, settings.heartbeat_interval).await;
+    standby.abort();
+    let _ = standby.await;
+    let session = led.context("taking the scheduling leadership")?;
     let heartbeat = settings.heartbeat_interval;
     let corral = Corral::start_observed(db.clone(), settings, clock, session, metrics.clone())
         .await
@@ -285,8 +385,13 @@ pub async fn serve(config: Config, clock: Clock) -> anyhow::Result<Running> {
     .with_context(|| format!("listening on {addr}"))?;
     let server = server.run();
     let handle = server.handle();
-    let leading = crate::leadership::keep_leading(db, session, heartbeat, move || {
-        actix_web::rt::spawn(async move { handle.stop(false).await });
+    let deposed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let leading = crate::leadership::keep_leading(db, session, heartbeat, {
+        let deposed = deposed.clone();
+        move || {
+            deposed.store(true, std::sync::atomic::Ordering::SeqCst);
+            actix_web::rt::spawn(async move { handle.stop(false).await });
+        }
     });
     let scheme = if with_tls { "https" } else { "http" };
     if with_tls || addr.ip().is_loopback() {
@@ -300,5 +405,5 @@ pub async fn serve(config: Config, clock: Clock) -> anyhow::Result<Running> {
         );
     }
     let watchdog = embedded.as_ref().map(|pg| watch_embedded(pg.clone(), config.data_dir.clone()));
-    Ok(Running { addr, tls: with_tls, corral, tokens, server, embedded, watchdog, leading })
+    Ok(Running { addr, tls: with_tls, corral, tokens, server, embedded, watchdog, leading, deposed })
 }

@@ -67,9 +67,16 @@ struct ServeArgs {
     /// Data directory (embedded database, first-start tokens); default ./corral-data.
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// External PostgreSQL/CockroachDB URL instead of the embedded cluster.
+    /// External PostgreSQL URL instead of the embedded cluster; for a
+    /// Patroni cluster name every node: `host=a,b,c port=5432
+    /// target_session_attrs=read-write ...`.
     #[arg(long, env = "CORRAL_DATABASE_URL")]
     database_url: Option<String>,
+    /// Check the configuration (file, flags, TLS files, database URL) and
+    /// exit: 0 and a summary when it is usable, 1 and what is wrong when
+    /// not. Starts nothing.
+    #[arg(long)]
+    check_config: bool,
 }
 
 #[derive(Args, Debug)]
@@ -163,6 +170,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if let Some(url) = args.database_url.filter(|u| !u.is_empty()) {
                 config.database_url = Some(url);
+            }
+            if args.check_config {
+                for line in corral_api::check_config(&config)? {
+                    println!("{line}");
+                }
+                println!("configuration OK");
+                return Ok(());
             }
             init_logs(cli.log_format.as_deref().unwrap_or(&config.log_format));
             config.settings()?;

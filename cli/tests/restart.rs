@@ -273,3 +273,125 @@ async fn the_server_restarts_its_embedded_database_when_it_dies() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `corral serve` on an external database with a short session timeout.
+fn serve_replica(dir: &Path, port: u16, db_url: &str, log: &str) -> Child {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = dir.join("corral.toml");
+    std::fs::write(&config, "session_timeout = \"3s\"\nheartbeat_interval = \"1s\"\n").unwrap();
+    let log = std::fs::File::create(dir.join(log)).unwrap();
+    corral()
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--database-url", db_url])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("corral serve starts")
+}
+
+/// Status and body of `GET {base}/readyz`, if anything answers.
+async fn readyz(base: &str) -> Option<(u16, Value)> {
+    let mut response = awc::Client::default().get(format!("{base}/readyz")).send().await.ok()?;
+    let body = response.body().await.ok()?;
+    Some((response.status().as_u16(), serde_json::from_slice(&body).unwrap_or(Value::Null)))
+}
+
+/// Issue 18 item 2: two replicas on one database; `kill -9` of the leader.
+/// The standby answers 503 `standby` while it waits, leads within
+/// session_timeout + 2 s of the kill, and reopens the tunnel of the live
+/// lease on the same port; the agent, given both URLs, follows.
+#[actix_rt::test]
+async fn kill_9_of_the_leading_replica_hands_over_to_the_standby_with_tunnels_kept() {
+    const SESSION_TIMEOUT: Duration = Duration::from_secs(3);
+    let root: PathBuf = std::env::temp_dir().join(format!("corral-replicas-{}", uuid::Uuid::new_v4().simple()));
+    let db = corral_testkit::test_database().await;
+    let (port_a, port_b) = (corral_testkit::free_port(), corral_testkit::free_port());
+    let (base_a, base_b) = (format!("http://127.0.0.1:{port_a}"), format!("http://127.0.0.1:{port_b}"));
+    let mut children = Kill(vec![serve_replica(&root.join("a"), port_a, &db.url, "serve.log")]);
+    ready(&base_a).await;
+    children.0.push(serve_replica(&root.join("b"), port_b, &db.url, "serve.log"));
+    // The standby answers at once, with 503 and what it is.
+    let (status, body) =
+        corral_testkit::wait_until("the standby answers", Duration::from_secs(30), || async { readyz(&base_b).await })
+            .await;
+    assert_eq!((status, body["error"].as_str()), (503, Some("standby")), "{body}");
+
+    let ssh = echo_server().await;
+    let agent_log = std::fs::File::create(root.join("agent.log")).unwrap();
+    children.0.push(
+        corral()
+            .args(["agent", "--simulate", "1", "--server", &format!("{base_a},{base_b}"), "--caps", "device_type=x"])
+            .args(["--name", "replica-host", "--ssh-addr", &format!("127.0.0.1:{ssh}"), "--token-file"])
+            .arg(root.join("a/agent.token"))
+            .stdout(Stdio::null())
+            .stderr(agent_log)
+            .spawn()
+            .unwrap(),
+    );
+    let admin =
+        Http { client: awc::Client::default(), base: base_a.clone(), token: token(&root.join("a"), "admin.token") };
+    let workers = corral_testkit::wait_until("the agent registers", Duration::from_secs(30), || async {
+        let (_, page) = admin.get("/v1/workers").await;
+        let items = page["items"].as_array()?.clone();
+        (items.len() == 1).then_some(items)
+    })
+    .await;
+    let (status, _) = admin
+        .put(&format!("/v1/workers/{}/state", workers[0]["uuid"].as_str().unwrap()), json!({"state": "idle"}))
+        .await;
+    assert_eq!(status, 202);
+    let (status, created) = admin.post("/v1/users", json!({"name": "rita"})).await.unwrap();
+    assert_eq!(status, 201);
+    let rita_token = created["token"].as_str().unwrap().to_string();
+    let rita = Http { client: awc::Client::default(), base: base_a.clone(), token: rita_token.clone() };
+    let (status, request) = rita.post("/v1/requests", json!({"caps": {"device_type": "x"}})).await.unwrap();
+    assert_eq!(status, 201);
+    let id = request["id"].as_i64().unwrap();
+    let (status, access) = rita.post(&format!("/v1/requests/{id}/acquire?wait=20s"), json!({})).await.unwrap();
+    assert_eq!(status, 200, "{access}");
+    let tunnel = access["port"].as_u64().unwrap() as u16;
+    assert!(echo_through(tunnel).await, "the tunnel forwards before the crash");
+
+    let mut leader = children.0.remove(0);
+    leader.kill().unwrap(); // SIGKILL
+    let killed = std::time::Instant::now();
+    leader.wait().unwrap();
+    corral_testkit::wait_until("the standby leads", Duration::from_secs(30), || async {
+        matches!(readyz(&base_b).await, Some((200, _))).then_some(())
+    })
+    .await;
+    let takeover = killed.elapsed();
+    assert!(
+        takeover <= SESSION_TIMEOUT + Duration::from_secs(2),
+        "the standby leads within session_timeout + 2 s of the kill, took {takeover:?}"
+    );
+
+    let rita_b = Http { client: awc::Client::default(), base: base_b.clone(), token: rita_token };
+    let (_, now) = rita_b.get(&format!("/v1/requests/{id}")).await;
+    assert_eq!(now["state"], "in_progress", "the live lease stays live: {now}");
+    let (status, access) = rita_b.post(&format!("/v1/requests/{id}/acquire"), json!({})).await.unwrap();
+    assert_eq!(status, 200, "{access}");
+    assert_eq!(access["port"].as_u64().unwrap() as u16, tunnel, "same tunnel port on the new leader");
+    assert!(echo_through(tunnel).await, "the tunnel forwards through the new leader");
+    // The agent followed: its worker is still leased (not failed), and
+    // closing the lease returns it to idle through the new leader.
+    let (status, closed) = rita_b.post(&format!("/v1/requests/{id}/close"), json!({})).await.unwrap();
+    assert_eq!(status, 200, "{closed}");
+    let admin_b = Http { client: awc::Client::default(), base: base_b.clone(), token: admin.token.clone() };
+    let uuid = workers[0]["uuid"].as_str().unwrap().to_string();
+    corral_testkit::wait_until(
+        "the agent's worker is idle again via the new leader",
+        Duration::from_secs(30),
+        || async {
+            let (_, worker) = admin_b.get(&format!("/v1/workers/{uuid}")).await;
+            (worker["state"] == "idle").then_some(())
+        },
+    )
+    .await;
+    eprintln!("takeover after kill -9: {takeover:?}");
+    drop(children);
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -100,26 +100,34 @@ fn time_of(nanos: u64) -> SystemTime {
     SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(nanos)
 }
 
-/// A queue key in one integer with the same order: priority in the top
-/// byte, the request id (below 2^56) under it.
-fn packed(key: QueueKey) -> u64 {
-    (u64::from(key.0.get()) << 56) | (key.1.0 as u64 & ID_MASK)
+/// A queue key in one integer with the same order: priority above bit 64,
+/// the request id (any non-negative `i64`, up to 2^63 - 1) in the low 64
+/// bits. Ids are not assumed small: CockroachDB's `unique_rowid()` gives
+/// ids near 2^62, so the key is 128 bits wide rather than squeezing the id
+/// under the priority in 64.
+pub(crate) type PackedKey = u128;
+
+fn packed(key: QueueKey) -> PackedKey {
+    (PackedKey::from(key.0.get()) << 64) | PackedKey::from(key.1.0 as u64 & ID_MASK)
 }
 
-fn unpacked(value: u64) -> QueueKey {
-    let priority = Priority::try_from((value >> 56) as i64).unwrap_or_default();
+fn unpacked(value: PackedKey) -> QueueKey {
+    let priority = Priority::try_from((value >> 64) as i64).unwrap_or_default();
     (priority, request_of(value))
 }
 
-fn request_of(value: u64) -> RequestId {
-    RequestId((value & ID_MASK) as i64)
+fn request_of(value: PackedKey) -> RequestId {
+    RequestId((value as u64 & ID_MASK) as i64)
 }
 
-const ID_MASK: u64 = (1 << 56) - 1;
+/// The bits of a request id: ids are non-negative, so the top bit of a
+/// `u64` is free (the queues mark removed entries with it).
+const ID_MASK: u64 = (1 << 63) - 1;
 /// The id [`Matcher::match_new`] gives a request for the moment it is
-/// decided on: after every real one (they come from a sequence far below).
-const NEW_REQUEST: RequestId = RequestId((1 << 56) - 2);
-const EMPTY: u64 = u64::MAX;
+/// decided on: after every real one (a sequence would reach it only with
+/// its very last value).
+const NEW_REQUEST: RequestId = RequestId(i64::MAX);
+const EMPTY: PackedKey = PackedKey::MAX;
 
 /// Position of a waiting request in the global order.
 pub type QueueKey = (Priority, RequestId);
@@ -187,7 +195,7 @@ struct Class {
     /// `heads[i]` is the first request of `serves[i]` (`sig_heads`), kept
     /// here too so that finding the first request the class could serve
     /// scans one contiguous array.
-    heads: Vec<u64>,
+    heads: Vec<PackedKey>,
     in_heap: bool,
 }
 
@@ -267,7 +275,7 @@ struct PinState {
     pinned: BTreeMap<QueueKey, SigIdx>,
     /// The [`packed`] key of this worker's latest entry in `peeks`, `EMPTY`
     /// when it has none; older entries are stale.
-    peek_key: u64,
+    peek_key: PackedKey,
 }
 
 impl PinState {
@@ -353,10 +361,10 @@ pub struct Matcher {
     /// The first request of each signature's queue (`sigs[i].queue.first()`)
     /// as a [`packed`] key, `EMPTY` for an empty queue: peeking at a class
     /// is then a minimum over one small array of integers.
-    sig_heads: Vec<u64>,
+    sig_heads: Vec<PackedKey>,
     /// The [`packed`] key of each signature's latest entry in `peeks`,
     /// `EMPTY` when it has none; older entries are stale.
-    sig_peeks: Vec<u64>,
+    sig_peeks: Vec<PackedKey>,
     /// Each class's weight and least recently used idle worker
     /// (`classes[i].idle.first()`), packed for the same reason.
     class_best: Vec<Option<(usize, u64, WorkerId)>>,
@@ -382,7 +390,7 @@ pub struct Matcher {
     /// is the first request its source could serve when it was pushed.
     /// Keys are [`packed`], so that comparing two entries is mostly
     /// comparing two integers.
-    peeks: BinaryHeap<Reverse<(u64, PackedSource)>>,
+    peeks: BinaryHeap<Reverse<(PackedKey, PackedSource)>>,
     /// Visible requests pinned to a worker id that is not registered.
     orphans: FastMap<WorkerId, BTreeSet<RequestId>>,
     /// Decisions [`Matcher::match_new`] met that were not its own (its
@@ -897,7 +905,7 @@ impl Matcher {
 
     /// The first request an idle worker of `class` can serve, [`packed`],
     /// with its signature.
-    fn class_first(&self, class: ClassIdx) -> Option<(u64, SigIdx)> {
+    fn class_first(&self, class: ClassIdx) -> Option<(PackedKey, SigIdx)> {
         self.class_best[class]?;
         // A plain loop: this runs on every release, over every signature
         // the class serves.
@@ -913,7 +921,7 @@ impl Matcher {
 
     /// The first request pinned to `worker` that it can serve, [`packed`],
     /// if the worker is idle.
-    fn pinned_first(&self, slot: Slot) -> Option<u64> {
+    fn pinned_first(&self, slot: Slot) -> Option<PackedKey> {
         let state = &self.pin_states[slot as usize];
         let entry = self.workers.get(&state.worker)?;
         self.idle_since(state.worker, entry)?;
@@ -1216,7 +1224,7 @@ impl Matcher {
 
     /// Records the first request of a signature's queue, in `sig_heads` and
     /// in the `heads` of the classes that serve the signature.
-    fn set_sig_head(&mut self, sig: SigIdx, head: u64) {
+    fn set_sig_head(&mut self, sig: SigIdx, head: PackedKey) {
         if self.sig_heads[sig] == head {
             return;
         }
@@ -1229,7 +1237,7 @@ impl Matcher {
 
     /// Whether the request of a [`packed`] key still waits, visible, with
     /// that key.
-    fn still_queued(&self, key: u64) -> bool {
+    fn still_queued(&self, key: PackedKey) -> bool {
         self.requests.get(&request_of(key)).is_some_and(|r| r.visible && packed(r.key(request_of(key))) == key)
     }
 

@@ -253,7 +253,7 @@ impl DbError {
         let op = op.as_str();
         let Some(db) = err.as_db_error() else {
             // Connection and protocol errors carry no row contents.
-            return DbError::Unavailable { op, cause: format!("{err:#}") };
+            return DbError::Unavailable { op, cause: connection_failure(err) };
         };
         let mut names = String::new();
         for (what, name) in [("constraint", db.constraint()), ("table", db.table()), ("column", db.column())] {
@@ -273,10 +273,19 @@ impl DbError {
             }
             code if code.code().starts_with("08")
                 || *code == SqlState::ADMIN_SHUTDOWN
+                || *code == SqlState::CRASH_SHUTDOWN
                 || *code == SqlState::CANNOT_CONNECT_NOW =>
             {
                 DbError::Unavailable { op, cause: detail }
             }
+            // The connection reached a server that no longer (or not yet)
+            // accepts writes: a primary demoted by a failover, or a
+            // standby. The write did not happen; writes are possible again
+            // once a primary is elected.
+            code if *code == SqlState::READ_ONLY_SQL_TRANSACTION => DbError::Unavailable {
+                op,
+                cause: format!("the database server is read-only (a standby, or a primary failing over): {detail}"),
+            },
             _ => DbError::Internal { op, cause: detail },
         }
     }
@@ -350,6 +359,16 @@ pub struct Db {
     commits: std::sync::Arc<tokio::sync::Notify>,
 }
 
+/// What [`Db::describe_url`] found in a database URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatabaseUrl {
+    /// `host:port` of each host, in the order tried.
+    pub hosts: Vec<String>,
+    /// `target_session_attrs=read-write`: only a host that accepts writes
+    /// is used.
+    pub read_write: bool,
+}
+
 /// What [`Db::batch_stats`] reports.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BatchStats {
@@ -420,6 +439,30 @@ impl Db {
         Ok(Db { batches: Some(std::sync::Arc::new(batches)), ..main })
     }
 
+    /// What `url` names, checked without connecting: its hosts
+    /// (`host:port`, comma-separated) and whether it asks for the host
+    /// that accepts writes (`target_session_attrs=read-write`), which a
+    /// URL of several hosts needs so as never to write to a standby.
+    pub fn describe_url(url: &str) -> Result<DatabaseUrl, DbError> {
+        let config: tokio_postgres::Config =
+            url.parse().map_err(|e| DbError::internal(DatabaseOperation::Ping, format!("bad database URL: {e}")))?;
+        let ports = config.get_ports();
+        let hosts = config
+            .get_hosts()
+            .iter()
+            .enumerate()
+            .map(|(i, host)| {
+                let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+                match host {
+                    tokio_postgres::config::Host::Tcp(name) => format!("{name}:{port}"),
+                    tokio_postgres::config::Host::Unix(dir) => format!("{}:{port}", dir.display()),
+                }
+            })
+            .collect();
+        let read_write = config.get_target_session_attrs() == tokio_postgres::config::TargetSessionAttrs::ReadWrite;
+        Ok(DatabaseUrl { hosts, read_write })
+    }
+
     /// Runs `item` through its batch writer (`writer` picks it), or alone
     /// in the handle the writers themselves run with.
     async fn batched<T: batch::Batched>(
@@ -485,7 +528,7 @@ impl Db {
             attempt += 1;
             let mut client = match self.pool.get().await {
                 Ok(client) => client,
-                Err(e) => break Err(DbError::Unavailable { op: op.as_str(), cause: e.to_string() }),
+                Err(e) => break Err(pool_error(op, e)),
             };
             #[cfg(feature = "fault-injection")]
             let fault = self.faults.take(op);
@@ -524,6 +567,19 @@ impl Db {
                             continue;
                         }
                     }
+                    if e.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION) {
+                        // The server this connection reached is read-only
+                        // now (a failover demoted it): nothing was written.
+                        // Drop the connection from the pool, so that the
+                        // next one goes to whichever host accepts writes
+                        // (`target_session_attrs=read-write`).
+                        tracing::warn!(op = op.as_str(), attempt, "the database server is read-only; reconnecting");
+                        drop(Object::take(client));
+                        if attempt < MAX_ATTEMPTS {
+                            continue;
+                        }
+                        break Err(DbError::from_pg(op, &e));
+                    }
                     let retryable = e.code().is_some_and(|c| {
                         *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
                     });
@@ -546,6 +602,44 @@ impl Db {
         }
         result
     }
+}
+
+/// What a connection failure (no SQLSTATE) says, in words an operator can
+/// act on: every host of the URL refused writes, or none could be reached.
+fn connection_failure(err: &tokio_postgres::Error) -> String {
+    let source = std::error::Error::source(err);
+    let io = source.and_then(|s| s.downcast_ref::<std::io::Error>());
+    // tokio-postgres does not print its cause: add it.
+    let err = match source {
+        Some(source) => format!("{err}: {source}"),
+        None => err.to_string(),
+    };
+    match io.map(std::io::Error::kind) {
+        // What tokio-postgres answers when `target_session_attrs=read-write`
+        // found only read-only servers.
+        Some(std::io::ErrorKind::PermissionDenied) => format!(
+            "no host of the database URL accepts writes: each one reached is a read-only standby (a failover \
+             may be under way, or the URL names no primary) ({err})"
+        ),
+        Some(std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::TimedOut) => {
+            format!("no host of the database URL could be reached ({err})")
+        }
+        _ => err,
+    }
+}
+
+/// An error taking a pooled connection.
+fn pool_error(op: DatabaseOperation, err: deadpool_postgres::PoolError) -> DbError {
+    use deadpool_postgres::{PoolError, TimeoutType};
+    let cause = match err {
+        PoolError::Backend(e) => return DbError::from_pg(op, &e),
+        PoolError::Timeout(TimeoutType::Create) => {
+            "no host of the database URL answered within the connect timeout".to_string()
+        }
+        PoolError::Timeout(TimeoutType::Wait) => "every pooled database connection stayed busy".to_string(),
+        other => other.to_string(),
+    };
+    DbError::Unavailable { op: op.as_str(), cause }
 }
 
 /// Whether `err` says the connection failed while an operation was under

@@ -18,13 +18,13 @@ use std::collections::VecDeque;
 use crate::ids::{RequestId, WorkerId};
 use crate::priority::Priority;
 
-use super::{EMPTY, ID_MASK, QueueKey};
+use super::{EMPTY, ID_MASK, PackedKey, QueueKey};
 
 /// Priorities 1 to 16, one lane each.
 const LANES: usize = 16;
 
 /// Set on a request lane entry whose request left the queue. Ids are below
-/// 2^56 (see [`ID_MASK`]), so the bit is free.
+/// 2^63 (see [`ID_MASK`]), so the bit is free.
 const REMOVED: u64 = 1 << 63;
 
 /// Tombstones tolerated beyond the live entries before a compaction.
@@ -41,7 +41,7 @@ const SLACK: usize = 64;
 /// requests behind many low-priority ones would shift them all).
 #[derive(Debug)]
 pub(super) enum RequestQueue {
-    Small(VecDeque<u64>),
+    Small(VecDeque<PackedKey>),
     Lanes(Box<Lanes>),
 }
 
@@ -64,7 +64,7 @@ impl RequestQueue {
 
     /// The first key, [packed](super::packed); [`EMPTY`] when the queue is
     /// empty.
-    pub(super) fn first_packed(&self) -> u64 {
+    pub(super) fn first_packed(&self) -> PackedKey {
         match self {
             RequestQueue::Small(keys) => keys.front().copied().unwrap_or(EMPTY),
             RequestQueue::Lanes(lanes) => lanes.first_packed(),
@@ -162,13 +162,13 @@ impl Lanes {
 
     /// The first key, [packed](super::packed); [`EMPTY`] when the queue is
     /// empty.
-    fn first_packed(&self) -> u64 {
+    fn first_packed(&self) -> PackedKey {
         if self.occupied == 0 {
             return EMPTY;
         }
         let lane = self.occupied.trailing_zeros() as usize;
         match self.lanes[lane].front() {
-            Some(&id) => ((lane as u64 + 1) << 56) | id,
+            Some(&id) => ((lane as PackedKey + 1) << 64) | PackedKey::from(id),
             None => EMPTY,
         }
     }

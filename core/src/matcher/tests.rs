@@ -501,3 +501,33 @@ fn what_a_decision_reads_of_a_signature_is_one_pair_of_cache_lines() {
     assert_eq!(offset_of!(Sig, served_by), 0);
     assert!(offset_of!(Sig, members) < 64, "the count shares the first line");
 }
+
+/// CockroachDB's `unique_rowid()` gives ids near 2^62: they must keep
+/// their order (priority first, then id) in small queues and in the large
+/// per-priority lanes, and come out of the matcher unchanged.
+#[test]
+fn ids_near_two_to_the_62_keep_their_order_and_value() {
+    const BASE: i64 = 1 << 62;
+    for waiting in [4_i64, 40] {
+        let mut m = Matcher::new();
+        m.register_worker(&worker(1, &[("t", "x")], &[]));
+        let mut expected = Vec::new();
+        for i in 0..waiting {
+            // Alternate priorities; ids spread above and below 2^62 and up
+            // to i64::MAX - 2.
+            let id = if i % 3 == 0 { i64::MAX - 2 - i } else { BASE + i * 1_000_003 };
+            let prio = if i % 2 == 0 { 2 } else { 9 };
+            assert!(m.add_request(&request(id, prio, &[("t", "x")]), t(1)), "request {id} is new");
+            expected.push((prio, id));
+        }
+        expected.sort();
+        let mut order = Vec::new();
+        for round in 0..waiting as u64 {
+            m.worker_idle(wid(1), t(round + 2));
+            let matched = drain(&mut m);
+            assert_eq!(matched.len(), 1, "one match per idle round with {waiting} waiting");
+            order.push(matched[0].0);
+        }
+        assert_eq!(order, expected.iter().map(|(_, id)| *id).collect::<Vec<_>>(), "{waiting} waiting");
+    }
+}
