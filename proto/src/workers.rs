@@ -81,13 +81,14 @@ pub struct Worker {
 }
 
 /// One process in failure backoff on a worker.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Backoff {
     /// The process (`prepare`, `power_cycle`, `health_check`, ...).
     pub process: String,
     /// Failures in a row.
     pub failures: u32,
     #[serde(with = "rfc3339")]
+    #[schema(value_type = Rfc3339)]
     pub retry_after: SystemTime,
     pub last_error: String,
 }
