@@ -8,9 +8,9 @@ use corral_proto::Page;
 use corral_proto::requests::{LeaseSummary, QueuedRequest};
 use corral_proto::users::Me;
 
+use crate::AppState;
 use crate::auth::Auth;
 use crate::error::ApiError;
-use crate::AppState;
 use crate::query::{PageParams, Query, id_cursor, parse_id_cursor, parse_limit};
 use crate::requests::to_wire;
 use crate::routes::Family;
