@@ -63,7 +63,10 @@ async fn a_deadline_passed_while_waiting_is_a_timeout() {
     assert_eq!(frank.get(&format!("/v1/requests/{id}")).await.1["state"], "waiting");
     clock.advance(Duration::from_secs(2));
     let tick = server.corral.tick().await.unwrap();
-    assert_eq!(tick.timed_out, 1, "the deadline passed: {tick:?}");
+    // The timekeeper also runs on its own (real-time) beat, which may read
+    // the advanced clock before this tick does: then this tick finds the
+    // request already ended. Either way, it is ended once the tick is done.
+    assert!(tick.timed_out <= 1, "the deadline passed once: {tick:?}");
     let timed_out = wait_for_request(&frank, id, |r| r["state"] == "timeout").await;
     assert!(timed_out["reason"].as_str().unwrap().contains("deadline"), "{timed_out}");
     let (status, _) = frank.post_empty(&format!("/v1/requests/{id}/close")).await;
@@ -97,7 +100,8 @@ async fn valid_after_hides_a_request_from_the_matcher_until_then() {
 
     clock.advance(Duration::from_secs(3600));
     let tick = server.corral.tick().await.unwrap();
-    assert_eq!(tick.decisions, 1, "valid_after passed and the worker is idle: {tick:?}");
+    // The matcher may have run on its own beat first (see above).
+    assert!(tick.decisions <= 1, "valid_after passed and the worker is idle: {tick:?}");
     wait_for_request(&gina, id, |r| r["state"] == "in_progress").await;
     agent.stop().await;
     server.stop().await;
@@ -124,7 +128,8 @@ async fn an_agent_whose_session_expires_fails_its_workers_and_leases_then_comes_
 
     clock.advance(Duration::from_secs(2));
     let tick = server.corral.tick().await.unwrap();
-    assert_eq!(tick.sessions_expired, 1, "31 s of silence: {tick:?}");
+    // The reaper may have run on its own beat first (see above).
+    assert!(tick.sessions_expired <= 1, "31 s of silence: {tick:?}");
     let failed = wait_for_request(&hank, id, |r| r["state"] == "failed").await;
     assert!(failed["reason"].as_str().unwrap().contains("agent lost"), "{failed}");
     let admin = server.admin();
