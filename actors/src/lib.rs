@@ -85,7 +85,7 @@ impl Caller {
     }
 
     /// Whether this caller owns `record` (by identity, not by name).
-    pub fn owns(&self, record: &corral_db::RequestRecord) -> bool {
+    pub fn owns(&self, record: &corral_core::records::RequestRecord) -> bool {
         record.owner_id == self.id
     }
 
@@ -147,6 +147,7 @@ pub struct Shared {
     pub events: events::EventHub,
     /// Where the actors report what they time ([`observe`]).
     pub observer: Arc<dyn observe::Observer>,
+    pub(crate) auth: users::AuthCache,
     matcher: OnceLock<Addr<MatcherActor>>,
     timekeeper: OnceLock<Addr<Timekeeper>>,
     reconciler: OnceLock<Addr<reconciler::Reconciler>>,
@@ -256,6 +257,7 @@ impl Corral {
             leader,
             events,
             observer,
+            auth: users::AuthCache::default(),
             matcher: OnceLock::new(),
             timekeeper: OnceLock::new(),
             reconciler: OnceLock::new(),
@@ -302,6 +304,12 @@ impl Corral {
         self.shared.matcher().send(matcher::MatcherMsg::Tick { reply: tx }).await?;
         let matcher::MatcherTick { timed_out, decisions } = rx.await?;
         Ok(TickReport { sessions_expired, timers_fired, timed_out, decisions })
+    }
+
+    /// Whether the database answers now: the readiness probe. Its cause
+    /// is an [`ActorError::Unavailable`] when it does not.
+    pub async fn check_database(&self) -> Result<(), ActorError> {
+        self.shared.db.ping().await.map_err(|e| ActorError::Unavailable(e.to_string()))
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
