@@ -12,7 +12,6 @@ use std::time::SystemTime;
 
 use corral_core::{RequestId, RequestState, WorkerState};
 use corral_proto::requests::{Explanation, WorkerObstacle};
-use corral_proto::workers::Worker;
 
 use crate::{ActorError, Caller, Corral};
 

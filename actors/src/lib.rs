@@ -42,6 +42,7 @@ mod rebuild;
 pub mod reconciler;
 pub mod request;
 pub mod settings;
+pub mod startup;
 pub mod summary;
 pub mod supervise;
 pub mod timekeeper;
@@ -312,11 +313,28 @@ impl Corral {
         self.shared.db.ping().await.map_err(|e| ActorError::Unavailable(e.to_string()))
     }
 
+    /// The actors' shared state. Public only with the test-only feature
+    /// `fault-injection`, for white-box checks: everything else goes
+    /// through the use cases of [`Corral`] (architecture invariant).
+    #[cfg(feature = "fault-injection")]
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }
 
+    #[cfg(not(feature = "fault-injection"))]
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The database handle; public only with `fault-injection` (see
+    /// [`Corral::shared`]).
+    #[cfg(feature = "fault-injection")]
     pub fn db(&self) -> &Db {
+        &self.shared.db
+    }
+
+    #[cfg(not(feature = "fault-injection"))]
+    pub(crate) fn db(&self) -> &Db {
         &self.shared.db
     }
 

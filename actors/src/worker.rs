@@ -1491,7 +1491,7 @@ impl Corral {
         id: WorkerId,
     ) -> Result<corral_proto::workers::Worker, ActorError> {
         let view = match self.shared().dir.view(id) {
-            Some(view) if crate::explain::may_see(caller, &view.worker) => view.worker,
+            Some(view) if caller.may_see_worker(&view.worker.groups) => view.worker,
             _ => return Err(ActorError::NotFound(format!("worker {id} not found"))),
         };
         if !caller.is_admin() {
