@@ -12,17 +12,11 @@ use std::time::SystemTime;
 
 use corral_core::{RequestId, RequestState, WorkerState};
 use corral_proto::requests::{Explanation, WorkerObstacle};
-use corral_proto::workers::Worker;
 
 use crate::{ActorError, Caller, Corral};
 
 /// Most workers listed in one explanation.
 pub const MAX_EXPLAINED_WORKERS: usize = 100;
-
-/// Whether `caller` may see `worker` (as `GET /v1/workers` decides).
-pub fn may_see(caller: &Caller, worker: &Worker) -> bool {
-    caller.may_see_worker(&worker.groups)
-}
 
 fn reason_or_none(reason: &Option<String>) -> &str {
     reason.as_deref().unwrap_or("no reason given")
@@ -64,7 +58,7 @@ impl Corral {
         let seen = |ids: &[corral_core::WorkerId], room: usize| {
             let (mut count, mut kept) = (0, Vec::new());
             for view in ids.iter().filter_map(|uuid| dir.view(*uuid)) {
-                if may_see(caller, &view.worker) {
+                if caller.may_see_worker(&view.worker.groups) {
                     count += 1;
                     if kept.len() < room {
                         kept.push(view.worker);

@@ -42,6 +42,7 @@ mod rebuild;
 pub mod reconciler;
 pub mod request;
 pub mod settings;
+pub mod startup;
 pub mod summary;
 pub mod supervise;
 pub mod timekeeper;
@@ -85,7 +86,7 @@ impl Caller {
     }
 
     /// Whether this caller owns `record` (by identity, not by name).
-    pub fn owns(&self, record: &corral_db::RequestRecord) -> bool {
+    pub fn owns(&self, record: &corral_core::records::RequestRecord) -> bool {
         record.owner_id == self.id
     }
 
@@ -147,6 +148,7 @@ pub struct Shared {
     pub events: events::EventHub,
     /// Where the actors report what they time ([`observe`]).
     pub observer: Arc<dyn observe::Observer>,
+    pub(crate) auth: users::AuthCache,
     matcher: OnceLock<Addr<MatcherActor>>,
     timekeeper: OnceLock<Addr<Timekeeper>>,
     reconciler: OnceLock<Addr<reconciler::Reconciler>>,
@@ -256,6 +258,7 @@ impl Corral {
             leader,
             events,
             observer,
+            auth: users::AuthCache::default(),
             matcher: OnceLock::new(),
             timekeeper: OnceLock::new(),
             reconciler: OnceLock::new(),
@@ -304,11 +307,34 @@ impl Corral {
         Ok(TickReport { sessions_expired, timers_fired, timed_out, decisions })
     }
 
+    /// Whether the database answers now: the readiness probe. Its cause
+    /// is an [`ActorError::Unavailable`] when it does not.
+    pub async fn check_database(&self) -> Result<(), ActorError> {
+        self.shared.db.ping().await.map_err(|e| ActorError::Unavailable(e.to_string()))
+    }
+
+    /// The actors' shared state. Public only with the test-only feature
+    /// `fault-injection`, for white-box checks: everything else goes
+    /// through the use cases of [`Corral`] (architecture invariant).
+    #[cfg(feature = "fault-injection")]
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }
 
+    #[cfg(not(feature = "fault-injection"))]
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The database handle; public only with `fault-injection` (see
+    /// [`Corral::shared`]).
+    #[cfg(feature = "fault-injection")]
     pub fn db(&self) -> &Db {
+        &self.shared.db
+    }
+
+    #[cfg(not(feature = "fault-injection"))]
+    pub(crate) fn db(&self) -> &Db {
         &self.shared.db
     }
 

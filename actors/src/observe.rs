@@ -1,6 +1,9 @@
 //! The seam through which the live system reports what it times, for
 //! metrics, without depending on a metrics library (the api crate's
-//! `Metrics` implements [`Observer`]; like `corral_db::OperationObserver`).
+//! `Metrics` implements [`Observer`]). What the database layer times
+//! (`corral_db::OperationObserver`) comes through here too
+//! ([`Observer::database_operation`]), so the api crate needs no database
+//! type to measure it.
 //!
 //! Every call is made where an actor already knows the times (its own
 //! record, the clock it just read): observing reads no table and sends no
@@ -40,6 +43,32 @@ pub trait Observer: Send + Sync {
 
     /// A command to an agent was not answered within its timeout.
     fn command_timed_out(&self, _kind: ActionKind) {}
+
+    /// A database operation (named as in `corral_db::DatabaseOperation`)
+    /// took `elapsed`; `error` is the kind of its failure (`conflict`,
+    /// `not_found`, `unavailable`, `unknown_outcome`, `internal`).
+    fn database_operation(&self, _operation: &'static str, _elapsed: Duration, _error: Option<&'static str>) {}
+}
+
+/// Passes what the database layer times on to an [`Observer`], so that
+/// whoever measures the actors measures the database through one seam.
+pub(crate) struct DatabaseObserver(pub(crate) std::sync::Arc<dyn Observer>);
+
+impl corral_db::OperationObserver for DatabaseObserver {
+    fn observe(&self, op: corral_db::DatabaseOperation, elapsed: Duration, error: Option<&corral_db::DbError>) {
+        self.0.database_operation(op.as_str(), elapsed, error.map(error_kind));
+    }
+}
+
+fn error_kind(error: &corral_db::DbError) -> &'static str {
+    use corral_db::DbError;
+    match error {
+        DbError::Conflict { .. } => "conflict",
+        DbError::NotFound { .. } => "not_found",
+        DbError::Unavailable { .. } => "unavailable",
+        DbError::UnknownOutcome { .. } => "unknown_outcome",
+        DbError::Internal { .. } => "internal",
+    }
 }
 
 /// The observer of a system nobody measures.

@@ -6,7 +6,6 @@
 use corral_db::RequestRecord;
 use corral_proto::requests::LeaseSummary;
 
-use crate::explain::may_see;
 use crate::{ActorError, Caller, Corral};
 
 impl Corral {
@@ -32,7 +31,7 @@ impl Corral {
         let dir = &self.shared().dir;
         Ok(rows
             .into_iter()
-            .filter(|lease| dir.view(lease.worker).is_some_and(|view| may_see(caller, &view.worker)))
+            .filter(|lease| dir.view(lease.worker).is_some_and(|view| caller.may_see_worker(&view.worker.groups)))
             .map(|lease| LeaseSummary {
                 request: lease.request,
                 worker: lease.worker,

@@ -12,10 +12,11 @@ use std::time::{Duration, SystemTime};
 use actix::prelude::*;
 use corral_core::lease::{ProlongError, TotalLeaseLimit};
 use corral_core::matcher::RequestSpec;
+use corral_core::records::{HistoryRecord, RequestFilter, RequestRecord};
 use corral_core::request::{RequestEvent, Schedule};
 use corral_core::ssh::shell_quote;
 use corral_core::{FencingToken, Priority, RequestId, RequestState, WorkerId};
-use corral_db::{LeaseRecord, RequestRecord, StartLease};
+use corral_db::{LeaseRecord, StartLease};
 use corral_proto::requests::AccessDetails;
 use tracing::Instrument;
 
@@ -1018,6 +1019,29 @@ impl Corral {
     pub async fn request(&self, caller: &Caller, id: RequestId) -> Result<RequestRecord, ActorError> {
         let record = self.shared().db.get_request(id).await?.ok_or_else(|| not_found(id))?;
         if caller.may_read_request_of(record.owner_id) { Ok(record) } else { Err(not_found(id)) }
+    }
+
+    /// The requests `filter` selects, newest first, among those `caller`
+    /// may read: an admin's listing is all users' (filtered by `owner` if
+    /// given); anyone else's is their own, by identity (a deleted user's
+    /// requests are not a later namesake's), and naming another owner is
+    /// refused.
+    pub async fn requests(&self, caller: &Caller, mut filter: RequestFilter) -> Result<Vec<RequestRecord>, ActorError> {
+        if !caller.is_admin() {
+            if filter.owner.as_ref().is_some_and(|owner| *owner != caller.name) {
+                return Err(ActorError::Forbidden("only admins may list other users' requests".to_string()));
+            }
+            filter.owner = None;
+            filter.owner_id = Some(caller.id);
+        }
+        Ok(self.shared().db.list_requests(&filter).await?)
+    }
+
+    /// Every transition of the request `id`, oldest first, for a caller
+    /// who may read it (404 for others).
+    pub async fn request_history(&self, caller: &Caller, id: RequestId) -> Result<Vec<HistoryRecord>, ActorError> {
+        self.request(caller, id).await?;
+        Ok(self.shared().db.request_history(id).await?)
     }
 
     /// Answer for a request that has no live actor: it is terminal (409)

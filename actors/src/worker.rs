@@ -1366,12 +1366,27 @@ impl Corral {
         id: WorkerId,
         before: Option<i64>,
         limit: u32,
-    ) -> Result<Vec<(i64, corral_db::HistoryRecord)>, ActorError> {
-        let shared = self.shared();
-        match shared.dir.view(id) {
-            Some(view) if crate::explain::may_see(caller, &view.worker) => {
-                Ok(shared.db.worker_history_page(id, before, limit).await?)
-            }
+    ) -> Result<Vec<(i64, corral_core::records::HistoryRecord)>, ActorError> {
+        self.worker(caller, id)?;
+        Ok(self.shared().db.worker_history_page(id, before, limit).await?)
+    }
+
+    /// The workers `caller` may see that `keep` selects, ordered by UUID,
+    /// from memory (no database read).
+    pub fn workers(&self, caller: &Caller, mut keep: impl FnMut(&Worker) -> bool) -> Vec<Worker> {
+        self.shared()
+            .dir
+            .views(|v| caller.may_see_worker(&v.worker.groups) && keep(&v.worker))
+            .into_iter()
+            .map(|v| v.worker)
+            .collect()
+    }
+
+    /// The worker `id` if `caller` may see it; 404 otherwise, as for a
+    /// worker that does not exist.
+    pub fn worker(&self, caller: &Caller, id: WorkerId) -> Result<Worker, ActorError> {
+        match self.worker_view(id) {
+            Ok(worker) if caller.may_see_worker(&worker.groups) => Ok(worker),
             _ => Err(ActorError::NotFound(format!("worker {id} not found"))),
         }
     }
@@ -1476,7 +1491,7 @@ impl Corral {
         id: WorkerId,
     ) -> Result<corral_proto::workers::Worker, ActorError> {
         let view = match self.shared().dir.view(id) {
-            Some(view) if crate::explain::may_see(caller, &view.worker) => view.worker,
+            Some(view) if caller.may_see_worker(&view.worker.groups) => view.worker,
             _ => return Err(ActorError::NotFound(format!("worker {id} not found"))),
         };
         if !caller.is_admin() {

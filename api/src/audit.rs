@@ -7,7 +7,7 @@ use std::future::Future;
 use actix_web::{HttpRequest, HttpResponse, web};
 use corral_actors::Caller;
 use corral_actors::audit::AdminAction;
-use corral_db::AuditOutcome;
+use corral_core::records::AuditOutcome;
 use corral_proto::Page;
 use corral_proto::audit::AuditEntry;
 

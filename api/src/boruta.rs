@@ -196,7 +196,6 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{FromRequest, HttpRequest, HttpResponse, ResponseError, web};
 use corral_actors::{ActorError, Caller};
 use corral_core::Role;
-use corral_db::DbError;
 use corral_proto::boruta::{BorutaVersion, ErrorBody, headers};
 use futures_util::StreamExt;
 use serde::Serialize;
@@ -362,12 +361,6 @@ impl From<ActorError> for BorutaError {
     }
 }
 
-impl From<DbError> for BorutaError {
-    fn from(err: DbError) -> Self {
-        BorutaError::from(ApiError::from(err))
-    }
-}
-
 impl ResponseError for BorutaError {
     fn status_code(&self) -> StatusCode {
         self.status
@@ -438,15 +431,14 @@ async fn caller(req: &HttpRequest, state: &AppState) -> Result<Caller, BorutaErr
             "missing Authorization: Bearer TOKEN header (this server has no boruta_user for clients without a token)",
         ));
     };
-    let users = state.corral.db().list_users().await?;
-    let user = users.into_iter().find(|u| u.name == *name).ok_or_else(|| {
+    let user = state.corral.user_named(name).await?.ok_or_else(|| {
         tracing::warn!(user = %name, "the configured boruta_user does not exist");
         BorutaError::unauthorized(format!("the Boruta compatibility user {name:?} does not exist; send a token"))
     })?;
     if user.role == Role::Agent {
         return Err(BorutaError::forbidden("boruta_user names an agent identity, which may only use the agent API"));
     }
-    Ok(Caller { id: user.id, name: user.name, role: user.role, groups: user.groups })
+    Ok(Caller::from(user))
 }
 
 fn require_admin(caller: &Caller) -> Result<(), BorutaError> {

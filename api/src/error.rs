@@ -5,7 +5,6 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 use corral_actors::ActorError;
-use corral_db::DbError;
 use corral_proto::error::{ErrorBody, ErrorCode};
 
 #[derive(Debug, thiserror::Error)]
@@ -115,12 +114,6 @@ impl From<ActorError> for ApiError {
             ActorError::Unavailable(m) => ApiError::unavailable(&m),
             ActorError::Internal(m) => ApiError::internal(&m),
         }
-    }
-}
-
-impl From<DbError> for ApiError {
-    fn from(err: DbError) -> Self {
-        ApiError::from(ActorError::from(err))
     }
 }
 

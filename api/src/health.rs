@@ -31,6 +31,6 @@ async fn healthz() -> HttpResponse {
     ),
 )]
 async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    state.corral.db().ping().await.map_err(|e| ApiError::unavailable(&e))?;
+    state.corral.check_database().await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ready"})))
 }

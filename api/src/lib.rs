@@ -35,14 +35,12 @@ use corral_actors::Corral;
 pub use config::Config;
 pub use serve::{Running, Tokens, check_config, serve};
 
-use crate::auth::AuthCache;
 use crate::error::ApiError;
 
 /// What every handler can reach.
 pub struct AppState {
     pub corral: Corral,
     pub config: Config,
-    pub auth: AuthCache,
     /// Per-user limits on concurrent long-polls and streams.
     pub limits: limits::Limits,
     /// What `/metrics` observed so far, and who may read it.

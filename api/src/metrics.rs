@@ -4,8 +4,9 @@
 //! Two kinds of figure:
 //! - **Observed** as they happen, kept in [`Metrics`] for the process's
 //!   life: database operation latency and errors by operation (fed by
-//!   [`corral_db::OperationObserver`], the seam every `Db::run` call goes
-//!   through; the batch writers' statements are counted, not timed).
+//!   `Observer::database_operation` of `corral_actors::observe`, which
+//!   every database call reaches; the batch writers' statements are
+//!   counted, not timed), and what the actors time (queue wait, ...).
 //! - **Read at scrape time** from memory ([`corral_actors::Corral::summary`]:
 //!   workers by state, live requests, the matcher, agent sessions, tunnels,
 //!   the batch writers' counters) and from `/proc/self` (process figures):
@@ -19,7 +20,6 @@
 use std::time::Duration;
 
 use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
-use corral_db::{DatabaseOperation, DbError};
 use prometheus_client::encoding::prometheus_text;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
@@ -105,30 +105,18 @@ impl corral_actors::observe::Observer for Metrics {
     fn command_timed_out(&self, kind: corral_proto::agent::ActionKind) {
         self.command_timeouts.get_or_create(&[("kind", kind.as_str())]).inc();
     }
+
+    fn database_operation(&self, operation: &'static str, elapsed: Duration, error: Option<&'static str>) {
+        self.db_seconds.get_or_create(&[("operation", operation)]).observe(elapsed.as_secs_f64());
+        if let Some(kind) = error {
+            self.db_errors.get_or_create(&[("operation", operation), ("kind", kind)]).inc();
+        }
+    }
 }
 
 /// 0.25 ms to about 4 s.
 fn db_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.00025, 2.0, 15))
-}
-
-impl corral_db::OperationObserver for Metrics {
-    fn observe(&self, op: DatabaseOperation, elapsed: Duration, error: Option<&DbError>) {
-        self.db_seconds.get_or_create(&[("operation", op.as_str())]).observe(elapsed.as_secs_f64());
-        if let Some(error) = error {
-            self.db_errors.get_or_create(&[("operation", op.as_str()), ("kind", error_kind(error))]).inc();
-        }
-    }
-}
-
-fn error_kind(error: &DbError) -> &'static str {
-    match error {
-        DbError::Conflict { .. } => "conflict",
-        DbError::NotFound { .. } => "not_found",
-        DbError::Unavailable { .. } => "unavailable",
-        DbError::UnknownOutcome { .. } => "unknown_outcome",
-        _ => "internal",
-    }
 }
 
 /// Who may read `/metrics`.

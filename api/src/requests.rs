@@ -6,9 +6,9 @@ use std::time::Duration;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use corral_actors::request::{RequestChanges, Submission};
+use corral_core::records::{Idempotency, RequestFilter, RequestRecord};
 use corral_core::request::Schedule;
 use corral_core::{Caps, Priority, RequestId, RequestState};
-use corral_db::{Idempotency, RequestFilter, RequestRecord};
 use corral_proto::Page;
 use corral_proto::error::ErrorBody;
 use corral_proto::requests::{
@@ -177,20 +177,12 @@ async fn list(state: web::Data<AppState>, auth: Auth, req: HttpRequest) -> Resul
         filter.priority = Some(Priority::try_from(n).map_err(|e| ApiError::bad_request(e.to_string()))?);
     }
     filter.owner = query.one("owner")?.map(str::to_string);
-    if !caller.is_admin() {
-        if filter.owner.as_ref().is_some_and(|owner| *owner != caller.name) {
-            return Err(ApiError::forbidden("only admins may list other users' requests"));
-        }
-        // By identity: a deleted user's requests are not a later namesake's.
-        filter.owner = None;
-        filter.owner_id = Some(caller.id);
-    }
     if let Some(cursor) = query.one("cursor")? {
         filter.before = Some(decode_cursor(cursor)?);
     }
     let limit = filter.limit as usize;
     filter.limit += 1;
-    let mut rows = state.corral.db().list_requests(&filter).await?;
+    let mut rows = state.corral.requests(caller, filter).await?;
     let next_cursor = if rows.len() > limit {
         rows.truncate(limit);
         rows.last().map(|r| encode_cursor(r.id))
@@ -232,8 +224,7 @@ async fn get(state: web::Data<AppState>, auth: Auth, path: web::Path<String>) ->
 async fn history(state: web::Data<AppState>, auth: Auth, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let caller = auth.require_person()?;
     let id = request_id(&path)?;
-    state.corral.request(caller, id).await?;
-    let rows = state.corral.db().request_history(id).await?;
+    let rows = state.corral.request_history(caller, id).await?;
     let entries: Vec<HistoryEntry> = rows
         .into_iter()
         .map(|h| HistoryEntry { at: h.at, from: h.from, to: h.to, actor: h.actor, reason: h.reason })

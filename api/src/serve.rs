@@ -11,12 +11,11 @@ use std::time::Duration;
 
 use actix_web::{App, HttpServer, web};
 use anyhow::{Context, bail};
+use corral_actors::startup::{Database, PoolSettings, new_token};
 use corral_actors::{Clock, Corral};
-use corral_db::{Db, PoolSettings};
 use corral_embedded_pg::EmbeddedPostgres;
 use tracing_actix_web::TracingLogger;
 
-use crate::auth::AuthCache;
 use crate::{AppState, Config};
 
 /// The tokens written at first start.
@@ -67,8 +66,7 @@ impl Running {
         self.server.await.context("running the HTTP server")?;
         self.leading.abort();
         // Hand over at once rather than after the session timeout.
-        let session = self.corral.shared().leader;
-        if let Err(err) = self.corral.db().close_session(session, "server stopped", None).await {
+        if let Err(err) = self.corral.close_own_session("server stopped").await {
             tracing::warn!(cause = %err, "could not close the server session");
         }
         if let Some(watchdog) = self.watchdog {
@@ -154,11 +152,11 @@ fn read_secret(path: &Path) -> Option<String> {
 
 /// On the first start against a database, creates the admin and agent
 /// identities and writes their tokens (mode 0600) to the data directory.
-async fn ensure_tokens(db: &Db, data_dir: &Path) -> anyhow::Result<Option<Tokens>> {
+async fn ensure_tokens(db: &Database, data_dir: &Path) -> anyhow::Result<Option<Tokens>> {
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let (admin_path, agent_path) = (admin_token_path(data_dir), agent_token_path(data_dir));
-    let admin = corral_db::new_token();
-    let agent = corral_db::new_token();
+    let admin = new_token();
+    let agent = new_token();
     let fresh_admin = data_dir.join(".admin.token.new");
     let fresh_agent = data_dir.join(".agent.token.new");
     for path in [&admin_path, &agent_path] {
@@ -231,50 +229,6 @@ fn watch_embedded(pg: Arc<EmbeddedPostgres>, data_dir: PathBuf) -> actix_web::rt
     })
 }
 
-/// The longest wait between two tries to reach the database at start.
-const CONNECT_RETRY_MAX: Duration = Duration::from_secs(10);
-
-/// Connects to the database and brings its schema up to date. While no
-/// host of the URL is reachable, or none accepts writes (only standbys,
-/// a failover under way), it says so and tries again, for as long as it
-/// takes: a service manager starting corral before its database is not an
-/// error. A URL that does not parse, or any other error, ends the start.
-async fn connect_database(url: &str, pool: &PoolSettings) -> anyhow::Result<Db> {
-    let described = Db::describe_url(url).context("reading the database URL")?;
-    if described.hosts.len() > 1 && !described.read_write {
-        tracing::warn!(
-            hosts = %described.hosts.join(","),
-            "the database URL names several hosts without target_session_attrs=read-write: corral may reach a \
-             standby and be refused every write; add target_session_attrs=read-write"
-        );
-    }
-    let mut delay = Duration::from_millis(500);
-    loop {
-        let tried = match Db::connect(url, pool).await {
-            Ok(db) => match db.apply_schema().await {
-                Ok(()) => Ok(db),
-                Err(corral_db::MigrationError::Db(err)) => Err(err),
-                Err(err) => return Err(err).context("bringing the database schema up to date"),
-            },
-            Err(err) => Err(err),
-        };
-        match tried {
-            Ok(db) => return Ok(db),
-            Err(err) if err.is_unavailable() => {
-                tracing::error!(
-                    hosts = %described.hosts.join(","),
-                    cause = %err,
-                    retry_in = ?delay,
-                    "cannot use the database yet; retrying"
-                );
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(CONNECT_RETRY_MAX);
-            }
-            Err(err) => return Err(err).context("connecting to the database and applying the schema"),
-        }
-    }
-}
-
 /// What `corral serve --check-config` reports: one line per checked part.
 /// Everything `serve` would refuse at start is refused here too, without
 /// starting anything (no database, no listener).
@@ -298,7 +252,7 @@ pub fn check_config(config: &Config) -> anyhow::Result<Vec<String>> {
     }
     match &config.database_url {
         Some(url) => {
-            let described = Db::describe_url(url).context("reading the database URL")?;
+            let described = Database::describe_url(url).context("reading the database URL")?;
             if described.hosts.len() > 1 && !described.read_write {
                 bail!(
                     "the database URL names several hosts ({}) without target_session_attrs=read-write: corral \
@@ -338,7 +292,9 @@ pub async fn serve(config: Config, clock: Clock) -> anyhow::Result<Running> {
         connect_timeout: Duration::from_secs(5),
     };
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
-    let db = connect_database(&url, &pool).await?.with_observer(metrics.clone());
+    let db = Database::connect(&url, &pool, metrics.clone())
+        .await
+        .context("connecting to the database and applying the schema")?;
     let tokens = ensure_tokens(&db, &config.data_dir).await?;
     // Hold the address before leading: it proves no other live process of
     // this replica runs (see leadership::lead).
@@ -351,19 +307,16 @@ pub async fn serve(config: Config, clock: Clock) -> anyhow::Result<Running> {
     // once, so that agents and clients given several server URLs move on
     // to the leader instead of waiting for a timeout.
     let standby = crate::leadership::answer_as_standby(listener.try_clone().context("sharing the listener")?)?;
-    let led = crate::leadership::lead(&db, &name, settings.session_timeout, settings.heartbeat_interval).await;
+    let led = db.lead(&name, settings.session_timeout, settings.heartbeat_interval).await;
     standby.abort();
     let _ = standby.await;
     let session = led.context("taking the scheduling leadership")?;
     let heartbeat = settings.heartbeat_interval;
-    let corral = Corral::start_observed(db.clone(), settings, clock, session, metrics.clone())
-        .await
-        .context("rebuilding the live system")?;
+    let corral = db.start(settings, clock, session).await.context("rebuilding the live system")?;
 
     let state = web::Data::new(AppState {
         corral: corral.clone(),
         config: config.clone(),
-        auth: AuthCache::default(),
         limits: crate::limits::Limits::from_config(&config),
         metrics,
         metrics_access: config.metrics_access()?,
@@ -386,7 +339,7 @@ pub async fn serve(config: Config, clock: Clock) -> anyhow::Result<Running> {
     let server = server.run();
     let handle = server.handle();
     let deposed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let leading = crate::leadership::keep_leading(db, session, heartbeat, {
+    let leading = corral.keep_leading(heartbeat, {
         let deposed = deposed.clone();
         move || {
             deposed.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -3,8 +3,9 @@
 //! `Corral::delete_user`).
 
 use actix_web::{HttpRequest, HttpResponse, web};
+use corral_actors::Caller;
 use corral_core::Role;
-use corral_db::UserRecord;
+use corral_core::records::UserRecord;
 use corral_proto::error::ErrorBody;
 use corral_proto::users::{CreatedUser, NewUser, User};
 
@@ -50,13 +51,10 @@ async fn create(
         new.agent,
         serde_json::to_string(&new.groups).unwrap_or_default()
     );
-    audited(&state, &req, caller, "user.create", new.name.clone(), detail, create_user(&state, new)).await
+    audited(&state, &req, caller, "user.create", new.name.clone(), detail, create_user(&state, caller, new)).await
 }
 
-async fn create_user(state: &AppState, new: NewUser) -> Result<HttpResponse, ApiError> {
-    if !corral_core::user::valid_user_name(&new.name) {
-        return Err(ApiError::bad_request("name must be 1-64 characters of letters, digits, '.', '_' or '-'"));
-    }
+async fn create_user(state: &AppState, caller: &Caller, new: NewUser) -> Result<HttpResponse, ApiError> {
     let groups = corral_core::Groups::validated(new.groups.iter().map(str::to_string).collect())
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let role = match (new.admin, new.agent) {
@@ -65,9 +63,7 @@ async fn create_user(state: &AppState, new: NewUser) -> Result<HttpResponse, Api
         (false, true) => Role::Agent,
         (false, false) => Role::User,
     };
-    let token = corral_db::new_token();
-    let user = state.corral.db().create_user(&new.name, role, &groups, &token).await?;
-    tracing::info!(user = %user.name, role = %user.role, "user created");
+    let (user, token) = state.corral.create_user(caller, &new.name, role, &groups).await?;
     Ok(HttpResponse::Created()
         .insert_header(("Location", format!("/v1/users/{}", user.name)))
         .json(CreatedUser { user: to_wire(user), token }))
@@ -78,8 +74,8 @@ async fn create_user(state: &AppState, new: NewUser) -> Result<HttpResponse, Api
     responses((status = 200, description = "Every user", body = Vec<User>)),
 )]
 async fn list(state: web::Data<AppState>, auth: Auth) -> Result<HttpResponse, ApiError> {
-    auth.require_admin()?;
-    let users: Vec<User> = state.corral.db().list_users().await?.into_iter().map(to_wire).collect();
+    let caller = auth.require_admin()?;
+    let users: Vec<User> = state.corral.users(caller).await?.into_iter().map(to_wire).collect();
     Ok(HttpResponse::Ok().json(users))
 }
 
@@ -102,8 +98,7 @@ async fn delete(
     let caller = auth.require_admin()?;
     let name = path.into_inner();
     audited(&state, &req, caller, "user.delete", name.clone(), "", async {
-        let user = state.corral.delete_user(caller, &name).await?;
-        state.auth.forget_user(user.id);
+        state.corral.delete_user(caller, &name).await?;
         Ok(HttpResponse::NoContent().finish())
     })
     .await

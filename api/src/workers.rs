@@ -61,10 +61,6 @@ fn worker_id(path: &str) -> Result<WorkerId, ApiError> {
     path.parse().map_err(|_| ApiError::bad_request(format!("worker id must be a UUID, got {path:?}")))
 }
 
-fn visible(caller: &corral_actors::Caller, worker: &Worker) -> bool {
-    corral_actors::explain::may_see(caller, worker)
-}
-
 /// The workers the caller may see, by UUID.
 #[utoipa::path(
     get, path = "/v1/workers", operation_id = "list_workers", tag = "workers",
@@ -92,10 +88,8 @@ async fn list(state: web::Data<AppState>, auth: Auth, req: HttpRequest) -> Resul
         Some(c) => Some(c.parse::<WorkerId>().map_err(|_| ApiError::bad_request("invalid cursor"))?),
         None => None,
     };
-    let views = state.corral.shared().dir.views(|v| {
-        let w = &v.worker;
-        visible(caller, w)
-            && (states.is_empty() || states.contains(&w.state))
+    let workers = state.corral.workers(caller, |w| {
+        (states.is_empty() || states.contains(&w.state))
             && group.as_deref().is_none_or(|g| w.groups.contains(g))
             && caps.iter().all(|(k, val)| w.caps.get(k) == Some(val.as_str()))
             && after.is_none_or(|a| w.uuid > a)
@@ -107,8 +101,8 @@ async fn list(state: web::Data<AppState>, auth: Auth, req: HttpRequest) -> Resul
                 _ => true,
             }
     });
-    let next_cursor = (views.len() > limit).then(|| views[limit - 1].worker.uuid.to_string());
-    let items: Vec<Worker> = views.into_iter().take(limit).map(|v| v.worker).collect();
+    let next_cursor = (workers.len() > limit).then(|| workers[limit - 1].uuid.to_string());
+    let items: Vec<Worker> = workers.into_iter().take(limit).collect();
     Ok(HttpResponse::Ok().json(Page { items, next_cursor }))
 }
 
@@ -121,10 +115,7 @@ async fn list(state: web::Data<AppState>, auth: Auth, req: HttpRequest) -> Resul
 async fn get(state: web::Data<AppState>, auth: Auth, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let caller = auth.require_person()?;
     let id = worker_id(&path)?;
-    match state.corral.shared().dir.view(id) {
-        Some(view) if visible(caller, &view.worker) => Ok(HttpResponse::Ok().json(view.worker)),
-        _ => Err(ApiError::not_found(format!("worker {id} not found"))),
-    }
+    Ok(HttpResponse::Ok().json(state.corral.worker(caller, id)?))
 }
 
 /// `GET /v1/workers/{uuid}/history?limit=N&cursor=C`: every transition,
@@ -160,10 +151,6 @@ async fn history(
     Ok(HttpResponse::Ok().json(Page { items, next_cursor }))
 }
 
-fn current(state: &AppState, id: WorkerId) -> Result<Worker, ApiError> {
-    state.corral.shared().dir.view(id).map(|v| v.worker).ok_or_else(|| ApiError::internal(&"worker view missing"))
-}
-
 /// An admin sets a worker idle or in maintenance (`drain`: after the
 /// running lease).
 #[utoipa::path(
@@ -191,7 +178,7 @@ async fn set_state(
             return Err(ApiError::bad_request("reason may be at most 1024 bytes"));
         }
         state.corral.set_worker_state(caller, id, change).await?;
-        Ok(HttpResponse::Accepted().json(current(&state, id)?))
+        Ok(HttpResponse::Accepted().json(state.corral.worker(caller, id)?))
     })
     .await
 }
@@ -217,7 +204,7 @@ async fn set_groups(
         let id = worker_id(&path)?;
         let groups = Groups::validated(body.into_iter().collect()).map_err(|e| ApiError::bad_request(e.to_string()))?;
         state.corral.set_worker_groups(caller, id, groups).await?;
-        Ok(HttpResponse::Ok().json(current(&state, id)?))
+        Ok(HttpResponse::Ok().json(state.corral.worker(caller, id)?))
     })
     .await
 }

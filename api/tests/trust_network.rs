@@ -246,7 +246,7 @@ async fn class9_database_error_details_never_reach_clients() {
 
     let shown = format!("{err} {err:?}");
     // The error sent on as the server does: a 409 answer, and a logged cause.
-    let answer = corral_api::error::ApiError::from(err);
+    let answer = corral_api::error::ApiError::from(corral_actors::ActorError::from(err));
     let response = answer.error_response();
     assert_eq!(response.status(), StatusCode::CONFLICT);
     let body = actix_web::body::to_bytes(response.into_body()).await.unwrap();

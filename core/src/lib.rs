@@ -15,6 +15,7 @@ pub mod ids;
 pub mod lease;
 pub mod matcher;
 pub mod priority;
+pub mod records;
 pub mod request;
 pub mod schema;
 pub mod ssh;

@@ -6,6 +6,8 @@ use std::time::SystemTime;
 
 use corral_core::UserId;
 
+pub use corral_core::records::AuditOutcome;
+
 use crate::{DatabaseOperation, Db, DbError};
 
 /// An admin action about to run.
@@ -18,26 +20,6 @@ pub struct AuditIntent {
     pub target: String,
     pub address: Option<String>,
     pub detail: String,
-}
-
-/// How an admin action ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AuditOutcome {
-    Done,
-    /// Refused with a 4xx answer: nothing changed.
-    Refused,
-    /// A 5xx answer: it may or may not have happened.
-    Failed,
-}
-
-impl AuditOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuditOutcome::Done => "done",
-            AuditOutcome::Refused => "refused",
-            AuditOutcome::Failed => "failed",
-        }
-    }
 }
 
 /// One row of the audit log.

@@ -9,6 +9,7 @@
 
 use corral_core::{RequestId, UserId, WorkerId};
 
+use crate::records::FromRow;
 use crate::{DatabaseOperation, Db, DbError, HistoryRecord};
 
 /// Whose row a history row is.

@@ -4,22 +4,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
-use corral_core::lease::KeyKind;
-use corral_core::{
-    Caps, FencingToken, Groups, Priority, RequestId, RequestState, Role, SessionId, UserId, WorkerId, WorkerState,
-};
+use corral_core::{Caps, FencingToken, Groups, Priority, RequestId, SessionId, UserId, WorkerId, WorkerState};
 use tokio_postgres::Row;
+
+pub use corral_core::records::{HistoryRecord, RequestRecord, UserRecord};
 
 use crate::{DatabaseOperation, DbError};
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UserRecord {
-    /// Never reused: a later user of the same name is another user.
-    pub id: UserId,
-    pub name: String,
-    pub role: Role,
-    pub groups: Groups,
-    pub created_at: SystemTime,
+/// Builds a record of the core's types from a row.
+pub(crate) trait FromRow: Sized {
+    fn from_row(op: DatabaseOperation, row: &Row) -> Result<Self, DbError>;
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,28 +81,6 @@ impl WorkerRecord {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RequestRecord {
-    pub id: RequestId,
-    pub owner: String,
-    /// The owner's identity; ownership checks compare this, never the name.
-    pub owner_id: UserId,
-    pub owner_groups: Groups,
-    pub state: RequestState,
-    pub priority: Priority,
-    pub caps: Caps,
-    pub created_at: SystemTime,
-    pub valid_after: SystemTime,
-    pub deadline: SystemTime,
-    pub lease: Duration,
-    pub ssh_public_key: Option<String>,
-    pub key_kind: KeyKind,
-    pub worker: Option<WorkerId>,
-    pub lease_expires_at: Option<SystemTime>,
-    pub reason: Option<String>,
-    pub updated_at: SystemTime,
-}
-
 /// `Debug` never shows the private key.
 #[derive(Clone, PartialEq, Eq)]
 pub struct LeaseRecord {
@@ -137,15 +109,6 @@ impl std::fmt::Debug for LeaseRecord {
             .field("private_key", &self.private_key.as_ref().map(|_| "<redacted>"))
             .finish()
     }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HistoryRecord {
-    pub at: SystemTime,
-    pub from: Option<String>,
-    pub to: String,
-    pub actor: String,
-    pub reason: String,
 }
 
 pub(crate) fn caps_from_json(op: DatabaseOperation, value: serde_json::Value) -> Result<Caps, DbError> {
@@ -178,8 +141,8 @@ pub(crate) fn from_millis(ms: i64) -> Duration {
     Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
-impl UserRecord {
-    pub(crate) fn from_row(op: DatabaseOperation, row: &Row) -> Result<UserRecord, DbError> {
+impl FromRow for UserRecord {
+    fn from_row(op: DatabaseOperation, row: &Row) -> Result<UserRecord, DbError> {
         Ok(UserRecord {
             id: UserId(row.try_get("id").map_err(|e| DbError::internal(op, e.to_string()))?),
             name: row.try_get("name").map_err(|e| DbError::internal(op, e.to_string()))?,
@@ -250,8 +213,8 @@ impl WorkerRecord {
     }
 }
 
-impl RequestRecord {
-    pub(crate) fn from_row(op: DatabaseOperation, row: &Row) -> Result<RequestRecord, DbError> {
+impl FromRow for RequestRecord {
+    fn from_row(op: DatabaseOperation, row: &Row) -> Result<RequestRecord, DbError> {
         let get = |e: tokio_postgres::Error| DbError::internal(op, e.to_string());
         let priority: i16 = row.try_get("priority").map_err(get)?;
         Ok(RequestRecord {
@@ -317,8 +280,8 @@ impl crate::Db {
     }
 }
 
-impl HistoryRecord {
-    pub(crate) fn from_row(op: DatabaseOperation, row: &Row) -> Result<HistoryRecord, DbError> {
+impl FromRow for HistoryRecord {
+    fn from_row(op: DatabaseOperation, row: &Row) -> Result<HistoryRecord, DbError> {
         let get = |e: tokio_postgres::Error| DbError::internal(op, e.to_string());
         Ok(HistoryRecord {
             at: row.try_get("at").map_err(get)?,

@@ -6,7 +6,9 @@ use std::time::{Duration, SystemTime};
 
 use corral_core::{Caps, FencingToken, Groups, Priority, RequestId, RequestState, UserId, WorkerId};
 
-use crate::records::{HistoryRecord, LeaseRecord, RequestRecord, caps_to_json, groups_to, millis};
+pub use corral_core::records::{Idempotency, RequestFilter};
+
+use crate::records::{FromRow, HistoryRecord, LeaseRecord, RequestRecord, caps_to_json, groups_to, millis};
 use crate::{DatabaseOperation, Db, DbError};
 
 const REQUEST_COLUMNS: &str = "id, owner, owner_id, owner_groups, state, priority, caps, created_at, valid_after, deadline, \
@@ -341,12 +343,15 @@ impl crate::batch::Batched for InsertRequest {
             Box::new(batch.iter().map(|i| i.new.owner_id.0).collect::<Vec<i64>>()),
             Box::new(batch.iter().map(|i| i.token).collect::<Vec<uuid::Uuid>>()),
             Box::new(
-                batch.iter().map(|i| i.idempotency.as_ref().map(|k| k.key.clone())).collect::<Vec<Option<String>>>(),
+                batch
+                    .iter()
+                    .map(|i| i.idempotency.as_ref().map(|k| k.key().to_string()))
+                    .collect::<Vec<Option<String>>>(),
             ),
             Box::new(
                 batch
                     .iter()
-                    .map(|i| i.idempotency.as_ref().map(|k| k.digest.to_vec()))
+                    .map(|i| i.idempotency.as_ref().map(|k| k.digest().to_vec()))
                     .collect::<Vec<Option<Vec<u8>>>>(),
             ),
         ];
@@ -363,50 +368,6 @@ impl crate::batch::Batched for InsertRequest {
             .into_iter()
             .map(|outcome| outcome.ok_or_else(|| DbError::internal(op, "a request of the batch was not inserted")))
             .collect())
-    }
-}
-
-/// A submission's `Idempotency-Key` and the SHA-256 of what it asked for.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Idempotency {
-    key: String,
-    digest: [u8; 32],
-}
-
-impl Idempotency {
-    /// The longest key accepted.
-    pub const MAX_LEN: usize = 255;
-
-    /// `key` (1 to [`Idempotency::MAX_LEN`] printable ASCII characters,
-    /// else an error saying so) for a submission whose canonical form is
-    /// `canonical`: equal submissions must give equal values.
-    pub fn new(key: &str, canonical: &serde_json::Value) -> Result<Idempotency, String> {
-        if key.is_empty() || key.len() > Self::MAX_LEN || !key.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-            return Err(format!("Idempotency-Key must be 1 to {} printable ASCII characters", Self::MAX_LEN));
-        }
-        use sha2::Digest;
-        // serde_json's maps are sorted by key: one text per value.
-        let digest = sha2::Sha256::digest(canonical.to_string().as_bytes()).into();
-        Ok(Idempotency { key: key.to_string(), digest })
-    }
-
-    pub fn key(&self) -> &str {
-        &self.key
-    }
-
-    /// The answer to a retry that found `found` stored under this key.
-    fn replay(&self, found: (RequestRecord, Option<FencingToken>, Vec<u8>)) -> Result<Submitted, DbError> {
-        let (record, fence, digest) = found;
-        if digest != self.digest {
-            return Err(DbError::conflict(
-                DatabaseOperation::InsertRequest,
-                format!(
-                    "Idempotency-Key {:?} was used for request {} with another body; use a new key for a new request",
-                    self.key, record.id
-                ),
-            ));
-        }
-        Ok(Submitted { record, fence, replayed: true })
     }
 }
 
@@ -435,20 +396,6 @@ pub struct NewRequestRecord {
     pub lease: Duration,
     pub ssh_public_key: Option<String>,
     pub key_kind: corral_core::lease::KeyKind,
-}
-
-/// Filters of `GET /v1/requests`; newest first.
-#[derive(Clone, Debug, Default)]
-pub struct RequestFilter {
-    /// By name (what admins filter on).
-    pub owner: Option<String>,
-    /// By identity (what a user's own listing uses).
-    pub owner_id: Option<UserId>,
-    pub states: Vec<RequestState>,
-    pub priority: Option<Priority>,
-    /// Only ids below this one (the cursor).
-    pub before: Option<RequestId>,
-    pub limit: u32,
 }
 
 /// A running lease as the dashboard lists it ([`Db::live_leases`]).
@@ -592,7 +539,7 @@ impl Db {
                     if let Some(key) = idempotency
                         && let Some(found) = self.request_by_key(new.owner_id, key).await?
                     {
-                        return key.replay(found);
+                        return replay(key, found);
                     }
                     if attempt > 1
                         && let Some((record, fence)) = self.request_by_token(token).await?
@@ -613,7 +560,7 @@ impl Db {
     /// passed (a limit it now counts towards).
     pub async fn stored_submission(&self, owner: UserId, key: &Idempotency) -> Result<Option<Submitted>, DbError> {
         match self.request_by_key(owner, key).await? {
-            Some(found) => key.replay(found).map(Some),
+            Some(found) => replay(key, found).map(Some),
             None => Ok(None),
         }
     }
@@ -626,7 +573,7 @@ impl Db {
         key: &Idempotency,
     ) -> Result<Option<(RequestRecord, Option<FencingToken>, Vec<u8>)>, DbError> {
         let op = DatabaseOperation::GetRequest;
-        let name = key.key.clone();
+        let name = key.key().to_string();
         self.run(op, move |client| {
             let name = name.clone();
             Box::pin(async move {
@@ -705,6 +652,7 @@ impl Db {
                            AND ($3::smallint IS NULL OR priority = $3)
                            AND ($4::bigint IS NULL OR id < $4)
                            AND ($6::bigint IS NULL OR owner_id = $6)
+                           AND ($7::bigint[] IS NULL OR id = ANY($7))
                          ORDER BY id DESC LIMIT $5"
                     ))
                     .await?;
@@ -718,6 +666,7 @@ impl Db {
                             &f.before.map(|b| b.0),
                             &i64::from(f.limit),
                             &f.owner_id.map(|o| o.0),
+                            &f.ids.as_ref().map(|ids| ids.iter().map(|id| id.0).collect::<Vec<i64>>()),
                         ],
                     )
                     .await?;
@@ -1162,4 +1111,20 @@ impl Db {
         })
         .await
     }
+}
+
+/// The answer to a retry with `key` that found `found` stored under it.
+fn replay(key: &Idempotency, found: (RequestRecord, Option<FencingToken>, Vec<u8>)) -> Result<Submitted, DbError> {
+    let (record, fence, digest) = found;
+    if digest != *key.digest() {
+        return Err(DbError::conflict(
+            DatabaseOperation::InsertRequest,
+            format!(
+                "Idempotency-Key {:?} was used for request {} with another body; use a new key for a new request",
+                key.key(),
+                record.id
+            ),
+        ));
+    }
+    Ok(Submitted { record, fence, replayed: true })
 }

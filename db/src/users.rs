@@ -5,7 +5,7 @@ use corral_core::{Groups, Role, UserId};
 use rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
 
-use crate::records::{UserRecord, groups_to};
+use crate::records::{FromRow, UserRecord, groups_to};
 use crate::{DatabaseOperation, Db, DbError};
 
 /// A fresh bearer token: `crl_` and 64 hex digits.

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use corral_core::{Caps, Groups, SessionId, UserId, WorkerId, WorkerState};
 
-use crate::records::{HistoryRecord, WorkerRecord, caps_to_json, groups_to};
+use crate::records::{FromRow, HistoryRecord, WorkerRecord, caps_to_json, groups_to};
 use crate::{DatabaseOperation, Db, DbError};
 
 const WORKER_COLUMNS: &str = "uuid, agent, principal, session, state, caps, groups, ssh_addr, ssh_user, host_key, reason, \

@@ -7,10 +7,10 @@ use std::time::Duration;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use corral_actors::request::{RequestChanges, Submission};
-use corral_actors::{Caller, KeyKind};
+use corral_actors::{ActorError, Caller, KeyKind};
+use corral_core::records::{RequestFilter, RequestRecord};
 use corral_core::request::Schedule;
 use corral_core::{Caps, Priority, RequestId, RequestState};
-use corral_db::{RequestFilter, RequestRecord};
 use corral_proto::boruta::{
     AccessInfo, JobInfo, ReqIdPack, ReqInfo, ReqInfoInput, ReqState, RequestsFilter, RequestsListSpec, SortInfo,
     SortOrder, TcpAddr, UserInfo, format_header_time, headers,
@@ -317,34 +317,29 @@ fn visible(caller: &Caller, r: &RequestRecord) -> bool {
     caller.may_read_request_of(r.owner_id)
 }
 
-/// The requests the filter can match, read from the database.
+/// The requests the filter can match, read from the database in one
+/// query (by their ids when the filter names some).
 async fn candidates(state: &AppState, caller: &Caller, filter: &Filter) -> Result<Vec<RequestRecord>, BorutaError> {
-    let db = state.corral.db();
-    let mut rows = Vec::new();
-    if !filter.ids.is_empty() {
-        let mut ids: Vec<u64> = filter.ids.clone();
-        ids.sort_unstable();
-        ids.dedup();
-        for id in ids.into_iter().filter_map(|id| i64::try_from(id).ok()) {
-            if let Some(record) = db.get_request(RequestId(id)).await? {
-                rows.push(record);
-            }
-        }
-    } else {
+    let query = if filter.ids.is_empty() {
         let single_priority = match filter.priorities.as_slice() {
             [one] => i64::try_from(*one).ok().and_then(|p| Priority::try_from(p).ok()),
             _ => None,
         };
-        let query = RequestFilter {
-            owner: None,
-            owner_id: (!caller.is_admin()).then_some(caller.id),
+        RequestFilter {
             states: filter.states.clone(),
             priority: single_priority,
-            before: None,
             limit: LIST_SCAN_LIMIT,
-        };
-        rows = db.list_requests(&query).await?;
-    }
+            ..RequestFilter::default()
+        }
+    } else {
+        let mut ids: Vec<RequestId> =
+            filter.ids.iter().filter_map(|id| i64::try_from(*id).ok()).map(RequestId).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let limit = u32::try_from(ids.len()).unwrap_or(u32::MAX);
+        RequestFilter { ids: Some(ids), limit, ..RequestFilter::default() }
+    };
+    let mut rows = state.corral.requests(caller, query).await?;
     rows.retain(|r| visible(caller, r) && filter.matches(r));
     Ok(rows)
 }
@@ -391,8 +386,11 @@ async fn listing(
             Some(found) => Some(found.clone()),
             None => {
                 let id = i64::try_from(id).map_err(|_| not_found())?;
-                let record = state.corral.db().get_request(RequestId(id)).await?;
-                Some(record.filter(|r| visible(caller, r)).ok_or_else(not_found)?)
+                match state.corral.request(caller, RequestId(id)).await {
+                    Ok(record) => Some(record),
+                    Err(ActorError::NotFound(_)) => return Err(not_found()),
+                    Err(err) => return Err(err.into()),
+                }
             }
         },
     };

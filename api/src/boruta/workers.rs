@@ -42,16 +42,9 @@ pub fn worker_info(w: &Worker) -> WorkerInfo {
     }
 }
 
-fn visible(caller: &Caller, worker: &Worker) -> bool {
-    caller.is_admin() || caller.groups.may_use(&worker.groups)
-}
-
 /// The worker as the caller may see it (404 otherwise, as on `/v1`).
 fn visible_worker(state: &AppState, caller: &Caller, id: WorkerId) -> Result<Worker, BorutaError> {
-    match state.corral.shared().dir.view(id) {
-        Some(view) if visible(caller, &view.worker) => Ok(view.worker),
-        _ => Err(not_found()),
-    }
+    state.corral.worker(caller, id).map_err(|_| not_found())
 }
 
 // ----- read -------------------------------------------------------------------------
@@ -160,14 +153,7 @@ async fn listing(
         None => None,
         Some(id) => Some(visible_worker(state, caller, id.parse().map_err(|_| not_found())?)?),
     };
-    let workers: Vec<Worker> = state
-        .corral
-        .shared()
-        .dir
-        .views(|v| visible(caller, &v.worker) && matches(&filter, &v.worker))
-        .into_iter()
-        .map(|v| v.worker)
-        .collect();
+    let workers: Vec<Worker> = state.corral.workers(caller, |w| matches(&filter, w));
     let page: Page<Worker> = paging::page(
         workers,
         |a, b| compare(item, sorter.order, a, b),
