@@ -299,10 +299,42 @@ async fn readyz(base: &str) -> Option<(u16, Value)> {
     Some((response.status().as_u16(), serde_json::from_slice(&body).unwrap_or(Value::Null)))
 }
 
+/// Runs a client command of the CLI (`corral request ...`) with none of
+/// the user's configuration (HOME is `home`, no CORRAL_* variables):
+/// its exit status, standard output and standard error.
+async fn cli(home: &Path, args: &[&str]) -> (bool, String, String) {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_corral"));
+    command
+        .args(args)
+        .current_dir(home)
+        .env("HOME", home)
+        .env_remove("CORRAL_URL")
+        .env_remove("CORRAL_TOKEN")
+        .env_remove("CORRAL_CONFIG")
+        .env_remove("XDG_CONFIG_HOME")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(60), command.output())
+        .await
+        .unwrap_or_else(|_| panic!("corral {args:?} did not finish within 60 s"))
+        .unwrap_or_else(|e| panic!("running corral {args:?}: {e}"));
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (output.status.success(), text(&output.stdout), text(&output.stderr))
+}
+
+/// Like [`cli`] for a command that must succeed and print JSON.
+async fn cli_json(home: &Path, args: &[&str]) -> Value {
+    let (ok, stdout, stderr) = cli(home, args).await;
+    assert!(ok, "corral {args:?} failed:\n{stderr}\n{stdout}");
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("corral {args:?} printed no JSON ({e}):\n{stdout}"))
+}
+
 /// Issue 18 item 2: two replicas on one database; `kill -9` of the leader.
 /// The standby answers 503 `standby` while it waits, leads within
 /// session_timeout + 2 s of the kill, and reopens the tunnel of the live
-/// lease on the same port; the agent, given both URLs, follows.
+/// lease on the same port; the agent, given both URLs, follows. The CLI,
+/// given both URLs with the standby (later: the dead replica) first,
+/// reaches the leader (`corral_client::servers`).
 #[actix_rt::test]
 async fn kill_9_of_the_leading_replica_hands_over_to_the_standby_with_tunnels_kept() {
     const SESSION_TIMEOUT: Duration = Duration::from_secs(3);
@@ -347,9 +379,20 @@ async fn kill_9_of_the_leading_replica_hands_over_to_the_standby_with_tunnels_ke
     assert_eq!(status, 201);
     let rita_token = created["token"].as_str().unwrap().to_string();
     let rita = Http { client: awc::Client::default(), base: base_a.clone(), token: rita_token.clone() };
-    let (status, request) = rita.post("/v1/requests", json!({"caps": {"device_type": "x"}})).await.unwrap();
-    assert_eq!(status, 201);
+    // Sent: `corral request new` with --server STANDBY,LEADER. Must happen:
+    // the standby's 503 `standby` sends the CLI on to the leader, which
+    // creates exactly one request.
+    let standby_first = format!("{base_b},{base_a}");
+    let as_rita = ["--json", "--token", &rita_token];
+    let submit = ["request", "new", "--caps", "device_type=x", "--server", &standby_first];
+    let request = cli_json(&root, &[&submit[..], &as_rita[..]].concat()).await;
     let id = request["id"].as_i64().unwrap();
+    let (_, listed) = rita.get("/v1/requests").await;
+    assert_eq!(listed["items"].as_array().map(Vec::len), Some(1), "one submission, one request: {listed}");
+    // Sent: the same with --server STANDBY only. Must happen: exit status 1
+    // and the standby's answer, since no URL leads.
+    let (ok, _, stderr) = cli(&root, &["request", "list", "--token", &rita_token, "--server", &base_b]).await;
+    assert!(!ok && stderr.contains("standby: "), "only the standby: {stderr}");
     let (status, access) = rita.post(&format!("/v1/requests/{id}/acquire?wait=20s"), json!({})).await.unwrap();
     assert_eq!(status, 200, "{access}");
     let tunnel = access["port"].as_u64().unwrap() as u16;
@@ -369,9 +412,13 @@ async fn kill_9_of_the_leading_replica_hands_over_to_the_standby_with_tunnels_ke
         "the standby leads within session_timeout + 2 s of the kill, took {takeover:?}"
     );
 
-    let rita_b = Http { client: awc::Client::default(), base: base_b.clone(), token: rita_token };
-    let (_, now) = rita_b.get(&format!("/v1/requests/{id}")).await;
+    // Sent: `corral request show` with --server DEAD,NEW-LEADER. Must
+    // happen: the refused connection sends the CLI on to the new leader.
+    let dead_first = format!("{base_a},{base_b}");
+    let show = ["request", "show", &id.to_string(), "--server", &dead_first];
+    let now = cli_json(&root, &[&show[..], &as_rita[..]].concat()).await;
     assert_eq!(now["state"], "in_progress", "the live lease stays live: {now}");
+    let rita_b = Http { client: awc::Client::default(), base: base_b.clone(), token: rita_token.clone() };
     let (status, access) = rita_b.post(&format!("/v1/requests/{id}/acquire"), json!({})).await.unwrap();
     assert_eq!(status, 200, "{access}");
     assert_eq!(access["port"].as_u64().unwrap() as u16, tunnel, "same tunnel port on the new leader");

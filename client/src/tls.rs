@@ -92,7 +92,12 @@ impl ClientTls {
 
     /// An HTTP client with `timeout` per call, with TLS when `https`, and
     /// `Authorization: Bearer token` on every call when there is a token.
-    pub fn http_client_for(&self, https: bool, token: Option<&str>, timeout: Duration) -> Result<awc::Client, TlsError> {
+    pub fn http_client_for(
+        &self,
+        https: bool,
+        token: Option<&str>,
+        timeout: Duration,
+    ) -> Result<awc::Client, TlsError> {
         let mut builder = awc::Client::builder().timeout(timeout);
         if let Some(token) = token {
             builder = builder.add_default_header(("Authorization", format!("Bearer {token}")));
