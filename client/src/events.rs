@@ -4,14 +4,14 @@
 use futures_util::StreamExt;
 use futures_util::stream::LocalBoxStream;
 
-use crate::{Attempt, CALL_TIMEOUT, Client, Error, refusal, retry_after, transport_failure};
+use crate::{Attempt, Client, Error, refusal, retry_after, transport_failure};
 
 /// The body of an open stream: its chunks as they arrive, or why it broke.
 pub type EventStream = LocalBoxStream<'static, Result<Vec<u8>, String>>;
 
 impl Client {
     /// Opens `GET /v1/events`, with `Last-Event-ID` when given: the body's
-    /// chunks once the headers are in (within [`CALL_TIMEOUT`]; the body has
+    /// chunks once the headers are in (within the client's timeout; the body has
     /// no deadline), or the server's refusal. Tries the server URLs as any
     /// call does.
     pub async fn open_events(&self, last_event_id: Option<&str>) -> Result<EventStream, Error> {
@@ -34,7 +34,7 @@ impl Client {
         let mut request = self
             .http
             .get(format!("{base}/v1/events"))
-            .timeout(CALL_TIMEOUT)
+            .timeout(self.timeout)
             .insert_header(("Accept", "text/event-stream"));
         if let Some(id) = last_event_id {
             request = request.insert_header(("Last-Event-ID", id.to_string()));

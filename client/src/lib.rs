@@ -55,6 +55,8 @@ pub const MAX_PAGE_LIMIT: u32 = 1000;
 pub struct Client {
     http: awc::Client,
     servers: ServerList,
+    /// The timeout of a call ([`CALL_TIMEOUT`] unless set).
+    timeout: Duration,
 }
 
 impl fmt::Debug for Client {
@@ -89,13 +91,14 @@ struct Call<'a, B> {
     path: &'a str,
     query: &'a [(&'a str, String)],
     body: Option<&'a B>,
-    timeout: Duration,
+    /// The client's timeout unless set.
+    timeout: Option<Duration>,
     headers: &'a [(&'static str, String)],
 }
 
 impl<'a> Call<'a, ()> {
     fn new(method: Method, path: &'a str) -> Call<'a, ()> {
-        Call { method, path, query: &[], body: None, timeout: CALL_TIMEOUT, headers: &[] }
+        Call { method, path, query: &[], body: None, timeout: None, headers: &[] }
     }
 }
 
@@ -117,7 +120,7 @@ impl<'a, B> Call<'a, B> {
     }
 
     fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.timeout = Some(timeout);
         self
     }
 
@@ -147,7 +150,20 @@ impl Client {
     pub fn new(servers: &str, token: Option<&str>, tls: &ClientTls) -> Result<Client, Error> {
         let servers = ServerList::parse(servers)?;
         let http = tls.http_client_for(servers.any_https(), token, CALL_TIMEOUT).map_err(SetupError::from)?;
-        Ok(Client { http, servers })
+        Ok(Client { http, servers, timeout: CALL_TIMEOUT })
+    }
+
+    /// The same client with `timeout` per call (connection included)
+    /// instead of [`CALL_TIMEOUT`]; a long poll waits this much longer
+    /// than it asks the server to.
+    pub fn with_timeout(mut self, timeout: Duration) -> Client {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The timeout of a call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// A client of plain `http://` servers (benchmarks, tests).
@@ -197,7 +213,8 @@ impl Client {
     /// 204).
     async fn call_at<B: Serialize>(&self, at: usize, call: &Call<'_, B>) -> Result<Option<Vec<u8>>, Attempt> {
         let base = self.servers.url(at);
-        let mut request = self.http.request(call.method.clone(), format!("{base}{}", call.path)).timeout(call.timeout);
+        let timeout = call.timeout.unwrap_or(self.timeout);
+        let mut request = self.http.request(call.method.clone(), format!("{base}{}", call.path)).timeout(timeout);
         for (name, value) in call.headers {
             request = request.insert_header((*name, value.clone()));
         }

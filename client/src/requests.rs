@@ -9,7 +9,7 @@ use corral_proto::requests::{
     AccessDetails, Explanation, HistoryEntry, NewRequest, Prolong, Prolonged, Request, RequestPatch,
 };
 
-use crate::{CALL_TIMEOUT, Call, Client, Error, Listing, Paging};
+use crate::{Call, Client, Error, Listing, Paging};
 
 /// The filters of `GET /v1/requests`.
 #[derive(Clone, Debug, Default)]
@@ -78,10 +78,11 @@ impl Client {
     /// `POST /v1/requests/{id}/acquire?wait=...`: the lease's access
     /// details, waiting up to `wait` (whole seconds, at least 1 when not
     /// zero) on the server for the lease to start; 409 while it waits.
+    /// The call's timeout is `wait` plus the client's.
     pub async fn acquire(&self, id: RequestId, wait: Duration) -> Result<AccessDetails, Error> {
         let query = if wait.is_zero() { Vec::new() } else { vec![("wait", format!("{}s", wait.as_secs().max(1)))] };
         let path = path(id, "/acquire");
-        self.answer(Call::new(Method::POST, &path).query(&query).timeout(wait + CALL_TIMEOUT)).await
+        self.answer(Call::new(Method::POST, &path).query(&query).timeout(wait + self.timeout())).await
     }
 
     /// `POST /v1/requests/{id}/prolong`: extend the running lease by `by`
