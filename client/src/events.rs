@@ -22,7 +22,12 @@ impl Client {
                     self.servers.answered(at);
                     return Ok(stream);
                 }
-                Err(Attempt::Done(err)) => return Err(err),
+                Err(Attempt::Done(err)) => {
+                    if matches!(err, Error::Refused(_)) {
+                        self.servers.answered(at);
+                    }
+                    return Err(err);
+                }
                 Err(Attempt::NotSent(err)) => last = Some(err),
             }
         }

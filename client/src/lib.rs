@@ -191,7 +191,13 @@ impl Client {
                             .map_err(|e| Error::Decode { call: call.name(), cause: e.to_string() }),
                     };
                 }
-                Err(Attempt::Done(err)) => return Err(err),
+                Err(Attempt::Done(err)) => {
+                    if matches!(err, Error::Refused(_)) {
+                        // A refusal other than a standby's: this one leads.
+                        self.servers.answered(at);
+                    }
+                    return Err(err);
+                }
                 Err(Attempt::NotSent(err)) => {
                     if self.servers.urls().len() > 1 {
                         tracing::info!(server = %self.servers.url(at), cause = %err, "trying the next server URL");
