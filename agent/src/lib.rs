@@ -16,7 +16,8 @@ pub mod faults;
 pub mod host;
 pub mod runtime;
 pub mod simulated;
-pub mod tls;
+/// TLS of the HTTP clients, shared with the CLI (it lives in `corral-client`).
+pub use corral_client::tls;
 
 pub use backend::{Backend, Outcome};
 pub use client::{AgentClient, ClientError};

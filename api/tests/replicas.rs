@@ -17,14 +17,18 @@ async fn a_standby_takes_over_when_the_leader_stops_and_a_deposed_leader_binds_n
     let first = TestServer::start(Clock::System).await;
     let agent = first.agent("host-r", 1, &caps(&[("device_type", "x")]));
     first.make_idle(&agent.uuids).await;
-    let nina = first.api(&first.user("nina", &[]).await);
+    let nina_token = first.user("nina", &[]).await;
+    let nina = first.api(&nina_token);
     let held = nina.submit(json!({"caps": {"device_type": "x"}})).await;
     wait_for_request(&nina, held, |r| r["state"] == "in_progress").await;
     let waiting = nina.submit(json!({"caps": {"device_type": "x"}})).await;
 
     // The second replica waits while the first leads.
-    let config = test_config(&first.db_url);
+    let mut config = test_config(&first.db_url);
+    // A known port, so that a client can be given the standby's URL.
+    config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], corral_testkit::free_port()));
     let data_dir = config.data_dir.clone();
+    let standby_url = format!("http://{}", config.listen);
     let standby = actix_rt::spawn(corral_api::serve(config, Clock::System));
     // The standby heartbeats its own session only after a try to lead
     // failed: once it has, it has seen the leader and is waiting.
@@ -47,6 +51,15 @@ async fn a_standby_takes_over_when_the_leader_stops_and_a_deposed_leader_binds_n
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(!standby.is_finished(), "the second replica must not start while the first leads");
+    // Sent: GET a request through the typed client given [standby,
+    // leader]. Must happen: the standby's 503 `standby` sends it on to the
+    // leader (issue 18: clients reach whichever replica leads).
+    let alone = corral_client::Client::plain(&standby_url, Some(&nina_token)).unwrap();
+    let refused = alone.request(RequestId(held)).await.unwrap_err();
+    assert!(refused.refused().is_some_and(corral_client::Refused::is_standby), "the standby answers: {refused}");
+    let both = corral_client::Client::plain(&format!("{standby_url},{}", first.url), Some(&nina_token)).unwrap();
+    let through_standby = both.request(RequestId(held)).await.unwrap();
+    assert_eq!(through_standby.state, corral_core::RequestState::InProgress);
 
     // The leader stops; the standby takes over at once (the leader closed
     // its session), not after the session timeout.
@@ -75,6 +88,10 @@ async fn a_standby_takes_over_when_the_leader_stops_and_a_deposed_leader_binds_n
     assert_eq!(held_now["state"], "in_progress", "{held_now}");
     let (_, waiting_now) = nina2.get(&format!("/v1/requests/{waiting}")).await;
     assert_eq!(waiting_now["state"], "waiting", "{waiting_now}");
+    // The same typed client, which last reached the old leader, now finds
+    // its address closed and moves on to the new leader.
+    let after_takeover = both.request(RequestId(waiting)).await.unwrap();
+    assert_eq!(after_takeover.state, corral_core::RequestState::Waiting);
 
     handle.stop(false).await;
     agent.kill();

@@ -59,9 +59,8 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use corral_core::Caps;
+use corral_core::{Caps, WorkerState};
 use serde::Serialize;
-use serde_json::json;
 
 use self::faults::{FaultCounts, Target};
 use self::load::{Load, Tally};
@@ -266,11 +265,7 @@ async fn chaos(config: &Config) -> Result<Line> {
     let caps = worker_caps(config);
     let mut agent = Some(AgentThread::start(&server.url, &agent_token, AGENT_NAME, caps.clone()));
     wait_idle(&admin, config.workers).await?;
-    let (status, user) = admin.post("/v1/users", &json!({"name": "chaos"})).await?;
-    if status != 201 {
-        bail!("creating the chaos user answered {status}: {user}");
-    }
-    let token = user["token"].as_str().context("user token")?.to_string();
+    let token = admin.create_user("chaos").await?;
     let pg = server.postgres().await?;
     let cluster_dir = pg.cluster_dir().to_path_buf();
     let mut side = SideDb::new(pg.config(corral_embedded_pg::CORRAL_DATABASE));
@@ -395,7 +390,7 @@ async fn chaos(config: &Config) -> Result<Line> {
 async fn wait_idle(admin: &ApiClient, workers: usize) -> Result<()> {
     let started = Instant::now();
     loop {
-        let idle = admin.all("/v1/workers?state=idle").await?.len();
+        let idle = admin.count_workers(WorkerState::Idle).await?;
         if idle == workers {
             return Ok(());
         }

@@ -132,11 +132,7 @@ async fn run_once(options: &Options) -> Result<Line> {
     let mut server = ServerProcess::start(&dir, &format!("max_streams_per_user = {}\n", n + 8))?;
     server.wait_ready(Duration::from_secs(120)).await?;
     let admin = ApiClient::new(&server.url, &server.token("admin.token")?);
-    let (status, user) = admin.post("/v1/users", &json!({"name": "bench"})).await?;
-    if status != 201 {
-        bail!("creating the bench user answered {status}: {user}");
-    }
-    let token = user["token"].as_str().context("user token")?.to_string();
+    let token = admin.create_user("bench").await?;
 
     let seen = Rc::new(RefCell::new(Seen { counts: vec![0; n], ..Seen::default() }));
     let client = awc::Client::builder()

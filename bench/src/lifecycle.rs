@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use corral_agent::{AgentOptions, Simulated};
-use corral_core::Caps;
+use corral_core::{Caps, WorkerState};
 use serde::Serialize;
 use serde_json::json;
 
@@ -158,7 +158,7 @@ fn spawn_agent(
 async fn wait_all_idle(admin: &ApiClient, p: usize, timeout: Duration, what: &str) -> Result<()> {
     let started = Instant::now();
     loop {
-        let idle = admin.all("/v1/workers?state=idle").await?.len();
+        let idle = admin.count_workers(WorkerState::Idle).await?;
         if idle == p {
             return Ok(());
         }
@@ -184,11 +184,7 @@ async fn run_size(size: Size, duration: Duration) -> Result<Line> {
     let (agent_stop, agent) = spawn_agent(server.url.clone(), server.token("agent.token")?, size);
 
     wait_all_idle(&admin, size.p, Duration::from_secs(60), "became idle").await?;
-    let (status, user) = admin.post("/v1/users", &json!({"name": "bench"})).await?;
-    if status != 201 {
-        bail!("creating the bench user answered {status}: {user}");
-    }
-    let token = user["token"].as_str().context("user token")?.to_string();
+    let token = admin.create_user("bench").await?;
 
     eprintln!("  {} workers idle; running {} clients", size.p, size.c);
     let cluster_dir = server.postgres().await?.cluster_dir().to_path_buf();

@@ -37,7 +37,7 @@
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail, ensure};
-use corral_core::Caps;
+use corral_core::{Caps, WorkerState};
 use corral_db::{Db, PoolSettings, ScaleFixture};
 use corral_embedded_pg::CORRAL_DATABASE;
 use serde::Serialize;
@@ -158,7 +158,7 @@ async fn measure(config: &Config) -> Result<Line> {
         .collect();
     let agent = AgentThread::start(&server.url, &server.token("agent.token")?, AGENT_NAME, caps);
     let idle_since = std::time::Instant::now();
-    while admin.all("/v1/workers?state=idle").await?.len() < config.workers {
+    while admin.count_workers(WorkerState::Idle).await? < config.workers {
         ensure!(idle_since.elapsed() < Duration::from_secs(60), "the workers did not all become idle within 60 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -117,16 +117,14 @@ impl ServerProcess {
     /// Polls `/readyz` until 200; returns how long that took.
     pub async fn wait_ready(&mut self, timeout: Duration) -> Result<Duration> {
         let started = Instant::now();
-        let client = awc::Client::builder().timeout(Duration::from_secs(2)).finish();
+        let client = corral_client::Client::plain(&self.url, None)?.with_timeout(Duration::from_secs(2));
         while started.elapsed() < timeout {
             if let Some(child) = self.child.as_mut()
                 && let Some(status) = child.try_wait()?
             {
                 bail!("corral serve exited with {status}; see {}", self.dir.join("serve.log").display());
             }
-            if let Ok(response) = client.get(format!("{}/readyz", self.url)).send().await
-                && response.status().as_u16() == 200
-            {
+            if client.readyz().await.is_ok() {
                 return Ok(started.elapsed());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -267,17 +265,41 @@ pub fn load_average() -> Result<f64> {
 }
 
 /// A bearer-token client of the `/v1` API, for a scenario's setup and
-/// checks (and for timing single calls).
+/// checks (and for timing single calls). `create_user` and
+/// `count_workers` go through `corral_client`; `get`/`post`/`all` stay raw
+/// (status and JSON of any path) for the scenarios' checks and timings.
 pub struct ApiClient {
     http: awc::Client,
     base: String,
     token: String,
+    typed: corral_client::Client,
 }
 
 impl ApiClient {
     pub fn new(base: &str, token: &str) -> ApiClient {
         let http = awc::Client::builder().timeout(Duration::from_secs(60)).finish();
-        ApiClient { http, base: base.to_string(), token: token.to_string() }
+        let typed = corral_client::Client::plain(base, Some(token))
+            .expect("a corral serve URL of this benchmark")
+            .with_timeout(Duration::from_secs(60));
+        ApiClient { http, base: base.to_string(), token: token.to_string(), typed }
+    }
+
+    /// Creates a user (admins): its token.
+    pub async fn create_user(&self, name: &str) -> Result<String> {
+        let user = corral_proto::users::NewUser { name: name.to_string(), ..Default::default() };
+        let created = self.typed.create_user(&user).await.with_context(|| format!("creating the user {name}"))?;
+        Ok(created.token)
+    }
+
+    /// How many workers are in `state`.
+    pub async fn count_workers(&self, state: corral_core::WorkerState) -> Result<usize> {
+        let filter = corral_client::workers::WorkerFilter { states: vec![state.to_string()], ..Default::default() };
+        let paging = corral_client::Paging { all: true, ..Default::default() };
+        let listing = self.typed.workers(&filter, &paging).await.context("listing the workers")?;
+        if listing.truncated {
+            bail!("more than {} pages of {state} workers", corral_client::MAX_PAGES);
+        }
+        Ok(listing.items.len())
     }
 
     /// `METHOD path` with an optional JSON body: the status and the JSON

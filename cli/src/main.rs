@@ -150,7 +150,7 @@ fn init_logs(format: &str) {
 fn main() {
     let cli = Cli::parse();
     if let Err(err) = run(cli) {
-        eprintln!("corral: {err:#}");
+        eprintln!("corral: {}", client::describe_error(&err));
         std::process::exit(1);
     }
 }

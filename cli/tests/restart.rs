@@ -7,7 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use corral_client::workers::WorkerFilter;
+use corral_client::{Client, Paging};
+use corral_core::{Priority, RequestId, RequestState, WorkerState};
+use corral_proto::requests::NewRequest;
+use corral_proto::users::NewUser;
+use corral_proto::workers::{AdminState, StateChange, Worker};
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Kill(Vec<Child>);
@@ -37,47 +43,48 @@ fn serve(dir: &Path, port: u16, log: &str) -> Child {
         .expect("corral serve starts")
 }
 
-struct Http {
-    client: awc::Client,
-    base: String,
-    token: String,
+/// A typed client of `servers` with `token`.
+fn client(servers: &str, token: &str) -> Client {
+    Client::plain(servers, Some(token)).unwrap()
 }
 
-impl Http {
-    async fn call(&self, method: awc::http::Method, path: &str, body: Option<Value>) -> Option<(u16, Value)> {
-        let request = self
-            .client
-            .request(method, format!("{}{path}", self.base))
-            .insert_header(("Authorization", format!("Bearer {}", self.token)));
-        let sent = match body {
-            Some(body) => request.send_json(&body).await,
-            None => request.send().await,
-        };
-        let mut response = sent.ok()?;
-        let bytes = response.body().await.ok()?;
-        Some((response.status().as_u16(), serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        self.call(awc::http::Method::GET, path, None).await.unwrap_or_else(|| panic!("GET {path} failed"))
-    }
-
-    async fn post(&self, path: &str, body: Value) -> Option<(u16, Value)> {
-        self.call(awc::http::Method::POST, path, Some(body)).await
-    }
-
-    async fn put(&self, path: &str, body: Value) -> (u16, Value) {
-        self.call(awc::http::Method::PUT, path, Some(body)).await.unwrap_or_else(|| panic!("PUT {path} failed"))
-    }
+/// Whether `GET {base}/readyz` answers 200.
+async fn is_ready(base: &str) -> bool {
+    Client::plain(base, None).unwrap().readyz().await.is_ok()
 }
 
 async fn ready(base: &str) {
-    let client = awc::Client::default();
     corral_testkit::wait_until("the server is ready", Duration::from_secs(60), || async {
-        let response = client.get(format!("{base}/readyz")).send().await.ok()?;
-        (response.status().as_u16() == 200).then_some(())
+        is_ready(base).await.then_some(())
     })
     .await;
+}
+
+/// Makes `workers` idle (they register in maintenance).
+async fn make_idle(admin: &Client, workers: &[Worker]) {
+    for worker in workers {
+        let change = StateChange { state: AdminState::Idle, reason: None, drain: false };
+        let changed = admin.set_worker_state(worker.uuid, &change).await.unwrap();
+        assert_eq!(changed.uuid, worker.uuid);
+    }
+}
+
+/// A request for a worker with `device_type=x`.
+fn for_x(priority: Option<i64>) -> NewRequest {
+    NewRequest {
+        caps: [("device_type".to_string(), "x".to_string())].into_iter().collect(),
+        priority: priority.map(|p| Priority::try_from(p).unwrap()),
+        ..Default::default()
+    }
+}
+
+/// Waits until `admin` lists `n` workers; returns them.
+async fn registered(admin: &Client, n: usize) -> Vec<Worker> {
+    corral_testkit::wait_until("the agent registers its workers", Duration::from_secs(30), || async {
+        let listing = admin.workers(&WorkerFilter::default(), &Paging::default()).await.ok()?;
+        (listing.items.len() == n).then_some(listing.items)
+    })
+    .await
 }
 
 /// A TCP echo server standing in for the workers' SSH server.
@@ -139,50 +146,32 @@ async fn kill_9_and_restart_loses_nothing_acknowledged() {
             .spawn()
             .unwrap(),
     );
-    let admin = Http { client: awc::Client::default(), base: base.clone(), token: token(&dir, "admin.token") };
-    let workers = corral_testkit::wait_until("the agent registers 2 workers", Duration::from_secs(30), || async {
-        let (_, page) = admin.get("/v1/workers").await;
-        let items = page["items"].as_array()?.clone();
-        (items.len() == 2).then_some(items)
-    })
-    .await;
-    for worker in &workers {
-        let (status, _) = admin
-            .put(&format!("/v1/workers/{}/state", worker["uuid"].as_str().unwrap()), json!({"state": "idle"}))
-            .await;
-        assert_eq!(status, 202);
-    }
-    let (status, created) = admin.post("/v1/users", json!({"name": "rita"})).await.unwrap();
-    assert_eq!(status, 201);
-    let rita = Http {
-        client: awc::Client::default(),
-        base: base.clone(),
-        token: created["token"].as_str().unwrap().to_string(),
-    };
+    let admin = client(&base, &token(&dir, "admin.token"));
+    let workers = registered(&admin, 2).await;
+    make_idle(&admin, &workers).await;
+    let created = admin.create_user(&NewUser { name: "rita".into(), ..Default::default() }).await.unwrap();
+    let rita_token = created.token;
+    let rita = client(&base, &rita_token);
 
     // Two leases start; their tunnels forward.
     let mut leased = Vec::new();
     for _ in 0..2 {
-        let (status, request) = rita.post("/v1/requests", json!({"caps": {"device_type": "x"}})).await.unwrap();
-        assert_eq!(status, 201);
-        let id = request["id"].as_i64().unwrap();
-        let (status, access) = rita.post(&format!("/v1/requests/{id}/acquire?wait=20s"), json!({})).await.unwrap();
-        assert_eq!(status, 200, "{access}");
-        let port = access["port"].as_u64().unwrap() as u16;
-        assert!(echo_through(port).await, "tunnel {port} forwards before the crash");
-        leased.push((id, port));
+        let request = rita.submit(&for_x(None)).await.unwrap();
+        let access = rita.acquire(request.id, Duration::from_secs(20)).await.unwrap();
+        assert!(echo_through(access.port).await, "tunnel {} forwards before the crash", access.port);
+        leased.push((request.id, access.port));
     }
 
     // Submissions in flight when the server dies: whatever was
     // acknowledged (201) must survive.
-    let submitter = Http { client: awc::Client::default(), base: base.clone(), token: rita.token.clone() };
+    let submitter = client(&base, &rita_token);
     let submitting = actix_rt::spawn(async move {
         let mut acknowledged = Vec::new();
         for _ in 0..10_000 {
-            match submitter.post("/v1/requests", json!({"caps": {"device_type": "x"}, "priority": 3})).await {
-                Some((201, body)) => acknowledged.push(body["id"].as_i64().unwrap()),
-                Some((status, body)) => panic!("submission answered {status}: {body}"),
-                None => break,
+            match submitter.submit(&for_x(Some(3))).await {
+                Ok(request) => acknowledged.push(request.id),
+                Err(corral_client::Error::Transport { .. }) => break,
+                Err(err) => panic!("a submission failed: {err}"),
             }
         }
         acknowledged
@@ -198,29 +187,27 @@ async fn kill_9_and_restart_loses_nothing_acknowledged() {
     ready(&base).await;
 
     for id in &acknowledged {
-        let (status, request) = rita.get(&format!("/v1/requests/{id}")).await;
-        assert_eq!(status, 200, "acknowledged request {id} survived: {request}");
-        assert_eq!(request["state"], "waiting", "{request}");
+        let request = rita.request(*id).await.unwrap_or_else(|e| panic!("acknowledged request {id} survived: {e}"));
+        assert_eq!(request.state, RequestState::Waiting, "{request:?}");
     }
     for (id, port) in &leased {
-        let (_, request) = rita.get(&format!("/v1/requests/{id}")).await;
-        assert_eq!(request["state"], "in_progress", "live lease {id} stays live: {request}");
-        let (status, access) = rita.post(&format!("/v1/requests/{id}/acquire"), json!({})).await.unwrap();
-        assert_eq!(status, 200, "{access}");
-        assert_eq!(access["port"].as_u64().unwrap() as u16, *port, "same tunnel port after restart");
-        assert!(access["private_key"].as_str().is_some_and(|k| k.contains("PRIVATE KEY")));
+        let request = rita.request(*id).await.unwrap();
+        assert_eq!(request.state, RequestState::InProgress, "live lease {id} stays live: {request:?}");
+        let access = rita.acquire(*id, Duration::ZERO).await.unwrap();
+        assert_eq!(access.port, *port, "same tunnel port after restart");
+        assert!(access.private_key.as_deref().is_some_and(|k| k.contains("PRIVATE KEY")));
         assert!(echo_through(*port).await, "tunnel {port} forwards after the restart");
     }
 
     // Scheduling resumes: closing a lease hands its worker to the oldest
     // acknowledged priority-3 request once the agent is back.
     let (first, first_port) = leased[0];
-    let (status, closed) = rita.post(&format!("/v1/requests/{first}/close"), json!({})).await.unwrap();
-    assert_eq!(status, 200, "{closed}");
+    let closed = rita.close_request(first).await.unwrap();
+    assert_eq!(closed.id, first);
     assert!(!echo_through(first_port).await, "the closed lease's tunnel refuses");
     let next = acknowledged[0];
-    let (status, access) = rita.post(&format!("/v1/requests/{next}/acquire?wait=30s"), json!({})).await.unwrap();
-    assert_eq!(status, 200, "the next request gets the freed worker after the restart: {access}");
+    let access = rita.acquire(next, Duration::from_secs(30)).await;
+    assert!(access.is_ok(), "the next request gets the freed worker after the restart: {access:?}");
 
     drop(children);
     if let Ok(pg) = corral_embedded_pg::EmbeddedPostgres::start(&dir).await {
@@ -237,9 +224,8 @@ async fn the_server_restarts_its_embedded_database_when_it_dies() {
     let base = format!("http://127.0.0.1:{port}");
     let children = Kill(vec![serve(&dir, port, "serve.log")]);
     ready(&base).await;
-    let admin = Http { client: awc::Client::default(), base: base.clone(), token: token(&dir, "admin.token") };
-    let (status, _) = admin.post("/v1/users", json!({"name": "before"})).await.unwrap();
-    assert_eq!(status, 201);
+    let admin = client(&base, &token(&dir, "admin.token"));
+    admin.create_user(&NewUser { name: "before".into(), ..Default::default() }).await.unwrap();
 
     // SIGKILL the postmaster (its pid is the first line of postmaster.pid).
     let pid_file = std::fs::read_to_string(dir.join("postgres/postmaster.pid")).unwrap();
@@ -247,24 +233,22 @@ async fn the_server_restarts_its_embedded_database_when_it_dies() {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
 
     // The server notices (readiness fails)...
-    let client = awc::Client::default();
+    let probe = Client::plain(&base, None).unwrap();
     corral_testkit::wait_until("readiness reports the database down", Duration::from_secs(20), || async {
-        let response = client.get(format!("{base}/readyz")).send().await.ok()?;
-        (response.status().as_u16() == 503).then_some(())
+        (probe.readyz().await.err()?.status() == Some(503)).then_some(())
     })
     .await;
     // ...starts the cluster again, and serves from it: what was committed
     // before is there, and new writes commit.
     ready(&base).await;
     corral_testkit::wait_until("a write succeeds again", Duration::from_secs(60), || async {
-        let (status, _) = admin.post("/v1/users", json!({"name": "after"})).await?;
+        let created = admin.create_user(&NewUser { name: "after".into(), ..Default::default() }).await;
         // 503 while the database is down; 409 if an earlier attempt committed.
-        matches!(status, 201 | 409).then_some(())
+        (created.is_ok() || created.err()?.is_conflict()).then_some(())
     })
     .await;
-    let (status, users) = admin.get("/v1/users").await;
-    assert_eq!(status, 200);
-    let names: Vec<&str> = users.as_array().unwrap().iter().map(|u| u["name"].as_str().unwrap()).collect();
+    let users = admin.users().await.unwrap();
+    let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
     assert!(names.contains(&"before") && names.contains(&"after"), "{names:?}");
 
     drop(children);
@@ -292,17 +276,47 @@ fn serve_replica(dir: &Path, port: u16, db_url: &str, log: &str) -> Child {
         .expect("corral serve starts")
 }
 
-/// Status and body of `GET {base}/readyz`, if anything answers.
-async fn readyz(base: &str) -> Option<(u16, Value)> {
-    let mut response = awc::Client::default().get(format!("{base}/readyz")).send().await.ok()?;
-    let body = response.body().await.ok()?;
-    Some((response.status().as_u16(), serde_json::from_slice(&body).unwrap_or(Value::Null)))
+/// The refusal of `GET {base}/readyz`, once something answers with one.
+async fn readyz_refusal(base: &str) -> Option<corral_client::Refused> {
+    Client::plain(base, None).unwrap().readyz().await.err()?.refused().cloned()
+}
+
+/// Runs a client command of the CLI (`corral request ...`) with none of
+/// the user's configuration (HOME is `home`, no CORRAL_* variables):
+/// its exit status, standard output and standard error.
+async fn cli(home: &Path, args: &[&str]) -> (bool, String, String) {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_corral"));
+    command
+        .args(args)
+        .current_dir(home)
+        .env("HOME", home)
+        .env_remove("CORRAL_URL")
+        .env_remove("CORRAL_TOKEN")
+        .env_remove("CORRAL_CONFIG")
+        .env_remove("XDG_CONFIG_HOME")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(60), command.output())
+        .await
+        .unwrap_or_else(|_| panic!("corral {args:?} did not finish within 60 s"))
+        .unwrap_or_else(|e| panic!("running corral {args:?}: {e}"));
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (output.status.success(), text(&output.stdout), text(&output.stderr))
+}
+
+/// Like [`cli`] for a command that must succeed and print JSON.
+async fn cli_json(home: &Path, args: &[&str]) -> Value {
+    let (ok, stdout, stderr) = cli(home, args).await;
+    assert!(ok, "corral {args:?} failed:\n{stderr}\n{stdout}");
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("corral {args:?} printed no JSON ({e}):\n{stdout}"))
 }
 
 /// Issue 18 item 2: two replicas on one database; `kill -9` of the leader.
 /// The standby answers 503 `standby` while it waits, leads within
 /// session_timeout + 2 s of the kill, and reopens the tunnel of the live
-/// lease on the same port; the agent, given both URLs, follows.
+/// lease on the same port; the agent, given both URLs, follows. The CLI,
+/// given both URLs with the standby (later: the dead replica) first,
+/// reaches the leader (`corral_client::servers`).
 #[actix_rt::test]
 async fn kill_9_of_the_leading_replica_hands_over_to_the_standby_with_tunnels_kept() {
     const SESSION_TIMEOUT: Duration = Duration::from_secs(3);
@@ -314,16 +328,18 @@ async fn kill_9_of_the_leading_replica_hands_over_to_the_standby_with_tunnels_ke
     ready(&base_a).await;
     children.0.push(serve_replica(&root.join("b"), port_b, &db.url, "serve.log"));
     // The standby answers at once, with 503 and what it is.
-    let (status, body) =
-        corral_testkit::wait_until("the standby answers", Duration::from_secs(30), || async { readyz(&base_b).await })
-            .await;
-    assert_eq!((status, body["error"].as_str()), (503, Some("standby")), "{body}");
+    let refused = corral_testkit::wait_until("the standby answers", Duration::from_secs(30), || async {
+        readyz_refusal(&base_b).await
+    })
+    .await;
+    assert!(refused.is_standby() && refused.retry_after.is_some(), "{refused:?}");
 
     let ssh = echo_server().await;
     let agent_log = std::fs::File::create(root.join("agent.log")).unwrap();
+    let both = format!("{base_a},{base_b}");
     children.0.push(
         corral()
-            .args(["agent", "--simulate", "1", "--server", &format!("{base_a},{base_b}"), "--caps", "device_type=x"])
+            .args(["agent", "--simulate", "1", "--server", &both, "--caps", "device_type=x"])
             .args(["--name", "replica-host", "--ssh-addr", &format!("127.0.0.1:{ssh}"), "--token-file"])
             .arg(root.join("a/agent.token"))
             .stdout(Stdio::null())
@@ -331,28 +347,29 @@ async fn kill_9_of_the_leading_replica_hands_over_to_the_standby_with_tunnels_ke
             .spawn()
             .unwrap(),
     );
-    let admin =
-        Http { client: awc::Client::default(), base: base_a.clone(), token: token(&root.join("a"), "admin.token") };
-    let workers = corral_testkit::wait_until("the agent registers", Duration::from_secs(30), || async {
-        let (_, page) = admin.get("/v1/workers").await;
-        let items = page["items"].as_array()?.clone();
-        (items.len() == 1).then_some(items)
-    })
-    .await;
-    let (status, _) = admin
-        .put(&format!("/v1/workers/{}/state", workers[0]["uuid"].as_str().unwrap()), json!({"state": "idle"}))
-        .await;
-    assert_eq!(status, 202);
-    let (status, created) = admin.post("/v1/users", json!({"name": "rita"})).await.unwrap();
-    assert_eq!(status, 201);
-    let rita_token = created["token"].as_str().unwrap().to_string();
-    let rita = Http { client: awc::Client::default(), base: base_a.clone(), token: rita_token.clone() };
-    let (status, request) = rita.post("/v1/requests", json!({"caps": {"device_type": "x"}})).await.unwrap();
-    assert_eq!(status, 201);
-    let id = request["id"].as_i64().unwrap();
-    let (status, access) = rita.post(&format!("/v1/requests/{id}/acquire?wait=20s"), json!({})).await.unwrap();
-    assert_eq!(status, 200, "{access}");
-    let tunnel = access["port"].as_u64().unwrap() as u16;
+    // The test's own clients are given both URLs too, the leader first.
+    let admin = client(&both, &token(&root.join("a"), "admin.token"));
+    let workers = registered(&admin, 1).await;
+    make_idle(&admin, &workers).await;
+    let created = admin.create_user(&NewUser { name: "rita".into(), ..Default::default() }).await.unwrap();
+    let rita_token = created.token;
+    let rita = client(&both, &rita_token);
+    // Sent: `corral request new` with --server STANDBY,LEADER. Must happen:
+    // the standby's 503 `standby` sends the CLI on to the leader, which
+    // creates exactly one request.
+    let standby_first = format!("{base_b},{base_a}");
+    let as_rita = ["--json", "--token", &rita_token];
+    let submit = ["request", "new", "--caps", "device_type=x", "--server", &standby_first];
+    let request = cli_json(&root, &[&submit[..], &as_rita[..]].concat()).await;
+    let id = RequestId(request["id"].as_i64().unwrap());
+    let listed = rita.requests(&Default::default(), &Paging::default()).await.unwrap();
+    assert_eq!(listed.items.len(), 1, "one submission, one request: {listed:?}");
+    // Sent: the same with --server STANDBY only. Must happen: exit status 1
+    // and the standby's answer, since no URL leads.
+    let (ok, _, stderr) = cli(&root, &["request", "list", "--token", &rita_token, "--server", &base_b]).await;
+    assert!(!ok && stderr.contains("standby: "), "only the standby: {stderr}");
+    let access = rita.acquire(id, Duration::from_secs(20)).await.unwrap();
+    let tunnel = access.port;
     assert!(echo_through(tunnel).await, "the tunnel forwards before the crash");
 
     let mut leader = children.0.remove(0);
@@ -360,7 +377,7 @@ async fn kill_9_of_the_leading_replica_hands_over_to_the_standby_with_tunnels_ke
     let killed = std::time::Instant::now();
     leader.wait().unwrap();
     corral_testkit::wait_until("the standby leads", Duration::from_secs(30), || async {
-        matches!(readyz(&base_b).await, Some((200, _))).then_some(())
+        is_ready(&base_b).await.then_some(())
     })
     .await;
     let takeover = killed.elapsed();
@@ -369,26 +386,25 @@ async fn kill_9_of_the_leading_replica_hands_over_to_the_standby_with_tunnels_ke
         "the standby leads within session_timeout + 2 s of the kill, took {takeover:?}"
     );
 
-    let rita_b = Http { client: awc::Client::default(), base: base_b.clone(), token: rita_token };
-    let (_, now) = rita_b.get(&format!("/v1/requests/{id}")).await;
+    // Sent: `corral request show` with --server DEAD,NEW-LEADER. Must
+    // happen: the refused connection sends the CLI on to the new leader.
+    let dead_first = format!("{base_a},{base_b}");
+    let show = ["request", "show", &id.to_string(), "--server", &dead_first];
+    let now = cli_json(&root, &[&show[..], &as_rita[..]].concat()).await;
     assert_eq!(now["state"], "in_progress", "the live lease stays live: {now}");
-    let (status, access) = rita_b.post(&format!("/v1/requests/{id}/acquire"), json!({})).await.unwrap();
-    assert_eq!(status, 200, "{access}");
-    assert_eq!(access["port"].as_u64().unwrap() as u16, tunnel, "same tunnel port on the new leader");
+    // The typed clients, given both URLs, follow to the new leader too.
+    let access = rita.acquire(id, Duration::ZERO).await.unwrap();
+    assert_eq!(access.port, tunnel, "same tunnel port on the new leader");
     assert!(echo_through(tunnel).await, "the tunnel forwards through the new leader");
     // The agent followed: its worker is still leased (not failed), and
     // closing the lease returns it to idle through the new leader.
-    let (status, closed) = rita_b.post(&format!("/v1/requests/{id}/close"), json!({})).await.unwrap();
-    assert_eq!(status, 200, "{closed}");
-    let admin_b = Http { client: awc::Client::default(), base: base_b.clone(), token: admin.token.clone() };
-    let uuid = workers[0]["uuid"].as_str().unwrap().to_string();
+    let closed = rita.close_request(id).await.unwrap();
+    assert_eq!(closed.id, id);
+    let uuid = workers[0].uuid;
     corral_testkit::wait_until(
         "the agent's worker is idle again via the new leader",
         Duration::from_secs(30),
-        || async {
-            let (_, worker) = admin_b.get(&format!("/v1/workers/{uuid}")).await;
-            (worker["state"] == "idle").then_some(())
-        },
+        || async { (admin.worker(uuid).await.ok()?.state == WorkerState::Idle).then_some(()) },
     )
     .await;
     eprintln!("takeover after kill -9: {takeover:?}");

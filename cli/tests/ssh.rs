@@ -12,6 +12,7 @@ mod ssh_lab;
 
 use std::time::{Duration, Instant};
 
+use corral_core::RequestId;
 use ssh_lab::{Lab, Timers, assert_strict_modes, own_key_pair, write_foreign_keys};
 
 #[actix_rt::test]
@@ -140,13 +141,12 @@ async fn a_restarted_server_keeps_the_lease_tunnel_and_other_keys_stay_untouched
     lab.children.kill("server");
     assert!(lab.ssh_hello(port, &key).await.is_err(), "no tunnel while the server is down");
     lab.start_server().await;
-    let (status, again) = lab.tess.post(&format!("/v1/requests/{id}/acquire"), serde_json::json!({})).await;
-    assert_eq!(status, 200, "{again}");
-    assert_eq!(again["port"].as_u64(), Some(u64::from(port)), "the same tunnel port after the restart");
-    assert_eq!(again["host_key"].as_str(), Some(lab.host_key.as_str()));
+    let again = lab.tess.acquire(RequestId(id), Duration::ZERO).await.unwrap();
+    assert_eq!(again.port, port, "the same tunnel port after the restart");
+    assert_eq!(again.host_key.as_deref(), Some(lab.host_key.as_str()));
     lab.ssh_hello(port, &key).await.expect("the lease key logs in through the re-opened tunnel");
-    let (_, request) = lab.tess.get(&format!("/v1/requests/{id}")).await;
-    assert_eq!(request["state"], "in_progress", "{request}");
+    let request = lab.tess.request(RequestId(id)).await.unwrap();
+    assert_eq!(request.state, corral_core::RequestState::InProgress, "{request:?}");
 
     // The agent found the restarted server: closing revokes the key, and
     // only the agent's line left the file.
@@ -204,10 +204,8 @@ async fn class7_appended_key_does_not_survive_the_lease() {
     assert!(refused.contains("Permission denied"), "{refused}");
 
     // Prolonging renews the line's expiry on the worker.
-    let (status, prolonged) =
-        lab.tess.post(&format!("/v1/requests/{id}/prolong"), serde_json::json!({"by": "1h"})).await;
-    assert_eq!(status, 200, "{prolonged}");
-    let later = corral_core::time::parse_rfc3339(prolonged["lease_expires_at"].as_str().unwrap()).unwrap();
+    let prolonged = lab.tess.prolong(RequestId(id), Some(Duration::from_secs(3600))).await.unwrap();
+    let later = prolonged.lease_expires_at;
     let renewed = format!("expiry-time=\"{}\"", expiry_time(later));
     corral_testkit::wait_until("the key's expiry follows the prolong", Duration::from_secs(15), || async {
         lab.lease_lines().first().is_some_and(|l| l.contains(&renewed)).then_some(())

@@ -15,6 +15,9 @@ pub enum ErrorCode {
     TooManyRequests,
     Unavailable,
     Internal,
+    /// A standby replica answers every call so (503, with `Retry-After`):
+    /// another replica leads; a client tries its next server URL.
+    Standby,
 }
 
 impl ErrorCode {
@@ -30,6 +33,7 @@ impl ErrorCode {
             ErrorCode::TooManyRequests => 429,
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
+            ErrorCode::Standby => 503,
         }
     }
 }

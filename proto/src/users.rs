@@ -9,7 +9,7 @@ use corral_core::time::rfc3339;
 use serde::{Deserialize, Serialize};
 
 /// Body of `POST /v1/users`.
-#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     pub name: String,

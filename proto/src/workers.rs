@@ -129,3 +129,15 @@ pub struct StateChange {
     #[serde(default)]
     pub drain: bool,
 }
+
+/// Body of `PUT /v1/workers/{uuid}/agent` (hand-over), as the client sends
+/// it. The server reads the same fields (`corral_api::workers::HandOver`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandOver {
+    /// The agent user (its name) whose agents may claim the worker.
+    pub principal: String,
+    /// The agent host name to register it under; unset: unchanged.
+    #[serde(default)]
+    pub agent: Option<String>,
+}

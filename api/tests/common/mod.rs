@@ -13,7 +13,8 @@ use corral_actors::{Clock, Corral};
 use corral_agent::{AgentOptions, Simulated};
 use corral_api::Config;
 use corral_core::{Caps, WorkerId};
-use serde_json::{Value, json};
+use corral_proto::workers::{AdminState, StateChange};
+use serde_json::Value;
 
 pub struct TestServer {
     pub url: String,
@@ -131,11 +132,19 @@ impl TestServer {
         self.api(&self.admin)
     }
 
+    /// The typed client (`corral-client`, what the CLI uses) with `token`.
+    /// [`Api`] stays for what it cannot send: any path, any body (also
+    /// malformed ones), with the status and raw JSON to assert on.
+    pub fn client(&self, token: &str) -> corral_client::Client {
+        corral_client::Client::plain(&self.url, Some(token)).expect("the test server's URL is valid")
+    }
+
     /// Creates a user and returns its token.
     pub async fn user(&self, name: &str, groups: &[&str]) -> String {
-        let (status, body) = self.admin().post("/v1/users", json!({"name": name, "groups": groups})).await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-        body["token"].as_str().unwrap().to_string()
+        let groups = groups.iter().copied().collect();
+        let user = corral_proto::users::NewUser { name: name.to_string(), groups, ..Default::default() };
+        let created = self.client(&self.admin).create_user(&user).await;
+        created.unwrap_or_else(|e| panic!("creating user {name}: {e}")).token
     }
 
     /// Starts a simulated agent with `n` workers with `caps`.
@@ -163,10 +172,12 @@ impl TestServer {
     /// Sets every given worker idle (admin) and waits until they are.
     pub async fn make_idle(&self, workers: &[WorkerId]) {
         let admin = self.admin();
+        let client = self.client(&self.admin);
         for worker in workers {
             wait_for_worker(&admin, *worker, |w| w["state"].is_string()).await;
-            let (status, body) = admin.put(&format!("/v1/workers/{worker}/state"), json!({"state": "idle"})).await;
-            assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+            let change = StateChange { state: AdminState::Idle, reason: None, drain: false };
+            let changed = client.set_worker_state(*worker, &change).await;
+            assert_eq!(changed.unwrap_or_else(|e| panic!("making {worker} idle: {e}")).uuid, *worker);
         }
         for worker in workers {
             wait_for_worker(&admin, *worker, |w| w["state"] == "idle").await;

@@ -13,14 +13,11 @@ use std::path::PathBuf;
 use std::pin::pin;
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::Context;
-use awc::http::Method;
 use clap::Args;
+use corral_client::Client;
 use corral_core::{RequestId, RequestState};
 use corral_proto::requests::{AccessDetails, Explanation};
-use serde_json::Value;
 
-use super::http::{self, Api, decode};
 use super::output;
 use super::ssh::{self, SshOptions};
 use super::{CommonArgs, block_on, parse_duration};
@@ -80,14 +77,13 @@ pub fn run(args: AcquireArgs) -> anyhow::Result<()> {
         (false, _) => (PLAIN_POLL, ProgressMode::Quiet),
     };
     let mut progress = Progress::new(args.id, mode);
-    let answer = block_on(async {
-        let api = args.common.api()?;
-        wait_for_lease(&api, args.id, patience, poll, &mut progress).await
+    let details = block_on(async {
+        let client = args.common.client()?;
+        wait_for_lease(&client, args.id, patience, poll, &mut progress).await
     })?;
     if !args.ssh {
-        return print_access(&args, &answer);
+        return print_access(&args, &details);
     }
-    let details: AccessDetails = decode(&answer)?;
     let options = SshOptions {
         program: args.ssh_program.clone(),
         insecure_host_key: args.insecure_host_key,
@@ -110,18 +106,16 @@ pub fn run(args: AcquireArgs) -> anyhow::Result<()> {
 /// Polls until the lease starts (the access details), the request ends
 /// (the server's conflict), or `patience` runs out.
 async fn wait_for_lease(
-    api: &Api,
+    client: &Client,
     id: RequestId,
     patience: Duration,
     poll: Duration,
     progress: &mut Progress,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<AccessDetails> {
     let started = Instant::now();
-    let explain_path = format!("/v1/requests/{id}/explain");
     if progress.mode != ProgressMode::Quiet && !patience.is_zero() {
         // Show where the request stands from the start; acquire reports any error.
-        if let Ok(answer) = progress.during(api.get(&explain_path, &[])).await
-            && let Ok(explanation) = decode::<Explanation>(&answer)
+        if let Ok(explanation) = progress.during(client.explain(id)).await
             && explanation.state == RequestState::Waiting
         {
             progress.explained(&explanation);
@@ -130,18 +124,17 @@ async fn wait_for_lease(
     let result = loop {
         let wait = patience.saturating_sub(started.elapsed()).min(poll);
         let polled_at = Instant::now();
-        let err = match progress.during(acquire_once(api, id, wait)).await {
+        let err = match progress.during(client.acquire(id, wait)).await {
             Ok(details) => break Ok(details),
-            Err(err) if http::is_conflict(&err) && !patience.is_zero() => err,
-            Err(err) => break Err(err),
+            Err(err) if err.is_conflict() && !patience.is_zero() => err,
+            Err(err) => break Err(err.into()),
         };
-        let explained = progress.during(api.get(&explain_path, &[])).await;
-        let explanation: Explanation = match explained.and_then(|answer| decode(&answer)) {
+        let explanation = match progress.during(client.explain(id)).await {
             Ok(explanation) => explanation,
-            Err(explain_err) => break Err(explain_err),
+            Err(explain_err) => break Err(explain_err.into()),
         };
         if explanation.state.is_terminal() {
-            break Err(err);
+            break Err(err.into());
         }
         if started.elapsed() >= patience {
             break Err(anyhow::anyhow!(
@@ -160,17 +153,7 @@ async fn wait_for_lease(
     result
 }
 
-/// One `acquire` call waiting up to `wait` on the server.
-async fn acquire_once(api: &Api, id: RequestId, wait: Duration) -> anyhow::Result<Value> {
-    let query = if wait.is_zero() { Vec::new() } else { vec![("wait", format!("{}s", wait.as_secs().max(1)))] };
-    let path = format!("/v1/requests/{id}/acquire");
-    api.call(Method::POST, &path, &query, None::<&()>, wait + http::CALL_TIMEOUT)
-        .await?
-        .context("the server sent no access details")
-}
-
-fn print_access(args: &AcquireArgs, answer: &Value) -> anyhow::Result<()> {
-    let details: AccessDetails = decode(answer)?;
+fn print_access(args: &AcquireArgs, details: &AccessDetails) -> anyhow::Result<()> {
     let key_note = match (&details.private_key, args.save_key) {
         (None, _) => "none from the server: log in with the key whose public half the request brought".to_string(),
         (Some(key), true) => {
@@ -184,7 +167,7 @@ fn print_access(args: &AcquireArgs, answer: &Value) -> anyhow::Result<()> {
         ),
     };
     if args.common.json {
-        return output::json(answer);
+        return output::json(details);
     }
     let known_hosts = match &details.host_key {
         Some(key) => format!("{} {key}", ssh::known_hosts_pattern(&details.host, details.port)),

@@ -1,11 +1,9 @@
 //! `corral audit`: the audit log of admin actions (admins), newest first.
 
 use clap::Args;
-use corral_proto::audit::AuditEntry;
-use serde_json::json;
 
 use super::output::{self, Table};
-use super::{CommonArgs, PageArgs, block_on};
+use super::{CommonArgs, PageArgs, block_on, print_listing_json};
 
 #[derive(Args, Debug)]
 pub struct AuditArgs {
@@ -17,14 +15,12 @@ pub struct AuditArgs {
 
 pub fn run(args: AuditArgs) -> anyhow::Result<()> {
     block_on(async move {
-        let api = args.common.api()?;
-        let (items, next_cursor) = args.page.fetch(&api, "/v1/audit", Vec::new()).await?;
-        if args.common.json {
-            return output::json(&json!({ "items": items, "next_cursor": next_cursor }));
+        let listing = args.common.client()?.audit(&args.page.paging()).await?;
+        if print_listing_json(&args.common, &listing)? {
+            return Ok(());
         }
         let mut table = Table::new(&["AT", "ACTOR", "ADDRESS", "ACTION", "TARGET", "OUTCOME", "DETAIL"]);
-        for item in items {
-            let entry: AuditEntry = serde_json::from_value(item)?;
+        for entry in listing.items {
             let outcome = match entry.message {
                 Some(message) => format!("{}: {message}", entry.outcome),
                 None => entry.outcome,
@@ -40,7 +36,7 @@ pub fn run(args: AuditArgs) -> anyhow::Result<()> {
             ]);
         }
         table.print()?;
-        if let Some(cursor) = next_cursor {
+        if let Some(cursor) = listing.next_cursor {
             eprintln!("more entries: give --all, or --cursor {cursor}");
         }
         Ok(())

@@ -1,7 +1,9 @@
 //! Which server to talk to and which token to present (SPEC §8).
 //!
 //! The server, first found wins: `--server`, `CORRAL_URL`, `server` in the
-//! client config file, `http://127.0.0.1:8487`.
+//! client config file, `http://127.0.0.1:8487`. Each may list the URLs of
+//! several replicas separated by commas; a call goes to the one that leads
+//! (`corral_client::servers`).
 //!
 //! The token, first found wins:
 //! 1. `--token TOKEN`;
@@ -42,7 +44,8 @@ const ADMIN_TOKEN_FILE: &str = "admin.token";
 #[derive(Args, Clone, Default)]
 #[command(next_help_heading = "Connection")]
 pub struct Connection {
-    /// Server URL [default: `server` of the config file, else http://127.0.0.1:8487].
+    /// Server URL, or the URLs of the replicas separated by commas
+    /// [default: `server` of the config file, else http://127.0.0.1:8487].
     #[arg(long, env = "CORRAL_URL", value_name = "URL")]
     pub server: Option<String>,
     /// Bearer token (or set CORRAL_TOKEN; the flag is visible to other local users in `ps`).
@@ -209,7 +212,8 @@ impl ConfigLookup {
 /// The server and token a client command uses.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Target {
-    /// Base URL without a trailing slash, e.g. `http://127.0.0.1:8487`.
+    /// Base URLs without a trailing slash, separated by commas, e.g.
+    /// `http://127.0.0.1:8487`.
     pub server: String,
     pub token: String,
     /// Where the token came from, for error messages (never the token).
@@ -235,8 +239,7 @@ impl Connection {
     /// the order.
     pub fn resolve(&self, env: &Environment) -> anyhow::Result<Target> {
         let early = self.token_from_flags_or_environment(env)?;
-        let https_without_ca =
-            self.ca_file.is_none() && self.server.as_deref().is_some_and(|s| s.trim().starts_with("https://"));
+        let https_without_ca = self.ca_file.is_none() && self.server.as_deref().is_some_and(|s| s.contains("https://"));
         let config = if self.server.is_none() || early.is_none() || https_without_ca {
             ConfigLookup::load(env)?
         } else {
@@ -247,7 +250,7 @@ impl Connection {
             (None, Some(server)) => server.clone(),
             (None, None) => DEFAULT_SERVER.to_string(),
         };
-        let server = normalize_server(&server)?;
+        let server = corral_client::ServerList::parse(&server)?.joined();
         let (token, token_source) = match early {
             Some(found) => found,
             None => token_from_config_or_default(&config, env)?,
@@ -324,21 +327,6 @@ fn read_token(path: &Path) -> anyhow::Result<String> {
         bail!("the token file {} is empty", path.display());
     }
     Ok(token.to_string())
-}
-
-/// `host:port` becomes `http://host:port`; trailing slashes go.
-fn normalize_server(server: &str) -> anyhow::Result<String> {
-    let server = server.trim().trim_end_matches('/');
-    if server.is_empty() {
-        bail!("the server URL is empty");
-    }
-    if server.starts_with("http://") || server.starts_with("https://") {
-        return Ok(server.to_string());
-    }
-    if server.contains("://") {
-        bail!("{server}: the server URL must start with http:// or https://");
-    }
-    Ok(format!("http://{server}"))
 }
 
 #[cfg(test)]
@@ -465,11 +453,12 @@ mod tests {
     }
 
     #[test]
-    fn server_urls_are_normalized() {
-        assert_eq!(normalize_server("127.0.0.1:8487").unwrap(), "http://127.0.0.1:8487");
-        assert_eq!(normalize_server("http://a:1//").unwrap(), "http://a:1");
-        assert_eq!(normalize_server("https://a:1/").unwrap(), "https://a:1");
-        assert!(normalize_server("ftp://a").is_err());
-        assert!(normalize_server(" ").is_err());
+    fn server_lists_are_normalized() {
+        let env = Scratch::new().env();
+        let both =
+            Connection { server: Some("a:1, https://b:2/".into()), token: Some("t".into()), ..Default::default() };
+        assert_eq!(both.resolve(&env).unwrap().server, "http://a:1,https://b:2");
+        let bad = Connection { server: Some("ftp://a".into()), token: Some("t".into()), ..Default::default() };
+        assert!(format!("{:#}", bad.resolve(&env).unwrap_err()).contains("must start with http://"));
     }
 }

@@ -7,12 +7,10 @@
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use awc::http::StatusCode;
 use clap::Args;
 use corral_proto::events::{Event, EventId, SseParser};
 use futures_util::StreamExt;
 
-use super::http::Refused;
 use super::output;
 use super::{CommonArgs, block_on};
 
@@ -54,12 +52,12 @@ enum Ended {
 }
 
 async fn follow(args: EventsArgs) -> anyhow::Result<()> {
-    let api = args.common.api()?;
+    let client = args.common.client()?;
     let mut last = args.after;
     let mut printed = 0u64;
     let mut backoff = FIRST_BACKOFF;
     loop {
-        match connect_once(&api, &args, &mut last, &mut printed, &mut backoff).await? {
+        match connect_once(&client, &args, &mut last, &mut printed, &mut backoff).await? {
             Ended::Done => return Ok(()),
             Ended::Retry(why) => {
                 eprintln!(
@@ -74,22 +72,24 @@ async fn follow(args: EventsArgs) -> anyhow::Result<()> {
 }
 
 async fn connect_once(
-    api: &super::http::Api,
+    client: &corral_client::Client,
     args: &EventsArgs,
     last: &mut Option<EventId>,
     printed: &mut u64,
     backoff: &mut Duration,
 ) -> anyhow::Result<Ended> {
-    let mut response = match api.open_stream("/v1/events", last.map(|id| id.to_string())).await {
+    let last_id = last.map(|id| id.to_string());
+    let mut response = match client.open_events(last_id.as_deref()).await {
         Ok(response) => response,
-        Err(err) => match err.downcast_ref::<Refused>() {
+        Err(corral_client::Error::Refused(refused)) => {
             // Worth another try: a limit, the server busy or restarting.
-            Some(refused) if refused.status == StatusCode::TOO_MANY_REQUESTS || refused.status.is_server_error() => {
+            if refused.status == 429 || refused.status >= 500 {
                 return Ok(Ended::Retry(refused.to_string()));
             }
-            Some(_) => return Err(err),
-            None => return Ok(Ended::Retry(format!("{err:#}"))),
-        },
+            return Err(refused.into());
+        }
+        Err(err @ corral_client::Error::Transport { .. }) => return Ok(Ended::Retry(err.to_string())),
+        Err(err) => return Err(err.into()),
     };
     let mut parser = SseParser::default();
     loop {

@@ -3,8 +3,9 @@
 //!
 //! - [`connection`] finds the server and the token (flags, environment,
 //!   config file, the admin token of a local `corral serve`);
-//! - [`http`] sends the calls, with a timeout on each, and turns the
-//!   server's `{"error", "message"}` bodies into errors;
+//! - the calls go through `corral_client::Client` (typed, a timeout on
+//!   each, the server's `{"error", "message"}` bodies as errors, the
+//!   replicas of a server list tried in turn);
 //! - [`requests`], [`workers`], [`users`] are the subcommands;
 //! - [`ssh`] opens the interactive session of `request acquire --ssh`;
 //! - [`output`] prints tables and `key: value` blocks for people, or the
@@ -17,7 +18,6 @@ mod acquire;
 mod audit;
 mod connection;
 mod events;
-mod http;
 mod output;
 mod requests;
 mod ssh;
@@ -36,7 +36,7 @@ pub use users::UserCommand;
 pub use workers::WorkerCommand;
 
 use self::connection::{Connection, Environment};
-use self::http::Api;
+use corral_client::{Client, Listing, Paging};
 
 /// `corral request ...`
 pub fn request(command: RequestCommand) -> anyhow::Result<()> {
@@ -78,22 +78,36 @@ pub struct PageArgs {
 }
 
 impl PageArgs {
-    /// The pages of `path` with `query` these flags ask for: their items
-    /// and the cursor after them. `--all` without `--limit` asks for the
-    /// largest pages.
-    async fn fetch(
-        &self,
-        api: &Api,
-        path: &str,
-        mut query: Vec<(&str, String)>,
-    ) -> anyhow::Result<(Vec<serde_json::Value>, Option<String>)> {
-        match (self.limit, self.all) {
-            (Some(limit), _) => query.push(("limit", limit.to_string())),
-            (None, true) => query.push(("limit", "1000".to_string())),
-            (None, false) => {}
-        }
-        http::pages(api, path, &query, self.cursor.clone(), self.all).await
+    /// The paging these flags ask for.
+    fn paging(&self) -> Paging {
+        Paging { limit: self.limit, cursor: self.cursor.clone(), all: self.all }
     }
+}
+
+/// `--json` of a listing: `{"items": [...], "next_cursor": ...}`; else
+/// `Ok(false)`, for the caller to print it for people.
+fn print_listing_json<T: serde::Serialize>(common: &CommonArgs, listing: &Listing<T>) -> anyhow::Result<bool> {
+    if listing.truncated {
+        eprintln!(
+            "corral: stopped after {} pages; continue with --cursor {}",
+            corral_client::MAX_PAGES,
+            listing.next_cursor.as_deref().unwrap_or("")
+        );
+    }
+    if !common.json {
+        return Ok(false);
+    }
+    output::json(&serde_json::json!({ "items": listing.items, "next_cursor": listing.next_cursor }))?;
+    Ok(true)
+}
+
+/// An error as the CLI prints it: the causes, and for a server that
+/// cannot be reached, what to check.
+pub fn describe_error(err: &anyhow::Error) -> String {
+    let unreachable = err
+        .chain()
+        .any(|e| matches!(e.downcast_ref::<corral_client::Error>(), Some(corral_client::Error::Transport { .. })));
+    if unreachable { format!("{err:#} (is it running? give --server or set CORRAL_URL)") } else { format!("{err:#}") }
 }
 
 /// Flags every client command takes.
@@ -109,9 +123,10 @@ pub struct CommonArgs {
 impl CommonArgs {
     /// A client for the server and token found from the flags and the
     /// environment.
-    fn api(&self) -> anyhow::Result<Api> {
+    fn client(&self) -> anyhow::Result<Client> {
         let target = self.connection.resolve(&Environment::from_process())?;
-        Api::new(&target)
+        let tls = corral_client::ClientTls::with_ca_file(target.ca_file.clone());
+        Ok(Client::new(&target.server, Some(&target.token), &tls)?)
     }
 }
 

@@ -9,7 +9,6 @@ use std::io::Write;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use serde_json::Value;
 
 /// Writes `text` to standard output.
 pub fn emit(text: &str) -> anyhow::Result<()> {
@@ -20,8 +19,9 @@ pub fn emit(text: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Prints a JSON value, pretty, as the server sent it.
-pub fn json(value: &Value) -> anyhow::Result<()> {
+/// Prints an answer as pretty JSON (`--json`): the wire type, field for
+/// field.
+pub fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     let mut text = serde_json::to_string_pretty(value).context("formatting JSON")?;
     text.push('\n');
     emit(&text)

@@ -4,16 +4,16 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
-use awc::http::Method;
 use clap::{Args, Subcommand};
+use corral_client::requests::RequestFilter;
 use corral_core::{Priority, RequestId};
-use corral_proto::requests::{Explanation, HistoryEntry, NewRequest, Prolong, Prolonged, Request, RequestPatch};
-use serde_json::{Value, json};
+use corral_proto::requests::{NewRequest, Request, RequestPatch};
 
 use super::acquire::AcquireArgs;
-use super::http::decode;
 use super::output::{self, Table};
-use super::{CommonArgs, PageArgs, block_on, parse_cap, parse_duration, parse_instant, parse_priority, ssh};
+use super::{
+    CommonArgs, PageArgs, block_on, parse_cap, parse_duration, parse_instant, parse_priority, print_listing_json, ssh,
+};
 
 #[derive(Subcommand, Debug)]
 pub enum RequestCommand {
@@ -132,12 +132,8 @@ pub fn run(command: RequestCommand) -> anyhow::Result<()> {
     }
 }
 
-fn path(id: RequestId, rest: &str) -> String {
-    format!("/v1/requests/{id}{rest}")
-}
-
 async fn new(args: NewArgs) -> anyhow::Result<()> {
-    let api = args.common.api()?;
+    let client = args.common.client()?;
     let ssh_public_key = match &args.ssh_public_key {
         Some(file) => {
             let key = std::fs::read_to_string(file)
@@ -160,29 +156,23 @@ async fn new(args: NewArgs) -> anyhow::Result<()> {
         ssh_public_key,
         allow_unsatisfiable: args.allow_unsatisfiable,
     };
-    let answer = api.send(Method::POST, "/v1/requests", &body).await?;
-    print_request(&args.common, &answer)
+    let request = client.submit(&body).await?;
+    print_request(&args.common, &request)
 }
 
 async fn list(args: ListArgs) -> anyhow::Result<()> {
-    let api = args.common.api()?;
-    let mut query: Vec<(&str, String)> = args.state.iter().map(|s| ("state", s.clone())).collect();
-    if let Some(owner) = &args.owner {
-        query.push(("owner", owner.clone()));
+    let client = args.common.client()?;
+    let filter = RequestFilter { states: args.state.clone(), owner: args.owner.clone(), priority: args.priority };
+    let listing = client.requests(&filter, &args.page.paging()).await?;
+    if print_listing_json(&args.common, &listing)? {
+        return Ok(());
     }
-    if let Some(priority) = args.priority {
-        query.push(("priority", priority.to_string()));
-    }
-    let (items, next_cursor) = args.page.fetch(&api, "/v1/requests", query).await?;
-    if args.common.json {
-        return output::json(&json!({ "items": items, "next_cursor": next_cursor }));
-    }
-    let requests: Vec<Request> = items.iter().map(decode).collect::<anyhow::Result<_>>()?;
+    let requests = &listing.items;
     if requests.is_empty() {
         output::emit("no requests\n")?;
     } else {
         let mut table = Table::new(&["ID", "STATE", "PRI", "OWNER", "WORKER", "LEASE ENDS", "CAPS"]);
-        for r in &requests {
+        for r in requests {
             table.row(vec![
                 r.id.to_string(),
                 r.state.to_string(),
@@ -195,25 +185,22 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
         }
         table.print()?;
     }
-    if let Some(cursor) = next_cursor {
+    if let Some(cursor) = &listing.next_cursor {
         eprintln!("more requests: give --all, or --cursor {cursor}");
     }
     Ok(())
 }
 
 async fn show(args: IdArgs) -> anyhow::Result<()> {
-    let api = args.common.api()?;
-    let answer = api.get(&path(args.id, ""), &[]).await?;
-    print_request(&args.common, &answer)
+    let request = args.common.client()?.request(args.id).await?;
+    print_request(&args.common, &request)
 }
 
 async fn history(args: IdArgs) -> anyhow::Result<()> {
-    let api = args.common.api()?;
-    let answer = api.get(&path(args.id, "/history"), &[]).await?;
+    let entries = args.common.client()?.request_history(args.id).await?;
     if args.common.json {
-        return output::json(&answer);
+        return output::json(&entries);
     }
-    let entries: Vec<HistoryEntry> = decode(&answer)?;
     let mut table = Table::new(&["AT", "FROM", "TO", "ACTOR", "REASON"]);
     for entry in entries {
         table.row(vec![
@@ -231,30 +218,25 @@ async fn update(args: UpdateArgs) -> anyhow::Result<()> {
     if args.priority.is_none() && args.valid_after.is_none() && args.deadline.is_none() {
         bail!("nothing to change: give --priority, --valid-after or --deadline");
     }
-    let api = args.common.api()?;
     let body = RequestPatch { priority: args.priority, valid_after: args.valid_after, deadline: args.deadline };
-    let answer = api.send(Method::PATCH, &path(args.id, ""), &body).await?;
-    print_request(&args.common, &answer)
+    let request = args.common.client()?.update_request(args.id, &body).await?;
+    print_request(&args.common, &request)
 }
 
 async fn close(args: IdArgs) -> anyhow::Result<()> {
-    let api = args.common.api()?;
-    let answer = api.post_empty(&path(args.id, "/close")).await?;
+    let request = args.common.client()?.close_request(args.id).await?;
     ssh::forget_lease(args.id);
     if args.common.json {
-        return output::json(&answer);
+        return output::json(&request);
     }
-    let request: Request = decode(&answer)?;
     output::emit(&format!("request {} is {}\n", request.id, request.state))
 }
 
 async fn prolong(args: ProlongArgs) -> anyhow::Result<()> {
-    let api = args.common.api()?;
-    let answer = api.send(Method::POST, &path(args.id, "/prolong"), &Prolong { by: args.by }).await?;
+    let prolonged = args.common.client()?.prolong(args.id, args.by).await?;
     if args.common.json {
-        return output::json(&answer);
+        return output::json(&prolonged);
     }
-    let prolonged: Prolonged = decode(&answer)?;
     output::emit(&format!(
         "request {}: the lease now ends at {}\n",
         prolonged.request_id,
@@ -263,12 +245,10 @@ async fn prolong(args: ProlongArgs) -> anyhow::Result<()> {
 }
 
 async fn explain(args: IdArgs) -> anyhow::Result<()> {
-    let api = args.common.api()?;
-    let answer = api.get(&path(args.id, "/explain"), &[]).await?;
+    let explanation = args.common.client()?.explain(args.id).await?;
     if args.common.json {
-        return output::json(&answer);
+        return output::json(&explanation);
     }
-    let explanation: Explanation = decode(&answer)?;
     let mut text = format!("request {} is {}: {}\n", explanation.request_id, explanation.state, explanation.summary);
     match (explanation.position, explanation.competing) {
         (Some(position), Some(competing)) if position > 0 => {
@@ -287,12 +267,11 @@ async fn explain(args: IdArgs) -> anyhow::Result<()> {
     output::emit(&text)
 }
 
-/// A request answer: JSON as sent, or `key: value` lines with the id first.
-fn print_request(common: &CommonArgs, answer: &Value) -> anyhow::Result<()> {
+/// A request answer: JSON, or `key: value` lines with the id first.
+fn print_request(common: &CommonArgs, r: &Request) -> anyhow::Result<()> {
     if common.json {
-        return output::json(answer);
+        return output::json(r);
     }
-    let r: Request = decode(answer)?;
     let now = SystemTime::now();
     output::emit(&output::fields(&[
         ("id", r.id.to_string()),

@@ -1,10 +1,8 @@
 //! `corral user add|list|remove` (admins).
 
-use awc::http::Method;
 use clap::{Args, Subcommand};
-use corral_proto::users::{CreatedUser, NewUser, User};
+use corral_proto::users::NewUser;
 
-use super::http::decode;
 use super::output::{self, Table};
 use super::{CommonArgs, block_on};
 
@@ -55,8 +53,7 @@ pub fn run(command: UserCommand) -> anyhow::Result<()> {
             UserCommand::Add(args) => add(args).await,
             UserCommand::List(args) => list(args).await,
             UserCommand::Remove(args) => {
-                let api = args.common.api()?;
-                api.delete(&format!("/v1/users/{}", path_segment(&args.name))).await?;
+                args.common.client()?.delete_user(&args.name).await?;
                 if args.common.json { Ok(()) } else { output::emit(&format!("user {} removed\n", args.name)) }
             }
         }
@@ -64,14 +61,12 @@ pub fn run(command: UserCommand) -> anyhow::Result<()> {
 }
 
 async fn add(args: AddArgs) -> anyhow::Result<()> {
-    let api = args.common.api()?;
     let groups = args.groups.iter().map(|g| g.trim()).filter(|g| !g.is_empty()).collect();
     let body = NewUser { name: args.name.clone(), groups, admin: args.admin, agent: args.agent };
-    let answer = api.send(Method::POST, "/v1/users", &body).await?;
+    let created = args.common.client()?.create_user(&body).await?;
     if args.common.json {
-        return output::json(&answer);
+        return output::json(&created);
     }
-    let created: CreatedUser = decode(&answer)?;
     let user = &created.user;
     let use_it = if args.agent {
         "corral agent ... --token-file FILE (a file holding the token)".to_string()
@@ -91,12 +86,10 @@ async fn add(args: AddArgs) -> anyhow::Result<()> {
 }
 
 async fn list(args: ListArgs) -> anyhow::Result<()> {
-    let api = args.common.api()?;
-    let answer = api.get("/v1/users", &[]).await?;
+    let users = args.common.client()?.users().await?;
     if args.common.json {
-        return output::json(&answer);
+        return output::json(&users);
     }
-    let users: Vec<User> = decode(&answer)?;
     let mut table = Table::new(&["NAME", "ROLE", "CREATED", "GROUPS"]);
     for user in &users {
         table.row(vec![
@@ -107,29 +100,4 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
         ]);
     }
     table.print()
-}
-
-/// A user name as one URL path segment. Valid names need no escaping;
-/// anything else is escaped so the server can say it is not found.
-fn path_segment(name: &str) -> String {
-    let mut out = String::new();
-    for byte in name.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn odd_user_names_stay_one_path_segment() {
-        assert_eq!(path_segment("alice.b-c_d"), "alice.b-c_d");
-        assert_eq!(path_segment("../x y"), "..%2Fx%20y");
-    }
 }

@@ -2,15 +2,13 @@
 
 use std::time::SystemTime;
 
-use awc::http::Method;
 use clap::{Args, Subcommand};
+use corral_client::workers::WorkerFilter;
 use corral_core::WorkerId;
-use corral_proto::workers::{AdminState, NoteChange, StateChange, Worker};
-use serde_json::{Value, json};
+use corral_proto::workers::{AdminState, HandOver, StateChange, Worker};
 
-use super::http::decode;
 use super::output::{self, Table};
-use super::{CommonArgs, PageArgs, block_on, parse_cap};
+use super::{CommonArgs, PageArgs, block_on, parse_cap, print_listing_json};
 
 #[derive(Subcommand, Debug)]
 pub enum WorkerCommand {
@@ -169,9 +167,8 @@ pub fn run(command: WorkerCommand) -> anyhow::Result<()> {
         match command {
             WorkerCommand::List(args) => list(args).await,
             WorkerCommand::Show(args) => {
-                let api = args.common.api()?;
-                let answer = api.get(&path(args.uuid, ""), &[]).await?;
-                print_worker(&args.common, &answer)
+                let worker = args.common.client()?.worker(args.uuid).await?;
+                print_worker(&args.common, &worker)
             }
             WorkerCommand::History(args) => history(args).await,
             WorkerCommand::Idle(args) => {
@@ -183,37 +180,31 @@ pub fn run(command: WorkerCommand) -> anyhow::Result<()> {
                 set_state(&args.common, args.uuid, &change).await
             }
             WorkerCommand::Groups(args) => {
-                let api = args.common.api()?;
-                let answer = api.send(Method::PUT, &path(args.uuid, "/groups"), &args.groups).await?;
-                print_worker(&args.common, &answer)
+                let worker = args.common.client()?.set_worker_groups(args.uuid, &args.groups).await?;
+                print_worker(&args.common, &worker)
             }
             WorkerCommand::HandOver(args) => {
-                let api = args.common.api()?;
-                let body = json!({"principal": args.principal, "agent": args.agent});
-                let answer = api.send(Method::PUT, &path(args.uuid, "/agent"), &body).await?;
-                print_worker(&args.common, &answer)
+                let body = HandOver { principal: args.principal, agent: args.agent };
+                let worker = args.common.client()?.hand_over_worker(args.uuid, &body).await?;
+                print_worker(&args.common, &worker)
             }
             WorkerCommand::Note(args) => {
-                let api = args.common.api()?;
-                let body = NoteChange { note: if args.clear { None } else { args.text } };
-                let answer = api.send(Method::PUT, &path(args.uuid, "/note"), &body).await?;
-                print_worker(&args.common, &answer)
+                let note = if args.clear { None } else { args.text };
+                let worker = args.common.client()?.set_worker_note(args.uuid, note).await?;
+                print_worker(&args.common, &worker)
             }
             WorkerCommand::Quarantine(args) => {
-                let api = args.common.api()?;
-                let answer = match args.reason {
-                    Some(reason) if !args.clear => {
-                        api.send(Method::PUT, &path(args.uuid, "/quarantine"), &json!({ "reason": reason })).await?
-                    }
-                    _ => api.send(Method::DELETE, &path(args.uuid, "/quarantine"), &json!({})).await?,
+                let client = args.common.client()?;
+                let worker = match args.reason {
+                    Some(reason) if !args.clear => client.quarantine_worker(args.uuid, &reason).await?,
+                    _ => client.lift_quarantine(args.uuid).await?,
                 };
-                print_worker(&args.common, &answer)
+                print_worker(&args.common, &worker)
             }
             WorkerCommand::PowerCycle(args) => {
-                let api = args.common.api()?;
-                let answer = api.send(Method::POST, &path(args.uuid, "/power-cycle"), &json!({})).await?;
+                let worker = args.common.client()?.power_cycle_worker(args.uuid).await?;
                 if args.common.json {
-                    return output::json(&answer);
+                    return output::json(&worker);
                 }
                 output::emit(&format!(
                     "power cycle of worker {} asked; its outcome will be in `corral worker history {}`\n",
@@ -221,38 +212,30 @@ pub fn run(command: WorkerCommand) -> anyhow::Result<()> {
                 ))
             }
             WorkerCommand::Deregister(args) => {
-                let api = args.common.api()?;
-                api.delete(&path(args.uuid, "")).await?;
+                args.common.client()?.deregister_worker(args.uuid).await?;
                 if args.common.json { Ok(()) } else { output::emit(&format!("worker {} deregistered\n", args.uuid)) }
             }
         }
     })
 }
 
-fn path(uuid: WorkerId, rest: &str) -> String {
-    format!("/v1/workers/{uuid}{rest}")
-}
-
 async fn list(args: ListArgs) -> anyhow::Result<()> {
-    let api = args.common.api()?;
-    let mut query: Vec<(&str, String)> = args.state.iter().map(|s| ("state", s.clone())).collect();
-    if let Some(group) = &args.group {
-        query.push(("group", group.clone()));
+    let filter = WorkerFilter {
+        states: args.state.clone(),
+        group: args.group.clone(),
+        hold: args.hold.clone(),
+        caps: args.caps.clone(),
+    };
+    let listing = args.common.client()?.workers(&filter, &args.page.paging()).await?;
+    if print_listing_json(&args.common, &listing)? {
+        return Ok(());
     }
-    if let Some(hold) = &args.hold {
-        query.push(("hold", hold.clone()));
-    }
-    query.extend(args.caps.iter().map(|(k, v)| ("cap", format!("{k}={v}"))));
-    let (items, next_cursor) = args.page.fetch(&api, "/v1/workers", query).await?;
-    if args.common.json {
-        return output::json(&json!({ "items": items, "next_cursor": next_cursor }));
-    }
-    let workers: Vec<Worker> = items.iter().map(decode).collect::<anyhow::Result<_>>()?;
+    let workers = &listing.items;
     if workers.is_empty() {
         output::emit("no workers\n")?;
     } else {
         let mut table = Table::new(&["UUID", "STATE", "HOLD", "AGENT", "REQUEST", "GROUPS", "CAPS", "REASON", "NOTE"]);
-        for w in &workers {
+        for w in workers {
             table.row(vec![
                 w.uuid.to_string(),
                 w.state.to_string(),
@@ -267,21 +250,19 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
         }
         table.print()?;
     }
-    if let Some(cursor) = next_cursor {
+    if let Some(cursor) = &listing.next_cursor {
         eprintln!("more workers: give --all, or --cursor {cursor}");
     }
     Ok(())
 }
 
 async fn history(args: HistoryArgs) -> anyhow::Result<()> {
-    let api = args.common.api()?;
-    let (items, next_cursor) = args.page.fetch(&api, &path(args.uuid, "/history"), Vec::new()).await?;
-    if args.common.json {
-        return output::json(&json!({ "items": items, "next_cursor": next_cursor }));
+    let listing = args.common.client()?.worker_history(args.uuid, &args.page.paging()).await?;
+    if print_listing_json(&args.common, &listing)? {
+        return Ok(());
     }
     let mut table = Table::new(&["AT", "FROM", "TO", "ACTOR", "REASON"]);
-    for item in items {
-        let entry: corral_proto::requests::HistoryEntry = serde_json::from_value(item)?;
+    for entry in listing.items {
         table.row(vec![
             output::time(entry.at),
             output::or_dash(entry.from),
@@ -291,23 +272,21 @@ async fn history(args: HistoryArgs) -> anyhow::Result<()> {
         ]);
     }
     table.print()?;
-    if let Some(cursor) = next_cursor {
+    if let Some(cursor) = listing.next_cursor {
         eprintln!("more history: give --all, or --cursor {cursor}");
     }
     Ok(())
 }
 
 async fn set_state(common: &CommonArgs, uuid: WorkerId, change: &StateChange) -> anyhow::Result<()> {
-    let api = common.api()?;
-    let answer = api.send(Method::PUT, &path(uuid, "/state"), change).await?;
-    print_worker(common, &answer)
+    let worker = common.client()?.set_worker_state(uuid, change).await?;
+    print_worker(common, &worker)
 }
 
-fn print_worker(common: &CommonArgs, answer: &Value) -> anyhow::Result<()> {
+fn print_worker(common: &CommonArgs, w: &Worker) -> anyhow::Result<()> {
     if common.json {
-        return output::json(answer);
+        return output::json(w);
     }
-    let w: Worker = decode(answer)?;
     let now = SystemTime::now();
     output::emit(&output::fields(&[
         ("uuid", w.uuid.to_string()),

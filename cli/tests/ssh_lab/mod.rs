@@ -13,7 +13,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use corral_client::workers::WorkerFilter;
+use corral_client::{Client, Paging};
+use corral_core::{RequestId, RequestState, WorkerId};
+use corral_proto::requests::NewRequest;
+use corral_proto::users::NewUser;
+use corral_proto::workers::{AdminState, StateChange};
+use serde_json::Value;
 
 /// How long the server waits for heartbeats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -168,9 +174,9 @@ pub struct Lab {
     pub server_port: u16,
     pub database_url: String,
     pub tunnel_ports: std::ops::RangeInclusive<u16>,
-    pub admin: Http,
+    pub admin: Client,
     /// A plain user's client.
-    pub tess: Http,
+    pub tess: Client,
     pub worker: String,
     agents_started: usize,
     servers_started: usize,
@@ -206,7 +212,7 @@ impl Lab {
         let database_url = corral_testkit::test_database().await.url;
         let server_port = corral_testkit::free_port();
         let base = format!("http://127.0.0.1:{server_port}");
-        let http = |token: String| Http { client: awc::Client::default(), base: base.clone(), token };
+        let anonymous = || Client::plain(&base, None).unwrap();
         let mut lab = Lab {
             children,
             user,
@@ -216,18 +222,18 @@ impl Lab {
             server_port,
             database_url,
             tunnel_ports,
-            admin: http(String::new()),
-            tess: http(String::new()),
+            admin: anonymous(),
+            tess: anonymous(),
             worker: String::new(),
             agents_started: 0,
             servers_started: 0,
             dir,
         };
         lab.start_server().await;
-        lab.admin.token = std::fs::read_to_string(lab.dir.0.join("admin.token")).unwrap().trim().to_string();
-        let (status, created) = lab.admin.post("/v1/users", json!({"name": "tess"})).await;
-        assert_eq!(status, 201, "{created}");
-        lab.tess.token = created["token"].as_str().unwrap().to_string();
+        let admin_token = std::fs::read_to_string(lab.dir.0.join("admin.token")).unwrap().trim().to_string();
+        lab.admin = Client::plain(&base, Some(&admin_token)).unwrap();
+        let created = lab.admin.create_user(&NewUser { name: "tess".into(), ..Default::default() }).await.unwrap();
+        lab.tess = Client::plain(&base, Some(&created.token)).unwrap();
 
         // The agent: no uuid in its file, so it writes one back.
         let hooks_log = lab.path("hooks.log");
@@ -255,16 +261,15 @@ interrogate = 'printf "{{\"battery\": 90}}"'
         );
         std::fs::write(lab.path("agent.toml"), &agent_toml).unwrap();
         lab.start_agent();
-        let workers = corral_testkit::wait_until("the agent registers its worker", Duration::from_secs(30), || async {
-            let (_, page) = lab.admin.get("/v1/workers").await;
-            let items = page["items"].as_array()?.clone();
-            (items.len() == 1).then(|| items[0].clone())
+        let worker = corral_testkit::wait_until("the agent registers its worker", Duration::from_secs(30), || async {
+            let listing = lab.admin.workers(&WorkerFilter::default(), &Paging::default()).await.ok()?;
+            (listing.items.len() == 1).then(|| listing.items[0].clone())
         })
         .await;
-        lab.worker = workers["uuid"].as_str().unwrap().to_string();
-        assert_eq!(workers["state"], "maintenance", "{workers}");
-        assert_eq!(workers["ssh_addr"], format!("127.0.0.1:{sshd_port}"));
-        assert_eq!(workers["agent"], "ssh-lab");
+        lab.worker = worker.uuid.to_string();
+        assert_eq!(worker.state, corral_core::WorkerState::Maintenance, "{worker:?}");
+        assert_eq!(worker.ssh_addr, format!("127.0.0.1:{sshd_port}"));
+        assert_eq!(worker.agent, "ssh-lab");
 
         let written = std::fs::read_to_string(lab.path("agent.toml")).unwrap();
         let parsed: toml::Table = toml::from_str(&written).unwrap();
@@ -275,9 +280,8 @@ interrogate = 'printf "{{\"battery\": 90}}"'
         );
         assert!(written.starts_with("# The agent of the SSH test lab.\n"), "the rest of the file is kept:\n{written}");
 
-        let (status, body) =
-            lab.admin.put(&format!("/v1/workers/{}/state", lab.worker), json!({"state": "idle"})).await;
-        assert_eq!(status, 202, "{body}");
+        let change = StateChange { state: AdminState::Idle, reason: None, drain: false };
+        lab.admin.set_worker_state(worker.uuid, &change).await.unwrap();
         lab.wait_worker("idle", Duration::from_secs(30)).await;
         lab
     }
@@ -308,11 +312,9 @@ interrogate = 'printf "{{\"battery\": 90}}"'
             .spawn()
             .expect("corral serve starts");
         self.children.push("server", child);
-        let client = awc::Client::default();
-        let base = self.base();
+        let probe = Client::plain(&self.base(), None).unwrap();
         corral_testkit::wait_until("the server is ready", Duration::from_secs(60), || async {
-            let response = client.get(format!("{base}/readyz")).send().await.ok()?;
-            (response.status().as_u16() == 200).then_some(())
+            probe.readyz().await.ok().map(drop)
         })
         .await;
     }
@@ -334,10 +336,15 @@ interrogate = 'printf "{{\"battery\": 90}}"'
         self.children.push("agent", child);
     }
 
+    /// The worker's UUID.
+    pub fn worker_id(&self) -> WorkerId {
+        self.worker.parse().unwrap()
+    }
+
+    /// The worker as the server shows it, as JSON.
     pub async fn worker_json(&self) -> Value {
-        let (status, worker) = self.admin.get(&format!("/v1/workers/{}", self.worker)).await;
-        assert_eq!(status, 200, "{worker}");
-        worker
+        let worker = self.admin.worker(self.worker_id()).await.unwrap();
+        serde_json::to_value(worker).unwrap()
     }
 
     pub async fn wait_worker(&self, state: &str, timeout: Duration) -> Value {
@@ -350,7 +357,7 @@ interrogate = 'printf "{{\"battery\": 90}}"'
 
     pub async fn wait_request(&self, id: i64, state: &str, timeout: Duration) -> Value {
         corral_testkit::wait_until(&format!("request {id} is {state}"), timeout, || async {
-            let (_, request) = self.tess.get(&format!("/v1/requests/{id}")).await;
+            let request = serde_json::to_value(self.tess.request(RequestId(id)).await.ok()?).unwrap();
             (request["state"] == state).then_some(request)
         })
         .await
@@ -359,28 +366,24 @@ interrogate = 'printf "{{\"battery\": 90}}"'
     /// Submits a request for the board (with `public_key`, if given) and
     /// acquires it, waiting for the lease to start.
     pub async fn lease(&self, public_key: Option<&str>) -> (i64, Value) {
-        let mut body = json!({"caps": {"device_type": "board"}});
-        if let Some(key) = public_key {
-            body["ssh_public_key"] = json!(key);
-        }
-        let (status, request) = self.tess.post("/v1/requests", body).await;
-        assert_eq!(status, 201, "{request}");
-        let id = request["id"].as_i64().unwrap();
-        let (status, access) = self.tess.post(&format!("/v1/requests/{id}/acquire?wait=30s"), json!({})).await;
-        assert_eq!(status, 200, "acquire: {access}");
-        assert_eq!(access["worker"].as_str(), Some(self.worker.as_str()), "{access}");
-        assert_eq!(access["username"].as_str(), Some(self.user.name.as_str()), "{access}");
-        assert_eq!(access["host"], "127.0.0.1", "{access}");
-        let port = access["port"].as_u64().unwrap() as u16;
-        assert!(self.tunnel_ports.contains(&port), "tunnel port {port} from the configured range");
-        assert_eq!(access["host_key"].as_str(), Some(self.host_key.as_str()), "the pinned key is sshd's: {access}");
-        (id, access)
+        let body = NewRequest {
+            caps: [("device_type".to_string(), "board".to_string())].into_iter().collect(),
+            ssh_public_key: public_key.map(str::to_string),
+            ..Default::default()
+        };
+        let request = self.tess.submit(&body).await.unwrap();
+        let access = self.tess.acquire(request.id, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(access.worker, self.worker_id(), "{access:?}");
+        assert_eq!(access.username, self.user.name, "{access:?}");
+        assert_eq!(access.host, "127.0.0.1", "{access:?}");
+        assert!(self.tunnel_ports.contains(&access.port), "tunnel port {} from the configured range", access.port);
+        assert_eq!(access.host_key.as_deref(), Some(self.host_key.as_str()), "the pinned key is sshd's: {access:?}");
+        (request.id.0, serde_json::to_value(access).unwrap())
     }
 
     pub async fn close(&self, id: i64) {
-        let (status, closed) = self.tess.post(&format!("/v1/requests/{id}/close"), json!({})).await;
-        assert_eq!(status, 200, "{closed}");
-        assert_eq!(closed["state"], "done", "{closed}");
+        let closed = self.tess.close_request(RequestId(id)).await.unwrap();
+        assert_eq!(closed.state, RequestState::Done, "{closed:?}");
     }
 
     /// The lease lines of the lab user's managed key file.
@@ -535,40 +538,4 @@ pub fn own_key_pair(dir: &Path, name: &str, kind: &str) -> (PathBuf, String) {
     );
     let public = std::fs::read_to_string(path.with_extension("pub")).unwrap().trim().to_string();
     (path, public)
-}
-
-/// A token-holding HTTP client of the server.
-pub struct Http {
-    client: awc::Client,
-    base: String,
-    token: String,
-}
-
-impl Http {
-    async fn call(&self, method: awc::http::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let request = self
-            .client
-            .request(method.clone(), format!("{}{path}", self.base))
-            .timeout(Duration::from_secs(60))
-            .insert_header(("Authorization", format!("Bearer {}", self.token)));
-        let sent = match body {
-            Some(body) => request.send_json(&body).await,
-            None => request.send().await,
-        };
-        let mut response = sent.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-        let bytes = response.body().await.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-        (response.status().as_u16(), serde_json::from_slice(&bytes).unwrap_or(Value::Null))
-    }
-
-    pub async fn get(&self, path: &str) -> (u16, Value) {
-        self.call(awc::http::Method::GET, path, None).await
-    }
-
-    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        self.call(awc::http::Method::POST, path, Some(body)).await
-    }
-
-    pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
-        self.call(awc::http::Method::PUT, path, Some(body)).await
-    }
 }

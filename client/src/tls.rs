@@ -1,4 +1,5 @@
-//! TLS of the HTTP clients (the agent and the CLI): rustls with the ring
+//! TLS of the HTTP clients (this crate's [`crate::Client`], and the agent,
+//! which re-exports it as `corral_agent::tls`): rustls with the ring
 //! provider. An `https://` server is trusted through the system's root
 //! certificates, plus the CA of a `ca_file` when one is given (a lab's own
 //! CA); a plain `http://` server needs none of it.
@@ -86,9 +87,22 @@ impl ClientTls {
     /// `Authorization: Bearer token`; TLS is set up only for an `https://`
     /// server.
     pub fn http_client(&self, server: &str, token: &str, timeout: Duration) -> Result<awc::Client, TlsError> {
-        let builder =
-            awc::Client::builder().timeout(timeout).add_default_header(("Authorization", format!("Bearer {token}")));
-        if !server.starts_with("https://") {
+        self.http_client_for(server.starts_with("https://"), Some(token), timeout)
+    }
+
+    /// An HTTP client with `timeout` per call, with TLS when `https`, and
+    /// `Authorization: Bearer token` on every call when there is a token.
+    pub fn http_client_for(
+        &self,
+        https: bool,
+        token: Option<&str>,
+        timeout: Duration,
+    ) -> Result<awc::Client, TlsError> {
+        let mut builder = awc::Client::builder().timeout(timeout);
+        if let Some(token) = token {
+            builder = builder.add_default_header(("Authorization", format!("Bearer {token}")));
+        }
+        if !https {
             return Ok(builder.finish());
         }
         let connector = awc::Connector::new().rustls_0_23(self.config()?);
