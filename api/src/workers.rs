@@ -8,7 +8,7 @@ use corral_core::{Groups, WorkerId, WorkerState};
 use corral_proto::Page;
 use corral_proto::error::ErrorBody;
 use corral_proto::requests::HistoryEntry;
-use corral_proto::workers::{NoteChange, QuarantineChange, StateChange, Worker};
+use corral_proto::workers::{HandOver, NoteChange, QuarantineChange, StateChange, Worker};
 
 use crate::AppState;
 use crate::audit::audited;
@@ -232,17 +232,6 @@ async fn deregister(
         Ok(HttpResponse::NoContent().finish())
     })
     .await
-}
-
-/// Body of `PUT /v1/workers/{uuid}/agent`.
-#[derive(Debug, serde::Deserialize, serde::Serialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-struct HandOver {
-    /// The agent user (its name) whose agents may claim the worker.
-    principal: String,
-    /// The agent host name to register it under; unset: unchanged.
-    #[serde(default)]
-    agent: Option<String>,
 }
 
 /// An admin hands a worker in maintenance or failed over to another agent

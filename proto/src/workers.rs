@@ -130,9 +130,8 @@ pub struct StateChange {
     pub drain: bool,
 }
 
-/// Body of `PUT /v1/workers/{uuid}/agent` (hand-over), as the client sends
-/// it. The server reads the same fields (`corral_api::workers::HandOver`).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// Body of `PUT /v1/workers/{uuid}/agent` (hand-over).
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HandOver {
     /// The agent user (its name) whose agents may claim the worker.
