@@ -557,6 +557,56 @@ async fn timeout_stopped_heartbeats_expire_the_session_and_fail_the_workers() {
     server.stop().await;
 }
 
+/// Done: the database is away long enough for the agent's silence to pass
+/// its 30 s session timeout: the reaper's sweeps fail (injected
+/// serialization failures on every attempt of `expire_sessions`) and the
+/// agent's heartbeats stop, while the clock moves 31 s. Must happen: the
+/// first sweep after the database is back expires nothing and fails no
+/// worker (the silence was the server's, not the agent's); the session
+/// gets a full timeout from then and expires only after 30 s more of real
+/// silence.
+#[actix_rt::test]
+async fn timeout_a_database_outage_does_not_count_against_agent_sessions() {
+    use corral_db::DatabaseOperation as Op;
+    use corral_db::faults::Fault;
+    let clock = Clock::manual();
+    let server = server(&clock, Duration::from_secs(30)).await;
+    let faults = SimFaults::default();
+    let agent = faulty_agent(&server, "t-outage", &faults);
+    let worker = agent.uuids[0];
+    server.make_idle(&agent.uuids).await;
+
+    let db_faults = server.corral.db().faults();
+    db_faults.inject_times(Op::ExpireSessions, Fault::Serialization, 10_000);
+    faults.stop_heartbeats(true);
+    let tick = server.corral.tick().await.unwrap();
+    assert_eq!(tick.sessions_expired, 0, "the sweep failed: {tick:?}");
+    assert!(db_faults.fired(Op::ExpireSessions) >= 5, "a whole sweep failed");
+    server.clock.advance(Duration::from_secs(31));
+    let tick = server.corral.tick().await.unwrap();
+    assert_eq!(tick.sessions_expired, 0, "the database is still away: {tick:?}");
+
+    db_faults.clear();
+    let tick = server.corral.tick().await.unwrap();
+    assert_eq!(tick.sessions_expired, 0, "31 s of silence during an outage is not the agent's: {tick:?}");
+    assert_eq!(server.admin().get(&format!("/v1/workers/{worker}")).await.1["state"], "idle");
+    server.clock.advance(Duration::from_secs(29));
+    let tick = server.corral.tick().await.unwrap();
+    assert_eq!(tick.sessions_expired, 0, "29 s after the grace: {tick:?}");
+    assert!(history(&server, worker).await.iter().all(|h| h.1 != "failed"), "no worker failed");
+
+    // Real silence past the granted timeout still expires the session.
+    server.clock.advance(Duration::from_secs(2));
+    let failed = corral_testkit::wait_until("the worker failed for lack of heartbeats", WAIT, || async {
+        server.corral.tick().await.unwrap();
+        history(&server, worker).await.into_iter().find(|h| h.1 == "failed")
+    })
+    .await;
+    assert!(failed.3.contains("no heartbeat"), "{failed:?}");
+    agent.kill();
+    server.stop().await;
+}
+
 // ----- the agent client's fault seam ----------------------------------------
 
 /// A simulated agent whose HTTP client meets `client` faults.

@@ -77,6 +77,7 @@ pub enum DatabaseOperation {
     Heartbeat,
     CloseSession,
     ExpireSessions,
+    GrantSessionGrace,
     ReleaseOrphanLocks,
     LiveSessions,
     Lead,
@@ -134,6 +135,7 @@ impl DatabaseOperation {
             O::Heartbeat => "heartbeat",
             O::CloseSession => "close_session",
             O::ExpireSessions => "expire_sessions",
+            O::GrantSessionGrace => "grant_session_grace",
             O::ReleaseOrphanLocks => "release_orphan_locks",
             O::LiveSessions => "live_sessions",
             O::Lead => "lead",
@@ -178,9 +180,6 @@ impl DatabaseOperation {
         }
     }
 
-    /// Whether running the operation a second time after a first run that
-    /// may have committed changes nothing and answers the same (see the
-    /// enum's docs).
     /// Whether the operation only reads: its commit cannot add a history
     /// row, so it does not wake the event hub ([`Db::commits`]).
     pub fn is_read_only(self) -> bool {
@@ -206,6 +205,9 @@ impl DatabaseOperation {
         )
     }
 
+    /// Whether running the operation a second time after a first run that
+    /// may have committed changes nothing and answers the same (see the
+    /// enum's docs).
     pub fn is_idempotent(self) -> bool {
         use DatabaseOperation as O;
         self.is_read_only()
@@ -213,6 +215,7 @@ impl DatabaseOperation {
                 self,
                 O::ApplySchema
                     | O::Heartbeat
+                    | O::GrantSessionGrace
                     | O::Lead
                     | O::TouchWorkers
                     | O::ClearBackoff

@@ -412,17 +412,19 @@ impl Db {
         .await
     }
 
-    /// After a server restart, gives every live session one full timeout
-    /// from now, so agents that could not reach a stopped server get the
-    /// time to come back before their workers are failed.
+    /// Gives every live agent session at least one full timeout from now,
+    /// as if it had just beaten, so that agents which could not be heard
+    /// (the server was stopped, or its database was away) get the time to
+    /// come back before their workers are failed. A session already due
+    /// later keeps its deadline. Returns how many sessions it extended.
     pub async fn grace_sessions(&self, now: DbNow) -> Result<u64, DbError> {
-        self.run(DatabaseOperation::LiveSessions, move |client| {
+        self.run(DatabaseOperation::GrantSessionGrace, move |client| {
             Box::pin(async move {
                 Ok(client
                     .execute(
-                        "UPDATE sessions SET deadline = GREATEST(deadline,
-                            COALESCE($1, now()) + timeout_ms * interval '1 millisecond')
-                         WHERE component = 'agent'",
+                        "UPDATE sessions SET deadline = COALESCE($1, now()) + timeout_ms * interval '1 millisecond'
+                         WHERE component = 'agent'
+                           AND deadline < COALESCE($1, now()) + timeout_ms * interval '1 millisecond'",
                         &[&now],
                     )
                     .await?)
