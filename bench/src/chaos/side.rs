@@ -199,11 +199,14 @@ impl SideDb {
     }
 
     /// Requests that entered `in_progress` more than once (from their
-    /// history), plus leases whose worker is not their request's.
+    /// history: rows into `in_progress` from another state; a prolong or a
+    /// reconciler's note is a row from `in_progress` to itself and enters
+    /// nothing), plus leases whose worker is not their request's.
     pub(crate) async fn double_bindings(&mut self) -> Result<i64> {
         self.count(
             "SELECT (SELECT count(*) FROM (
-                        SELECT request FROM request_history WHERE to_state = 'in_progress'
+                        SELECT request FROM request_history
+                        WHERE to_state = 'in_progress' AND from_state IS DISTINCT FROM 'in_progress'
                         GROUP BY request HAVING count(*) > 1) twice)
                   + (SELECT count(*) FROM leases l JOIN requests r ON r.id = l.request
                      WHERE r.worker IS DISTINCT FROM l.worker)",
@@ -348,6 +351,19 @@ mod tests {
 
         // r3's lease is now on `worker` but the request still names
         // `other`; r1 entered in_progress twice.
+        assert_eq!(side.double_bindings().await.unwrap(), 1);
+        // A bound request whose lease was prolonged and which the
+        // reconciler noted (rows from in_progress to itself) entered
+        // in_progress once.
+        sql.execute(
+            "INSERT INTO request_history (request, at, from_state, to_state, actor, reason) VALUES
+                ($1, now(), 'waiting', 'in_progress', 'test', 'bound'),
+                ($1, now(), 'in_progress', 'in_progress', 'test', 'lease prolonged'),
+                ($1, now(), 'in_progress', 'in_progress', 'reconciler', 'repaired')",
+            &[&r2],
+        )
+        .await
+        .unwrap();
         assert_eq!(side.double_bindings().await.unwrap(), 1);
         sql.execute(
             "INSERT INTO request_history (request, at, from_state, to_state, actor, reason) VALUES
