@@ -28,9 +28,7 @@ use crate::{ActorError, Clock, Corral, Settings};
 
 /// A new bearer token (random, URL-safe): what a first start writes for
 /// the admin and the agent.
-pub fn new_token() -> String {
-    corral_db::new_token()
-}
+pub use corral_db::new_token;
 
 /// The longest wait between two tries to reach the database at start.
 const CONNECT_RETRY_MAX: Duration = Duration::from_secs(10);
