@@ -214,13 +214,13 @@ pub fn routes(cfg: &mut web::ServiceConfig, max_body: usize) {
     let reqs = || {
         web::resource(["/reqs", "/reqs/"])
             .route(web::post().to(requests::create))
-            .route(web::get().to(requests::list_all))
-            .route(web::head().to(requests::list_all_head))
+            .route(web::get().to(paging::list_all::<requests::Requests>))
+            .route(web::head().to(paging::list_all_head::<requests::Requests>))
     };
     let workers = || {
         web::resource(["/workers", "/workers/"])
-            .route(web::get().to(workers::list_all))
-            .route(web::head().to(workers::list_all_head))
+            .route(web::get().to(paging::list_all::<workers::Workers>))
+            .route(web::head().to(paging::list_all_head::<workers::Workers>))
     };
     let version =
         || web::resource(["/version", "//version"]).route(web::get().to(version)).route(web::head().to(version_head));
@@ -232,7 +232,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, max_body: usize) {
             .service(reqs().default_service(web::to(method_not_allowed)))
             .service(
                 web::resource("/reqs/list")
-                    .route(web::post().to(requests::list))
+                    .route(web::post().to(paging::list::<requests::Requests>))
                     .default_service(web::to(method_not_allowed)),
             )
             .service(
@@ -248,7 +248,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, max_body: usize) {
             .service(workers().default_service(web::to(method_not_allowed)))
             .service(
                 web::resource("/workers/list")
-                    .route(web::post().to(workers::list))
+                    .route(web::post().to(paging::list::<workers::Workers>))
                     .default_service(web::to(method_not_allowed)),
             )
             .service(

@@ -4,6 +4,7 @@
 //! worker's lease. Every admin action is audited ([`crate::audit::audited`]).
 
 use actix_web::{HttpRequest, HttpResponse, web};
+use corral_actors::Caller;
 use corral_core::{Groups, WorkerId, WorkerState};
 use corral_proto::Page;
 use corral_proto::error::ErrorBody;
@@ -59,6 +60,22 @@ enum Hold {
 
 fn worker_id(path: &str) -> Result<WorkerId, ApiError> {
     path.parse().map_err(|_| ApiError::bad_request(format!("worker id must be a UUID, got {path:?}")))
+}
+
+/// An admin's change to the worker named by `path`, audited as `action`
+/// with `detail`. The caller must be an admin; the UUID is read inside the
+/// audit, so a bad one is recorded as refused.
+async fn admin_change(
+    state: &AppState,
+    req: &HttpRequest,
+    auth: &Auth,
+    path: &str,
+    action: &'static str,
+    detail: impl Into<String>,
+    change: impl AsyncFnOnce(&Caller, WorkerId) -> Result<HttpResponse, ApiError>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = auth.require_admin()?;
+    audited(state, req, caller, action, path, detail, async { change(caller, worker_id(path)?).await }).await
 }
 
 /// The workers the caller may see, by UUID.
@@ -169,11 +186,9 @@ async fn set_state(
     body: web::Json<StateChange>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = auth.require_admin()?;
     let change = body.into_inner();
     let detail = serde_json::to_string(&change).unwrap_or_default();
-    audited(&state, &req, caller, "worker.state", path.as_str(), detail, async {
-        let id = worker_id(&path)?;
+    admin_change(&state, &req, &auth, &path, "worker.state", detail, async |caller, id| {
         if change.reason.as_ref().is_some_and(|r| r.len() > 1024) {
             return Err(ApiError::bad_request("reason may be at most 1024 bytes"));
         }
@@ -197,11 +212,9 @@ async fn set_groups(
     body: web::Json<Vec<String>>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = auth.require_admin()?;
     let body = body.into_inner();
     let detail = serde_json::to_string(&body).unwrap_or_default();
-    audited(&state, &req, caller, "worker.groups", path.as_str(), detail, async {
-        let id = worker_id(&path)?;
+    admin_change(&state, &req, &auth, &path, "worker.groups", detail, async |caller, id| {
         let groups = Groups::validated(body.into_iter().collect()).map_err(|e| ApiError::bad_request(e.to_string()))?;
         state.corral.set_worker_groups(caller, id, groups).await?;
         Ok(HttpResponse::Ok().json(state.corral.worker(caller, id)?))
@@ -225,9 +238,7 @@ async fn deregister(
     path: web::Path<String>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = auth.require_admin()?;
-    audited(&state, &req, caller, "worker.deregister", path.as_str(), "", async {
-        let id = worker_id(&path)?;
+    admin_change(&state, &req, &auth, &path, "worker.deregister", "", async |caller, id| {
         state.corral.deregister_worker(caller, id).await?;
         Ok(HttpResponse::NoContent().finish())
     })
@@ -254,11 +265,9 @@ async fn hand_over(
     body: web::Json<HandOver>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = auth.require_admin()?;
     let body = body.into_inner();
     let detail = serde_json::to_string(&body).unwrap_or_default();
-    audited(&state, &req, caller, "worker.hand_over", path.as_str(), detail, async {
-        let id = worker_id(&path)?;
+    admin_change(&state, &req, &auth, &path, "worker.hand_over", detail, async |caller, id| {
         let worker = state.corral.hand_over_worker(caller, id, &body.principal, body.agent.as_deref()).await?;
         Ok(HttpResponse::Ok().json(worker))
     })
@@ -282,14 +291,12 @@ async fn set_note(
     body: web::Json<NoteChange>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = auth.require_admin()?;
     let body = body.into_inner();
     let detail = match &body.note {
         Some(note) => format!("note: {note}"),
         None => "note cleared".to_string(),
     };
-    audited(&state, &req, caller, "worker.note", path.as_str(), detail, async {
-        let id = worker_id(&path)?;
+    admin_change(&state, &req, &auth, &path, "worker.note", detail, async |caller, id| {
         let worker = state.corral.set_worker_note(caller, id, body.note.as_deref()).await?;
         Ok(HttpResponse::Ok().json(worker))
     })
@@ -312,10 +319,8 @@ async fn quarantine(
     body: web::Json<QuarantineChange>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = auth.require_admin()?;
     let body = body.into_inner();
-    audited(&state, &req, caller, "worker.quarantine", path.as_str(), body.reason.clone(), async {
-        let id = worker_id(&path)?;
+    admin_change(&state, &req, &auth, &path, "worker.quarantine", body.reason.clone(), async |caller, id| {
         let worker = state.corral.set_worker_quarantine(caller, id, Some(&body.reason)).await?;
         Ok(HttpResponse::Ok().json(worker))
     })
@@ -337,9 +342,7 @@ async fn lift_quarantine(
     path: web::Path<String>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = auth.require_admin()?;
-    audited(&state, &req, caller, "worker.unquarantine", path.as_str(), "", async {
-        let id = worker_id(&path)?;
+    admin_change(&state, &req, &auth, &path, "worker.unquarantine", "", async |caller, id| {
         let worker = state.corral.set_worker_quarantine(caller, id, None).await?;
         Ok(HttpResponse::Ok().json(worker))
     })

@@ -16,8 +16,8 @@ use corral_proto::boruta::{
     SortOrder, TcpAddr, UserInfo, format_header_time, headers,
 };
 
-use super::paging::{self, Page};
-use super::{BorutaError, Headers, answer, caller, no_content, public_ip, read_body};
+use super::paging::{self, List};
+use super::{BorutaError, Headers, answer, caller, no_content, public_ip};
 use crate::AppState;
 
 /// Most requests a list without `IDs` reads from the database (the newest
@@ -341,29 +341,26 @@ async fn candidates(state: &AppState, caller: &Caller, filter: &Filter) -> Resul
     Ok(rows)
 }
 
-/// The body of `POST /reqs/list`: a `RequestsListSpec`, a bare filter
-/// (Boruta's first list API), or nothing.
-fn parse_spec(body: &[u8]) -> Result<RequestsListSpec, BorutaError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(RequestsListSpec::default());
-    }
-    let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| BorutaError::invalid(format!("invalid JSON body: {e}")))?;
-    let bad = |e: serde_json::Error| BorutaError::invalid(format!("invalid list specification: {e}"));
-    match &value {
-        serde_json::Value::Null => Ok(RequestsListSpec::default()),
-        serde_json::Value::Object(map) if is_bare_filter(map) => {
-            Ok(RequestsListSpec { filter: Some(serde_json::from_value(value).map_err(bad)?), ..Default::default() })
-        }
-        serde_json::Value::Object(_) => serde_json::from_value(value).map_err(bad),
-        _ => Err(BorutaError::invalid("the body must be a JSON object with Filter, Sorter and Paginator")),
-    }
-}
+/// `/reqs`' list.
+pub struct Requests;
 
-fn is_bare_filter(map: &serde_json::Map<String, serde_json::Value>) -> bool {
-    const SPEC: [&str; 3] = ["Filter", "Sorter", "Paginator"];
-    const FILTER: [&str; 5] = ["IDs", "Priorities", "States", "State", "Priority"];
-    !map.keys().any(|k| SPEC.contains(&k.as_str())) && map.keys().any(|k| FILTER.contains(&k.as_str()))
+impl List for Requests {
+    type Spec = RequestsListSpec;
+    type Filter = RequestsFilter;
+    const FILTER_KEYS: &'static [&'static str] = &["IDs", "Priorities", "States", "State", "Priority"];
+
+    fn with_filter(filter: RequestsFilter) -> RequestsListSpec {
+        RequestsListSpec { filter: Some(filter), ..Default::default() }
+    }
+
+    async fn answer(
+        state: &AppState,
+        caller: &Caller,
+        spec: RequestsListSpec,
+        head: bool,
+    ) -> Result<HttpResponse, BorutaError> {
+        listing(state, caller, spec, head).await
+    }
 }
 
 async fn listing(
@@ -391,55 +388,33 @@ async fn listing(
             }
         },
     };
-    let page: Page<RequestRecord> = paging::page(
+    let page = paging::page(
         rows,
         |a, b| compare(item, sorter.order, a, b),
         border.as_ref(),
         paginator.direction,
         paginator.limit,
     );
-    let infos: Vec<ReqInfo> = page.items.iter().map(req_info).collect();
-    Ok(answer(head, page.headers(headers::REQUEST_COUNT), &infos))
-}
-
-pub async fn list(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    payload: web::Payload,
-) -> Result<HttpResponse, BorutaError> {
-    // Authenticate before reading what the caller sent.
-    let caller = caller(&req, &state).await?;
-    let body = read_body(payload, state.config.max_body).await?;
-    let spec = parse_spec(&body)?;
-    listing(&state, &caller, spec, false).await
-}
-
-pub async fn list_all(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, BorutaError> {
-    let caller = caller(&req, &state).await?;
-    listing(&state, &caller, RequestsListSpec::default(), false).await
-}
-
-pub async fn list_all_head(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, BorutaError> {
-    let caller = caller(&req, &state).await?;
-    listing(&state, &caller, RequestsListSpec::default(), true).await
+    Ok(page.answer(head, headers::REQUEST_COUNT, req_info))
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::paging::parse_spec;
     use super::*;
     use corral_proto::boruta::ListDirection;
 
     #[test]
     fn list_bodies_of_every_boruta_generation_are_read() {
-        assert_eq!(parse_spec(b"").unwrap(), RequestsListSpec::default());
-        assert_eq!(parse_spec(b"null").unwrap(), RequestsListSpec::default());
-        let bare = parse_spec(br#"{"State":"WAITING","Priority":"4"}"#).unwrap();
+        assert_eq!(parse_spec::<Requests>(b"").unwrap(), RequestsListSpec::default());
+        assert_eq!(parse_spec::<Requests>(b"null").unwrap(), RequestsListSpec::default());
+        let bare = parse_spec::<Requests>(br#"{"State":"WAITING","Priority":"4"}"#).unwrap();
         assert_eq!(bare.filter.unwrap().state.as_deref(), Some("WAITING"));
-        let spec = parse_spec(br#"{"Filter":{"States":["DONE"]},"Paginator":{"Limit":3}}"#).unwrap();
+        let spec = parse_spec::<Requests>(br#"{"Filter":{"States":["DONE"]},"Paginator":{"Limit":3}}"#).unwrap();
         assert_eq!(spec.paginator.unwrap().limit, 3);
-        assert!(parse_spec(b"{not json").is_err());
-        assert!(parse_spec(b"[1]").is_err());
-        assert!(parse_spec(br#"{"Sorter":{"Order":"upwards"}}"#).is_err());
+        assert!(parse_spec::<Requests>(b"{not json").is_err());
+        assert!(parse_spec::<Requests>(b"[1]").is_err());
+        assert!(parse_spec::<Requests>(br#"{"Sorter":{"Order":"upwards"}}"#).is_err());
     }
 
     #[test]

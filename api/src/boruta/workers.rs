@@ -14,8 +14,8 @@ use corral_proto::boruta::{
 };
 use corral_proto::workers::{AdminState, StateChange, Worker};
 
-use super::paging::{self, Page};
-use super::{BorutaError, answer, caller, no_content, read_body, require_admin};
+use super::paging::{self, List};
+use super::{BorutaError, answer, caller, no_content, require_admin};
 use crate::AppState;
 use crate::audit::audited;
 
@@ -117,25 +117,25 @@ fn matches(filter: &WorkersFilter, w: &Worker) -> bool {
     groups_ok && caps_ok
 }
 
-/// The body of `POST /workers/list`: a `WorkersListSpec`, a bare filter
-/// (Boruta's first list API), or nothing.
-fn parse_spec(body: &[u8]) -> Result<WorkersListSpec, BorutaError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(WorkersListSpec::default());
+/// `/workers`' list.
+pub struct Workers;
+
+impl List for Workers {
+    type Spec = WorkersListSpec;
+    type Filter = WorkersFilter;
+    const FILTER_KEYS: &'static [&'static str] = &["Groups", "Capabilities"];
+
+    fn with_filter(filter: WorkersFilter) -> WorkersListSpec {
+        WorkersListSpec { filter: Some(filter), ..Default::default() }
     }
-    let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| BorutaError::invalid(format!("invalid JSON body: {e}")))?;
-    let bad = |e: serde_json::Error| BorutaError::invalid(format!("invalid list specification: {e}"));
-    match &value {
-        serde_json::Value::Null => Ok(WorkersListSpec::default()),
-        serde_json::Value::Object(map)
-            if !map.keys().any(|k| ["Filter", "Sorter", "Paginator"].contains(&k.as_str()))
-                && map.keys().any(|k| ["Groups", "Capabilities"].contains(&k.as_str())) =>
-        {
-            Ok(WorkersListSpec { filter: Some(serde_json::from_value(value).map_err(bad)?), ..Default::default() })
-        }
-        serde_json::Value::Object(_) => serde_json::from_value(value).map_err(bad),
-        _ => Err(BorutaError::invalid("the body must be a JSON object with Filter, Sorter and Paginator")),
+
+    async fn answer(
+        state: &AppState,
+        caller: &Caller,
+        spec: WorkersListSpec,
+        head: bool,
+    ) -> Result<HttpResponse, BorutaError> {
+        listing(state, caller, spec, head).await
     }
 }
 
@@ -154,37 +154,14 @@ async fn listing(
         Some(id) => Some(visible_worker(state, caller, id.parse().map_err(|_| not_found())?)?),
     };
     let workers: Vec<Worker> = state.corral.workers(caller, |w| matches(&filter, w));
-    let page: Page<Worker> = paging::page(
+    let page = paging::page(
         workers,
         |a, b| compare(item, sorter.order, a, b),
         border.as_ref(),
         paginator.direction,
         paginator.limit,
     );
-    let infos: Vec<WorkerInfo> = page.items.iter().map(worker_info).collect();
-    Ok(answer(head, page.headers(headers::WORKER_COUNT), &infos))
-}
-
-pub async fn list(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    payload: web::Payload,
-) -> Result<HttpResponse, BorutaError> {
-    // Authenticate before reading what the caller sent.
-    let caller = caller(&req, &state).await?;
-    let body = read_body(payload, state.config.max_body).await?;
-    let spec = parse_spec(&body)?;
-    listing(&state, &caller, spec, false).await
-}
-
-pub async fn list_all(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, BorutaError> {
-    let caller = caller(&req, &state).await?;
-    listing(&state, &caller, WorkersListSpec::default(), false).await
-}
-
-pub async fn list_all_head(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, BorutaError> {
-    let caller = caller(&req, &state).await?;
-    listing(&state, &caller, WorkersListSpec::default(), true).await
+    Ok(page.answer(head, headers::WORKER_COUNT, worker_info))
 }
 
 // ----- admin ------------------------------------------------------------------------------
@@ -274,14 +251,15 @@ pub async fn deregister(
 
 #[cfg(test)]
 mod tests {
+    use super::super::paging::parse_spec;
     use super::*;
 
     #[test]
     fn worker_list_bodies_are_read() {
-        assert_eq!(parse_spec(b" ").unwrap(), WorkersListSpec::default());
-        let bare = parse_spec(br#"{"Groups":["lab"],"Capabilities":null}"#).unwrap();
+        assert_eq!(parse_spec::<Workers>(b" ").unwrap(), WorkersListSpec::default());
+        let bare = parse_spec::<Workers>(br#"{"Groups":["lab"],"Capabilities":null}"#).unwrap();
         assert_eq!(bare.filter.unwrap().groups.unwrap(), vec!["lab".to_string()]);
-        assert!(parse_spec(br#"{"Filter":{"Groups":"lab"}}"#).is_err());
+        assert!(parse_spec::<Workers>(br#"{"Filter":{"Groups":"lab"}}"#).is_err());
         assert!(sort_item(&SortInfo { item: Some("UUID".into()), order: SortOrder::Ascending }).is_ok());
         assert!(sort_item(&SortInfo { item: Some("battery".into()), order: SortOrder::Ascending }).is_err());
     }
