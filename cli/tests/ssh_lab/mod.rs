@@ -100,6 +100,26 @@ impl Drop for LabUser {
     }
 }
 
+/// `corral serve` with the lab's `server.toml` in `dir`, on `database_url`,
+/// listening on `listen` (`127.0.0.1:0`: a port the kernel picks); ready
+/// when this returns.
+async fn serve(dir: &Path, database_url: &str, listen: &str) -> CorralServer {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_corral"));
+    command
+        .arg("serve")
+        .arg("--config")
+        .arg(dir.join("server.toml"))
+        .args(["--listen", listen, "--data-dir"])
+        .arg(dir)
+        .args(["--database-url", database_url])
+        .env_remove("CORRAL_DATABASE_URL")
+        .env("RUST_LOG", "info,corral_actors=debug,actix_server=warn,actix_web=warn");
+    let start = Duration::from_secs(60);
+    let mut server = CorralServer::start(&mut command, None, start).await.expect("corral serve starts");
+    server.wait_ready(start).await.expect("corral serve gets ready");
+    server
+}
+
 fn run(what: &str, command: &mut Command) -> String {
     let out = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(out.status.success(), "{what} failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -129,9 +149,8 @@ pub struct Lab {
     pub sshd_port: u16,
     /// `TYPE BASE64` of the sshd's host key.
     pub host_key: String,
-    /// `--listen` of the server: `127.0.0.1:0` at first, then the address
-    /// it printed, so that a restart comes back where agent and tunnels
-    /// expect it.
+    /// The address the server printed at its first start, where a restart
+    /// comes back (agent and tunnels expect it there).
     server_listen: String,
     pub database_url: String,
     pub tunnel_ports: std::ops::RangeInclusive<u16>,
@@ -166,30 +185,31 @@ impl Lab {
         }
         std::fs::write(dir.path().join("server.toml"), server_toml).unwrap();
         let database_url = corral_testkit::test_database().await.url;
-        // Clients for the time being; made with the server's URL below.
-        let nobody = || Client::plain("http://127.0.0.1:1", None).unwrap();
+        let server = serve(dir.path(), &database_url, "127.0.0.1:0").await;
+        let base = server.url().to_string();
+        let admin_token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap().trim().to_string();
+        let admin = Client::plain(&base, Some(&admin_token)).unwrap();
+        let created = admin.create_user(&NewUser { name: "tess".into(), ..Default::default() }).await.unwrap();
+        let tess = Client::plain(&base, Some(&created.token)).unwrap();
         let mut lab = Lab {
-            server: None,
+            // The first start's port, the kernel's pick, is kept for
+            // restarts: binding it again is a plain restart, as on a
+            // configured port.
+            server_listen: server.listen(),
+            server: Some(server),
             agent: None,
             _sshd: sshd,
             user,
             timers,
             sshd_port,
             host_key,
-            server_listen: "127.0.0.1:0".to_string(),
             database_url,
             tunnel_ports,
-            admin: nobody(),
-            tess: nobody(),
+            admin,
+            tess,
             worker: String::new(),
             dir,
         };
-        lab.start_server().await;
-        let base = lab.base();
-        let admin_token = std::fs::read_to_string(lab.path("admin.token")).unwrap().trim().to_string();
-        lab.admin = Client::plain(&base, Some(&admin_token)).unwrap();
-        let created = lab.admin.create_user(&NewUser { name: "tess".into(), ..Default::default() }).await.unwrap();
-        lab.tess = Client::plain(&base, Some(&created.token)).unwrap();
 
         // The agent: no uuid in its file, so it writes one back.
         let hooks_log = lab.path("hooks.log");
@@ -246,31 +266,12 @@ interrogate = 'printf "{{\"battery\": 90}}"'
         self.dir.path().join(name)
     }
 
-    /// The server's URL, as it printed it.
-    pub fn base(&self) -> String {
-        format!("http://{}", self.server_listen)
-    }
-
-    /// Starts `corral serve` (again, on the same address) and waits until
+    /// Starts `corral serve` again, on the same address, and waits until
     /// it is ready.
     pub async fn start_server(&mut self) {
         assert!(self.server.is_none(), "the server is running already");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_corral"));
-        command
-            .arg("serve")
-            .arg("--config")
-            .arg(self.path("server.toml"))
-            .args(["--listen", &self.server_listen, "--data-dir"])
-            .arg(self.dir.path())
-            .args(["--database-url", &self.database_url])
-            .env_remove("CORRAL_DATABASE_URL")
-            .env("RUST_LOG", "info,corral_actors=debug,actix_server=warn,actix_web=warn");
-        let start = Duration::from_secs(60);
-        let mut server = CorralServer::start(&mut command, None, start).await.expect("corral serve starts");
-        server.wait_ready(start).await.expect("corral serve gets ready");
-        // The first start's port, the kernel's pick, is kept for restarts:
-        // binding it again is a plain restart, as on a configured port.
-        self.server_listen = server.listen();
+        let server = serve(self.dir.path(), &self.database_url, &self.server_listen).await;
+        assert_eq!(server.listen(), self.server_listen, "the same address");
         self.server = Some(server);
     }
 
