@@ -301,6 +301,10 @@ pub async fn serve(config: Config, clock: Clock) -> anyhow::Result<Running> {
     let listener =
         std::net::TcpListener::bind(config.listen).with_context(|| format!("listening on {}", config.listen))?;
     let addr = listener.local_addr().context("reading the listen address")?;
+    // The bound address (the port the kernel picked for `--listen
+    // 127.0.0.1:0`), printed before leading so that a standby's address is
+    // known too: tests and the benchmarks read it (corral_testkit::process).
+    eprintln!("corral listening on {}://{addr}", if tls.is_some() { "https" } else { "http" });
     let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
     let name = format!("{host}/{addr}");
     // While this replica waits as a standby, its address answers 503 at

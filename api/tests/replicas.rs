@@ -23,33 +23,40 @@ async fn a_standby_takes_over_when_the_leader_stops_and_a_deposed_leader_binds_n
     wait_for_request(&nina, held, |r| r["state"] == "in_progress").await;
     let waiting = nina.submit(json!({"caps": {"device_type": "x"}})).await;
 
-    // The second replica waits while the first leads.
-    let mut config = test_config(&first.db_url);
-    // A known port, so that a client can be given the standby's URL.
-    config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], corral_testkit::free_port()));
+    // The second replica waits while the first leads; on a port the
+    // kernel picks (test_config listens on 127.0.0.1:0).
+    let config = test_config(&first.db_url);
     let data_dir = config.data_dir.clone();
-    let standby_url = format!("http://{}", config.listen);
     let standby = actix_rt::spawn(corral_api::serve(config, Clock::System));
     // The standby heartbeats its own session only after a try to lead
-    // failed: once it has, it has seen the leader and is waiting.
+    // failed: once it has, it has seen the leader and is waiting. Its
+    // session is named `HOST/ADDRESS` after the address it has bound (and
+    // answers on as a standby): that is how this test, running it in
+    // process, learns its URL.
     let db_sql = sql(&first.db_url).await;
     let mut waited = 0;
-    loop {
+    let standby_name: String = loop {
         let row = db_sql
-            .query_one(
-                "SELECT count(*) FROM sessions WHERE component = 'server' AND id <> $1 \
+            .query_opt(
+                "SELECT name FROM sessions WHERE component = 'server' AND id <> $1 \
                  AND deadline > created_at + timeout_ms * interval '1 millisecond'",
                 &[&first.corral.shared().leader.0],
             )
             .await
             .unwrap();
-        if row.get::<_, i64>(0) > 0 {
-            break;
+        if let Some(row) = row {
+            break row.get(0);
         }
         waited += 1;
         assert!(waited < 200, "the standby never tried to lead");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    };
+    let standby_addr: std::net::SocketAddr = standby_name
+        .rsplit_once('/')
+        .and_then(|(_, addr)| addr.parse().ok())
+        .unwrap_or_else(|| panic!("the standby's session name {standby_name:?} ends with its address"));
+    assert_ne!(standby_addr.port(), 0, "the bound port, not the configured 0");
+    let standby_url = format!("http://{standby_addr}");
     assert!(!standby.is_finished(), "the second replica must not start while the first leads");
     // Sent: GET a request through the typed client given [standby,
     // leader]. Must happen: the standby's 503 `standby` sends it on to the

@@ -16,6 +16,7 @@ use common::{TestServer, caps};
 use corral_actors::Clock;
 use corral_agent::{AgentOptions, ClientTls, Simulated};
 use corral_core::{Groups, Role};
+use corral_testkit::TempDir;
 use serde_json::{Value, json};
 
 /// Every log line of this test process, besides stderr, so that a test can
@@ -56,27 +57,11 @@ fn logs_text() -> String {
     String::from_utf8_lossy(&captured_logs().lock().unwrap()).into_owned()
 }
 
-/// A scratch directory removed at the end of the test.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(what: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("corral-{what}-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// Writes `text` to the file `name` in `dir`; its path.
+fn write(dir: &TempDir, name: &str, text: &str) -> PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path
 }
 
 /// A lab CA and a server certificate it signed for `127.0.0.1` and
@@ -85,14 +70,14 @@ struct Pki {
     ca: PathBuf,
     cert: PathBuf,
     key: PathBuf,
-    _dir: Scratch,
+    _dir: TempDir,
 }
 
 impl Pki {
     fn new() -> Pki {
         use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 
-        let dir = Scratch::new("pki");
+        let dir = corral_testkit::temp_dir("pki");
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -103,9 +88,9 @@ impl Pki {
         params.distinguished_name.push(DnType::CommonName, "corral test server");
         let server = params.signed_by(&server_key, &ca, &ca_key).unwrap();
         Pki {
-            ca: dir.write("ca.pem", &ca.pem()),
-            cert: dir.write("cert.pem", &server.pem()),
-            key: dir.write("key.pem", &server_key.serialize_pem()),
+            ca: write(&dir, "ca.pem", &ca.pem()),
+            cert: write(&dir, "cert.pem", &server.pem()),
+            key: write(&dir, "key.pem", &server_key.serialize_pem()),
             _dir: dir,
         }
     }
@@ -274,8 +259,8 @@ async fn class9_token_file_symlink_is_refused() {
     for planted in ["admin.token", ".admin.token.new"] {
         let db = corral_testkit::test_database().await;
         let config = common::test_config(&db.url);
-        let outside = Scratch::new("victim");
-        let victim = outside.write("victim", "precious\n");
+        let outside = corral_testkit::temp_dir("victim");
+        let victim = write(&outside, "victim", "precious\n");
         std::fs::create_dir_all(&config.data_dir).unwrap();
         let link = config.data_dir.join(planted);
         std::os::unix::fs::symlink(&victim, &link).unwrap();

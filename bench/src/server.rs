@@ -1,14 +1,17 @@
 //! A real `corral serve` process for end-to-end scenarios: on its embedded
-//! PostgreSQL in a throw-away data directory, on a free loopback port, with
-//! a scenario-specific configuration. Also reads its CPU time and RSS from
-//! `/proc`, and finds the cluster's socket and `pgbench` for baselines.
+//! PostgreSQL in a throw-away data directory, on a loopback port the kernel
+//! picks (`--listen 127.0.0.1:0`; the address is read from what the server
+//! prints, by corral_testkit's [`CorralServer`], which the tests use too),
+//! with a scenario-specific configuration. Also reads its CPU time and RSS
+//! from `/proc`, and finds the cluster's socket and `pgbench` for baselines.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use corral_embedded_pg::EmbeddedPostgres;
+use corral_testkit::{CorralServer, Process};
 
 /// The `corral` binary: `CORRAL_BIN`, else this process (`corral bench`).
 pub fn corral_binary() -> Result<PathBuf> {
@@ -18,16 +21,19 @@ pub fn corral_binary() -> Result<PathBuf> {
     }
 }
 
-pub fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(listener.local_addr()?.port())
-}
-
 pub struct ServerProcess {
-    child: Option<Child>,
+    /// Started by [`ServerProcess::start`] or [`ServerProcess::restart`],
+    /// until [`ServerProcess::wait_ready`] has read its address.
+    spawned: Option<Process>,
+    /// The server once it printed its address.
+    server: Option<CorralServer>,
+    /// `http://ADDR`, known once [`ServerProcess::wait_ready`] returned.
     pub url: String,
     pub dir: PathBuf,
     binary: PathBuf,
+    /// `--listen`: `127.0.0.1:0` at first, then the address the first start
+    /// printed, so that a restart comes back where agents and clients
+    /// expect it (the kernel's pick, bound again: a plain restart).
     listen: String,
     /// `RUST_LOG` of the server, from the next (re)start on.
     log_filter: String,
@@ -42,21 +48,21 @@ impl ServerProcess {
     }
 
     /// Writes `config` (TOML, without `listen`/`data_dir`) and starts the
-    /// server in `dir`. `CORRAL_BENCH_SERVER_CONFIG` (lines `key = value`)
-    /// overrides or adds top-level settings, for sizing experiments such as
+    /// server in `dir`; [`ServerProcess::wait_ready`] waits for it.
+    /// `CORRAL_BENCH_SERVER_CONFIG` (lines `key = value`) overrides or adds
+    /// top-level settings, for sizing experiments such as
     /// `CORRAL_BENCH_SERVER_CONFIG='actor_threads = 1'`.
     pub fn start(dir: &Path, config: &str) -> Result<ServerProcess> {
-        let port = free_port()?;
-        let listen = format!("127.0.0.1:{port}");
         let overrides = std::env::var("CORRAL_BENCH_SERVER_CONFIG").unwrap_or_default();
         let config = with_overrides(config, &overrides);
         std::fs::write(dir.join("corral.toml"), config).context("writing the server configuration")?;
         let mut server = ServerProcess {
-            child: None,
-            url: format!("http://{listen}"),
+            spawned: None,
+            server: None,
+            url: String::new(),
             dir: dir.to_path_buf(),
             binary: corral_binary()?,
-            listen,
+            listen: "127.0.0.1:0".to_string(),
             // CORRAL_BENCH_SERVER_LOG: the server's RUST_LOG, for diagnosing a run.
             log_filter: std::env::var("CORRAL_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".to_string()),
         };
@@ -64,22 +70,28 @@ impl ServerProcess {
         Ok(server)
     }
 
+    /// Starts the server; its output goes to `log` in its directory too.
     fn spawn(&mut self, log: &str) -> Result<()> {
-        let log = std::fs::File::create(self.dir.join(log)).context("creating the server log")?;
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        command
             .arg("serve")
             .arg("--config")
             .arg(self.dir.join("corral.toml"))
             .args(["--listen", &self.listen, "--data-dir"])
             .arg(&self.dir)
             .env_remove("CORRAL_DATABASE_URL")
-            .env("RUST_LOG", &self.log_filter)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", self.binary.display()))?;
-        self.child = Some(child);
+            .env("RUST_LOG", &self.log_filter);
+        self.spawned = Some(Process::spawn("corral serve", &mut command, Some(&self.dir.join(log)))?);
         Ok(())
+    }
+
+    /// The server process, while it has not been stopped or killed here.
+    fn process(&self) -> Option<&Process> {
+        self.spawned.as_ref().or(self.server.as_ref().map(|server| &server.process))
+    }
+
+    fn process_mut(&mut self) -> Option<&mut Process> {
+        self.spawned.as_mut().or(self.server.as_mut().map(|server| &mut server.process))
     }
 
     /// Sets the server's `RUST_LOG` (default `warn`) for the next
@@ -88,7 +100,8 @@ impl ServerProcess {
         self.log_filter = filter.to_string();
     }
 
-    /// Starts the same server again (same directory, port, configuration).
+    /// Starts the same server again (same directory, address,
+    /// configuration).
     pub fn restart(&mut self, log: &str) -> Result<()> {
         self.stop()?;
         self.spawn(log)
@@ -98,38 +111,37 @@ impl ServerProcess {
     /// running); waits until the process is gone. [`ServerProcess::restart`]
     /// then starts it again.
     pub fn kill(&mut self) -> Result<()> {
-        let Some(mut child) = self.child.take() else { return Ok(()) };
-        child.kill().context("killing corral serve")?;
-        child.wait().context("reaping corral serve")?;
+        if let Some(process) = self.process_mut() {
+            process.kill();
+        }
+        self.spawned = None;
+        self.server = None;
         Ok(())
     }
 
     /// Whether the server process has exited (it was started and not
     /// stopped or killed by us).
     pub fn has_exited(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|child| child.try_wait().ok().flatten().is_some())
+        self.process_mut().is_some_and(|process| process.try_wait().is_some())
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.process().and_then(Process::pid)
     }
 
-    /// Polls `/readyz` until 200; returns how long that took.
+    /// Waits until the server prints its address, then until `/readyz`
+    /// answers 200; returns how long that took.
     pub async fn wait_ready(&mut self, timeout: Duration) -> Result<Duration> {
         let started = Instant::now();
-        let client = corral_client::Client::plain(&self.url, None)?.with_timeout(Duration::from_secs(2));
-        while started.elapsed() < timeout {
-            if let Some(child) = self.child.as_mut()
-                && let Some(status) = child.try_wait()?
-            {
-                bail!("corral serve exited with {status}; see {}", self.dir.join("serve.log").display());
-            }
-            if client.readyz().await.is_ok() {
-                return Ok(started.elapsed());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Some(spawned) = self.spawned.take() {
+            let server = CorralServer::listening(spawned, timeout).await?;
+            self.url = server.url().to_string();
+            self.listen = server.listen();
+            self.server = Some(server);
         }
-        bail!("corral serve was not ready within {timeout:?}; see {}", self.dir.join("serve.log").display())
+        let Some(server) = self.server.as_mut() else { bail!("corral serve is not running") };
+        server.wait_ready(timeout.saturating_sub(started.elapsed())).await?;
+        Ok(started.elapsed())
     }
 
     pub fn token(&self, name: &str) -> Result<String> {
@@ -163,18 +175,11 @@ impl ServerProcess {
 
     /// SIGTERM (the server stops its database), then SIGKILL after 30 s.
     pub fn stop(&mut self) -> Result<()> {
-        let Some(mut child) = self.child.take() else { return Ok(()) };
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(30) {
-            if child.try_wait()?.is_some() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if let Some(process) = self.process_mut() {
+            process.terminate(Duration::from_secs(30));
         }
-        child.kill()?;
-        child.wait()?;
+        self.spawned = None;
+        self.server = None;
         Ok(())
     }
 }

@@ -181,9 +181,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             init_logs(cli.log_format.as_deref().unwrap_or(&config.log_format));
             config.settings()?;
             actix_rt::System::new().block_on(async move {
+                // `corral listening on URL` is printed by serve once bound.
                 let running = corral_api::serve(config, Clock::System).await?;
-                let scheme = if running.tls { "https" } else { "http" };
-                eprintln!("corral listening on {scheme}://{}", running.addr);
                 if !running.tls && !running.addr.ip().is_loopback() {
                     eprintln!(
                         "corral: WARNING: no TLS on a non-loopback address: tokens and keys cross the network in clear"

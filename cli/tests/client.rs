@@ -7,79 +7,41 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use corral_testkit::{CorralServer, Process, TempDir};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CORRAL: &str = env!("CARGO_BIN_EXE_corral");
 
 /// How long one CLI invocation may take.
 const CLI_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Background processes, killed on drop; on a failed test their logs are
-/// printed.
-struct Children {
-    running: Vec<(String, Child, PathBuf)>,
+/// `corral ARGS` in the background, without the user's CORRAL_URL and
+/// CORRAL_TOKEN.
+fn corral(args: &[&str]) -> Command {
+    let mut command = Command::new(CORRAL);
+    command.args(args).env_remove("CORRAL_URL").env_remove("CORRAL_TOKEN");
+    command
 }
 
-impl Children {
-    fn spawn(&mut self, name: &str, args: &[&str], log: PathBuf) {
-        let out = std::fs::File::create(&log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
-        let err = out.try_clone().unwrap();
-        let child = Command::new(CORRAL)
-            .args(args)
-            .env_remove("CORRAL_URL")
-            .env_remove("CORRAL_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting corral {name}: {e}"));
-        self.running.push((name.to_string(), child, log));
-    }
-}
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for (name, child, log) in self.running.iter_mut().rev() {
-            let _ = child.kill();
-            let _ = child.wait();
-            if std::thread::panicking() {
-                let text = std::fs::read_to_string(&*log).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
-                eprintln!("---- last lines of corral {name} ({}) ----\n{}", log.display(), tail.join("\n"));
-            }
-        }
-    }
-}
-
-/// A scratch directory, removed when the test passes.
-struct Scratch(PathBuf);
+/// The test's directories (data, home, runtime, cwd, empty), removed when
+/// it ends.
+struct Scratch(TempDir);
 
 impl Scratch {
     fn new() -> Scratch {
-        let dir = std::env::temp_dir().join(format!("corral-cli-test-{}", uuid::Uuid::new_v4().simple()));
+        let dir = corral_testkit::temp_dir("cli-test");
         for sub in ["data", "home", "runtime", "cwd", "empty"] {
-            std::fs::create_dir_all(dir.join(sub)).unwrap();
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
         }
-        std::fs::set_permissions(dir.join("runtime"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(dir.path().join("runtime"), std::fs::Permissions::from_mode(0o700)).unwrap();
         Scratch(dir)
     }
 
     fn path(&self, sub: &str) -> PathBuf {
-        self.0.join(sub)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("scratch directory kept: {}", self.0.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+        self.0.path().join(sub)
     }
 }
 
@@ -142,20 +104,6 @@ fn texts(output: &Output) -> (String, String) {
     (String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
 }
 
-async fn ready(port: u16) -> bool {
-    let answer = async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-        stream.write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n").await.ok()?;
-        let mut answer = Vec::new();
-        stream.read_to_end(&mut answer).await.ok()?;
-        Some(answer)
-    };
-    match tokio::time::timeout(Duration::from_secs(2), answer).await {
-        Ok(Some(answer)) => answer.starts_with(b"HTTP/1.1 200") || answer.starts_with(b"HTTP/1.0 200"),
-        _ => false,
-    }
-}
-
 fn items(list: &Value) -> &Vec<Value> {
     list["items"].as_array().unwrap_or_else(|| panic!("no items in {list}"))
 }
@@ -170,23 +118,15 @@ async fn the_cli_drives_a_real_server_and_agent() {
     let scratch = Scratch::new();
     let data = scratch.path("data");
     let data_dir = data.to_str().unwrap().to_string();
-    let port = corral_testkit::free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let url = format!("http://{listen}");
-    let mut children = Children { running: Vec::new() };
-    children.spawn(
-        "serve",
-        &["serve", "--listen", &listen, "--data-dir", &data_dir, "--database-url", &db.url],
-        scratch.path("serve.log"),
-    );
-    corral_testkit::wait_until("the server answers /readyz", Duration::from_secs(60), || async {
-        ready(port).await.then_some(())
-    })
-    .await;
+    let serve = ["serve", "--listen", "127.0.0.1:0", "--data-dir", &data_dir, "--database-url", &db.url];
+    let start = Duration::from_secs(60);
+    let mut server = CorralServer::start(&mut corral(&serve), None, start).await.expect("corral serve starts");
+    server.wait_ready(start).await.expect("corral serve gets ready");
+    let url = server.url().to_string();
     let agent_token = data.join("agent.token");
-    children.spawn(
-        "agent",
-        &[
+    let agent = Process::spawn(
+        "corral agent",
+        &mut corral(&[
             "agent",
             "--simulate",
             "2",
@@ -198,9 +138,10 @@ async fn the_cli_drives_a_real_server_and_agent() {
             "device_type=x",
             "--name",
             "cli-host",
-        ],
-        scratch.path("agent.log"),
-    );
+        ]),
+        None,
+    )
+    .expect("corral agent starts");
 
     let cli = Cli { scratch: &scratch };
     let admin = |args: &[&str]| -> Vec<String> {
@@ -411,7 +352,7 @@ async fn the_cli_drives_a_real_server_and_agent() {
     assert!(missing.contains("not_found"), "{missing}");
 
     assert_no_leftover_files(&scratch.path("cwd"));
-    drop(children);
+    drop((agent, server));
 }
 
 /// The CLI writes nothing into the working directory unless asked to.

@@ -3,87 +3,31 @@
 //! `kill -9` and restart of the server (reconnecting with
 //! `Last-Event-ID`), and `--count` ends it. Also `corral completions`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use corral_testkit::CorralServer;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 const CORRAL: &str = env!("CARGO_BIN_EXE_corral");
 
 /// How long one line of `corral events` may take.
 const LINE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The server process; killed on drop.
-struct Server {
-    child: Option<Child>,
-    port: u16,
-    data: PathBuf,
-    db_url: String,
-}
+/// How long the server may take to print its address, and to get ready.
+const START: Duration = Duration::from_secs(60);
 
-impl Server {
-    fn start(data: &Path, db_url: &str) -> Server {
-        let mut server =
-            Server { child: None, port: corral_testkit::free_port(), data: data.to_path_buf(), db_url: db_url.into() };
-        server.spawn();
-        server
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::File::options().create(true).append(true).open(self.data.join("serve.log")).unwrap();
-        let child = Command::new(CORRAL)
-            .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port), "--database-url", &self.db_url])
-            .arg("--data-dir")
-            .arg(&self.data)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("corral serve starts");
-        self.child = Some(child);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    async fn wait_ready(&self) {
-        let port = self.port;
-        corral_testkit::wait_until("the server answers /readyz", Duration::from_secs(60), || async move {
-            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-            stream.write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n").await.ok()?;
-            let mut answer = Vec::new();
-            stream.read_to_end(&mut answer).await.ok()?;
-            (answer.starts_with(b"HTTP/1.1 200") || answer.starts_with(b"HTTP/1.0 200")).then_some(())
-        })
-        .await;
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(self.data.join("serve.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
-            eprintln!("---- corral serve log (last lines, newest first) ----\n{}", tail.join("\n"));
-        }
-    }
-}
-
-fn scratch() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("corral-cli-events-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// `corral serve` on `db_url` with its data in `data`, listening on
+/// `listen` (`127.0.0.1:0`: a port the kernel picks); ready when this
+/// returns.
+async fn serve(data: &Path, db_url: &str, listen: &str) -> CorralServer {
+    let mut command = Command::new(CORRAL);
+    command.args(["serve", "--listen", listen, "--database-url", db_url, "--data-dir"]).arg(data);
+    let mut server = CorralServer::start(&mut command, None, START).await.expect("corral serve starts");
+    server.wait_ready(START).await.expect("corral serve gets ready");
+    server
 }
 
 /// A client command that must succeed: its standard output.
@@ -129,13 +73,12 @@ async fn next_line(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildS
 #[tokio::test]
 async fn corral_events_follows_across_a_server_restart_without_gaps_or_repeats() {
     let db = corral_testkit::test_database().await;
-    let dir = scratch();
-    let data = dir.join("data");
+    let dir = corral_testkit::temp_dir("cli-events");
+    let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     let data_arg = data.to_str().unwrap().to_string();
-    let mut server = Server::start(&data, &db.url);
-    server.wait_ready().await;
-    let url = server.url();
+    let mut server = serve(&data, &db.url, "127.0.0.1:0").await;
+    let url = server.url().to_string();
 
     let mut follower = tokio::process::Command::new(CORRAL)
         .args(["events", "--json", "--ids", "--server", &url, "--data-dir", &data_arg, "--idle-timeout", "5s"])
@@ -164,9 +107,11 @@ async fn corral_events_follows_across_a_server_restart_without_gaps_or_repeats()
     assert!(first["id"].as_str().is_some_and(|id| id.contains('-')), "{first}");
 
     // The server dies and comes back; changes are made as soon as it is up.
+    // The same address, which `corral events` was given: the kernel picked
+    // the port at the first start, and binding it again is a plain restart.
     server.kill();
-    server.spawn();
-    server.wait_ready().await;
+    let server = serve(&data, &db.url, &server.listen()).await;
+    assert_eq!(server.url(), url);
     let after_restart = [submit(&url, &data_arg).await, submit(&url, &data_arg).await];
     let mut printed = Vec::new();
     for _ in 0..2 {
@@ -188,8 +133,7 @@ async fn corral_events_follows_across_a_server_restart_without_gaps_or_repeats()
     let text_lines: Vec<&str> = text.lines().collect();
     assert_eq!(text_lines.len(), 2, "{text}");
     assert!(text_lines[0].contains("request ") && text_lines[0].contains("(new) -> waiting by user:"), "{text}");
-    server.kill();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(server);
 }
 
 #[tokio::test]

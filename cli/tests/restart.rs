@@ -3,8 +3,8 @@
 //! acknowledged request must still be there, live leases stay live with
 //! their tunnels on the same ports, and scheduling resumes.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use corral_client::workers::WorkerFilter;
@@ -13,34 +13,37 @@ use corral_core::{Priority, RequestId, RequestState, WorkerState};
 use corral_proto::requests::NewRequest;
 use corral_proto::users::NewUser;
 use corral_proto::workers::{AdminState, StateChange, Worker};
+use corral_testkit::{CorralServer, Process};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-struct Kill(Vec<Child>);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
+/// How long a server may take to print its address, and to get ready.
+const START: Duration = Duration::from_secs(60);
 
 fn corral() -> Command {
     Command::new(env!("CARGO_BIN_EXE_corral"))
 }
 
-fn serve(dir: &Path, port: u16, log: &str) -> Child {
-    let log = std::fs::File::create(dir.join(log)).unwrap();
-    corral()
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(dir)
-        .env_remove("CORRAL_DATABASE_URL")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("corral serve starts")
+/// `corral serve` on its embedded PostgreSQL in `dir`, listening on
+/// `listen` (`127.0.0.1:0`: a port the kernel picks, read from what the
+/// server prints); ready when this returns.
+async fn serve(dir: &Path, listen: &str) -> CorralServer {
+    let mut command = corral();
+    command.args(["serve", "--listen", listen, "--data-dir"]).arg(dir).env_remove("CORRAL_DATABASE_URL");
+    let mut server = CorralServer::start(&mut command, None, START).await.expect("corral serve starts");
+    server.wait_ready(START).await.expect("corral serve gets ready");
+    server
+}
+
+/// A simulated `corral agent` of `workers` workers with `device_type=x`
+/// on `servers`, its sessions' SSH address `ssh`.
+fn agent(servers: &str, workers: usize, name: &str, ssh: u16, token_file: &Path) -> Process {
+    let mut command = corral();
+    command
+        .args(["agent", "--simulate", &workers.to_string(), "--server", servers, "--caps", "device_type=x"])
+        .args(["--name", name, "--ssh-addr", &format!("127.0.0.1:{ssh}"), "--token-file"])
+        .arg(token_file);
+    Process::spawn("corral agent", &mut command, None).expect("corral agent starts")
 }
 
 /// A typed client of `servers` with `token`.
@@ -51,13 +54,6 @@ fn client(servers: &str, token: &str) -> Client {
 /// Whether `GET {base}/readyz` answers 200.
 async fn is_ready(base: &str) -> bool {
     Client::plain(base, None).unwrap().readyz().await.is_ok()
-}
-
-async fn ready(base: &str) {
-    corral_testkit::wait_until("the server is ready", Duration::from_secs(60), || async {
-        is_ready(base).await.then_some(())
-    })
-    .await;
 }
 
 /// Makes `workers` idle (they register in maintenance).
@@ -127,26 +123,14 @@ fn token(dir: &Path, name: &str) -> String {
 
 #[actix_rt::test]
 async fn kill_9_and_restart_loses_nothing_acknowledged() {
-    let dir: PathBuf = std::env::temp_dir().join(format!("corral-restart-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let port = corral_testkit::free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut children = Kill(vec![serve(&dir, port, "serve-1.log")]);
-    ready(&base).await;
+    let scratch = corral_testkit::temp_dir("restart");
+    let dir = scratch.path();
+    let mut server = serve(dir, "127.0.0.1:0").await;
+    let base = server.url().to_string();
 
     let ssh = echo_server().await;
-    let agent_log = std::fs::File::create(dir.join("agent.log")).unwrap();
-    children.0.push(
-        corral()
-            .args(["agent", "--simulate", "2", "--server", &base, "--caps", "device_type=x", "--name", "restart-host"])
-            .args(["--ssh-addr", &format!("127.0.0.1:{ssh}"), "--token-file"])
-            .arg(dir.join("agent.token"))
-            .stdout(Stdio::null())
-            .stderr(agent_log)
-            .spawn()
-            .unwrap(),
-    );
-    let admin = client(&base, &token(&dir, "admin.token"));
+    let agent = agent(&base, 2, "restart-host", ssh, &dir.join("agent.token"));
+    let admin = client(&base, &token(dir, "admin.token"));
     let workers = registered(&admin, 2).await;
     make_idle(&admin, &workers).await;
     let created = admin.create_user(&NewUser { name: "rita".into(), ..Default::default() }).await.unwrap();
@@ -177,14 +161,15 @@ async fn kill_9_and_restart_loses_nothing_acknowledged() {
         acknowledged
     });
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let mut server = children.0.remove(0);
-    server.kill().unwrap(); // SIGKILL
-    server.wait().unwrap();
+    server.kill(); // SIGKILL
     let acknowledged = submitting.await.unwrap();
     assert!(!acknowledged.is_empty(), "some submissions were acknowledged before the kill");
 
-    children.0.push(serve(&dir, port, "serve-2.log"));
-    ready(&base).await;
+    // The same address, which the agent and the clients were given: the
+    // kernel picked the port at the first start, and binding it again is a
+    // plain restart, as on a configured port.
+    let server = serve(dir, &server.listen()).await;
+    assert_eq!(server.url(), base);
 
     for id in &acknowledged {
         let request = rita.request(*id).await.unwrap_or_else(|e| panic!("acknowledged request {id} survived: {e}"));
@@ -209,22 +194,19 @@ async fn kill_9_and_restart_loses_nothing_acknowledged() {
     let access = rita.acquire(next, Duration::from_secs(30)).await;
     assert!(access.is_ok(), "the next request gets the freed worker after the restart: {access:?}");
 
-    drop(children);
-    if let Ok(pg) = corral_embedded_pg::EmbeddedPostgres::start(&dir).await {
+    drop((agent, server));
+    if let Ok(pg) = corral_embedded_pg::EmbeddedPostgres::start(dir).await {
         let _ = pg.stop().await;
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[actix_rt::test]
 async fn the_server_restarts_its_embedded_database_when_it_dies() {
-    let dir: PathBuf = std::env::temp_dir().join(format!("corral-pgdies-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let port = corral_testkit::free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let children = Kill(vec![serve(&dir, port, "serve.log")]);
-    ready(&base).await;
-    let admin = client(&base, &token(&dir, "admin.token"));
+    let scratch = corral_testkit::temp_dir("pgdies");
+    let dir = scratch.path();
+    let server = serve(dir, "127.0.0.1:0").await;
+    let base = server.url().to_string();
+    let admin = client(&base, &token(dir, "admin.token"));
     admin.create_user(&NewUser { name: "before".into(), ..Default::default() }).await.unwrap();
 
     // SIGKILL the postmaster (its pid is the first line of postmaster.pid).
@@ -240,7 +222,8 @@ async fn the_server_restarts_its_embedded_database_when_it_dies() {
     .await;
     // ...starts the cluster again, and serves from it: what was committed
     // before is there, and new writes commit.
-    ready(&base).await;
+    corral_testkit::wait_until("the server is ready again", START, || async { is_ready(&base).await.then_some(()) })
+        .await;
     corral_testkit::wait_until("a write succeeds again", Duration::from_secs(60), || async {
         let created = admin.create_user(&NewUser { name: "after".into(), ..Default::default() }).await;
         // 503 while the database is down; 409 if an earlier attempt committed.
@@ -251,29 +234,23 @@ async fn the_server_restarts_its_embedded_database_when_it_dies() {
     let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
     assert!(names.contains(&"before") && names.contains(&"after"), "{names:?}");
 
-    drop(children);
-    if let Ok(pg) = corral_embedded_pg::EmbeddedPostgres::start(&dir).await {
+    drop(server);
+    if let Ok(pg) = corral_embedded_pg::EmbeddedPostgres::start(dir).await {
         let _ = pg.stop().await;
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// `corral serve` on an external database with a short session timeout.
-fn serve_replica(dir: &Path, port: u16, db_url: &str, log: &str) -> Child {
+/// `corral serve` on an external database with a short session timeout,
+/// on a port the kernel picks; returns once it printed its address (a
+/// standby does too, before it leads).
+async fn serve_replica(dir: &Path, db_url: &str) -> CorralServer {
     std::fs::create_dir_all(dir).unwrap();
     let config = dir.join("corral.toml");
     std::fs::write(&config, "session_timeout = \"3s\"\nheartbeat_interval = \"1s\"\n").unwrap();
-    let log = std::fs::File::create(dir.join(log)).unwrap();
-    corral()
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(dir)
-        .args(["--database-url", db_url])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("corral serve starts")
+    let mut command = corral();
+    command.args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(&config).arg("--data-dir").arg(dir);
+    command.args(["--database-url", db_url]);
+    CorralServer::start(&mut command, None, START).await.expect("corral serve starts")
 }
 
 /// The refusal of `GET {base}/readyz`, once something answers with one.
@@ -320,13 +297,13 @@ async fn cli_json(home: &Path, args: &[&str]) -> Value {
 #[actix_rt::test]
 async fn kill_9_of_the_leading_replica_hands_over_to_the_standby_with_tunnels_kept() {
     const SESSION_TIMEOUT: Duration = Duration::from_secs(3);
-    let root: PathBuf = std::env::temp_dir().join(format!("corral-replicas-{}", uuid::Uuid::new_v4().simple()));
+    let scratch = corral_testkit::temp_dir("replicas");
+    let root = scratch.path();
     let db = corral_testkit::test_database().await;
-    let (port_a, port_b) = (corral_testkit::free_port(), corral_testkit::free_port());
-    let (base_a, base_b) = (format!("http://127.0.0.1:{port_a}"), format!("http://127.0.0.1:{port_b}"));
-    let mut children = Kill(vec![serve_replica(&root.join("a"), port_a, &db.url, "serve.log")]);
-    ready(&base_a).await;
-    children.0.push(serve_replica(&root.join("b"), port_b, &db.url, "serve.log"));
+    let mut leader = serve_replica(&root.join("a"), &db.url).await;
+    leader.wait_ready(START).await.expect("the first replica leads");
+    let standby = serve_replica(&root.join("b"), &db.url).await;
+    let (base_a, base_b) = (leader.url().to_string(), standby.url().to_string());
     // The standby answers at once, with 503 and what it is.
     let refused = corral_testkit::wait_until("the standby answers", Duration::from_secs(30), || async {
         readyz_refusal(&base_b).await
@@ -335,18 +312,8 @@ async fn kill_9_of_the_leading_replica_hands_over_to_the_standby_with_tunnels_ke
     assert!(refused.is_standby() && refused.retry_after.is_some(), "{refused:?}");
 
     let ssh = echo_server().await;
-    let agent_log = std::fs::File::create(root.join("agent.log")).unwrap();
     let both = format!("{base_a},{base_b}");
-    children.0.push(
-        corral()
-            .args(["agent", "--simulate", "1", "--server", &both, "--caps", "device_type=x"])
-            .args(["--name", "replica-host", "--ssh-addr", &format!("127.0.0.1:{ssh}"), "--token-file"])
-            .arg(root.join("a/agent.token"))
-            .stdout(Stdio::null())
-            .stderr(agent_log)
-            .spawn()
-            .unwrap(),
-    );
+    let agent = agent(&both, 1, "replica-host", ssh, &root.join("a/agent.token"));
     // The test's own clients are given both URLs too, the leader first.
     let admin = client(&both, &token(&root.join("a"), "admin.token"));
     let workers = registered(&admin, 1).await;
@@ -360,22 +327,20 @@ async fn kill_9_of_the_leading_replica_hands_over_to_the_standby_with_tunnels_ke
     let standby_first = format!("{base_b},{base_a}");
     let as_rita = ["--json", "--token", &rita_token];
     let submit = ["request", "new", "--caps", "device_type=x", "--server", &standby_first];
-    let request = cli_json(&root, &[&submit[..], &as_rita[..]].concat()).await;
+    let request = cli_json(root, &[&submit[..], &as_rita[..]].concat()).await;
     let id = RequestId(request["id"].as_i64().unwrap());
     let listed = rita.requests(&Default::default(), &Paging::default()).await.unwrap();
     assert_eq!(listed.items.len(), 1, "one submission, one request: {listed:?}");
     // Sent: the same with --server STANDBY only. Must happen: exit status 1
     // and the standby's answer, since no URL leads.
-    let (ok, _, stderr) = cli(&root, &["request", "list", "--token", &rita_token, "--server", &base_b]).await;
+    let (ok, _, stderr) = cli(root, &["request", "list", "--token", &rita_token, "--server", &base_b]).await;
     assert!(!ok && stderr.contains("standby: "), "only the standby: {stderr}");
     let access = rita.acquire(id, Duration::from_secs(20)).await.unwrap();
     let tunnel = access.port;
     assert!(echo_through(tunnel).await, "the tunnel forwards before the crash");
 
-    let mut leader = children.0.remove(0);
-    leader.kill().unwrap(); // SIGKILL
     let killed = std::time::Instant::now();
-    leader.wait().unwrap();
+    leader.kill(); // SIGKILL
     corral_testkit::wait_until("the standby leads", Duration::from_secs(30), || async {
         is_ready(&base_b).await.then_some(())
     })
@@ -390,7 +355,7 @@ async fn kill_9_of_the_leading_replica_hands_over_to_the_standby_with_tunnels_ke
     // happen: the refused connection sends the CLI on to the new leader.
     let dead_first = format!("{base_a},{base_b}");
     let show = ["request", "show", &id.to_string(), "--server", &dead_first];
-    let now = cli_json(&root, &[&show[..], &as_rita[..]].concat()).await;
+    let now = cli_json(root, &[&show[..], &as_rita[..]].concat()).await;
     assert_eq!(now["state"], "in_progress", "the live lease stays live: {now}");
     // The typed clients, given both URLs, follow to the new leader too.
     let access = rita.acquire(id, Duration::ZERO).await.unwrap();
@@ -408,6 +373,5 @@ async fn kill_9_of_the_leading_replica_hands_over_to_the_standby_with_tunnels_ke
     )
     .await;
     eprintln!("takeover after kill -9: {takeover:?}");
-    drop(children);
-    let _ = std::fs::remove_dir_all(&root);
+    drop((agent, standby));
 }

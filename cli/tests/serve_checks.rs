@@ -2,20 +2,15 @@
 //! URL it cannot use yet (issue 18): no host reachable, or only read-only
 //! standbys. It must say which, keep trying, and not exit.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+use corral_testkit::Process;
 
 fn corral() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_corral"));
     command.env_remove("CORRAL_DATABASE_URL").env("NO_COLOR", "1");
     command
-}
-
-fn temp_dir(what: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("corral-{what}-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 #[test]
@@ -41,8 +36,8 @@ fn check_config_refuses_bad_input_and_names_the_problem() {
     assert!(stderr.contains("target_session_attrs=read-write"), "{stderr}");
 
     // Input: a config file with an unknown key. Must: exit 1 naming it.
-    let dir = temp_dir("checkconfig");
-    let file = dir.join("corral.toml");
+    let dir = corral_testkit::temp_dir("checkconfig");
+    let file = dir.path().join("corral.toml");
     std::fs::write(&file, "listen = \"127.0.0.1:8487\"\nsesion_timeout = \"30s\"\n").unwrap();
     let out = corral().args(["serve", "--check-config", "--config"]).arg(&file).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -56,47 +51,40 @@ fn check_config_refuses_bad_input_and_names_the_problem() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("/nonexistent/cert.pem"), "{stderr}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Starts `corral serve` on `url`, waits until its log says `expected`
-/// twice (it retried), checks it is still running, and kills it.
-fn serve_keeps_retrying_saying(url: &str, expected: &str) {
-    let dir = temp_dir("retry");
-    let log_path = dir.join("serve.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = corral()
-        .args(["serve", "--listen", &format!("127.0.0.1:{}", corral_testkit::free_port()), "--data-dir"])
-        .arg(&dir)
-        .args(["--database-url", url])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    let text = loop {
-        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-        if text.matches(expected).count() >= 2 {
-            break text;
-        }
-        assert!(child.try_wait().unwrap().is_none(), "corral serve exited instead of retrying: {text}");
-        assert!(started.elapsed() < Duration::from_secs(30), "never said {expected:?} twice: {text}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(child.try_wait().unwrap().is_none(), "corral serve keeps running: {text}");
+/// Starts `corral serve` on `url`, waits until it says `expected` twice
+/// (it retried), checks it is still running, and kills it.
+async fn serve_keeps_retrying_saying(url: &str, expected: &str) {
+    let dir = corral_testkit::temp_dir("retry");
+    let mut command = corral();
+    command.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(dir.path()).args(["--database-url", url]);
+    let mut serve = Process::spawn("corral serve", &mut command, None).unwrap();
+    let mut said = 0;
+    serve
+        .wait_for_line(&format!("{expected:?} twice"), Duration::from_secs(30), |line| {
+            said += usize::from(line.contains(expected));
+            (said == 2).then_some(())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let text = serve.output();
+    assert!(serve.try_wait().is_none(), "corral serve keeps running: {text}");
     assert!(!text.contains("panicked") && !text.contains("stack backtrace"), "{text}");
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(!log_path.with_file_name("admin.token").exists(), "nothing was started");
-    let _ = std::fs::remove_dir_all(Path::new(&dir));
+    assert!(!text.contains("corral listening on"), "it listens only once it has a database: {text}");
+    serve.kill();
+    assert!(!dir.path().join("admin.token").exists(), "nothing was started");
 }
 
-#[test]
-fn serve_on_a_url_with_no_reachable_host_says_so_and_keeps_retrying() {
-    let (a, b) = (corral_testkit::free_port(), corral_testkit::free_port());
+#[tokio::test]
+async fn serve_on_a_url_with_no_reachable_host_says_so_and_keeps_retrying() {
+    // Ports where nothing listens (racy_free_port: should something take
+    // one meanwhile, the message differs and the test fails; it cannot
+    // pass by the clash).
+    let (a, b) = (corral_testkit::racy_free_port(), corral_testkit::racy_free_port());
     let url =
         format!("host=127.0.0.1,127.0.0.1 port={a},{b} user=corral dbname=corral target_session_attrs=read-write");
-    serve_keeps_retrying_saying(&url, "no host of the database URL could be reached");
+    serve_keeps_retrying_saying(&url, "no host of the database URL could be reached").await;
 }
 
 #[actix_rt::test]
@@ -104,5 +92,5 @@ async fn serve_on_a_url_of_standbys_only_says_no_host_accepts_writes_and_keeps_r
     // The only server is read-only, as a standby reports.
     let test = corral_testkit::test_database().await;
     let url = format!("{} options='-c default_transaction_read_only=on' target_session_attrs=read-write", test.url);
-    serve_keeps_retrying_saying(&url, "no host of the database URL accepts writes");
+    serve_keeps_retrying_saying(&url, "no host of the database URL accepts writes").await;
 }

@@ -70,7 +70,7 @@ async fn lease_keys_log_in_through_the_tunnel_and_go_when_the_lease_ends() {
 
     // A request with its own public key (ECDSA, issue 13 class 3): no
     // private key is handed out, and the requester's key logs in.
-    let (own_private, own_public) = own_key_pair(&lab.dir.0, "own_key", "ecdsa");
+    let (own_private, own_public) = own_key_pair(lab.dir.path(), "own_key", "ecdsa");
     let (third, access) = lab.lease(Some(&own_public)).await;
     assert!(access["private_key"].is_null(), "no private key for a request with its own key: {access}");
     let lines = lab.lease_lines();
@@ -94,7 +94,7 @@ async fn a_killed_agent_fails_its_lease_and_a_restarted_one_brings_the_worker_ba
     let key = lab.key_file("lease", access["private_key"].as_str().unwrap());
     lab.ssh_hello(port, &key).await.expect("the lease works");
 
-    lab.children.kill("agent");
+    lab.kill_agent();
     let killed = Instant::now();
     let bound = lab.timers.session_timeout() + Duration::from_secs(5);
     let request = lab.wait_request(id, "failed", bound).await;
@@ -138,7 +138,7 @@ async fn a_restarted_server_keeps_the_lease_tunnel_and_other_keys_stay_untouched
     assert!(content.ends_with(foreign), "the lease line went first; the foreign lines stay as they were");
     assert_strict_modes(&lab.user);
 
-    lab.children.kill("server");
+    lab.kill_server();
     assert!(lab.ssh_hello(port, &key).await.is_err(), "no tunnel while the server is down");
     lab.start_server().await;
     let again = lab.tess.acquire(RequestId(id), Duration::ZERO).await.unwrap();
@@ -186,7 +186,7 @@ async fn class7_appended_key_does_not_survive_the_lease() {
 
     // The holder, logged in through the tunnel with the lease key, appends
     // a key of their own and tries the agent's directory.
-    let (own_private, own_public) = own_key_pair(&lab.dir.0, "appended", "ed25519");
+    let (own_private, own_public) = own_key_pair(lab.dir.path(), "appended", "ed25519");
     let keys_dir = lab.user.authorized_keys().parent().unwrap().display().to_string();
     let script = format!(
         "umask 077; mkdir -p .ssh && printf '%s\\n' '{own_public}' >> .ssh/authorized_keys && echo appended; \

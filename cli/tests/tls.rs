@@ -6,24 +6,26 @@
 //!
 //! Every child process is killed when the test ends; every wait is bounded.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
+
+use corral_testkit::{CorralServer, Process, TempDir};
 
 const CORRAL: &str = env!("CARGO_BIN_EXE_corral");
 
 /// A scratch directory with the lab CA, the server's certificate and key,
-/// and the server's data directory; children killed, directory removed.
+/// and the server's data directory.
 struct Lab {
-    dir: PathBuf,
-    children: Vec<Child>,
+    dir: TempDir,
 }
 
 impl Lab {
     fn new() -> Lab {
         use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 
-        let dir = std::env::temp_dir().join(format!("corral-cli-tls-{}", uuid::Uuid::new_v4().simple()));
+        let scratch = corral_testkit::temp_dir("cli-tls");
+        let dir = scratch.path();
         std::fs::create_dir_all(dir.join("data")).unwrap();
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -36,27 +38,19 @@ impl Lab {
         std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
         std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
         std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
-        Lab { dir, children: Vec::new() }
+        Lab { dir: scratch }
     }
 
     fn path(&self, name: &str) -> String {
-        self.dir.join(name).to_str().unwrap().to_string()
+        self.dir.path().join(name).to_str().unwrap().to_string()
     }
 
-    fn spawn(&mut self, args: &[&str], log: &str) {
-        let out = std::fs::File::create(self.dir.join(log)).unwrap();
-        let err = out.try_clone().unwrap();
-        let child = Command::new(CORRAL)
-            .args(args)
-            .env_remove("CORRAL_URL")
-            .env_remove("CORRAL_TOKEN")
-            .env_remove("CORRAL_CA_FILE")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting corral {args:?}: {e}"));
-        self.children.push(child);
+    /// `corral ARGS` without the user's CORRAL_URL, CORRAL_TOKEN and
+    /// CORRAL_CA_FILE.
+    fn corral(args: &[&str]) -> Command {
+        let mut command = Command::new(CORRAL);
+        command.args(args).env_remove("CORRAL_URL").env_remove("CORRAL_TOKEN").env_remove("CORRAL_CA_FILE");
+        command
     }
 
     /// Runs the CLI in a clean environment (no config file, no token but
@@ -65,8 +59,8 @@ impl Lab {
         let mut command = tokio::process::Command::new(CORRAL);
         command
             .args(args)
-            .current_dir(&self.dir)
-            .env("HOME", self.dir.join("home"))
+            .current_dir(self.dir.path())
+            .env("HOME", self.dir.path().join("home"))
             .env_remove("CORRAL_URL")
             .env_remove("CORRAL_TOKEN")
             .env_remove("CORRAL_CONFIG")
@@ -80,23 +74,6 @@ impl Lab {
             Err(_) => panic!("corral {args:?} did not finish within 60 s"),
         }
     }
-
-    fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("---- serve ----\n{}\n---- agent ----\n{}", self.log("serve.log"), self.log("agent.log"));
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 fn text(output: &Output) -> String {
@@ -106,32 +83,37 @@ fn text(output: &Output) -> String {
 #[tokio::test]
 async fn class8_tls_real_server_agent_and_cli_with_the_lab_ca() {
     let db = corral_testkit::test_database().await;
-    let mut lab = Lab::new();
-    let port = corral_testkit::free_port();
-    let url = format!("https://127.0.0.1:{port}");
+    let lab = Lab::new();
     let config = format!(
-        "listen = \"127.0.0.1:{port}\"\ndatabase_url = {:?}\ndata_dir = {:?}\ntls_cert = {:?}\ntls_key = {:?}\n",
+        "listen = \"127.0.0.1:0\"\ndatabase_url = {:?}\ndata_dir = {:?}\ntls_cert = {:?}\ntls_key = {:?}\n",
         db.url,
         lab.path("data"),
         lab.path("cert.pem"),
         lab.path("key.pem"),
     );
-    std::fs::write(lab.dir.join("corral.toml"), config).unwrap();
+    std::fs::write(lab.dir.path().join("corral.toml"), config).unwrap();
     let (config, ca, data) = (lab.path("corral.toml"), lab.path("ca.pem"), lab.path("data"));
-    lab.spawn(&["serve", "--config", &config], "serve.log");
+    let start = Duration::from_secs(60);
+    let server = CorralServer::start(&mut Lab::corral(&["serve", "--config", &config]), None, start)
+        .await
+        .expect("corral serve starts");
+    // Port 0 of the configuration file: the printed URL names the port
+    // the kernel picked, with the https scheme.
+    let url = server.url().to_string();
+    assert!(url.starts_with("https://127.0.0.1:") && server.addr().port() != 0, "{url}");
     let list = ["worker", "list", "--json", "--server", &url, "--data-dir", &data];
     let with_ca: Vec<&str> = list.iter().copied().chain(["--ca-file", &ca]).collect();
     corral_testkit::wait_until("the server answers over https", Duration::from_secs(60), || async {
         lab.cli(&with_ca, &[]).await.status.success().then_some(())
     })
     .await;
-    assert!(lab.log("serve.log").contains(&format!("corral listening on https://127.0.0.1:{port}")));
 
     // The agent registers over https, trusting the lab CA.
     let token = Path::new(&data).join("agent.token");
     let token = token.to_str().unwrap();
     let agent = ["agent", "--simulate", "1", "--server", &url, "--token-file", token, "--name", "tls-host"];
-    lab.spawn(&[&agent[..], &["--ca-file", &ca]].concat(), "agent.log");
+    let agent = Process::spawn("corral agent", &mut Lab::corral(&[&agent[..], &["--ca-file", &ca]].concat()), None)
+        .expect("corral agent starts");
     corral_testkit::wait_until("the agent registers over https", Duration::from_secs(30), || async {
         let output = lab.cli(&with_ca, &[]).await;
         let list: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
@@ -147,4 +129,5 @@ async fn class8_tls_real_server_agent_and_cli_with_the_lab_ca() {
     let refused = lab.cli(&list, &[]).await;
     assert!(!refused.status.success(), "{}", text(&refused));
     assert!(text(&refused).contains("certificate"), "{}", text(&refused));
+    drop((agent, server));
 }

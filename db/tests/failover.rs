@@ -10,11 +10,16 @@ use std::time::Duration;
 
 use corral_core::{Groups, Role};
 use corral_db::{Db, DbError, PoolSettings};
-use corral_testkit::{TestDb, free_port, wait_until};
+use corral_testkit::{TestDb, racy_free_port, wait_until};
 use tokio_postgres::config::Host;
 
 /// `test`'s connection settings with `host=`/`port=` replaced by a first
 /// host on a closed TCP port, then the real one.
+///
+/// Closed ports are [`racy_free_port`]s: nothing listened there a moment
+/// ago. Should another process take one meanwhile, the connection fails
+/// differently (it is no PostgreSQL of this test) and the test fails; a
+/// clash cannot make it pass.
 fn multi_host_url(test: &TestDb, extra: &str) -> String {
     let config = test.config();
     let socket_dir = match &config.get_hosts()[0] {
@@ -23,7 +28,7 @@ fn multi_host_url(test: &TestDb, extra: &str) -> String {
     };
     format!(
         "host='127.0.0.1,{socket_dir}' port={},{} user={} dbname={} {extra}",
-        free_port(),
+        racy_free_port(),
         config.get_ports()[0],
         config.get_user().expect("the test URL names a user"),
         test.name,
@@ -47,7 +52,8 @@ async fn a_multi_host_url_skips_an_unreachable_host_and_writes_to_the_one_that_a
 async fn a_url_whose_hosts_are_all_unreachable_says_so() {
     // Input: two hosts, both closed TCP ports. Must: Unavailable, naming
     // that no host could be reached.
-    let url = format!("host=127.0.0.1,127.0.0.1 port={},{} user=corral dbname=corral", free_port(), free_port());
+    let url =
+        format!("host=127.0.0.1,127.0.0.1 port={},{} user=corral dbname=corral", racy_free_port(), racy_free_port());
     let err = Db::connect(&url, &settings()).await.expect_err("nothing listens there");
     assert!(matches!(err, DbError::Unavailable { .. }), "{err:?}");
     assert!(err.to_string().contains("no host of the database URL could be reached"), "{err}");

@@ -3,36 +3,37 @@
 //!
 //! Run as root (as CI does), this exercises the switch to the `postgres` user.
 
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
 
 use corral_embedded_pg::EmbeddedPostgres;
+use tempfile::TempDir;
 use tokio_postgres::NoTls;
 
-/// A fresh, short directory under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let path = std::env::temp_dir().join(format!("corral-emb-{}", &id[..12]));
-        std::fs::create_dir(&path).unwrap();
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
+/// A fresh, short directory under the system temp dir (mode 0755: run as
+/// root, the cluster runs as the `postgres` user, which must enter it),
+/// removed when dropped.
+fn temp_dir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("corral-emb-")
+        .permissions(std::fs::Permissions::from_mode(0o755))
+        .tempdir()
+        .unwrap()
 }
 
-impl Drop for TempDir {
+/// The cluster of the data directory it names, shut down at once when
+/// dropped (SIGQUIT: PostgreSQL's immediate shutdown), so that a test that
+/// failed before stopping it does not leave a postmaster running in a
+/// removed directory. The postmaster is a daemon, not a child of the test:
+/// it is found through its pid file. Declare it after the directory.
+struct Postmaster(PathBuf);
+
+impl Drop for Postmaster {
     fn drop(&mut self) {
-        // A test that failed before stopping its server must not leave a postmaster running in a removed
-        // directory: shut it down at once (SIGQUIT is PostgreSQL's immediate shutdown).
         let pid_file = self.0.join("postgres").join("postmaster.pid");
         if let Some(pid) = std::fs::read_to_string(pid_file).ok().and_then(|text| text.lines().next()?.parse().ok()) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGQUIT);
         }
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -47,7 +48,8 @@ async fn select_one(connection_string: &str) -> i32 {
 
 #[tokio::test]
 async fn embedded_cluster_starts_stops_and_restarts_on_the_same_data() {
-    let dir = TempDir::new();
+    let dir = temp_dir();
+    let _postmaster = Postmaster(dir.path().to_path_buf());
 
     let pg = EmbeddedPostgres::start(dir.path()).await.unwrap_or_else(|e| panic!("first start: {e:#?}"));
     assert!(!pg.was_already_running());
@@ -81,11 +83,10 @@ async fn embedded_cluster_starts_stops_and_restarts_on_the_same_data() {
 
 #[tokio::test]
 async fn embedded_cluster_with_a_long_data_dir_puts_its_socket_in_tmp() {
-    let dir = TempDir::new();
+    let dir = temp_dir();
     let deep = dir.path().join("a-directory-name-long-enough-that-the-unix-socket-path-would-not-fit-in-sun-path");
+    let _postmaster = Postmaster(deep.clone());
     let pg = EmbeddedPostgres::start(&deep).await.unwrap_or_else(|e| panic!("start: {e:#?}"));
-    // Dropped before `dir`, so a failing test stops the server first.
-    let _guard = TempDir(deep.clone());
     let socket_dir = pg.socket_dir().to_string_lossy().into_owned();
     assert!(socket_dir.starts_with("/tmp/corral-pg-"), "{socket_dir}");
     assert_eq!(select_one(&pg.connection_string("corral")).await, 1);
@@ -98,8 +99,7 @@ async fn as_root_a_data_dir_the_postgres_user_cannot_reach_is_reported() {
     if !nix::unistd::geteuid().is_root() {
         return;
     }
-    use std::os::unix::fs::PermissionsExt;
-    let dir = TempDir::new();
+    let dir = temp_dir();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     let error = EmbeddedPostgres::start(&dir.path().join("data")).await.expect_err("started in an unreachable dir");
     let message = error.to_string();

@@ -1,6 +1,6 @@
 //! Headless Chromium driven through WebDriver, for the dashboard's tests and
-//! benchmark: [`Browser::start`] runs `chromedriver` on a free loopback port
-//! (killed when the [`Browser`] is dropped) and opens a session of a
+//! benchmark: [`Browser::start`] runs `chromedriver` on a loopback port it
+//! picks and prints (killed when the [`Browser`] is dropped) and opens a session of a
 //! headless Chromium with a fixed window size.
 //!
 //! The binaries are `chromedriver` and `chromium` from the PATH (Debian's
@@ -11,10 +11,12 @@
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+use crate::process::Process;
 pub use fantoccini::{Client, Locator};
 
 /// Environment variable naming the chromedriver binary.
@@ -28,13 +30,14 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// A chromedriver process and one browser session on it.
 pub struct Browser {
     pub client: Client,
-    /// Taken when it has been killed and reaped.
-    driver: Option<Child>,
+    /// chromedriver, leading the process group Chromium joins: dropping it
+    /// kills both, also when a test fails.
+    driver: Process,
 }
 
 impl std::fmt::Debug for Browser {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Browser").field("driver", &self.driver.as_ref().map(Child::id)).finish()
+        f.debug_struct("Browser").field("driver", &self.driver).finish()
     }
 }
 
@@ -69,17 +72,17 @@ impl Browser {
     pub async fn start(width: u32, height: u32) -> anyhow::Result<Browser> {
         let chromium = find_binary(CHROMIUM_ENV, &["chromium", "chromium-browser"], "chromium")?;
         let chromedriver = find_binary(CHROMEDRIVER_ENV, &["chromedriver"], "chromium-driver")?;
-        let port = crate::free_port();
+        // Port 0: chromedriver binds one the kernel picks and says which.
         // Its own process group, which Chromium joins: dropping the
         // Browser kills both, also when a test fails mid-way.
-        let mut driver = Command::new(&chromedriver)
-            .arg(format!("--port={port}"))
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", chromedriver.display()))?;
+        let mut command = Command::new(&chromedriver);
+        command.arg("--port=0").process_group(0);
+        let mut driver = Process::spawn("chromedriver", &mut command, None)?;
+        let port: u16 = driver
+            .wait_for_line("its port (`ChromeDriver was started successfully on port N.`)", START_TIMEOUT, |line| {
+                line.split_once("started successfully on port ")?.1.trim_end_matches('.').trim().parse().ok()
+            })
+            .await?;
         let url = format!("http://127.0.0.1:{port}");
         let capabilities: serde_json::Map<String, serde_json::Value> = serde_json::from_value(serde_json::json!({
             "browserName": "chrome",
@@ -104,44 +107,22 @@ impl Browser {
             match fantoccini::ClientBuilder::new(connector).capabilities(capabilities.clone()).connect(&url).await {
                 Ok(client) => break client,
                 Err(err) => {
-                    if let Ok(Some(status)) = driver.try_wait() {
-                        bail!("{} exited at start ({status})", chromedriver.display());
+                    if let Some(status) = driver.try_wait() {
+                        bail!("{} exited at start ({status}): {}", chromedriver.display(), driver.output());
                     }
                     if started.elapsed() > START_TIMEOUT {
-                        kill_group(&mut driver);
                         bail!("no headless Chromium session within {START_TIMEOUT:?}: {err}");
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
         };
-        Ok(Browser { client, driver: Some(driver) })
+        Ok(Browser { client, driver })
     }
 
     /// Ends the session (Chromium exits), then chromedriver.
     pub async fn stop(mut self) {
         let _ = self.client.clone().close().await;
-        if let Some(mut driver) = self.driver.take() {
-            kill_group(&mut driver);
-        }
-    }
-}
-
-/// Kills chromedriver's process group (chromedriver and the Chromium it
-/// started) and reaps chromedriver.
-fn kill_group(driver: &mut Child) {
-    if let Ok(pid) = i32::try_from(driver.id()) {
-        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-    }
-    let _ = driver.kill();
-    let _ = driver.wait();
-}
-
-/// chromedriver and Chromium go with the browser, also when a test fails.
-impl Drop for Browser {
-    fn drop(&mut self) {
-        if let Some(mut driver) = self.driver.take() {
-            kill_group(&mut driver);
-        }
+        self.driver.kill();
     }
 }

@@ -1,5 +1,7 @@
-//! Test support for corral's integration tests: a real PostgreSQL with one fresh database per test, free ports,
-//! and a bounded polling helper.
+//! Test support for corral's integration tests: a real PostgreSQL with one fresh database per test, child
+//! processes that are killed when dropped (a `corral serve` among them, whose address is read from what it
+//! prints: [`process`]), temporary directories
+//! ([`temp_dir`], a `tempfile` directory) and a bounded polling helper.
 //!
 //! [`test_database`] shares one embedded PostgreSQL cluster between all tests of a run, also across processes
 //! (cargo-nextest runs each test in its own process): the first test to arrive starts it, under an exclusive file
@@ -13,9 +15,12 @@
 //!   directory is `CARGO_TARGET_DIR` or the workspace's `target`.
 
 pub mod browser;
+pub mod process;
+
+pub use process::{CorralServer, Process, racy_free_port, temp_dir};
+pub use tempfile::TempDir;
 
 use std::future::Future;
-use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -191,12 +196,6 @@ async fn connect(config: &tokio_postgres::Config) -> anyhow::Result<Client> {
     Ok(client)
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, read, released).
-pub fn free_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap_or_else(|e| panic!("binding 127.0.0.1:0: {e}"));
-    listener.local_addr().unwrap_or_else(|e| panic!("reading the bound port: {e}")).port()
-}
-
 /// Calls `f` every 20 ms until it returns `Some`, and returns that value; panics naming `what` if `timeout`
 /// passes first (a call still running at the deadline is abandoned).
 pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
@@ -258,10 +257,5 @@ mod tests {
     #[should_panic(expected = "waiting until never")]
     async fn wait_until_gives_up() {
         wait_until("never", Duration::from_millis(50), || async { None::<()> }).await;
-    }
-
-    #[test]
-    fn free_ports_are_not_zero() {
-        assert_ne!(free_port(), 0);
     }
 }

@@ -4,13 +4,13 @@
 //! (`/etc/corral/authorized_keys/USER`, through `Match User` and
 //! `AuthorizedKeysFile`, as the agent's documentation says), and a real
 //! `corral serve` on a test database. Everything is undone on drop, also when a test fails (then the
-//! logs of every process are printed first).
+//! output of every process is printed first: corral_testkit::Process).
 //!
 //! Needs root (useradd, sshd) and OpenSSH (`scripts/test` installs it).
 
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use corral_client::workers::WorkerFilter;
@@ -19,6 +19,7 @@ use corral_core::{RequestId, RequestState, WorkerId};
 use corral_proto::requests::NewRequest;
 use corral_proto::users::NewUser;
 use corral_proto::workers::{AdminState, StateChange};
+use corral_testkit::{CorralServer, Process, TempDir};
 use serde_json::Value;
 
 /// How long the server waits for heartbeats.
@@ -39,36 +40,10 @@ impl Timers {
     }
 }
 
-/// Kills its processes on drop (SIGKILL, then reaps them).
-#[derive(Default)]
-pub struct Children(Vec<(String, Child)>);
-
-impl Children {
-    fn push(&mut self, name: &str, child: Child) {
-        self.0.push((name.to_string(), child));
-    }
-
-    /// `kill -9` of the named process.
-    pub fn kill(&mut self, name: &str) {
-        let index = self.0.iter().position(|(n, _)| n == name).unwrap_or_else(|| panic!("no process {name}"));
-        let (_, mut child) = self.0.remove(index);
-        child.kill().unwrap_or_else(|e| panic!("kill -9 {name}: {e}"));
-        child.wait().unwrap();
-    }
-}
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// A lab user made for one test: `useradd -m`, with the password field `*`
 /// (not locked, no password) so that sshd without PAM lets it log in with
-/// a key. Removed with its home on drop.
+/// a key. Removed with its home on drop (a system account, which no crate
+/// guards for us, unlike processes and directories).
 pub struct LabUser {
     pub name: String,
     pub uid: u32,
@@ -125,6 +100,26 @@ impl Drop for LabUser {
     }
 }
 
+/// `corral serve` with the lab's `server.toml` in `dir`, on `database_url`,
+/// listening on `listen` (`127.0.0.1:0`: a port the kernel picks); ready
+/// when this returns.
+async fn serve(dir: &Path, database_url: &str, listen: &str) -> CorralServer {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_corral"));
+    command
+        .arg("serve")
+        .arg("--config")
+        .arg(dir.join("server.toml"))
+        .args(["--listen", listen, "--data-dir"])
+        .arg(dir)
+        .args(["--database-url", database_url])
+        .env_remove("CORRAL_DATABASE_URL")
+        .env("RUST_LOG", "info,corral_actors=debug,actix_server=warn,actix_web=warn");
+    let start = Duration::from_secs(60);
+    let mut server = CorralServer::start(&mut command, None, start).await.expect("corral serve starts");
+    server.wait_ready(start).await.expect("corral serve gets ready");
+    server
+}
+
 fn run(what: &str, command: &mut Command) -> String {
     let out = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(out.status.success(), "{what} failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -139,47 +134,30 @@ fn sshd_binary() -> PathBuf {
         .expect("OpenSSH sshd is not installed (scripts/test installs openssh-server)")
 }
 
-/// The test's temporary directory: logs are printed when the test fails,
-/// and it is removed when it passes.
-pub struct TempDir(pub PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let mut logs: Vec<PathBuf> = std::fs::read_dir(&self.0)
-                .map(|entries| entries.flatten().map(|e| e.path()).collect())
-                .unwrap_or_default();
-            logs.retain(|p| p.extension().is_some_and(|e| e == "log" || e == "toml"));
-            logs.sort();
-            for log in logs {
-                eprintln!("===== {} =====\n{}", log.display(), std::fs::read_to_string(&log).unwrap_or_default());
-            }
-            eprintln!("(kept {})", self.0.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-/// The whole lab. Fields drop in order: processes first, then the user,
-/// then the directory.
+/// The whole lab. Fields drop in order: processes first (each printing its
+/// output when the test failed), then the user, then the directory.
 pub struct Lab {
-    pub children: Children,
+    /// `corral serve`; `None` while it is killed.
+    server: Option<CorralServer>,
+    /// `corral agent --config`; `None` while it is killed.
+    agent: Option<Process>,
+    /// Killed with the lab (read by nothing else).
+    _sshd: Process,
     pub user: LabUser,
     pub dir: TempDir,
     pub timers: Timers,
     pub sshd_port: u16,
     /// `TYPE BASE64` of the sshd's host key.
     pub host_key: String,
-    pub server_port: u16,
+    /// The address the server printed at its first start, where a restart
+    /// comes back (agent and tunnels expect it there).
+    server_listen: String,
     pub database_url: String,
     pub tunnel_ports: std::ops::RangeInclusive<u16>,
     pub admin: Client,
     /// A plain user's client.
     pub tess: Client,
     pub worker: String,
-    agents_started: usize,
-    servers_started: usize,
 }
 
 impl Lab {
@@ -191,14 +169,11 @@ impl Lab {
             nix::unistd::geteuid().is_root(),
             "the SSH tests need root: they add a lab user and run sshd (as CI does)"
         );
-        let dir = std::env::temp_dir().join(format!("corral-ssh-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let dir = TempDir(dir);
+        let dir = corral_testkit::temp_dir("ssh");
         let user = LabUser::create();
         before_agent(&user);
-        let mut children = Children::default();
 
-        let (sshd_port, host_key) = start_sshd(&dir.0, &user, &mut children).await;
+        let (sshd, sshd_port, host_key) = start_sshd(dir.path(), &user).await;
 
         // Tunnel ports of their own, so that a refused connection after a
         // close cannot be another test's tunnel.
@@ -208,32 +183,33 @@ impl Lab {
         if timers == Timers::Short {
             server_toml.push_str("session_timeout = \"3s\"\nheartbeat_interval = \"1s\"\n");
         }
-        std::fs::write(dir.0.join("server.toml"), server_toml).unwrap();
+        std::fs::write(dir.path().join("server.toml"), server_toml).unwrap();
         let database_url = corral_testkit::test_database().await.url;
-        let server_port = corral_testkit::free_port();
-        let base = format!("http://127.0.0.1:{server_port}");
-        let anonymous = || Client::plain(&base, None).unwrap();
+        let server = serve(dir.path(), &database_url, "127.0.0.1:0").await;
+        let base = server.url().to_string();
+        let admin_token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap().trim().to_string();
+        let admin = Client::plain(&base, Some(&admin_token)).unwrap();
+        let created = admin.create_user(&NewUser { name: "tess".into(), ..Default::default() }).await.unwrap();
+        let tess = Client::plain(&base, Some(&created.token)).unwrap();
         let mut lab = Lab {
-            children,
+            // The first start's port, the kernel's pick, is kept for
+            // restarts: binding it again is a plain restart, as on a
+            // configured port.
+            server_listen: server.listen(),
+            server: Some(server),
+            agent: None,
+            _sshd: sshd,
             user,
             timers,
             sshd_port,
             host_key,
-            server_port,
             database_url,
             tunnel_ports,
-            admin: anonymous(),
-            tess: anonymous(),
+            admin,
+            tess,
             worker: String::new(),
-            agents_started: 0,
-            servers_started: 0,
             dir,
         };
-        lab.start_server().await;
-        let admin_token = std::fs::read_to_string(lab.dir.0.join("admin.token")).unwrap().trim().to_string();
-        lab.admin = Client::plain(&base, Some(&admin_token)).unwrap();
-        let created = lab.admin.create_user(&NewUser { name: "tess".into(), ..Default::default() }).await.unwrap();
-        lab.tess = Client::plain(&base, Some(&created.token)).unwrap();
 
         // The agent: no uuid in its file, so it writes one back.
         let hooks_log = lab.path("hooks.log");
@@ -287,53 +263,39 @@ interrogate = 'printf "{{\"battery\": 90}}"'
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.0.join(name)
+        self.dir.path().join(name)
     }
 
-    pub fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.server_port)
-    }
-
-    /// Starts `corral serve` (again) and waits until it is ready.
+    /// Starts `corral serve` again, on the same address, and waits until
+    /// it is ready.
     pub async fn start_server(&mut self) {
-        self.servers_started += 1;
-        let log = std::fs::File::create(self.path(&format!("serve-{}.log", self.servers_started))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_corral"))
-            .arg("serve")
-            .arg("--config")
-            .arg(self.path("server.toml"))
-            .args(["--listen", &format!("127.0.0.1:{}", self.server_port), "--data-dir"])
-            .arg(&self.dir.0)
-            .args(["--database-url", &self.database_url])
-            .env_remove("CORRAL_DATABASE_URL")
-            .env("RUST_LOG", "info,corral_actors=debug,actix_server=warn,actix_web=warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("corral serve starts");
-        self.children.push("server", child);
-        let probe = Client::plain(&self.base(), None).unwrap();
-        corral_testkit::wait_until("the server is ready", Duration::from_secs(60), || async {
-            probe.readyz().await.ok().map(drop)
-        })
-        .await;
+        assert!(self.server.is_none(), "the server is running already");
+        let server = serve(self.dir.path(), &self.database_url, &self.server_listen).await;
+        assert_eq!(server.listen(), self.server_listen, "the same address");
+        self.server = Some(server);
+    }
+
+    /// `kill -9` of the server.
+    pub fn kill_server(&mut self) {
+        self.server.take().expect("the server runs").kill();
     }
 
     /// Starts `corral agent --config` (again).
     pub fn start_agent(&mut self) {
-        self.agents_started += 1;
-        let log = std::fs::File::create(self.path(&format!("agent-{}.log", self.agents_started))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_corral"))
+        assert!(self.agent.is_none(), "the agent is running already");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_corral"));
+        command
             .arg("agent")
             .arg("--config")
             .arg(self.path("agent.toml"))
             .env_remove("CORRAL_URL")
-            .env("RUST_LOG", "info,corral_agent=debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("corral agent starts");
-        self.children.push("agent", child);
+            .env("RUST_LOG", "info,corral_agent=debug");
+        self.agent = Some(Process::spawn("corral agent", &mut command, None).expect("corral agent starts"));
+    }
+
+    /// `kill -9` of the agent.
+    pub fn kill_agent(&mut self) {
+        self.agent.take().expect("the agent runs").kill();
     }
 
     /// The worker's UUID.
@@ -461,9 +423,13 @@ fn write_private(path: &Path, bytes: &[u8]) {
     file.write_all(bytes).unwrap();
 }
 
-/// Starts sshd on a free loopback port with a fresh host key; answers the
+/// Starts sshd on a loopback port with a fresh host key; answers sshd, the
 /// port and the host key.
-async fn start_sshd(dir: &Path, user: &LabUser, children: &mut Children) -> (u16, String) {
+///
+/// sshd refuses `Port 0`, so its port is [`corral_testkit::racy_free_port`]:
+/// when another process took it meanwhile, sshd says it cannot bind and
+/// exits, and it is started again on another port.
+async fn start_sshd(dir: &Path, user: &LabUser) -> (Process, u16, String) {
     std::fs::create_dir_all("/run/sshd").unwrap();
     let host_key = dir.join("ssh_host_ed25519_key");
     run(
@@ -472,8 +438,34 @@ async fn start_sshd(dir: &Path, user: &LabUser, children: &mut Children) -> (u16
     );
     let public = std::fs::read_to_string(host_key.with_extension("pub")).unwrap();
     let public = public.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
-    let port = corral_testkit::free_port();
     let config = dir.join("sshd_config");
+    for attempt in 1..=5 {
+        let port = corral_testkit::racy_free_port();
+        write_sshd_config(&config, port, &host_key, dir, user);
+        let mut command = Command::new(sshd_binary());
+        command.args(["-D", "-e", "-f"]).arg(&config);
+        let sshd = Process::spawn("sshd", &mut command, None).expect("sshd starts");
+        let listening = sshd
+            .wait_for_line("that it listens, or cannot bind", Duration::from_secs(10), |line| {
+                if line.contains(&format!("Server listening on 127.0.0.1 port {port}")) {
+                    Some(true)
+                } else {
+                    line.contains("Cannot bind any address").then_some(false)
+                }
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        if listening {
+            return (sshd, port, public);
+        }
+        eprintln!("sshd could not bind port {port} (attempt {attempt}); trying another");
+    }
+    panic!("sshd could not bind a port in 5 attempts");
+}
+
+/// Writes the lab's sshd_config for `port`, keeping only settings this
+/// sshd accepts.
+fn write_sshd_config(config: &Path, port: u16, host_key: &Path, dir: &Path, user: &LabUser) {
     let settings = format!(
         "Port {port}\nListenAddress 127.0.0.1\nHostKey {key}\nPidFile {pid}\nUsePAM no\n\
          PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
@@ -488,26 +480,12 @@ async fn start_sshd(dir: &Path, user: &LabUser, children: &mut Children) -> (u16
     // Lease keys come only from the agent's root-owned file (the lines the
     // agent's documentation gives); the user's own file is not read.
     let lab_users = format!("Match User {}\n    AuthorizedKeysFile {KEYS_DIR}/%u\n", user.name);
-    std::fs::write(&config, format!("{settings}PerSourcePenalties no\n{lab_users}")).unwrap();
+    std::fs::write(config, format!("{settings}PerSourcePenalties no\n{lab_users}")).unwrap();
     let sshd = sshd_binary();
-    if !Command::new(&sshd).arg("-t").arg("-f").arg(&config).output().unwrap().status.success() {
-        std::fs::write(&config, format!("{settings}{lab_users}")).unwrap();
-        run("sshd -t", Command::new(&sshd).arg("-t").arg("-f").arg(&config));
+    if !Command::new(&sshd).arg("-t").arg("-f").arg(config).output().unwrap().status.success() {
+        std::fs::write(config, format!("{settings}{lab_users}")).unwrap();
+        run("sshd -t", Command::new(&sshd).arg("-t").arg("-f").arg(config));
     }
-    let log = std::fs::File::create(dir.join("sshd.log")).unwrap();
-    let child = Command::new(&sshd)
-        .args(["-D", "-e", "-f"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("sshd starts");
-    children.push("sshd", child);
-    corral_testkit::wait_until("sshd listens", Duration::from_secs(10), || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(drop)
-    })
-    .await;
-    (port, public)
 }
 
 /// Writes foreign lines (an admin's) into the user's managed key file,
