@@ -396,13 +396,8 @@ async fn wait_idle(admin: &ApiClient, workers: usize) -> Result<()> {
 mod tests {
     use super::*;
 
-    use crate::Scenario;
-
     fn parse(list: &[&str]) -> Result<Config> {
-        match crate::parse_scenario(&[&["chaos"], list].concat())? {
-            Some(Scenario::Chaos(options)) => options.resolve(),
-            other => panic!("{list:?} parsed as {other:?}"),
-        }
+        crate::parse_options::<Options>(list)?.resolve()
     }
 
     #[test]
@@ -417,7 +412,6 @@ mod tests {
         assert_eq!((quick.kills, quick.seconds, quick.quick), (3, 30, true));
         let set = parse(&["--kills", "5", "--seconds", "60", "--seed", "9", "--clients", "2"]).unwrap();
         assert_eq!((set.kills, set.seconds, set.seed, set.clients), (5, 60, 9, 2));
-        assert!(crate::parse_scenario(&["chaos", "--help"]).unwrap().is_none());
     }
 
     #[test]

@@ -718,13 +718,8 @@ fn action_name(action: &Action) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Scenario;
-
     fn parse(list: &[&str]) -> Result<Config> {
-        match crate::parse_scenario(&[&["heartbeats"], list].concat())? {
-            Some(Scenario::Heartbeats(options)) => options.resolve(),
-            other => panic!("{list:?} parsed as {other:?}"),
-        }
+        crate::parse_options::<Options>(list)?.resolve()
     }
 
     #[test]
@@ -756,7 +751,6 @@ mod tests {
             config,
             Config { workers: 1000, sessions: 10, seconds: 20, new_workers: NewWorkers::Maintenance, quick: true }
         );
-        assert!(crate::parse_scenario(&["heartbeats", "--help"]).unwrap().is_none());
     }
 
     #[test]

@@ -112,6 +112,15 @@ fn parse_scenario(args: &[&str]) -> Result<Option<Scenario>> {
     }
 }
 
+/// One scenario's options parsed from `list` (its arguments), as
+/// `corral bench SCENARIO` would parse them.
+#[cfg(test)]
+fn parse_options<O: clap::Args + clap::FromArgMatches>(list: &[&str]) -> Result<O> {
+    let command = O::augment_args(clap::Command::new("scenario"));
+    let matches = command.try_get_matches_from(std::iter::once(&"scenario").chain(list))?;
+    Ok(O::from_arg_matches(&matches)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

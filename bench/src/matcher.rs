@@ -865,10 +865,7 @@ mod tests {
     }
 
     fn parse(list: &[&str]) -> Result<Config> {
-        match crate::parse_scenario(&[&["matcher"], list].concat())? {
-            Some(crate::Scenario::Matcher(options)) => Ok(options.resolve()),
-            other => panic!("{list:?} parsed as {other:?}"),
-        }
+        Ok(crate::parse_options::<Options>(list)?.resolve())
     }
 
     #[test]

@@ -221,13 +221,8 @@ async fn measure(config: &Config) -> Result<Line> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Scenario;
-
     fn parse(list: &[&str]) -> Result<Config> {
-        match crate::parse_scenario(&[&["restart"], list].concat())? {
-            Some(Scenario::Restart(options)) => options.resolve(),
-            other => panic!("{list:?} parsed as {other:?}"),
-        }
+        crate::parse_options::<Options>(list)?.resolve()
     }
 
     #[test]

@@ -421,13 +421,8 @@ async fn time_explain(admin: &ApiClient, loaded: &Loaded, config: &Config) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Scenario;
-
     fn parse(list: &[&str]) -> Result<Config> {
-        match crate::parse_scenario(&[&["scale"], list].concat())? {
-            Some(Scenario::Scale(options)) => options.resolve(),
-            other => panic!("{list:?} parsed as {other:?}"),
-        }
+        crate::parse_options::<Options>(list)?.resolve()
     }
 
     #[test]
@@ -471,7 +466,6 @@ mod tests {
             config,
             Config { requests: 20_000, workers: 500, device_types: 10, users: 2, samples: 30, seed: 9, quick: true }
         );
-        assert!(crate::parse_scenario(&["scale", "-h"]).unwrap().is_none());
     }
 
     #[test]
