@@ -718,6 +718,7 @@ fn action_name(action: &Action) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
     fn parse(list: &[&str]) -> Result<Config> {
         crate::parse_options::<Options>(list)?.resolve()
     }

@@ -72,9 +72,11 @@ impl Options {
 
 /// A size `P,K,C`: all positive, K at most P.
 fn parse_size(text: &str) -> Result<Size, String> {
-    let parts: Vec<usize> = text.split(',').map(|n| n.parse::<usize>()).collect::<Result<_, _>>().map_err(|_| {
-        "a size is P,K,C (workers, device types, concurrent clients), each a number".to_string()
-    })?;
+    let parts: Vec<usize> = text
+        .split(',')
+        .map(|n| n.parse::<usize>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| "a size is P,K,C (workers, device types, concurrent clients), each a number".to_string())?;
     let [p, k, c] = parts[..] else { return Err("a size is P,K,C (three numbers)".to_string()) };
     if p == 0 || k == 0 || c == 0 || k > p {
         return Err("P, K and C must be positive and K at most P".to_string());

@@ -221,6 +221,7 @@ async fn measure(config: &Config) -> Result<Line> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
     fn parse(list: &[&str]) -> Result<Config> {
         crate::parse_options::<Options>(list)?.resolve()
     }

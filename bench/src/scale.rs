@@ -421,6 +421,7 @@ async fn time_explain(admin: &ApiClient, loaded: &Loaded, config: &Config) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
     fn parse(list: &[&str]) -> Result<Config> {
         crate::parse_options::<Options>(list)?.resolve()
     }
