@@ -90,13 +90,13 @@ pub fn run(bench: Bench) -> Result<()> {
     }
 }
 
-/// `corral bench` alone, as the CLI parses it (the scenarios' tests).
-#[cfg(test)]
+/// `corral bench` as a program of its own, parsed as the CLI parses it
+/// (the `matcher` example, the tests).
 #[derive(clap::Parser, Debug)]
 #[command(name = "corral bench")]
-struct BenchCommand {
+pub struct BenchCommand {
     #[command(flatten)]
-    bench: Bench,
+    pub bench: Bench,
 }
 
 /// `args` (`SCENARIO [options]`) parsed as `corral bench` would; `None`
