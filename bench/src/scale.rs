@@ -371,8 +371,6 @@ fn check_page(page: &Value, owner: Option<&str>, start: i64, step: i64) -> Resul
     Ok(expected + step)
 }
 
-/// Times `samples` explain calls of random waiting requests; returns the
-/// latencies in µs, sorted.
 /// Times `samples` scrapes of `/metrics` (µs each, sorted); each must
 /// answer 200 and count every worker (all in maintenance in the fixture).
 async fn time_metrics(admin: &ApiClient, config: &Config) -> Result<(Vec<u64>, usize)> {
@@ -391,6 +389,8 @@ async fn time_metrics(admin: &ApiClient, config: &Config) -> Result<(Vec<u64>, u
     Ok((samples, bytes))
 }
 
+/// Times `samples` explain calls of random waiting requests; returns the
+/// latencies in µs, sorted.
 async fn time_explain(admin: &ApiClient, loaded: &Loaded, config: &Config) -> Result<Vec<u64>> {
     let mut rng = SplitMix64::new(config.seed);
     let mut samples = Vec::with_capacity(config.samples);
