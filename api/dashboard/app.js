@@ -71,6 +71,35 @@ function debounce(fn, ms) {
   };
 }
 
+// `&cursor=...` for a page after the first, else nothing.
+function cursorParam(cursor) {
+  return cursor ? `&cursor=${encodeURIComponent(cursor)}` : '';
+}
+
+// A view's listing, read page by page: `list.load(append)` reads the first
+// page (or, with `append`, the next one) from `url(cursor)`, keeps the items
+// and the next cursor in `list`, and renders the view. Request events reload
+// it: at once when the view is shown, else it is marked stale for its next
+// showing.
+function pagedList(view, what, url) {
+  const list = { items: [], cursor: null };
+  list.load = async (append) => {
+    const answer = await act(what, () => get(url(append ? list.cursor : null)));
+    if (!answer) return;
+    list.items = append ? list.items.concat(answer.items) : answer.items;
+    list.cursor = answer.next_cursor;
+    view.loaded = true;
+    view.stale = false;
+    view.render();
+  };
+  view.refresh = () => list.load(false);
+  view.onRequestEvent = debounce(() => {
+    if (app.view === view) list.load(false);
+    else view.stale = true;
+  }, 300);
+  return list;
+}
+
 // ---------------------------------------------------------------- sign-in
 
 function showSignIn(message) {
@@ -612,7 +641,7 @@ function workersView() {
     const more = h('button', { type: 'button', hidden: true }, 'Older entries');
     let cursor = null;
     const load = async () => {
-      const url = `${path}?limit=50${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`;
+      const url = `${path}?limit=50${cursorParam(cursor)}`;
       const answer = await act('Reading the history', () => get(url));
       if (!answer) return;
       const items = pageItems ? answer.items : answer;
@@ -685,35 +714,18 @@ function queueView() {
   const headers = ['Position', 'Request', 'Owner', 'Priority', 'Caps', 'Waiting for', 'Valid after', 'Deadline', 'Why waiting'];
   const caption = h('caption', {}, app.me.admin ? 'Every waiting request, in the order the matcher takes them (priority, then submission).' : 'Your waiting requests and their place among all waiting requests (priority, then submission).');
   const table = h('table', { class: 'grid queue', id: 'queue-table' }, caption, h('thead', {}, h('tr', {}, headers.map((t) => h('th', { scope: 'col' }, t)))), tbody);
-  let items = [];
-  let cursor = null;
   const open = new Set();
   const view = {
     node: h('section', { class: 'view', 'aria-labelledby': 'queue-title' }, h('h2', { id: 'queue-title' }, 'Queue'), h('div', { class: 'toolbar' }, refreshButton), status, h('div', { class: 'scroll' }, table), more),
     loaded: false,
     stale: false,
   };
-
-  async function load(append) {
-    const url = `/v1/queue?limit=200${append && cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`;
-    const answer = await act('Reading the queue', () => get(url));
-    if (!answer) return;
-    items = append ? items.concat(answer.items) : answer.items;
-    cursor = answer.next_cursor;
-    view.loaded = true;
-    view.stale = false;
-    view.render();
-  }
-  view.refresh = () => load(false);
-  more.addEventListener('click', () => load(true));
-  refreshButton.addEventListener('click', () => load(false));
-  const later = debounce(() => {
-    if (app.view === view) load(false);
-    else view.stale = true;
-  }, 300);
-  view.onRequestEvent = later;
+  const list = pagedList(view, 'Reading the queue', (cursor) => `/v1/queue?limit=200${cursorParam(cursor)}`);
+  more.addEventListener('click', () => list.load(true));
+  refreshButton.addEventListener('click', () => list.load(false));
 
   view.render = () => {
+    const { items, cursor } = list;
     const rows = [];
     for (const r of items) {
       const expanded = open.has(r.id);
@@ -763,8 +775,6 @@ function requestsView() {
   dialog.addEventListener('close', () => {
     if (dialog.opener) dialog.opener.focus();
   });
-  let items = [];
-  let cursor = null;
   const view = {
     node: h(
       'section',
@@ -780,25 +790,13 @@ function requestsView() {
     stale: false,
   };
 
-  async function load(append) {
+  const list = pagedList(view, 'Reading your requests', (cursor) => {
     const states = which.value ? `&state=${which.value}` : '';
-    const url = `/v1/requests?owner=${encodeURIComponent(app.me.name)}&limit=100${states}${append && cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`;
-    const answer = await act('Reading your requests', () => get(url));
-    if (!answer) return;
-    items = append ? items.concat(answer.items) : answer.items;
-    cursor = answer.next_cursor;
-    view.loaded = true;
-    view.stale = false;
-    view.render();
-  }
-  view.refresh = () => load(false);
+    return `/v1/requests?owner=${encodeURIComponent(app.me.name)}&limit=100${states}${cursorParam(cursor)}`;
+  });
+  const load = list.load;
   which.addEventListener('change', () => load(false));
   more.addEventListener('click', () => load(true));
-  const later = debounce(() => {
-    if (app.view === view) load(false);
-    else view.stale = true;
-  }, 300);
-  view.onRequestEvent = later;
 
   function showHistory(r, opener) {
     dialog.opener = opener;
@@ -818,6 +816,7 @@ function requestsView() {
   }
 
   view.render = () => {
+    const { items, cursor } = list;
     const rows = items.map((r) => {
       const actions = [];
       if (r.state === 'waiting' || r.state === 'in_progress') {

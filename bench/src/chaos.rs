@@ -58,71 +58,53 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use corral_core::{Caps, WorkerState};
 use serde::Serialize;
 
 use self::faults::{FaultCounts, Target};
 use self::load::{Load, Tally};
 use self::side::SideDb;
+use crate::options;
 use crate::report::{percentile, print_json_line, round_to};
 use crate::rng::SplitMix64;
 use crate::server::{ApiClient, ServerProcess};
 
-const USAGE: &str = "\
-usage: corral bench chaos [--quick] [--kills N] [--seconds S] [--seed X]
-                          [--workers P] [--device-types K] [--clients C]
-
-  --kills N         kill -9 and restart the server N times (default 20; 3 with --quick)
-  --seconds S       length of the load (default 120; 30 with --quick); the run goes
-                    on until every fault is done
-  --seed X          seed of the fault schedule and the clients (default 1)
-  --workers P       simulated workers (default 20)
-  --device-types K  device types (default 4)
-  --clients C       concurrent clients (default 8)
-  --quick           the short version for CI: 3 kills, 1 database outage, 1 agent crash,
-                    2 connection cuts, 1 lock hold; the checks are the same
-
-Every run also stops PostgreSQL once for 10 s; a full run crashes the agent 3 times,
-cuts the server's connections 10 times and holds row locks 3 times.";
-
 const AGENT_NAME: &str = "bench-chaos";
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Config {
-    kills: usize,
-    seconds: u64,
+/// `corral bench chaos`.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Every run also stops PostgreSQL once for 10 s; a full run crashes the agent 3 times, \
+                        cuts the server's connections 10 times and holds row locks 3 times.")]
+pub(crate) struct Options {
+    /// Kill -9 and restart the server N times [default: 20; 3 with --quick].
+    #[arg(long, value_name = "N", value_parser = options::count)]
+    kills: Option<usize>,
+    /// Length of the load [default: 120; 30 with --quick]; the run goes on until
+    /// every fault is done.
+    #[arg(long, value_name = "S", value_parser = options::count_u64)]
+    seconds: Option<u64>,
+    /// Seed of the fault schedule and the clients.
+    #[arg(long, value_name = "X", default_value = "1", value_parser = options::count_u64)]
     seed: u64,
+    /// Simulated workers.
+    #[arg(long, value_name = "P", default_value = "20", value_parser = options::count)]
     workers: usize,
+    /// Device types.
+    #[arg(long, value_name = "K", default_value = "4", value_parser = options::count)]
     device_types: usize,
+    /// Concurrent clients.
+    #[arg(long, value_name = "C", default_value = "8", value_parser = options::count)]
     clients: usize,
+    /// The short version for CI: 3 kills, 1 database outage, 1 agent crash, 2
+    /// connection cuts, 1 lock hold; the checks are the same.
+    #[arg(long)]
     quick: bool,
 }
 
-impl Config {
-    /// `None` when help was asked for.
-    fn parse(args: &[String]) -> Result<Option<Config>> {
-        let mut quick = false;
-        let (mut kills, mut seconds) = (None, None);
-        let (mut seed, mut workers, mut device_types, mut clients) = (1, 20, 4, 8);
-        let mut args = args.iter();
-        while let Some(arg) = args.next() {
-            let mut value = |flag: &str| -> Result<u64> {
-                let text = args.next().with_context(|| format!("{flag} needs a value\n\n{USAGE}"))?;
-                text.parse::<u64>().with_context(|| format!("{flag} needs a non-negative integer, got {text:?}"))
-            };
-            match arg.as_str() {
-                "--quick" => quick = true,
-                "--kills" => kills = Some(value("--kills")? as usize),
-                "--seconds" => seconds = Some(value("--seconds")?),
-                "--seed" => seed = value("--seed")?,
-                "--workers" => workers = value("--workers")? as usize,
-                "--device-types" => device_types = value("--device-types")? as usize,
-                "--clients" => clients = value("--clients")? as usize,
-                "-h" | "--help" => return Ok(None),
-                other => bail!("unexpected argument {other:?}\n\n{USAGE}"),
-            }
-        }
+impl Options {
+    pub(crate) fn resolve(self) -> Result<Config> {
+        let Options { kills, seconds, seed, workers, device_types, clients, quick } = self;
         let config = Config {
             kills: kills.unwrap_or(if quick { 3 } else { 20 }),
             seconds: seconds.unwrap_or(if quick { 30 } else { 120 }),
@@ -141,9 +123,22 @@ impl Config {
         if config.clients == 0 || config.clients > 1000 || config.kills > 10_000 || config.workers > 10_000 {
             bail!("--clients must be 1 to 1000, --kills and --workers at most 10000");
         }
-        Ok(Some(config))
+        Ok(config)
     }
+}
 
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Config {
+    kills: usize,
+    seconds: u64,
+    seed: u64,
+    workers: usize,
+    device_types: usize,
+    clients: usize,
+    quick: bool,
+}
+
+impl Config {
     fn fault_counts(&self) -> FaultCounts {
         FaultCounts {
             kills: self.kills,
@@ -226,11 +221,7 @@ struct Line {
     build: &'static str,
 }
 
-pub fn run(args: &[String]) -> Result<()> {
-    let Some(config) = Config::parse(args)? else {
-        eprintln!("{USAGE}");
-        return Ok(());
-    };
+pub(crate) fn run(config: Config) -> Result<()> {
     let line = actix_rt::System::new().block_on(chaos(&config))?;
     print_json_line(&line)?;
     if !line.missed.is_empty() {
@@ -405,34 +396,33 @@ async fn wait_idle(admin: &ApiClient, workers: usize) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn parse(list: &[&str]) -> Result<Option<Config>> {
-        Config::parse(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    fn parse(list: &[&str]) -> Result<Config> {
+        crate::parse_options::<Options>(list)?.resolve()
     }
 
     #[test]
     fn defaults_quick_and_options() {
-        let full = parse(&[]).unwrap().unwrap();
+        let full = parse(&[]).unwrap();
         assert_eq!(
             full,
             Config { kills: 20, seconds: 120, seed: 1, workers: 20, device_types: 4, clients: 8, quick: false }
         );
         assert_eq!(full.fault_counts().agent_crashes, 3);
-        let quick = parse(&["--quick"]).unwrap().unwrap();
+        let quick = parse(&["--quick"]).unwrap();
         assert_eq!((quick.kills, quick.seconds, quick.quick), (3, 30, true));
-        let set = parse(&["--kills", "5", "--seconds", "60", "--seed", "9", "--clients", "2"]).unwrap().unwrap();
+        let set = parse(&["--kills", "5", "--seconds", "60", "--seed", "9", "--clients", "2"]).unwrap();
         assert_eq!((set.kills, set.seconds, set.seed, set.clients), (5, 60, 9, 2));
-        assert_eq!(parse(&["--help"]).unwrap(), None);
     }
 
     #[test]
     fn bad_arguments_are_refused() {
         for (list, expected) in [
-            (&["--kills"][..], "--kills needs a value"),
-            (&["--seconds", "soon"][..], "non-negative integer"),
+            (&["--kills"][..], "a value is required for '--kills <N>'"),
+            (&["--seconds", "soon"][..], "for '--seconds <S>': needs a non-negative integer"),
             (&["--seconds", "0"][..], "--seconds must be"),
             (&["--device-types", "30"][..], "at most as many types as workers"),
             (&["--clients", "0"][..], "--clients must be"),
-            (&["--bogus"][..], "unexpected argument"),
+            (&["--bogus"][..], "unexpected argument '--bogus'"),
         ] {
             let err = parse(list).unwrap_err().to_string();
             assert!(err.contains(expected), "{list:?}: {err}");

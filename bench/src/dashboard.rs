@@ -43,16 +43,9 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::chaos::AgentThread;
+use crate::options;
 use crate::report::{percentile, print_json_line, round_to};
 use crate::server::{ApiClient, ServerProcess, load_average};
-
-const USAGE: &str = "\
-usage: corral bench dashboard [--quick] [--workers W] [--agents A] [--samples S]
-
-  --workers W   workers registered (default 10000; 1000 with --quick)
-  --agents A    simulated agents they are spread over (default 10)
-  --samples S   page loads timed (default 5; 2 with --quick)
-  --quick       CI: checks it works, judges no figure";
 
 /// Target of a full run: the slowest first render.
 const TARGET_FIRST_ROWS_MS: f64 = 2000.0;
@@ -88,40 +81,43 @@ struct Line {
     target_first_rows_ms: f64,
 }
 
-struct Options {
+/// `corral bench dashboard`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct Options {
+    /// Workers registered [default: 10000; 1000 with --quick].
+    #[arg(long, value_name = "W", value_parser = options::positive)]
+    workers: Option<usize>,
+    /// Simulated agents they are spread over.
+    #[arg(long, value_name = "A", default_value = "10", value_parser = options::positive)]
+    agents: usize,
+    /// Page loads timed [default: 5; 2 with --quick].
+    #[arg(long, value_name = "S", value_parser = options::positive)]
+    samples: Option<usize>,
+    /// CI: checks it works, judges no figure.
+    #[arg(long)]
+    quick: bool,
+}
+
+impl Options {
+    pub(crate) fn resolve(self) -> Config {
+        let Options { workers, agents, samples, quick } = self;
+        let workers = workers.unwrap_or(if quick { 1000 } else { 10_000 });
+        let samples = samples.unwrap_or(if quick { 2 } else { 5 });
+        Config { workers, agents: agents.min(workers), samples, quick }
+    }
+}
+
+pub(crate) struct Config {
     workers: usize,
     agents: usize,
     samples: usize,
     quick: bool,
 }
 
-pub fn run(args: &[String]) -> Result<()> {
-    let mut options = Options { workers: 0, agents: 10, samples: 0, quick: false };
-    let (mut workers, mut samples) = (None, None);
-    let mut rest = args.iter();
-    while let Some(arg) = rest.next() {
-        let mut number = |what: &str| -> Result<usize> {
-            let value = rest.next().with_context(|| format!("{what} needs a number"))?;
-            value.parse::<usize>().ok().filter(|n| *n > 0).with_context(|| format!("bad {what} {value:?}"))
-        };
-        match arg.as_str() {
-            "--quick" => options.quick = true,
-            "--workers" => workers = Some(number("--workers")?),
-            "--agents" => options.agents = number("--agents")?,
-            "--samples" => samples = Some(number("--samples")?),
-            "-h" | "--help" => {
-                eprintln!("{USAGE}");
-                return Ok(());
-            }
-            other => bail!("unexpected argument {other:?}\n\n{USAGE}"),
-        }
-    }
-    options.workers = workers.unwrap_or(if options.quick { 1000 } else { 10_000 });
-    options.samples = samples.unwrap_or(if options.quick { 2 } else { 5 });
-    options.agents = options.agents.min(options.workers);
-    let line = actix_rt::System::new().block_on(run_once(&options))?;
+pub(crate) fn run(config: Config) -> Result<()> {
+    let line = actix_rt::System::new().block_on(run_once(&config))?;
     print_json_line(&line)?;
-    if !options.quick && line.first_rows_max_ms > TARGET_FIRST_ROWS_MS {
+    if !config.quick && line.first_rows_max_ms > TARGET_FIRST_ROWS_MS {
         bail!("the slowest first render took {} ms, over the target {TARGET_FIRST_ROWS_MS} ms", line.first_rows_max_ms);
     }
     Ok(())
@@ -165,9 +161,9 @@ fn p50_max(samples: &[f64]) -> (f64, f64) {
     (ms(percentile(&micros, 50.0)), ms(*micros.last().unwrap_or(&0)))
 }
 
-async fn run_once(options: &Options) -> Result<Line> {
-    let n = options.workers;
-    eprintln!("dashboard: {n} workers over {} agents: starting corral serve", options.agents);
+async fn run_once(config: &Config) -> Result<Line> {
+    let n = config.workers;
+    eprintln!("dashboard: {n} workers over {} agents: starting corral serve", config.agents);
     let dir = ServerProcess::fresh_dir("dashboard")?;
     let mut server = ServerProcess::start(&dir, "pool_size = 16\n")?;
     server.wait_ready(Duration::from_secs(120)).await?;
@@ -175,10 +171,10 @@ async fn run_once(options: &Options) -> Result<Line> {
     let admin = ApiClient::new(&server.url, &admin_token);
     let agent_token = server.token("agent.token")?;
     let registering = Instant::now();
-    let mut agents = Vec::with_capacity(options.agents);
-    for a in 0..options.agents {
+    let mut agents = Vec::with_capacity(config.agents);
+    for a in 0..config.agents {
         let caps: Vec<Caps> = (a..n)
-            .step_by(options.agents)
+            .step_by(config.agents)
             .map(|i| {
                 let mut caps = Caps::new();
                 caps.insert("device_type", format!("t{}", i % 50));
@@ -210,7 +206,7 @@ async fn run_once(options: &Options) -> Result<Line> {
     let load_avg_before = load_average()?;
     let (mut first, mut wall, mut all, mut sorts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let rows_script = "return document.querySelectorAll('#workers-body tr[data-uuid]').length";
-    for sample in 0..options.samples {
+    for sample in 0..config.samples {
         let navigated = Instant::now();
         page.goto(&url).await.context("loading the dashboard")?;
         let seen = loop {
@@ -255,7 +251,7 @@ async fn run_once(options: &Options) -> Result<Line> {
     Ok(Line {
         scenario: "dashboard",
         workers: n,
-        samples: options.samples,
+        samples: config.samples,
         first_rows_p50_ms,
         first_rows_max_ms,
         first_rows_wall_p50_ms,

@@ -25,16 +25,9 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::json;
 
+use crate::options;
 use crate::report::{percentile, print_json_line, round_to};
 use crate::server::{ApiClient, ServerProcess, load_average};
-
-const USAGE: &str = "\
-usage: corral bench events [--quick] [--subscribers N] [--seconds S] [--rate R]
-
-  --subscribers  concurrent event streams (default 1000; 100 with --quick)
-  --seconds      how long the driver makes changes (default 20; 3 with --quick)
-  --rate         changes per second (default 20)
-  --quick        CI: checks it works, judges no figure";
 
 /// Target of a full run: p99 from commit to delivery.
 const TARGET_P99_MS: f64 = 50.0;
@@ -58,40 +51,47 @@ struct Line {
     target_p99_ms: f64,
 }
 
-struct Options {
+/// `corral bench events`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct Options {
+    /// Concurrent event streams [default: 1000; 100 with --quick].
+    #[arg(long, value_name = "N", value_parser = options::count)]
+    subscribers: Option<usize>,
+    /// How long the driver makes changes [default: 20; 3 with --quick].
+    #[arg(long, value_name = "S", value_parser = options::count_u64)]
+    seconds: Option<u64>,
+    /// Changes per second (1 to 10000).
+    #[arg(long, value_name = "R", default_value = "20", value_parser = options::count_u64)]
+    rate: u64,
+    /// CI: checks it works, judges no figure.
+    #[arg(long)]
+    quick: bool,
+}
+
+impl Options {
+    pub(crate) fn resolve(self) -> Config {
+        let Options { subscribers, seconds, rate, quick } = self;
+        Config {
+            subscribers: subscribers.unwrap_or(if quick { 100 } else { 1000 }).max(1),
+            seconds: seconds.unwrap_or(if quick { 3 } else { 20 }).max(1),
+            rate: rate.clamp(1, 10_000) as u32,
+            quick,
+        }
+    }
+}
+
+pub(crate) struct Config {
     subscribers: usize,
     seconds: u64,
     rate: u32,
     quick: bool,
 }
 
-pub fn run(args: &[String]) -> Result<()> {
-    let mut options = Options { subscribers: 0, seconds: 0, rate: 20, quick: false };
-    let (mut subscribers, mut seconds) = (None, None);
-    let mut rest = args.iter();
-    while let Some(arg) = rest.next() {
-        let mut number = |what: &str| -> Result<u64> {
-            let value = rest.next().with_context(|| format!("{what} needs a number"))?;
-            value.parse::<u64>().with_context(|| format!("bad {what} {value:?}"))
-        };
-        match arg.as_str() {
-            "--quick" => options.quick = true,
-            "--subscribers" => subscribers = Some(number("--subscribers")? as usize),
-            "--seconds" => seconds = Some(number("--seconds")?),
-            "--rate" => options.rate = number("--rate")?.clamp(1, 10_000) as u32,
-            "-h" | "--help" => {
-                eprintln!("{USAGE}");
-                return Ok(());
-            }
-            other => bail!("unexpected argument {other:?}\n\n{USAGE}"),
-        }
-    }
-    options.subscribers = subscribers.unwrap_or(if options.quick { 100 } else { 1000 }).max(1);
-    options.seconds = seconds.unwrap_or(if options.quick { 3 } else { 20 }).max(1);
-    raise_open_files(options.subscribers)?;
-    let line = actix_rt::System::new().block_on(run_once(&options))?;
+pub(crate) fn run(config: Config) -> Result<()> {
+    raise_open_files(config.subscribers)?;
+    let line = actix_rt::System::new().block_on(run_once(&config))?;
     print_json_line(&line)?;
-    if !options.quick && line.p99_ms > TARGET_P99_MS {
+    if !config.quick && line.p99_ms > TARGET_P99_MS {
         bail!("p99 commit to delivery {} ms is over the target {TARGET_P99_MS} ms", line.p99_ms);
     }
     Ok(())
@@ -125,9 +125,9 @@ struct Seen {
     errors: Vec<String>,
 }
 
-async fn run_once(options: &Options) -> Result<Line> {
-    let n = options.subscribers;
-    eprintln!("events: {n} subscribers, {} changes/s for {} s: starting corral serve", options.rate, options.seconds);
+async fn run_once(config: &Config) -> Result<Line> {
+    let n = config.subscribers;
+    eprintln!("events: {n} subscribers, {} changes/s for {} s: starting corral serve", config.rate, config.seconds);
     let dir = ServerProcess::fresh_dir("events")?;
     let mut server = ServerProcess::start(&dir, &format!("max_streams_per_user = {}\n", n + 8))?;
     server.wait_ready(Duration::from_secs(120)).await?;
@@ -160,8 +160,8 @@ async fn run_once(options: &Options) -> Result<Line> {
     let load_avg_before = load_average()?;
     let cpu_before = server.cpu_seconds()?;
     let driver = ApiClient::new(&server.url, &token);
-    let interval = Duration::from_secs_f64(1.0 / f64::from(options.rate));
-    let deadline = Instant::now() + Duration::from_secs(options.seconds);
+    let interval = Duration::from_secs_f64(1.0 / f64::from(config.rate));
+    let deadline = Instant::now() + Duration::from_secs(config.seconds);
     let began = Instant::now();
     let mut next = Instant::now();
     let mut changes = 0usize;
@@ -233,7 +233,7 @@ async fn run_once(options: &Options) -> Result<Line> {
         scenario: "events",
         subscribers: n,
         seconds: round_to(elapsed, 3),
-        rate: options.rate,
+        rate: config.rate,
         changes,
         deliveries: samples.len(),
         missing,

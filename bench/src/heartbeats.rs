@@ -67,21 +67,9 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
+use crate::options;
 use crate::report::{percentile, print_json_line, round_to};
 use crate::server::{ApiClient, ServerProcess, cpu_seconds, load_average, postgres_cpu_seconds};
-
-const USAGE: &str = "\
-usage: corral bench heartbeats [--quick] [--workers N] [--sessions N] [--seconds N]
-                               [--new-workers idle|maintenance]
-
-  --workers N        simulated workers in all (default 10000)
-  --sessions N       agent sessions they are spread over evenly (default 100)
-  --seconds N        length of the measured window (default 300; 60 with --quick)
-  --new-workers S    the server's new_workers: idle (default; workers are prepared and
-                     idle, so a session wrongly expired fails them) or maintenance
-  --quick            a 60 s window, for CI (checks that it works, judges no figure)
-
-The server keeps its default heartbeat_interval (10s) and session_timeout (30s).";
 
 /// Sessions opened at the same time.
 const OPEN_CONCURRENCY: usize = 4;
@@ -92,8 +80,41 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(900);
 /// Error messages kept for the report on stderr.
 const KEPT_ERRORS: usize = 20;
 
+/// `corral bench heartbeats`.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "The server keeps its default heartbeat_interval (10s) and session_timeout (30s).")]
+pub(crate) struct Options {
+    /// Simulated workers in all.
+    #[arg(long, value_name = "N", default_value = "10000", value_parser = options::positive)]
+    workers: usize,
+    /// Agent sessions they are spread over evenly.
+    #[arg(long, value_name = "N", default_value = "100", value_parser = options::positive)]
+    sessions: usize,
+    /// Length of the measured window [default: 300; 60 with --quick].
+    #[arg(long, value_name = "N", value_parser = options::positive_u64)]
+    seconds: Option<u64>,
+    /// The server's new_workers: idle (workers are prepared and idle, so a session
+    /// wrongly expired fails them) or maintenance.
+    #[arg(long, value_name = "S", value_enum, default_value = "idle")]
+    new_workers: NewWorkers,
+    /// A 60 s window, for CI (checks that it works, judges no figure).
+    #[arg(long)]
+    quick: bool,
+}
+
+impl Options {
+    pub(crate) fn resolve(self) -> Result<Config> {
+        let Options { workers, sessions, seconds, new_workers, quick } = self;
+        if sessions > workers {
+            bail!("--sessions ({sessions}) must not exceed --workers ({workers})");
+        }
+        let seconds = seconds.unwrap_or(if quick { 60 } else { 300 });
+        Ok(Config { workers, sessions, seconds, new_workers, quick })
+    }
+}
+
 /// The state new workers are registered in, and where they settle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum NewWorkers {
     /// Registered in `prepare`; idle once the agent confirms.
     Idle,
@@ -113,59 +134,12 @@ impl NewWorkers {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Config {
+pub(crate) struct Config {
     workers: usize,
     sessions: usize,
     seconds: u64,
     new_workers: NewWorkers,
     quick: bool,
-}
-
-impl Config {
-    /// `None` when help was asked for.
-    fn parse(args: &[String]) -> Result<Option<Config>> {
-        let mut quick = false;
-        let mut workers = 10_000;
-        let mut sessions = 100;
-        let mut seconds = None;
-        let mut new_workers = NewWorkers::Idle;
-        let mut args = args.iter();
-        while let Some(arg) = args.next() {
-            let mut value = |flag: &str| {
-                args.next().map(String::as_str).with_context(|| format!("{flag} needs a value\n\n{USAGE}"))
-            };
-            match arg.as_str() {
-                "--quick" => quick = true,
-                "--workers" => workers = positive("--workers", value("--workers")?)?,
-                "--sessions" => sessions = positive("--sessions", value("--sessions")?)?,
-                "--seconds" => seconds = Some(positive("--seconds", value("--seconds")?)? as u64),
-                "--new-workers" => {
-                    new_workers = match value("--new-workers")? {
-                        "idle" => NewWorkers::Idle,
-                        "maintenance" => NewWorkers::Maintenance,
-                        other => bail!("--new-workers is idle or maintenance, got {other:?}\n\n{USAGE}"),
-                    }
-                }
-                "-h" | "--help" => return Ok(None),
-                other => bail!("unexpected argument {other:?}\n\n{USAGE}"),
-            }
-        }
-        if sessions > workers {
-            bail!("--sessions ({sessions}) must not exceed --workers ({workers})");
-        }
-        let seconds = seconds.unwrap_or(if quick { 60 } else { 300 });
-        Ok(Some(Config { workers, sessions, seconds, new_workers, quick }))
-    }
-}
-
-/// A positive count; `_` separators allowed.
-fn positive(flag: &str, text: &str) -> Result<usize> {
-    let digits: String = text.chars().filter(|c| *c != '_').collect();
-    digits
-        .parse::<usize>()
-        .ok()
-        .filter(|n| *n > 0)
-        .with_context(|| format!("{flag} needs a positive integer, got {text:?}\n\n{USAGE}"))
 }
 
 #[derive(Serialize)]
@@ -207,11 +181,7 @@ struct Line {
     build: &'static str,
 }
 
-pub fn run(args: &[String]) -> Result<()> {
-    let Some(config) = Config::parse(args)? else {
-        eprintln!("{USAGE}");
-        return Ok(());
-    };
+pub(crate) fn run(config: Config) -> Result<()> {
     let line = actix_rt::System::new().block_on(measure(&config))?;
     print_json_line(&line)?;
     let mut problems = Vec::new();
@@ -749,22 +719,18 @@ fn action_name(action: &Action) -> &'static str {
 mod tests {
     use super::*;
 
-    fn args(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
-    }
-
-    fn parse(list: &[&str]) -> Result<Option<Config>> {
-        Config::parse(&args(list))
+    fn parse(list: &[&str]) -> Result<Config> {
+        crate::parse_options::<Options>(list)?.resolve()
     }
 
     #[test]
     fn defaults_and_quick() {
-        let full = parse(&[]).unwrap().unwrap();
+        let full = parse(&[]).unwrap();
         assert_eq!(
             full,
             Config { workers: 10_000, sessions: 100, seconds: 300, new_workers: NewWorkers::Idle, quick: false }
         );
-        let quick = parse(&["--quick"]).unwrap().unwrap();
+        let quick = parse(&["--quick"]).unwrap();
         assert_eq!(quick, Config { seconds: 60, quick: true, ..full });
     }
 
@@ -781,25 +747,23 @@ mod tests {
             "maintenance",
             "--quick",
         ])
-        .unwrap()
         .unwrap();
         assert_eq!(
             config,
             Config { workers: 1000, sessions: 10, seconds: 20, new_workers: NewWorkers::Maintenance, quick: true }
         );
-        assert_eq!(parse(&["--help"]).unwrap(), None);
     }
 
     #[test]
     fn bad_arguments_are_refused() {
         for (list, expected) in [
-            (&["--workers"][..], "--workers needs a value"),
-            (&["--workers", "0"][..], "--workers needs a positive integer"),
-            (&["--sessions", "ten"][..], "--sessions needs a positive integer"),
-            (&["--seconds", "-1"][..], "--seconds needs a positive integer"),
-            (&["--new-workers", "busy"][..], "--new-workers is idle or maintenance"),
+            (&["--workers"][..], "a value is required for '--workers <N>'"),
+            (&["--workers", "0"][..], "for '--workers <N>': needs a positive integer"),
+            (&["--sessions", "ten"][..], "for '--sessions <N>': needs a positive integer"),
+            (&["--seconds", "-1"][..], "unexpected argument '-1'"),
+            (&["--new-workers", "busy"][..], "[possible values: idle, maintenance]"),
             (&["--workers", "5", "--sessions", "6"][..], "must not exceed --workers"),
-            (&["100"][..], "unexpected argument"),
+            (&["100"][..], "unexpected argument '100'"),
         ] {
             let err = parse(list).unwrap_err().to_string();
             assert!(err.contains(expected), "{list:?}: {err}");

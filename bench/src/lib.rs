@@ -1,8 +1,9 @@
 //! `corral bench`: load generators and micro-benchmarks of corral, each
 //! measured against its baseline in the same invocation.
 //!
-//! The CLI calls [`run`] with the arguments that follow `bench`:
-//! `SCENARIO [--quick] [sizes...]`. Every scenario lives in its own module,
+//! The CLI parses `corral bench SCENARIO [--quick] [sizes...]` into a
+//! [`Bench`] (clap: each scenario's `Options`, see [`options`]) and calls
+//! [`run`] with it. Every scenario lives in its own module,
 //! prints its progress on stderr and, as its last stdout line, one JSON
 //! object with its name, sizes, figures and baseline figures (see
 //! [`report`]). Every scenario checks that the work it timed really
@@ -29,76 +30,110 @@ mod events;
 mod heartbeats;
 mod lifecycle;
 mod matcher;
+mod options;
 mod report;
 mod restart;
 mod rng;
 mod scale;
 mod server;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
+use clap::Subcommand;
 
-const USAGE: &str = "\
-usage: corral bench SCENARIO [--quick] [options and sizes...]
+/// `corral bench SCENARIO [--quick] [options and sizes...]`: progress goes to
+/// stderr; stdout gets one JSON line per size, the default size last.
+#[derive(clap::Args, Debug)]
+pub struct Bench {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
 
-scenarios:
-  matcher      the in-memory matching decision path vs Boruta's algorithm
-               (corral bench matcher --help for its sizes)
-  lifecycle    create → in_progress → close over HTTP vs pgbench's commit ceiling
-  heartbeats   10,000 simulated workers' heartbeats over 100 agent sessions:
-               server CPU share, heartbeat latency, workers wrongly failed
-  scale        corral serve on 100,000 waiting requests and 10,000 workers:
-               time to ready, RSS, list and explain latency
-  chaos        lifecycle load while the server is killed -9, PostgreSQL stopped,
-               the agent crashed and connections cut; checks nothing acknowledged
-               is lost, nothing leased twice, no worker stuck
-  restart      kill -9 with 10,000 requests waiting: time to ready and to the first
-               binding after the restart
-  events       1,000 subscribers on GET /v1/events while requests change: commit to
-               delivery latency, every change delivered to every subscriber
-  dashboard    the web dashboard in headless Chromium with 10,000 workers: time to
-               the first rows of the workers table, to all read, to a sort
-               (corral bench SCENARIO --help for each one's options)
+/// The scenarios (`corral bench SCENARIO --help` for each one's options).
+#[derive(Subcommand, Debug)]
+enum Scenario {
+    /// The in-memory matching decision path vs Boruta's algorithm.
+    Matcher(matcher::Options),
+    /// Create → in_progress → close over HTTP vs pgbench's commit ceiling.
+    Lifecycle(lifecycle::Options),
+    /// 10,000 simulated workers' heartbeats over 100 agent sessions: server CPU
+    /// share, heartbeat latency, workers wrongly failed.
+    Heartbeats(heartbeats::Options),
+    /// corral serve on 100,000 waiting requests and 10,000 workers: time to ready,
+    /// RSS, list and explain latency.
+    Scale(scale::Options),
+    /// Lifecycle load while the server is killed -9, PostgreSQL stopped, the agent
+    /// crashed and connections cut; checks nothing acknowledged is lost, nothing
+    /// leased twice, no worker stuck.
+    Chaos(chaos::Options),
+    /// kill -9 with 10,000 requests waiting: time to ready and to the first binding
+    /// after the restart.
+    Restart(restart::Options),
+    /// 1,000 subscribers on GET /v1/events while requests change: commit to delivery
+    /// latency, every change delivered to every subscriber.
+    Events(events::Options),
+    /// The web dashboard in headless Chromium with 10,000 workers: time to the first
+    /// rows of the workers table, to all read, to a sort.
+    Dashboard(dashboard::Options),
+}
 
-Progress goes to stderr; stdout gets one JSON line per size, the default size last.";
-
-/// Runs one benchmark scenario; `args` are the arguments after `bench`.
-pub fn run(args: &[String]) -> Result<()> {
-    let Some((scenario, rest)) = args.split_first() else {
-        bail!("no scenario given\n\n{USAGE}");
-    };
-    match scenario.as_str() {
-        "matcher" => matcher::run(rest),
-        "lifecycle" => lifecycle::run(rest),
-        "heartbeats" => heartbeats::run(rest),
-        "scale" => scale::run(rest),
-        "chaos" => chaos::run(rest),
-        "restart" => restart::run(rest),
-        "events" => events::run(rest),
-        "dashboard" => dashboard::run(rest),
-        "-h" | "--help" | "help" => {
-            eprintln!("{USAGE}");
-            Ok(())
-        }
-        other => bail!("unknown scenario {other:?}\n\n{USAGE}"),
+/// Runs the benchmark scenario the CLI parsed (`corral bench SCENARIO ...`).
+pub fn run(bench: Bench) -> Result<()> {
+    match bench.scenario {
+        Scenario::Matcher(options) => matcher::run(options.resolve()),
+        Scenario::Lifecycle(options) => lifecycle::run(options.resolve()),
+        Scenario::Heartbeats(options) => heartbeats::run(options.resolve()?),
+        Scenario::Scale(options) => scale::run(options.resolve()?),
+        Scenario::Chaos(options) => chaos::run(options.resolve()?),
+        Scenario::Restart(options) => restart::run(options.resolve()?),
+        Scenario::Events(options) => events::run(options.resolve()),
+        Scenario::Dashboard(options) => dashboard::run(options.resolve()),
     }
+}
+
+/// `corral bench` as a program of its own, parsed as the CLI parses it
+/// (the `matcher` example, the tests).
+#[derive(clap::Parser, Debug)]
+#[command(name = "corral bench")]
+pub struct BenchCommand {
+    #[command(flatten)]
+    pub bench: Bench,
+}
+
+/// `args` (`SCENARIO [options]`) parsed as `corral bench` would; `None`
+/// when they ask for help.
+#[cfg(test)]
+fn parse_scenario(args: &[&str]) -> Result<Option<Scenario>> {
+    use clap::Parser;
+    use clap::error::ErrorKind;
+    match BenchCommand::try_parse_from(std::iter::once(&"corral bench").chain(args)) {
+        Ok(parsed) => Ok(Some(parsed.bench.scenario)),
+        Err(err) if err.kind() == ErrorKind::DisplayHelp => Ok(None),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// One scenario's options parsed from `list` (its arguments), as
+/// `corral bench SCENARIO` would parse them.
+#[cfg(test)]
+fn parse_options<O: clap::Args + clap::FromArgMatches>(list: &[&str]) -> Result<O> {
+    let command = O::augment_args(clap::Command::new("scenario"));
+    let matches = command.try_get_matches_from(std::iter::once(&"scenario").chain(list))?;
+    Ok(O::from_arg_matches(&matches)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn args(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
-    }
-
     #[test]
-    fn scenarios_are_dispatched_and_unknown_ones_are_errors() {
-        for scenario in ["heartbeats", "scale", "chaos", "restart", "events"] {
-            run(&args(&[scenario, "--help"])).unwrap();
-            let err = run(&args(&[scenario, "--bogus"])).unwrap_err();
-            assert!(err.to_string().contains("unexpected argument \"--bogus\""), "{scenario}: {err}");
+    fn every_scenario_parses_and_unknown_ones_are_errors() {
+        for scenario in ["matcher", "lifecycle", "heartbeats", "scale", "chaos", "restart", "events", "dashboard"] {
+            assert!(parse_scenario(&[scenario, "--help"]).unwrap().is_none(), "{scenario}");
+            assert!(parse_scenario(&[scenario]).unwrap().is_some(), "{scenario}");
+            let err = parse_scenario(&[scenario, "--bogus"]).unwrap_err();
+            assert!(err.to_string().contains("unexpected argument '--bogus'"), "{scenario}: {err}");
         }
-        assert!(run(&args(&["nope"])).unwrap_err().to_string().contains("unknown scenario"));
-        assert!(run(&[]).unwrap_err().to_string().contains("usage"));
+        assert!(parse_scenario(&["nope"]).unwrap_err().to_string().contains("unrecognized subcommand 'nope'"));
+        assert!(parse_scenario(&[]).unwrap_err().to_string().contains("Usage: corral bench"));
     }
 }

@@ -32,6 +32,7 @@ use serde_json::json;
 
 mod floor;
 
+use crate::options;
 use crate::report::{percentile, print_json_line, round_to};
 use crate::rng::SplitMix64;
 use crate::server::{ApiClient, ServerProcess, cpu_seconds, load_average, pgbench_tps, postgres_cpu_seconds};
@@ -45,12 +46,48 @@ struct Size {
 
 const DEFAULT_SIZES: [Size; 2] = [Size { p: 20, k: 4, c: 4 }, Size { p: 200, k: 10, c: 16 }];
 
-const USAGE: &str = "\
-usage: corral bench lifecycle [--quick] [--seconds N] [P,K,C ...]
+/// `corral bench lifecycle`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct Options {
+    /// Workers, device types, concurrent clients [default: 20,4,4 and 200,10,16].
+    #[arg(value_name = "P,K,C", value_parser = parse_size)]
+    sizes: Vec<Size>,
+    /// How long each size runs [default: 30; 3 with --quick].
+    #[arg(long, value_name = "N", value_parser = options::count_u64)]
+    seconds: Option<u64>,
+    /// Only 20,4,4 for 3 s (CI: checks it works, judges no figure).
+    #[arg(long)]
+    quick: bool,
+}
 
-  P,K,C      workers, device types, concurrent clients (default: 20,4,4 and 200,10,16)
-  --seconds  how long each size runs (default 30; 3 with --quick)
-  --quick    only 20,4,4 for 3 s (CI: checks it works, judges no figure)";
+impl Options {
+    pub(crate) fn resolve(self) -> Config {
+        let Options { mut sizes, seconds, quick } = self;
+        if sizes.is_empty() {
+            sizes = if quick { vec![DEFAULT_SIZES[0]] } else { DEFAULT_SIZES.to_vec() };
+        }
+        Config { sizes, seconds: seconds.unwrap_or(if quick { 3 } else { 30 }) }
+    }
+}
+
+/// A size `P,K,C`: all positive, K at most P.
+fn parse_size(text: &str) -> Result<Size, String> {
+    let parts: Vec<usize> = text
+        .split(',')
+        .map(|n| n.parse::<usize>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| "a size is P,K,C (workers, device types, concurrent clients), each a number".to_string())?;
+    let [p, k, c] = parts[..] else { return Err("a size is P,K,C (three numbers)".to_string()) };
+    if p == 0 || k == 0 || c == 0 || k > p {
+        return Err("P, K and C must be positive and K at most P".to_string());
+    }
+    Ok(Size { p, k, c })
+}
+
+pub(crate) struct Config {
+    sizes: Vec<Size>,
+    seconds: u64,
+}
 
 #[derive(Serialize)]
 struct Line {
@@ -83,40 +120,8 @@ struct Line {
     db_floor_cpu_ms_per_cycle: f64,
 }
 
-pub fn run(args: &[String]) -> Result<()> {
-    let mut quick = false;
-    let mut seconds = None;
-    let mut sizes = Vec::new();
-    let mut rest = args.iter();
-    while let Some(arg) = rest.next() {
-        match arg.as_str() {
-            "--quick" => quick = true,
-            "--seconds" => {
-                let value = rest.next().context("--seconds needs a number")?;
-                seconds = Some(value.parse::<u64>().with_context(|| format!("bad --seconds {value:?}"))?);
-            }
-            "-h" | "--help" => {
-                eprintln!("{USAGE}");
-                return Ok(());
-            }
-            size => {
-                let parts: Vec<usize> = size
-                    .split(',')
-                    .map(|n| n.parse::<usize>())
-                    .collect::<Result<_, _>>()
-                    .with_context(|| format!("bad size {size:?}\n\n{USAGE}"))?;
-                let [p, k, c] = parts[..] else { bail!("a size is P,K,C, got {size:?}\n\n{USAGE}") };
-                if p == 0 || k == 0 || c == 0 || k > p {
-                    bail!("P, K and C must be positive and K at most P, got {size:?}");
-                }
-                sizes.push(Size { p, k, c });
-            }
-        }
-    }
-    if sizes.is_empty() {
-        sizes = if quick { vec![DEFAULT_SIZES[0]] } else { DEFAULT_SIZES.to_vec() };
-    }
-    let seconds = seconds.unwrap_or(if quick { 3 } else { 30 });
+pub(crate) fn run(config: Config) -> Result<()> {
+    let Config { sizes, seconds } = config;
     for size in sizes {
         let line = actix_rt::System::new().block_on(run_size(size, Duration::from_secs(seconds)))?;
         print_json_line(&line)?;

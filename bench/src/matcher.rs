@@ -70,28 +70,88 @@ use corral_core::matcher::{Assignment, Matcher, RequestSpec, WorkerSpec};
 use corral_core::{Groups, RequestId, WorkerId};
 use serde::Serialize;
 
+use crate::options;
 use crate::report::{self, LatencySummary};
 use workload::{Workload, WorkloadSpec, epoch};
 
-const USAGE: &str = "\
-usage: corral bench matcher [--quick] [W=N[,N...]] [R=N] [K=N] [--seed N]
-                            [--baseline-secs S] [--baseline-decisions N]
+/// `corral bench matcher`.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Numbers accept _ separators and k/m suffixes (10k, 100_000, 1m).")]
+pub(crate) struct Options {
+    /// W=N[,N...]: worker counts, run in the order given, one JSON line each
+    /// [default: 1000,100000,10000; with --quick 1000]; R=N: waiting requests
+    /// [default: 100000; with --quick 10000]; K=N: device types [default: 100].
+    #[arg(value_name = "W=N[,N...]|R=N|K=N", value_parser = parse_size)]
+    sizes: Vec<Size>,
+    /// Seed of the input generator.
+    #[arg(long, value_name = "N", default_value = "1", value_parser = options::count_u64)]
+    seed: u64,
+    /// Time budget of each of Boruta's two runs per worker count (from the start,
+    /// from the steady state) [default: 10; with --quick 1].
+    #[arg(long, value_name = "S", value_parser = positive_seconds)]
+    baseline_secs: Option<f64>,
+    /// Also stop each of Boruta's runs after N decisions.
+    #[arg(long, value_name = "N", value_parser = options::positive)]
+    baseline_decisions: Option<usize>,
+    /// Small sizes and a short baseline, for CI.
+    #[arg(long)]
+    quick: bool,
+}
 
-  W=N[,N...]               worker counts, run in the order given, one JSON line each
-                           (default 1000,100000,10000; with --quick 1000)
-  R=N                      waiting requests (default 100000; with --quick 10000)
-  K=N                      device types (default 100)
-  --seed N                 seed of the input generator (default 1)
-  --baseline-secs S        time budget of each of Boruta's two runs per worker count
-                           (from the start, from the steady state; default 10; with --quick 1)
-  --baseline-decisions N   also stop each of Boruta's runs after N decisions
-  --quick                  small sizes and a short baseline, for CI
+/// One of the sizes given as `W=N[,N...]`, `R=N` or `K=N`.
+#[derive(Clone, Debug)]
+enum Size {
+    Workers(Vec<usize>),
+    Requests(usize),
+    DeviceTypes(usize),
+}
 
-Numbers accept _ separators and k/m suffixes (10k, 100_000, 1m).";
+fn parse_size(text: &str) -> Result<Size, String> {
+    if let Some(list) = text.strip_prefix("W=") {
+        Ok(Size::Workers(list.split(',').map(options::positive).collect::<Result<_, _>>()?))
+    } else if let Some(r) = text.strip_prefix("R=") {
+        options::positive(r).map(Size::Requests)
+    } else if let Some(k) = text.strip_prefix("K=") {
+        options::positive(k).map(Size::DeviceTypes)
+    } else {
+        Err("a size is W=N[,N...], R=N or K=N".to_string())
+    }
+}
+
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    text.parse()
+        .ok()
+        .filter(|s: &f64| s.is_finite() && *s > 0.0)
+        .ok_or_else(|| "needs a positive number of seconds".to_string())
+}
+
+impl Options {
+    pub(crate) fn resolve(self) -> Config {
+        let Options { sizes, seed, baseline_secs, baseline_decisions, quick } = self;
+        let (mut worker_counts, mut requests, mut device_types) = (None, None, None);
+        for size in sizes {
+            match size {
+                Size::Workers(counts) => worker_counts = Some(counts),
+                Size::Requests(r) => requests = Some(r),
+                Size::DeviceTypes(k) => device_types = Some(k),
+            }
+        }
+        Config {
+            worker_counts: worker_counts
+                .unwrap_or_else(|| if quick { vec![1_000] } else { vec![1_000, 100_000, 10_000] }),
+            requests: requests.unwrap_or(if quick { 10_000 } else { 100_000 }),
+            device_types: device_types.unwrap_or(100),
+            seed,
+            baseline_budget: Duration::from_secs_f64(baseline_secs.unwrap_or(if quick { 1.0 } else { 10.0 })),
+            baseline_max_decisions: baseline_decisions,
+            quick,
+        }
+    }
+}
 
 /// What one invocation runs.
 #[derive(Clone, Debug, PartialEq)]
-struct Config {
+pub(crate) struct Config {
     worker_counts: Vec<usize>,
     requests: usize,
     device_types: usize,
@@ -101,88 +161,8 @@ struct Config {
     quick: bool,
 }
 
-impl Config {
-    fn parse(args: &[String]) -> Result<Config> {
-        let mut quick = false;
-        let mut worker_counts = None;
-        let mut requests = None;
-        let mut device_types = None;
-        let mut seed = None;
-        let mut baseline_secs = None;
-        let mut baseline_max_decisions = None;
-        let mut args = args.iter();
-        while let Some(arg) = args.next() {
-            let mut value = |flag: &str| {
-                args.next().map(String::as_str).with_context(|| format!("{flag} needs a value\n\n{USAGE}"))
-            };
-            match arg.as_str() {
-                "--quick" => quick = true,
-                "--seed" => seed = Some(parse_count(value("--seed")?)? as u64),
-                "--baseline-secs" => {
-                    let text = value("--baseline-secs")?;
-                    let secs: f64 =
-                        text.parse().ok().filter(|s: &f64| s.is_finite() && *s > 0.0).with_context(|| {
-                            format!("--baseline-secs needs a positive number of seconds, got {text:?}\n\n{USAGE}")
-                        })?;
-                    baseline_secs = Some(secs);
-                }
-                "--baseline-decisions" => {
-                    baseline_max_decisions = Some(positive("--baseline-decisions", value("--baseline-decisions")?)?)
-                }
-                _ => {
-                    if let Some(list) = arg.strip_prefix("W=") {
-                        worker_counts = Some(list.split(',').map(|w| positive("W", w)).collect::<Result<Vec<_>>>()?);
-                    } else if let Some(r) = arg.strip_prefix("R=") {
-                        requests = Some(positive("R", r)?);
-                    } else if let Some(k) = arg.strip_prefix("K=") {
-                        device_types = Some(positive("K", k)?);
-                    } else {
-                        bail!("unexpected argument {arg:?}\n\n{USAGE}");
-                    }
-                }
-            }
-        }
-        Ok(Config {
-            worker_counts: worker_counts
-                .unwrap_or_else(|| if quick { vec![1_000] } else { vec![1_000, 100_000, 10_000] }),
-            requests: requests.unwrap_or(if quick { 10_000 } else { 100_000 }),
-            device_types: device_types.unwrap_or(100),
-            seed: seed.unwrap_or(1),
-            baseline_budget: Duration::from_secs_f64(baseline_secs.unwrap_or(if quick { 1.0 } else { 10.0 })),
-            baseline_max_decisions,
-            quick,
-        })
-    }
-}
-
-/// Parses `100000`, `100_000`, `100k` or `1m`.
-fn parse_count(text: &str) -> Result<usize> {
-    let digits: String = text.chars().filter(|c| *c != '_').collect();
-    let (digits, scale) = match digits.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&digits[..i], 1_000),
-        Some((i, 'm' | 'M')) => (&digits[..i], 1_000_000),
-        _ => (digits.as_str(), 1),
-    };
-    digits
-        .parse::<usize>()
-        .ok()
-        .and_then(|n| n.checked_mul(scale))
-        .with_context(|| format!("{text:?} is not a count\n\n{USAGE}"))
-}
-
-fn positive(name: &str, text: &str) -> Result<usize> {
-    let n = parse_count(text)?;
-    ensure!(n > 0, "{name} must be at least 1, got {text:?}\n\n{USAGE}");
-    Ok(n)
-}
-
 /// Runs the scenario: one JSON line on stdout per worker count.
-pub fn run(args: &[String]) -> Result<()> {
-    if args.iter().any(|a| a == "-h" || a == "--help") {
-        eprintln!("{USAGE}");
-        return Ok(());
-    }
-    let config = Config::parse(args)?;
+pub(crate) fn run(config: Config) -> Result<()> {
     let clock_overhead_ns = report::clock_overhead_ns();
     let mut reports = Vec::new();
     for &workers in &config.worker_counts {
@@ -754,10 +734,6 @@ fn groups_text(groups: &Groups) -> String {
 mod tests {
     use super::*;
 
-    fn args(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
-    }
-
     fn tiny_config() -> Config {
         Config {
             worker_counts: vec![60],
@@ -888,17 +864,21 @@ mod tests {
         assert!(err.contains("disagree at step 5"), "{err}");
     }
 
+    fn parse(list: &[&str]) -> Result<Config> {
+        Ok(crate::parse_options::<Options>(list)?.resolve())
+    }
+
     #[test]
     fn arguments() {
-        let quick = Config::parse(&args(&["--quick"])).unwrap();
+        let quick = parse(&["--quick"]).unwrap();
         assert_eq!(quick.worker_counts, vec![1_000]);
         assert_eq!(quick.requests, 10_000);
         assert_eq!(quick.baseline_budget, Duration::from_secs(1));
-        let default = Config::parse(&[]).unwrap();
+        let default = parse(&[]).unwrap();
         assert_eq!(default.worker_counts, vec![1_000, 100_000, 10_000]);
         assert_eq!((default.requests, default.device_types, default.seed), (100_000, 100, 1));
         assert_eq!(default.baseline_budget, Duration::from_secs(10));
-        let custom = Config::parse(&args(&[
+        let custom = parse(&[
             "W=1k,20_000",
             "R=5000",
             "K=7",
@@ -908,15 +888,21 @@ mod tests {
             "0.5",
             "--baseline-decisions",
             "2m",
-        ]))
+        ])
         .unwrap();
         assert_eq!(custom.worker_counts, vec![1_000, 20_000]);
         assert_eq!((custom.requests, custom.device_types, custom.seed), (5_000, 7, 9));
         assert_eq!(custom.baseline_budget, Duration::from_millis(500));
         assert_eq!(custom.baseline_max_decisions, Some(2_000_000));
-        for bad in [&["W=0"][..], &["R=x"], &["--seed"], &["--baseline-secs", "-1"], &["bogus"]] {
-            let err = Config::parse(&args(bad)).unwrap_err().to_string();
-            assert!(err.contains("usage: corral bench matcher"), "{bad:?}: {err}");
+        for (bad, expected) in [
+            (&["W=0"][..], "invalid value 'W=0'"),
+            (&["R=x"], "invalid value 'R=x'"),
+            (&["--seed"], "a value is required for '--seed <N>'"),
+            (&["--baseline-secs", "0"], "needs a positive number of seconds"),
+            (&["bogus"], "a size is W=N[,N...], R=N or K=N"),
+        ] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(err.contains(expected), "{bad:?}: {err}");
         }
     }
 }

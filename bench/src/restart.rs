@@ -44,51 +44,34 @@ use serde::Serialize;
 
 use crate::chaos::AgentThread;
 use crate::chaos::side::{SideDb, epoch_seconds};
+use crate::options;
 use crate::report::{print_json_line, round_to};
 use crate::server::{ApiClient, ServerProcess, load_average};
-
-const USAGE: &str = "\
-usage: corral bench restart [--quick] [--requests R] [--workers W] [--device-types K]
-
-  --requests R       waiting requests when the server restarts (default 10000)
-  --workers W        idle workers when it restarts (default 100; 20 with --quick)
-  --device-types K   device types of workers and requests (default 10)
-  --quick            fewer workers, for CI (checks that it works, judges no figure)";
 
 const READY_TARGET_S: f64 = 5.0;
 const FIRST_BINDING_TARGET_S: f64 = 1.0;
 const AGENT_NAME: &str = "bench-restart";
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Config {
+/// `corral bench restart`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct Options {
+    /// Waiting requests when the server restarts.
+    #[arg(long, value_name = "R", default_value = "10000", value_parser = options::positive)]
     requests: usize,
-    workers: usize,
+    /// Idle workers when it restarts [default: 100; 20 with --quick].
+    #[arg(long, value_name = "W", value_parser = options::positive)]
+    workers: Option<usize>,
+    /// Device types of workers and requests.
+    #[arg(long, value_name = "K", default_value = "10", value_parser = options::positive)]
     device_types: usize,
+    /// Fewer workers, for CI (checks that it works, judges no figure).
+    #[arg(long)]
     quick: bool,
 }
 
-impl Config {
-    fn parse(args: &[String]) -> Result<Option<Config>> {
-        let mut quick = false;
-        let (mut requests, mut workers, mut device_types) = (10_000, None, 10);
-        let mut args = args.iter();
-        while let Some(arg) = args.next() {
-            let mut value = |flag: &str| -> Result<usize> {
-                let text = args.next().with_context(|| format!("{flag} needs a value\n\n{USAGE}"))?;
-                text.parse::<usize>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .with_context(|| format!("{flag} needs a positive integer, got {text:?}"))
-            };
-            match arg.as_str() {
-                "--quick" => quick = true,
-                "--requests" => requests = value("--requests")?,
-                "--workers" => workers = Some(value("--workers")?),
-                "--device-types" => device_types = value("--device-types")?,
-                "-h" | "--help" => return Ok(None),
-                other => bail!("unexpected argument {other:?}\n\n{USAGE}"),
-            }
-        }
+impl Options {
+    pub(crate) fn resolve(self) -> Result<Config> {
+        let Options { requests, workers, device_types, quick } = self;
         let config = Config { requests, workers: workers.unwrap_or(if quick { 20 } else { 100 }), device_types, quick };
         if config.device_types > config.workers {
             bail!("--device-types must not exceed --workers");
@@ -96,8 +79,16 @@ impl Config {
         if config.requests > 1_000_000 || config.workers > 10_000 {
             bail!("--requests at most 1000000, --workers at most 10000");
         }
-        Ok(Some(config))
+        Ok(config)
     }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Config {
+    requests: usize,
+    workers: usize,
+    device_types: usize,
+    quick: bool,
 }
 
 #[derive(Serialize)]
@@ -121,11 +112,7 @@ struct Line {
     build: &'static str,
 }
 
-pub fn run(args: &[String]) -> Result<()> {
-    let Some(config) = Config::parse(args)? else {
-        eprintln!("{USAGE}");
-        return Ok(());
-    };
+pub(crate) fn run(config: Config) -> Result<()> {
     let line = actix_rt::System::new().block_on(measure(&config))?;
     print_json_line(&line)?;
     if !config.quick && !line.targets_met {
@@ -235,22 +222,19 @@ async fn measure(config: &Config) -> Result<Line> {
 mod tests {
     use super::*;
 
-    fn parse(list: &[&str]) -> Result<Option<Config>> {
-        Config::parse(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    fn parse(list: &[&str]) -> Result<Config> {
+        crate::parse_options::<Options>(list)?.resolve()
     }
 
     #[test]
     fn defaults_quick_and_bad_arguments() {
-        assert_eq!(
-            parse(&[]).unwrap().unwrap(),
-            Config { requests: 10_000, workers: 100, device_types: 10, quick: false }
-        );
-        assert_eq!(parse(&["--quick"]).unwrap().unwrap().workers, 20);
-        assert_eq!(parse(&["--requests", "500", "--workers", "30"]).unwrap().unwrap().requests, 500);
+        assert_eq!(parse(&[]).unwrap(), Config { requests: 10_000, workers: 100, device_types: 10, quick: false });
+        assert_eq!(parse(&["--quick"]).unwrap().workers, 20);
+        assert_eq!(parse(&["--requests", "500", "--workers", "30"]).unwrap().requests, 500);
         for (list, expected) in [
             (&["--requests", "0"][..], "positive integer"),
             (&["--workers", "5"][..], "must not exceed --workers"),
-            (&["--what"][..], "unexpected argument"),
+            (&["--what"][..], "unexpected argument '--what'"),
         ] {
             let err = parse(list).unwrap_err().to_string();
             assert!(err.contains(expected), "{list:?}: {err}");

@@ -54,21 +54,10 @@ use corral_embedded_pg::{CORRAL_DATABASE, EmbeddedPostgres};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::options;
 use crate::report::{percentile, print_json_line, round_to};
 use crate::rng::SplitMix64;
 use crate::server::{ApiClient, ServerProcess, load_average};
-
-const USAGE: &str = "\
-usage: corral bench scale [--quick] [--requests N] [--workers N] [--device-types K]
-                          [--users N] [--samples N] [--seed N]
-
-  --requests N       waiting requests in the database (default 100000; 10000 with --quick)
-  --workers N        workers in the database (default 10000; 1000 with --quick)
-  --device-types K   device types of workers and requests (default 100)
-  --users N          owners of the requests (default 4)
-  --samples N        timed calls of each kind (default 200; 50 with --quick)
-  --seed N           seed of the explained requests' choice (default 1)
-  --quick            small sizes, for CI (checks that it works, judges no figure)";
 
 /// The server's log filter for the timed start: start-up phases, no
 /// per-connection noise.
@@ -77,42 +66,35 @@ const START_LOG: &str = "serve-scale.log";
 /// The list calls follow this many cursors after each first page.
 const PAGES_PER_WALK: usize = 4;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Config {
-    requests: usize,
-    workers: usize,
+/// `corral bench scale`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct Options {
+    /// Waiting requests in the database [default: 100000; 10000 with --quick].
+    #[arg(long, value_name = "N", value_parser = options::positive)]
+    requests: Option<usize>,
+    /// Workers in the database [default: 10000; 1000 with --quick].
+    #[arg(long, value_name = "N", value_parser = options::positive)]
+    workers: Option<usize>,
+    /// Device types of workers and requests.
+    #[arg(long, value_name = "K", default_value = "100", value_parser = options::positive)]
     device_types: usize,
+    /// Owners of the requests.
+    #[arg(long, value_name = "N", default_value = "4", value_parser = options::positive)]
     users: usize,
-    samples: usize,
+    /// Timed calls of each kind [default: 200; 50 with --quick].
+    #[arg(long, value_name = "N", value_parser = options::positive)]
+    samples: Option<usize>,
+    /// Seed of the explained requests' choice.
+    #[arg(long, value_name = "N", default_value = "1", value_parser = options::positive_u64)]
     seed: u64,
+    /// Small sizes, for CI (checks that it works, judges no figure).
+    #[arg(long)]
     quick: bool,
 }
 
-impl Config {
-    /// `None` when help was asked for.
-    fn parse(args: &[String]) -> Result<Option<Config>> {
-        let mut quick = false;
-        let (mut requests, mut workers, mut samples) = (None, None, None);
-        let mut device_types = 100;
-        let mut users = 4;
-        let mut seed = 1;
-        let mut args = args.iter();
-        while let Some(arg) = args.next() {
-            let mut value = |flag: &str| {
-                args.next().map(String::as_str).with_context(|| format!("{flag} needs a value\n\n{USAGE}"))
-            };
-            match arg.as_str() {
-                "--quick" => quick = true,
-                "--requests" => requests = Some(positive("--requests", value("--requests")?)?),
-                "--workers" => workers = Some(positive("--workers", value("--workers")?)?),
-                "--device-types" => device_types = positive("--device-types", value("--device-types")?)?,
-                "--users" => users = positive("--users", value("--users")?)?,
-                "--samples" => samples = Some(positive("--samples", value("--samples")?)?),
-                "--seed" => seed = positive("--seed", value("--seed")?)? as u64,
-                "-h" | "--help" => return Ok(None),
-                other => bail!("unexpected argument {other:?}\n\n{USAGE}"),
-            }
-        }
+impl Options {
+    pub(crate) fn resolve(self) -> Result<Config> {
+        let Options { requests, workers, device_types, users, samples, seed, quick } = self;
         let config = Config {
             requests: requests.unwrap_or(if quick { 10_000 } else { 100_000 }),
             workers: workers.unwrap_or(if quick { 1_000 } else { 10_000 }),
@@ -132,18 +114,19 @@ impl Config {
         if u32::try_from(config.requests).is_err() || u32::try_from(config.workers).is_err() {
             bail!("--requests and --workers must be below 2^32");
         }
-        Ok(Some(config))
+        Ok(config)
     }
 }
 
-/// A positive count; `_` separators allowed.
-fn positive(flag: &str, text: &str) -> Result<usize> {
-    let digits: String = text.chars().filter(|c| *c != '_').collect();
-    digits
-        .parse::<usize>()
-        .ok()
-        .filter(|n| *n > 0)
-        .with_context(|| format!("{flag} needs a positive integer, got {text:?}\n\n{USAGE}"))
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Config {
+    requests: usize,
+    workers: usize,
+    device_types: usize,
+    users: usize,
+    samples: usize,
+    seed: u64,
+    quick: bool,
 }
 
 #[derive(Serialize)]
@@ -180,11 +163,7 @@ struct Line {
     build: &'static str,
 }
 
-pub fn run(args: &[String]) -> Result<()> {
-    let Some(config) = Config::parse(args)? else {
-        eprintln!("{USAGE}");
-        return Ok(());
-    };
+pub(crate) fn run(config: Config) -> Result<()> {
     let line = actix_rt::System::new().block_on(measure(&config))?;
     print_json_line(&line)
 }
@@ -392,8 +371,6 @@ fn check_page(page: &Value, owner: Option<&str>, start: i64, step: i64) -> Resul
     Ok(expected + step)
 }
 
-/// Times `samples` explain calls of random waiting requests; returns the
-/// latencies in µs, sorted.
 /// Times `samples` scrapes of `/metrics` (µs each, sorted); each must
 /// answer 200 and count every worker (all in maintenance in the fixture).
 async fn time_metrics(admin: &ApiClient, config: &Config) -> Result<(Vec<u64>, usize)> {
@@ -412,6 +389,8 @@ async fn time_metrics(admin: &ApiClient, config: &Config) -> Result<(Vec<u64>, u
     Ok((samples, bytes))
 }
 
+/// Times `samples` explain calls of random waiting requests; returns the
+/// latencies in µs, sorted.
 async fn time_explain(admin: &ApiClient, loaded: &Loaded, config: &Config) -> Result<Vec<u64>> {
     let mut rng = SplitMix64::new(config.seed);
     let mut samples = Vec::with_capacity(config.samples);
@@ -443,17 +422,13 @@ async fn time_explain(admin: &ApiClient, loaded: &Loaded, config: &Config) -> Re
 mod tests {
     use super::*;
 
-    fn args(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
-    }
-
-    fn parse(list: &[&str]) -> Result<Option<Config>> {
-        Config::parse(&args(list))
+    fn parse(list: &[&str]) -> Result<Config> {
+        crate::parse_options::<Options>(list)?.resolve()
     }
 
     #[test]
     fn defaults_and_quick() {
-        let full = parse(&[]).unwrap().unwrap();
+        let full = parse(&[]).unwrap();
         assert_eq!(
             full,
             Config {
@@ -466,7 +441,7 @@ mod tests {
                 quick: false
             }
         );
-        let quick = parse(&["--quick"]).unwrap().unwrap();
+        let quick = parse(&["--quick"]).unwrap();
         assert_eq!(quick, Config { requests: 10_000, workers: 1_000, samples: 50, quick: true, ..full });
     }
 
@@ -487,25 +462,23 @@ mod tests {
             "--seed",
             "9",
         ])
-        .unwrap()
         .unwrap();
         assert_eq!(
             config,
             Config { requests: 20_000, workers: 500, device_types: 10, users: 2, samples: 30, seed: 9, quick: true }
         );
-        assert_eq!(parse(&["-h"]).unwrap(), None);
     }
 
     #[test]
     fn bad_arguments_are_refused() {
         for (list, expected) in [
-            (&["--requests"][..], "--requests needs a value"),
-            (&["--workers", "0"][..], "--workers needs a positive integer"),
-            (&["--samples", "many"][..], "--samples needs a positive integer"),
+            (&["--requests"][..], "a value is required for '--requests <N>'"),
+            (&["--workers", "0"][..], "for '--workers <N>': needs a positive integer"),
+            (&["--samples", "many"][..], "for '--samples <N>': needs a positive integer"),
             (&["--device-types", "200", "--workers", "100"][..], "must not exceed --workers"),
             (&["--requests", "1000"][..], "--requests must be at least 1600"),
             (&["--requests", "5000000000"][..], "below 2^32"),
-            (&["scale"][..], "unexpected argument"),
+            (&["scale"][..], "unexpected argument 'scale'"),
         ] {
             let err = parse(list).unwrap_err().to_string();
             assert!(err.contains(expected), "{list:?}: {err}");
@@ -520,7 +493,7 @@ mod tests {
 
     #[test]
     fn workers_per_device_type() {
-        let config = parse(&["--workers", "1005", "--device-types", "100"]).unwrap().unwrap();
+        let config = parse(&["--workers", "1005", "--device-types", "100"]).unwrap();
         assert_eq!(workers_of_type(0, &config), 11);
         assert_eq!(workers_of_type(4, &config), 11);
         assert_eq!(workers_of_type(5, &config), 10);

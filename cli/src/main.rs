@@ -52,8 +52,9 @@ enum Command {
     Completions(CompletionsArgs),
     /// The audit log of admin actions, newest first (admin).
     Audit(client::AuditArgs),
-    /// Run a benchmark scenario: matcher, lifecycle, heartbeats, scale, chaos, restart, events.
-    Bench(BenchArgs),
+    /// Run a benchmark scenario: matcher, lifecycle, heartbeats, scale, chaos, restart, events,
+    /// dashboard.
+    Bench(corral_bench::Bench),
 }
 
 #[derive(Args, Debug)]
@@ -127,13 +128,6 @@ enum CompletionShell {
     Bash,
     Zsh,
     Fish,
-}
-
-#[derive(Args, Debug)]
-struct BenchArgs {
-    /// Scenario and its arguments: SCENARIO [--quick] [sizes...]
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
-    args: Vec<String>,
 }
 
 fn init_logs(format: &str) {
@@ -212,7 +206,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(args) => client::audit(args),
         Command::Bench(args) => {
             init_logs(cli.log_format.as_deref().unwrap_or("plain"));
-            corral_bench::run(&args.args)
+            corral_bench::run(args)
         }
     }
 }

@@ -11,7 +11,7 @@ use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use tokio_postgres::{Client, NoTls};
 
 /// How often a statement is tried when its connection was dropped (by a
@@ -59,28 +59,8 @@ impl SideDb {
         self.client.as_ref().context("no verifier connection")
     }
 
-    /// Runs `query` (one row expected) with `params`, reconnecting when the
-    /// connection was dropped.
-    async fn query_one(
-        &mut self,
-        query: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<tokio_postgres::Row> {
-        let mut last = None;
-        for _ in 0..ATTEMPTS {
-            match self.client().await {
-                Ok(client) => match client.query_one(query, params).await {
-                    Ok(row) => return Ok(row),
-                    Err(err) => last = Some(anyhow::Error::new(err)),
-                },
-                Err(err) => last = Some(err),
-            }
-            self.client = None;
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt")).context(query.to_string()))
-    }
-
+    /// Runs `query` with `params`, reconnecting when the connection was
+    /// dropped (up to `ATTEMPTS` times).
     async fn query(
         &mut self,
         query: &str,
@@ -99,6 +79,18 @@ impl SideDb {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt")).context(query.to_string()))
+    }
+
+    /// Runs `query` (an aggregate: one row expected) with `params`,
+    /// reconnecting when the connection was dropped.
+    async fn query_one(
+        &mut self,
+        query: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<tokio_postgres::Row> {
+        let mut rows = self.query(query, params).await?;
+        ensure!(rows.len() == 1, "{query}: {} rows where one was expected", rows.len());
+        Ok(rows.remove(0))
     }
 
     /// The earliest `bound_at` (epoch seconds) of a lease bound at or after

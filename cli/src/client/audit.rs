@@ -2,8 +2,8 @@
 
 use clap::Args;
 
-use super::output::{self, Table};
-use super::{CommonArgs, PageArgs, block_on, print_listing_json};
+use super::output;
+use super::{CommonArgs, PageArgs, block_on, print_listing};
 
 #[derive(Args, Debug)]
 pub struct AuditArgs {
@@ -16,29 +16,21 @@ pub struct AuditArgs {
 pub fn run(args: AuditArgs) -> anyhow::Result<()> {
     block_on(async move {
         let listing = args.common.client()?.audit(&args.page.paging()).await?;
-        if print_listing_json(&args.common, &listing)? {
-            return Ok(());
-        }
-        let mut table = Table::new(&["AT", "ACTOR", "ADDRESS", "ACTION", "TARGET", "OUTCOME", "DETAIL"]);
-        for entry in listing.items {
-            let outcome = match entry.message {
+        let headers = ["AT", "ACTOR", "ADDRESS", "ACTION", "TARGET", "OUTCOME", "DETAIL"];
+        print_listing(&args.common, &listing, "entries", None, &headers, |entry| {
+            let outcome = match &entry.message {
                 Some(message) => format!("{}: {message}", entry.outcome),
-                None => entry.outcome,
+                None => entry.outcome.clone(),
             };
-            table.row(vec![
+            vec![
                 output::time(entry.at),
-                entry.actor,
-                output::or_dash(entry.address),
-                entry.action,
-                entry.target,
+                entry.actor.clone(),
+                output::or_dash(entry.address.as_ref()),
+                entry.action.clone(),
+                entry.target.clone(),
                 outcome,
-                output::or_dash(Some(entry.detail)),
-            ]);
-        }
-        table.print()?;
-        if let Some(cursor) = listing.next_cursor {
-            eprintln!("more entries: give --all, or --cursor {cursor}");
-        }
-        Ok(())
+                output::or_dash(Some(&entry.detail)),
+            ]
+        })
     })
 }

@@ -36,6 +36,7 @@ pub use users::UserCommand;
 pub use workers::WorkerCommand;
 
 use self::connection::{Connection, Environment};
+use self::output::Table;
 use corral_client::{Client, Listing, Paging};
 
 /// `corral request ...`
@@ -84,9 +85,18 @@ impl PageArgs {
     }
 }
 
-/// `--json` of a listing: `{"items": [...], "next_cursor": ...}`; else
-/// `Ok(false)`, for the caller to print it for people.
-fn print_listing_json<T: serde::Serialize>(common: &CommonArgs, listing: &Listing<T>) -> anyhow::Result<bool> {
+/// Prints a listing: with `--json` as `{"items": [...], "next_cursor": ...}`;
+/// else as a table of `headers` with a row per item (or `empty`, if given,
+/// when there is no item), then on stderr how to get the next page of
+/// `what`.
+fn print_listing<T: serde::Serialize>(
+    common: &CommonArgs,
+    listing: &Listing<T>,
+    what: &str,
+    empty: Option<&str>,
+    headers: &[&'static str],
+    row: impl Fn(&T) -> Vec<String>,
+) -> anyhow::Result<()> {
     if listing.truncated {
         eprintln!(
             "corral: stopped after {} pages; continue with --cursor {}",
@@ -94,11 +104,23 @@ fn print_listing_json<T: serde::Serialize>(common: &CommonArgs, listing: &Listin
             listing.next_cursor.as_deref().unwrap_or("")
         );
     }
-    if !common.json {
-        return Ok(false);
+    if common.json {
+        return output::json(&serde_json::json!({ "items": listing.items, "next_cursor": listing.next_cursor }));
     }
-    output::json(&serde_json::json!({ "items": listing.items, "next_cursor": listing.next_cursor }))?;
-    Ok(true)
+    match empty {
+        Some(text) if listing.items.is_empty() => output::emit(text)?,
+        _ => {
+            let mut table = Table::new(headers);
+            for item in &listing.items {
+                table.row(row(item));
+            }
+            table.print()?;
+        }
+    }
+    if let Some(cursor) = &listing.next_cursor {
+        eprintln!("more {what}: give --all, or --cursor {cursor}");
+    }
+    Ok(())
 }
 
 /// An error as the CLI prints it: the causes, and for a server that

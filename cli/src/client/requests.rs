@@ -12,7 +12,7 @@ use corral_proto::requests::{NewRequest, Request, RequestPatch};
 use super::acquire::AcquireArgs;
 use super::output::{self, Table};
 use super::{
-    CommonArgs, PageArgs, block_on, parse_cap, parse_duration, parse_instant, parse_priority, print_listing_json, ssh,
+    CommonArgs, PageArgs, block_on, parse_cap, parse_duration, parse_instant, parse_priority, print_listing, ssh,
 };
 
 #[derive(Subcommand, Debug)]
@@ -164,31 +164,18 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
     let client = args.common.client()?;
     let filter = RequestFilter { states: args.state.clone(), owner: args.owner.clone(), priority: args.priority };
     let listing = client.requests(&filter, &args.page.paging()).await?;
-    if print_listing_json(&args.common, &listing)? {
-        return Ok(());
-    }
-    let requests = &listing.items;
-    if requests.is_empty() {
-        output::emit("no requests\n")?;
-    } else {
-        let mut table = Table::new(&["ID", "STATE", "PRI", "OWNER", "WORKER", "LEASE ENDS", "CAPS"]);
-        for r in requests {
-            table.row(vec![
-                r.id.to_string(),
-                r.state.to_string(),
-                r.priority.to_string(),
-                r.owner.clone(),
-                output::or_dash(r.worker),
-                output::or_dash(r.lease_expires_at.map(output::time)),
-                output::or_dash(Some(&r.caps)),
-            ]);
-        }
-        table.print()?;
-    }
-    if let Some(cursor) = &listing.next_cursor {
-        eprintln!("more requests: give --all, or --cursor {cursor}");
-    }
-    Ok(())
+    let headers = ["ID", "STATE", "PRI", "OWNER", "WORKER", "LEASE ENDS", "CAPS"];
+    print_listing(&args.common, &listing, "requests", Some("no requests\n"), &headers, |r| {
+        vec![
+            r.id.to_string(),
+            r.state.to_string(),
+            r.priority.to_string(),
+            r.owner.clone(),
+            output::or_dash(r.worker),
+            output::or_dash(r.lease_expires_at.map(output::time)),
+            output::or_dash(Some(&r.caps)),
+        ]
+    })
 }
 
 async fn show(args: IdArgs) -> anyhow::Result<()> {

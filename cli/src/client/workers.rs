@@ -7,8 +7,8 @@ use corral_client::workers::WorkerFilter;
 use corral_core::WorkerId;
 use corral_proto::workers::{AdminState, HandOver, StateChange, Worker};
 
-use super::output::{self, Table};
-use super::{CommonArgs, PageArgs, block_on, parse_cap, print_listing_json};
+use super::output;
+use super::{CommonArgs, PageArgs, block_on, parse_cap, print_listing};
 
 #[derive(Subcommand, Debug)]
 pub enum WorkerCommand {
@@ -227,55 +227,34 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
         caps: args.caps.clone(),
     };
     let listing = args.common.client()?.workers(&filter, &args.page.paging()).await?;
-    if print_listing_json(&args.common, &listing)? {
-        return Ok(());
-    }
-    let workers = &listing.items;
-    if workers.is_empty() {
-        output::emit("no workers\n")?;
-    } else {
-        let mut table = Table::new(&["UUID", "STATE", "HOLD", "AGENT", "REQUEST", "GROUPS", "CAPS", "REASON", "NOTE"]);
-        for w in workers {
-            table.row(vec![
-                w.uuid.to_string(),
-                w.state.to_string(),
-                hold(w),
-                w.agent.clone(),
-                output::or_dash(w.request),
-                output::list(w.groups.iter()),
-                output::or_dash(Some(&w.caps)),
-                output::or_dash(w.reason.as_deref()),
-                output::or_dash(w.note.as_deref().map(|n| n.lines().next().unwrap_or_default())),
-            ]);
-        }
-        table.print()?;
-    }
-    if let Some(cursor) = &listing.next_cursor {
-        eprintln!("more workers: give --all, or --cursor {cursor}");
-    }
-    Ok(())
+    let headers = ["UUID", "STATE", "HOLD", "AGENT", "REQUEST", "GROUPS", "CAPS", "REASON", "NOTE"];
+    print_listing(&args.common, &listing, "workers", Some("no workers\n"), &headers, |w| {
+        vec![
+            w.uuid.to_string(),
+            w.state.to_string(),
+            hold(w),
+            w.agent.clone(),
+            output::or_dash(w.request),
+            output::list(w.groups.iter()),
+            output::or_dash(Some(&w.caps)),
+            output::or_dash(w.reason.as_deref()),
+            output::or_dash(w.note.as_deref().map(|n| n.lines().next().unwrap_or_default())),
+        ]
+    })
 }
 
 async fn history(args: HistoryArgs) -> anyhow::Result<()> {
     let listing = args.common.client()?.worker_history(args.uuid, &args.page.paging()).await?;
-    if print_listing_json(&args.common, &listing)? {
-        return Ok(());
-    }
-    let mut table = Table::new(&["AT", "FROM", "TO", "ACTOR", "REASON"]);
-    for entry in listing.items {
-        table.row(vec![
+    let headers = ["AT", "FROM", "TO", "ACTOR", "REASON"];
+    print_listing(&args.common, &listing, "history", None, &headers, |entry| {
+        vec![
             output::time(entry.at),
-            output::or_dash(entry.from),
-            entry.to,
-            entry.actor,
-            output::or_dash(Some(entry.reason)),
-        ]);
-    }
-    table.print()?;
-    if let Some(cursor) = listing.next_cursor {
-        eprintln!("more history: give --all, or --cursor {cursor}");
-    }
-    Ok(())
+            output::or_dash(entry.from.as_ref()),
+            entry.to.clone(),
+            entry.actor.clone(),
+            output::or_dash(Some(&entry.reason)),
+        ]
+    })
 }
 
 async fn set_state(common: &CommonArgs, uuid: WorkerId, change: &StateChange) -> anyhow::Result<()> {
