@@ -113,8 +113,9 @@ fn refuse_symlink(path: &Path) -> anyhow::Result<()> {
 }
 
 /// Creates `path` (which must not exist; a link planted there is not
-/// followed) mode 0600 with `secret`.
-fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
+/// followed) mode 0600 with `secret` and a newline, and syncs it. The one
+/// way corral writes a secret to a file (tokens here, the CLI's lease keys).
+pub fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

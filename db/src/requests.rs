@@ -4,7 +4,9 @@
 use std::sync::LazyLock;
 use std::time::{Duration, SystemTime};
 
-use corral_core::{Caps, FencingToken, Groups, Priority, RequestId, RequestState, UserId, WorkerId};
+use corral_core::request::RequestEvent;
+use corral_core::worker::WorkerEvent;
+use corral_core::{Caps, FencingToken, Groups, Priority, RequestId, RequestState, UserId, WorkerId, WorkerState};
 
 pub use corral_core::records::{Idempotency, RequestFilter};
 
@@ -15,6 +17,36 @@ const REQUEST_COLUMNS: &str = "id, owner, owner_id, owner_groups, state, priorit
      lease_ms, ssh_public_key, key_type, worker, lease_expires_at, reason, updated_at";
 const LEASE_COLUMNS: &str =
     "request, worker, fence, bound_at, started_at, tunnel_port, key_type, public_key, private_key";
+
+/// A move of core's state tables that a statement below writes itself
+/// (the binding, the start of a lease, the end of a lease for its worker):
+/// the state it leaves, which the statement's guard requires, and the
+/// state core's table gives for the event. The statements are built from
+/// these once, so what they write is what the table says.
+#[derive(Debug, PartialEq, Eq)]
+struct Move {
+    from: &'static str,
+    to: &'static str,
+}
+
+impl Move {
+    fn worker(from: WorkerState, event: WorkerEvent) -> Move {
+        let to = from.apply(event).unwrap_or_else(|illegal| panic!("core's worker table: {illegal}"));
+        Move { from: from.as_str(), to: to.as_str() }
+    }
+
+    fn request(from: RequestState, event: RequestEvent) -> Move {
+        let to = from.apply(event).unwrap_or_else(|illegal| panic!("core's request table: {illegal}"));
+        Move { from: from.as_str(), to: to.as_str() }
+    }
+}
+
+/// The binding's move of its worker.
+static LEASED: LazyLock<Move> = LazyLock::new(|| Move::worker(WorkerState::Idle, WorkerEvent::Lease));
+/// The start of a lease's move of its request.
+static STARTED: LazyLock<Move> = LazyLock::new(|| Move::request(RequestState::Waiting, RequestEvent::Start));
+/// The end of a lease's move of its worker (unless it drains or works).
+static LEASE_ENDED: LazyLock<Move> = LazyLock::new(|| Move::worker(WorkerState::Running, WorkerEvent::LeaseEnded));
 
 /// The request history's reason for a binding, `uuid` naming the worker.
 const MATCHED_REASON: &str = "'matched to worker ' || uuid || '; installing the lease key'";
@@ -34,14 +66,16 @@ fn binding_records(at: &str, request: &str, from: &str) -> String {
                 acquired_at = EXCLUDED.acquired_at),
          wh AS (
             INSERT INTO worker_history (worker, at, from_state, to_state, actor, reason)
-            SELECT uuid, {at}, 'idle', 'running', 'matcher', 'leased to request ' || {request} FROM {from})"
+            SELECT uuid, {at}, '{leaves}', '{enters}', 'matcher', 'leased to request ' || {request} FROM {from})",
+        leaves = LEASED.from,
+        enters = LEASED.to,
     )
 }
 
-/// The worker's move to `running` in a binding (`at`: the time
-/// parameter): its fencing token goes up by one.
+/// The worker's move in a binding ([`LEASED`]; `at`: the time parameter):
+/// its fencing token goes up by one.
 fn worker_leased(at: &str) -> String {
-    format!("state = 'running', fence = workers.fence + 1, state_since = {at}, reason = NULL, last_used = {at}")
+    format!("state = '{}', fence = workers.fence + 1, state_since = {at}, reason = NULL, last_used = {at}", LEASED.to)
 }
 
 /// The guard of a binding: worker `worker`, whose fencing token is now
@@ -77,7 +111,7 @@ static INSERT_REQUESTS: LazyLock<String> = LazyLock::new(|| {
          w AS (
             UPDATE workers SET {leased}
             FROM p WHERE workers.uuid = p.worker AND workers.uuid = ANY ((SELECT $12::uuid[])::uuid[])
-                AND workers.state = 'idle' AND workers.work IS NULL
+                AND workers.state = '{idle}' AND workers.work IS NULL
                 AND EXISTS (SELECT 1 FROM leader WHERE id = 1 AND session = p.leader)
                 AND {free}
             RETURNING workers.uuid, workers.fence, workers.session, p.id AS request, p.at),
@@ -103,6 +137,7 @@ static INSERT_REQUESTS: LazyLock<String> = LazyLock::new(|| {
          SELECT r.*, l.fence AS bound_fence, p.call FROM r JOIN p ON p.id = r.id
             LEFT JOIN l ON l.request = r.id",
         leased = worker_leased("p.at"),
+        idle = LEASED.from,
         free = worker_free("workers.uuid", "workers.fence"),
         records = binding_records("w.at", "w.request", "w"),
         matched = MATCHED_REASON,
@@ -118,7 +153,7 @@ static BIND_LEASES: LazyLock<String> = LazyLock::new(|| {
             JOIN LATERAL (SELECT state, worker FROM requests WHERE id = p.request OFFSET 0) r
                 ON r.state = 'waiting' AND r.worker IS NULL
             JOIN LATERAL (SELECT state, fence, work FROM workers WHERE uuid = p.worker OFFSET 0) w
-                ON w.state = 'idle' AND w.work IS NULL
+                ON w.state = '{idle}' AND w.work IS NULL
             WHERE EXISTS (SELECT 1 FROM leader WHERE id = 1 AND session = $4)
                 AND NOT EXISTS (SELECT 1 FROM leases WHERE leases.request = p.request)
                 AND {free}),
@@ -140,6 +175,7 @@ static BIND_LEASES: LazyLock<String> = LazyLock::new(|| {
             SELECT request, $3, 'waiting', 'waiting', 'matcher', {matched} FROM w)
          SELECT request, fence FROM l",
         leased = worker_leased("$3"),
+        idle = LEASED.from,
         free = worker_free("p.worker", "w.fence"),
         records = binding_records("$3", "w.request", "w"),
         matched = MATCHED_REASON,
@@ -157,22 +193,24 @@ static START_LEASES: LazyLock<String> = LazyLock::new(|| {
                 AS p(request, fence, at, kind, public_key, private_key, port, expires_at, actor)
             JOIN LATERAL (SELECT 1 FROM leases WHERE request = p.request AND fence = p.fence
                 AND ended_at IS NULL AND started_at IS NULL OFFSET 0) l ON true
-            JOIN LATERAL (SELECT state FROM requests WHERE id = p.request OFFSET 0) q ON q.state = 'waiting'),
+            JOIN LATERAL (SELECT state FROM requests WHERE id = p.request OFFSET 0) q ON q.state = '{leaves}'),
          l AS (
             UPDATE leases SET started_at = ok.at, key_type = ok.kind, public_key = ok.public_key,
                 private_key = ok.private_key, tunnel_port = ok.port
             FROM ok WHERE leases.request = ok.request AND leases.fence = ok.fence
                 AND leases.request = ANY ((SELECT $1::bigint[])::bigint[])),
          r AS (
-            UPDATE requests SET state = 'in_progress', lease_expires_at = ok.expires_at, updated_at = ok.at,
+            UPDATE requests SET state = '{enters}', lease_expires_at = ok.expires_at, updated_at = ok.at,
                 reason = NULL
             FROM ok WHERE requests.id = ok.request AND requests.id = ANY ((SELECT $1::bigint[])::bigint[])
             RETURNING {columns}, ok.actor AS started_by),
          h AS (INSERT INTO request_history (request, at, from_state, to_state, actor, reason)
-            SELECT id, updated_at, 'waiting', 'in_progress', started_by,
+            SELECT id, updated_at, '{leaves}', '{enters}', started_by,
                 'lease started on worker ' || worker || ' until ' || lease_expires_at FROM r)
          SELECT * FROM r",
         columns = crate::qualified("requests", REQUEST_COLUMNS),
+        leaves = STARTED.from,
+        enters = STARTED.to,
     )
 });
 
@@ -235,13 +273,13 @@ static END_LEASES: LazyLock<String> = LazyLock::new(|| {
          h AS (INSERT INTO request_history (request, at, from_state, to_state, actor, reason)
             SELECT id, updated_at, from_state, state, ended_by, reason FROM r),
          w AS (
-            UPDATE workers SET state = 'prepare', state_since = ok.at, reason = NULL
+            UPDATE workers SET state = '{enters}', state_since = ok.at, reason = NULL
             FROM ok WHERE workers.uuid = ok.worker AND workers.uuid = ANY (ARRAY (SELECT worker FROM ok))
-                AND workers.state = 'running' AND workers.fence = ok.fence AND NOT workers.drain
+                AND workers.state = '{leaves}' AND workers.fence = ok.fence AND NOT workers.drain
                 AND workers.work IS NULL
             RETURNING workers.uuid, workers.session, ok.request, ok.at, ok.why),
          wh AS (INSERT INTO worker_history (worker, at, from_state, to_state, actor, reason)
-            SELECT uuid, at, 'running', 'prepare', 'server',
+            SELECT uuid, at, '{leaves}', '{enters}', 'server',
                 'lease of request ' || request || ' ended (' || why || '); revoking the key' FROM w),
          wd AS (DELETE FROM work_locks USING w
             WHERE work_locks.worker = w.uuid AND work_locks.process <> 'prepare'),
@@ -251,6 +289,8 @@ static END_LEASES: LazyLock<String> = LazyLock::new(|| {
                 acquired_at = EXCLUDED.acquired_at)
          SELECT r.*, EXISTS (SELECT 1 FROM w WHERE w.request = r.id) AS worker_prepared FROM r",
         columns = crate::qualified("requests", REQUEST_COLUMNS),
+        leaves = LEASE_ENDED.from,
+        enters = LEASE_ENDED.to,
     )
 });
 
@@ -459,7 +499,43 @@ fn one_request(
     }
 }
 
+/// One statement that changes one request and writes its history row:
+/// `UPDATE requests SET {set} WHERE {guard}`, then the history row whose
+/// values after `request` (at, from_state, to_state, actor, reason)
+/// `history` selects from the changed row `r`; it answers the changed row.
+fn request_change(set: &str, guard: &str, history: &str) -> String {
+    format!(
+        "WITH r AS (UPDATE requests SET {set} WHERE {guard} RETURNING {REQUEST_COLUMNS}),
+         h AS (INSERT INTO request_history (request, at, from_state, to_state, actor, reason)
+            SELECT id, {history} FROM r)
+         SELECT * FROM r"
+    )
+}
+
 impl Db {
+    /// Runs a [`request_change`] statement (prepared once per connection)
+    /// with `params`: the changed request, or a conflict saying `refused`
+    /// when the guard matched no row.
+    async fn change_request(
+        &self,
+        op: DatabaseOperation,
+        statement: &'static str,
+        params: crate::batch::Columns,
+        refused: String,
+    ) -> Result<RequestRecord, DbError> {
+        let params = std::sync::Arc::new(params);
+        self.run(op, move |client| {
+            let (params, refused) = (params.clone(), refused.clone());
+            Box::pin(async move {
+                let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                    params.iter().map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+                let stmt = client.prepare_cached(statement).await?;
+                one_request(op, client.query_opt(&stmt, &refs).await?, refused)
+            })
+        })
+        .await
+    }
+
     /// Inserts a request and, when `bind` names a worker and the server's
     /// leading session, binds it to that worker in the same statement (one
     /// commit): the matcher decided for it while it was being submitted.
@@ -692,31 +768,24 @@ impl Db {
         at: SystemTime,
         actor: &str,
     ) -> Result<RequestRecord, DbError> {
-        let op = DatabaseOperation::UpdateRequest;
-        let actor = actor.to_string();
-        self.run(op, move |client| {
-            let actor = actor.clone();
-            Box::pin(async move {
-                let row = client
-                    .query_opt(
-                        &format!(
-                            "WITH r AS (
-                                UPDATE requests SET priority = $2, valid_after = $3, deadline = $4, updated_at = $5
-                                WHERE id = $1 AND state = 'waiting' AND worker IS NULL
-                                RETURNING {REQUEST_COLUMNS}),
-                             h AS (INSERT INTO request_history (request, at, from_state, to_state, actor, reason)
-                                SELECT id, $5, 'waiting', 'waiting', $6,
-                                  'updated: priority ' || priority || ', valid_after ' || valid_after || ', deadline ' || deadline
-                                FROM r)
-                             SELECT * FROM r"
-                        ),
-                        &[&id.0, &i16::from(priority.get()), &valid_after, &deadline, &at, &actor],
-                    )
-                    .await?;
-                one_request(op, row, format!("request {id} is no longer waiting"))
-            })
-        })
-        .await
+        static UPDATE: LazyLock<String> = LazyLock::new(|| {
+            request_change(
+                "priority = $2, valid_after = $3, deadline = $4, updated_at = $5",
+                "id = $1 AND state = 'waiting' AND worker IS NULL",
+                "$5, 'waiting', 'waiting', $6,
+                    'updated: priority ' || priority || ', valid_after ' || valid_after || ', deadline ' || deadline",
+            )
+        });
+        let params: crate::batch::Columns = vec![
+            Box::new(id.0),
+            Box::new(i16::from(priority.get())),
+            Box::new(valid_after),
+            Box::new(deadline),
+            Box::new(at),
+            Box::new(actor.to_string()),
+        ];
+        let refused = format!("request {id} is no longer waiting");
+        self.change_request(DatabaseOperation::UpdateRequest, &UPDATE, params, refused).await
     }
 
     /// Moves an unbound request from `from` to `to` (cancel, timeout,
@@ -730,27 +799,23 @@ impl Db {
         actor: &str,
         reason: &str,
     ) -> Result<RequestRecord, DbError> {
-        let op = DatabaseOperation::RequestTransition;
-        let (actor, reason) = (actor.to_string(), reason.to_string());
-        self.run(op, move |client| {
-            let (actor, reason) = (actor.clone(), reason.clone());
-            Box::pin(async move {
-                let stmt = client
-                    .prepare_cached(&format!(
-                        "WITH r AS (
-                            UPDATE requests SET state = $3, updated_at = $4, reason = $6
-                            WHERE id = $1 AND state = $2 AND worker IS NULL
-                            RETURNING {REQUEST_COLUMNS}),
-                         h AS (INSERT INTO request_history (request, at, from_state, to_state, actor, reason)
-                            SELECT id, $4, $2, $3, $5, $6 FROM r)
-                         SELECT * FROM r"
-                    ))
-                    .await?;
-                let row = client.query_opt(&stmt, &[&id.0, &from.as_str(), &to.as_str(), &at, &actor, &reason]).await?;
-                one_request(op, row, format!("request {id} is not {from} and unbound"))
-            })
-        })
-        .await
+        static TRANSITION: LazyLock<String> = LazyLock::new(|| {
+            request_change(
+                "state = $3, updated_at = $4, reason = $6",
+                "id = $1 AND state = $2 AND worker IS NULL",
+                "$4, $2, $3, $5, $6",
+            )
+        });
+        let params: crate::batch::Columns = vec![
+            Box::new(id.0),
+            Box::new(from.as_str()),
+            Box::new(to.as_str()),
+            Box::new(at),
+            Box::new(actor.to_string()),
+            Box::new(reason.to_string()),
+        ];
+        let refused = format!("request {id} is not {from} and unbound");
+        self.change_request(DatabaseOperation::RequestTransition, &TRANSITION, params, refused).await
     }
 
     /// The live (waiting or in-progress) requests of one owner.
@@ -1045,20 +1110,13 @@ impl Db {
                 if n != 1 {
                     return Err(DbError::conflict(op, format!("request {request} has no pending lease {fence}")).into());
                 }
-                let row = tx
-                    .query_opt(
-                        &format!(
-                            "WITH r AS (
-                                UPDATE requests SET worker = NULL, updated_at = $2
-                                WHERE id = $1 AND state = 'waiting'
-                                RETURNING {REQUEST_COLUMNS}),
-                             h AS (INSERT INTO request_history (request, at, from_state, to_state, actor, reason)
-                                SELECT id, $2, 'waiting', 'waiting', $3, $4 FROM r)
-                             SELECT * FROM r"
-                        ),
-                        &[&request.0, &at, &actor, &format!("back in the queue: {reason}")],
-                    )
-                    .await?;
+                let statement = request_change(
+                    "worker = NULL, updated_at = $2",
+                    "id = $1 AND state = 'waiting'",
+                    "$2, 'waiting', 'waiting', $3, $4",
+                );
+                let reason = format!("back in the queue: {reason}");
+                let row = tx.query_opt(&statement, &[&request.0, &at, &actor, &reason]).await?;
                 let record = one_request(op, row, format!("request {request} is not waiting"))?;
                 tx.commit().await?;
                 Ok(record)
@@ -1074,29 +1132,17 @@ impl Db {
         at: SystemTime,
         actor: &str,
     ) -> Result<RequestRecord, DbError> {
-        let op = DatabaseOperation::Prolong;
-        let actor = actor.to_string();
-        self.run(op, move |client| {
-            let actor = actor.clone();
-            Box::pin(async move {
-                let row = client
-                    .query_opt(
-                        &format!(
-                            "WITH r AS (
-                                UPDATE requests SET lease_expires_at = $2, updated_at = $3
-                                WHERE id = $1 AND state = 'in_progress'
-                                RETURNING {REQUEST_COLUMNS}),
-                             h AS (INSERT INTO request_history (request, at, from_state, to_state, actor, reason)
-                                SELECT id, $3, 'in_progress', 'in_progress', $4, 'lease prolonged until ' || $2 FROM r)
-                             SELECT * FROM r"
-                        ),
-                        &[&request.0, &expires_at, &at, &actor],
-                    )
-                    .await?;
-                one_request(op, row, format!("request {request} is not in progress"))
-            })
-        })
-        .await
+        static PROLONG: LazyLock<String> = LazyLock::new(|| {
+            request_change(
+                "lease_expires_at = $2, updated_at = $3",
+                "id = $1 AND state = 'in_progress'",
+                "$3, 'in_progress', 'in_progress', $4, 'lease prolonged until ' || $2",
+            )
+        });
+        let params: crate::batch::Columns =
+            vec![Box::new(request.0), Box::new(expires_at), Box::new(at), Box::new(actor.to_string())];
+        let refused = format!("request {request} is not in progress");
+        self.change_request(DatabaseOperation::Prolong, &PROLONG, params, refused).await
     }
 
     pub async fn load_live_leases(&self) -> Result<Vec<LeaseRecord>, DbError> {
@@ -1127,4 +1173,29 @@ fn replay(key: &Idempotency, found: (RequestRecord, Option<FencingToken>, Vec<u8
         ));
     }
     Ok(Submitted { record, fence, replayed: true })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The binding, the start and the end of a lease write the moves of
+    /// core's tables, guarded by the state they leave.
+    #[test]
+    fn the_lease_statements_write_the_moves_of_cores_tables() {
+        assert_eq!(*LEASED, Move { from: "idle", to: "running" });
+        assert_eq!(*STARTED, Move { from: "waiting", to: "in_progress" });
+        assert_eq!(*LEASE_ENDED, Move { from: "running", to: "prepare" });
+        for binding in [&*INSERT_REQUESTS, &*BIND_LEASES] {
+            assert!(binding.contains("SET state = 'running'"), "{binding}");
+            assert!(binding.contains("state = 'idle' AND w"), "{binding}");
+            assert!(binding.contains("'idle', 'running', 'matcher'"), "{binding}");
+        }
+        assert!(START_LEASES.contains("q.state = 'waiting'"));
+        assert!(START_LEASES.contains("SET state = 'in_progress'"));
+        assert!(START_LEASES.contains("'waiting', 'in_progress', started_by"));
+        assert!(END_LEASES.contains("SET state = 'prepare'"));
+        assert!(END_LEASES.contains("workers.state = 'running'"));
+        assert!(END_LEASES.contains("'running', 'prepare', 'server'"));
+    }
 }

@@ -10,8 +10,7 @@
 //! `corral request close ID` removes them, and the next acquire of the same
 //! request replaces them.
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -109,18 +108,7 @@ pub fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
         }
         _ => {}
     }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    let mut text = text.to_string();
-    if !text.ends_with('\n') {
-        text.push('\n');
-    }
-    file.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))
+    corral_api::serve::write_secret(path, text.strip_suffix('\n').unwrap_or(text))
 }
 
 /// `$XDG_RUNTIME_DIR/corral`, or `$TMPDIR/corral-UID`.
