@@ -235,7 +235,8 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
                 }
                 let _ = stop.send(true);
             });
-            corral_agent::run(Rc::new(backend), options, stopped).await
+            corral_agent::run(Rc::new(backend), options, stopped).await?;
+            Ok(())
         })
     }
 
