@@ -67,6 +67,8 @@ pub struct Settings {
     pub events_buffer: usize,
 }
 
+/// The defaults of SPEC §11, written once: the server configuration's
+/// defaults (`corral_api::Config::default`) are taken from here.
 impl Default for Settings {
     fn default() -> Self {
         Settings {

@@ -46,6 +46,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -53,23 +54,69 @@ use corral_core::time::opt_duration;
 use corral_core::{Caps, Groups, WorkerId};
 use serde::Deserialize;
 
-/// Problems with the configuration file, each naming the file and the field.
+/// Problems with the configuration file, each naming the file (and the
+/// field). A cause (an IO or TOML error ...) is the error's source: print
+/// the chain (`{:#}` of anyhow, or [`crate::report::chain`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {cause}")]
-    Read { path: String, cause: std::io::Error },
-    #[error("{path}: {cause}")]
-    Parse { path: String, cause: String },
-    #[error("{path}: {field}: {message}")]
-    Invalid { path: String, field: String, message: String },
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} is not a valid agent configuration", path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("{}: {field}: {message}", path.display())]
+    Invalid { path: PathBuf, field: String, message: String },
     #[error(
-        "{path}: could not write the generated worker uuids back ({cause}); add them to the file yourself, \
-         in order: {uuids}"
+        "{}: could not write the generated worker uuids back (add them to the file yourself, in order: {uuids})",
+        path.display()
     )]
-    WriteBack { path: String, cause: String, uuids: String },
-    #[error("cannot read the agent token from {path} (token_file of {config}): {cause}")]
-    Token { path: String, config: String, cause: String },
+    WriteBack {
+        path: PathBuf,
+        uuids: String,
+        #[source]
+        source: WriteBackError,
+    },
+    #[error("cannot read the agent token from {} (token_file of {})", path.display(), config.display())]
+    TokenRead {
+        path: PathBuf,
+        config: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the agent token file {} (token_file of {}) is empty", path.display(), config.display())]
+    TokenEmpty { path: PathBuf, config: PathBuf },
 }
+
+/// Why generated worker uuids could not be written into the file.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteBackError {
+    #[error("the file cannot be edited as TOML")]
+    Edit(#[source] Box<toml_edit::TomlError>),
+    #[error("the file has no worker array")]
+    NoWorkers,
+    #[error("worker is not an array of tables")]
+    NotAnArray,
+    #[error("worker #{0} is missing or not a table")]
+    NotATable(usize),
+    #[error("the rewritten file does not read back")]
+    Reread(#[source] Box<ConfigError>),
+    #[error("the rewritten file does not read back the same")]
+    Differs,
+    #[error("cannot replace the file")]
+    Replace(#[source] io::Error),
+}
+
+/// An `ssh_addr` that is not `HOST:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected HOST:PORT (or [IPV6]:PORT), got {0:?}")]
+pub struct SshAddrError(pub String);
 
 /// The whole agent configuration, validated, with every worker's uuid.
 #[derive(Clone)]
@@ -165,9 +212,9 @@ pub struct SshAddr {
 }
 
 impl SshAddr {
-    pub fn parse(text: &str) -> Result<SshAddr, String> {
+    pub fn parse(text: &str) -> Result<SshAddr, SshAddrError> {
         let text = text.trim();
-        let bad = || format!("expected HOST:PORT (or [IPV6]:PORT), got {text:?}");
+        let bad = || SshAddrError(text.to_string());
         let (host, port) = if let Some(rest) = text.strip_prefix('[') {
             let (host, after) = rest.split_once(']').ok_or_else(bad)?;
             match after {
@@ -214,6 +261,10 @@ pub enum HookKind {
 }
 
 impl HookKind {
+    /// Every hook, in the order of `[worker.hooks]`.
+    pub const ALL: [HookKind; 5] =
+        [HookKind::Prepare, HookKind::HealthCheck, HookKind::PowerCycle, HookKind::Maintenance, HookKind::Interrogate];
+
     /// Its key in `[worker.hooks]`, also the `CORRAL_ACTION` the hook sees.
     pub fn name(self) -> &'static str {
         match self {
@@ -265,8 +316,8 @@ pub struct Hooks {
 }
 
 impl Hooks {
-    /// The command of `kind` and how long it may run, if there is one.
-    pub fn get(&self, kind: HookKind) -> Option<(&str, Duration)> {
+    /// The command and the timeout of `kind` as written.
+    fn written(&self, kind: HookKind) -> (Option<&str>, Option<Duration>) {
         let (command, timeout) = match kind {
             HookKind::Prepare => (&self.prepare, self.prepare_timeout),
             HookKind::HealthCheck => (&self.healthcheck, self.healthcheck_timeout),
@@ -274,26 +325,24 @@ impl Hooks {
             HookKind::Maintenance => (&self.maintenance, self.maintenance_timeout),
             HookKind::Interrogate => (&self.interrogate, self.interrogate_timeout),
         };
-        command.as_deref().map(|c| (c, timeout.unwrap_or_else(|| kind.default_timeout())))
+        (command.as_deref(), timeout)
     }
 
+    /// The command of `kind` and how long it may run, if there is one.
+    pub fn get(&self, kind: HookKind) -> Option<(&str, Duration)> {
+        let (command, timeout) = self.written(kind);
+        command.map(|c| (c, timeout.unwrap_or_else(|| kind.default_timeout())))
+    }
+
+    /// The first mistake, as (field, message).
     fn validate(&self) -> Result<(), (String, String)> {
-        for kind in [HookKind::Prepare, HookKind::HealthCheck, HookKind::PowerCycle, HookKind::Maintenance] {
-            self.validate_one(kind)?;
-        }
-        self.validate_one(HookKind::Interrogate)
+        HookKind::ALL.into_iter().try_for_each(|kind| self.validate_one(kind))
     }
 
     fn validate_one(&self, kind: HookKind) -> Result<(), (String, String)> {
-        let (command, timeout) = match kind {
-            HookKind::Prepare => (&self.prepare, self.prepare_timeout),
-            HookKind::HealthCheck => (&self.healthcheck, self.healthcheck_timeout),
-            HookKind::PowerCycle => (&self.power_cycle, self.power_cycle_timeout),
-            HookKind::Maintenance => (&self.maintenance, self.maintenance_timeout),
-            HookKind::Interrogate => (&self.interrogate, self.interrogate_timeout),
-        };
+        let (command, timeout) = self.written(kind);
         let name = kind.name();
-        if command.as_deref().is_some_and(|c| c.trim().is_empty()) {
+        if command.is_some_and(|c| c.trim().is_empty()) {
             return Err((format!("hooks.{name}"), "must not be empty (leave it out for no hook)".to_string()));
         }
         if timeout.is_some_and(|t| t.is_zero()) {
@@ -343,24 +392,29 @@ impl AgentConfig {
     /// Reads and validates `path`; a worker without `uuid` gets one, written
     /// back into the file.
     pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read { path: shown.clone(), cause })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         let (config, generated) = AgentConfig::parse(&text, path)?;
         if generated.is_empty() {
             return Ok(config);
         }
         let uuids = generated.iter().map(|(_, uuid)| uuid.to_string()).collect::<Vec<_>>().join(", ");
-        let write_back = || -> Result<(), String> {
+        let write_back = || -> Result<(), WriteBackError> {
             let updated = with_uuids(&text, &generated)?;
             // Paranoia: what we write must read back as the same workers.
-            let (reread, missing) = AgentConfig::parse(&updated, path).map_err(|e| e.to_string())?;
+            let (reread, missing) =
+                AgentConfig::parse(&updated, path).map_err(|e| WriteBackError::Reread(Box::new(e)))?;
             if !missing.is_empty() || reread.workers != config.workers {
-                return Err("the rewritten file does not read back the same".to_string());
+                return Err(WriteBackError::Differs);
             }
-            replace_file(path, updated.as_bytes()).map_err(|e| e.to_string())
+            replace_file(path, updated.as_bytes()).map_err(WriteBackError::Replace)
         };
-        write_back().map_err(|cause| ConfigError::WriteBack { path: shown.clone(), cause, uuids: uuids.clone() })?;
-        tracing::info!(config = %shown, uuids = %uuids, "generated worker uuids written back");
+        write_back().map_err(|source| ConfigError::WriteBack {
+            path: path.to_path_buf(),
+            uuids: uuids.clone(),
+            source,
+        })?;
+        tracing::info!(config = %path.display(), uuids = %uuids, "generated worker uuids written back");
         Ok(config)
     }
 
@@ -369,11 +423,10 @@ impl AgentConfig {
     /// Workers without a uuid get a fresh one, returned with their index so
     /// the caller can write them back.
     pub fn parse(text: &str, path: &Path) -> Result<(AgentConfig, Vec<(usize, WorkerId)>), ConfigError> {
-        let shown = path.display().to_string();
         let file: FileConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: shown.clone(), cause: e.to_string() })?;
+            toml::from_str(text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })?;
         let invalid = |field: &str, message: String| ConfigError::Invalid {
-            path: shown.clone(),
+            path: path.to_path_buf(),
             field: field.to_string(),
             message,
         };
@@ -399,11 +452,7 @@ impl AgentConfig {
         let name = match file.name {
             Some(name) if name.trim().is_empty() => return Err(invalid("name", "must not be empty".to_string())),
             Some(name) => name.trim().to_string(),
-            None => nix::unistd::gethostname()
-                .ok()
-                .and_then(|h| h.into_string().ok())
-                .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| "agent".to_string()),
+            None => host_name(),
         };
         if file.workers.is_empty() {
             return Err(invalid("worker", "at least one [[worker]] table is needed".to_string()));
@@ -427,7 +476,7 @@ impl AgentConfig {
             }
             let caps = Caps::validated(worker.caps).map_err(|e| invalid(&at("caps"), e.to_string()))?;
             let groups = Groups::validated(worker.groups).map_err(|e| invalid(&at("groups"), e.to_string()))?;
-            let ssh_addr = SshAddr::parse(&worker.ssh_addr).map_err(|e| invalid(&at("ssh_addr"), e))?;
+            let ssh_addr = SshAddr::parse(&worker.ssh_addr).map_err(|e| invalid(&at("ssh_addr"), e.to_string()))?;
             let user = worker.user.trim().to_string();
             if !corral_core::ssh::valid_user_name(&user) {
                 return Err(invalid(
@@ -479,15 +528,14 @@ impl TokenSource {
         match self {
             TokenSource::Inline(token) => Ok(token.clone()),
             TokenSource::File(path) => {
-                let error = |cause: String| ConfigError::Token {
-                    path: path.display().to_string(),
-                    config: config.display().to_string(),
-                    cause,
+                let (path, config) = (path.clone(), config.to_path_buf());
+                let token = match std::fs::read_to_string(&path) {
+                    Ok(token) => token,
+                    Err(source) => return Err(ConfigError::TokenRead { path, config, source }),
                 };
-                let token = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
                 let token = token.trim();
                 if token.is_empty() {
-                    return Err(error("the file is empty".to_string()));
+                    return Err(ConfigError::TokenEmpty { path, config });
                 }
                 Ok(token.to_string())
             }
@@ -497,25 +545,25 @@ impl TokenSource {
 
 /// `text` with `uuid = "..."` added to the given workers (by index),
 /// everything else kept as written.
-pub fn with_uuids(text: &str, uuids: &[(usize, WorkerId)]) -> Result<String, String> {
+pub fn with_uuids(text: &str, uuids: &[(usize, WorkerId)]) -> Result<String, WriteBackError> {
     use toml_edit::{DocumentMut, Item, Value};
 
-    let mut document: DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| e.to_string())?;
-    let workers = document.get_mut("worker").ok_or("no worker array")?;
+    let mut document: DocumentMut = text.parse().map_err(|e| WriteBackError::Edit(Box::new(e)))?;
+    let workers = document.get_mut("worker").ok_or(WriteBackError::NoWorkers)?;
     for (index, uuid) in uuids {
         let uuid = uuid.to_string();
+        let not_a_table = || WriteBackError::NotATable(index + 1);
         match workers {
             Item::ArrayOfTables(tables) => {
-                let table = tables.get_mut(*index).ok_or_else(|| format!("no worker #{}", index + 1))?;
-                table.insert("uuid", toml_edit::value(uuid));
+                tables.get_mut(*index).ok_or_else(not_a_table)?.insert("uuid", toml_edit::value(uuid));
             }
             Item::Value(Value::Array(array)) => match array.get_mut(*index) {
                 Some(Value::InlineTable(table)) => {
                     table.insert("uuid", uuid.into());
                 }
-                _ => return Err(format!("worker #{} is not a table", index + 1)),
+                _ => return Err(not_a_table()),
             },
-            _ => return Err("worker is not an array of tables".to_string()),
+            _ => return Err(WriteBackError::NotAnArray),
         }
     }
     Ok(document.to_string())
@@ -543,10 +591,30 @@ fn replace_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
         file.sync_all()?;
         std::fs::rename(&temp, &path)
     })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&temp);
+    if written.is_err()
+        && let Err(err) = std::fs::remove_file(&temp)
+        && err.kind() != io::ErrorKind::NotFound
+    {
+        tracing::warn!(file = %temp.display(), cause = %err, "cannot remove a temporary file; remove it yourself");
     }
     written
+}
+
+/// This host's name, the agent's name when the file gives none; `agent`
+/// (with a warning: two such hosts would register as one) when it cannot be
+/// read.
+fn host_name() -> String {
+    match nix::unistd::gethostname().map(std::ffi::OsString::into_string) {
+        Ok(Ok(name)) if !name.is_empty() => name,
+        unusable => {
+            let cause = match unusable {
+                Err(err) => err.to_string(),
+                _ => "it is empty or not UTF-8".to_string(),
+            };
+            tracing::warn!(cause = %cause, "cannot use this host's name; registering as \"agent\" (set name in the file)");
+            "agent".to_string()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -560,7 +628,7 @@ mod tests {
     }
 
     fn error(text: &str) -> String {
-        parse(text).err().map(|e| e.to_string()).unwrap_or_else(|| panic!("accepted:\n{text}"))
+        parse(text).err().map(|e| crate::report::chain(&e)).unwrap_or_else(|| panic!("accepted:\n{text}"))
     }
 
     const FULL: &str = r#"
@@ -714,6 +782,50 @@ user = "lab2"
         assert_eq!(second.token.read(&path).unwrap(), "tok");
         assert_eq!(second.token, TokenSource::File(dir.join("agent.token")));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Input: a token file that is missing, then one that is empty. Must:
+    /// name the token file and the configuration file; the IO cause is the
+    /// source.
+    #[test]
+    fn token_file_errors_name_both_files() {
+        let dir = std::env::temp_dir().join(format!("corral-agent-token-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (token, config) = (dir.join("agent.token"), Path::new(PATH));
+        let source = TokenSource::File(token.clone());
+        let missing = source.read(config).expect_err("a missing token file is refused");
+        assert!(
+            matches!(&missing, ConfigError::TokenRead { source, .. } if source.kind() == io::ErrorKind::NotFound),
+            "{missing:?}"
+        );
+        let message = crate::report::chain(&missing);
+        let expected = format!("cannot read the agent token from {} (token_file of {PATH}): ", token.display());
+        assert!(message.starts_with(&expected), "{message}");
+        std::fs::write(&token, " \n").unwrap();
+        let empty = source.read(config).expect_err("an empty token file is refused");
+        assert!(matches!(&empty, ConfigError::TokenEmpty { path, .. } if *path == token), "{empty:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Input: a configuration file that does not exist. Must: a `Read`
+    /// error naming it.
+    #[test]
+    fn a_missing_file_is_a_read_error_naming_it() {
+        let path = std::env::temp_dir().join(format!("corral-agent-{}.toml", uuid::Uuid::new_v4().simple()));
+        let err = AgentConfig::load(&path).expect_err("a missing file is refused");
+        assert!(matches!(&err, ConfigError::Read { source, .. } if source.kind() == io::ErrorKind::NotFound));
+        assert!(crate::report::chain(&err).starts_with(&format!("cannot read {}: ", path.display())), "{err}");
+    }
+
+    /// Uuids go only into a worker table that is there.
+    #[test]
+    fn uuids_without_a_worker_table_are_refused() {
+        let uuid = WorkerId(uuid::Uuid::from_u128(1));
+        assert!(matches!(with_uuids("server = \"http://x\"\n", &[(0, uuid)]), Err(WriteBackError::NoWorkers)));
+        let text = "server = \"http://x\"\n[[worker]]\nuser = \"lab\"\n";
+        assert!(matches!(with_uuids(text, &[(1, uuid)]), Err(WriteBackError::NotATable(2))));
+        assert!(matches!(with_uuids("worker = 3\n", &[(0, uuid)]), Err(WriteBackError::NotAnArray)));
+        assert!(matches!(with_uuids("worker = [\n", &[(0, uuid)]), Err(WriteBackError::Edit(_))));
     }
 
     fn fuzz_cases() -> u32 {

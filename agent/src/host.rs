@@ -40,6 +40,7 @@ use tokio::sync::Notify;
 
 use crate::backend::{Backend, Outcome};
 use crate::config::{AgentConfig, HookKind, SshAddr, SshdCheck, WorkerConfig};
+use crate::report::chain;
 
 /// A host key read this recently is registered without reading it again.
 const REGISTRATION_KEY_MAX_AGE: Duration = Duration::from_secs(60);
@@ -54,6 +55,109 @@ const MESSAGE_TAIL: usize = 2000;
 /// How long to read the output of a hook that exited, when something it
 /// started in the background keeps the pipes open.
 const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+
+/// Why [`Host::new`] refuses to start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("worker {worker}: refusing to start (sshd_check = \"refuse\")")]
+    SshdUnsafe {
+        worker: WorkerId,
+        #[source]
+        source: SshdError,
+    },
+}
+
+/// A lab user that could not be looked up (not: one that does not exist).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot look up the lab user {user}")]
+pub struct UserLookupError {
+    pub user: String,
+    #[source]
+    pub source: nix::Error,
+}
+
+/// The lab user `name`; `None` when it does not exist.
+fn lab_user(name: &str) -> Result<Option<nix::unistd::User>, UserLookupError> {
+    nix::unistd::User::from_name(name).map_err(|source| UserLookupError { user: name.to_string(), source })
+}
+
+/// Why the lease lines of a worker could not be changed.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    #[error(transparent)]
+    User(#[from] UserLookupError),
+    #[error("cannot update {}", path.display())]
+    Edit {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the edit of {} did not finish", path.display())]
+    Panicked {
+        path: PathBuf,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+/// Why the SSH host key of an address could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyscanError {
+    #[error("ssh-keyscan did not finish within {} s", KEYSCAN_TIMEOUT_SECS * 2)]
+    TimedOut,
+    #[error("cannot run ssh-keyscan")]
+    Spawn(#[source] std::io::Error),
+    /// `stderr`: the end of what ssh-keyscan said.
+    #[error("no host key offered{}", if stderr.is_empty() { String::new() } else { format!(": {stderr}") })]
+    NoKey { stderr: String },
+}
+
+/// Why sshd may let a lease holder keep access, or why that could not be
+/// checked ([`check_sshd`]).
+#[derive(Debug, thiserror::Error)]
+pub enum SshdError {
+    #[error("lease keys cannot be kept in {}", path.display())]
+    KeyFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "sshd is not installed here; cannot check which files it reads (sshd_check = \"off\" if it runs elsewhere)"
+    )]
+    NotInstalled,
+    #[error(transparent)]
+    User(#[from] UserLookupError),
+    #[error("cannot run {sshd} -T")]
+    Spawn {
+        sshd: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{sshd} -T failed: {stderr}")]
+    Failed { sshd: &'static str, stderr: String },
+    #[error(
+        "sshd reads the keys of {user} from [{read}]{command}, so a key the lease holder adds outlives the lease; \
+         sshd_config needs `Match User {user}` with `AuthorizedKeysFile {wanted}` alone (and no \
+         AuthorizedKeysCommand)",
+        read = read.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+        command = if *keys_command { " and an AuthorizedKeysCommand" } else { "" },
+        wanted = wanted.display(),
+    )]
+    OtherKeyFiles { user: String, read: Vec<PathBuf>, keys_command: bool, wanted: PathBuf },
+}
+
+/// Why the lab account could not be reset (`reset_account = true`).
+#[derive(Debug, thiserror::Error)]
+pub enum ResetError {
+    #[error(transparent)]
+    User(#[from] UserLookupError),
+    #[error("refusing to reset {user}: its home {} is not a plain path like /home/USER", home.display())]
+    HomeNotPlain { user: String, home: PathBuf },
+    /// `failure`: how the reset script ended, with the end of its output.
+    #[error("resetting the account {user} {failure}")]
+    Failed { user: String, failure: String },
+}
 
 /// The host side of `corral agent --config`.
 pub struct Host {
@@ -86,18 +190,21 @@ impl Host {
     /// reads lease keys only from the file the agent manages
     /// ([`check_sshd`]): a problem is logged, or refused with
     /// `sshd_check = "refuse"`.
-    pub fn new(config: &AgentConfig) -> Result<Host, String> {
+    pub fn new(config: &AgentConfig) -> Result<Host, StartError> {
         for worker in &config.workers {
-            if !matches!(nix::unistd::User::from_name(&worker.user), Ok(Some(_))) {
-                tracing::warn!(worker = %worker.uuid, user = %worker.user, "the lab user does not exist");
+            match lab_user(&worker.user) {
+                Ok(Some(_)) => {}
+                Ok(None) => tracing::warn!(worker = %worker.uuid, user = %worker.user, "the lab user does not exist"),
+                Err(err) => tracing::warn!(worker = %worker.uuid, cause = %chain(&err), "cannot check the lab user"),
             }
             if worker.sshd_check == SshdCheck::Off {
                 continue;
             }
             if let Err(problem) = check_sshd(worker) {
                 if worker.sshd_check == SshdCheck::Refuse {
-                    return Err(format!("worker {}: {problem}", worker.uuid));
+                    return Err(StartError::SshdUnsafe { worker: worker.uuid, source: problem });
                 }
+                let problem = chain(&problem);
                 tracing::error!(worker = %worker.uuid, user = %worker.user, "LEASE HOLDERS MAY KEEP ACCESS: {problem}");
             }
         }
@@ -118,7 +225,7 @@ impl Host {
     }
 
     /// The host key of `addr` read now, or the last one read if that fails.
-    async fn host_key(&self, addr: &SshAddr) -> Result<String, String> {
+    async fn host_key(&self, addr: &SshAddr) -> Result<String, KeyscanError> {
         match scan_host_key(addr).await {
             Ok(key) => {
                 self.host_keys.borrow_mut().insert(addr.clone(), (key.clone(), Instant::now()));
@@ -127,7 +234,7 @@ impl Host {
             Err(err) => match self.host_keys.borrow().get(addr) {
                 Some((key, _)) => {
                     let what = "cannot read the host key now; using the last one read";
-                    tracing::warn!(ssh_addr = %addr, cause = %err, "{what}");
+                    tracing::warn!(ssh_addr = %addr, cause = %chain(&err), "{what}");
                     Ok(key.clone())
                 }
                 None => Err(err),
@@ -141,21 +248,22 @@ impl Host {
         &self,
         worker: &WorkerConfig,
         edit: impl FnOnce(&[u8]) -> Option<Vec<u8>> + Send + 'static,
-    ) -> Result<Option<PathBuf>, String> {
+    ) -> Result<Option<PathBuf>, KeyFileError> {
         let _one_at_a_time = self.key_edits.lock().await;
         let (user, path) = (worker.user.clone(), worker.authorized_keys.clone());
         let work = move || {
-            if nix::unistd::User::from_name(&user).map_err(|e| format!("cannot look up user {user}: {e}"))?.is_none() {
+            if lab_user(&user)?.is_none() {
                 return Ok(None);
             }
-            authorized_keys::edit(&path, edit).map_err(|e| format!("cannot update {}: {e}", path.display()))?;
+            authorized_keys::edit(&path, edit).map_err(|source| KeyFileError::Edit { path: path.clone(), source })?;
             Ok(Some(path))
         };
-        tokio::task::spawn_blocking(work).await.map_err(|e| format!("key file edit panicked: {e}"))?
+        let path = worker.authorized_keys.clone();
+        tokio::task::spawn_blocking(work).await.map_err(|source| KeyFileError::Panicked { path, source })?
     }
 
     /// Removes the worker's lease lines (of `request` only, if given).
-    async fn remove_keys(&self, worker: &WorkerConfig, request: Option<RequestId>) -> Result<(), String> {
+    async fn remove_keys(&self, worker: &WorkerConfig, request: Option<RequestId>) -> Result<(), KeyFileError> {
         let uuid = worker.uuid;
         self.edit_keys(worker, move |content| authorized_keys::without_leases(content, uuid, request)).await.map(drop)
     }
@@ -173,7 +281,13 @@ impl Host {
         };
         let host_key = match self.host_key(&worker.ssh_addr).await {
             Ok(key) => key,
-            Err(err) => return Outcome::failed(format!("cannot read the SSH host key of {}: {err}", worker.ssh_addr)),
+            Err(err) => {
+                return Outcome::failed(format!(
+                    "cannot read the SSH host key of {}: {}",
+                    worker.ssh_addr,
+                    chain(&err)
+                ));
+            }
         };
         let uuid = worker.uuid;
         match self.edit_keys(worker, move |content| authorized_keys::with_lease(content, &line, request, uuid)).await {
@@ -184,7 +298,7 @@ impl Host {
                 lost: false,
             },
             Ok(None) => Outcome::failed(format!("the lab user {} does not exist", worker.user)),
-            Err(err) => Outcome::failed(err),
+            Err(err) => Outcome::failed(chain(&err)),
         }
     }
 }
@@ -210,7 +324,9 @@ impl Backend for Host {
                 Ok((Ok(key), addr)) => {
                     self.host_keys.borrow_mut().insert(addr, (key, Instant::now()));
                 }
-                Ok((Err(err), addr)) => tracing::warn!(ssh_addr = %addr, cause = %err, "cannot read the host key"),
+                Ok((Err(err), addr)) => {
+                    tracing::warn!(ssh_addr = %addr, cause = %chain(&err), "cannot read the host key");
+                }
                 Err(err) => tracing::warn!(cause = %err, "host key scan panicked"),
             }
         }
@@ -225,17 +341,11 @@ impl Backend for Host {
                 user: w.config.user.clone(),
                 host_key: keys.get(&w.config.ssh_addr).map(|(key, _)| key.clone()),
                 hooks: Some(
-                    [
-                        HookKind::Prepare,
-                        HookKind::HealthCheck,
-                        HookKind::PowerCycle,
-                        HookKind::Maintenance,
-                        HookKind::Interrogate,
-                    ]
-                    .into_iter()
-                    .filter(|kind| w.config.hooks.get(*kind).is_some())
-                    .map(|kind| kind.name().to_string())
-                    .collect(),
+                    HookKind::ALL
+                        .into_iter()
+                        .filter(|kind| w.config.hooks.get(*kind).is_some())
+                        .map(|kind| kind.name().to_string())
+                        .collect(),
                 ),
             })
             .collect()
@@ -250,9 +360,9 @@ impl Backend for Host {
             Action::Prepare => match self.remove_keys(config, None).await {
                 Ok(()) => match reset_account(config).await {
                     Ok(()) => run_hook_for(config, HookKind::Prepare).await,
-                    Err(err) => Outcome::failed(err),
+                    Err(err) => Outcome::failed(chain(&err)),
                 },
-                Err(err) => Outcome::failed(err),
+                Err(err) => Outcome::failed(chain(&err)),
             },
             Action::StartLease { request, public_key, expires_at } => {
                 self.start_lease(config, *request, public_key, *expires_at).await
@@ -262,17 +372,17 @@ impl Backend for Host {
                 let extend = move |content: &[u8]| authorized_keys::with_expiry(content, request, uuid, expires_at);
                 match self.edit_keys(config, extend).await {
                     Ok(_) => Outcome::ok(),
-                    Err(err) => Outcome::failed(err),
+                    Err(err) => Outcome::failed(chain(&err)),
                 }
             }
             Action::Revoke { request } => match self.remove_keys(config, Some(*request)).await {
                 Ok(()) => Outcome::ok(),
-                Err(err) => Outcome::failed(err),
+                Err(err) => Outcome::failed(chain(&err)),
             },
             // A worker in maintenance has no lease: no key of ours may stay.
             Action::Maintenance => match self.remove_keys(config, None).await {
                 Ok(()) => run_hook_for(config, HookKind::Maintenance).await,
-                Err(err) => Outcome::failed(err),
+                Err(err) => Outcome::failed(chain(&err)),
             },
             Action::HealthCheck => run_hook_for(config, HookKind::HealthCheck).await,
             Action::PowerCycle => run_hook_for(config, HookKind::PowerCycle).await,
@@ -366,7 +476,7 @@ pub enum HookEnd {
     Exited(ExitStatus),
     TimedOut(Duration),
     /// It could not be started or waited for.
-    Error(String),
+    Error(std::io::Error),
 }
 
 /// One run of a hook.
@@ -391,7 +501,7 @@ impl HookRun {
                 None => format!("was killed ({status})"),
             },
             HookEnd::TimedOut(after) => format!("timed out after {}", humantime::format_duration(*after)),
-            HookEnd::Error(err) => format!("could not run: {err}"),
+            HookEnd::Error(err) => format!("could not run: {}", chain(err)),
         };
         let output = if self.stderr.iter().all(u8::is_ascii_whitespace) { &self.stdout } else { &self.stderr };
         match tail(output, MESSAGE_TAIL) {
@@ -416,7 +526,7 @@ pub async fn run_hook(command: &str, env: &[(&'static str, String)], timeout: Du
         .spawn()
     {
         Ok(child) => child,
-        Err(err) => return HookRun { end: HookEnd::Error(err.to_string()), stdout: Vec::new(), stderr: Vec::new() },
+        Err(err) => return HookRun { end: HookEnd::Error(err), stdout: Vec::new(), stderr: Vec::new() },
     };
     let pid = child.id();
     let stdout = Rc::new(RefCell::new(Vec::new()));
@@ -427,7 +537,7 @@ pub async fn run_hook(command: &str, env: &[(&'static str, String)], timeout: Du
     ];
     let end = match tokio::time::timeout(timeout, child.wait()).await {
         Ok(Ok(status)) => HookEnd::Exited(status),
-        Ok(Err(err)) => HookEnd::Error(err.to_string()),
+        Ok(Err(err)) => HookEnd::Error(err),
         Err(_) => {
             if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
                 let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
@@ -477,7 +587,7 @@ fn tail(bytes: &[u8], max: usize) -> String {
 
 /// Reads the SSH host key of `addr` with `ssh-keyscan`, as `TYPE BASE64`:
 /// the ed25519 key if the server offers one, else the first key.
-pub async fn scan_host_key(addr: &SshAddr) -> Result<String, String> {
+pub async fn scan_host_key(addr: &SshAddr) -> Result<String, KeyscanError> {
     let scan = tokio::process::Command::new("ssh-keyscan")
         .args(["-T", &KEYSCAN_TIMEOUT_SECS.to_string(), "-p", &addr.port.to_string(), &addr.host])
         .stdin(Stdio::null())
@@ -487,12 +597,10 @@ pub async fn scan_host_key(addr: &SshAddr) -> Result<String, String> {
         .output();
     let output = tokio::time::timeout(Duration::from_secs(KEYSCAN_TIMEOUT_SECS * 2), scan)
         .await
-        .map_err(|_| "ssh-keyscan did not finish".to_string())?
-        .map_err(|e| format!("cannot run ssh-keyscan: {e}"))?;
-    pick_host_key(&String::from_utf8_lossy(&output.stdout)).ok_or_else(|| {
-        let why = tail(&output.stderr, 300);
-        if why.is_empty() { "no host key offered".to_string() } else { format!("no host key offered: {why}") }
-    })
+        .map_err(|_| KeyscanError::TimedOut)?
+        .map_err(KeyscanError::Spawn)?;
+    pick_host_key(&String::from_utf8_lossy(&output.stdout))
+        .ok_or_else(|| KeyscanError::NoKey { stderr: tail(&output.stderr, 300) })
 }
 
 /// Where sshd may live.
@@ -503,25 +611,23 @@ const SSHD_PATHS: &[&str] = &["/usr/sbin/sshd", "/usr/local/sbin/sshd", "/sbin/s
 /// `AuthorizedKeysFile` and no `AuthorizedKeysCommand`, and the file's
 /// directory passes the editor's checks (no symbolic link; root-owned and
 /// writable by root only when the agent runs as root).
-pub fn check_sshd(worker: &WorkerConfig) -> Result<(), String> {
-    authorized_keys::check(&worker.authorized_keys).map_err(|e| e.to_string())?;
-    let sshd = SSHD_PATHS.iter().find(|p| std::path::Path::new(p).exists()).ok_or(
-        "sshd is not installed here; cannot check which files it reads (sshd_check = \"off\" if it runs elsewhere)",
-    )?;
-    let (home, uid) = match nix::unistd::User::from_name(&worker.user) {
-        Ok(Some(user)) => (user.dir, user.uid.as_raw()),
+pub fn check_sshd(worker: &WorkerConfig) -> Result<(), SshdError> {
+    authorized_keys::check(&worker.authorized_keys)
+        .map_err(|source| SshdError::KeyFile { path: worker.authorized_keys.clone(), source })?;
+    let sshd = *SSHD_PATHS.iter().find(|p| std::path::Path::new(p).exists()).ok_or(SshdError::NotInstalled)?;
+    let (home, uid) = match lab_user(&worker.user)? {
+        Some(user) => (user.dir, user.uid.as_raw()),
         // Not yet (a prepare hook may make it): already warned about.
-        Ok(None) => return Ok(()),
-        Err(err) => return Err(format!("cannot look up the lab user {}: {err}", worker.user)),
+        None => return Ok(()),
     };
     let mut command = std::process::Command::new(sshd);
     command.arg("-T").arg("-C").arg(format!("user={},host=localhost,addr=127.0.0.1", worker.user));
     if let Some(config) = &worker.sshd_config {
         command.arg("-f").arg(config);
     }
-    let output = command.stdin(Stdio::null()).output().map_err(|e| format!("cannot run {sshd} -T: {e}"))?;
+    let output = command.stdin(Stdio::null()).output().map_err(|source| SshdError::Spawn { sshd, source })?;
     if !output.status.success() {
-        return Err(format!("{sshd} -T failed: {}", tail(&output.stderr, 300)));
+        return Err(SshdError::Failed { sshd, stderr: tail(&output.stderr, 300) });
     }
     let text = String::from_utf8_lossy(&output.stdout);
     let read = sshd_key_files(&text, &worker.user, uid, &home);
@@ -529,16 +635,7 @@ pub fn check_sshd(worker: &WorkerConfig) -> Result<(), String> {
         text.lines().filter_map(|line| line.strip_prefix("authorizedkeyscommand ")).any(|value| value.trim() != "none");
     let wanted = worker.authorized_keys.clone();
     if read != [wanted.clone()] || command_set {
-        let read: Vec<String> = read.iter().map(|p| p.display().to_string()).collect();
-        return Err(format!(
-            "sshd reads the keys of {user} from [{read}]{command}, so a key the lease holder adds outlives the \
-             lease; sshd_config needs `Match User {user}` with `AuthorizedKeysFile {wanted}` alone (and no \
-             AuthorizedKeysCommand)",
-            user = worker.user,
-            read = read.join(", "),
-            command = if command_set { " and an AuthorizedKeysCommand" } else { "" },
-            wanted = wanted.display(),
-        ));
+        return Err(SshdError::OtherKeyFiles { user: worker.user.clone(), read, keys_command: command_set, wanted });
     }
     Ok(())
 }
@@ -597,30 +694,27 @@ const RESET_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The environment of [`RESET_SCRIPT`] for `worker`'s lab user with
 /// `home`; refuses a home that is not a plain absolute path below `/`.
-fn reset_env(worker: &WorkerConfig, home: &std::path::Path) -> Result<Vec<(&'static str, String)>, String> {
+fn reset_env(worker: &WorkerConfig, home: &std::path::Path) -> Result<Vec<(&'static str, String)>, ResetError> {
     let plain = home.is_absolute()
         && home.components().count() >= 3
         && home.components().all(|c| matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_)));
-    let home = home.to_str().filter(|_| plain).ok_or_else(|| {
-        format!("refusing to reset {}: its home {} is not a plain path like /home/USER", worker.user, home.display())
-    })?;
+    let home = home
+        .to_str()
+        .filter(|_| plain)
+        .ok_or_else(|| ResetError::HomeNotPlain { user: worker.user.clone(), home: home.to_path_buf() })?;
     let mut env = hook_env(worker, HookKind::Prepare);
     env.push(("CORRAL_HOME", home.to_string()));
     Ok(env)
 }
 
 /// Resets the lab account when the worker asks for it.
-async fn reset_account(worker: &WorkerConfig) -> Result<(), String> {
+async fn reset_account(worker: &WorkerConfig) -> Result<(), ResetError> {
     if !worker.reset_account {
         return Ok(());
     }
-    let home = match nix::unistd::User::from_name(&worker.user) {
-        Ok(Some(user)) => user.dir,
-        Ok(None) => return Ok(()),
-        Err(err) => return Err(format!("cannot look up user {}: {err}", worker.user)),
-    };
-    let run = run_hook(RESET_SCRIPT, &reset_env(worker, &home)?, RESET_TIMEOUT).await;
-    if run.succeeded() { Ok(()) } else { Err(format!("resetting the account {} {}", worker.user, run.failure())) }
+    let Some(user) = lab_user(&worker.user)? else { return Ok(()) };
+    let run = run_hook(RESET_SCRIPT, &reset_env(worker, &user.dir)?, RESET_TIMEOUT).await;
+    if run.succeeded() { Ok(()) } else { Err(ResetError::Failed { user: worker.user.clone(), failure: run.failure() }) }
 }
 
 /// Picks the key from `ssh-keyscan` output lines `HOST TYPE BASE64`.
@@ -664,7 +758,7 @@ pub mod authorized_keys {
     use std::path::{Component, Path, PathBuf};
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-    use corral_core::ssh::PublicKey;
+    use corral_core::ssh::{KeyError, PublicKey};
     use corral_core::{RequestId, WorkerId};
     use nix::errno::Errno;
     use nix::fcntl::{AT_FDCWD, OFlag, openat, renameat};
@@ -688,8 +782,8 @@ pub mod authorized_keys {
         request: RequestId,
         worker: WorkerId,
         expires_at: SystemTime,
-    ) -> Result<String, String> {
-        let key = PublicKey::parse(public_key).map_err(|e| e.to_string())?;
+    ) -> Result<String, KeyError> {
+        let key = PublicKey::parse(public_key)?;
         Ok(format!(
             "{OPTIONS},expiry-time=\"{}\" {} {MARKER} request={request} worker={worker}",
             expiry_time(expires_at),
@@ -943,11 +1037,16 @@ pub mod authorized_keys {
         match written {
             Ok(()) => {
                 // The rename itself survives a crash once the directory is synced.
-                let _ = nix::unistd::fsync(dir);
+                if let Err(err) = nix::unistd::fsync(dir) {
+                    tracing::warn!(file = %name.to_string_lossy(), cause = %err, "cannot sync the key file's directory");
+                }
                 Ok(())
             }
             Err(err) => {
-                let _ = unlinkat(dir, temp.as_str(), UnlinkatFlags::NoRemoveDir);
+                if let Err(cleanup) = unlinkat(dir, temp.as_str(), UnlinkatFlags::NoRemoveDir) {
+                    let what = "cannot remove a temporary key file; remove it yourself";
+                    tracing::warn!(file = %temp, cause = %cleanup, "{what}");
+                }
                 Err(err)
             }
         }
@@ -1284,6 +1383,55 @@ mod tests {
         assert_eq!(run_hook_for(&worker, HookKind::Maintenance).await, Outcome::ok(), "no hook: success");
     }
 
+    /// Input: a hook command that does not exist. Must: fail the command
+    /// with sh's status and its complaint naming the command.
+    #[actix_rt::test]
+    async fn a_hook_that_does_not_exist_fails_its_command_and_says_why() {
+        let worker = config("prepare = '/nonexistent/corral-reflash rpi4-1'\n");
+        let outcome = run_hook_for(&worker, HookKind::Prepare).await;
+        assert!(!outcome.ok, "{outcome:?}");
+        assert!(outcome.message.starts_with("prepare hook exited with status 127: "), "{outcome:?}");
+        assert!(outcome.message.contains("/nonexistent/corral-reflash"), "{outcome:?}");
+    }
+
+    /// Input: a worker whose key file lies behind a symbolic link, with
+    /// `sshd_check = "refuse"`, then with `"off"`. Must: refuse to start
+    /// naming the worker, the file and why (the cause kept as the source);
+    /// with the check off, fail each key edit with the same cause.
+    #[actix_rt::test]
+    async fn an_unsafe_key_file_refuses_the_start_and_fails_key_edits() {
+        use std::error::Error as _;
+
+        let dir = std::env::temp_dir().join(format!("corral-unsafe-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(dir.join("real")).unwrap();
+        std::os::unix::fs::symlink(dir.join("real"), dir.join("link")).unwrap();
+        let keys = dir.join("link/authorized_keys");
+        let me = nix::unistd::User::from_uid(nix::unistd::geteuid()).unwrap().unwrap().name;
+        let text = format!(
+            "server = \"http://x\"\ntoken = \"t\"\n[[worker]]\nssh_addr = \"127.0.0.1:1\"\nuser = \"{me}\"\n\
+             authorized_keys = \"{}\"\nsshd_check = \"refuse\"\n",
+            keys.display()
+        );
+        let (config, _) = AgentConfig::parse(&text, std::path::Path::new("/agent.toml")).unwrap();
+        let uuid = config.workers[0].uuid;
+        let refused = Host::new(&config).err().expect("an unsafe key file refuses the start");
+        let StartError::SshdUnsafe { worker, source: SshdError::KeyFile { path, .. } } = &refused else {
+            panic!("{refused:?}");
+        };
+        assert_eq!((*worker, path), (uuid, &keys));
+        let message = chain(&refused);
+        assert!(message.starts_with(&format!("worker {uuid}: refusing to start")), "{message}");
+        assert!(message.contains("symbolic link"), "{message}");
+        assert!(refused.source().is_some(), "the cause is kept");
+
+        let (host, uuid) = host_for(&me, &keys, "");
+        let outcome = host.execute(uuid, &Action::Revoke { request: RequestId(1) }).await;
+        assert!(!outcome.ok, "{outcome:?}");
+        assert!(outcome.message.starts_with(&format!("cannot update {}: ", keys.display())), "{outcome:?}");
+        assert!(outcome.message.contains("symbolic link"), "{outcome:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[actix_rt::test]
     async fn a_timed_out_hook_loses_its_children_too() {
         let worker = config("prepare = 'sleep 30 & sleep 30'\nprepare_timeout = '200ms'\n");
@@ -1412,7 +1560,8 @@ mod tests {
         assert!(env.contains(&("CORRAL_USER", "lab".to_string())), "{env:?}");
         assert!(!RESET_SCRIPT.contains("lab"), "no name in the script text");
         for home in ["/", "/home", "home/lab", "/home/../etc"] {
-            assert!(reset_env(&worker, std::path::Path::new(home)).is_err(), "{home}");
+            let refused = reset_env(&worker, std::path::Path::new(home));
+            assert!(matches!(&refused, Err(ResetError::HomeNotPlain { user, .. }) if user == "lab"), "{home}");
         }
     }
 

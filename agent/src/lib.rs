@@ -14,6 +14,7 @@ pub mod config;
 #[cfg(feature = "fault-injection")]
 pub mod faults;
 pub mod host;
+pub mod report;
 pub mod runtime;
 pub mod simulated;
 /// TLS of the HTTP clients, shared with the CLI (it lives in `corral-client`).

@@ -12,7 +12,7 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::backend::Backend;
 use crate::client::{AgentClient, ClientError};
-use crate::tls::ClientTls;
+use crate::tls::{ClientTls, TlsError};
 
 #[derive(Clone)]
 pub struct AgentOptions {
@@ -84,11 +84,13 @@ impl Backoff {
 }
 
 /// Runs the agent until `shutdown` turns true; then closes the session.
+/// Fails only when its HTTP client cannot be set up (`options.tls`); the
+/// server being away or refusing is retried.
 pub async fn run<B: Backend + 'static>(
     backend: Rc<B>,
     options: AgentOptions,
     mut shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+) -> Result<(), TlsError> {
     let client = AgentClient::connect(&options.server, &options.token, &options.tls)?;
     #[cfg(feature = "fault-injection")]
     let client = client.with_faults(options.faults.clone());
@@ -139,6 +141,9 @@ pub async fn run<B: Backend + 'static>(
     }
 }
 
+/// How long an ending session waits for its queued results to be posted.
+const RESULTS_FLUSH: Duration = Duration::from_secs(5);
+
 enum SessionEnd {
     Shutdown,
     Gone(String),
@@ -187,7 +192,15 @@ async fn run_session<B: Backend + 'static>(
     let ended = poll_loop(client, backend, options, &shared, session, results_tx, shutdown).await;
     heartbeats.abort();
     // Let queued results reach the server before the session closes.
-    let _ = tokio::time::timeout(Duration::from_secs(5), sender).await;
+    match tokio::time::timeout(RESULTS_FLUSH, sender).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::error!(cause = %err, "the result sender failed; queued results are lost"),
+        Err(_) => tracing::warn!(
+            session = %session,
+            after = ?RESULTS_FLUSH,
+            "queued results not sent before the session ended; the server resends what it still needs"
+        ),
+    }
     ended
 }
 
@@ -247,15 +260,18 @@ fn dispatch<B: Backend + 'static>(
     let newest = shared.fences.borrow().get(&command.worker).copied();
     if newest.is_some_and(|n| command.fence < n) {
         tracing::warn!(worker = %command.worker, fence = %command.fence, newest = ?newest, "refusing a stale command");
-        let _ = results.send(CommandResult {
-            seq: command.seq,
-            worker: command.worker,
-            fence: command.fence,
-            ok: false,
-            message: "stale fencing token".to_string(),
-            host_key: None,
-            stale: true,
-        });
+        queue_result(
+            results,
+            CommandResult {
+                seq: command.seq,
+                worker: command.worker,
+                fence: command.fence,
+                ok: false,
+                message: "stale fencing token".to_string(),
+                host_key: None,
+                stale: true,
+            },
+        );
         return;
     }
     shared.fences.borrow_mut().insert(command.worker, command.fence);
@@ -272,16 +288,29 @@ fn dispatch<B: Backend + 'static>(
             tracing::warn!(worker = %command.worker, seq = command.seq, "result lost (simulated fault)");
             return;
         }
-        let _ = results.send(CommandResult {
-            seq: command.seq,
-            worker: command.worker,
-            fence: command.fence,
-            ok: outcome.ok,
-            message: outcome.message,
-            host_key: outcome.host_key,
-            stale: false,
-        });
+        queue_result(
+            &results,
+            CommandResult {
+                seq: command.seq,
+                worker: command.worker,
+                fence: command.fence,
+                ok: outcome.ok,
+                message: outcome.message,
+                host_key: outcome.host_key,
+                stale: false,
+            },
+        );
     });
+}
+
+/// Queues `result` for the session's result sender; when the session has
+/// ended (the sender is gone), says so: the server resends the command to
+/// the next session if it still needs it.
+fn queue_result(results: &mpsc::UnboundedSender<CommandResult>, result: CommandResult) {
+    if let Err(mpsc::error::SendError(result)) = results.send(result) {
+        let (worker, seq, ok) = (result.worker, result.seq, result.ok);
+        tracing::warn!(worker = %worker, seq, ok, "result not sent: its session has ended");
+    }
 }
 
 /// Posts results as they come, several at once when several are ready.

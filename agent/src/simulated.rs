@@ -66,6 +66,37 @@ struct FaultState {
     facts: Map<String, Value>,
 }
 
+/// A fault spec ([`SimFaults::parse`]) that cannot be played; each names
+/// its item.
+#[derive(Debug, thiserror::Error)]
+pub enum FaultSpecError {
+    #[error("{item:?}: {message}")]
+    Kind { item: String, message: String },
+    #[error("{item:?}: the count is not a number")]
+    Count { item: String },
+    #[error("{item:?}: give slow=KIND:DURATION")]
+    NoDuration { item: String },
+    #[error("{item:?}: the duration is not one")]
+    Duration {
+        item: String,
+        #[source]
+        source: humantime::DurationError,
+    },
+    #[error(
+        "unknown fault {item:?}; use fail=KIND[:N], lose=KIND[:N], slow=KIND:DURATION, fail-every=N or no-heartbeats"
+    )]
+    Unknown { item: String },
+}
+
+/// `--caps` arguments that are not caps.
+#[derive(Debug, thiserror::Error)]
+pub enum CapsArgError {
+    #[error("caps must be key=value, got {0:?}")]
+    NotKeyValue(String),
+    #[error(transparent)]
+    Invalid(#[from] corral_core::caps::CapsError),
+}
+
 /// What happens to one command.
 struct Plan {
     delay: Option<Duration>,
@@ -130,34 +161,34 @@ impl SimFaults {
     /// `fail=prepare:3,lose=start_lease,slow=maintenance:5s,fail-every=10,no-heartbeats`
     /// (comma-separated; `KIND` as on the wire; `:N` = the next N
     /// commands, else every one; durations in humantime form).
-    pub fn parse(spec: &str) -> Result<SimFaults, String> {
+    pub fn parse(spec: &str) -> Result<SimFaults, FaultSpecError> {
         let faults = SimFaults::default();
-        let times = |count: Option<&str>| match count {
-            None => Ok(Times::Always),
-            Some(n) => n.parse().map(Times::Next).map_err(|_| format!("{n:?} is not a count")),
-        };
         for item in spec.split(',').map(str::trim).filter(|item| !item.is_empty()) {
             let (name, value) = item.split_once('=').map_or((item, None), |(name, value)| (name, Some(value)));
             let (kind, rest) = match value {
                 Some(value) => value.split_once(':').map_or((value, None), |(kind, rest)| (kind, Some(rest))),
                 None => ("", None),
             };
+            let item = item.to_string();
+            let kind = || -> Result<ActionKind, FaultSpecError> {
+                kind.parse().map_err(|message| FaultSpecError::Kind { item: item.clone(), message })
+            };
+            let not_a_count = || FaultSpecError::Count { item: item.clone() };
+            let times = |n: Option<&str>| {
+                n.map_or(Ok(Times::Always), |n| n.parse().map(Times::Next).map_err(|_| not_a_count()))
+            };
             match (name, value) {
-                ("fail", Some(_)) => faults.fail(kind.parse()?, times(rest)?),
-                ("lose", Some(_)) => faults.lose_results(kind.parse()?, times(rest)?),
+                ("fail", Some(_)) => faults.fail(kind()?, times(rest)?),
+                ("lose", Some(_)) => faults.lose_results(kind()?, times(rest)?),
                 ("slow", Some(_)) => {
-                    let delay = rest.ok_or_else(|| format!("{item:?}: give slow=KIND:DURATION"))?;
-                    let delay = humantime::parse_duration(delay).map_err(|e| format!("{item:?}: {e}"))?;
-                    faults.slow(kind.parse()?, delay);
+                    let delay = rest.ok_or_else(|| FaultSpecError::NoDuration { item: item.clone() })?;
+                    let delay = humantime::parse_duration(delay)
+                        .map_err(|source| FaultSpecError::Duration { item: item.clone(), source })?;
+                    faults.slow(kind()?, delay);
                 }
-                ("fail-every", Some(n)) => faults.fail_every(n.parse().map_err(|_| format!("{n:?} is not a count"))?),
+                ("fail-every", Some(n)) => faults.fail_every(n.parse().map_err(|_| not_a_count())?),
                 ("no-heartbeats", None) => faults.stop_heartbeats(true),
-                _ => {
-                    return Err(format!(
-                        "unknown fault {item:?}; use fail=KIND[:N], lose=KIND[:N], slow=KIND:DURATION, \
-                         fail-every=N or no-heartbeats"
-                    ));
-                }
+                _ => return Err(FaultSpecError::Unknown { item }),
             }
         }
         Ok(faults)
@@ -279,13 +310,13 @@ impl Backend for Simulated {
 }
 
 /// Parses `k=v` arguments into caps.
-pub fn parse_caps(pairs: &[String]) -> Result<Caps, String> {
+pub fn parse_caps(pairs: &[String]) -> Result<Caps, CapsArgError> {
     let mut map = BTreeMap::new();
     for pair in pairs {
-        let (k, v) = pair.split_once('=').ok_or_else(|| format!("caps must be key=value, got {pair:?}"))?;
+        let (k, v) = pair.split_once('=').ok_or_else(|| CapsArgError::NotKeyValue(pair.clone()))?;
         map.insert(k.to_string(), v.to_string());
     }
-    Caps::validated(map).map_err(|e| e.to_string())
+    Ok(Caps::validated(map)?)
 }
 
 #[cfg(test)]
@@ -334,9 +365,29 @@ mod tests {
         assert!(sim.execute(worker, &Action::HealthCheck).await.ok);
         assert!(!sim.heartbeats());
         assert!(SimFaults::parse("fail-every=3").is_ok());
-        for bad in ["fail=reboot", "fail=prepare:x", "slow=prepare", "slow=prepare:soon", "explode", "fail-every=-1"] {
-            assert!(SimFaults::parse(bad).is_err(), "{bad}");
+        for (bad, wrong) in [
+            ("fail=reboot", "kind"),
+            ("fail=prepare:x", "count"),
+            ("slow=prepare", "no duration"),
+            ("slow=prepare:soon", "duration"),
+            ("explode", "unknown"),
+            ("fail-every=-1", "count"),
+        ] {
+            let err = SimFaults::parse(bad).err().unwrap_or_else(|| panic!("{bad} accepted"));
+            let found = match &err {
+                FaultSpecError::Kind { .. } => "kind",
+                FaultSpecError::Count { .. } => "count",
+                FaultSpecError::NoDuration { .. } => "no duration",
+                FaultSpecError::Duration { .. } => "duration",
+                FaultSpecError::Unknown { .. } => "unknown",
+            };
+            assert_eq!(found, wrong, "{bad}: {err}");
+            assert!(err.to_string().contains(&format!("{bad:?}")), "names the item: {err}");
         }
+        let caps = |pairs: &[&str]| parse_caps(&pairs.iter().map(|p| p.to_string()).collect::<Vec<_>>());
+        assert_eq!(caps(&["board=rpi4"]).unwrap().get("board"), Some("rpi4"));
+        assert!(matches!(caps(&["board"]), Err(CapsArgError::NotKeyValue(pair)) if pair == "board"));
+        assert!(matches!(caps(&["UUID=x"]), Err(CapsArgError::Invalid(_))));
     }
 
     async fn health_checks(sim: &Simulated, worker: WorkerId, n: usize) -> Vec<bool> {

@@ -159,74 +159,91 @@ pub struct Config {
     pub reconcile_interval: Duration,
 }
 
+/// The defaults of everything the live system reads come from
+/// [`Settings::default`], so that a default is written once; the test
+/// `the_default_file_gives_the_default_settings` checks the way back.
 impl Default for Config {
     fn default() -> Self {
+        let settings = Settings::default();
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8487)),
             data_dir: PathBuf::from("./corral-data"),
             database_url: None,
+            // Unset: derived from `listen` (127.0.0.1, the settings' default).
             public_host: None,
-            default_lease: Duration::from_secs(3600),
-            max_lease: Duration::from_secs(24 * 3600),
-            max_total_lease: Duration::from_secs(7 * 24 * 3600),
+            default_lease: settings.limits.default_lease,
+            max_lease: settings.limits.max_lease,
+            max_total_lease: settings.total_lease.default,
             metrics_access: "anyone".to_string(),
-            max_total_lease_by_group: Default::default(),
-            default_deadline: Duration::from_secs(7 * 24 * 3600),
-            session_timeout: Duration::from_secs(30),
-            heartbeat_interval: Duration::from_secs(10),
-            prepare_timeout: Duration::from_secs(120),
-            command_timeout: Duration::from_secs(60),
-            power_cycle_timeout: Duration::from_secs(330),
-            command_retries: 3,
-            quarantine_after: 0,
-            fail_battery_below: corral_core::health::MIN_BATTERY_PERCENT,
-            fail_temperature_above: corral_core::health::MAX_TEMPERATURE_C,
-            recovery_battery_below: corral_core::facts::RECOVERY_BATTERY_PERCENT,
-            recovery_temperature_above: corral_core::facts::RECOVERY_TEMPERATURE_C,
+            max_total_lease_by_group: settings.total_lease.by_group,
+            default_deadline: settings.limits.default_deadline,
+            session_timeout: settings.session_timeout,
+            heartbeat_interval: settings.heartbeat_interval,
+            prepare_timeout: settings.prepare_timeout,
+            command_timeout: settings.command_timeout,
+            power_cycle_timeout: settings.power_cycle_timeout,
+            command_retries: settings.command_retries,
+            quarantine_after: settings.quarantine_after,
+            fail_battery_below: settings.health.fail_battery_below,
+            fail_temperature_above: settings.health.fail_temperature_above,
+            recovery_battery_below: settings.health.recovery_battery_below,
+            recovery_temperature_above: settings.health.recovery_temperature_above,
+            // The names of `settings.health.device_missing` and
+            // `settings.new_worker_state`, as `settings()` reads them.
             device_missing: "fail".to_string(),
-            tunnel_ports: "20000-20999".to_string(),
-            tunnel_bind: IpAddr::from([127, 0, 0, 1]),
-            tunnel_max_connections: 8,
-            tunnel_idle_timeout: Duration::from_secs(15 * 60),
+            tunnel_ports: format!("{}-{}", settings.tunnel_ports.start(), settings.tunnel_ports.end()),
+            tunnel_bind: settings.tunnel_bind,
+            tunnel_max_connections: settings.tunnel_max_connections,
+            tunnel_idle_timeout: settings.tunnel_idle_timeout,
             tls_cert: None,
             tls_key: None,
             new_workers: "maintenance".to_string(),
-            lease_key: "ed25519".to_string(),
+            lease_key: settings.lease_key.as_str().to_string(),
             max_body: 256 * 1024,
             max_wait: Duration::from_secs(300),
             log_format: "plain".to_string(),
             pool_size: 32,
             http_workers: corral_actors::settings::default_threads(),
-            actor_threads: corral_actors::settings::default_threads(),
-            tick: Duration::from_millis(100),
+            actor_threads: settings.actor_threads,
+            tick: settings.tick,
             boruta_user: None,
-            max_waiting_requests_per_user: 1000,
+            max_waiting_requests_per_user: settings.max_waiting_requests_per_user,
             max_long_polls_per_user: 16,
             max_streams_per_user: 4,
             events_keep_alive: Duration::from_secs(15),
-            events_resume_limit: corral_actors::events::RESUME_LIMIT,
-            events_buffer: corral_actors::events::CHANNEL,
-            reconcile_interval: Duration::from_secs(30),
+            events_resume_limit: settings.events_resume_limit,
+            events_buffer: settings.events_buffer,
+            reconcile_interval: settings.reconcile_interval,
         }
     }
 }
 
+/// What is wrong with the server configuration. The cause of `Read` and
+/// `Parse` is their source: print the chain (`{:#}` of anyhow).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {cause}")]
-    Read { path: String, cause: std::io::Error },
-    #[error("{path}: {cause}")]
-    Parse { path: String, cause: String },
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not a valid server configuration", path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|cause| ConfigError::Read { path: path.display().to_string(), cause })?;
-        let config: Config = toml::from_str(&text)
-            .map_err(|e| ConfigError::Parse { path: path.display().to_string(), cause: e.to_string() })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let config: Config =
+            toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })?;
         config.settings()?;
         Ok(config)
     }
@@ -271,11 +288,7 @@ impl Config {
                 return Err(ConfigError::Invalid(format!("new_workers must be maintenance or idle, got {other:?}")));
             }
         };
-        let lease_key = match self.lease_key.as_str() {
-            "ed25519" => KeyKind::Ed25519,
-            "rsa" => KeyKind::Rsa,
-            other => return Err(ConfigError::Invalid(format!("lease_key must be ed25519 or rsa, got {other:?}"))),
-        };
+        let lease_key: KeyKind = self.lease_key.parse().map_err(|e| ConfigError::Invalid(format!("lease_key: {e}")))?;
         if self.default_lease.is_zero() || self.default_lease > self.max_lease {
             return Err(ConfigError::Invalid("default_lease must be positive and at most max_lease".to_string()));
         }
@@ -350,6 +363,7 @@ impl Config {
         if public_host.parse::<IpAddr>().is_ok_and(|ip| ip.is_unspecified()) {
             return Err(ConfigError::Invalid("public_host must not be a wildcard address".to_string()));
         }
+        let defaults = Settings::default();
         Ok(Settings {
             limits: ScheduleLimits {
                 default_lease: self.default_lease,
@@ -375,8 +389,9 @@ impl Config {
             tunnel_idle_timeout: self.tunnel_idle_timeout,
             public_host,
             lease_key,
-            backoff_base: Duration::from_secs(5),
-            backoff_cap: Duration::from_secs(600),
+            // Not configurable: the one value is the settings' default.
+            backoff_base: defaults.backoff_base,
+            backoff_cap: defaults.backoff_cap,
             tick: self.tick,
             actor_threads: self.actor_threads.max(1),
             max_waiting_requests_per_user: self.max_waiting_requests_per_user,
@@ -417,6 +432,36 @@ mod tests {
         assert_eq!(toml::from_str::<Config>("boruta_user = \"weles\"").unwrap().boruta_user.as_deref(), Some("weles"));
     }
 
+    /// The defaults are written once, in `Settings::default()`: an empty
+    /// file must give exactly those settings. (`Settings` has no
+    /// `PartialEq`; its `Debug` shows every field.)
+    #[test]
+    fn the_default_file_gives_the_default_settings() {
+        let from_file = toml::from_str::<Config>("").unwrap().settings().unwrap();
+        assert_eq!(format!("{from_file:#?}"), format!("{:#?}", Settings::default()));
+    }
+
+    /// Input: a file that does not exist, and one with a misspelt key.
+    /// Must: name the file, and keep the cause as the error's source.
+    #[test]
+    fn load_errors_name_the_file_and_keep_the_cause() {
+        use std::error::Error as _;
+
+        let dir = std::env::temp_dir().join(format!("corral-config-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("corral.toml");
+        let missing = Config::load(&path).err().expect("a missing file is refused");
+        assert!(matches!(&missing, ConfigError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound));
+        assert_eq!(missing.to_string(), format!("cannot read {}", path.display()));
+        std::fs::write(&path, "sesion_timeout = \"30s\"\n").unwrap();
+        let misspelt = Config::load(&path).err().expect("an unknown key is refused");
+        assert!(matches!(misspelt, ConfigError::Parse { .. }), "{misspelt:?}");
+        assert!(misspelt.to_string().contains(&path.display().to_string()), "{misspelt}");
+        let cause = misspelt.source().map(ToString::to_string).unwrap_or_default();
+        assert!(cause.contains("unknown field `sesion_timeout`"), "{cause}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn unknown_fields_and_bad_values_are_refused() {
         assert!(toml::from_str::<Config>("lisen = \"1.2.3.4:1\"").is_err());
@@ -435,6 +480,9 @@ mod tests {
         assert!(zero_total.settings().is_err());
         assert!(toml::from_str::<Config>("[max_total_lease_by_group]\nsoak = \"forever\"").is_err());
         assert!(toml::from_str::<Config>("[max_total_lease_by_group]\nsoak = \"1000years\"").is_err());
+        let dsa: Config = toml::from_str("lease_key = \"dsa\"").unwrap();
+        let refused = dsa.settings().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(refused.contains("lease_key: key type must be ed25519 or rsa, got \"dsa\""), "{refused}");
         for bad in ["command_timeout = \"0s\"", "prepare_timeout = \"2days\"", "command_retries = 101"] {
             let config: Config = toml::from_str(bad).unwrap();
             assert!(config.settings().is_err(), "{bad}");

@@ -228,7 +228,8 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
                 }
                 let _ = stop.send(true);
             });
-            corral_agent::run(Rc::new(backend), options, stopped).await
+            corral_agent::run(Rc::new(backend), options, stopped).await?;
+            Ok(())
         })
     }
 
@@ -247,7 +248,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         tracing::info!(config = %path.display(), agent = %agent, workers, server = %server, "agent starting");
         let mut options = corral_agent::AgentOptions::new(config.server.clone(), token);
         options.tls = corral_agent::ClientTls::with_ca_file(args.ca_file.or_else(|| config.ca_file.clone()));
-        let host = corral_agent::Host::new(&config).map_err(anyhow::Error::msg)?;
+        let host = corral_agent::Host::new(&config)?;
         return run_until_stopped(host, options);
     }
     let Some(count) = args.simulate else {
@@ -259,14 +260,14 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         .with_context(|| format!("reading the agent token from {}", token_file.display()))?
         .trim()
         .to_string();
-    let caps = corral_agent::simulated::parse_caps(&args.caps).map_err(anyhow::Error::msg)?;
+    let caps = corral_agent::simulated::parse_caps(&args.caps)?;
     let name = match args.name {
         Some(name) => name,
         None => {
             nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "agent".to_string())
         }
     };
-    let faults = corral_agent::SimFaults::parse(args.faults.as_deref().unwrap_or("")).map_err(anyhow::Error::msg)?;
+    let faults = corral_agent::SimFaults::parse(args.faults.as_deref().unwrap_or(""))?;
     let backend = corral_agent::Simulated::new(&name, count, &caps, &args.ssh_addr, &args.user).with_faults(faults);
     let mut options = corral_agent::AgentOptions::new(server, token);
     options.tls = corral_agent::ClientTls::with_ca_file(args.ca_file);

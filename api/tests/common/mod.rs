@@ -164,7 +164,11 @@ impl TestServer {
         let uuids = backend.uuids();
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let task = actix_rt::spawn(async move {
-            let _ = corral_agent::run(Rc::new(backend), options, stopped).await;
+            // The agent fails only when its TLS setup does: say why, rather
+            // than leave the test waiting for a registration in silence.
+            if let Err(err) = corral_agent::run(Rc::new(backend), options, stopped).await {
+                panic!("the test agent could not start: {}", corral_agent::report::chain(&err));
+            }
         });
         AgentHandle { uuids, stop, task }
     }
