@@ -614,14 +614,16 @@ impl RequestActor {
     /// Waiting → cancelled, in progress → done (the lease ends), on behalf
     /// of `actor` for `reason`.
     fn close(&mut self, actor: String, reason: String, reply: Reply<Result<RequestRecord, ActorError>>) -> Step {
-        match (self.record.state, self.binding.is_some()) {
-            (RequestState::Waiting, false) => self.close_unbound(actor, reason, reply),
-            (RequestState::Waiting, true) => self.end_bound(RequestEvent::Cancel, actor, reason, Some(reply)),
-            (RequestState::InProgress, _) => self.end_bound(RequestEvent::Finish, actor, reason, Some(reply)),
-            (state, _) => {
-                let _ = reply.send(Err(ActorError::Conflict(format!("request {} is already {state}", self.id()))));
-                done()
-            }
+        // Core says what closing means in this state (cancel or finish).
+        let Some(event) = self.record.state.close_event() else {
+            let state = self.record.state;
+            let _ = reply.send(Err(ActorError::Conflict(format!("request {} is already {state}", self.id()))));
+            return done();
+        };
+        if self.binding.is_none() && event == RequestEvent::Cancel {
+            self.close_unbound(actor, reason, reply)
+        } else {
+            self.end_bound(event, actor, reason, Some(reply))
         }
     }
 

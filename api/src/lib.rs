@@ -5,7 +5,8 @@
 //!
 //! Architecture invariant: handlers parse and check input, authorise, and
 //! call one use case of [`corral_actors::Corral`]; they hold no state of
-//! their own besides the token cache. Every error leaves through
+//! their own (the token cache is the actors' `AuthCache`) besides the
+//! per-user limits of long-polls and streams. Every error leaves through
 //! [`error::ApiError`].
 
 pub mod agent;
