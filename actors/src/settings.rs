@@ -9,7 +9,7 @@ use corral_core::request::ScheduleLimits;
 
 pub use corral_core::lease::{KeyKind, TotalLeaseLimit};
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
     pub limits: ScheduleLimits,
     /// How long a lease may last from its start, prolongs included.

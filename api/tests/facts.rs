@@ -44,6 +44,14 @@ async fn heartbeat(server: &TestServer, session: &str, observation: Value) -> (S
         .await
 }
 
+/// A barrier, not a sleep: every clock-driven check (the matcher's pass
+/// included) runs once, after the messages sent before it. A request still
+/// waiting afterwards was not bound by what came before; a sleep on the
+/// real-time tick would pass on a loaded machine without proving that.
+async fn settled(server: &TestServer) {
+    server.corral.tick().await.expect("the server answers a tick");
+}
+
 /// Every history row of a worker, oldest first, as "reason".
 async fn history_reasons(api: &common::Api, worker: &str) -> Vec<String> {
     let (status, page) = api.get(&format!("/v1/workers/{worker}/history?limit=1000")).await;
@@ -165,8 +173,9 @@ async fn a_request_waiting_for_a_dimension_is_served_when_the_device_reports_it(
     let (status, body) = una.post("/v1/requests", json!({"caps": {"android_version": "14"}})).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "nobody offers 14 yet: {body}");
     let id = una.submit(json!({"caps": {"android_version": "14"}, "allow_unsatisfiable": true})).await;
-    // Several heartbeats saying 13: still waiting.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The idle worker says 13; once the matcher has seen the request the
+    // request is still waiting.
+    settled(&server).await;
     let (_, waiting) = una.get(&format!("/v1/requests/{id}")).await;
     assert_eq!(waiting["state"], "waiting", "{waiting}");
 
@@ -370,7 +379,7 @@ async fn recovery_from_facts_and_an_admin_quarantine_keep_a_worker_out_of_matchi
     assert!(held["recovery_at"].is_string() && held["state"] == "idle", "{held}");
     let yan = server.api(&server.user("yan", &[]).await);
     let first = yan.submit(json!({"caps": {"device_type": "hold"}})).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    settled(&server).await;
     assert_eq!(yan.get(&format!("/v1/requests/{first}")).await.1["state"], "waiting");
     // Its explanation names the hold as the reason the idle worker is not taken.
     let (_, explained) = yan.get(&format!("/v1/requests/{first}/explain")).await;
@@ -403,7 +412,8 @@ async fn recovery_from_facts_and_an_admin_quarantine_keep_a_worker_out_of_matchi
     assert!(body["quarantine_by"].as_str().unwrap().starts_with("user:") && body["quarantine_at"].is_string());
     let second = yan.submit(json!({"caps": {"device_type": "hold"}})).await;
     hook.set_facts(battery(90));
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    wait_for_worker(&admin, worker, |w| w["facts"]["battery"] == 90).await;
+    settled(&server).await;
     assert_eq!(yan.get(&format!("/v1/requests/{second}")).await.1["state"], "waiting", "facts do not lift it");
     let (_, explained) = yan.get(&format!("/v1/requests/{second}/explain")).await;
     let why = explained["workers"][0]["why"].as_str().unwrap_or_default();
@@ -459,7 +469,7 @@ async fn failed_preparations_in_a_row_quarantine_a_worker_until_an_admin_lifts_i
     .await;
     let zoe = server.api(&server.user("zoe", &[]).await);
     let id = zoe.submit(json!({"caps": {"device_type": "q"}})).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    settled(&server).await;
     assert_eq!(zoe.get(&format!("/v1/requests/{id}")).await.1["state"], "waiting");
     let (status, _) = admin.delete(&format!("/v1/workers/{worker}/quarantine")).await;
     assert_eq!(status, StatusCode::OK);

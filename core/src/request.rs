@@ -117,7 +117,7 @@ pub struct IllegalRequestTransition {
 }
 
 /// Server-wide limits and defaults for request schedules (SPEC §11).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ScheduleLimits {
     pub default_lease: Duration,
     pub max_lease: Duration,
