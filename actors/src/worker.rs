@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use actix::prelude::*;
 use corral_core::health::{self, Verdict};
 use corral_core::matcher::WorkerSpec;
-use corral_core::worker::WorkerEvent;
+use corral_core::worker::{WorkerEvent, WorkerMove};
 use corral_core::{Caps, FencingToken, Groups, RequestId, SessionId, WorkerId, WorkerState};
 use corral_db::{BackoffRecord, Hold, WorkerRecord, WorkerTransition};
 use corral_proto::agent::{Action, ActionKind, CommandResult, POWER_CYCLE_HOOK};
@@ -1084,11 +1084,12 @@ impl WorkerActor {
     }
 
     fn leased(&mut self, request: RequestId, fence: FencingToken) -> Step {
-        // The row already says running (the matcher committed it).
+        // The row already made core's binding move (the matcher committed
+        // it); memory follows.
         let from = self.record.state;
         self.forget_commands();
         self.pending_lease_end = None;
-        self.record.state = WorkerState::Running;
+        self.record.state = WorkerMove::LEASED.to;
         self.record.fence = fence;
         self.record.reason = None;
         self.record.state_since = self.shared.clock.now();
@@ -1104,7 +1105,7 @@ impl WorkerActor {
             }
             self.send(Action::StartLease { request, public_key, expires_at });
         }
-        if from != WorkerState::Idle && from != WorkerState::Running {
+        if from != WorkerMove::LEASED.from && from != WorkerMove::LEASED.to {
             tracing::warn!(worker = %self.id(), from = %from, "lease bound while not idle in memory");
         }
         if self.agent.is_none() {
@@ -1122,7 +1123,7 @@ impl WorkerActor {
         if !self.lease.as_ref().is_some_and(|l| l.request == request && l.fence == fence) {
             return done();
         }
-        if self.record.state != WorkerState::Running {
+        if self.record.state != WorkerMove::LEASE_ENDED.from {
             self.lease = None;
             return done();
         }
@@ -1137,13 +1138,15 @@ impl WorkerActor {
             return done();
         }
         if worker_prepared {
-            // The row already says prepare (committed with the lease's end).
-            self.record.state = WorkerState::Prepare;
+            // The row already made core's end-of-lease move (committed with
+            // the lease's end); memory follows.
+            let WorkerMove { from, to, .. } = WorkerMove::LEASE_ENDED;
+            self.record.state = to;
             self.record.state_since = at;
             self.record.reason = None;
-            tracing::info!(worker = %self.id(), from = %WorkerState::Running, to = %WorkerState::Prepare, reason = %reason, "worker state");
+            tracing::info!(worker = %self.id(), from = %from, to = %to, reason = %reason, "worker state");
             return Box::pin(actix::fut::ready(()).map(move |_, act: &mut WorkerActor, ctx| {
-                act.enter(WorkerState::Prepare, &reason, ctx);
+                act.enter(to, &reason, ctx);
                 act.publish();
             }));
         }

@@ -60,7 +60,7 @@ impl RequestState {
     }
 
     /// The state reached by `event`, or an error naming the illegal move.
-    pub fn apply(self, event: RequestEvent) -> Result<RequestState, IllegalRequestTransition> {
+    pub const fn apply(self, event: RequestEvent) -> Result<RequestState, IllegalRequestTransition> {
         use RequestEvent as E;
         use RequestState as S;
         let to = match (self, event) {
@@ -73,6 +73,30 @@ impl RequestState {
             _ => return Err(IllegalRequestTransition { from: self, event }),
         };
         Ok(to)
+    }
+}
+
+/// One move of the request table, checked when compiled: `to` is what
+/// [`RequestState::apply`] gives for `event` in `from`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestMove {
+    pub from: RequestState,
+    pub event: RequestEvent,
+    pub to: RequestState,
+}
+
+impl RequestMove {
+    /// The start of a lease (waiting → in_progress), committed by the
+    /// database with the lease's start.
+    pub const STARTED: RequestMove = RequestMove::of(RequestState::Waiting, RequestEvent::Start);
+
+    /// The move of `event` from `from`. Used in a `const`, a move the
+    /// table does not have fails the build.
+    pub const fn of(from: RequestState, event: RequestEvent) -> RequestMove {
+        match from.apply(event) {
+            Ok(to) => RequestMove { from, event, to },
+            Err(_) => panic!("core's request table has no such move"),
+        }
     }
 }
 
@@ -219,6 +243,15 @@ impl Schedule {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Input: a move the table does not have (starting a finished
+    /// request). Must: be refused; in a `const` (as `STARTED` is) that
+    /// refusal fails the build.
+    #[test]
+    #[should_panic(expected = "core's request table has no such move")]
+    fn a_move_the_table_lacks_is_refused() {
+        let _ = RequestMove::of(RequestState::Done, RequestEvent::Start);
+    }
 
     fn t(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)

@@ -48,7 +48,8 @@ impl WorkerState {
         matches!(self, WorkerState::Maintenance | WorkerState::Failed)
     }
 
-    pub fn apply(self, event: WorkerEvent) -> Result<WorkerState, IllegalWorkerTransition> {
+    /// The state reached by `event`, or an error naming the illegal move.
+    pub const fn apply(self, event: WorkerEvent) -> Result<WorkerState, IllegalWorkerTransition> {
         use WorkerEvent as E;
         use WorkerState as S;
         let to = match (self, event) {
@@ -66,6 +67,33 @@ impl WorkerState {
             _ => return Err(IllegalWorkerTransition { from: self, event }),
         };
         Ok(to)
+    }
+}
+
+/// One move of the worker table, checked when compiled: `to` is what
+/// [`WorkerState::apply`] gives for `event` in `from`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkerMove {
+    pub from: WorkerState,
+    pub event: WorkerEvent,
+    pub to: WorkerState,
+}
+
+impl WorkerMove {
+    /// The binding (idle → running), committed by the database with the
+    /// request's binding; the worker actor mirrors it after the commit.
+    pub const LEASED: WorkerMove = WorkerMove::of(WorkerState::Idle, WorkerEvent::Lease);
+    /// The end of a lease (running → prepare), committed with the
+    /// request's end when the worker neither drains nor works.
+    pub const LEASE_ENDED: WorkerMove = WorkerMove::of(WorkerState::Running, WorkerEvent::LeaseEnded);
+
+    /// The move of `event` from `from`. Used in a `const`, a move the
+    /// table does not have fails the build.
+    pub const fn of(from: WorkerState, event: WorkerEvent) -> WorkerMove {
+        match from.apply(event) {
+            Ok(to) => WorkerMove { from, event, to },
+            Err(_) => panic!("core's worker table has no such move"),
+        }
     }
 }
 
@@ -120,6 +148,15 @@ pub struct IllegalWorkerTransition {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Input: a move the table does not have (leasing a worker in
+    /// maintenance). Must: be refused; in a `const` (as `LEASED` and
+    /// `LEASE_ENDED` are) that refusal fails the build.
+    #[test]
+    #[should_panic(expected = "core's worker table has no such move")]
+    fn a_move_the_table_lacks_is_refused() {
+        let _ = WorkerMove::of(WorkerState::Maintenance, WorkerEvent::Lease);
+    }
 
     #[test]
     fn every_transition_of_the_spec_table_and_no_other() {

@@ -4,9 +4,9 @@
 use std::sync::LazyLock;
 use std::time::{Duration, SystemTime};
 
-use corral_core::request::RequestEvent;
-use corral_core::worker::WorkerEvent;
-use corral_core::{Caps, FencingToken, Groups, Priority, RequestId, RequestState, UserId, WorkerId, WorkerState};
+use corral_core::request::RequestMove;
+use corral_core::worker::WorkerMove;
+use corral_core::{Caps, FencingToken, Groups, Priority, RequestId, RequestState, UserId, WorkerId};
 
 pub use corral_core::records::{Idempotency, RequestFilter};
 
@@ -18,35 +18,13 @@ const REQUEST_COLUMNS: &str = "id, owner, owner_id, owner_groups, state, priorit
 const LEASE_COLUMNS: &str =
     "request, worker, fence, bound_at, started_at, tunnel_port, key_type, public_key, private_key";
 
-/// A move of core's state tables that a statement below writes itself
+/// The moves of core's tables that the statements below write themselves
 /// (the binding, the start of a lease, the end of a lease for its worker):
-/// the state it leaves, which the statement's guard requires, and the
-/// state core's table gives for the event. The statements are built from
-/// these once, so what they write is what the table says.
-#[derive(Debug, PartialEq, Eq)]
-struct Move {
-    from: &'static str,
-    to: &'static str,
-}
-
-impl Move {
-    fn worker(from: WorkerState, event: WorkerEvent) -> Move {
-        let to = from.apply(event).unwrap_or_else(|illegal| panic!("core's worker table: {illegal}"));
-        Move { from: from.as_str(), to: to.as_str() }
-    }
-
-    fn request(from: RequestState, event: RequestEvent) -> Move {
-        let to = from.apply(event).unwrap_or_else(|illegal| panic!("core's request table: {illegal}"));
-        Move { from: from.as_str(), to: to.as_str() }
-    }
-}
-
-/// The binding's move of its worker.
-static LEASED: LazyLock<Move> = LazyLock::new(|| Move::worker(WorkerState::Idle, WorkerEvent::Lease));
-/// The start of a lease's move of its request.
-static STARTED: LazyLock<Move> = LazyLock::new(|| Move::request(RequestState::Waiting, RequestEvent::Start));
-/// The end of a lease's move of its worker (unless it drains or works).
-static LEASE_ENDED: LazyLock<Move> = LazyLock::new(|| Move::worker(WorkerState::Running, WorkerEvent::LeaseEnded));
+/// each statement's guard requires the state the move leaves and it writes
+/// the state the move enters, so what they write is what the table says.
+const LEASED: WorkerMove = WorkerMove::LEASED;
+const STARTED: RequestMove = RequestMove::STARTED;
+const LEASE_ENDED: WorkerMove = WorkerMove::LEASE_ENDED;
 
 /// The request history's reason for a binding, `uuid` naming the worker.
 const MATCHED_REASON: &str = "'matched to worker ' || uuid || '; installing the lease key'";
@@ -1183,9 +1161,9 @@ mod tests {
     /// core's tables, guarded by the state they leave.
     #[test]
     fn the_lease_statements_write_the_moves_of_cores_tables() {
-        assert_eq!(*LEASED, Move { from: "idle", to: "running" });
-        assert_eq!(*STARTED, Move { from: "waiting", to: "in_progress" });
-        assert_eq!(*LEASE_ENDED, Move { from: "running", to: "prepare" });
+        assert_eq!((LEASED.from.as_str(), LEASED.to.as_str()), ("idle", "running"));
+        assert_eq!((STARTED.from.as_str(), STARTED.to.as_str()), ("waiting", "in_progress"));
+        assert_eq!((LEASE_ENDED.from.as_str(), LEASE_ENDED.to.as_str()), ("running", "prepare"));
         for binding in [&*INSERT_REQUESTS, &*BIND_LEASES] {
             assert!(binding.contains("SET state = 'running'"), "{binding}");
             assert!(binding.contains("state = 'idle' AND w"), "{binding}");
