@@ -27,10 +27,13 @@ pub struct TestServer {
     data_dir: PathBuf,
 }
 
-/// A server configuration for tests: loopback on a free port, the given
-/// database, a fresh data directory, fast timers, few threads.
+/// A server configuration for tests: loopback on port 0 (the kernel picks
+/// it; the address is read back from the bound server), the given
+/// database, a fresh data directory (testkit's, kept: `TestServer::stop`
+/// removes it, and restart tests start a second server on it), fast
+/// timers, few threads.
 pub fn test_config(db_url: &str) -> Config {
-    let data_dir = std::env::temp_dir().join(format!("corral-test-{}", uuid::Uuid::new_v4().simple()));
+    let data_dir = corral_testkit::temp_dir("test").keep();
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         database_url: Some(db_url.to_string()),
