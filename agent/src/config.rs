@@ -600,10 +600,10 @@ fn replace_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     written
 }
 
-/// This host's name, the agent's name when the file gives none; `agent`
-/// (with a warning: two such hosts would register as one) when it cannot be
-/// read.
-fn host_name() -> String {
+/// This host's name, the agent's name when its file (or `corral agent
+/// --simulate` without `--name`) gives none; `agent` (with a warning: two
+/// such hosts would register as one) when it cannot be read.
+pub fn host_name() -> String {
     match nix::unistd::gethostname().map(std::ffi::OsString::into_string) {
         Ok(Ok(name)) if !name.is_empty() => name,
         unusable => {

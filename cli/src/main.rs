@@ -261,12 +261,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         .trim()
         .to_string();
     let caps = corral_agent::simulated::parse_caps(&args.caps)?;
-    let name = match args.name {
-        Some(name) => name,
-        None => {
-            nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "agent".to_string())
-        }
-    };
+    let name = args.name.unwrap_or_else(corral_agent::config::host_name);
     let faults = corral_agent::SimFaults::parse(args.faults.as_deref().unwrap_or(""))?;
     let backend = corral_agent::Simulated::new(&name, count, &caps, &args.ssh_addr, &args.user).with_faults(faults);
     let mut options = corral_agent::AgentOptions::new(server, token);

@@ -92,7 +92,7 @@ impl RequestMove {
 
     /// The move of `event` from `from`. Used in a `const`, a move the
     /// table does not have fails the build.
-    pub const fn of(from: RequestState, event: RequestEvent) -> RequestMove {
+    const fn of(from: RequestState, event: RequestEvent) -> RequestMove {
         match from.apply(event) {
             Ok(to) => RequestMove { from, event, to },
             Err(_) => panic!("core's request table has no such move"),

@@ -89,7 +89,7 @@ impl WorkerMove {
 
     /// The move of `event` from `from`. Used in a `const`, a move the
     /// table does not have fails the build.
-    pub const fn of(from: WorkerState, event: WorkerEvent) -> WorkerMove {
+    const fn of(from: WorkerState, event: WorkerEvent) -> WorkerMove {
         match from.apply(event) {
             Ok(to) => WorkerMove { from, event, to },
             Err(_) => panic!("core's worker table has no such move"),

@@ -171,10 +171,12 @@ fn take_batch<T: Batched>(waiting: &mut VecDeque<Job<T>>) -> Vec<Job<T>> {
     batch
 }
 
-/// A batch statement's parameters: one array per column.
+/// A statement's parameters, owned so that a retry can send them again
+/// (a batch statement's: one array per column).
 pub(crate) type Columns = Vec<Box<dyn tokio_postgres::types::ToSql + Send + Sync>>;
 
-/// Runs a batch statement (prepared once per connection) with `columns`.
+/// Runs a statement (prepared once per connection) with `columns`: the
+/// batch statements, and `Db::change_request`'s single-row changes.
 pub(crate) async fn query(
     db: &Db,
     op: DatabaseOperation,

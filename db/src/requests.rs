@@ -501,17 +501,10 @@ impl Db {
         params: crate::batch::Columns,
         refused: String,
     ) -> Result<RequestRecord, DbError> {
-        let params = std::sync::Arc::new(params);
-        self.run(op, move |client| {
-            let (params, refused) = (params.clone(), refused.clone());
-            Box::pin(async move {
-                let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-                    params.iter().map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
-                let stmt = client.prepare_cached(statement).await?;
-                one_request(op, client.query_opt(&stmt, &refs).await?, refused)
-            })
-        })
-        .await
+        match crate::batch::query(self, op, statement, params).await?.first() {
+            Some(row) => RequestRecord::from_row(op, row),
+            None => Err(DbError::conflict(op, refused)),
+        }
     }
 
     /// Inserts a request and, when `bind` names a worker and the server's
@@ -1070,6 +1063,13 @@ impl Db {
         actor: &str,
         reason: &str,
     ) -> Result<RequestRecord, DbError> {
+        static UNBIND: LazyLock<String> = LazyLock::new(|| {
+            request_change(
+                "worker = NULL, updated_at = $2",
+                "id = $1 AND state = 'waiting'",
+                "$2, 'waiting', 'waiting', $3, $4",
+            )
+        });
         let op = DatabaseOperation::Unbind;
         let (actor, reason) = (actor.to_string(), reason.to_string());
         self.run(op, move |client| {
@@ -1088,13 +1088,9 @@ impl Db {
                 if n != 1 {
                     return Err(DbError::conflict(op, format!("request {request} has no pending lease {fence}")).into());
                 }
-                let statement = request_change(
-                    "worker = NULL, updated_at = $2",
-                    "id = $1 AND state = 'waiting'",
-                    "$2, 'waiting', 'waiting', $3, $4",
-                );
                 let reason = format!("back in the queue: {reason}");
-                let row = tx.query_opt(&statement, &[&request.0, &at, &actor, &reason]).await?;
+                let stmt = tx.prepare_cached(&UNBIND).await?;
+                let row = tx.query_opt(&stmt, &[&request.0, &at, &actor, &reason]).await?;
                 let record = one_request(op, row, format!("request {request} is not waiting"))?;
                 tx.commit().await?;
                 Ok(record)
